@@ -1,0 +1,53 @@
+"""Meeting roles and what each may do. Enforced by the server on every request."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    CHAIR = "chair"
+    VENUE = "venue"
+    MEMBER = "member"
+    CLERK = "clerk"
+    VIEWER = "viewer"
+
+
+class Permission(StrEnum):
+    PUBLISH_AUDIO = "publish_audio"
+    PUBLISH_VIDEO = "publish_video"
+    RECEIVE_PROGRAM = "receive_program"
+    RECEIVE_ALL_FEEDS = "receive_all_feeds"  # the chair's preview of every endpoint
+    SET_PROGRAM = "set_program"
+    MUTE = "mute"  # mute others, ask them to unmute
+    REMOVE = "remove"
+    FLOOR_CONTROL = "floor_control"  # grant / revoke the floor
+    REQUEST_FLOOR = "request_floor"  # raise / lower one's own hand
+    RECORDING_CONTROL = "recording_control"
+    LIST_RECORDINGS = "list_recordings"
+    DOWNLOAD_RECORDINGS = "download_recordings"
+
+
+P = Permission
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.CHAIR: frozenset(P),
+    Role.VENUE: frozenset({P.PUBLISH_AUDIO, P.PUBLISH_VIDEO, P.RECEIVE_PROGRAM, P.REQUEST_FLOOR}),
+    # Camera optional on a phone: allowed, but the page starts with it off.
+    Role.MEMBER: frozenset({P.PUBLISH_AUDIO, P.PUBLISH_VIDEO, P.RECEIVE_PROGRAM, P.REQUEST_FLOOR}),
+    Role.CLERK: frozenset({P.LIST_RECORDINGS, P.DOWNLOAD_RECORDINGS}),
+    Role.VIEWER: frozenset({P.RECEIVE_PROGRAM}),
+}
+
+
+def permissions(role: Role) -> frozenset[Permission]:
+    return ROLE_PERMISSIONS[role]
+
+
+def can(role: Role, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS[role]
+
+
+def publishes(role: Role) -> bool:
+    perms = ROLE_PERMISSIONS[role]
+    return P.PUBLISH_AUDIO in perms or P.PUBLISH_VIDEO in perms

@@ -1,0 +1,310 @@
+"""The room: who is in the meeting, the program everyone sees, the floor, the recording.
+
+Room state is plain data (``RoomState``) changed only by the command functions below. Each
+command checks its arguments, changes the state and returns the events it caused; the
+store (``conference.store``) applies a command atomically, bumps the room version once per
+event and broadcasts the events. Because commands are pure functions of the state, the
+in-memory and the Redis store run exactly the same logic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .layouts import DEFAULT_LAYOUT, UnknownLayout, get_layout
+from .roles import Role, publishes
+
+Device = Literal["venue", "phone"]
+DEFAULT_MAX_ENDPOINTS = 50
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; ``code`` is one of the protocol's error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Participant:
+    identity: str
+    name: str
+    role: Role
+    device: Device = "venue"
+    publish_audio: bool = False
+    publish_video: bool = False
+    # Chair-imposed mute: the server drops this participant's audio whatever the client does.
+    muted: bool = False
+    # The participant's own microphone switch; also enforced on the server.
+    self_muted: bool = False
+    unmute_requested: bool = False
+    hand_raised_at: float | None = None
+    connected: bool = True
+    joined_at: float = 0.0
+
+    @property
+    def audible(self) -> bool:
+        return self.publish_audio and not self.muted and not self.self_muted
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["role"] = str(self.role)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Participant:
+        return cls(**{**data, "role": Role(data["role"])})
+
+
+@dataclass(slots=True)
+class Program:
+    layout: str = DEFAULT_LAYOUT
+    slots: list[str | None] = field(default_factory=lambda: [None])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layout": self.layout, "slots": list(self.slots)}
+
+
+@dataclass(slots=True)
+class Recording:
+    active: bool = False
+    recording_id: str | None = None
+    started_at: float | None = None
+
+
+@dataclass(slots=True)
+class RoomState:
+    room: str
+    version: int = 0
+    created_at: float = 0.0
+    max_endpoints: int = DEFAULT_MAX_ENDPOINTS
+    auto_record: bool = False
+    program: Program = field(default_factory=Program)
+    participants: dict[str, Participant] = field(default_factory=dict)
+    floor: str | None = None
+    recording: Recording = field(default_factory=Recording)
+
+    @property
+    def floor_queue(self) -> list[str]:
+        """Raised hands, earliest first (the floor holder is not in the queue)."""
+        raised = [p for p in self.participants.values() if p.hand_raised_at is not None]
+        raised.sort(key=lambda p: (p.hand_raised_at, p.identity))
+        return [p.identity for p in raised]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "version": self.version,
+            "created_at": self.created_at,
+            "max_endpoints": self.max_endpoints,
+            "auto_record": self.auto_record,
+            "program": self.program.to_json(),
+            "participants": [p.to_json() for p in self.participants.values()],
+            "floor": self.floor,
+            "floor_queue": self.floor_queue,
+            "recording": asdict(self.recording),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoomState:
+        return cls(
+            room=data["room"],
+            version=data["version"],
+            created_at=data["created_at"],
+            max_endpoints=data["max_endpoints"],
+            auto_record=data["auto_record"],
+            program=Program(**data["program"]),
+            participants={p["identity"]: Participant.from_json(p) for p in data["participants"]},
+            floor=data["floor"],
+            recording=Recording(**data["recording"]),
+        )
+
+
+Event = dict[str, Any]
+
+
+def _participant(state: RoomState, identity: str) -> Participant:
+    try:
+        return state.participants[identity]
+    except KeyError:
+        raise CommandError("not_found", f"no participant {identity!r} in room {state.room!r}") from None
+
+
+# --- membership -------------------------------------------------------------------------
+
+
+def join(state: RoomState, participant: Participant, now: float | None = None) -> list[Event]:
+    """Add a participant, or take over the entry of the same identity (a reconnect)."""
+    now = time.time() if now is None else now
+    existing = state.participants.get(participant.identity)
+    if existing is None and len(state.participants) >= state.max_endpoints:
+        raise CommandError("room_full", f"room {state.room!r} is full ({state.max_endpoints} endpoints)")
+    if not publishes(participant.role):
+        participant.publish_audio = participant.publish_video = False
+    if existing is not None:
+        # Keep what the chair decided about this identity across a reconnect.
+        participant.muted = existing.muted
+        participant.hand_raised_at = existing.hand_raised_at
+        participant.joined_at = existing.joined_at
+    else:
+        participant.joined_at = now
+    participant.connected = True
+    state.participants[participant.identity] = participant
+    kind = "participant_rejoined" if existing is not None else "participant_joined"
+    return [{"kind": kind, "participant": participant.to_json()}]
+
+
+def set_connected(state: RoomState, identity: str, connected: bool) -> list[Event]:
+    p = _participant(state, identity)
+    if p.connected == connected:
+        return []
+    p.connected = connected
+    return [{"kind": "participant_connection", "identity": identity, "connected": connected}]
+
+
+def leave(state: RoomState, identity: str, reason: str = "left") -> list[Event]:
+    """Remove a participant: their program slots empty, their hand and floor go."""
+    if identity not in state.participants:
+        return []
+    del state.participants[identity]
+    events: list[Event] = [{"kind": "participant_left", "identity": identity, "reason": reason}]
+    if identity in state.program.slots:
+        state.program.slots = [None if s == identity else s for s in state.program.slots]
+        events.append({"kind": "program", "program": state.program.to_json(), "by": None})
+    if state.floor == identity:
+        state.floor = None
+        events.append({"kind": "floor", "floor": None, "floor_queue": state.floor_queue})
+    return events
+
+
+def remove(state: RoomState, identity: str) -> list[Event]:
+    _participant(state, identity)
+    return leave(state, identity, reason="removed")
+
+
+def update_publishing(state: RoomState, identity: str, audio: bool, video: bool) -> list[Event]:
+    p = _participant(state, identity)
+    if not publishes(p.role):
+        audio = video = False
+    if (p.publish_audio, p.publish_video) == (audio, video):
+        return []
+    p.publish_audio, p.publish_video = audio, video
+    return [{"kind": "publishing", "identity": identity, "audio": audio, "video": video}]
+
+
+# --- the program ---------------------------------------------------------------------------
+
+
+def set_program(state: RoomState, layout: str, slots: list[str | None], by: str | None = None) -> list[Event]:
+    """Set layout and slot assignment as one atomic change."""
+    try:
+        spec = get_layout(layout)
+    except UnknownLayout as exc:
+        raise CommandError("unknown_layout", str(exc)) from None
+    if len(slots) > spec.size:
+        raise CommandError("bad_request", f"layout {layout!r} has {spec.size} slots, got {len(slots)}")
+    filled = list(slots) + [None] * (spec.size - len(slots))
+    for identity in filled:
+        if identity is not None and identity not in state.participants:
+            raise CommandError("not_found", f"no participant {identity!r} in room {state.room!r}")
+    state.program = Program(layout=layout, slots=filled)
+    return [{"kind": "program", "program": state.program.to_json(), "by": by}]
+
+
+# --- audio ---------------------------------------------------------------------------------
+
+
+def mute(state: RoomState, identity: str, muted: bool, by: str | None = None) -> list[Event]:
+    """The chair mutes (server-enforced) or lifts its mute."""
+    p = _participant(state, identity)
+    p.muted = muted
+    if muted:
+        p.unmute_requested = False
+    return [{"kind": "mute", "identity": identity, "muted": muted, "self_muted": p.self_muted, "by": by}]
+
+
+def request_unmute(state: RoomState, identity: str, by: str | None = None) -> list[Event]:
+    """Lift the chair's mute and ask the participant to switch their microphone on.
+
+    The microphone itself is only switched on by the participant (no remote hot mic)."""
+    p = _participant(state, identity)
+    p.muted = False
+    p.unmute_requested = True
+    return [{"kind": "unmute_requested", "identity": identity, "by": by}]
+
+
+def self_mute(state: RoomState, identity: str, muted: bool) -> list[Event]:
+    p = _participant(state, identity)
+    if not muted and p.muted:
+        raise CommandError("forbidden", "the chair has muted you; ask for the floor to speak")
+    p.self_muted = muted
+    if not muted:
+        p.unmute_requested = False
+    return [{"kind": "mute", "identity": identity, "muted": p.muted, "self_muted": muted, "by": identity}]
+
+
+# --- the floor -----------------------------------------------------------------------------
+
+
+def raise_hand(state: RoomState, identity: str, now: float | None = None) -> list[Event]:
+    p = _participant(state, identity)
+    if p.hand_raised_at is None and state.floor != identity:
+        p.hand_raised_at = time.time() if now is None else now
+    return [{"kind": "hand", "identity": identity, "raised": True, "floor_queue": state.floor_queue}]
+
+
+def lower_hand(state: RoomState, identity: str) -> list[Event]:
+    p = _participant(state, identity)
+    p.hand_raised_at = None
+    return [{"kind": "hand", "identity": identity, "raised": False, "floor_queue": state.floor_queue}]
+
+
+def grant_floor(state: RoomState, identity: str | None = None, by: str | None = None) -> list[Event]:
+    """Give the floor to ``identity``, or to the first raised hand when none is named."""
+    if identity is None:
+        queue = state.floor_queue
+        if not queue:
+            raise CommandError("floor_queue_empty", "no raised hands to give the floor to")
+        identity = queue[0]
+    p = _participant(state, identity)
+    p.hand_raised_at = None
+    p.muted = False
+    p.unmute_requested = p.self_muted
+    state.floor = identity
+    return [{"kind": "floor", "floor": identity, "floor_queue": state.floor_queue, "by": by}]
+
+
+def revoke_floor(state: RoomState, by: str | None = None) -> list[Event]:
+    if state.floor is None:
+        return []
+    state.floor = None
+    return [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue, "by": by}]
+
+
+# --- recording -----------------------------------------------------------------------------
+
+
+def start_recording(state: RoomState, recording_id: str, now: float | None = None) -> list[Event]:
+    if state.recording.active:
+        raise CommandError("conflict", "the room is already recording")
+    state.recording = Recording(True, recording_id, time.time() if now is None else now)
+    return [{"kind": "recording", **asdict(state.recording)}]
+
+
+def stop_recording(state: RoomState) -> list[Event]:
+    if not state.recording.active:
+        raise CommandError("conflict", "the room is not recording")
+    stopped = state.recording
+    state.recording = Recording()
+    return [
+        {
+            "kind": "recording",
+            "active": False,
+            "recording_id": stopped.recording_id,
+            "started_at": stopped.started_at,
+        }
+    ]
