@@ -43,6 +43,39 @@ class SessionOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class TrackSink(Protocol):
+    """Where the recorder stores one published track while the room records."""
+
+    def write(self, arrival: float, packet: bytes) -> None:
+        """A decrypted RTP packet as it arrived (``arrival`` in seconds, time.time() clock)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RecordingSink(Protocol):
+    """The recorder as the media core sees it (``recorder.archive``)."""
+
+    def open_track(
+        self,
+        identity: str,
+        kind: str,
+        codec: str,
+        clock_rate: int,
+        payload_type: int,
+        ssrc: int,
+        extensions: dict[str, int],
+    ) -> TrackSink:
+        """A published track starts (or was already publishing when recording began).
+
+        ``extensions`` maps header-extension URIs to their ids, e.g. the audio level's."""
+        ...
+
+    def speakers(self, at: float, identities: list[str]) -> None:
+        """Active speakers changed (loudest first)."""
+        ...
+
+
 class MediaSession(Protocol):
     """One endpoint's WebRTC session (one peer connection, BUNDLEd)."""
 
@@ -68,6 +101,10 @@ class MediaBackend(Protocol):
 
     async def room_changed(self, room: str, events: list[Event], state: RoomState) -> None:
         """Program, mutes, floor, membership or recording changed."""
+        ...
+
+    def set_recorder(self, room: str, sink: RecordingSink | None) -> None:
+        """Start (or with None stop) handing the room's media to the recorder."""
         ...
 
     def stats(self) -> dict[str, Any]: ...
@@ -103,6 +140,9 @@ class NullMedia:
         return NullSession()
 
     async def room_changed(self, room: str, events: list[Event], state: RoomState) -> None:
+        return None
+
+    def set_recorder(self, room: str, sink: RecordingSink | None) -> None:
         return None
 
     def stats(self) -> dict[str, Any]:
