@@ -9,14 +9,22 @@ process). The media path never reads the store: it is driven by the events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
 from .room import CommandError, Event, RoomState
 
 EVENT_LOG_SIZE = 1000
+log = logging.getLogger(__name__)
 
 Command = Callable[[RoomState], list[Event]]
 Listener = Callable[[str, list[Event], RoomState], Awaitable[None] | None]
@@ -134,3 +142,149 @@ class MemoryRoomStore:
 
     async def close(self) -> None:
         self._listeners.clear()
+
+
+class RedisRoomStore:
+    """Room state in Redis, shared by several server processes.
+
+    Each room is one JSON document changed with optimistic locking (WATCH/MULTI), so a command
+    runs exactly as in memory. The events of a change are appended to the room's log and
+    published on one channel in the same transaction; every process (this one included, which
+    it recognises by its origin id and skips) hands them to its listeners.
+    """
+
+    CHANNEL = "conference:events"
+
+    def __init__(self, url: str, *, prefix: str = "conference") -> None:
+        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._prefix = prefix
+        self._channel = f"{prefix}:events"
+        self._origin = uuid.uuid4().hex
+        self._listeners: list[Listener] = []
+        self._pubsub_task: asyncio.Task[None] | None = None
+
+    def _key(self, room: str) -> str:
+        return f"{self._prefix}:room:{room}"
+
+    def _log_key(self, room: str) -> str:
+        return f"{self._prefix}:room:{room}:log"
+
+    async def create(
+        self, room: str, *, max_endpoints: int, auto_record: bool = False, exist_ok: bool = False
+    ) -> RoomState:
+        state = RoomState(
+            room=room, created_at=time.time(), max_endpoints=max_endpoints, auto_record=auto_record
+        )
+        created = await self._redis.set(self._key(room), json.dumps(state.to_json()), nx=True)
+        if not created:
+            if exist_ok:
+                existing = await self.get(room)
+                if existing is not None:
+                    return existing
+            raise RoomExists(room)
+        await self._redis.sadd(f"{self._prefix}:rooms", room)
+        return state
+
+    async def get(self, room: str) -> RoomState | None:
+        raw = await self._redis.get(self._key(room))
+        return None if raw is None else RoomState.from_json(json.loads(raw))
+
+    async def list_rooms(self) -> list[str]:
+        return sorted(await self._redis.smembers(f"{self._prefix}:rooms"))
+
+    async def update(self, room: str, command: Command) -> tuple[RoomState, list[Event]]:
+        key = self._key(room)
+        for _ in range(100):  # bounded: contention is between a handful of processes
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise CommandError("not_found", f"no room {room!r}")
+                    state = RoomState.from_json(json.loads(raw))
+                    events = number_events(state, command(state))
+                    if not events:
+                        await pipe.unwatch()
+                        return state, events
+                    pipe.multi()
+                    pipe.set(key, json.dumps(state.to_json()))
+                    pipe.rpush(self._log_key(room), *(json.dumps(e) for e in events))
+                    pipe.ltrim(self._log_key(room), -EVENT_LOG_SIZE, -1)
+                    message = {
+                        "origin": self._origin,
+                        "room": room,
+                        "events": events,
+                        "state": state.to_json(),
+                    }
+                    pipe.publish(self._channel, json.dumps(message))
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            await self._notify(room, events, state)
+            return state, events
+        raise CommandError("conflict", f"room {room!r} is too busy, try again")
+
+    async def events_since(self, room: str, version: int) -> list[Event] | None:
+        state = await self.get(room)
+        if state is None:
+            return None
+        if version >= state.version:
+            return []
+        log = [json.loads(e) for e in await self._redis.lrange(self._log_key(room), 0, -1)]
+        if not log or log[0]["version"] > version + 1:
+            return None
+        return [e for e in log if e["version"] > version]
+
+    async def delete(self, room: str) -> None:
+        await self._redis.delete(self._key(room), self._log_key(room))
+        await self._redis.srem(f"{self._prefix}:rooms", room)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+        if self._pubsub_task is None:
+            self._pubsub_task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def start(self) -> None:
+        """Check the connection and start following other processes' changes."""
+        await self._redis.ping()
+        if self._pubsub_task is None:
+            self._pubsub_task = asyncio.get_running_loop().create_task(self._listen())
+            await asyncio.sleep(0)
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self._channel)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                try:
+                    data = json.loads(message["data"])
+                    if data["origin"] == self._origin:
+                        continue
+                    state = RoomState.from_json(data["state"])
+                    await self._notify(data["room"], data["events"], state)
+                except Exception:  # one bad message must not stop the room's events
+                    log.exception("bad room event from redis")
+        finally:
+            await pubsub.aclose()
+
+    async def _notify(self, room: str, events: list[Event], state: RoomState) -> None:
+        for listener in self._listeners:
+            result = listener(room, events, state)
+            if result is not None:
+                await result
+
+    async def close(self) -> None:
+        self._listeners.clear()
+        if self._pubsub_task is not None:
+            self._pubsub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pubsub_task
+            self._pubsub_task = None
+        await self._redis.aclose()
+
+
+def create_store(redis_url: str | None) -> RoomStore:
+    """The in-memory store by default; Redis when a URL is configured."""
+    return MemoryRoomStore() if not redis_url else RedisRoomStore(redis_url)
