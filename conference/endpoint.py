@@ -1,0 +1,620 @@
+"""A Python test endpoint: joins a meeting through the real signaling protocol, publishes
+pre-encoded media, and counts (and optionally decodes) what it receives.
+
+Tests and the benchmark (``conference bench``) use it as a venue, a member on a phone or the chair.
+
+Publishing: the endpoint's camera and microphone are :mod:`conference.testmedia` loops, so it spends
+no CPU encoding. Two per-sender hooks make pre-encoded media behave like a browser's:
+- a keyframe request (PLI/FIR from the server) reaches ``RTCRtpSender._send_keyframe``, which with
+  pre-encoded media would do nothing: it is pointed at the track, which restarts its loop at the
+  keyframe;
+- aiortc only writes the audio-level header extension for audio it encoded itself: the encoded-frame
+  step is wrapped so every Opus packet carries the track's level, as browsers send it.
+
+Receiving: aiortc's own receive path costs ~100 us per packet and decodes every stream in a thread;
+a load generator receiving thousands of packets per second cannot afford that. The endpoint replaces
+its DTLS transport's RTP handler (``RTCDtlsTransport._handle_rtp_data``, per instance) with a light
+one that counts packets and bytes per receive slot (by SSRC, from the server's offer) and hands
+nothing to aiortc's receivers. Video is decoded by the endpoint itself (a small VP8 depacketiser and
+one PyAV decoder per slot), in one of three modes:
+- ``all``: every frame of every video slot is decoded (and audio too): exact decoded-frame counts;
+- ``probe`` (the default): a slot is decoded only from a join or a change of its source until a
+  frame of the expected source decodes, which times joins and switches at a small cost;
+- ``none``: count only.
+Each test video encodes its endpoint index in its colour, so a decoded frame tells whose feed it is.
+
+All private aiortc names the endpoint touches are listed in ``PRIVATE_HOOKS`` and checked by
+:func:`check_aiortc_hooks` before the first peer connection is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+from .testmedia import MediaParams, PreEncodedAudioTrack, PreEncodedVideoTrack, identify_frame, load_clip
+
+DecodeMode = Literal["all", "probe", "none"]
+
+# (class, attribute) of every private aiortc name used here.
+PRIVATE_HOOKS: tuple[tuple[type, str], ...] = (
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCRtpSender, "_send_keyframe"),
+    (RTCRtpSender, "_next_encoded_frame"),
+)
+
+
+class EndpointError(Exception):
+    """The endpoint could not join or negotiate (the server's error code and message)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def check_aiortc_hooks() -> None:
+    """Fail loudly if an aiortc upgrade moved a private name the endpoint relies on."""
+    missing = [
+        f"{cls.__name__}.{name}" for cls, name in PRIVATE_HOOKS if not callable(getattr(cls, name, None))
+    ]
+    if missing:
+        raise RuntimeError(f"aiortc changed: missing {', '.join(missing)} (see conference/endpoint.py)")
+
+
+_RTP = struct.Struct("!BBHII")
+
+
+def _rtp_payload_offset(data: bytes) -> int:
+    """Offset of the RTP payload (after CSRCs and the header extension); -1 if malformed."""
+    first = data[0]
+    offset = 12 + 4 * (first & 0x0F)
+    if first & 0x10:
+        if len(data) < offset + 4:
+            return -1
+        offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+    return offset if offset <= len(data) else -1
+
+
+def _rtp_payload_end(data: bytes) -> int:
+    if data[0] & 0x20:  # padding: the last byte says how much
+        return len(data) - data[-1]
+    return len(data)
+
+
+def vp8_payload(payload: bytes) -> tuple[bool, bool, bytes] | None:
+    """(starts a frame, is a keyframe start, VP8 data) of an RFC 7741 payload, or None if malformed."""
+    if not payload:
+        return None
+    first = payload[0]
+    pos = 1
+    if first & 0x80:  # X: extension byte follows
+        if len(payload) < 2:
+            return None
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            if len(payload) <= pos:
+                return None
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX byte
+            pos += 1
+    if pos >= len(payload):
+        return None
+    start = bool(first & 0x10) and (first & 0x07) == 0
+    keyframe = start and not (payload[pos] & 0x01)
+    return start, keyframe, payload[pos:]
+
+
+@dataclass(slots=True)
+class ReceiveSlot:
+    """One receive slot (a sendonly m-line of the server): counters and the decoder state."""
+
+    mid: str
+    kind: str  # "audio" | "video"
+    role: str  # "video" (program slot), "audio", "preview", "publish"
+    index: int
+    ssrcs: set[int] = field(default_factory=set)
+    identity: str | None = None  # the source the slot should show now
+    packets: int = 0
+    octets: int = 0
+    first_packet_at: float | None = None
+    # Video decoding.
+    decoding: bool = False
+    decoder: Any = None
+    synced: bool = False  # inside a frame sequence that started at a keyframe
+    frame_ts: int | None = None
+    frame_parts: list[bytes] = field(default_factory=list)
+    next_seq: int | None = None
+    frames_decoded: int = 0
+    frames_lost: int = 0
+    decode_errors: int = 0
+    last_seen_index: int | None = None
+    # A join or a change of source waiting for its first decoded frame: (since, expected identity).
+    pending_since: float | None = None
+    pending_expect: str | None = None
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "mid": self.mid,
+            "kind": self.kind,
+            "role": self.role,
+            "index": self.index,
+            "identity": self.identity,
+            "packets": self.packets,
+            "octets": self.octets,
+            "frames_decoded": self.frames_decoded,
+            "frames_lost": self.frames_lost,
+            "decode_errors": self.decode_errors,
+            "last_seen_index": self.last_seen_index,
+        }
+
+
+@dataclass(slots=True)
+class EndpointConfig:
+    url: str  # http(s)://host:port of the server
+    token: str
+    identity: str
+    index: int  # selects the test media (its colour and tone)
+    device: str = "venue"
+    publish_audio: bool = True
+    publish_video: bool = True
+    video_slots: int | None = None  # None: the server's default for the device
+    audio_slots: int | None = None
+    speaking: bool = False
+    decode: DecodeMode = "probe"
+    media: MediaParams = field(default_factory=MediaParams)
+    cache_dir: Path | None = None
+    # identity -> test media index of every endpoint, to tell a decoded frame's source.
+    palette: dict[str, int] = field(default_factory=dict)
+    join_timeout: float = 20.0
+
+
+def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
+    """mid -> {"kind", "ssrcs", "rtx", "mid_ext"} from an SDP (a=mid, a=ssrc, a=ssrc-group:FID, a=extmap)."""
+    sections: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            current = {"kind": line[2:].split(" ", 1)[0], "ssrcs": set(), "rtx": set(), "mid_ext": 0}
+        elif current is None:
+            continue
+        elif line.startswith("a=mid:"):
+            sections[line[6:].strip()] = current
+        elif line.startswith("a=ssrc-group:FID "):
+            parts = line.split()
+            current["rtx"].update(int(s) for s in parts[2:])
+        elif line.startswith("a=ssrc:"):
+            current["ssrcs"].add(int(line[7:].split(" ", 1)[0]))
+        elif line.startswith("a=extmap:") and "sdes:mid" in line:
+            current["mid_ext"] = int(line[9:].split(" ", 1)[0].split("/")[0])
+    for section in sections.values():
+        section["ssrcs"] -= section["rtx"]
+    return sections
+
+
+class Endpoint:
+    """One test participant. ``await join()``, then read ``report()``; ``await close()`` at the end."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+        self.identity = config.identity
+        self.session: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.pc: RTCPeerConnection | None = None
+        self.video_track: PreEncodedVideoTrack | None = None
+        self.audio_track: PreEncodedAudioTrack | None = None
+        self.join_result: dict[str, Any] = {}
+        self.program: dict[str, Any] = {"layout": "single", "slots": [None]}
+        self.version = 0
+        self.speakers: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.slots: dict[str, ReceiveSlot] = {}
+        self.video_slots: list[ReceiveSlot] = []
+        self.audio_slots: list[ReceiveSlot] = []
+        self.preview_slots: list[ReceiveSlot] = []
+        self._by_ssrc: dict[int, ReceiveSlot] = {}
+        self._mid_ext_id = 0  # the server's id of the mid header extension
+        self.unknown_packets = 0
+        self.handler_errors = 0
+        self.ws_opened_at: float | None = None
+        self.first_frame_at: float | None = None
+        self.switch_times: list[float] = []  # seconds from a program change to the new source's frame
+        self.closed_reason: str | None = None
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._offer: asyncio.Future[dict[str, Any]] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._audio_decoder: Any = None
+        self.audio_frames_decoded = 0
+        self.first_frame_event = asyncio.Event()
+
+    # --- signaling ------------------------------------------------------------------------
+
+    async def join(self) -> dict[str, Any]:
+        """Open the socket, join, negotiate media; returns the join result."""
+        cfg = self.config
+        check_aiortc_hooks()
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.join_timeout)
+        )
+        ws_url = cfg.url.replace("http", "ws", 1).rstrip("/") + "/ws"
+        self.ws_opened_at = time.time()
+        self.ws = await self.session.ws_connect(ws_url, params={"token": cfg.token}, heartbeat=None)
+        loop = asyncio.get_running_loop()
+        self._offer = loop.create_future()
+        self._reader = asyncio.create_task(self._read_messages(), name=f"endpoint-{self.identity}-ws")
+        request: dict[str, Any] = {
+            "device": cfg.device,
+            "publish": {"audio": cfg.publish_audio, "video": cfg.publish_video},
+        }
+        if cfg.video_slots is not None:
+            request["video_slots"] = cfg.video_slots
+        if cfg.audio_slots is not None:
+            request["audio_slots"] = cfg.audio_slots
+        result = await asyncio.wait_for(self.request("join", **request), cfg.join_timeout)
+        self.join_result = result
+        room = result.get("room") or {}
+        self.version = int(room.get("version", 0))
+        self.program = room.get("program") or self.program
+        if result.get("media", True):
+            offer = await asyncio.wait_for(self._offer, cfg.join_timeout)
+            answer = await self._negotiate(offer)
+            await asyncio.wait_for(self.request("answer", sdp=answer), cfg.join_timeout)
+        return result
+
+    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """Send a command and wait for its reply; raises EndpointError on an error reply."""
+        assert self.ws is not None
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            await self.ws.send_str(json.dumps({"type": type_, "id": request_id, **fields}))
+            return await asyncio.wait_for(future, self.config.join_timeout)
+        finally:
+            self._replies.pop(request_id, None)
+
+    async def set_program(self, layout: str, slots: list[str | None]) -> dict[str, Any]:
+        return await self.request("set_program", layout=layout, slots=slots)
+
+    async def _read_messages(self) -> None:
+        assert self.ws is not None
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                self._on_message(json.loads(msg.data))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            code = self.ws.close_code
+            self.closed_reason = self.closed_reason or (f"closed {code}" if code else "closed")
+            error = EndpointError("closed", self.closed_reason)
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(error)
+            if self._offer is not None and not self._offer.done():
+                self._offer.set_exception(error)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind in ("reply", "error"):
+            future = self._replies.get(message.get("id"))  # type: ignore[arg-type]
+            if future is None or future.done():
+                return
+            if kind == "reply":
+                future.set_result(message.get("result") or {})
+            else:
+                future.set_exception(EndpointError(message.get("code", "?"), message.get("message", "")))
+        elif kind == "offer":
+            if self._offer is not None and not self._offer.done():
+                self._offer.set_result(message)
+        elif kind == "event":
+            self._on_event(message["event"])
+        elif kind == "slots":
+            self._on_slots(message)
+        elif kind == "speakers":
+            self.speakers = list(message.get("speakers") or [])
+        elif kind in ("removed", "replaced", "shutdown"):
+            self.closed_reason = kind
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        version = int(event.get("version", 0))
+        if version and version <= self.version:
+            return  # already in the snapshot
+        self.version = max(self.version, version)
+        self.events.append(event)
+        if event.get("kind") == "program":
+            self.program = event["program"]
+            self._program_changed(float(event.get("at") or time.time()))
+
+    def _program_changed(self, at: float) -> None:
+        slots = self.program.get("slots") or []
+        for slot in self.video_slots:
+            identity = slots[slot.index] if slot.index < len(slots) else None
+            if identity != slot.identity:
+                slot.identity = identity
+                self._expect(slot, identity, at)
+
+    def _on_slots(self, message: dict[str, Any]) -> None:
+        now = time.time()
+        for entry in message.get("audio") or []:
+            slot = self.slots.get(entry.get("mid"))
+            if slot is not None:
+                slot.identity = entry.get("identity")
+        for entry in message.get("previews") or []:
+            slot = self.slots.get(entry.get("mid"))
+            if slot is not None and slot.identity != entry.get("identity"):
+                slot.identity = entry.get("identity")
+                self._expect(slot, slot.identity, None if slot.first_packet_at is None else now)
+
+    def _expect(self, slot: ReceiveSlot, identity: str | None, since: float | None) -> None:
+        """The slot's source changed: time its first decoded frame (``since`` None: a join)."""
+        if identity is None:
+            slot.pending_since = slot.pending_expect = None
+            return
+        slot.pending_since = since
+        slot.pending_expect = identity
+        if self.config.decode != "none" and slot.kind == "video":
+            slot.decoding = True
+
+    # --- media ----------------------------------------------------------------------------
+
+    async def _negotiate(self, offer: dict[str, Any]) -> str:
+        cfg = self.config
+        slots_map = offer.get("slots") or {}
+        sections = parse_offer_slots(offer["sdp"])
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        transceivers = {t.mid: t for t in pc.getTransceivers()}
+        clip = None
+        publish = slots_map.get("publish") or {}
+        if (cfg.publish_audio or cfg.publish_video) and publish:
+            clip = await asyncio.get_running_loop().run_in_executor(
+                None, load_clip, cfg.index, cfg.media, cfg.cache_dir
+            )
+        video_mid, audio_mid = publish.get("video"), publish.get("audio")
+        if clip is not None and cfg.publish_video and video_mid in transceivers:
+            transceiver = transceivers[video_mid]
+            caps = RTCRtpSender.getCapabilities("video")
+            transceiver.setCodecPreferences(
+                [c for c in caps.codecs if c.mimeType in ("video/VP8", "video/rtx")]
+            )
+            self.video_track = PreEncodedVideoTrack(clip)
+            transceiver.sender.replaceTrack(self.video_track)
+            transceiver.direction = "sendonly"
+            transceiver.sender._send_keyframe = self.video_track.request_keyframe  # type: ignore[method-assign]
+        if clip is not None and cfg.publish_audio and audio_mid in transceivers:
+            transceiver = transceivers[audio_mid]
+            self.audio_track = PreEncodedAudioTrack(clip, speaking=cfg.speaking)
+            transceiver.sender.replaceTrack(self.audio_track)
+            transceiver.direction = "sendonly"
+            _carry_audio_level(transceiver.sender, self.audio_track)
+        for role in ("video", "audio", "previews"):
+            for i, mid in enumerate(slots_map.get(role) or []):
+                section = sections.get(mid)
+                if section is None:
+                    continue
+                slot = ReceiveSlot(mid, section["kind"], role.rstrip("s"), i, set(section["ssrcs"]))
+                self.slots[mid] = slot
+                {"video": self.video_slots, "audio": self.audio_slots, "previews": self.preview_slots}[
+                    role
+                ].append(slot)
+                for ssrc in slot.ssrcs:
+                    self._by_ssrc[ssrc] = slot
+                if section["mid_ext"]:
+                    self._mid_ext_id = section["mid_ext"]
+        for t in pc.getTransceivers():
+            if t.mid not in (video_mid, audio_mid) and t.mid in self.slots:
+                t.direction = "recvonly"
+        # Video slot i shows program slot i from the start.
+        slots = self.program.get("slots") or []
+        for slot in self.video_slots:
+            slot.identity = slots[slot.index] if slot.index < len(slots) else None
+            self._expect(slot, slot.identity, None)
+        for slot in self.preview_slots:
+            self._expect(slot, slot.identity, None)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        # One transport when the server BUNDLEs (it does); hook each in case it does not.
+        for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
+            if dtls is not None:
+                dtls._handle_rtp_data = self._handle_rtp_data  # type: ignore[method-assign]
+        return pc.localDescription.sdp
+
+    def _slot_for_unknown_ssrc(self, data: bytes, ssrc: int) -> ReceiveSlot | None:
+        """A packet whose SSRC the offer did not list: find its slot from the mid extension once."""
+        if not self._mid_ext_id or not data[0] & 0x10:
+            return None
+        pos = 12 + 4 * (data[0] & 0x0F)
+        if len(data) < pos + 4 or data[pos : pos + 2] != b"\xbe\xde":
+            return None
+        end = pos + 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
+        pos += 4
+        while pos < end and pos < len(data):
+            byte = data[pos]
+            if byte == 0:
+                pos += 1
+                continue
+            ext_id, length = byte >> 4, (byte & 0x0F) + 1
+            if ext_id == self._mid_ext_id:
+                slot = self.slots.get(data[pos + 1 : pos + 1 + length].decode("ascii", "replace"))
+                if slot is not None:
+                    self._by_ssrc[ssrc] = slot
+                    slot.ssrcs.add(ssrc)
+                return slot
+            pos += 1 + length
+        return None
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        # Replaces aiortc's receive path for this endpoint: count, maybe decode, hand nothing on.
+        try:
+            if len(data) < 12:
+                return
+            ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
+            slot = self._by_ssrc.get(ssrc)
+            if slot is None:
+                slot = self._slot_for_unknown_ssrc(data, ssrc)
+                if slot is None:
+                    self.unknown_packets += 1
+                    return
+            slot.packets += 1
+            slot.octets += len(data)
+            if slot.first_packet_at is None:
+                slot.first_packet_at = time.time()
+            if slot.decoding:
+                self._decode_video(slot, data)
+            elif slot.kind == "audio" and self.config.decode == "all":
+                self._decode_audio(data)
+        except Exception:
+            self.handler_errors += 1
+
+    def _decode_audio(self, data: bytes) -> None:
+        offset = _rtp_payload_offset(data)
+        if offset < 0:
+            return
+        if self._audio_decoder is None:
+            self._audio_decoder = av.CodecContext.create("libopus", "r")
+        with contextlib.suppress(av.FFmpegError):
+            packet = av.Packet(data[offset : _rtp_payload_end(data)])
+            self.audio_frames_decoded += len(self._audio_decoder.decode(packet))
+
+    def _decode_video(self, slot: ReceiveSlot, data: bytes) -> None:
+        _, _, seq, timestamp, _ = _RTP.unpack_from(data)
+        offset = _rtp_payload_offset(data)
+        if offset < 0:
+            return
+        parsed = vp8_payload(data[offset : _rtp_payload_end(data)])
+        if parsed is None:
+            return
+        start, keyframe, chunk = parsed
+        in_order = slot.next_seq is None or seq == slot.next_seq
+        slot.next_seq = (seq + 1) & 0xFFFF
+        if start:
+            if slot.frame_parts:  # the previous frame never got its last packet
+                slot.frames_lost += 1
+            slot.frame_parts = []
+            slot.frame_ts = timestamp
+            if keyframe:
+                slot.synced = True
+            elif not slot.synced:
+                return
+        elif not in_order or timestamp != slot.frame_ts or not slot.frame_parts:
+            if slot.frame_parts:
+                slot.frames_lost += 1
+            slot.frame_parts = []
+            slot.synced = False  # a hole: wait for the next keyframe
+            return
+        if not slot.synced:
+            return
+        slot.frame_parts.append(chunk)
+        if data[1] & 0x80:  # marker: the frame is complete
+            frame_data = b"".join(slot.frame_parts)
+            slot.frame_parts = []
+            self._decode_frame(slot, frame_data)
+
+    def _decode_frame(self, slot: ReceiveSlot, frame_data: bytes) -> None:
+        if slot.decoder is None:
+            slot.decoder = av.CodecContext.create("libvpx", "r")
+        try:
+            frames = slot.decoder.decode(av.Packet(frame_data))
+        except av.FFmpegError:
+            slot.decode_errors += 1
+            slot.synced = False
+            return
+        for frame in frames:
+            slot.frames_decoded += 1
+            now = time.time()
+            if self.first_frame_at is None:
+                self.first_frame_at = now
+                self.first_frame_event.set()
+            if slot.pending_expect is None and self.config.decode != "all":
+                slot.decoding = False
+                continue
+            if slot.pending_expect is None and slot.frames_decoded % 25:
+                continue  # in "all" mode, check whose feed it is once a second
+            seen = identify_frame(frame)
+            slot.last_seen_index = seen
+            expected = self.config.palette.get(slot.pending_expect or "")
+            if slot.pending_expect is not None and (expected is None or seen == expected):
+                if slot.pending_since is not None:
+                    self.switch_times.append(now - slot.pending_since)
+                slot.pending_since = slot.pending_expect = None
+                if self.config.decode != "all":
+                    slot.decoding = False
+                    slot.synced = False
+                    slot.frame_parts = []
+
+    # --- results --------------------------------------------------------------------------
+
+    @property
+    def join_time(self) -> float | None:
+        """Seconds from opening the socket to the first decoded video frame."""
+        if self.first_frame_at is None or self.ws_opened_at is None:
+            return None
+        return self.first_frame_at - self.ws_opened_at
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "join_s": self.join_time,
+            "switch_s": list(self.switch_times),
+            "pending_switches": sum(
+                1 for s in self.slots.values() if s.pending_expect is not None and s.pending_since is not None
+            ),
+            "slots": [s.counters() for s in self.slots.values()],
+            "unknown_packets": self.unknown_packets,
+            "handler_errors": self.handler_errors,
+            "audio_frames_decoded": self.audio_frames_decoded,
+            "video_frames_sent": self.video_track.frames_sent if self.video_track else 0,
+            "keyframe_requests": self.video_track.keyframe_requests if self.video_track else 0,
+            "audio_frames_sent": self.audio_track.frames_sent if self.audio_track else 0,
+            "speakers": list(self.speakers),
+            "closed_reason": self.closed_reason,
+        }
+
+    async def close(self, leave: bool = True) -> None:
+        if leave and self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.request("leave"), 2.0)
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pc.close(), 5.0)
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self.session is not None:
+            await self.session.close()
+
+
+def _carry_audio_level(sender: RTCRtpSender, track: PreEncodedAudioTrack) -> None:
+    """Make aiortc put the track's level in each Opus packet's audio-level extension, like a browser."""
+    original = sender._next_encoded_frame
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        frame = await original(codec)
+        if frame is not None:
+            # aiortc writes -audio_level into the extension (it holds dBov, negative).
+            frame.audio_level = -track.level
+        return frame
+
+    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]

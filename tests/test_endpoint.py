@@ -1,0 +1,319 @@
+"""The test endpoint and its pre-encoded media.
+
+Against a plain aiortc peer behind a minimal signaling stand-in (offer shape of docs/protocol.md),
+and against the real server (``conference serve`` with the media core) once that exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from aiohttp import WSMsgType, web
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
+
+from conference.endpoint import (
+    Endpoint,
+    EndpointConfig,
+    check_aiortc_hooks,
+    parse_offer_slots,
+    vp8_payload,
+)
+from conference.testmedia import (
+    MAX_INDEX,
+    SPEAKING_LEVEL,
+    MediaParams,
+    PreEncodedAudioTrack,
+    PreEncodedVideoTrack,
+    colour_for,
+    identify_frame,
+    load_clip,
+)
+
+pytestmark = pytest.mark.media
+
+# Shorter loop than the default so the tests encode less; same size and rate.
+PARAMS = MediaParams(loop_frames=30, audio_frames=25)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("testmedia")
+
+
+# --- pre-encoded media ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [0, 7, 49, MAX_INDEX])
+def test_clip_decodes_to_its_own_colour(index: int, cache_dir: Path) -> None:
+    clip = load_clip(index, PARAMS, cache_dir)
+    assert clip.keyframes[0] and not any(clip.keyframes[1:])
+    assert len(clip.video) == PARAMS.loop_frames
+    assert 250_000 < clip.video_bitrate < 750_000
+    decoder = av.CodecContext.create("libvpx", "r")
+    seen = [identify_frame(f) for data in clip.video for f in decoder.decode(av.Packet(data))]
+    assert len(seen) == PARAMS.loop_frames
+    assert set(seen) == {index}
+    opus = av.CodecContext.create("libopus", "r")
+    samples = sum(f.samples for data in clip.tone for f in opus.decode(av.Packet(data)))
+    assert samples == 960 * PARAMS.audio_frames
+    assert len(clip.silence) == PARAMS.audio_frames
+
+
+def test_clip_cache_is_reused_and_rebuilt_when_damaged(cache_dir: Path) -> None:
+    first = load_clip(3, PARAMS, cache_dir)
+    path = cache_dir / PARAMS.cache_key(3)
+    started = time.perf_counter()
+    again = load_clip(3, PARAMS, cache_dir)
+    assert time.perf_counter() - started < 0.2  # read, not re-encoded
+    assert again.video == first.video and again.tone == first.tone
+    path.write_bytes(path.read_bytes()[:-10])
+    rebuilt = load_clip(3, PARAMS, cache_dir)
+    assert len(rebuilt.video) == PARAMS.loop_frames
+    assert path.stat().st_size > 10_000
+
+
+def test_bad_index_is_refused(cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        load_clip(MAX_INDEX + 1, PARAMS, cache_dir)
+    with pytest.raises(ValueError):
+        colour_for(-1)
+
+
+async def test_video_track_paces_and_jumps_to_keyframe(cache_dir: Path) -> None:
+    clip = load_clip(5, PARAMS, cache_dir)
+    track = PreEncodedVideoTrack(clip)
+    started = time.monotonic()
+    packets = [await track.recv() for _ in range(6)]
+    elapsed = time.monotonic() - started
+    assert 0.15 < elapsed < 0.5  # 6 frames at 25 fps, the first at once
+    assert [p.pts for p in packets] == [i * 3600 for i in range(6)]
+    assert packets[0].is_keyframe or clip.keyframes[0]
+    assert bytes(packets[1]) == clip.video[1]
+    track.request_keyframe()
+    assert bytes(await track.recv()) == clip.video[0]
+    assert track.keyframe_requests == 1 and track.keyframes_sent == 2
+    audio = PreEncodedAudioTrack(clip, speaking=True)
+    assert bytes(await audio.recv()) == clip.tone[0] and audio.level == SPEAKING_LEVEL
+    audio.speaking = False
+    assert bytes(await audio.recv()) == clip.silence[1] and audio.level == 127
+    track.stop()
+    audio.stop()
+
+
+# --- packet helpers ------------------------------------------------------------------------
+
+
+def test_vp8_payload_descriptor_forms() -> None:
+    # X=1 S=1 PID=0; I=1 with 15-bit picture id; keyframe (P bit clear).
+    key = bytes([0x90, 0x80, 0x81, 0x23]) + bytes([0x10, 0x02, 0x00])
+    assert vp8_payload(key) == (True, True, key[4:])
+    # Same, inter frame (P bit set).
+    inter = bytes([0x90, 0x80, 0x05]) + bytes([0x11, 0x00])
+    assert vp8_payload(inter) == (True, False, inter[3:])
+    # Continuation packet (S=0), with L and T/K bytes.
+    cont = bytes([0x80, 0xF0, 0x05, 0x07, 0x20]) + b"\xaa\xbb"
+    assert vp8_payload(cont) == (False, False, b"\xaa\xbb")
+    # No descriptor extension at all.
+    assert vp8_payload(bytes([0x10, 0x00])) == (True, True, b"\x00")
+    assert vp8_payload(b"") is None
+    assert vp8_payload(bytes([0x80])) is None
+    assert vp8_payload(bytes([0x90, 0x80, 0x81])) is None
+
+
+def test_parse_offer_slots() -> None:
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "a=mid:0",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=ssrc:111 cname:x",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+            "a=mid:1",
+            "a=ssrc-group:FID 222 333",
+            "a=ssrc:222 cname:x",
+            "a=ssrc:333 cname:x",
+        ]
+    )
+    sections = parse_offer_slots(sdp)
+    assert sections["0"]["kind"] == "audio" and sections["0"]["ssrcs"] == {111}
+    assert sections["0"]["mid_ext"] == 4
+    assert sections["1"]["ssrcs"] == {222} and sections["1"]["rtx"] == {333}
+
+
+def test_private_aiortc_hooks_exist() -> None:
+    check_aiortc_hooks()
+
+
+# --- against a plain aiortc peer -----------------------------------------------------------
+
+
+class PlainPeerServer:
+    """Speaks the join part of docs/protocol.md over a WebSocket, with an aiortc peer that sends
+    two program slots from pre-encoded tracks and receives the endpoint's camera and microphone."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.pc: RTCPeerConnection | None = None
+        self.ws: web.WebSocketResponse | None = None
+        self.slot_senders: list[Any] = []
+        self.received_levels: list[int] = []
+        self.received_video: asyncio.Queue[Any] = asyncio.Queue()
+        self.tracks: list[Any] = []
+        self.readers: list[asyncio.Future[None]] = []
+        self.program = {"layout": "side-by-side", "slots": ["hall-3", "hall-5"]}
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.ws = ws
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            message = json.loads(msg.data)
+            if message["type"] == "join":
+                await self._join(ws, message)
+            elif message["type"] == "answer":
+                assert self.pc is not None
+                await self.pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
+                await ws.send_json({"v": 1, "type": "reply", "id": message["id"], "result": {}})
+            else:
+                await ws.send_json({"v": 1, "type": "reply", "id": message["id"], "result": {}})
+        return ws
+
+    async def _join(self, ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+        room = {"room": "r", "version": 3, "program": self.program, "participants": []}
+        await ws.send_json({"v": 1, "type": "reply", "id": message["id"], "result": {"room": room}})
+        config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        self.pc = pc = RTCPeerConnection(config)
+        publish_audio = pc.addTransceiver("audio", direction="recvonly")
+        publish_video = pc.addTransceiver("video", direction="recvonly")
+        for index in (3, 5):
+            track = PreEncodedVideoTrack(load_clip(index, PARAMS, self.cache_dir))
+            self.tracks.append(track)
+            self.slot_senders.append(pc.addTransceiver(track, direction="sendonly").sender)
+        audio_slot = pc.addTransceiver("audio", direction="sendonly")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "video":
+                self.readers.append(asyncio.ensure_future(self._read_video(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        dtls = publish_audio.receiver.transport
+        original = dtls._handle_rtp_data
+
+        async def watch(data: bytes, arrival_time_ms: int) -> None:
+            packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+            if packet.extensions.audio_level is not None:
+                self.received_levels.append(packet.extensions.audio_level[1])
+            await original(data, arrival_time_ms)
+
+        dtls._handle_rtp_data = watch
+        transceivers = pc.getTransceivers()
+        slots = {
+            "publish": {"audio": publish_audio.mid, "video": publish_video.mid},
+            "video": [t.mid for t in transceivers[2:4]],
+            "audio": [audio_slot.mid],
+            "previews": [],
+        }
+        await ws.send_json({"v": 1, "type": "offer", "sdp": pc.localDescription.sdp, "slots": slots})
+
+    async def _read_video(self, track: Any) -> None:
+        with contextlib.suppress(Exception):
+            for _ in range(200):
+                await self.received_video.put(await track.recv())
+
+    async def change_program(self, slots: list[str]) -> float:
+        """Fill each slot with a fresh track of its new source (starting at its keyframe), then
+        push the program event, as the server does."""
+        for sender, identity in zip(self.slot_senders, slots, strict=True):
+            track = PreEncodedVideoTrack(load_clip(int(identity.split("-")[1]), PARAMS, self.cache_dir))
+            self.tracks.append(track)
+            sender.replaceTrack(track)
+        at = time.time()
+        self.program = {"layout": "side-by-side", "slots": slots}
+        assert self.ws is not None
+        event = {"kind": "program", "program": self.program, "version": 4, "room": "r", "at": at}
+        await self.ws.send_json({"v": 1, "type": "event", "event": event})
+        return at
+
+    async def close(self) -> None:
+        for track in self.tracks:
+            track.stop()
+        if self.pc is not None:
+            await self.pc.close()
+
+
+async def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: Path) -> None:
+    peer = PlainPeerServer(cache_dir)
+    app = web.Application()
+    app.router.add_get("/ws", peer.handle)
+    server = await aiohttp_server(app)
+    config = EndpointConfig(
+        url=str(server.make_url("/")),
+        token="t",
+        identity="hall-7",
+        index=7,
+        speaking=True,
+        decode="probe",
+        media=PARAMS,
+        cache_dir=cache_dir,
+        palette={"hall-3": 3, "hall-5": 5, "hall-7": 7},
+    )
+    endpoint = Endpoint(config)
+    try:
+        await endpoint.join()
+        assert [s.identity for s in endpoint.video_slots] == ["hall-3", "hall-5"]
+        # The endpoint decodes both program slots as the right sources.
+        ok = await _wait_for(lambda: all(s.last_seen_index is not None for s in endpoint.video_slots), 8)
+        assert ok
+        assert [s.last_seen_index for s in endpoint.video_slots] == [3, 5]
+        assert endpoint.join_time is not None and 0 < endpoint.join_time < 5
+        # Probe mode: decoding stops once the expected source is seen.
+        assert not any(s.decoding for s in endpoint.video_slots)
+        # The peer receives the endpoint's camera as its colour, and its voice level.
+        frame = await asyncio.wait_for(peer.received_video.get(), 8)
+        assert identify_frame(frame) == 7
+        assert await _wait_for(lambda: len(peer.received_levels) > 10, 5)
+        assert set(peer.received_levels[-5:]) == {SPEAKING_LEVEL}
+        endpoint.audio_track.speaking = False  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)
+        assert peer.received_levels[-1] == 127
+        # A keyframe request from the peer reaches the endpoint's track.
+        receiver = peer.pc.getTransceivers()[1].receiver  # type: ignore[union-attr]
+        ssrc = next(iter(receiver._RTCRtpReceiver__remote_streams))
+        await receiver._send_rtcp_pli(ssrc)
+        assert await _wait_for(lambda: endpoint.video_track.keyframe_requests >= 1, 3)  # type: ignore[union-attr]
+        # A program change: slot 0 switches to hall-5 and the switch is timed on its first frame.
+        counted = endpoint.video_slots[0].packets
+        await peer.change_program(["hall-5", "hall-3"])
+        assert await _wait_for(lambda: len(endpoint.switch_times) == 2, 8)
+        assert all(0 < t < 5 for t in endpoint.switch_times)
+        assert [s.last_seen_index for s in endpoint.video_slots] == [5, 3]
+        report = endpoint.report()
+        slot0 = report["slots"][0]
+        assert slot0["packets"] > counted > 20 and slot0["octets"] > 20_000
+        assert report["slots"][2]["kind"] == "audio" and report["unknown_packets"] == 0
+        assert report["handler_errors"] == 0 and report["pending_switches"] == 0
+        assert all(s["decode_errors"] == 0 for s in report["slots"])
+    finally:
+        await endpoint.close()
+        await peer.close()
