@@ -1,0 +1,319 @@
+"""Server settings and where they come from.
+
+Precedence, lowest first: built-in defaults < TOML config file (``--config``) < ``CONFERENCE_*``
+environment variables < command-line flags. The TOML file uses the field names below as top-level
+keys (``[[ice_servers]]`` tables for STUN/TURN); an environment variable is the field name in upper
+case with the ``CONFERENCE_`` prefix (lists as JSON or comma-separated, booleans as true/false/1/0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CONFERENCE_"
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names the setting and where it came from."""
+
+
+@dataclass(slots=True)
+class Settings:
+    # 127.0.0.1 by default: nothing is exposed until asked. Venues on the LAN need 0.0.0.0 (or the
+    # machine's address) and TLS, since browsers only open cameras on secure origins.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    secret: str | None = None  # None: <data_dir>/secret, generated when missing
+    admin_key: str | None = None  # None: <data_dir>/admin_key, generated when missing
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Handed to every client in the join reply and used by the server's own peer connections.
+    # Empty by default: aiortc would otherwise ask a public STUN server.
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    rtc_port_min: int | None = None
+    rtc_port_max: int | None = None
+    rtc_interfaces: list[str] = field(default_factory=list)
+    rtc_announced_address: str | None = None
+    max_endpoints: int = 50
+    reconnect_grace_s: float = 30.0
+    auto_record: bool = False
+    redis_url: str | None = None
+    ws_max_message_bytes: int = 65536
+    ws_rate: float = 20.0  # messages per second per connection (token bucket refill)
+    ws_burst: int = 40  # token bucket size
+    media: bool = True  # False: signaling only (NullMedia)
+    media_backend: str = "sfu"  # module conference.<name> providing create_backend(settings)
+    recording_retention_days: int | None = None  # None: keep recordings until deleted
+    shutdown_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def public_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if (self.rtc_port_min is None) != (self.rtc_port_max is None):
+            raise ConfigError("rtc_port_min and rtc_port_max must be given together")
+        low, high = self.rtc_port_min, self.rtc_port_max
+        if low is not None and high is not None and not 1024 <= low <= high <= 65535:
+            raise ConfigError(f"rtc port range must satisfy 1024 <= min <= max <= 65535, got {low}-{high}")
+        if self.max_endpoints < 1:
+            raise ConfigError(f"max_endpoints must be at least 1, got {self.max_endpoints}")
+        if self.reconnect_grace_s < 0:
+            raise ConfigError("reconnect_grace_s must not be negative")
+        if self.ws_max_message_bytes < 1024:
+            raise ConfigError("ws_max_message_bytes must be at least 1024")
+        if self.ws_rate <= 0 or self.ws_burst < 1:
+            raise ConfigError("ws_rate must be positive and ws_burst at least 1")
+        if self.recording_retention_days is not None and self.recording_retention_days < 1:
+            raise ConfigError("recording_retention_days must be at least 1 (or unset to keep forever)")
+        for server in self.ice_servers:
+            _check_ice_server(server)
+
+    def public_json(self) -> dict[str, Any]:
+        """What pages may know: nothing secret (no TURN credentials, keys or paths)."""
+        return {
+            "max_endpoints": self.max_endpoints,
+            "reconnect_grace_s": self.reconnect_grace_s,
+            "ws_max_message_bytes": self.ws_max_message_bytes,
+            "ws_rate": self.ws_rate,
+            "ws_burst": self.ws_burst,
+            "media": self.media,
+            "tls": self.tls,
+            "auto_record": self.auto_record,
+        }
+
+
+def _check_ice_server(server: Any) -> None:
+    if not isinstance(server, dict):
+        raise ConfigError(f"ice_servers entries must be tables/objects, got {server!r}")
+    urls = server.get("urls")
+    url_list = [urls] if isinstance(urls, str) else urls
+    if not isinstance(url_list, list) or not url_list or not all(isinstance(u, str) for u in url_list):
+        raise ConfigError(f"ice server needs 'urls' (a string or list of strings): {server!r}")
+    for url in url_list:
+        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+            raise ConfigError(f"ice server url must start with stun:, stuns:, turn: or turns:, got {url!r}")
+    unknown = set(server) - {"urls", "username", "credential"}
+    if unknown:
+        raise ConfigError(f"unknown ice server keys {sorted(unknown)}")
+    if any(u.startswith(("turn:", "turns:")) for u in url_list) and not (
+        server.get("username") and server.get("credential")
+    ):
+        raise ConfigError(f"a TURN server needs username and credential: {url_list}")
+
+
+_FIELD_TYPES: dict[str, str] = {
+    "host": "str",
+    "port": "int",
+    "data_dir": "path",
+    "secret": "str?",
+    "admin_key": "str?",
+    "tls_cert": "path?",
+    "tls_key": "path?",
+    "ice_servers": "ice",
+    "rtc_port_min": "int?",
+    "rtc_port_max": "int?",
+    "rtc_interfaces": "strlist",
+    "rtc_announced_address": "str?",
+    "max_endpoints": "int",
+    "reconnect_grace_s": "float",
+    "auto_record": "bool",
+    "redis_url": "str?",
+    "ws_max_message_bytes": "int",
+    "ws_rate": "float",
+    "ws_burst": "int",
+    "media": "bool",
+    "media_backend": "str",
+    "recording_retention_days": "int?",
+    "shutdown_timeout_s": "float",
+}
+assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str, from_text: bool) -> Any:
+    """Turn a TOML value (typed) or an environment string into the field's type."""
+    kind = _FIELD_TYPES[name]
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    if optional and (value is None or (from_text and value == "")):
+        return None
+    try:
+        if kind == "str":
+            if not isinstance(value, str):
+                raise TypeError("expected a string")
+            return value
+        if kind == "path":
+            if not isinstance(value, str):
+                raise TypeError("expected a path string")
+            return Path(value).expanduser()
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise TypeError("expected an integer")
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TypeError("expected a number")
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise TypeError("expected true or false")
+        if kind == "strlist":
+            if isinstance(value, str):
+                value = json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",")]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError("expected a list of strings")
+            return [v for v in value if v]
+        if kind == "ice":
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, list):
+                raise TypeError("expected a list of {urls, username, credential}")
+            for server in value:
+                _check_ice_server(server)
+            return [dict(server) for server in value]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} from {source}: {exc} (got {value!r})") from None
+    raise AssertionError(kind)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < TOML file < CONFERENCE_* environment < ``overrides`` (command-line flags, typed)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        unknown = sorted(set(data) - set(_FIELD_TYPES))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown settings {unknown}")
+        for name, value in data.items():
+            values[name] = _coerce(name, value, f"config file {path}", from_text=False)
+        # Relative paths in a config file are relative to the file, not to wherever serve started.
+        for name in ("data_dir", "tls_cert", "tls_key"):
+            if isinstance(values.get(name), Path) and not values[name].is_absolute():
+                values[name] = path.parent / values[name]
+    env = os.environ if environ is None else environ
+    for name in _FIELD_TYPES:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = _coerce(name, env[key], f"environment {key}", from_text=True)
+    for name, value in (overrides or {}).items():
+        if name not in _FIELD_TYPES:
+            raise ConfigError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = value
+    try:
+        return Settings(**values)
+    except TypeError as exc:  # pragma: no cover - guarded by _coerce
+        raise ConfigError(str(exc)) from None
+
+
+# --- command-line flags shared by `conference serve` and `conference token` ---------------------
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> None:
+    """The flags that locate the secret; with ``server`` also everything ``serve`` needs."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument("--data-dir", metavar="DIR", help="state and recordings (default ./data)")
+    parser.add_argument("--secret", help="token signing secret (default: <data-dir>/secret)")
+    if not server:
+        return
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    parser.add_argument("--port", type=int, help="port (default 8080)")
+    parser.add_argument("--admin-key", help="key for the admin REST API (default: <data-dir>/admin_key)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        metavar="URL",
+        help="STUN/TURN URL handed to clients (repeatable); TURN needs --ice-username/--ice-credential",
+    )
+    parser.add_argument("--ice-username", help="TURN username for the --ice-server TURN URLs")
+    parser.add_argument("--ice-credential", help="TURN credential for the --ice-server TURN URLs")
+    parser.add_argument("--rtc-ports", metavar="MIN-MAX", help="UDP port range for the server's media")
+    parser.add_argument(
+        "--rtc-interface",
+        action="append",
+        metavar="NAME|ADDR",
+        help="gather media candidates only on this interface or address (repeatable)",
+    )
+    parser.add_argument("--announced-address", help="public address announced for 1:1 NAT")
+    parser.add_argument("--max-endpoints", type=int, help="endpoints per room (default 50)")
+    parser.add_argument("--reconnect-grace", type=float, metavar="SECONDS", help="default 30")
+    parser.add_argument(
+        "--auto-record", action="store_true", default=None, help="record every room from its first join"
+    )
+    parser.add_argument("--redis-url", help="share rooms between processes through Redis")
+    parser.add_argument("--no-media", action="store_true", help="signaling only, no media forwarding")
+    parser.add_argument("--media-backend", help="media backend module in conference/ (default sfu)")
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    overrides: dict[str, Any] = {
+        "data_dir": Path(args.data_dir) if getattr(args, "data_dir", None) else None,
+        "secret": getattr(args, "secret", None),
+    }
+    if hasattr(args, "host"):
+        overrides.update(
+            host=args.host,
+            port=args.port,
+            admin_key=args.admin_key,
+            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+            tls_key=Path(args.tls_key) if args.tls_key else None,
+            rtc_interfaces=args.rtc_interface,
+            rtc_announced_address=args.announced_address,
+            max_endpoints=args.max_endpoints,
+            reconnect_grace_s=args.reconnect_grace,
+            auto_record=args.auto_record,
+            redis_url=args.redis_url,
+            media=False if args.no_media else None,
+            media_backend=args.media_backend,
+        )
+        if args.ice_server:
+            server: dict[str, Any] = {"urls": list(args.ice_server)}
+            if args.ice_username:
+                server.update(username=args.ice_username, credential=args.ice_credential)
+            overrides["ice_servers"] = [server]
+        if args.rtc_ports:
+            low, sep, high = args.rtc_ports.partition("-")
+            if not sep or not low.isdigit() or not high.isdigit():
+                raise ConfigError(f"--rtc-ports must look like 40000-40100, got {args.rtc_ports!r}")
+            overrides.update(rtc_port_min=int(low), rtc_port_max=int(high))
+    return load_settings(getattr(args, "config", None), environ, overrides)

@@ -1,0 +1,419 @@
+"""The aiohttp application: pages, REST API, WebSocket, and the wiring of store, media, recorder.
+
+REST errors are JSON ``{"error": CODE, "message": ...}`` with the protocol's codes; the API is
+described in docs/openapi.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from conference import __version__
+from conference.config import Settings
+from conference.layouts import catalogue_json
+from conference.media import MediaBackend, NullMedia
+from conference.roles import Permission, Role, can
+from conference.room import CommandError
+from conference.store import RoomExists, RoomStore, create_store
+
+from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
+from .recording import RecordingControl
+from .rooms import Actor, Rooms
+from .tokens import (
+    DEFAULT_TTL_S,
+    PAGE_FOR_ROLE,
+    Claims,
+    TokenError,
+    admin_key_matches,
+    check_name,
+    mint_token,
+    resolve_admin_key,
+    resolve_secret,
+    verify_token,
+)
+from .ws import websocket_handler
+
+log = logging.getLogger(__name__)
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+STORE_KEY = web.AppKey("store", RoomStore)
+MEDIA_KEY = web.AppKey("media", MediaBackend)
+ROOMS_KEY = web.AppKey("rooms", Rooms)
+RECORDING_KEY = web.AppKey("recording", RecordingControl)
+SECRET_KEY = web.AppKey("secret", str)
+ADMIN_KEY_KEY = web.AppKey("admin_key", str)
+
+PAGES = {
+    "/": "index.html",
+    "/venue": "venue.html",
+    "/phone": "phone.html",
+    "/chair": "chair.html",
+    "/clerk": "clerk.html",
+}
+MAX_BODY = 64 * 1024
+# Commands the REST API offers to integrations (the chair's; the others act on a live endpoint).
+REST_COMMANDS = frozenset(
+    {"set_program", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
+    | {"start_recording", "stop_recording"}
+)
+STATUS_FOR_CODE = {
+    "bad_request": 400,
+    "bad_json": 400,
+    "unknown_layout": 400,
+    "unknown_type": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "room_full": 409,
+    "floor_queue_empty": 409,
+    "too_large": 413,
+}
+
+
+def web_dir() -> Path:
+    return Path(str(importlib.resources.files("web")))
+
+
+def build_media(settings: Settings) -> MediaBackend:
+    """The configured media backend, or NullMedia when media is off or not built yet."""
+    if not settings.media:
+        return NullMedia()
+    module_name = f"conference.{settings.media_backend}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        log.warning("%s is not available: running without media (signaling only)", module_name)
+        return NullMedia()
+    return module.create_backend(settings)
+
+
+# --- errors and authorisation ------------------------------------------------------------------
+
+
+def json_error(status: int, code: str, message: str, **extra: Any) -> web.HTTPException:
+    body = json.dumps({"error": code, "message": message})
+    if status == 413:
+        return web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY, actual_size=extra.get("size", 0), text=body, content_type="application/json"
+        )
+    exc_class = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+    }.get(status, web.HTTPInternalServerError)
+    return exc_class(text=body, content_type="application/json")
+
+
+def command_error(exc: CommandError) -> web.HTTPException:
+    return json_error(STATUS_FOR_CODE.get(exc.code, 500), exc.code, exc.message)
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def authorize(
+    request: web.Request, room: str | None = None, permission: Permission | None = None
+) -> tuple[Actor, Claims | None]:
+    """(actor, claims; None for the admin key). The admin key may do everything; a token acts only
+    in its own room and only as its role allows."""
+    token = bearer(request)
+    if token is None:
+        raise json_error(401, "unauthorized", "missing Authorization: Bearer <token or admin key>")
+    if admin_key_matches(request.app[ADMIN_KEY_KEY], token):
+        return Actor(None, None), None
+    try:
+        claims = verify_token(request.app[SECRET_KEY], token)
+    except TokenError as exc:
+        raise json_error(401, "unauthorized", exc.reason) from None
+    if room is not None and claims.room != room:
+        raise json_error(403, "forbidden", "token is for another room")
+    if permission is not None and not can(claims.role, permission):
+        raise json_error(403, "forbidden", f"role {claims.role} may not do this")
+    return Actor.from_claims(claims), claims
+
+
+def require_admin(request: web.Request) -> None:
+    if not admin_key_matches(request.app[ADMIN_KEY_KEY], bearer(request)):
+        status = 401 if bearer(request) is None else 403
+        raise json_error(status, "unauthorized" if status == 401 else "forbidden", "needs the admin key")
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise json_error(413, "too_large", f"body larger than {MAX_BODY} bytes", size=request.content_length)
+    try:
+        data = await request.json()
+    except ValueError:
+        raise json_error(400, "bad_json", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise json_error(400, "bad_json", "body must be a JSON object")
+    return data
+
+
+def validate_command(data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return parse_message(json.dumps(data), MAX_BODY)
+    except ProtocolError as exc:
+        raise json_error(400, exc.code, exc.message) from None
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rooms = request.app[ROOMS_KEY]
+    return web.json_response(
+        {
+            "status": "shutting_down" if rooms.shutting_down else "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - rooms.started_at, 1),
+            "connections": len(rooms.sockets),
+            "media": rooms.has_media,
+        }
+    )
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SETTINGS_KEY].public_json())
+
+
+async def get_layouts(request: web.Request) -> web.Response:
+    return web.json_response(catalogue_json())
+
+
+async def get_schema(request: web.Request) -> web.Response:
+    return web.json_response(SCHEMA)
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    require_admin(request)
+    app = request.app
+    store = app[STORE_KEY]
+    rooms = app[ROOMS_KEY]
+    room_ids = await store.list_rooms()
+    participants = 0
+    for room in room_ids:
+        state = await store.get(room)
+        participants += len(state.participants) if state else 0
+    return web.json_response(
+        {
+            "rooms": len(room_ids),
+            "participants": participants,
+            "connections": len(rooms.sockets),
+            "media": app[MEDIA_KEY].stats(),
+        }
+    )
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    _, claims = authorize(request)
+    store = request.app[STORE_KEY]
+    names = await store.list_rooms()
+    if claims is not None:  # a token sees its own room only
+        names = [n for n in names if n == claims.room]
+    result = []
+    for name in names:
+        state = await store.get(name)
+        if state is not None:
+            result.append(
+                {
+                    "room": name,
+                    "version": state.version,
+                    "participants": len(state.participants),
+                    "program": state.program.to_json(),
+                    "recording": state.recording.active,
+                }
+            )
+    return web.json_response({"rooms": result})
+
+
+async def create_room(request: web.Request) -> web.Response:
+    data = await json_body(request)
+    room = data.get("room")
+    try:
+        check_name("room", room)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise json_error(400, "bad_request", str(exc)) from None
+    unknown = set(data) - {"room", "max_endpoints", "auto_record"}
+    if unknown:
+        raise json_error(400, "bad_request", f"unknown fields {sorted(unknown)}")
+    settings = request.app[SETTINGS_KEY]
+    max_endpoints = data.get("max_endpoints", settings.max_endpoints)
+    auto_record = data.get("auto_record", settings.auto_record)
+    if (
+        isinstance(max_endpoints, bool)
+        or not isinstance(max_endpoints, int)
+        or not 1 <= max_endpoints <= 1000
+    ):
+        raise json_error(400, "bad_request", "max_endpoints must be an integer from 1 to 1000")
+    if not isinstance(auto_record, bool):
+        raise json_error(400, "bad_request", "auto_record must be true or false")
+    authorize(request, room, Permission.SET_PROGRAM)
+    try:
+        state = await request.app[STORE_KEY].create(
+            room, max_endpoints=max_endpoints, auto_record=auto_record
+        )
+    except RoomExists:
+        raise json_error(409, "conflict", f"room {room!r} exists") from None
+    return web.json_response(state.to_json(), status=201)
+
+
+async def get_room(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    authorize(request, room)
+    state = await request.app[STORE_KEY].get(room)
+    if state is None:
+        raise json_error(404, "not_found", f"no room {room!r}")
+    return web.json_response(state.to_json())
+
+
+async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response:
+    actor, _ = authorize(request, room)
+    if msg["type"] not in REST_COMMANDS:
+        raise json_error(400, "unknown_type", f"{msg['type']!r} is not available over REST")
+    try:
+        result = await request.app[ROOMS_KEY].command(room, actor, msg["type"], msg)
+    except CommandError as exc:
+        raise command_error(exc) from None
+    return web.json_response(result)
+
+
+async def put_program(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    authorize(request, room)  # before looking at the body: unauthenticated callers learn nothing
+    body = await json_body(request)
+    msg = validate_command({**body, "type": "set_program"})
+    return await run_command(request, room, msg)
+
+
+async def post_command(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    authorize(request, room)
+    msg = validate_command(await json_body(request))
+    return await run_command(request, room, msg)
+
+
+async def post_token(request: web.Request) -> web.Response:
+    require_admin(request)
+    data = await json_body(request)
+    unknown = set(data) - {"room", "identity", "name", "role", "ttl", "admin"}
+    if unknown:
+        raise json_error(400, "bad_request", f"unknown fields {sorted(unknown)}")
+    ttl = data.get("ttl", DEFAULT_TTL_S)
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise json_error(400, "bad_request", "ttl must be an integer number of seconds")
+    try:
+        token = mint_token(
+            request.app[SECRET_KEY],
+            data.get("room"),  # type: ignore[arg-type]
+            data.get("identity"),  # type: ignore[arg-type]
+            data.get("name"),  # type: ignore[arg-type]
+            data.get("role"),  # type: ignore[arg-type]
+            ttl,
+            bool(data.get("admin", False)),
+        )
+    except (ValueError, TypeError) as exc:
+        raise json_error(400, "bad_request", str(exc)) from None
+    claims = verify_token(request.app[SECRET_KEY], token)
+    page = PAGE_FOR_ROLE[Role(claims.role)]
+    return web.json_response(
+        {"token": token, "expires_at": claims.expires_at, "page": f"/{page}?token={token}"}, status=201
+    )
+
+
+def page_handler(filename: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        path = web_dir() / filename
+        if not path.is_file():
+            raise web.HTTPNotFound(text=f"{filename} is not installed")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return handler
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings, *, media: MediaBackend | None = None, store: RoomStore | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    store = store if store is not None else create_store(settings.redis_url)
+    media = media if media is not None else build_media(settings)
+    recording = RecordingControl(settings, store, media)
+    rooms = Rooms(settings, store, media, recording)
+    app[SETTINGS_KEY] = settings
+    app[STORE_KEY] = store
+    app[MEDIA_KEY] = media
+    app[RECORDING_KEY] = recording
+    app[ROOMS_KEY] = rooms
+    app[SECRET_KEY] = resolve_secret(settings)
+    app[ADMIN_KEY_KEY] = resolve_admin_key(settings)
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        return await websocket_handler(request, rooms, request.app[SECRET_KEY])
+
+    app.router.add_get("/ws", ws)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/config", get_config)
+    app.router.add_get("/api/layouts", get_layouts)
+    app.router.add_get("/api/protocol/schema", get_schema)
+    app.router.add_get("/api/stats", get_stats)
+    app.router.add_post("/api/tokens", post_token)
+    app.router.add_get("/api/rooms", list_rooms)
+    app.router.add_post("/api/rooms", create_room)
+    app.router.add_get("/api/rooms/{room}", get_room)
+    app.router.add_put("/api/rooms/{room}/program", put_program)
+    app.router.add_post("/api/rooms/{room}/commands", post_command)
+    for route, filename in PAGES.items():
+        app.router.add_get(route, page_handler(filename))
+    app.router.add_static("/static", web_dir(), show_index=False, follow_symlinks=False)
+    _setup_recorder_api(app)
+
+    async def on_startup(app: web.Application) -> None:
+        start = getattr(store, "start", None)
+        if start is not None:
+            await start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await rooms.shutdown()
+
+    async def on_cleanup(app: web.Application) -> None:
+        try:
+            await media.close()
+        finally:
+            await store.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _setup_recorder_api(app: web.Application) -> None:
+    try:
+        module = importlib.import_module("recorder.api")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("recorder.api", "recorder"):
+            return
+        raise
+    module.setup(app)
+
+
+assert set(MESSAGES) >= REST_COMMANDS

@@ -1,0 +1,199 @@
+"""The signaling protocol's wire format: the JSON Schema of incoming messages, parsing with
+clear error codes, and the per-connection rate limit. Documented in docs/protocol.md.
+
+The schema is the single machine-readable definition of what a client may send; it is served
+at ``GET /api/protocol/schema`` and validated with a Draft 2020-12 validator compiled once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from conference.layouts import MAX_SLOTS
+
+PROTOCOL_VERSION = 1
+MAX_AUDIO_SLOTS = 8
+OUTGOING_QUEUE = 1000  # messages waiting for a slow client before it is dropped
+
+_ID = {"type": ["string", "integer"], "maxLength": 64}
+_IDENTITY = {"type": "string", "minLength": 1, "maxLength": 64}
+_ENVELOPE_PROPS: dict[str, Any] = {"id": _ID, "v": {"type": "integer"}}
+
+
+def _message(type_: str, props: dict[str, Any] | None = None, required: list[str] | None = None) -> dict:
+    return {
+        "type": "object",
+        "properties": {"type": {"const": type_}, **_ENVELOPE_PROPS, **(props or {})},
+        "required": ["type", *(required or [])],
+        # Strict: a misspelt field is an error the client hears about, not a silently ignored one.
+        "additionalProperties": False,
+    }
+
+
+_BOOL = {"type": "boolean"}
+MESSAGES: dict[str, dict[str, Any]] = {
+    "join": _message(
+        "join",
+        {
+            "device": {"enum": ["venue", "phone"]},
+            "publish": {
+                "type": "object",
+                "properties": {"audio": _BOOL, "video": _BOOL},
+                "additionalProperties": False,
+            },
+            "video_slots": {"type": "integer", "minimum": 0, "maximum": MAX_SLOTS},
+            "audio_slots": {"type": "integer", "minimum": 0, "maximum": MAX_AUDIO_SLOTS},
+        },
+    ),
+    "answer": _message("answer", {"sdp": {"type": "string", "minLength": 1}}, ["sdp"]),
+    "candidate": _message(
+        "candidate",
+        {
+            "candidate": {
+                "type": "object",
+                "properties": {
+                    "candidate": {"type": "string", "maxLength": 1024},
+                    "sdpMid": {"type": ["string", "null"], "maxLength": 64},
+                    "sdpMLineIndex": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000},
+                    "usernameFragment": {"type": ["string", "null"], "maxLength": 256},
+                },
+                "required": ["candidate"],
+                "additionalProperties": False,
+            }
+        },
+        ["candidate"],
+    ),
+    "set_program": _message(
+        "set_program",
+        {
+            "layout": {"type": "string", "minLength": 1, "maxLength": 64},
+            "slots": {
+                "type": "array",
+                "maxItems": MAX_SLOTS,
+                "items": {"anyOf": [_IDENTITY, {"type": "null"}]},
+            },
+        },
+        ["layout", "slots"],
+    ),
+    "mute": _message("mute", {"identity": _IDENTITY, "muted": _BOOL}, ["identity", "muted"]),
+    "request_unmute": _message("request_unmute", {"identity": _IDENTITY}, ["identity"]),
+    "remove": _message("remove", {"identity": _IDENTITY}, ["identity"]),
+    "grant_floor": _message("grant_floor", {"identity": {"anyOf": [_IDENTITY, {"type": "null"}]}}),
+    "revoke_floor": _message("revoke_floor"),
+    "start_recording": _message("start_recording"),
+    "stop_recording": _message("stop_recording"),
+    "raise_hand": _message("raise_hand"),
+    "lower_hand": _message("lower_hand"),
+    "self_mute": _message("self_mute", {"muted": _BOOL}, ["muted"]),
+    "publish": _message("publish", {"audio": _BOOL, "video": _BOOL}, ["audio", "video"]),
+    "sync": _message("sync", {"since": {"type": "integer", "minimum": 0}}, ["since"]),
+    "ping": _message("ping"),
+    "leave": _message("leave"),
+}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:remote-consultation:signaling:v1",
+    "title": "Signaling protocol v1: messages from client to server",
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"enum": sorted(MESSAGES)}, **_ENVELOPE_PROPS},
+    "allOf": [
+        {"if": {"properties": {"type": {"const": name}}}, "then": {"$ref": f"#/$defs/{name}"}}
+        for name in sorted(MESSAGES)
+    ],
+    "$defs": MESSAGES,
+}
+
+Draft202012Validator.check_schema(SCHEMA)
+_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in MESSAGES.items()}
+VALIDATOR = Draft202012Validator(SCHEMA)
+
+
+class ProtocolError(Exception):
+    """A message the server refuses: answered with ``{"type": "error", "code": ...}``."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.extra = extra
+
+
+def _request_id(data: dict[str, Any]) -> Any:
+    rid = data.get("id")
+    # Echo only ids the schema allows, so an error reply never repeats arbitrary client data.
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        return None
+    if isinstance(rid, str) and len(rid) > 64:
+        return None
+    return rid
+
+
+def parse_message(raw: str, max_bytes: int) -> dict[str, Any]:
+    """A validated request, or ProtocolError with the protocol's error code."""
+    if len(raw) > max_bytes or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ProtocolError("too_large", f"message larger than {max_bytes} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "message is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_json", "message must be a JSON object")
+    rid = _request_id(data)
+    version = data.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError("unsupported_version", f"protocol version {PROTOCOL_VERSION} only", rid)
+    type_ = data.get("type")
+    if not isinstance(type_, str):
+        raise ProtocolError("bad_request", "'type' is required and must be a string", rid)
+    validator = _VALIDATORS.get(type_)
+    if validator is None:
+        raise ProtocolError("unknown_type", f"unknown message type {type_[:64]!r}", rid)
+    error = best_match(validator.iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "message"
+        raise ProtocolError("bad_request", f"{type_}: {where}: {error.message[:200]}", rid)
+    return data
+
+
+def reply(request_id: Any, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "type": "reply", "id": request_id, "result": result or {}}
+
+
+def error(request_id: Any, code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": "error",
+        "id": request_id,
+        "code": code,
+        "message": message,
+        **extra,
+    }
+
+
+class TokenBucket:
+    """Per-connection rate limit: ``rate`` messages a second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def take(self) -> float:
+        """0.0 when the message may go through, else the seconds until one more may."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate

@@ -1,0 +1,485 @@
+"""The rooms as the server runs them: connections, permissions, commands, reconnects.
+
+``Rooms`` sits between the transports (the WebSocket in ``signaling.ws`` and the REST API in
+``signaling.app``) and the room store. It checks every command against the sender's role, runs
+it on the store, and fans the store's events out to the room's sockets, the media backend and the
+recorder. Room state itself lives only in the store, so with the Redis store several processes
+share rooms; what is kept here is per process: open sockets, media sessions, grace timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from conference import room as room_commands
+from conference.config import Settings
+from conference.layouts import MAX_SLOTS, catalogue_json
+from conference.media import MediaBackend, MediaSession, SessionOptions
+from conference.roles import Permission, Role, can, permissions, publishes
+from conference.room import CommandError, Event, Participant, RoomState
+from conference.store import RoomStore
+
+from .protocol import MAX_AUDIO_SLOTS, OUTGOING_QUEUE, PROTOCOL_VERSION, error
+from .recording import RecordingControl
+from .tokens import Claims, TokenError
+
+log = logging.getLogger(__name__)
+
+P = Permission
+CLOSE_REPLACED = 4409
+CLOSE_REMOVED = 4410
+
+# Commands that change the room, and the permission each needs. `None`: any publisher.
+COMMAND_PERMISSIONS: dict[str, Permission | None] = {
+    "set_program": P.SET_PROGRAM,
+    "mute": P.MUTE,
+    "request_unmute": P.MUTE,
+    "remove": P.REMOVE,
+    "grant_floor": P.FLOOR_CONTROL,
+    "revoke_floor": P.FLOOR_CONTROL,
+    "start_recording": P.RECORDING_CONTROL,
+    "stop_recording": P.RECORDING_CONTROL,
+    "raise_hand": P.REQUEST_FLOOR,
+    "lower_hand": P.REQUEST_FLOOR,
+    "self_mute": None,
+    "publish": None,
+}
+# The ones that act on the sender itself: only a participant in the room can send them.
+SELF_COMMANDS = frozenset({"raise_hand", "lower_hand", "self_mute", "publish"})
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who sends a command: a participant's token, or the admin key (identity None)."""
+
+    identity: str | None
+    role: Role | None
+
+    @classmethod
+    def from_claims(cls, claims: Claims) -> Actor:
+        return cls(claims.identity, claims.role)
+
+    def may(self, command: str) -> bool:
+        if self.role is None:  # the admin key: every room command except the self ones
+            return command not in SELF_COMMANDS
+        needed = COMMAND_PERMISSIONS[command]
+        return publishes(self.role) if needed is None else can(self.role, needed)
+
+
+class Connection:
+    """One endpoint's WebSocket: an outgoing queue so a slow reader never holds up the room."""
+
+    def __init__(self, ws: web.WebSocketResponse, claims: Claims) -> None:
+        self.ws = ws
+        self.claims = claims
+        self.joined = False
+        self.session: MediaSession | None = None
+        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=OUTGOING_QUEUE)
+        self._closing = False
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    @property
+    def room(self) -> str:
+        return self.claims.room
+
+    @property
+    def identity(self) -> str:
+        return self.claims.identity
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_text(json.dumps(message))
+
+    def send_text(self, text: str) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.warning("closing %s/%s: does not read its messages", self.room, self.identity)
+            self._closing = True
+            self._writer.cancel()
+            asyncio.get_running_loop().create_task(
+                self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow")
+            )
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after what is already queued has been sent (e.g. ``replaced`` before 4409)."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._queue.put_nowait((code, reason))
+        except asyncio.QueueFull:
+            self._writer.cancel()
+            asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()))
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, tuple):
+                    await self.ws.close(code=item[0], message=item[1].encode())
+                    return
+                await self.ws.send_str(item)
+        except (ConnectionError, RuntimeError):  # the peer went away: the reader notices too
+            return
+
+    async def finish(self, timeout: float = 2.0) -> None:
+        """Wait for queued messages to go out (bounded), then stop the writer."""
+        if not self._writer.done():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+    async def close_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            try:
+                await session.close()
+            except Exception:
+                log.exception("closing media session of %s/%s", self.room, self.identity)
+
+
+def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callable[[RoomState], list[Event]]:
+    """The pure room command for a request (recording and remove are handled by the caller)."""
+    by = actor.identity
+    me = actor.identity or ""
+    match command:
+        case "set_program":
+            return lambda s: room_commands.set_program(s, msg["layout"], list(msg["slots"]), by=by)
+        case "mute":
+            return lambda s: room_commands.mute(s, msg["identity"], msg["muted"], by=by)
+        case "request_unmute":
+            return lambda s: room_commands.request_unmute(s, msg["identity"], by=by)
+        case "remove":
+            return lambda s: room_commands.remove(s, msg["identity"])
+        case "grant_floor":
+            return lambda s: room_commands.grant_floor(s, msg.get("identity"), by=by)
+        case "revoke_floor":
+            return lambda s: room_commands.revoke_floor(s, by=by)
+        case "raise_hand":
+            return lambda s: room_commands.raise_hand(s, me)
+        case "lower_hand":
+            return lambda s: room_commands.lower_hand(s, me)
+        case "self_mute":
+            return lambda s: room_commands.self_mute(s, me, msg["muted"])
+        case "publish":
+            return lambda s: room_commands.update_publishing(s, me, msg["audio"], msg["video"])
+    raise CommandError("unknown_type", f"unknown command {command!r}")
+
+
+class Rooms:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RoomStore,
+        media: MediaBackend,
+        recording: RecordingControl,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.media = media
+        self.recording = recording
+        self.connections: dict[str, dict[str, Connection]] = {}  # joined, by room and identity
+        self.sockets: set[Connection] = set()  # every open socket, joined or not
+        # Per process: a removed identity's older tokens stop working here (see docs/protocol.md).
+        self.removed_at: dict[tuple[str, str], int] = {}
+        self._grace: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.shutting_down = False
+        self.started_at = time.time()
+        store.subscribe(self._on_events)
+        media.set_emitter(self.emit)
+
+    # --- fan-out ---------------------------------------------------------------------------
+
+    def emit(self, room: str, identity: str | None, message: dict[str, Any]) -> None:
+        """For the media backend: send to one participant, or to everyone in the room."""
+        message = {"v": PROTOCOL_VERSION, **message}
+        conns = self.connections.get(room, {})
+        if identity is None:
+            text = json.dumps(message)
+            for conn in list(conns.values()):
+                conn.send_text(text)
+        elif (conn := conns.get(identity)) is not None:
+            conn.send(message)
+
+    async def _on_events(self, room: str, events: list[Event], state: RoomState) -> None:
+        # Queue to the sockets first, before any await, so every socket sees events in version order.
+        conns = self.connections.get(room, {})
+        for event in events:
+            text = json.dumps({"v": PROTOCOL_VERSION, "type": "event", "event": event})
+            for conn in list(conns.values()):
+                conn.send_text(text)
+        for event in events:
+            if event["kind"] == "participant_left":
+                await self._detach(room, event["identity"], event.get("reason", "left"))
+        try:
+            await self.media.room_changed(room, events, state)
+        except Exception:
+            log.exception("media backend failed on events of room %s", room)
+        await self.recording.on_events(room, events, state)
+        if state.recording.active and not state.participants:
+            self._spawn(self._stop_recording_quietly(room))
+
+    async def _detach(self, room: str, identity: str, reason: str) -> None:
+        """A participant left the room (maybe decided in another process): drop its socket here."""
+        conn = self.connections.get(room, {}).get(identity)
+        if conn is None:
+            return
+        del self.connections[room][identity]
+        conn.joined = False
+        await conn.close_session()
+        if reason == "removed":
+            conn.send({"v": PROTOCOL_VERSION, "type": "removed", "reason": "removed by the chair"})
+            conn.close(CLOSE_REMOVED, "removed by the chair")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_recording_quietly(self, room: str) -> None:
+        # The last participant left: a recording of an empty room would grow forever.
+        with contextlib.suppress(CommandError):
+            await self.recording.stop(room)
+
+    # --- authentication helpers --------------------------------------------------------------
+
+    def check_not_removed(self, claims: Claims) -> None:
+        removed = self.removed_at.get((claims.room, claims.identity))
+        if removed is not None and claims.issued_at <= removed:
+            raise TokenError(403, "removed from the room")
+
+    # --- join, leave, disconnect -------------------------------------------------------------
+
+    async def join(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        if conn.joined:
+            raise CommandError("already_joined", "this connection has already joined")
+        claims = conn.claims
+        role = claims.role
+        default_device = "phone" if role is Role.MEMBER else "venue"
+        device = msg.get("device", default_device)
+        wants = msg.get("publish", {})
+        # A member on a phone starts with the camera off; venues and the chair send both.
+        publish_audio = bool(wants.get("audio", True)) and can(role, P.PUBLISH_AUDIO)
+        publish_video = bool(wants.get("video", role is not Role.MEMBER)) and can(role, P.PUBLISH_VIDEO)
+        await self.store.create(
+            claims.room,
+            max_endpoints=self.settings.max_endpoints,
+            auto_record=self.settings.auto_record,
+            exist_ok=True,
+        )
+        participant = Participant(
+            identity=claims.identity,
+            name=claims.name,
+            role=role,
+            device=device,
+            publish_audio=publish_audio,
+            publish_video=publish_video,
+        )
+        # Register before the join so this socket gets every event from the join on: no gap.
+        room_conns = self.connections.setdefault(claims.room, {})
+        old = room_conns.get(claims.identity)
+        room_conns[claims.identity] = conn
+        try:
+            state, _ = await self.store.update(claims.room, lambda s: room_commands.join(s, participant))
+        except BaseException:
+            if room_conns.get(claims.identity) is conn:
+                if old is not None:
+                    room_conns[claims.identity] = old
+                else:
+                    del room_conns[claims.identity]
+            raise
+        conn.joined = True
+        grace = self._grace.pop((claims.room, claims.identity), None)
+        if grace is not None:
+            grace.cancel()
+        if old is not None and old is not conn:
+            old.joined = False
+            old.send({"v": PROTOCOL_VERSION, "type": "replaced"})
+            old.close(CLOSE_REPLACED, "replaced by a newer connection")
+            await old.close_session()
+        if state.auto_record and not state.recording.active:
+            with contextlib.suppress(CommandError):  # another join may have started it just now
+                state, _ = await self.recording.start(claims.room)
+        me = state.participants.get(claims.identity)
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "you": me.to_json() if me else participant.to_json(),
+            "permissions": sorted(str(p) for p in permissions(role)),
+            "room": state.to_json(),
+            "ice_servers": self.settings.ice_servers,
+            "layouts": catalogue_json(),
+            "media": self.has_media and role is not Role.CLERK,
+            "limits": {
+                "max_message_bytes": self.settings.ws_max_message_bytes,
+                "rate": self.settings.ws_rate,
+                "burst": self.settings.ws_burst,
+                "max_endpoints": state.max_endpoints,
+                "reconnect_grace_s": self.settings.reconnect_grace_s,
+            },
+        }
+
+    @property
+    def has_media(self) -> bool:
+        return self.settings.media and type(self.media).__name__ != "NullMedia"
+
+    async def open_media(self, conn: Connection, msg: dict[str, Any]) -> None:
+        """After the join reply: start the endpoint's media session and push the server's offer."""
+        role = conn.claims.role
+        if not self.has_media or role is Role.CLERK or not conn.joined:
+            return
+        device = msg.get("device", "phone" if role is Role.MEMBER else "venue")
+        options = SessionOptions(
+            device=device,
+            # The m-lines cover everything the role may publish, so a phone can switch its camera
+            # on later without renegotiating; what is actually sent is the `publish` state.
+            publish_audio=can(role, P.PUBLISH_AUDIO),
+            publish_video=can(role, P.PUBLISH_VIDEO),
+            video_slots=min(MAX_SLOTS, msg.get("video_slots", 1 if device == "phone" else MAX_SLOTS)),
+            audio_slots=min(MAX_AUDIO_SLOTS, msg.get("audio_slots", 3)),
+            previews=can(role, P.RECEIVE_ALL_FEEDS),
+        )
+        state = await self.store.get(conn.room)
+        if state is None:
+            return
+        await conn.close_session()
+        session = await self.media.open_session(conn.room, conn.identity, options, state)
+        if not conn.joined:  # replaced or removed while the session opened
+            await session.close()
+            return
+        conn.session = session
+        offer = await session.create_offer()
+        if offer.get("sdp") is not None:
+            conn.send({"v": PROTOCOL_VERSION, "type": "offer", **offer})
+
+    async def leave(self, conn: Connection) -> None:
+        if not conn.joined:
+            return
+        conn.joined = False
+        if self.connections.get(conn.room, {}).get(conn.identity) is conn:
+            del self.connections[conn.room][conn.identity]
+        await conn.close_session()
+        with contextlib.suppress(CommandError):
+            await self.store.update(conn.room, lambda s: room_commands.leave(s, conn.identity, "left"))
+
+    async def disconnected(self, conn: Connection) -> None:
+        """The socket closed without `leave`: keep the place for the grace period."""
+        await conn.close_session()
+        if not conn.joined or self.shutting_down:
+            return
+        conn.joined = False
+        room, identity = conn.room, conn.identity
+        if self.connections.get(room, {}).get(identity) is not conn:
+            return  # already replaced by a newer connection
+        del self.connections[room][identity]
+        with contextlib.suppress(CommandError):
+            await self.store.update(room, lambda s: room_commands.set_connected(s, identity, False))
+        key = (room, identity)
+        if (old := self._grace.pop(key, None)) is not None:
+            old.cancel()
+        self._grace[key] = asyncio.get_running_loop().create_task(self._expire(room, identity))
+
+    async def _expire(self, room: str, identity: str) -> None:
+        await asyncio.sleep(self.settings.reconnect_grace_s)
+        self._grace.pop((room, identity), None)
+        if identity in self.connections.get(room, {}):
+            return
+
+        def timeout(state: RoomState) -> list[Event]:
+            p = state.participants.get(identity)
+            # Back in another process, or already gone: nothing to do.
+            if p is None or p.connected:
+                return []
+            return room_commands.leave(state, identity, "timeout")
+
+        with contextlib.suppress(CommandError):
+            await self.store.update(room, timeout)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def command(self, room: str, actor: Actor, command: str, msg: dict[str, Any]) -> dict[str, Any]:
+        if command not in COMMAND_PERMISSIONS:
+            raise CommandError("unknown_type", f"unknown command {command!r}")
+        if not actor.may(command):
+            who = f"role {actor.role}" if actor.role else "the admin key"
+            raise CommandError("forbidden", f"{who} may not {command.replace('_', ' ')}")
+        if await self.store.get(room) is None:
+            raise CommandError("not_found", f"no room {room!r}")
+        if command == "start_recording":
+            state, recording_id = await self.recording.start(room)
+            return {"version": state.version, "recording_id": recording_id}
+        if command == "stop_recording":
+            state, stopped_id = await self.recording.stop(room)
+            return {"version": state.version, "recording_id": stopped_id}
+        if command == "remove":
+            target = msg["identity"]
+            current = await self.store.get(room)
+            if current is not None and target not in current.participants:
+                raise CommandError("not_found", f"no participant {target!r} in room {room!r}")
+            # Before the change, so the removed identity cannot slip back in with its old token.
+            self.removed_at[(room, target)] = int(time.time())
+        state, _ = await self.store.update(room, command_function(actor, command, msg))
+        result: dict[str, Any] = {"version": state.version}
+        if command == "set_program":
+            result["program"] = state.program.to_json()
+        elif command == "grant_floor":
+            result["floor"] = state.floor
+        elif command in ("raise_hand", "lower_hand"):
+            result["floor_queue"] = state.floor_queue
+        return result
+
+    async def sync(self, room: str, since: int) -> dict[str, Any]:
+        state = await self.store.get(room)
+        if state is None:
+            raise CommandError("not_found", f"no room {room!r}")
+        if since > state.version:
+            return {"version": state.version, "room": state.to_json()}
+        events = await self.store.events_since(room, since)
+        if events is None:
+            return {"version": state.version, "room": state.to_json()}
+        return {"version": state.version, "events": events}
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self.connections.values())
+
+    async def shutdown(self, reason: str = "server shutting down") -> None:
+        """Tell every client, close every socket (1001), bounded by settings.shutdown_timeout_s."""
+        self.shutting_down = True
+        for task in list(self._grace.values()):
+            task.cancel()
+        self._grace.clear()
+        conns = list(self.sockets)
+        self.connections.clear()
+        for conn in conns:
+            conn.send({"v": PROTOCOL_VERSION, "type": "shutdown", "reason": reason})
+            conn.close(WSCloseCode.GOING_AWAY, reason)
+        timeout = max(0.5, self.settings.shutdown_timeout_s / 2)
+        if conns:
+            await asyncio.wait(
+                [asyncio.ensure_future(c.finish(timeout)) for c in conns], timeout=timeout + 0.5
+            )
+        for conn in conns:
+            await conn.close_session()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def error_for(exc: CommandError | TokenError, request_id: Any = None) -> dict[str, Any]:
+    if isinstance(exc, TokenError):
+        return error(request_id, "unauthorized" if exc.status == 401 else "forbidden", exc.reason)
+    return error(request_id, exc.code, exc.message)

@@ -1,0 +1,131 @@
+"""The WebSocket endpoint ``/ws``: authenticate, then read, check and dispatch messages.
+
+Every message is answered (a reply or an error with a code); only an authentication failure
+closes the socket. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from conference.media import MediaError
+from conference.room import CommandError
+
+from .protocol import ProtocolError, TokenBucket, error, parse_message, reply
+from .rooms import Actor, Connection, Rooms
+from .tokens import TokenError, check_room, verify_token
+
+log = logging.getLogger(__name__)
+
+# aiohttp's own guard: far above the protocol limit, so an oversized message gets a `too_large`
+# reply from us instead of the socket being dropped by the library.
+HARD_FRAME_LIMIT = 1 << 20
+
+
+def _request_id_of(raw: str) -> Any:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    rid = data.get("id") if isinstance(data, dict) else None
+    return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+
+
+async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> web.WebSocketResponse:
+    settings = rooms.settings
+    ws = web.WebSocketResponse(
+        max_msg_size=max(HARD_FRAME_LIMIT, settings.ws_max_message_bytes), heartbeat=20
+    )
+    await ws.prepare(request)
+    try:
+        claims = verify_token(secret, request.query.get("token"))
+        if "room" in request.query:
+            check_room(claims, request.query["room"])
+        rooms.check_not_removed(claims)
+    except TokenError as exc:
+        await ws.close(code=exc.close_code, message=exc.reason.encode())
+        return ws
+    if rooms.shutting_down:
+        await ws.close(code=1001, message=b"server shutting down")
+        return ws
+    conn = Connection(ws, claims)
+    rooms.sockets.add(conn)
+    bucket = TokenBucket(settings.ws_rate, settings.ws_burst)
+    try:
+        async for frame in ws:
+            if frame.type == WSMsgType.TEXT:
+                wait = bucket.take()
+                if wait > 0:
+                    conn.send(
+                        error(
+                            _request_id_of(frame.data)
+                            if len(frame.data) <= settings.ws_max_message_bytes
+                            else None,
+                            "rate_limited",
+                            f"more than {settings.ws_rate:g} messages a second",
+                            retry_after=round(wait, 3),
+                        )
+                    )
+                    continue
+                await handle_message(rooms, conn, frame.data)
+            elif frame.type == WSMsgType.BINARY:
+                conn.send(error(None, "bad_json", "binary frames are not accepted: send JSON text"))
+            elif frame.type == WSMsgType.ERROR:
+                break
+    finally:
+        rooms.sockets.discard(conn)
+        await rooms.disconnected(conn)
+        await conn.finish(timeout=1.0)
+    return ws
+
+
+async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:
+    rid: Any = None
+    try:
+        msg = parse_message(raw, rooms.settings.ws_max_message_bytes)
+        rid = msg.get("id")
+        type_ = msg["type"]
+        if type_ == "join":
+            result = await rooms.join(conn, msg)
+            conn.send(reply(rid, result))
+            await rooms.open_media(conn, msg)
+            return
+        conn.send(reply(rid, await dispatch(rooms, conn, type_, msg)))
+    except ProtocolError as exc:
+        conn.send(error(exc.request_id, exc.code, exc.message, **exc.extra))
+    except (CommandError, MediaError) as exc:
+        conn.send(error(rid, exc.code, exc.message))
+    except Exception:
+        log.exception("internal error handling a message from %s/%s", conn.room, conn.identity)
+        conn.send(error(rid, "internal", "internal server error; the room goes on"))
+
+
+async def dispatch(rooms: Rooms, conn: Connection, type_: str, msg: dict[str, Any]) -> dict[str, Any]:
+    if type_ == "ping":
+        return {"pong": True, "time": time.time()}
+    if type_ == "leave":
+        await rooms.leave(conn)
+        return {}
+    if not conn.joined:
+        raise CommandError("not_joined", f"send join before {type_}")
+    if type_ == "sync":
+        return await rooms.sync(conn.room, msg["since"])
+    if type_ in ("answer", "candidate"):
+        if conn.session is None:
+            raise CommandError("conflict", "no media session: there is no offer to answer")
+        try:
+            if type_ == "answer":
+                await conn.session.set_answer(msg["sdp"])
+            else:
+                await conn.session.add_candidate(msg["candidate"])
+        except MediaError:
+            raise
+        except Exception as exc:  # aiortc raises ValueError & co. on SDP it cannot apply
+            raise MediaError("bad_sdp", f"{type_} could not be applied: {exc}") from None
+        return {}
+    return await rooms.command(conn.room, Actor.from_claims(conn.claims), type_, msg)
