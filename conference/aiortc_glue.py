@@ -1,0 +1,382 @@
+"""Every touch of a private aiortc / aioice name, in one small module.
+
+aiortc's public API decodes everything it receives and encodes everything it sends. The
+forwarding core (``conference.sfu``) needs the layers underneath instead:
+
+- incoming: the DTLS transport's decrypted-RTP entry point (``RTCDtlsTransport._handle_rtp_data``),
+  replaced per instance so packets never reach aiortc's parser, jitter buffer or decoder;
+- outgoing: the leg's SRTP context (``_tx_srtp``) and the nominated ICE pair (aioice
+  ``Connection._nominated``), so a rewritten packet is protected and sent in one call;
+- RTCP: a subscriber's PLI/FIR reaches ``RTCRtpSender._send_keyframe`` and its NACK reaches
+  ``RTCRtpSender._retransmit``: both are replaced per instance; keyframe requests go upstream
+  through ``RTCRtpReceiver._send_rtcp_pli``; sender reports are built from the sender's
+  name-mangled counters, which we keep updated;
+- decoding: every ``RTCRtpReceiver`` starts a decoder thread in ``receive()``; we stop it as soon
+  as it starts and replace its queue with one that only counts what would have been decoded;
+- negotiation results: ``RTCRtpTransceiver._codecs`` / ``_headerExtensions``;
+- ICE host candidates: ``aioice.Connection.get_component_candidates`` is replaced per instance to
+  pick interfaces, pin a UDP port range and announce a public address.
+
+Name-mangled attributes fail silently when renamed, so :func:`check_aiortc` verifies every name
+used here (at import, and the test suite again on real instances) and raises ``GlueError`` with
+the name that moved. aiortc and aioice are pinned exactly in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import queue
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from typing import Any
+
+import aioice.ice
+import aioice.turn
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcicetransport import RTCIceGatherer
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+
+PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+
+# Name-mangled instance attributes: created in __init__, checked on a real instance.
+_SENDER_COUNTERS = (
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__octet_count",
+    "_RTCRtpSender__packet_count",
+)
+_RECEIVER_DECODER = (
+    "_RTCRtpReceiver__decoder_queue",
+    "_RTCRtpReceiver__decoder_thread",
+)
+_RECEIVER_STOP_DECODER = "_RTCRtpReceiver__stop_decoder"
+
+# (class, method name, parameter names after self, coroutine?)
+_METHODS: list[tuple[type, str, tuple[str, ...], bool]] = [
+    (RTCDtlsTransport, "_handle_rtp_data", ("data", "arrival_time_ms"), True),
+    (RTCDtlsTransport, "_send_rtp", ("data",), True),
+    (RTCRtpSender, "_send_keyframe", (), False),
+    (RTCRtpSender, "_retransmit", ("sequence_number",), True),
+    (RTCRtpSender, "_handle_rtcp_packet", ("packet",), True),
+    (RTCRtpReceiver, "_send_rtcp_pli", ("media_ssrc",), True),
+    (RTCRtpReceiver, "receive", ("parameters",), True),
+    (RTCRtpReceiver, _RECEIVER_STOP_DECODER, (), False),
+    (aioice.ice.Connection, "get_component_candidates", ("component", "addresses", "timeout"), True),
+]
+
+
+class GlueError(RuntimeError):
+    """aiortc/aioice changed under us: a private name this server relies on moved."""
+
+
+def _fail(what: str) -> GlueError:
+    return GlueError(
+        f"aiortc/aioice internals changed: {what}. conference.aiortc_glue is written for "
+        f"aiortc=={PINNED['aiortc']} and aioice=={PINNED['aioice']}; re-check it before upgrading."
+    )
+
+
+def check_aiortc() -> None:
+    """Verify versions and every private class-level name used here; raise GlueError if moved."""
+    for package, wanted in PINNED.items():
+        found = version(package)
+        if found != wanted:
+            raise _fail(f"{package} is {found}, expected {wanted}")
+    for cls, name, params, is_coroutine in _METHODS:
+        method = getattr(cls, name, None)
+        if method is None or not callable(method):
+            raise _fail(f"{cls.__name__}.{name} is missing")
+        got = tuple(p for p in inspect.signature(method).parameters if p != "self")
+        if got != params:
+            raise _fail(f"{cls.__name__}.{name}{got} no longer takes {params}")
+        if inspect.iscoroutinefunction(method) != is_coroutine:
+            raise _fail(f"{cls.__name__}.{name} changed between sync and async")
+    for name in ("_nominated", "_protocols", "_local_candidates"):
+        if name not in aioice.ice.Connection.__init__.__code__.co_names:
+            raise _fail(f"aioice Connection no longer sets {name}")
+    for module_name in ("StunProtocol", "Candidate", "candidate_foundation", "candidate_priority"):
+        if not hasattr(aioice.ice, module_name):
+            raise _fail(f"aioice.ice.{module_name} is missing")
+
+
+def check_instances(pc: RTCPeerConnection) -> None:
+    """Verify the per-instance private attributes on a real peer connection's objects."""
+    for transceiver in pc.getTransceivers():
+        for name in _SENDER_COUNTERS:
+            if not hasattr(transceiver.sender, name):
+                raise _fail(f"RTCRtpSender has no attribute {name}")
+        for name in _RECEIVER_DECODER:
+            if not hasattr(transceiver.receiver, name):
+                raise _fail(f"RTCRtpReceiver has no attribute {name}")
+        for name in ("_codecs", "_headerExtensions"):
+            if not hasattr(transceiver, name):
+                raise _fail(f"RTCRtpTransceiver has no attribute {name}")
+        dtls = transceiver.receiver.transport
+        for name in ("_rx_srtp", "_tx_srtp"):
+            if not hasattr(dtls, name):
+                raise _fail(f"RTCDtlsTransport has no attribute {name}")
+        if not hasattr(dtls.transport, "_connection"):
+            raise _fail("RTCIceTransport has no attribute _connection")
+        if not hasattr(dtls.transport.iceGatherer, "_connection"):
+            raise _fail("RTCIceGatherer has no attribute _connection")
+
+
+check_aiortc()
+
+
+# --- negotiation results -------------------------------------------------------------------
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs agreed for this m-line, preferred first (after the answer is applied)."""
+    return list(transceiver._codecs)
+
+
+def negotiated_extensions(transceiver: RTCRtpTransceiver) -> list[RTCRtpHeaderExtensionParameters]:
+    return list(transceiver._headerExtensions)
+
+
+def leg_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
+    """The one DTLS transport of a max-bundle peer connection."""
+    return pc.getTransceivers()[0].receiver.transport
+
+
+# --- incoming RTP ---------------------------------------------------------------------------
+
+RtpHandler = Callable[[bytes, int], Awaitable[None]]
+
+
+def hook_incoming_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
+    """Send every decrypted incoming RTP packet of this transport to ``handler(data, arrival_ms)``
+    instead of aiortc's parser and receivers (RTCP still goes to aiortc)."""
+    dtls._handle_rtp_data = handler  # type: ignore[method-assign]
+
+
+# --- outgoing RTP ---------------------------------------------------------------------------
+
+
+class LegOutput:
+    """Protect with the leg's SRTP context and send on the nominated ICE pair, synchronously.
+
+    Skips aiortc's ``_send_rtp`` (two coroutine frames and an is_rtcp check per packet)."""
+
+    __slots__ = ("_connection", "_dtls", "octets", "packets")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._connection: aioice.ice.Connection = dtls.transport._connection
+        self.packets = 0
+        self.octets = 0
+
+    def send(self, data: bytes) -> bool:
+        """Send one RTP packet; False (dropped) while the leg is not connected."""
+        srtp = self._dtls._tx_srtp
+        pair = self._connection._nominated.get(1)
+        if srtp is None or pair is None:
+            return False
+        transport = pair.protocol.transport
+        if transport.is_closing():
+            return False
+        protected = srtp.protect(data)
+        transport.sendto(protected, pair.remote_addr)
+        self.packets += 1
+        self.octets += len(protected)
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._dtls._tx_srtp is not None and self._connection._nominated.get(1) is not None
+
+
+# --- RTCP on the send side ------------------------------------------------------------------
+
+
+def intercept_sender(
+    sender: RTCRtpSender,
+    on_keyframe_request: Callable[[], None],
+    on_nack: Callable[[int], None],
+) -> None:
+    """Route a subscriber's PLI/FIR and NACKs for this sender to the forwarder (aiortc would
+    otherwise ask its encoder for a keyframe and resend from its own history)."""
+
+    async def retransmit(sequence_number: int) -> None:
+        on_nack(sequence_number)
+
+    sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+    sender._retransmit = retransmit  # type: ignore[method-assign]
+
+
+def ntp_time(at: float) -> int:
+    """64-bit NTP timestamp of a time.time() value (what sender reports carry)."""
+    seconds = int(at)
+    return ((seconds + 2208988800) << 32) | int((at - seconds) * (1 << 32))
+
+
+def update_sender_counters(
+    sender: RTCRtpSender, packets: int, octets: int, rtp_timestamp: int, sent_at: float
+) -> None:
+    """Feed aiortc's sender-report builder: the RTP timestamp of the last packet sent and the
+    wall-clock time it left, plus packet and payload-octet counts."""
+    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__ntp_timestamp = ntp_time(sent_at)  # type: ignore[attr-defined]
+
+
+def sender_counters(sender: RTCRtpSender) -> tuple[int, int, int, int]:
+    """(packets, octets, rtp_timestamp, ntp_timestamp) as the next sender report will carry."""
+    return (
+        sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp,  # type: ignore[attr-defined]
+        sender._RTCRtpSender__ntp_timestamp,  # type: ignore[attr-defined]
+    )
+
+
+# --- the publisher's receiver ----------------------------------------------------------------
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Ask the publisher of ``media_ssrc`` for a keyframe (RTCP PLI from this receiver)."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+class DecodeCounter(queue.Queue):  # type: ignore[type-arg]
+    """Stands in for a receiver's decoder queue: counts frames aiortc would have decoded, and
+    drops them. Must stay 0 while the forwarding hook is in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            self.frames += 1
+
+
+def neutralise_decoder(receiver: RTCRtpReceiver) -> DecodeCounter:
+    """Stop the receiver's decoder thread once aiortc has started it, and count (never decode)
+    anything that would still reach it. Returns the counter."""
+    counter = DecodeCounter()
+    original = receiver.receive
+
+    async def receive(parameters: Any) -> None:
+        await original(parameters)
+        getattr(receiver, _RECEIVER_STOP_DECODER)()
+        receiver._RTCRtpReceiver__decoder_queue = counter  # type: ignore[attr-defined]
+
+    receiver.receive = receive  # type: ignore[method-assign]
+    return counter
+
+
+def decoder_running(receiver: RTCRtpReceiver) -> bool:
+    return receiver._RTCRtpReceiver__decoder_thread is not None  # type: ignore[attr-defined]
+
+
+# --- ICE host candidates ----------------------------------------------------------------------
+
+
+def _address_allowed(address: str, interfaces: list[str]) -> bool:
+    """``interfaces`` holds addresses or networks (CIDR); empty allows all."""
+    if not interfaces:
+        return True
+    ip = ipaddress.ip_address(address)
+    for item in interfaces:
+        try:
+            if ip in ipaddress.ip_network(item, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def restrict_host_candidates(
+    pc: RTCPeerConnection,
+    *,
+    interfaces: list[str] | None = None,
+    port_min: int = 0,
+    port_max: int = 0,
+    announced_address: str | None = None,
+) -> None:
+    """Gather host candidates only on ``interfaces`` (addresses or CIDR networks), bound to a UDP
+    port in [port_min, port_max] when set, and announce ``announced_address`` instead of the
+    bound address (a server behind 1:1 NAT). Call before the offer is created. STUN/TURN
+    candidates are still gathered by aioice on the chosen sockets."""
+    if not interfaces and not port_min and not announced_address:
+        return
+    if port_min and (port_max < port_min or port_min < 1 or port_max > 65535):
+        raise ValueError(f"bad RTC port range {port_min}-{port_max}")
+    allowed = list(interfaces or [])
+    gatherers = {t.receiver.transport.transport.iceGatherer for t in pc.getTransceivers()}
+    for gatherer in gatherers:
+        _patch_gatherer(gatherer, allowed, port_min, port_max, announced_address)
+
+
+def _patch_gatherer(
+    gatherer: RTCIceGatherer,
+    interfaces: list[str],
+    port_min: int,
+    port_max: int,
+    announced_address: str | None,
+) -> None:
+    connection: aioice.ice.Connection = gatherer._connection
+    original = connection.get_component_candidates
+
+    async def get_component_candidates(
+        component: int, addresses: list[str], timeout: int = 5
+    ) -> list[aioice.ice.Candidate]:
+        chosen = [a for a in addresses if _address_allowed(a, interfaces)]
+        if not port_min and not announced_address:
+            return await original(component=component, addresses=chosen, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        candidates: list[aioice.ice.Candidate] = []
+        for address in chosen:
+            protocol = await _bind_in_range(loop, connection, address, port_min, port_max)
+            if protocol is None:
+                continue
+            bound = protocol.transport.get_extra_info("sockname")
+            host = announced_address or bound[0]
+            protocol.local_candidate = aioice.ice.Candidate(
+                foundation=aioice.ice.candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=aioice.ice.candidate_priority(component, "host"),
+                host=host,
+                port=bound[1],
+                type="host",
+            )
+            connection._protocols.append(protocol)
+            candidates.append(protocol.local_candidate)
+        return candidates
+
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind_in_range(
+    loop: asyncio.AbstractEventLoop,
+    connection: aioice.ice.Connection,
+    address: str,
+    port_min: int,
+    port_max: int,
+) -> aioice.ice.StunProtocol | None:
+    if port_min:
+        ports = list(range(port_min, port_max + 1))
+        random.shuffle(ports)  # spread sessions over the range instead of racing for the first port
+    else:
+        ports = [0]
+    for port in ports:
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError:
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+        return protocol  # type: ignore[return-value]
+    return None
