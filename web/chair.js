@@ -1,0 +1,537 @@
+// The chair's console: every endpoint live, a preview, the program on air and the next one
+// being prepared (layout + slots, applied at once by "take"), mutes, the floor queue,
+// recording and the room's log. Frequent actions have keys (see the help dialog).
+
+import { decodeToken, RoomClient } from "./client.js";
+import { t } from "./i18n.js";
+import {
+  attachTrack,
+  bindConnectionState,
+  bindFatal,
+  deviceLabel,
+  displayName,
+  el,
+  errorText,
+  fit16x9,
+  formatElapsed,
+  initPage,
+  loadLayouts,
+  notify,
+  obtainToken,
+  ProgramStage,
+  SoundOutput,
+} from "./ui.js";
+
+const LOG_LIMIT = 300;
+const METER_EVERY_MS = 200;
+const QUALITY_EVERY_MS = 2000;
+const CONFIRM_MS = 4000;
+
+const $ = (id) => document.getElementById(id);
+
+class Console {
+  constructor(client) {
+    this.client = client;
+    this.previewed = null; // identity in the preview monitor
+    this.draft = null; // {layout, slots}: the next program
+    this.dirty = false; // the draft differs from what is on air because the chair edited it
+    this.tiles = new Map(); // identity -> tile parts
+    this.levels = new Map(); // identity -> 0..1
+    this.quality = new Map(); // identity -> good | fair | poor
+    this.qualityPrev = new Map(); // mid -> {lost, received}
+    this.confirming = null;
+  }
+
+  start() {
+    const c = this.client;
+    this.live = new ProgramStage($("program-live"), c);
+    fit16x9($("program-live"));
+    this.draftStage = new ProgramStage($("program-draft"), c, {
+      trackFor: (_i, identity) => (identity ? c.previewTrack(identity) : null),
+      onSlotClick: (i) => this.fillSlot(i, this.previewed),
+    });
+    fit16x9($("program-draft"));
+    fit16x9($("preview-frame"));
+    this.sound = new SoundOutput(c, $("sound-prompt"));
+
+    c.addEventListener("joined", () => this.syncDraft(true));
+    c.addEventListener("room", (ev) => {
+      for (const e of ev.detail.events) this.log(e);
+      if (ev.detail.resynced) this.logLine(t("log.resynced"));
+      this.syncDraft(false);
+      this.render();
+    });
+    for (const type of ["tracks", "slots", "speakers"]) c.addEventListener(type, () => this.renderTiles());
+    window.addEventListener("languagechange-app", () => this.render());
+
+    $("take").addEventListener("click", () => this.take());
+    $("reset-draft").addEventListener("click", () => this.syncDraft(true));
+    $("grant-next").addEventListener("click", () => this.command("grant_floor", {}));
+    $("revoke").addEventListener("click", () => this.command("revoke_floor", {}));
+    $("rec-toggle").addEventListener("click", () =>
+      this.command(c.mirror?.recording.active ? "stop_recording" : "start_recording", {}),
+    );
+    $("help-toggle").addEventListener("click", () => $("help").showModal());
+    document.addEventListener("keydown", (ev) => this.onKey(ev));
+
+    setInterval(() => this.renderRecording(), 1000);
+    setInterval(() => this.pollLevels(), METER_EVERY_MS);
+    setInterval(() => this.pollQuality(), QUALITY_EVERY_MS);
+  }
+
+  async command(type, fields) {
+    try {
+      return await this.client.request(type, fields);
+    } catch (err) {
+      notify(errorText(err), "error");
+      return null;
+    }
+  }
+
+  // --- the next program -----------------------------------------------------------------
+
+  syncDraft(force) {
+    const program = this.client.mirror?.program;
+    if (!program) return;
+    if (force || !this.dirty) {
+      this.draft = { layout: program.layout, slots: [...program.slots] };
+      this.dirty = false;
+    } else {
+      // Someone left: never keep them in the next program.
+      this.draft.slots = this.draft.slots.map((id) => (id && this.client.mirror.participant(id) ? id : null));
+    }
+    this.renderDraft();
+  }
+
+  layoutSpec(name) {
+    return this.client.layouts.find((l) => l.name === name);
+  }
+
+  chooseLayout(name) {
+    const spec = this.layoutSpec(name);
+    if (!spec || !this.draft) return;
+    const slots = this.draft.slots.slice(0, spec.slots.length);
+    while (slots.length < spec.slots.length) slots.push(null);
+    this.draft = { layout: name, slots };
+    this.dirty = true;
+    this.renderDraft();
+  }
+
+  fillSlot(i, identity) {
+    if (!this.draft) return;
+    if (!identity) {
+      notify(t("chair.pick_feed_first"), "info");
+      return;
+    }
+    // One participant in one slot: moving them empties where they were.
+    this.draft.slots = this.draft.slots.map((id) => (id === identity ? null : id));
+    this.draft.slots[i] = identity;
+    this.dirty = true;
+    this.renderDraft();
+  }
+
+  clearSlot(i) {
+    if (!this.draft) return;
+    this.draft.slots[i] = null;
+    this.dirty = true;
+    this.renderDraft();
+  }
+
+  async take() {
+    if (!this.draft) return;
+    const result = await this.command("set_program", { layout: this.draft.layout, slots: this.draft.slots });
+    if (result) {
+      this.dirty = false;
+      this.renderDraft();
+    }
+  }
+
+  renderLayoutPicker() {
+    const picker = $("layout-picker");
+    picker.replaceChildren(
+      ...this.client.layouts.map((layout, index) => {
+        const mini = el(
+          "span",
+          { class: "layout-mini", "aria-hidden": "true" },
+          layout.slots.map((r, i) =>
+            el("span", {
+              class: "layout-mini-slot",
+              style: `left:${r.x * 100}%;top:${r.y * 100}%;width:${r.w * 100}%;height:${r.h * 100}%;z-index:${i + 1}`,
+            }),
+          ),
+        );
+        const label = t(`layouts.${layout.name}`);
+        return el(
+          "button",
+          {
+            class: "layout-choice",
+            role: "radio",
+            "aria-checked": String(this.draft?.layout === layout.name),
+            dataset: { layout: layout.name },
+            title: `${label} (${index + 1})`,
+            onclick: () => this.chooseLayout(layout.name),
+          },
+          mini,
+          el("span", { class: "layout-label" }, label === `layouts.${layout.name}` ? layout.name : label),
+          el("kbd", {}, String(index + 1)),
+        );
+      }),
+    );
+  }
+
+  renderDraft() {
+    if (!this.draft) return;
+    this.draftStage.program = this.draft;
+    this.draftStage.render();
+    // Drop targets and a clear button on each slot of the next program.
+    for (const [i, slot] of this.draftStage.slots.entries()) {
+      if (!slot || slot.node.dataset.dropReady) continue;
+      slot.node.dataset.dropReady = "1";
+      slot.node.addEventListener("dragover", (ev) => {
+        ev.preventDefault();
+        slot.node.classList.add("drop-over");
+      });
+      slot.node.addEventListener("dragleave", () => slot.node.classList.remove("drop-over"));
+      slot.node.addEventListener("drop", (ev) => {
+        ev.preventDefault();
+        slot.node.classList.remove("drop-over");
+        const identity = ev.dataTransfer.getData("text/x-identity");
+        if (identity) this.fillSlot(i, identity);
+      });
+      const clear = el("button", { class: "slot-clear", title: t("chair.clear_slot"), "aria-label": t("chair.clear_slot") }, "×");
+      clear.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        this.clearSlot(i);
+      });
+      slot.node.append(clear);
+    }
+    for (const button of $("layout-picker").querySelectorAll(".layout-choice")) {
+      button.setAttribute("aria-checked", String(button.dataset.layout === this.draft.layout));
+    }
+    $("take").disabled = !this.dirty;
+    $("draft-state").textContent = this.dirty ? t("chair.draft_changed") : t("chair.draft_same");
+  }
+
+  // --- endpoints ------------------------------------------------------------------------
+
+  participants() {
+    const all = [...(this.client.mirror?.participants.values() ?? [])];
+    // The console itself is not a feed; venues first, then phones, each by join time.
+    return all
+      .filter((p) => p.identity !== this.client.you?.identity && p.role !== "clerk")
+      .sort((a, b) => (a.device === b.device ? a.joined_at - b.joined_at : a.device === "venue" ? -1 : 1));
+  }
+
+  preview(identity) {
+    this.previewed = identity;
+    this.renderPreview();
+    this.renderTiles();
+  }
+
+  renderPreview() {
+    const identity = this.previewed && this.client.mirror?.participant(this.previewed) ? this.previewed : null;
+    const track = identity ? this.client.previewTrack(identity) : null;
+    attachTrack($("preview-video"), track);
+    $("preview-frame").dataset.identity = identity ?? "";
+    $("preview-card").hidden = !!(track && !track.muted);
+    $("preview-card").textContent = identity ? displayName(this.client, identity) : t("chair.no_preview");
+    $("preview-name").textContent = identity ? displayName(this.client, identity) : "";
+  }
+
+  tile(p) {
+    let parts = this.tiles.get(p.identity);
+    if (parts) return parts;
+    const video = el("video", { autoplay: true, playsinline: true, muted: true });
+    video.muted = true;
+    const card = el("div", { class: "slot-card" });
+    const meter = el("span", { class: "meter-fill" });
+    const name = el("strong", { class: "tile-name" });
+    const device = el("span", { class: "tile-device" });
+    const badges = el("span", { class: "tile-badges" });
+    const mute = el("button", { class: "tile-mute" });
+    const ask = el("button", { class: "tile-ask" });
+    const grant = el("button", { class: "tile-grant" });
+    const remove = el("button", { class: "tile-remove danger" });
+    const node = el(
+      "div",
+      { class: "tile", draggable: "true", tabindex: "0", dataset: { identity: p.identity } },
+      el("div", { class: "tile-picture" }, video, card),
+      el("div", { class: "tile-line" }, name, device),
+      el("div", { class: "meter", "aria-hidden": "true" }, meter),
+      badges,
+      el("div", { class: "tile-actions" }, mute, ask, grant, remove),
+    );
+    node.addEventListener("click", (ev) => {
+      if (!(ev.target instanceof HTMLButtonElement)) this.preview(p.identity);
+    });
+    node.addEventListener("dragstart", (ev) => {
+      ev.dataTransfer.setData("text/x-identity", p.identity);
+      ev.dataTransfer.effectAllowed = "copy";
+    });
+    mute.addEventListener("click", () => {
+      const now = this.client.mirror.participant(p.identity);
+      if (now) this.command("mute", { identity: p.identity, muted: !now.muted });
+    });
+    ask.addEventListener("click", () => this.command("request_unmute", { identity: p.identity }));
+    grant.addEventListener("click", () => this.command("grant_floor", { identity: p.identity }));
+    remove.addEventListener("click", () => this.confirmRemove(p.identity, remove));
+    parts = { node, video, card, meter, name, device, badges, mute, ask, grant, remove };
+    this.tiles.set(p.identity, parts);
+    return parts;
+  }
+
+  confirmRemove(identity, button) {
+    // Two presses: removing a venue by accident in a live meeting is costly.
+    if (this.confirming === identity) {
+      this.confirming = null;
+      this.command("remove", { identity });
+      return;
+    }
+    this.confirming = identity;
+    button.textContent = t("chair.remove_confirm");
+    setTimeout(() => {
+      if (this.confirming === identity) this.confirming = null;
+      this.renderTiles();
+    }, CONFIRM_MS);
+  }
+
+  renderTiles() {
+    const c = this.client;
+    const mirror = c.mirror;
+    if (!mirror) return;
+    const box = $("tiles");
+    const present = this.participants();
+    const keep = new Set(present.map((p) => p.identity));
+    for (const [identity, parts] of this.tiles) {
+      if (!keep.has(identity)) {
+        parts.node.remove();
+        this.tiles.delete(identity);
+      }
+    }
+    const onAir = new Set(mirror.program.slots.filter(Boolean));
+    present.forEach((p, index) => {
+      const parts = this.tile(p);
+      if (box.children[index] !== parts.node) box.insertBefore(parts.node, box.children[index] ?? null);
+      const track = c.previewTrack(p.identity);
+      attachTrack(parts.video, track);
+      parts.card.textContent = p.name;
+      parts.card.hidden = !!(track && !track.muted && p.publish_video);
+      parts.name.textContent = p.name;
+      parts.device.textContent = deviceLabel(p);
+      const quality = p.connected ? (this.quality.get(p.identity) ?? "unknown") : "offline";
+      const place = mirror.floorQueue.indexOf(p.identity) + 1;
+      const badges = [];
+      if (p.muted) badges.push(["muted", t("tile.muted_by_chair")]);
+      else if (p.self_muted) badges.push(["self-muted", t("tile.self_muted")]);
+      else if (!p.publish_audio) badges.push(["no-mic", t("tile.no_mic")]);
+      if (p.unmute_requested) badges.push(["asked", t("tile.unmute_asked")]);
+      if (place) badges.push(["hand", t("tile.hand", { place })]);
+      if (mirror.floor === p.identity) badges.push(["floor", t("tile.floor")]);
+      if (onAir.has(p.identity)) badges.push(["on-air", t("tile.on_air")]);
+      badges.push([`quality-${quality}`, t(`quality.${quality}`)]);
+      parts.badges.replaceChildren(...badges.map(([cls, text]) => el("span", { class: `badge badge-${cls}` }, text)));
+      parts.node.dataset.muted = String(p.muted);
+      parts.node.dataset.hand = String(!!place);
+      parts.node.dataset.quality = quality;
+      parts.node.classList.toggle("previewed", this.previewed === p.identity);
+      parts.node.classList.toggle("speaking", c.speakers.includes(p.identity));
+      parts.node.classList.toggle("offline", !p.connected);
+      parts.mute.textContent = p.muted ? t("tile.unmute") : t("tile.mute");
+      parts.ask.textContent = t("tile.ask_unmute");
+      parts.ask.hidden = !(p.muted || p.self_muted) || !p.publish_audio;
+      parts.grant.textContent = t("tile.grant");
+      parts.grant.hidden = mirror.floor === p.identity;
+      if (this.confirming !== p.identity) parts.remove.textContent = t("tile.remove");
+    });
+    $("count").textContent = t("chair.count", { n: present.length });
+    this.renderPreview();
+  }
+
+  async pollLevels() {
+    const c = this.client;
+    if (!c.pc) return;
+    const levels = new Map();
+    for (const { mid, identity } of c.audioTracks()) {
+      if (!identity) continue;
+      const source = c.receiver(mid)?.getSynchronizationSources?.()[0];
+      if (source && performance.timeOrigin + performance.now() - source.timestamp < 1000) {
+        levels.set(identity, source.audioLevel ?? 0);
+      }
+    }
+    for (const [identity, parts] of this.tiles) {
+      // audioLevel is linear 0..1; a square root makes quiet speech visible on the meter.
+      const level = Math.sqrt(levels.get(identity) ?? 0);
+      parts.meter.style.width = `${Math.round(level * 100)}%`;
+    }
+  }
+
+  async pollQuality() {
+    const c = this.client;
+    if (!c.pc) return;
+    for (const [mid, identity] of c.previewOccupants) {
+      const receiver = c.receiver(mid);
+      if (!receiver) continue;
+      let inbound = null;
+      try {
+        for (const stat of (await receiver.getStats()).values()) if (stat.type === "inbound-rtp") inbound = stat;
+      } catch {
+        continue;
+      }
+      if (!inbound) continue;
+      const prev = this.qualityPrev.get(mid) ?? { lost: 0, received: 0 };
+      const lost = (inbound.packetsLost ?? 0) - prev.lost;
+      const received = (inbound.packetsReceived ?? 0) - prev.received;
+      this.qualityPrev.set(mid, { lost: inbound.packetsLost ?? 0, received: inbound.packetsReceived ?? 0 });
+      const lossRate = lost + received > 0 ? lost / (lost + received) : 0;
+      const fps = inbound.framesPerSecond ?? 0;
+      this.quality.set(
+        identity,
+        received === 0 ? "poor" : lossRate > 0.08 || fps < 8 ? "poor" : lossRate > 0.02 || fps < 15 ? "fair" : "good",
+      );
+    }
+    this.renderTiles();
+  }
+
+  // --- floor, recording, log ------------------------------------------------------------
+
+  renderFloor() {
+    const mirror = this.client.mirror;
+    if (!mirror) return;
+    $("floor-holder").textContent = mirror.floor
+      ? t("floor.holder", { name: displayName(this.client, mirror.floor) })
+      : t("floor.nobody");
+    $("revoke").disabled = !mirror.floor;
+    $("grant-next").disabled = mirror.floorQueue.length === 0;
+    $("floor-queue").replaceChildren(
+      ...mirror.floorQueue.map((identity) =>
+        el(
+          "li",
+          { dataset: { identity } },
+          el("span", {}, displayName(this.client, identity)),
+          el("button", { onclick: () => this.command("grant_floor", { identity }) }, t("tile.grant")),
+        ),
+      ),
+    );
+    if (mirror.floorQueue.length === 0) $("floor-queue").append(el("li", { class: "empty" }, t("chair.queue_empty")));
+  }
+
+  renderRecording() {
+    const rec = this.client.mirror?.recording;
+    const button = $("rec-toggle");
+    button.textContent = rec?.active ? t("rec.stop") : t("rec.start");
+    button.dataset.active = String(!!rec?.active);
+    button.disabled = !this.client.mirror;
+    $("rec-elapsed").textContent =
+      rec?.active && rec.started_at ? `${t("rec.on_air")} ${formatElapsed(Date.now() / 1000 - rec.started_at)}` : "";
+  }
+
+  log(e) {
+    const mirror = this.client.mirror;
+    const name = (id) => (id ? displayName(this.client, id) : "");
+    const params = {
+      name: name(e.identity ?? e.participant?.identity ?? e.floor),
+      by: name(e.by),
+      layout: e.program ? t(`layouts.${e.program.layout}`) : "",
+      reason: e.reason ? t(`reasons.${e.reason}`) : "",
+    };
+    let key = `log.${e.kind}`;
+    if (e.kind === "mute") key = e.muted ? "log.mute_on" : e.self_muted ? "log.self_mute_on" : "log.mute_off";
+    if (e.kind === "hand") key = e.raised ? "log.hand_up" : "log.hand_down";
+    if (e.kind === "floor") key = e.floor ? "log.floor_granted" : "log.floor_revoked";
+    if (e.kind === "recording") key = e.active ? "log.recording_started" : "log.recording_stopped";
+    if (e.kind === "participant_connection") key = e.connected ? "log.reconnected" : "log.disconnected";
+    const text = t(key, params);
+    this.logLine(text === key ? e.kind : text, e.at, e.version);
+    void mirror;
+  }
+
+  logLine(text, at = Date.now() / 1000, version = null) {
+    const when = new Date(at * 1000).toLocaleTimeString(undefined, { hour12: false });
+    const item = el("li", { dataset: { version: version ?? "" } }, el("time", {}, when), " ", text);
+    const list = $("event-log");
+    list.prepend(item);
+    while (list.children.length > LOG_LIMIT) list.lastElementChild.remove();
+  }
+
+  render() {
+    this.renderLayoutPicker();
+    this.renderDraft();
+    this.renderTiles();
+    this.renderFloor();
+    this.renderRecording();
+  }
+
+  // --- keyboard -------------------------------------------------------------------------
+
+  onKey(ev) {
+    const target = ev.target;
+    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || target instanceof HTMLSelectElement) return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const key = ev.key;
+    if (/^[1-9]$/.test(key)) {
+      const layout = this.client.layouts[Number(key) - 1];
+      if (layout) this.chooseLayout(layout.name);
+    } else if (key === "Enter" || key === "t" || key === "T") {
+      if (target instanceof HTMLButtonElement && key === "Enter") return; // the button's own action
+      this.take();
+    } else if (key === "Escape") {
+      this.syncDraft(true);
+    } else if (key === "n" || key === "N") {
+      if (this.client.mirror?.floorQueue.length) this.command("grant_floor", {});
+    } else if (key === "r" || key === "R") {
+      if (this.client.mirror?.floor) this.command("revoke_floor", {});
+    } else if (key === "ArrowRight" || key === "ArrowLeft") {
+      const ids = this.participants().map((p) => p.identity);
+      if (!ids.length) return;
+      const at = ids.indexOf(this.previewed);
+      const next = key === "ArrowRight" ? at + 1 : at <= 0 ? ids.length - 1 : at - 1;
+      this.preview(ids[next % ids.length]);
+    } else if (key === "?") {
+      $("help").showModal();
+    } else {
+      return;
+    }
+    ev.preventDefault();
+  }
+}
+
+async function main() {
+  initPage();
+  const token = await obtainToken($("join-form"));
+  const claims = decodeToken(token) || {};
+  $("chair").hidden = false;
+  $("room-name").textContent = claims.room ?? "";
+
+  const client = new RoomClient({
+    token,
+    device: "venue",
+    // The console runs the meeting; the chair speaks from the main venue's own screen.
+    publish: { audio: false, video: false },
+    videoSlots: 9,
+    audioSlots: 3,
+  });
+  window.conference = { client };
+  const console_ = new Console(client);
+  window.conference.console = console_;
+  bindConnectionState(client, $("conn"));
+  bindFatal(client, $("fatal"));
+  console_.start();
+  client.addEventListener("joined", () => {
+    if (!client.can("set_program")) {
+      $("fatal").textContent = t("chair.not_chair");
+      $("fatal").hidden = false;
+    }
+    console_.render();
+  });
+  try {
+    client.layouts = await loadLayouts(null);
+  } catch {
+    // the join reply brings the catalogue too
+  }
+  client.start();
+}
+
+main().catch((err) => {
+  console.error(err);
+  notify(String(err), "error", 30000);
+});

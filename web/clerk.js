@@ -1,0 +1,319 @@
+// The clerk's page: the room's recordings, their renders in a chosen layout with progress, and
+// downloads. It speaks the recorder's REST API (docs/recordings.md); an endpoint the server does
+// not have yet (404) is reported as such, and the rest of the page keeps working.
+
+import { decodeToken } from "./client.js";
+import { t } from "./i18n.js";
+import { el, formatElapsed, initPage, loadLayouts, notify, obtainToken } from "./ui.js";
+
+const POLL_MS = 1000;
+const RUNNING = new Set(["queued", "pending", "running", "rendering", "started"]);
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+class RecordingsApi {
+  constructor(token) {
+    this.token = token;
+  }
+
+  async fetch(path, options = {}) {
+    const res = await fetch(path, {
+      ...options,
+      headers: { Authorization: `Bearer ${this.token}`, ...(options.body ? { "Content-Type": "application/json" } : {}) },
+    });
+    if (!res.ok) {
+      let body = {};
+      try {
+        body = await res.json();
+      } catch {
+        // not JSON: keep the status
+      }
+      throw new ApiError(res.status, body.error ?? String(res.status), body.message ?? res.statusText);
+    }
+    return res;
+  }
+
+  async json(path, options) {
+    return (await this.fetch(path, options)).json();
+  }
+}
+
+function apiErrorText(err) {
+  if (err instanceof ApiError) {
+    if (err.status === 404 && err.code === "404") return t("clerk.api_missing");
+    if (err.status === 401) return t("clerk.unauthorized");
+    if (err.status === 403) return t("clerk.forbidden");
+    return `${t("errors.generic")}: ${err.message} (${err.status})`;
+  }
+  return `${t("errors.generic")}: ${err}`;
+}
+
+function formatTime(seconds) {
+  if (seconds == null) return "—";
+  return new Date(seconds * 1000).toLocaleString(undefined, { hour12: false });
+}
+
+function formatBytes(bytes) {
+  if (bytes == null) return "—";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
+}
+
+// The recorder's field names, with the alternatives a reasonable API might use.
+function normalise(r) {
+  const started = r.started_at ?? r.start ?? null;
+  const ended = r.ended_at ?? r.stopped_at ?? r.end ?? null;
+  const duration = r.duration_s ?? (started != null && ended != null ? ended - started : null);
+  const people = Array.isArray(r.participants)
+    ? r.participants.map((p) => (typeof p === "string" ? p : (p.name ?? p.identity)))
+    : null;
+  return {
+    id: r.id ?? r.recording_id,
+    room: r.room,
+    started,
+    ended,
+    duration,
+    participants: people ? people.join("、") : (r.participant_count ?? r.participants ?? "—"),
+    size: r.size_bytes ?? r.size ?? r.bytes ?? null,
+    state: r.state ?? r.status ?? (ended == null ? "recording" : "finished"),
+    people: Array.isArray(r.participants) ? r.participants : [],
+    renders: r.renders ?? [],
+    timeline: r.timeline ?? r.timeline_summary ?? r.chapters ?? [],
+  };
+}
+
+class ClerkPage {
+  constructor(api, claims) {
+    this.api = api;
+    this.claims = claims;
+    this.selected = null;
+    this.pollTimer = null;
+    this.layouts = [];
+  }
+
+  async start() {
+    $("refresh").addEventListener("click", () => this.list());
+    $("date").addEventListener("change", () => this.list());
+    $("render-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.startRender(new FormData(ev.target));
+    });
+    window.addEventListener("languagechange-app", () => this.list());
+    try {
+      this.layouts = await loadLayouts(null);
+    } catch {
+      this.layouts = [];
+    }
+    await this.list();
+  }
+
+  showApiState(text) {
+    $("api-state").hidden = !text;
+    $("api-state").textContent = text ?? "";
+  }
+
+  async list() {
+    const params = new URLSearchParams();
+    if (this.claims.room) params.set("room", this.claims.room);
+    if ($("date").value) params.set("date", $("date").value);
+    let items;
+    try {
+      const data = await this.api.json(`/api/recordings?${params}`);
+      items = (Array.isArray(data) ? data : (data.recordings ?? [])).map(normalise);
+      this.showApiState(null);
+    } catch (err) {
+      this.showApiState(apiErrorText(err));
+      items = [];
+    }
+    items.sort((a, b) => (b.started ?? 0) - (a.started ?? 0));
+    $("empty").hidden = items.length > 0;
+    $("recordings").replaceChildren(
+      ...items.map((r) =>
+        el(
+          "tr",
+          { dataset: { recording: r.id }, class: this.selected === r.id ? "selected" : null },
+          el("td", {}, formatTime(r.started)),
+          el("td", {}, formatTime(r.ended)),
+          el("td", {}, r.duration != null ? formatElapsed(r.duration) : "—"),
+          el("td", { class: "people" }, String(r.participants)),
+          el("td", {}, formatBytes(r.size)),
+          el("td", {}, el("span", { class: `state state-${r.state}` }, this.stateText(r.state))),
+          el(
+            "td",
+            { class: "actions" },
+            el("button", { onclick: () => this.open(r.id) }, t("clerk.details")),
+            el(
+              "button",
+              { class: "primary", onclick: () => this.download(`/api/recordings/${encodeURIComponent(r.id)}/download`, r.id) },
+              t("clerk.download"),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  stateText(state) {
+    const key = `clerk.state_${state}`;
+    const text = t(key);
+    return text === key ? state : text;
+  }
+
+  async open(id) {
+    this.selected = id;
+    clearTimeout(this.pollTimer);
+    let r;
+    try {
+      r = normalise(await this.api.json(`/api/recordings/${encodeURIComponent(id)}`));
+    } catch (err) {
+      this.showApiState(apiErrorText(err));
+      return;
+    }
+    $("detail").hidden = false;
+    $("detail").dataset.recording = id;
+    $("detail-title").textContent = `${t("clerk.recording")} ${id}`;
+    $("detail-meta").replaceChildren(
+      el("dt", {}, t("clerk.col_start")),
+      el("dd", {}, formatTime(r.started)),
+      el("dt", {}, t("clerk.col_end")),
+      el("dd", {}, formatTime(r.ended)),
+      el("dt", {}, t("clerk.col_duration")),
+      el("dd", {}, r.duration != null ? formatElapsed(r.duration) : "—"),
+      el("dt", {}, t("clerk.col_participants")),
+      el("dd", {}, String(r.participants)),
+    );
+    $("detail-timeline").replaceChildren(
+      ...r.timeline.slice(0, 200).map((item) =>
+        typeof item === "string"
+          ? el("li", {}, item)
+          : el(
+              "li",
+              {},
+              el("time", {}, item.t != null ? formatElapsed(item.t) : formatTime(item.at)),
+              " ",
+              item.title ?? item.text ?? item.kind ?? "",
+            ),
+      ),
+    );
+    this.renderLayoutChoices(r);
+    this.showRenders(id, r.renders);
+    if (r.renders.some((job) => RUNNING.has(job.state ?? job.status))) {
+      this.pollTimer = setTimeout(() => this.open(id), POLL_MS);
+    }
+  }
+
+  renderLayoutChoices(r) {
+    const select = $("render-layout");
+    const current = select.value || "program";
+    const options = [
+      ["program", t("clerk.layout_program")],
+      ["grid", t("clerk.layout_grid")],
+      ["speaker", t("clerk.layout_speaker")],
+      ...this.layouts.map((l) => [l.name, `${t("clerk.layout_fixed")}: ${t(`layouts.${l.name}`)}`]),
+    ];
+    // One "single:ID" choice per participant the recorder lists with an identity.
+    for (const p of r.people) {
+      if (typeof p === "object" && p.identity) {
+        options.push([`single:${p.identity}`, `${t("clerk.layout_single")}: ${p.name ?? p.identity}`]);
+      }
+    }
+    select.replaceChildren(...options.map(([value, label]) => el("option", { value, selected: value === current }, label)));
+  }
+
+  showRenders(id, renders) {
+    $("renders").replaceChildren(
+      ...renders.map((job) => {
+        const state = job.state ?? job.status ?? "unknown";
+        const progress = job.progress ?? 0; // 0..1
+        const running = RUNNING.has(state);
+        const url = job.download_url ?? `/api/recordings/${encodeURIComponent(id)}/download?render=${encodeURIComponent(job.id)}`;
+        return el(
+          "tr",
+          { dataset: { render: job.id ?? "" } },
+          el("td", {}, job.layout ?? "—"),
+          el("td", {}, job.size ?? (job.width ? `${job.width}x${job.height}` : "—")),
+          el(
+            "td",
+            {},
+            running
+              ? el("progress", { max: "1", value: String(progress), "aria-label": t("clerk.progress") })
+              : el("span", { class: `state state-${state}` }, this.stateText(state)),
+            running ? ` ${Math.round(progress * 100)}%` : "",
+          ),
+          el("td", {}, formatBytes(job.size_bytes ?? job.bytes)),
+          el(
+            "td",
+            {},
+            state === "done" || state === "finished" || state === "ready"
+              ? el("button", { class: "primary", onclick: () => this.download(url, `${id}-${job.layout ?? "render"}`) }, t("clerk.download"))
+              : "",
+          ),
+        );
+      }),
+    );
+    if (!renders.length) $("renders").append(el("tr", {}, el("td", { colspan: "5", class: "empty" }, t("clerk.no_renders"))));
+  }
+
+  async startRender(form) {
+    if (!this.selected) return;
+    try {
+      await this.api.json(`/api/recordings/${encodeURIComponent(this.selected)}/renders`, {
+        method: "POST",
+        body: JSON.stringify({ layout: form.get("layout"), size: form.get("size") }),
+      });
+      notify(t("clerk.render_started"), "info");
+    } catch (err) {
+      notify(apiErrorText(err), "error");
+    }
+    await this.open(this.selected);
+  }
+
+  /** Downloads need the Authorization header, so fetch and hand the file to the browser. */
+  async download(url, name) {
+    try {
+      const res = await this.api.fetch(url);
+      const disposition = res.headers.get("Content-Disposition") ?? "";
+      const match = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
+      const blob = await res.blob();
+      const link = el("a", { href: URL.createObjectURL(blob), download: match ? decodeURIComponent(match[1]) : `${name}.mp4` });
+      document.body.append(link);
+      link.click();
+      setTimeout(() => {
+        URL.revokeObjectURL(link.href);
+        link.remove();
+      }, 10000);
+    } catch (err) {
+      notify(apiErrorText(err), "error");
+    }
+  }
+}
+
+async function main() {
+  initPage();
+  const token = await obtainToken($("join-form"));
+  const claims = decodeToken(token) || {};
+  $("clerk").hidden = false;
+  $("room-name").textContent = claims.admin ? t("clerk.all_rooms") : (claims.room ?? "");
+  const page = new ClerkPage(new RecordingsApi(token), claims.admin ? {} : claims);
+  window.conference = { clerk: page };
+  await page.start();
+}
+
+main().catch((err) => {
+  console.error(err);
+  notify(String(err), "error", 30000);
+});

@@ -1,0 +1,593 @@
+// The connection every page shares: one WebSocket to the signaling server (docs/protocol.md)
+// and one RTCPeerConnection for media. It joins, answers the server's offer, mirrors the room
+// (program, participants, floor, recording) from versioned events, resyncs on a gap and
+// reconnects by itself with backoff. Pages listen to its events and never touch the socket.
+
+const PROTOCOL_VERSION = 1;
+const REQUEST_TIMEOUT_MS = 10000;
+const PING_EVERY_MS = 10000;
+const ICE_GATHER_WAIT_MS = 1500;
+// A peer connection "disconnected" this long is treated as dropped and rejoined.
+const MEDIA_DISCONNECTED_GRACE_MS = 6000;
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
+// Close codes after which reconnecting would be wrong (docs/protocol.md).
+const FINAL_CLOSE = {
+  4401: "unauthorized",
+  4403: "forbidden",
+  4409: "replaced",
+  4410: "removed",
+};
+
+export class RequestError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.code = code;
+  }
+}
+
+/** The claims of a JWT, read without verifying (the server verifies): for display only. */
+export function decodeToken(token) {
+  try {
+    const part = token.split(".")[1];
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
+    const bytes = Uint8Array.from(json, (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
+  }
+}
+
+/** The token from `?token=`, or null. */
+export function tokenFromUrl() {
+  return new URLSearchParams(location.search).get("token");
+}
+
+/** Put the token in the address so a reload (or an unattended restart) rejoins by itself. */
+export function rememberTokenInUrl(token) {
+  const url = new URL(location.href);
+  url.searchParams.set("token", token);
+  history.replaceState(null, "", url);
+}
+
+function wsUrl(token) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws?token=${encodeURIComponent(token)}`;
+}
+
+/** The room as this page knows it, kept up to date from the server's events. */
+export class RoomMirror {
+  constructor(snapshot) {
+    this.load(snapshot);
+  }
+
+  load(s) {
+    this.room = s.room;
+    this.version = s.version;
+    this.program = { layout: s.program.layout, slots: [...s.program.slots] };
+    this.participants = new Map(s.participants.map((p) => [p.identity, { ...p }]));
+    this.floor = s.floor ?? null;
+    this.floorQueue = [...(s.floor_queue || [])];
+    this.recording = { ...(s.recording || { active: false }) };
+  }
+
+  participant(identity) {
+    return identity == null ? undefined : this.participants.get(identity);
+  }
+
+  name(identity) {
+    return this.participant(identity)?.name ?? identity ?? "";
+  }
+
+  /** Apply one event; returns false when it is unknown (nothing changed but the version). */
+  apply(e) {
+    const p = this.participants.get(e.identity);
+    switch (e.kind) {
+      case "participant_joined":
+      case "participant_rejoined":
+        this.participants.set(e.participant.identity, { ...e.participant });
+        break;
+      case "participant_connection":
+        if (p) p.connected = e.connected;
+        break;
+      case "participant_left":
+        this.participants.delete(e.identity);
+        this.floorQueue = this.floorQueue.filter((id) => id !== e.identity);
+        break;
+      case "publishing":
+        if (p) Object.assign(p, { publish_audio: e.audio, publish_video: e.video });
+        break;
+      case "program":
+        this.program = { layout: e.program.layout, slots: [...e.program.slots] };
+        break;
+      case "mute":
+        if (p) {
+          p.muted = e.muted;
+          p.self_muted = e.self_muted;
+          if (e.muted || !e.self_muted) p.unmute_requested = false;
+        }
+        break;
+      case "unmute_requested":
+        if (p) Object.assign(p, { muted: false, unmute_requested: true });
+        break;
+      case "hand":
+        if (p) p.hand_raised_at = e.raised ? (p.hand_raised_at ?? e.at ?? Date.now() / 1000) : null;
+        this.floorQueue = [...e.floor_queue];
+        break;
+      case "floor":
+        if (e.floor && this.participants.has(e.floor)) {
+          const holder = this.participants.get(e.floor);
+          holder.hand_raised_at = null;
+          holder.muted = false;
+          holder.unmute_requested = holder.self_muted;
+        }
+        this.floor = e.floor ?? null;
+        this.floorQueue = [...(e.floor_queue || [])];
+        break;
+      case "recording":
+        this.recording = { active: e.active, recording_id: e.recording_id, started_at: e.started_at };
+        break;
+      default:
+        this.version = e.version ?? this.version;
+        return false;
+    }
+    this.version = e.version ?? this.version;
+    return true;
+  }
+}
+
+/**
+ * One endpoint in a room. Options:
+ *   token, device ("venue" | "phone"), publish {audio, video}, videoSlots, audioSlots,
+ *   localTracks() -> {audio: MediaStreamTrack|null, video: MediaStreamTrack|null}
+ * Events (CustomEvent detail): state {state, detail}, joined {you, room}, room {events},
+ *   tracks {}, slots {}, speakers {speakers}, notice {type, reason}, fatal {code, reason}.
+ */
+export class RoomClient extends EventTarget {
+  constructor(options) {
+    super();
+    this.options = { audioSlots: 3, videoSlots: 9, publish: { audio: false, video: false }, ...options };
+    this.state = "idle";
+    this.you = null;
+    this.permissions = [];
+    this.layouts = [];
+    this.mirror = null;
+    this.iceServers = [];
+    this.pc = null;
+    this.mediaState = "none"; // none | connecting | connected | disconnected | failed
+    this.publishMids = {};
+    this.videoMids = [];
+    this.audioMids = [];
+    this.previewMids = [];
+    this.tracksByMid = new Map();
+    this.audioOccupants = new Map(); // mid -> identity|null
+    this.previewOccupants = new Map(); // mid -> identity
+    this.speakers = [];
+    this._ws = null;
+    this._nextId = 1;
+    this._pending = new Map();
+    this._attempt = 0;
+    this._stopped = false;
+    this._syncing = false;
+    this._timers = new Set();
+    this._pingTimer = null;
+    this._mediaDownTimer = null;
+  }
+
+  // --- lifecycle -------------------------------------------------------------------------
+
+  start() {
+    this._stopped = false;
+    this._open();
+  }
+
+  /** Leave the room for good (no reconnect). */
+  async leave() {
+    this._stopped = true;
+    try {
+      if (this._ws?.readyState === WebSocket.OPEN) await this.request("leave", {}, 2000);
+    } catch {
+      // leaving anyway
+    }
+    this._teardown(1000);
+    this._setState("closed");
+  }
+
+  /** Drop the connection now and rejoin (what happens by itself after a network drop). */
+  reconnectNow() {
+    this._teardown(4000);
+    this._scheduleReconnect(0);
+  }
+
+  _setState(state, detail = null) {
+    if (this.state === state && detail == null) return;
+    this.state = state;
+    this._emit("state", { state, detail });
+  }
+
+  _emit(type, detail = {}) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _later(fn, ms) {
+    const handle = setTimeout(() => {
+      this._timers.delete(handle);
+      fn();
+    }, ms);
+    this._timers.add(handle);
+    return handle;
+  }
+
+  _open() {
+    this._setState(this._attempt === 0 && !this.you ? "connecting" : "reconnecting");
+    let ws;
+    try {
+      ws = new WebSocket(wsUrl(this.options.token));
+    } catch (err) {
+      this._setState("failed", String(err));
+      return;
+    }
+    this._ws = ws;
+    ws.onopen = () => this._join(ws);
+    ws.onmessage = (ev) => this._onMessage(ws, ev);
+    ws.onclose = (ev) => this._onClose(ws, ev);
+  }
+
+  async _join(ws) {
+    const { device, publish, videoSlots, audioSlots } = this.options;
+    try {
+      const result = await this.request("join", {
+        device,
+        publish: { audio: !!publish.audio, video: !!publish.video },
+        video_slots: videoSlots,
+        audio_slots: audioSlots,
+      });
+      if (ws !== this._ws) return;
+      this._attempt = 0;
+      this.you = result.you;
+      this.permissions = result.permissions || [];
+      this.iceServers = result.ice_servers || [];
+      if (result.layouts) this.layouts = result.layouts;
+      this.mirror = new RoomMirror(result.room);
+      this._setState("joined");
+      this._emit("joined", { you: this.you, room: this.mirror });
+      this._emit("room", { events: [] });
+      this._startPing(ws);
+    } catch (err) {
+      if (ws !== this._ws) return;
+      if (err instanceof RequestError && err.code === "timeout") {
+        this._teardown(4000);
+        this._scheduleReconnect();
+        return;
+      }
+      // A refused join (room full, bad request) is final; a lost socket reconnects in _onClose.
+      if (err instanceof RequestError && err.code !== "closed") {
+        this._stopped = true;
+        this._emit("fatal", { code: err.code, reason: err.message });
+        this._setState("failed", err.code);
+        ws.close(1000);
+      }
+    }
+  }
+
+  _onClose(ws, ev) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    this._rejectPending("closed");
+    this._stopPing();
+    const final = FINAL_CLOSE[ev.code];
+    if (final) {
+      this._stopped = true;
+      this._closePc();
+      this._emit("fatal", { code: final, reason: ev.reason });
+      this._setState("failed", final);
+      return;
+    }
+    if (this._stopped) return;
+    this._scheduleReconnect();
+  }
+
+  _scheduleReconnect(delay) {
+    if (this._stopped) return;
+    const base = delay ?? BACKOFF_MS[Math.min(this._attempt, BACKOFF_MS.length - 1)];
+    this._attempt += 1;
+    // Jitter so fifty venues that lost the same network do not come back in one burst.
+    const wait = delay === 0 ? 0 : base * (0.75 + Math.random() * 0.5);
+    this._setState("reconnecting", { inMs: Math.round(wait), attempt: this._attempt });
+    this._later(() => this._open(), wait);
+  }
+
+  _teardown(code) {
+    this._stopPing();
+    const ws = this._ws;
+    this._ws = null;
+    this._rejectPending("closed");
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(code);
+    this._closePc();
+  }
+
+  _startPing(ws) {
+    this._stopPing();
+    this._pingTimer = setInterval(async () => {
+      try {
+        await this.request("ping", {}, 5000);
+      } catch {
+        // No answer: the network is gone even if the socket has not noticed yet.
+        if (ws === this._ws) {
+          this._teardown(4000);
+          this._scheduleReconnect();
+        }
+      }
+    }, PING_EVERY_MS);
+  }
+
+  _stopPing() {
+    if (this._pingTimer) clearInterval(this._pingTimer);
+    this._pingTimer = null;
+  }
+
+  // --- requests --------------------------------------------------------------------------
+
+  /** Send a request; resolves with its result or rejects with RequestError(code). */
+  request(type, fields = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new RequestError("closed", "not connected"));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new RequestError("timeout", `${type} timed out`));
+      }, timeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify({ type, id, ...fields }));
+    });
+  }
+
+  _rejectPending(code) {
+    for (const { reject, timer } of this._pending.values()) {
+      clearTimeout(timer);
+      reject(new RequestError(code, code));
+    }
+    this._pending.clear();
+  }
+
+  _onMessage(ws, ev) {
+    if (ws !== this._ws) return;
+    let msg;
+    try {
+      msg = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    if (msg.v !== undefined && msg.v !== PROTOCOL_VERSION) {
+      console.warn("protocol version", msg.v, "expected", PROTOCOL_VERSION);
+    }
+    switch (msg.type) {
+      case "reply":
+      case "error": {
+        const pending = this._pending.get(msg.id);
+        if (!pending) {
+          if (msg.type === "error") this._emit("notice", { type: "error", code: msg.code, reason: msg.message });
+          return;
+        }
+        this._pending.delete(msg.id);
+        clearTimeout(pending.timer);
+        if (msg.type === "reply") pending.resolve(msg.result ?? {});
+        else pending.reject(new RequestError(msg.code, msg.message));
+        return;
+      }
+      case "event":
+        this._onEvent(msg.event);
+        return;
+      case "offer":
+        this._onOffer(msg).catch((err) => {
+          console.error("answering the offer failed", err);
+          this._emit("notice", { type: "media_error", reason: String(err) });
+        });
+        return;
+      case "slots":
+        this._onSlots(msg);
+        return;
+      case "speakers":
+        this.speakers = msg.speakers || [];
+        this._emit("speakers", { speakers: this.speakers });
+        return;
+      case "removed":
+      case "replaced":
+      case "shutdown":
+        this._emit("notice", { type: msg.type, reason: msg.reason });
+        return;
+      default:
+        return;
+    }
+  }
+
+  // --- room events -----------------------------------------------------------------------
+
+  _onEvent(event) {
+    if (!this.mirror || this._syncing) return;
+    if (event.version <= this.mirror.version) return; // already have it
+    if (event.version > this.mirror.version + 1) {
+      this._sync();
+      return;
+    }
+    this.mirror.apply(event);
+    this._emit("room", { events: [event] });
+  }
+
+  async _sync() {
+    if (this._syncing) return;
+    this._syncing = true;
+    try {
+      const result = await this.request("sync", { since: this.mirror.version });
+      if (result.room) {
+        this.mirror.load(result.room);
+        this._emit("room", { events: [], resynced: true });
+      } else {
+        const applied = [];
+        for (const e of result.events || []) {
+          if (e.version === this.mirror.version + 1) {
+            this.mirror.apply(e);
+            applied.push(e);
+          }
+        }
+        this._emit("room", { events: applied, resynced: true });
+      }
+    } catch (err) {
+      console.warn("sync failed", err);
+    } finally {
+      this._syncing = false;
+    }
+  }
+
+  // --- media -----------------------------------------------------------------------------
+
+  _closePc() {
+    if (this._mediaDownTimer) clearTimeout(this._mediaDownTimer);
+    this._mediaDownTimer = null;
+    if (this.pc) {
+      this.pc.ontrack = this.pc.onicecandidate = this.pc.onconnectionstatechange = null;
+      this.pc.close();
+    }
+    this.pc = null;
+    this.tracksByMid.clear();
+    this._setMediaState("none");
+    this._emit("tracks");
+  }
+
+  _setMediaState(state) {
+    if (this.mediaState === state) return;
+    this.mediaState = state;
+    this._emit("media", { state });
+  }
+
+  async _onOffer(msg) {
+    this._closePc();
+    const slots = msg.slots || {};
+    this.publishMids = slots.publish || {};
+    this.videoMids = slots.video || [];
+    this.audioMids = slots.audio || [];
+    this.previewMids = slots.previews || [];
+    if (!msg.sdp) return; // a server without media (NullMedia): room events only
+    const ws = this._ws;
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    this.pc = pc;
+    this._setMediaState("connecting");
+    const early = [];
+    let answered = false;
+    pc.onicecandidate = (ev) => {
+      if (!ev.candidate || !ev.candidate.candidate) return;
+      const c = ev.candidate.toJSON();
+      if (answered) this._sendCandidate(c);
+      else early.push(c);
+    };
+    pc.ontrack = (ev) => {
+      this.tracksByMid.set(ev.transceiver.mid, ev.track);
+      this._emit("tracks");
+    };
+    pc.onconnectionstatechange = () => this._onPcState(pc);
+    await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    if (pc !== this.pc) return;
+    const local = this.options.localTracks ? this.options.localTracks() : {};
+    for (const tr of pc.getTransceivers()) {
+      const kind = tr.mid === this.publishMids.audio ? "audio" : tr.mid === this.publishMids.video ? "video" : null;
+      if (!kind || !(this.options.publish[kind] || this.can(`publish_${kind}`))) continue;
+      // Always send on a publish m-line we may use, even with no track yet: turning the camera
+      // on later is then a replaceTrack, with no renegotiation (the server makes every offer).
+      tr.direction = "sendonly";
+      await tr.sender.replaceTrack(local[kind] || null);
+    }
+    await pc.setLocalDescription(await pc.createAnswer());
+    await waitForGathering(pc, ICE_GATHER_WAIT_MS);
+    if (pc !== this.pc || ws !== this._ws) return;
+    await this.request("answer", { sdp: pc.localDescription.sdp });
+    answered = true;
+    for (const c of early) if (!pc.localDescription.sdp.includes(c.candidate)) this._sendCandidate(c);
+    this._emit("tracks");
+  }
+
+  _sendCandidate(candidate) {
+    this.request("candidate", { candidate }).catch((err) => console.warn("candidate refused", err));
+  }
+
+  _onPcState(pc) {
+    if (pc !== this.pc) return;
+    const s = pc.connectionState;
+    this._setMediaState(s === "new" ? "connecting" : s);
+    if (this._mediaDownTimer) clearTimeout(this._mediaDownTimer);
+    this._mediaDownTimer = null;
+    if (s === "failed") {
+      this.reconnectNow();
+    } else if (s === "disconnected") {
+      this._mediaDownTimer = setTimeout(() => {
+        if (pc === this.pc && pc.connectionState !== "connected") this.reconnectNow();
+      }, MEDIA_DISCONNECTED_GRACE_MS);
+    }
+  }
+
+  /** Swap the published camera or microphone track (null stops sending) without renegotiating. */
+  async replaceLocalTrack(kind, track) {
+    if (!this.pc) return;
+    const mid = this.publishMids[kind];
+    const tr = this.pc.getTransceivers().find((t) => t.mid === mid);
+    if (tr && tr.direction === "sendonly") await tr.sender.replaceTrack(track);
+  }
+
+  _onSlots(msg) {
+    for (const { mid, identity } of msg.audio || []) this.audioOccupants.set(mid, identity ?? null);
+    if (msg.previews) {
+      this.previewOccupants.clear();
+      for (const { mid, identity } of msg.previews) this.previewOccupants.set(mid, identity);
+    }
+    this._emit("slots");
+  }
+
+  /** The track playing program video slot i, or null. */
+  videoTrack(i) {
+    const mid = this.videoMids[i];
+    return mid == null ? null : (this.tracksByMid.get(mid) ?? null);
+  }
+
+  /** [{mid, track, identity}] for the audio slots. */
+  audioTracks() {
+    return this.audioMids.map((mid) => ({
+      mid,
+      track: this.tracksByMid.get(mid) ?? null,
+      identity: this.audioOccupants.get(mid) ?? null,
+    }));
+  }
+
+  /** The chair's preview track of one participant, or null. */
+  previewTrack(identity) {
+    for (const [mid, who] of this.previewOccupants) {
+      if (who === identity) return this.tracksByMid.get(mid) ?? null;
+    }
+    return null;
+  }
+
+  /** The receiver of a mid, for stats (audio level, frame rate, loss). */
+  receiver(mid) {
+    return this.pc?.getTransceivers().find((t) => t.mid === mid)?.receiver ?? null;
+  }
+
+  can(permission) {
+    return this.permissions.includes(permission);
+  }
+}
+
+function waitForGathering(pc, maxMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    const timer = setTimeout(done, maxMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
