@@ -1,0 +1,523 @@
+"""The recording archive: written while a room records, read by the renderer and the clerk API.
+
+A recording is one directory ``<data_dir>/recordings/<recording_id>/`` (format in
+docs/recordings.md):
+
+- ``meta.json``: id, room, start and (once finalised) stop time; replaced atomically.
+- ``timeline.jsonl``: one JSON object per line: the room snapshot at the start, every room event,
+  active-speaker changes and which file holds which published track.
+- ``tracks/<n>.rtp``: the track's RTP packets as they arrived, undecoded, in checksummed records.
+
+The media hot path only appends to an in-memory buffer (``TrackWriter.write``); a flusher thread
+per recording moves the buffers to disk every ``FLUSH_INTERVAL`` seconds (sooner when a buffer
+grows past ``FLUSH_BYTES``), so a killed server loses at most the last fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FLUSH_INTERVAL = 0.25
+FLUSH_BYTES = 256 * 1024
+
+# A track file is a sequence of chunks, one per flush: chunk header (magic, body length, CRC-32 of
+# the body), then the body: records of (arrival as float64 seconds since the epoch, packet length,
+# packet). The checksum is per chunk so the hot path does no hashing; the magic lets a reader
+# resynchronise after a damaged chunk.
+CHUNK_MAGIC = b"RCK1"
+_CHUNK = struct.Struct("!4sII")
+CHUNK_HEADER_SIZE = _CHUNK.size  # 12
+_RECORD = struct.Struct("!dH")
+RECORD_HEADER_SIZE = _RECORD.size  # 10
+MAX_CHUNK = 64 * 1024 * 1024
+
+_RECORDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ArchiveError(Exception):
+    """A recording that does not exist or cannot be read."""
+
+
+class BadRecordingId(ArchiveError, ValueError):
+    pass
+
+
+def check_recording_id(recording_id: str) -> str:
+    """Return ``recording_id`` if it is safe as a single path component, else raise."""
+    if not isinstance(recording_id, str) or not _RECORDING_ID.match(recording_id) or ".." in recording_id:
+        raise BadRecordingId(f"invalid recording id {recording_id!r}")
+    return recording_id
+
+
+def recordings_root(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / "recordings"
+
+
+def recording_dir(data_dir: str | os.PathLike[str], recording_id: str) -> Path:
+    """The directory of a recording; the id is checked so it can never leave the data dir."""
+    root = recordings_root(data_dir).resolve()
+    path = (root / check_recording_id(recording_id)).resolve()
+    if path.parent != root:
+        raise BadRecordingId(f"invalid recording id {recording_id!r}")
+    return path
+
+
+def encode_chunk(records: list[tuple[float, bytes]]) -> bytes:
+    """One chunk as it appears in a track file (for tools and tests)."""
+    body = b"".join(_RECORD.pack(arrival, len(packet)) + packet for arrival, packet in records)
+    return _CHUNK.pack(CHUNK_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+class TrackWriter:
+    """One published track's file; ``write`` is called on the media hot path."""
+
+    __slots__ = ("_buffer", "_fd", "_owner", "closed", "number", "packets")
+
+    def __init__(self, owner: RecordingWriter, number: int, path: Path) -> None:
+        self._owner = owner
+        self.number = number
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._buffer = bytearray()
+        self.packets = 0
+        self.closed = False
+
+    def write(self, arrival: float, packet: bytes) -> None:
+        if self.closed or len(packet) > 0xFFFF:
+            return
+        buffer = self._buffer
+        # No lock: one bytearray append is atomic under the GIL, so ``flush`` always sees whole
+        # records; only this method appends and only ``flush`` deletes what it has written.
+        buffer += _RECORD.pack(arrival, len(packet)) + packet
+        self.packets += 1
+        if len(buffer) >= FLUSH_BYTES:
+            self._owner.wake()
+
+    def flush(self) -> None:
+        buffer = self._buffer
+        size = len(buffer)
+        if not size:
+            return
+        body = bytes(buffer[:size])
+        _write_all(self._fd, _CHUNK.pack(CHUNK_MAGIC, size, zlib.crc32(body)) + body)
+        del buffer[:size]
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._owner.track_closed(self)
+
+    def _release(self) -> None:
+        self.flush()
+        os.close(self._fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class RecordingWriter:
+    """Writes one recording; also the ``conference.media.RecordingSink`` the media core feeds."""
+
+    def __init__(
+        self,
+        directory: Path,
+        recording_id: str,
+        room: str,
+        started_at: float | None = None,
+        *,
+        fsync: bool = False,
+        flush_interval: float = FLUSH_INTERVAL,
+    ) -> None:
+        self.directory = directory
+        self.recording_id = recording_id
+        self.room = room
+        self.started_at = time.time() if started_at is None else started_at
+        self._fsync = fsync
+        self._interval = flush_interval
+        (directory / "tracks").mkdir(parents=True, exist_ok=False)
+        self._meta: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "id": recording_id,
+            "room": room,
+            "started_at": self.started_at,
+            "stopped_at": None,
+            "complete": False,
+        }
+        _write_json_atomic(directory / "meta.json", self._meta)
+        self._timeline_fd = os.open(
+            directory / "timeline.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
+        )
+        self._timeline = bytearray()
+        self._lock = threading.Lock()
+        self._tracks: list[TrackWriter] = []
+        self._closing: list[TrackWriter] = []
+        self._wake = threading.Event()
+        self._stopped = False
+        self._flusher = threading.Thread(target=self._run, name=f"recorder-{recording_id}", daemon=True)
+        self._flusher.start()
+
+    # RecordingSink -----------------------------------------------------------------------
+
+    def open_track(
+        self,
+        identity: str,
+        kind: str,
+        codec: str,
+        clock_rate: int,
+        payload_type: int,
+        ssrc: int,
+        extensions: dict[str, int],
+    ) -> TrackWriter:
+        with self._lock:
+            number = len(self._tracks)
+            track = TrackWriter(self, number, self.directory / "tracks" / f"{number}.rtp")
+            self._tracks.append(track)
+        self.add_entry(
+            {
+                "kind": "track",
+                "track": number,
+                "file": f"tracks/{number}.rtp",
+                "identity": identity,
+                "media": kind,
+                "codec": codec,
+                "clock_rate": clock_rate,
+                "payload_type": payload_type,
+                "ssrc": ssrc,
+                "extensions": dict(extensions),
+            }
+        )
+        return track
+
+    def speakers(self, at: float, identities: list[str]) -> None:
+        self.add_entry({"kind": "speakers", "at": at, "speakers": list(identities)})
+
+    # timeline ----------------------------------------------------------------------------
+
+    def add_entry(self, entry: dict[str, Any]) -> None:
+        """Append one timeline entry (``at`` defaults to now)."""
+        if self._stopped:
+            return
+        entry = {**entry}
+        entry.setdefault("at", time.time())
+        line = json.dumps(entry, separators=(",", ":"), default=str).encode() + b"\n"
+        with self._lock:
+            self._timeline += line
+
+    def track_closed(self, track: TrackWriter) -> None:
+        self.add_entry({"kind": "track_end", "track": track.number, "packets": track.packets})
+        with self._lock:
+            self._closing.append(track)
+        self.wake()
+
+    # flushing ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except OSError:
+                log.exception("recording %s: cannot write to disk", self.recording_id)
+
+    def flush(self) -> None:
+        with self._lock:
+            tracks = list(self._tracks)
+            closing, self._closing = self._closing, []
+            timeline, self._timeline = self._timeline, bytearray()
+        for track in tracks:
+            if not track.closed:
+                track.flush()
+        for track in closing:
+            track._release()
+        if timeline:
+            _write_all(self._timeline_fd, timeline)
+        if self._fsync:
+            for track in tracks:
+                if not track.closed:
+                    os.fsync(track._fd)
+            os.fsync(self._timeline_fd)
+
+    def close(self, stopped_at: float | None = None) -> dict[str, Any]:
+        """Finalise: flush everything, close the files, mark the recording complete."""
+        if self._stopped:
+            return self._meta
+        stopped_at = time.time() if stopped_at is None else stopped_at
+        for track in list(self._tracks):
+            track.close()
+        self.add_entry({"kind": "recording_end", "at": stopped_at})
+        self._stopped = True
+        self._wake.set()
+        self._flusher.join(timeout=10)
+        self.flush()
+        os.close(self._timeline_fd)
+        self._meta.update(stopped_at=stopped_at, complete=True)
+        _write_json_atomic(self.directory / "meta.json", self._meta)
+        return self._meta
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TrackInfo:
+    number: int
+    identity: str
+    media: str  # "audio" | "video"
+    codec: str
+    clock_rate: int
+    payload_type: int
+    ssrc: int
+    opened_at: float
+    extensions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReadStats:
+    chunks: int = 0
+    records: int = 0
+    damaged: int = 0
+    skipped_bytes: int = 0
+
+
+def read_records(path: Path, stats: ReadStats | None = None) -> Iterator[tuple[float, bytes]]:
+    """Yield ``(arrival, packet)`` from a track file; damaged chunks are skipped with a warning."""
+    stats = stats if stats is not None else ReadStats()
+    with path.open("rb") as f:
+        try:
+            # Memory-mapped so an hour-long track is not read into memory at once.
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # empty file
+            return
+    with data:
+        pos, end = 0, len(data)
+        while pos < end:
+            body = _chunk_at(data, pos)
+            if body is None:
+                # Damaged or truncated: look for the next chunk that checks out.
+                nxt = data.find(CHUNK_MAGIC, pos + 1)
+                while nxt != -1 and _chunk_at(data, nxt) is None:
+                    nxt = data.find(CHUNK_MAGIC, nxt + 1)
+                skipped = (nxt if nxt != -1 else end) - pos
+                stats.damaged += 1
+                stats.skipped_bytes += skipped
+                what = "truncated" if nxt == -1 else "damaged"
+                log.warning("%s: %s chunk at byte %d, skipped %d bytes", path, what, pos, skipped)
+                if nxt == -1:
+                    return
+                pos = nxt
+                continue
+            stats.chunks += 1
+            pos += CHUNK_HEADER_SIZE + len(body)
+            offset = 0
+            while offset + RECORD_HEADER_SIZE <= len(body):
+                arrival, length = _RECORD.unpack_from(body, offset)
+                offset += RECORD_HEADER_SIZE
+                stats.records += 1
+                yield arrival, body[offset : offset + length]
+                offset += length
+
+
+def _chunk_at(data: mmap.mmap, pos: int) -> bytes | None:
+    """The body of the intact chunk starting at ``pos``, or None."""
+    if pos + CHUNK_HEADER_SIZE > len(data):
+        return None
+    magic, length, crc = _CHUNK.unpack_from(data, pos)
+    start = pos + CHUNK_HEADER_SIZE
+    if magic != CHUNK_MAGIC or length > MAX_CHUNK or start + length > len(data):
+        return None
+    body = data[start : start + length]
+    return body if zlib.crc32(body) == crc else None
+
+
+class Recording:
+    """A recording on disk, complete or cut short by a crash."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        meta_path = directory / "meta.json"
+        if not meta_path.is_file():
+            raise ArchiveError(f"no recording at {directory}")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArchiveError(f"unreadable meta.json in {directory}: {exc}") from None
+        self.id: str = self.meta["id"]
+        self.room: str = self.meta["room"]
+        self.started_at: float = float(self.meta["started_at"])
+        self._timeline: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], recording_id: str) -> Recording:
+        directory = recording_dir(data_dir, recording_id)
+        if not directory.is_dir():
+            raise ArchiveError(f"no recording {recording_id!r} in {data_dir}")
+        return cls(directory)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    @property
+    def timeline(self) -> list[dict[str, Any]]:
+        if self._timeline is None:
+            self._timeline = read_timeline(self.directory / "timeline.jsonl")
+        return self._timeline
+
+    @property
+    def tracks(self) -> list[TrackInfo]:
+        tracks = []
+        for e in self.timeline:
+            if e.get("kind") != "track":
+                continue
+            try:
+                tracks.append(
+                    TrackInfo(
+                        number=int(e["track"]),
+                        identity=str(e["identity"]),
+                        media=str(e["media"]),
+                        codec=str(e["codec"]),
+                        clock_rate=int(e["clock_rate"]),
+                        payload_type=int(e["payload_type"]),
+                        ssrc=int(e["ssrc"]),
+                        opened_at=float(e["at"]),
+                        extensions=dict(e.get("extensions") or {}),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                log.warning("%s: bad track entry skipped: %r", self.directory, e)
+        return tracks
+
+    def track_path(self, number: int) -> Path:
+        return self.directory / "tracks" / f"{int(number)}.rtp"
+
+    def read_track(self, number: int, stats: ReadStats | None = None) -> Iterator[tuple[float, bytes]]:
+        path = self.track_path(number)
+        if not path.is_file():
+            log.warning("%s: track file missing", path)
+            return iter(())
+        return read_records(path, stats)
+
+    @property
+    def stopped_at(self) -> float:
+        """When recording stopped; after a crash, the last thing that reached the disk."""
+        if self.meta.get("stopped_at"):
+            return float(self.meta["stopped_at"])
+        last = self.started_at
+        for e in self.timeline:
+            if isinstance(e.get("at"), int | float):
+                last = max(last, float(e["at"]))
+        for track in self.tracks:
+            last = max(last, _last_arrival(self.track_path(track.number)))
+        return last
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.stopped_at - self.started_at)
+
+    def participants(self) -> list[dict[str, Any]]:
+        """Everyone who was in the room while it recorded, in order of appearance."""
+        seen: dict[str, dict[str, Any]] = {}
+        for e in self.timeline:
+            people: list[dict[str, Any]] = []
+            if e.get("kind") == "snapshot":
+                people = list(e.get("state", {}).get("participants", []))
+            elif e.get("kind") in ("participant_joined", "participant_rejoined"):
+                people = [e.get("participant", {})]
+            for p in people:
+                if isinstance(p, dict) and "identity" in p:
+                    seen.setdefault(
+                        str(p["identity"]),
+                        {"identity": p["identity"], "name": p.get("name"), "role": p.get("role")},
+                    )
+        return list(seen.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room": self.room,
+            "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
+            "duration_s": round(self.duration, 3),
+            "complete": self.complete,
+        }
+
+
+def _last_arrival(path: Path) -> float:
+    """Arrival time of the last intact record (a crashed recording has no stop time)."""
+    last = 0.0
+    for arrival, _packet in read_records(path):
+        last = arrival
+    return last
+
+
+def read_timeline(path: Path) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    if not path.is_file():
+        return entries
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                log.warning("%s:%d: damaged timeline line skipped", path, number)
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("at"), int | float):
+                log.warning("%s:%d: timeline line without time skipped", path, number)
+                continue
+            entries.append(entry)
+    entries.sort(key=lambda e: e["at"])  # stable: equal times keep their written order
+    return entries
+
+
+def list_recordings(data_dir: str | os.PathLike[str], room: str | None = None) -> list[Recording]:
+    """Every readable recording, newest first."""
+    root = recordings_root(data_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        if not entry.is_dir() or not _RECORDING_ID.match(entry.name):
+            continue
+        try:
+            rec = Recording(entry)
+        except (ArchiveError, KeyError, TypeError, ValueError) as exc:
+            log.warning("skipping %s: %s", entry, exc)
+            continue
+        if room is None or rec.room == room:
+            found.append(rec)
+    found.sort(key=lambda r: r.started_at, reverse=True)
+    return found

@@ -1,0 +1,1030 @@
+"""Render a recording to MP4 in any layout: ``conference render RECORDING [--layout ...]``.
+
+The archive holds every published track undecoded plus the meeting's timeline, so the composite
+is built here, afterwards, in whatever layout the clerk asks for:
+
+- ``program``: the chair's program as it was, slot for slot, using the shared layout catalogue;
+- ``grid``: everyone publishing at that moment in an automatic grid;
+- ``speaker``: the active speaker large, the others small (``speaker-1+5``);
+- ``single:ID``: one participant;
+- ``LAYOUT`` or ``LAYOUT:ID,ID,...``: a catalogue layout with a fixed assignment (by default the
+  publishers in order of arrival).
+
+Video is decoded lazily: a feed that is not on screen is only depacketised, and decoding starts
+from its last keyframe when it appears. Audio is mixed from everyone who was present and not muted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.codecs.h264 import H264PayloadDescriptor
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+from aiortc.rtp import RtpPacket
+
+from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
+
+from .archive import ArchiveError, Recording, TrackInfo, check_recording_id, recording_dir
+from .font import fit_text, text_mask
+
+log = logging.getLogger(__name__)
+
+AUDIO_RATE = 48000
+AAC_FRAME = 1024
+DEFAULT_FPS = 25
+DEFAULT_SIZE = (1280, 720)
+# A feed that sent no frame for this long is shown as a name card (camera off or connection lost).
+STALE_VIDEO_S = 5.0
+# Decode a hidden feed anyway once this many frames wait, so memory stays bounded without keyframes.
+MAX_PENDING_FRAMES = 300
+# Black, and the dark grey of a name card, in limited-range YUV.
+BLACK = (16, 128, 128)
+CARD = (48, 128, 128)
+
+Progress = Callable[[float], None]
+
+
+class RenderError(Exception):
+    """A render that cannot be done: unknown recording or layout, bad size or time range."""
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RenderOptions:
+    layout: str = "program"
+    width: int = DEFAULT_SIZE[0]
+    height: int = DEFAULT_SIZE[1]
+    start: float | None = None  # seconds from the start of the recording
+    end: float | None = None
+    fps: int = DEFAULT_FPS
+    captions: bool = True
+    preset: str = "superfast"
+    crf: int = 23
+    vtt: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layout": self.layout,
+            "size": f"{self.width}x{self.height}",
+            "from": self.start,
+            "to": self.end,
+            "captions": self.captions,
+        }
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d{2,4})x(\d{2,4})", text.strip())
+    if not match:
+        raise RenderError(f"bad size {text!r}: expected WIDTHxHEIGHT, e.g. 1280x720")
+    width, height = int(match[1]), int(match[2])
+    if not (64 <= width <= 3840 and 64 <= height <= 2160) or width % 2 or height % 2:
+        raise RenderError(f"bad size {text!r}: even width 64-3840 and height 64-2160")
+    return width, height
+
+
+def parse_time(text: str | float | int | None) -> float | None:
+    """Seconds, ``MM:SS`` or ``HH:MM:SS`` (fractions allowed) from the start of the recording."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        parts = text.strip().split(":")
+        try:
+            if len(parts) > 3 or not all(parts):
+                raise ValueError
+            value = 0.0
+            for part in parts:
+                value = value * 60 + float(part)
+        except ValueError:
+            raise RenderError(f"bad time {text!r}: expected seconds, MM:SS or HH:MM:SS") from None
+    if not math.isfinite(value) or value < 0:
+        raise RenderError(f"bad time {text!r}")
+    return value
+
+
+def check_layout_spec(spec: str) -> None:
+    """Raise RenderError for a layout the renderer does not know (before any work starts)."""
+    name, _, arg = spec.partition(":")
+    if name in ("program", "grid", "speaker") and not arg:
+        return
+    if name == "single" and arg:
+        return
+    try:
+        layout = get_layout(name)
+    except UnknownLayout:
+        known = ", ".join(["program", "grid", "speaker", "single:IDENTITY", *LAYOUTS])
+        raise RenderError(f"unknown layout {spec!r}; known: {known}") from None
+    if arg and len(arg.split(",")) > layout.size:
+        raise RenderError(f"layout {name!r} has {layout.size} slots, got {len(arg.split(','))}")
+
+
+# --- the meeting as it happened ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Person:
+    identity: str
+    name: str
+    role: str
+    order: int
+    publish_video: bool = True
+    publish_audio: bool = True
+
+
+@dataclass(slots=True)
+class Chapter:
+    at: float  # seconds from the start of the render
+    title: str
+
+
+class MeetingState:
+    """The room as the timeline describes it at one moment; entries are applied in order."""
+
+    def __init__(self) -> None:
+        self.people: dict[str, Person] = {}
+        self.present: dict[str, None] = {}  # ordered set
+        self.layout = "single"
+        self.slots: list[str | None] = [None]
+        self.chair_muted: set[str] = set()
+        self.self_muted: set[str] = set()
+        self.floor: str | None = None
+        self.speakers: list[str] = []
+
+    def name(self, identity: str) -> str:
+        person = self.people.get(identity)
+        return person.name if person and person.name else identity
+
+    def _arrive(self, p: dict[str, Any]) -> None:
+        identity = str(p.get("identity"))
+        person = self.people.get(identity)
+        if person is None:
+            person = Person(
+                identity, str(p.get("name") or identity), str(p.get("role") or ""), len(self.people)
+            )
+            self.people[identity] = person
+        person.name = str(p.get("name") or person.name)
+        person.role = str(p.get("role") or person.role)
+        person.publish_video = bool(p.get("publish_video", True))
+        person.publish_audio = bool(p.get("publish_audio", True))
+        self.present[identity] = None
+        self._set(self.chair_muted, identity, bool(p.get("muted")))
+        self._set(self.self_muted, identity, bool(p.get("self_muted")))
+
+    @staticmethod
+    def _set(target: set[str], identity: str, on: bool) -> None:
+        if on:
+            target.add(identity)
+        else:
+            target.discard(identity)
+
+    def _program(self, program: dict[str, Any]) -> None:
+        layout = str(program.get("layout", "single"))
+        if layout not in LAYOUTS:
+            log.warning("timeline names unknown layout %r; kept the previous one", layout)
+            return
+        self.layout = layout
+        self.slots = [None if s is None else str(s) for s in program.get("slots", [])]
+
+    def apply(self, e: dict[str, Any]) -> None:
+        kind = e.get("kind")
+        if kind == "snapshot":
+            state = e.get("state") or {}
+            for p in state.get("participants", []):
+                self._arrive(p)
+            self._program(state.get("program") or {})
+            self.floor = state.get("floor")
+        elif kind in ("participant_joined", "participant_rejoined"):
+            self._arrive(e.get("participant") or {})
+        elif kind == "participant_left":
+            identity = str(e.get("identity"))
+            self.present.pop(identity, None)
+            self.slots = [None if s == identity else s for s in self.slots]
+            if self.floor == identity:
+                self.floor = None
+        elif kind == "program":
+            self._program(e.get("program") or {})
+        elif kind == "mute":
+            identity = str(e.get("identity"))
+            self._set(self.chair_muted, identity, bool(e.get("muted")))
+            self._set(self.self_muted, identity, bool(e.get("self_muted")))
+        elif kind == "unmute_requested":
+            self.chair_muted.discard(str(e.get("identity")))
+        elif kind == "floor":
+            self.floor = e.get("floor")
+            if self.floor is not None:
+                self.chair_muted.discard(str(self.floor))  # granting the floor lifts the chair's mute
+        elif kind == "publishing":
+            person = self.people.get(str(e.get("identity")))
+            if person is not None:
+                person.publish_audio = bool(e.get("audio"))
+                person.publish_video = bool(e.get("video"))
+        elif kind == "speakers":
+            self.speakers = [str(s) for s in e.get("speakers") or []]
+
+    def audible(self, identity: str) -> bool:
+        return (
+            identity in self.present and identity not in self.chair_muted and identity not in self.self_muted
+        )
+
+    def publishers(self) -> list[str]:
+        """Present participants who send media (not clerks or viewers), in order of arrival."""
+        ids = [
+            i
+            for i in self.present
+            if self.people[i].role not in ("clerk", "viewer")
+            and (self.people[i].publish_video or self.people[i].publish_audio)
+        ]
+        return sorted(ids, key=lambda i: self.people[i].order)
+
+
+class TimelineCursor:
+    """Walks the timeline forward, keeping a MeetingState current."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self._entries = entries
+        self._next = 0
+        self.state = MeetingState()
+
+    def advance(self, until: float) -> bool:
+        """Apply entries up to ``until``; True if any changed the state."""
+        changed = False
+        while self._next < len(self._entries) and self._entries[self._next]["at"] <= until:
+            self.state.apply(self._entries[self._next])
+            self._next += 1
+            changed = True
+        return changed
+
+
+def chapters_of(recording: Recording, t0: float, t1: float) -> list[Chapter]:
+    """A chapter for every program change and floor grant between ``t0`` and ``t1``."""
+    cursor = TimelineCursor(recording.timeline)
+    chapters: list[Chapter] = []
+
+    def program_title(state: MeetingState) -> str:
+        names = [state.name(s) for s in state.slots if s]
+        return f"Program: {state.layout}" + (f" ({', '.join(names)})" if names else "")
+
+    cursor.advance(t0)
+    chapters.append(Chapter(0.0, program_title(cursor.state)))
+    for e in recording.timeline:
+        at = float(e["at"])
+        if at <= t0 or at >= t1:
+            continue
+        cursor.advance(at)
+        if e.get("kind") == "program":
+            title = program_title(cursor.state)
+        elif e.get("kind") == "floor" and e.get("floor"):
+            title = f"Floor: {cursor.state.name(str(e['floor']))}"
+        else:
+            continue
+        if chapters and abs(chapters[-1].at - (at - t0)) < 1e-3:
+            chapters[-1] = Chapter(at - t0, title)
+        else:
+            chapters.append(Chapter(at - t0, title))
+    return chapters
+
+
+# --- layouts over time ---------------------------------------------------------------------------
+
+Arrangement = tuple[tuple[Rect, ...], list[str | None]]
+
+
+def auto_grid(count: int) -> tuple[Rect, ...]:
+    if count <= 0:
+        return ()
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    w, h = 1 / cols, 1 / rows
+    rects = []
+    for i in range(count):
+        r, c = divmod(i, cols)
+        # Centre a short last row.
+        in_row = min(cols, count - r * cols)
+        x0 = (cols - in_row) * w / 2
+        rects.append(Rect(x0 + c * w, r * h, w, h))
+    return tuple(rects)
+
+
+class LayoutChooser:
+    """Which participant fills which rectangle at a moment, for one layout selection."""
+
+    def __init__(self, spec: str, recording: Recording) -> None:
+        check_layout_spec(spec)
+        self.spec = spec
+        name, _, arg = spec.partition(":")
+        self.mode = name
+        known = {p["identity"] for p in recording.participants()}
+        self.fixed: list[str | None] = []
+        self.layout: Layout | None = None
+        if name == "single":
+            if arg not in known:
+                raise RenderError(f"no participant {arg!r} in recording {recording.id!r}")
+            self.layout = get_layout("single")
+            self.fixed = [arg]
+        elif name not in ("program", "grid", "speaker"):
+            self.layout = get_layout(name)
+            if arg:
+                ids = [a.strip() or None for a in arg.split(",")]
+                for ident in ids:
+                    if ident is not None and ident not in known:
+                        raise RenderError(f"no participant {ident!r} in recording {recording.id!r}")
+                self.fixed = ids
+            else:
+                self.fixed = []  # filled with publishers in order of arrival
+
+    def arrange(self, state: MeetingState) -> Arrangement:
+        if self.mode == "program":
+            layout = get_layout(state.layout)
+            slots = [s if s in state.present else None for s in state.slots]
+            return layout.slots, slots[: layout.size]
+        if self.mode == "grid":
+            people = state.publishers()
+            return auto_grid(len(people)), list(people)
+        if self.mode == "speaker":
+            people = state.publishers()
+            main = next((s for s in state.speakers if s in people), None)
+            if main is None and state.floor in people:
+                main = state.floor
+            if main is None:
+                main = next((s for s in state.slots if s in people), None)
+            if main is None and people:
+                main = people[0]
+            if main is None:
+                return (), []
+            layout = get_layout("speaker-1+5")
+            others = [p for p in people if p != main][: layout.size - 1]
+            return layout.slots[: 1 + len(others)], [main, *others]
+        assert self.layout is not None
+        slots = self.fixed or list(state.publishers())[: self.layout.size]
+        slots = [s if s in state.present else None for s in slots]
+        return self.layout.slots[: len(slots)], slots
+
+
+# --- media feeds ---------------------------------------------------------------------------------
+
+
+class _Clock:
+    """Maps RTP timestamps of one stream to wall time (seconds since the epoch).
+
+    The offset is the smallest (arrival - timestamp) seen, which removes network jitter; a jump of
+    more than two seconds (the sender restarted its clock) re-anchors it."""
+
+    def __init__(self, clock_rate: int) -> None:
+        self.rate = clock_rate
+        self._last: int | None = None
+        self._unwrapped = 0
+        self._offset: float | None = None
+
+    def time_of(self, arrival: float, timestamp: int) -> float:
+        if self._last is None:
+            self._unwrapped = timestamp
+        else:
+            delta = (timestamp - self._last) & 0xFFFFFFFF
+            if delta >= 0x80000000:
+                delta -= 0x100000000
+            self._unwrapped += delta
+        self._last = timestamp
+        media = self._unwrapped / self.rate
+        offset = arrival - media
+        if self._offset is None or offset < self._offset or offset - self._offset > 2.0:
+            self._offset = offset
+        return self._offset + media
+
+
+@dataclass(slots=True)
+class EncodedFrame:
+    at: float
+    data: bytes
+    keyframe: bool
+
+
+def _parse_rtp(
+    records: Iterator[tuple[float, bytes]], payload_type: int
+) -> Iterator[tuple[float, RtpPacket]]:
+    for arrival, raw in records:
+        try:
+            packet = RtpPacket.parse(raw)
+        except ValueError:
+            continue
+        if packet.payload_type == payload_type and packet.payload:
+            yield arrival, packet
+
+
+def _h264_keyframe(annexb: bytes) -> bool:
+    pos = annexb.find(b"\x00\x00\x01")
+    while pos != -1 and pos + 3 < len(annexb):
+        if annexb[pos + 3] & 0x1F in (5, 7):
+            return True
+        pos = annexb.find(b"\x00\x00\x01", pos + 3)
+    return False
+
+
+def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFrame]:
+    """Reassemble a video track's packets into encoded frames; incomplete frames are dropped."""
+    codec = track.codec.lower()
+    clock = _Clock(track.clock_rate or 90000)
+    packets: list[RtpPacket] = []
+    first_arrival = 0.0
+    current_ts: int | None = None
+
+    def finish() -> EncodedFrame | None:
+        seqs = sorted({p.sequence_number: p for p in packets}.items())
+        ordered = [p for _, p in seqs]
+        for a, b in itertools.pairwise(ordered):
+            if (b.sequence_number - a.sequence_number) & 0xFFFF != 1:
+                return None  # a packet is missing
+        parts = []
+        try:
+            for i, p in enumerate(ordered):
+                if codec == "vp8":
+                    descr, data = VpxPayloadDescriptor.parse(p.payload)
+                    if i == 0 and not (descr.partition_start and descr.partition_id == 0):
+                        return None
+                else:
+                    descr, data = H264PayloadDescriptor.parse(p.payload)
+                    if i == 0 and not descr.first_fragment:
+                        return None
+                parts.append(data)
+        except ValueError:
+            return None
+        frame = b"".join(parts)
+        if not frame:
+            return None
+        key = (frame[0] & 0x01) == 0 if codec == "vp8" else _h264_keyframe(frame)
+        return EncodedFrame(clock.time_of(first_arrival, ordered[0].timestamp), frame, key)
+
+    for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type):
+        if current_ts is not None and packet.timestamp != current_ts:
+            done = finish()
+            packets = []
+            if done:
+                yield done
+        if not packets:
+            first_arrival = arrival
+        current_ts = packet.timestamp
+        packets.append(packet)
+        if packet.marker:
+            done = finish()
+            packets, current_ts = [], None
+            if done:
+                yield done
+    if packets and (done := finish()):
+        yield done
+
+
+class VideoFeed:
+    """One video track, decoded only as far and as often as the render needs it."""
+
+    def __init__(self, recording: Recording, track: TrackInfo) -> None:
+        self.track = track
+        self._frames = video_frames(recording, track)
+        self._next: EncodedFrame | None = None
+        self._exhausted = False
+        self._pending: list[EncodedFrame] = []
+        self._have_keyframe = False
+        self.last_at: float | None = None
+        self.picture: av.VideoFrame | None = None
+        self.picture_serial = 0
+        name = "vp8" if track.codec.lower() == "vp8" else "h264"
+        self._decoder = av.CodecContext.create(name, "r")
+
+    def advance(self, t: float) -> None:
+        while True:
+            if self._next is None:
+                if self._exhausted:
+                    return
+                self._next = next(self._frames, None)
+                if self._next is None:
+                    self._exhausted = True
+                    return
+            if self._next.at > t:
+                return
+            frame, self._next = self._next, None
+            if frame.keyframe:
+                self._pending = [frame]  # nothing before a keyframe is needed any more
+                self._have_keyframe = True
+            elif self._have_keyframe:
+                self._pending.append(frame)
+            self.last_at = frame.at
+            if len(self._pending) > MAX_PENDING_FRAMES:
+                self._decode()
+
+    def _decode(self) -> None:
+        for frame in self._pending:
+            try:
+                decoded = self._decoder.decode(av.Packet(frame.data))
+            except av.FFmpegError as exc:
+                log.warning("track %d: undecodable frame skipped (%s)", self.track.number, exc)
+                self._have_keyframe = False
+                break
+            if decoded:
+                self.picture = decoded[-1]
+                self.picture_serial += 1
+        self._pending = []
+
+    def current(self, t: float) -> av.VideoFrame | None:
+        """The picture showing at ``t``, or None when the feed has nothing (recent) to show."""
+        self.advance(t)
+        if self._pending:
+            self._decode()
+        if self.last_at is None or t - self.last_at > STALE_VIDEO_S:
+            return None
+        return self.picture
+
+
+def _opus_packets(recording: Recording, track: TrackInfo) -> Iterator[tuple[float, bytes]]:
+    clock = _Clock(48000)
+    recent: deque[int] = deque(maxlen=64)
+    for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type):
+        if packet.sequence_number in recent:
+            continue  # a duplicate
+        recent.append(packet.sequence_number)
+        yield clock.time_of(arrival, packet.timestamp), packet.payload
+
+
+class AudioFeed:
+    """One audio track decoded to 48 kHz mono, read in consecutive blocks of samples."""
+
+    def __init__(self, recording: Recording, track: TrackInfo, origin: float) -> None:
+        self.track = track
+        self._origin = origin  # wall time of sample 0 of the render
+        self._packets = _opus_packets(recording, track)
+        self._next: tuple[float, bytes] | None = None
+        self._exhausted = False
+        self._decoder = av.CodecContext.create("libopus", "r")
+        self._decoder.sample_rate = AUDIO_RATE
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()
+        self._write_pos: int | None = None
+
+    def _pull(self) -> tuple[float, bytes] | None:
+        if self._next is None and not self._exhausted:
+            self._next = next(self._packets, None)
+            self._exhausted = self._next is None
+        return self._next
+
+    def read(self, start: int, count: int) -> np.ndarray | None:
+        """Samples ``start``..``start+count`` of the render (float32), or None if silent there."""
+        horizon = start + count + AUDIO_RATE // 10  # decode a little ahead for reordering slack
+        while (item := self._pull()) is not None and (item[0] - self._origin) * AUDIO_RATE < horizon:
+            self._next = None
+            at, payload = item
+            try:
+                frames = self._decoder.decode(av.Packet(payload))
+            except av.FFmpegError:
+                continue
+            pos = round((at - self._origin) * AUDIO_RATE)
+            # Consecutive packets butt up against each other: small clock jitter must not leave
+            # clicks of silence or double samples.
+            if self._write_pos is not None and abs(pos - self._write_pos) < AUDIO_RATE // 50:
+                pos = self._write_pos
+            for frame in frames:
+                samples = frame.to_ndarray().astype(np.float32)
+                if frame.format.name.startswith("s16"):
+                    samples /= 32768.0
+                if not frame.format.is_planar:
+                    samples = samples.reshape(-1, len(frame.layout.channels)).T
+                mono = samples.mean(axis=0)
+                self._chunks.append((pos, mono))
+                pos += mono.shape[0]
+            self._write_pos = pos
+        while self._chunks and self._chunks[0][0] + self._chunks[0][1].shape[0] <= start:
+            self._chunks.popleft()
+        out: np.ndarray | None = None
+        end = start + count
+        for pos, samples in self._chunks:
+            if pos >= end:
+                break
+            lo, hi = max(pos, start), min(pos + samples.shape[0], end)
+            if lo >= hi:
+                continue
+            if out is None:
+                out = np.zeros(count, dtype=np.float32)
+            out[lo - start : hi - start] += samples[lo - pos : hi - pos]
+        return out
+
+
+# --- composition -------------------------------------------------------------------------------
+
+
+class Canvas:
+    """A YUV 4:2:0 picture built in place and handed to the encoder."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.buffer = np.empty(width * height * 3 // 2, dtype=np.uint8)
+        self.y = self.buffer[: width * height].reshape(height, width)
+        quarter = width * height // 4
+        self.u = self.buffer[width * height : width * height + quarter].reshape(height // 2, width // 2)
+        self.v = self.buffer[width * height + quarter :].reshape(height // 2, width // 2)
+
+    def fill(self, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
+        x, y, w, h = box
+        self.y[y : y + h, x : x + w] = colour[0]
+        self.u[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2] = colour[1]
+        self.v[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2] = colour[2]
+
+    def paste(self, x: int, y: int, planes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        py, pu, pv = planes
+        h, w = py.shape
+        self.y[y : y + h, x : x + w] = py
+        self.u[y // 2 : y // 2 + h // 2, x // 2 : x // 2 + w // 2] = pu
+        self.v[y // 2 : y // 2 + h // 2, x // 2 : x // 2 + w // 2] = pv
+
+    def text(self, x: int, y: int, mask: np.ndarray, box: tuple[int, int, int, int] | None = None) -> None:
+        """Draw white text with a dark band behind it, clipped to ``box``."""
+        bx, by, bw, bh = box or (0, 0, self.width, self.height)
+        h, w = mask.shape
+        pad = max(2, h // 4) & ~1
+        x0, y0 = max(bx, x - pad) & ~1, max(by, y - pad) & ~1
+        x1, y1 = min(bx + bw, x + w + pad), min(by + bh, y + h + pad)
+        if x1 <= x0 or y1 <= y0:
+            return
+        region = self.y[y0:y1, x0:x1]
+        region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)
+        self.u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = 128
+        self.v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = 128
+        mh, mw = min(h, y1 - y), min(w, x1 - x)
+        if mh > 0 and mw > 0:
+            self.y[y : y + mh, x : x + mw][mask[:mh, :mw]] = 235
+
+    def frame(self) -> av.VideoFrame:
+        return av.VideoFrame.from_ndarray(
+            self.buffer.reshape(self.height * 3 // 2, self.width), format="yuv420p"
+        )
+
+
+def _fit(src_w: int, src_h: int, box_w: int, box_h: int) -> tuple[int, int]:
+    """Largest even size with the source's aspect inside the box."""
+    scale = min(box_w / src_w, box_h / src_h)
+    return max(2, round(src_w * scale) & ~1), max(2, round(src_h * scale) & ~1)
+
+
+def _planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = []
+    for i, plane in enumerate(frame.planes):
+        w = frame.width if i == 0 else frame.width // 2
+        h = frame.height if i == 0 else frame.height // 2
+        arr = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[:h, :w]
+        out.append(arr)
+    return out[0], out[1], out[2]
+
+
+class Compositor:
+    def __init__(self, width: int, height: int, captions: bool) -> None:
+        self.canvas = Canvas(width, height)
+        self.captions = captions
+        self._scaled: dict[tuple[int, int, int, int], tuple[int, int, tuple[np.ndarray, ...]]] = {}
+
+    def _caption_scale(self, tile_h: int) -> int:
+        return max(1, min(4, tile_h // 120))
+
+    def draw(
+        self,
+        arrangement: Arrangement,
+        state: MeetingState,
+        pictures: dict[str, tuple[int, av.VideoFrame] | None],
+    ) -> av.VideoFrame:
+        c = self.canvas
+        c.fill((0, 0, c.width, c.height), BLACK)
+        rects, slots = arrangement
+        used: dict[tuple[int, int, int, int], tuple[int, int, tuple[np.ndarray, ...]]] = {}
+        for rect, identity in zip(rects, slots, strict=False):
+            if identity is None:
+                continue
+            box = rect.to_pixels(c.width, c.height)
+            x, y, w, h = box
+            if w < 4 or h < 4:
+                continue
+            picture = pictures.get(identity)
+            if picture is None:
+                c.fill(box, CARD)
+                scale = max(1, min(6, h // 60))
+                label = fit_text(state.name(identity), w - 8, scale)
+                mask = text_mask(label, scale)
+                c.text(x + (w - mask.shape[1]) // 2, y + (h - mask.shape[0]) // 2, mask, box)
+                continue
+            serial, frame = picture
+            fw, fh = _fit(frame.width, frame.height, w, h)
+            key = (id(frame), serial, fw, fh)
+            scaled = self._scaled.get(key)
+            if scaled is None:
+                small = frame.reformat(width=fw, height=fh, format="yuv420p")
+                scaled = (fw, fh, _planes(small))
+            used[key] = scaled
+            ox, oy = (x + (w - fw) // 2) & ~1, (y + (h - fh) // 2) & ~1
+            c.paste(ox, oy, scaled[2])  # type: ignore[arg-type]
+            if self.captions:
+                scale = self._caption_scale(h)
+                label = fit_text(state.name(identity), w - 8 * scale, scale)
+                mask = text_mask(label, scale)
+                c.text(x + 4 * scale, y + h - mask.shape[0] - 4 * scale, mask, box)
+        self._scaled = used
+        return c.frame()
+
+
+# --- the render ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RenderResult:
+    output: Path
+    vtt: Path | None
+    duration: float
+    frames: int
+    chapters: list[Chapter] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+    @property
+    def speed(self) -> float:
+        """Times faster than real time, on CPU time (one core)."""
+        return self.duration / self.cpu_s if self.cpu_s else 0.0
+
+
+def _vtt_time(t: float) -> str:
+    ms = round(t * 1000)
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+def write_vtt(path: Path, chapters: list[Chapter], duration: float) -> None:
+    lines = ["WEBVTT", ""]
+    for i, chapter in enumerate(chapters):
+        end = chapters[i + 1].at if i + 1 < len(chapters) else duration
+        if end <= chapter.at:
+            continue
+        lines += [str(i + 1), f"{_vtt_time(chapter.at)} --> {_vtt_time(end)}", chapter.title, ""]
+    tmp = path.with_suffix(".vtt.part")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render(
+    recording: Recording,
+    output: str | os.PathLike[str],
+    options: RenderOptions | None = None,
+    progress: Progress | None = None,
+) -> RenderResult:
+    """Render ``recording`` to an MP4 at ``output`` (written to a ``.part`` file, then renamed)."""
+    options = options or RenderOptions()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    output = Path(output)
+    chooser = LayoutChooser(options.layout, recording)
+    total = recording.duration
+    start = options.start or 0.0
+    end = total if options.end is None else min(options.end, total)
+    if start >= end:
+        raise RenderError(f"empty time range {start:.1f}s-{end:.1f}s (recording is {total:.1f}s long)")
+    t0 = recording.started_at + start
+    duration = end - start
+    fps = options.fps
+    frame_count = max(1, round(duration * fps))
+    chapters = chapters_of(recording, t0, t0 + duration)
+
+    cursor = TimelineCursor(recording.timeline)
+    tracks = recording.tracks
+    videos: dict[str, list[VideoFeed]] = {}
+    audios: list[tuple[str, AudioFeed]] = []
+    for track in tracks:
+        if track.media == "video" and track.codec.lower() in ("vp8", "h264"):
+            videos.setdefault(track.identity, []).append(VideoFeed(recording, track))
+        elif track.media == "audio" and track.codec.lower() == "opus":
+            audios.append((track.identity, AudioFeed(recording, track, t0)))
+        else:
+            log.warning("track %d: codec %s %s is not rendered", track.number, track.media, track.codec)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part = output.with_name(output.name + ".part")
+    container = av.open(str(part), "w", format="mp4", options={"movflags": "+faststart"})
+    try:
+        vstream = container.add_stream("libx264", rate=fps)
+        vstream.width, vstream.height = options.width, options.height
+        vstream.pix_fmt = "yuv420p"
+        vstream.codec_context.gop_size = 2 * fps
+        vstream.codec_context.options = {"preset": options.preset, "crf": str(options.crf)}
+        astream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        astream.codec_context.bit_rate = 96000
+        container.metadata["title"] = f"{recording.room} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(t0))}"
+        # Chapters must be known before the header is written (the muxer reserves a track for them).
+        container.set_chapters(
+            [
+                {
+                    "id": i + 1,
+                    "start": round(ch.at * 1000),
+                    "end": round((chapters[i + 1].at if i + 1 < len(chapters) else duration) * 1000),
+                    "time_base": Fraction(1, 1000),
+                    "metadata": {"title": ch.title},
+                }
+                for i, ch in enumerate(chapters)
+            ]
+        )
+        compositor = Compositor(options.width, options.height, options.captions)
+        audio_pending = np.zeros(0, dtype=np.float32)
+        audio_pts = 0
+        samples_done = 0
+        last_report = -1.0
+        for k in range(frame_count):
+            t = t0 + k / fps
+            cursor.advance(t)
+            state = cursor.state
+            arrangement = chooser.arrange(state)
+            pictures: dict[str, tuple[int, av.VideoFrame] | None] = {}
+            for identity in arrangement[1]:
+                if identity is None or identity in pictures:
+                    continue
+                pictures[identity] = _picture_for(videos.get(identity, []), state, identity, t)
+            frame = compositor.draw(arrangement, state, pictures)
+            frame.pts = k
+            frame.time_base = Fraction(1, fps)
+            for packet in vstream.encode(frame):
+                container.mux(packet)
+
+            # Audio for the same span of time.
+            target = round((k + 1) * AUDIO_RATE / fps)
+            count = target - samples_done
+            mix = np.zeros(count, dtype=np.float32)
+            for identity, feed in audios:
+                samples = feed.read(samples_done, count)
+                if samples is not None and state.audible(identity):
+                    mix += samples
+            samples_done = target
+            audio_pending = np.concatenate([audio_pending, np.clip(mix, -1.0, 1.0)])
+            while audio_pending.shape[0] >= AAC_FRAME:
+                audio_pts = _encode_audio(container, astream, audio_pending[:AAC_FRAME], audio_pts)
+                audio_pending = audio_pending[AAC_FRAME:]
+
+            if progress is not None:
+                done = (k + 1) / frame_count
+                if done - last_report >= 0.01 or k + 1 == frame_count:
+                    last_report = done
+                    progress(done)
+        if audio_pending.shape[0]:
+            _encode_audio(container, astream, audio_pending, audio_pts)
+        for packet in vstream.encode(None):
+            container.mux(packet)
+        for packet in astream.encode(None):
+            container.mux(packet)
+    except BaseException:
+        container.close()
+        part.unlink(missing_ok=True)
+        raise
+    container.close()
+    os.replace(part, output)
+    vtt = None
+    if options.vtt:
+        vtt = output.with_suffix(".vtt")
+        write_vtt(vtt, chapters, duration)
+    return RenderResult(
+        output=output,
+        vtt=vtt,
+        duration=frame_count / fps,
+        frames=frame_count,
+        chapters=chapters,
+        wall_s=time.perf_counter() - wall0,
+        cpu_s=time.process_time() - cpu0,
+    )
+
+
+def _picture_for(
+    feeds: list[VideoFeed], state: MeetingState, identity: str, t: float
+) -> tuple[int, av.VideoFrame] | None:
+    person = state.people.get(identity)
+    if person is not None and not person.publish_video:
+        return None
+    # After a reconnect the newest track that had started by ``t`` is the one on screen.
+    live = [f for f in feeds if f.track.opened_at <= t + 1.0]
+    for feed in reversed(live):
+        picture = feed.current(t)
+        if picture is not None:
+            return feed.picture_serial, picture
+    return None
+
+
+def _encode_audio(container: Any, stream: Any, samples: np.ndarray, pts: int) -> int:
+    frame = av.AudioFrame.from_ndarray(
+        samples.reshape(1, -1).astype(np.float32), format="fltp", layout="mono"
+    )
+    frame.sample_rate = AUDIO_RATE
+    frame.pts = pts
+    frame.time_base = Fraction(1, AUDIO_RATE)
+    for packet in stream.encode(frame):
+        container.mux(packet)
+    return pts + samples.shape[0]
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def default_data_dir() -> str:
+    return os.environ.get("CONFERENCE_DATA_DIR", "data")
+
+
+def open_recording(data_dir: str, recording: str) -> Recording:
+    """A recording by id in ``data_dir``, or by the path of its directory."""
+    path = Path(recording)
+    if (path / "meta.json").is_file():
+        return Recording(path)
+    try:
+        check_recording_id(recording)
+        directory = recording_dir(data_dir, recording)
+    except ValueError as exc:
+        raise RenderError(str(exc)) from None
+    if not directory.is_dir():
+        raise RenderError(f"no recording {recording!r} in {data_dir}")
+    try:
+        return Recording(directory)
+    except ArchiveError as exc:
+        raise RenderError(str(exc)) from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recording", metavar="RECORDING", help="recording id (or its directory)")
+    parser.add_argument(
+        "--layout",
+        default="program",
+        help="program (default), grid, speaker, single:IDENTITY, or a catalogue layout "
+        f"({', '.join(LAYOUTS)}) optionally with IDENTITY,... for its slots",
+    )
+    parser.add_argument("--size", default="1280x720", help="output size WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--from", dest="start", default=None, help="start at T (seconds, MM:SS or HH:MM:SS)")
+    parser.add_argument("--to", dest="end", default=None, help="stop at T")
+    parser.add_argument("--fps", type=int, default=DEFAULT_FPS)
+    parser.add_argument("--no-captions", action="store_true", help="no name captions on the tiles")
+    parser.add_argument("--preset", default="superfast", help="x264 preset (default superfast)")
+    parser.add_argument("-o", "--output", default=None, help="output MP4 (default RECORDING-LAYOUT.mp4)")
+    parser.add_argument("--data-dir", default=default_data_dir(), help="server data directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class ProgressBar:
+    def __init__(self, duration: float, stream: Any = None) -> None:
+        self.duration = duration
+        self.stream = stream or sys.stderr
+        self.started = time.perf_counter()
+
+    def __call__(self, done: float) -> None:
+        width = 30
+        filled = round(done * width)
+        elapsed = time.perf_counter() - self.started
+        speed = done * self.duration / elapsed if elapsed > 0 else 0.0
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done * 100:5.1f}%  "
+            f"{done * self.duration:7.1f}/{self.duration:.1f}s  {speed:4.1f}x"
+        )
+        if done >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        width, height = parse_size(args.size)
+        options = RenderOptions(
+            layout=args.layout,
+            width=width,
+            height=height,
+            start=parse_time(args.start),
+            end=parse_time(args.end),
+            fps=args.fps,
+            captions=not args.no_captions,
+            preset=args.preset,
+        )
+        if not 1 <= options.fps <= 60:
+            raise RenderError("--fps must be 1-60")
+        check_layout_spec(options.layout)
+        recording = open_recording(args.data_dir, args.recording)
+        safe_layout = re.sub(r"[^A-Za-z0-9_.+-]+", "_", options.layout)
+        output = Path(args.output or f"{recording.id}-{safe_layout}.mp4")
+        span = (options.end if options.end is not None else recording.duration) - (options.start or 0.0)
+        bar = None if args.quiet else ProgressBar(max(0.0, min(span, recording.duration)))
+        result = render(recording, output, options, bar)
+    except RenderError as exc:
+        print(f"conference render: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.output}: {result.duration:.1f}s, {len(result.chapters)} chapters, "
+        f"rendered at {result.speed:.1f}x real time"
+        + (f"; chapters also in {result.vtt}" if result.vtt else "")
+    )
+    return 0

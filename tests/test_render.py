@@ -1,0 +1,261 @@
+"""Render synthetic recordings (real VP8/Opus RTP through the archive writer) and check the MP4."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from recorder import render as render_mod
+from recorder.archive import Recording
+from recorder.render import RenderError, RenderOptions, open_recording, render
+from recorder.testing import Script, Speaker, write_meeting
+
+RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
+W, H = 640, 360
+TONES = {"a": 440.0, "b": 660.0, "c": 880.0, "d": 1100.0}
+
+
+def people() -> list[Speaker]:
+    return [
+        Speaker("a", "Alice Chair", RED, TONES["a"], role="chair"),
+        Speaker("b", "Branch North", GREEN, TONES["b"]),
+        Speaker("c", "Dept of Education", BLUE, TONES["c"]),
+        Speaker("d", "Expert Link", YELLOW, TONES["d"]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def meeting(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Script]:
+    data = tmp_path_factory.mktemp("data")
+    script = Script(
+        people(),
+        duration=8.0,
+        first_program=("grid-2x2", ["a", "b", "c", "d"]),
+        programs=[(3.0, "single", ["c"]), (5.0, "side-by-side", ["d", "a"])],
+        floors=[(3.0, "c")],
+        mutes=[(6.0, "b", True)],
+        speakers=[(0.5, ["b"]), (4.0, ["c", "a"])],
+    )
+    write_meeting(data, "m1", script)
+    return data, script
+
+
+def frames_at(path: Path, times: list[float]) -> dict[float, np.ndarray]:
+    """RGB pictures of the MP4 at the given times (the first frame at or after each)."""
+    wanted = sorted(times)
+    out: dict[float, np.ndarray] = {}
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            while wanted and frame.time is not None and frame.time >= wanted[0] - 1e-6:
+                out[wanted.pop(0)] = frame.to_ndarray(format="rgb24")
+            if not wanted:
+                break
+    return out
+
+
+def tile_colour(rgb: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
+    """Median colour of the middle of a tile given as fractions of the canvas."""
+    h, w, _ = rgb.shape
+    x, y, tw, th = rect
+    cx, cy = int((x + tw / 2) * w), int((y + th / 2) * h)
+    patch = rgb[cy - 8 : cy + 8, cx - 8 : cx + 8].reshape(-1, 3)
+    return np.median(patch, axis=0)
+
+
+def assert_colour(actual: np.ndarray, expected: tuple[int, int, int], what: str) -> None:
+    assert np.abs(actual - np.array(expected)).max() < 40, f"{what}: got {actual}, expected {expected}"
+
+
+def audio_of(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        chunks = [f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)]
+    return np.concatenate(chunks)
+
+
+def tone_levels(samples: np.ndarray, start: float, end: float) -> dict[str, float]:
+    part = samples[int(start * 48000) : int(end * 48000)]
+    spectrum = np.abs(np.fft.rfft(part * np.hanning(part.shape[0])))
+    freqs = np.fft.rfftfreq(part.shape[0], 1 / 48000)
+    peaks = {k: float(spectrum[np.abs(freqs - f) < 8].max()) for k, f in TONES.items()}
+    loudest = max(peaks.values())
+    return {k: v / loudest for k, v in peaks.items()}
+
+
+GRID = [(0, 0, 0.5, 0.5), (0.5, 0, 0.5, 0.5), (0, 0.5, 0.5, 0.5), (0.5, 0.5, 0.5, 0.5)]
+FULL = (0, 0, 1, 1)
+SIDE = [(0.0, 0.25, 0.5, 0.5), (0.5, 0.25, 0.5, 0.5)]
+
+
+def test_program_render_follows_the_chair(meeting: tuple[Path, Script], tmp_path: Path) -> None:
+    data, _script = meeting
+    out = tmp_path / "program.mp4"
+    seen: list[float] = []
+    result = render(Recording.open(data, "m1"), out, RenderOptions(width=W, height=H), seen.append)
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+
+    # Each program change shows within one keyframe interval (1 s): checked 0.2 s after it.
+    pics = frames_at(out, [1.0, 2.5, 3.2, 4.5, 5.2, 7.5])
+    for t in (1.0, 2.5):
+        for rect, colour in zip(GRID, (RED, GREEN, BLUE, YELLOW), strict=True):
+            assert_colour(tile_colour(pics[t], rect), colour, f"grid tile at {t}s")
+    for t in (3.2, 4.5):
+        assert_colour(tile_colour(pics[t], FULL), BLUE, f"single at {t}s")
+    for t in (5.2, 7.5):
+        assert_colour(tile_colour(pics[t], SIDE[0]), YELLOW, f"left at {t}s")
+        assert_colour(tile_colour(pics[t], SIDE[1]), RED, f"right at {t}s")
+        # Outside the two tiles the canvas is black.
+        assert pics[t][20, W // 2].max() < 40
+
+    # Duration and chapters match the timeline.
+    with av.open(str(out)) as c:
+        assert abs(c.duration / 1e6 - 8.0) < 0.15
+        chapters = c.chapters()
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.audio[0].codec_context.name == "aac"
+    starts = [round(float(ch["start"] * ch["time_base"]), 2) for ch in chapters]
+    titles = [ch["metadata"]["title"] for ch in chapters]
+    assert starts == [0.0, 3.0, 5.0]
+    assert titles[0] == "Program: grid-2x2 (Alice Chair, Branch North, Dept of Education, Expert Link)"
+    assert titles[1] == "Floor: Dept of Education"  # the floor grant at the same moment as the program
+    assert titles[2] == "Program: side-by-side (Expert Link, Alice Chair)"
+    assert [c.at for c in result.chapters] == [0.0, 3.0, 5.0]
+    vtt = out.with_suffix(".vtt").read_text()
+    assert vtt.startswith("WEBVTT")
+    assert "00:00:03.000 --> 00:00:05.000\nFloor: Dept of Education" in vtt
+    assert "00:00:05.000 --> 00:00:08.000\nProgram: side-by-side" in vtt
+
+    # Audio: all four tones while nobody is muted, the muted branch's tone gone after 6 s.
+    samples = audio_of(out)
+    assert abs(samples.shape[0] / 48000 - 8.0) < 0.1
+    before = tone_levels(samples, 1.0, 5.5)
+    after = tone_levels(samples, 6.3, 7.8)
+    for k in TONES:
+        assert before[k] > 0.3, f"tone of {k} missing before the mute: {before}"
+    assert after["b"] < 0.001, f"muted tone still audible: {after}"
+    for k in ("a", "c", "d"):
+        assert after[k] > 0.3, f"tone of {k} missing after the mute: {after}"
+
+
+def test_other_layouts_render_from_the_same_archive(meeting: tuple[Path, Script], tmp_path: Path) -> None:
+    data, _ = meeting
+    rec = Recording.open(data, "m1")
+
+    out = tmp_path / "single.mp4"
+    render(rec, out, RenderOptions(layout="single:d", width=W, height=H, captions=False))
+    for t, pic in frames_at(out, [1.0, 4.0, 7.0]).items():
+        assert_colour(tile_colour(pic, FULL), YELLOW, f"single:d at {t}")
+
+    out = tmp_path / "grid.mp4"
+    render(rec, out, RenderOptions(layout="grid", width=W, height=H))
+    pic = frames_at(out, [4.0])[4.0]
+    for rect, colour in zip(GRID, (RED, GREEN, BLUE, YELLOW), strict=True):
+        assert_colour(tile_colour(pic, rect), colour, "automatic grid")
+
+    # Speaker: the active speaker in the big tile (b from 0.5 s, c from 4 s).
+    out = tmp_path / "speaker.mp4"
+    render(rec, out, RenderOptions(layout="speaker", width=W, height=H))
+    pics = frames_at(out, [2.0, 4.5])
+    big = (0, 0, 2 / 3, 2 / 3)
+    assert_colour(tile_colour(pics[2.0], big), GREEN, "speaker b")
+    assert_colour(tile_colour(pics[4.5], big), BLUE, "speaker c")
+
+    # A catalogue layout with a fixed assignment, and a time range.
+    out = tmp_path / "fixed.mp4"
+    result = render(rec, out, RenderOptions(layout="side-by-side:b,c", width=W, height=H, start=2.0, end=6.0))
+    assert abs(result.duration - 4.0) < 0.05
+    assert [round(c.at, 2) for c in result.chapters] == [0.0, 1.0, 3.0]
+    pic = frames_at(out, [3.5])[3.5]
+    assert_colour(tile_colour(pic, SIDE[0]), GREEN, "fixed left")
+    assert_colour(tile_colour(pic, SIDE[1]), BLUE, "fixed right")
+
+
+def test_participant_without_video_gets_a_name_card(tmp_path: Path) -> None:
+    script = Script(
+        [Speaker("a", "Alice", RED, 440.0), Speaker("p", "Phone Member", (0, 0, 0), 660.0, video=False)],
+        duration=2.0,
+        first_program=("side-by-side", ["a", "p"]),
+    )
+    write_meeting(tmp_path, "cards", script)
+    out = tmp_path / "cards.mp4"
+    render(Recording.open(tmp_path, "cards"), out, RenderOptions(width=W, height=H))
+    pic = frames_at(out, [1.0])[1.0]
+    assert_colour(tile_colour(pic, SIDE[0]), RED, "video tile")
+    x0, y0 = int(0.5 * W), int(0.25 * H)
+    card = pic[y0 : y0 + H // 2, x0 : x0 + W // 2]
+    # A grey card (not black) with white lettering in its middle.
+    assert 25 < np.median(card) < 70
+    middle = card[card.shape[0] // 2 - 12 : card.shape[0] // 2 + 12]
+    assert (middle > 200).all(axis=2).sum() > 50
+
+
+def test_damaged_and_truncated_chunks_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    script = Script([Speaker("a", "Alice", RED, 440.0)], duration=6.0, first_program=("single", ["a"]))
+    # One chunk a second per track.
+    write_meeting(tmp_path, "bad", script)
+    rec = Recording.open(tmp_path, "bad")
+    video = next(t for t in rec.tracks if t.media == "video")
+    path = rec.track_path(video.number)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # damage one byte in the middle of the second chunk
+    path.write_bytes(bytes(data[: len(data) - 100]))  # and cut the last chunk short
+    caplog.set_level(logging.WARNING)
+    out = tmp_path / "bad.mp4"
+    render(rec, out, RenderOptions(width=W, height=H))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("damaged chunk" in w for w in warnings), warnings
+    assert any("truncated chunk" in w for w in warnings), warnings
+    with av.open(str(out)) as c:
+        assert abs(c.duration / 1e6 - 6.0) < 0.15
+
+
+def test_render_errors_are_clear(meeting: tuple[Path, Script], tmp_path: Path) -> None:
+    data, _ = meeting
+    rec = Recording.open(data, "m1")
+    with pytest.raises(RenderError, match="unknown layout 'mosaic'"):
+        render(rec, tmp_path / "x.mp4", RenderOptions(layout="mosaic"))
+    with pytest.raises(RenderError, match="no participant 'zed'"):
+        render(rec, tmp_path / "x.mp4", RenderOptions(layout="single:zed"))
+    with pytest.raises(RenderError, match="empty time range"):
+        render(rec, tmp_path / "x.mp4", RenderOptions(start=9.0))
+    with pytest.raises(RenderError, match="no recording 'nope'"):
+        open_recording(str(data), "nope")
+    with pytest.raises(RenderError, match="invalid recording id"):
+        open_recording(str(data), "../m1")
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.mp4.part").exists()
+
+
+def test_render_command(
+    meeting: tuple[Path, Script], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conference.cli import main
+
+    data, _ = meeting
+    out = tmp_path / "cli.mp4"
+    args = ["render", "m1", "--data-dir", str(data), "--layout", "grid", "--size", "320x180", "-o", str(out)]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "100.0%" in captured.err and "#" * 30 in captured.err  # the progress bar
+    assert "3 chapters" in captured.out
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (320, 180)
+
+    assert main(["render", "m1", "--data-dir", str(data), "--layout", "bogus", "-o", str(out)]) == 2
+    assert "unknown layout 'bogus'" in capsys.readouterr().err
+    assert main(["render", "missing", "--data-dir", str(data)]) == 2
+    assert "no recording 'missing'" in capsys.readouterr().err
+    assert main(["render", "m1", "--data-dir", str(data), "--size", "big"]) == 2
+    assert "bad size" in capsys.readouterr().err
+
+
+def test_time_parsing() -> None:
+    assert render_mod.parse_time("90") == 90.0
+    assert render_mod.parse_time("1:30") == 90.0
+    assert render_mod.parse_time("01:00:02.5") == 3602.5
+    for bad in ("-3", "1::2", "abc", "nan"):
+        with pytest.raises(RenderError):
+            render_mod.parse_time(bad)
