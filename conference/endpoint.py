@@ -182,6 +182,8 @@ class EndpointConfig:
     # identity -> test media index of every endpoint, to tell a decoded frame's source.
     palette: dict[str, int] = field(default_factory=dict)
     join_timeout: float = 20.0
+    # Receive slots accept VP8 only (what test endpoints publish): keeps a chair's 60-m-line answer small.
+    receive_vp8_only: bool = True
 
 
 def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
@@ -205,6 +207,49 @@ def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
     for section in sections.values():
         section["ssrcs"] -= section["rtx"]
     return sections
+
+
+def compact_answer(sdp: str) -> str:
+    """Drop aiortc's sha-384/sha-512 fingerprints, keeping sha-256 in every m-section.
+
+    aiortc writes three fingerprints per m-section: a chair's answer (60+ m-lines) would exceed the
+    signaling message limit on fingerprints alone. One supported algorithm is all DTLS needs."""
+    lines = sdp.split("\r\n")
+    kept = [line for line in lines if not line.startswith(("a=fingerprint:sha-384", "a=fingerprint:sha-512"))]
+    return "\r\n".join(kept)
+
+
+def keep_only_vp8(sdp: str, mids: set[str]) -> str:
+    """The offer with only VP8 (and its RTX) left in the video m-sections of ``mids``."""
+    sections: list[list[str]] = [[]]
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    out = sections[0]
+    for section in sections[1:]:
+        mid = next((line[6:] for line in section if line.startswith("a=mid:")), None)
+        if not section[0].startswith("m=video") or mid not in mids:
+            out.extend(section)
+            continue
+        vp8 = {line[9:].split()[0] for line in section if line.startswith("a=rtpmap:") and " VP8/" in line}
+        rtx = {
+            line[7:].split()[0]
+            for line in section
+            if line.startswith("a=fmtp:") and any(f"apt={pt}" in line.split()[1].split(";") for pt in vp8)
+        }
+        keep = vp8 | rtx
+        if not vp8:
+            out.extend(section)
+            continue
+        head = section[0].split()
+        out.append(" ".join(head[:3] + [pt for pt in head[3:] if pt in keep]))
+        for line in section[1:]:
+            codec_line = line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))
+            if codec_line and line.split(":", 1)[1].split()[0] not in keep:
+                continue
+            out.append(line)
+    return "\r\n".join(out)
 
 
 class Endpoint:
@@ -274,6 +319,10 @@ class Endpoint:
         if result.get("media", True):
             offer = await asyncio.wait_for(self._offer, cfg.join_timeout)
             answer = await self._negotiate(offer)
+            limit = int((result.get("limits") or {}).get("max_message_bytes") or 0)
+            size = len(json.dumps({"type": "answer", "id": 0, "sdp": answer}).encode())
+            if limit and size > limit:
+                raise EndpointError("too_large", f"the answer is {size} bytes; the server takes {limit}")
             await asyncio.wait_for(self.request("answer", sdp=answer), cfg.join_timeout)
         return result
 
@@ -378,9 +427,13 @@ class Endpoint:
     async def _negotiate(self, offer: dict[str, Any]) -> str:
         cfg = self.config
         slots_map = offer.get("slots") or {}
-        sections = parse_offer_slots(offer["sdp"])
+        sdp = offer["sdp"]
+        sections = parse_offer_slots(sdp)
+        if cfg.receive_vp8_only:
+            receive_mids = {m for role in ("video", "previews") for m in slots_map.get(role) or []}
+            sdp = keep_only_vp8(sdp, receive_mids)
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         transceivers = {t.mid: t for t in pc.getTransceivers()}
         clip = None
         publish = slots_map.get("publish") or {}
@@ -435,7 +488,7 @@ class Endpoint:
         for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
             if dtls is not None:
                 dtls._handle_rtp_data = self._handle_rtp_data  # type: ignore[method-assign]
-        return pc.localDescription.sdp
+        return compact_answer(pc.localDescription.sdp)
 
     def _slot_for_unknown_ssrc(self, data: bytes, ssrc: int) -> ReceiveSlot | None:
         """A packet whose SSRC the offer did not list: find its slot from the mid extension once."""

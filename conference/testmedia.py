@@ -267,6 +267,9 @@ class _Pacer:
         self.start: float | None = None
         self.count = 0
 
+    def reset(self) -> None:
+        self.start, self.count = None, 0
+
     async def wait(self) -> None:
         now = time.monotonic()
         if self.start is None:
@@ -279,7 +282,32 @@ class _Pacer:
             await asyncio.sleep(due - now)
 
 
-class PreEncodedVideoTrack(MediaStreamTrack):
+class _PausableTrack(MediaStreamTrack):
+    """A track the load generator can pause (sends nothing) to let in-flight packets drain."""
+
+    _pacer: _Pacer
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._running = asyncio.Event()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    async def _ready(self) -> None:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._running.is_set():
+            await self._running.wait()
+            self._pacer.reset()  # start afresh, no burst to catch up
+        await self._pacer.wait()
+
+
+class PreEncodedVideoTrack(_PausableTrack):
     """Loops the clip's VP8 frames in real time as ``av.Packet`` (aiortc packetises, never encodes)."""
 
     kind = "video"
@@ -302,9 +330,7 @@ class PreEncodedVideoTrack(MediaStreamTrack):
         self._position = 0
 
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        await self._pacer.wait()
+        await self._ready()
         clip = self.clip
         i = self._position
         self._position = (i + 1) % len(clip.video)
@@ -317,7 +343,7 @@ class PreEncodedVideoTrack(MediaStreamTrack):
         return packet
 
 
-class PreEncodedAudioTrack(MediaStreamTrack):
+class PreEncodedAudioTrack(_PausableTrack):
     """Loops the clip's Opus frames in real time; ``speaking`` picks tone or silence."""
 
     kind = "audio"
@@ -334,9 +360,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
         self.frames_sent = 0
 
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        await self._pacer.wait()
+        await self._ready()
         frames = self.clip.tone if self.speaking else self.clip.silence
         self.level = SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
         i = self._position

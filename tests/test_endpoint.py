@@ -23,6 +23,8 @@ from conference.endpoint import (
     Endpoint,
     EndpointConfig,
     check_aiortc_hooks,
+    compact_answer,
+    keep_only_vp8,
     parse_offer_slots,
     vp8_payload,
 )
@@ -147,6 +149,39 @@ def test_parse_offer_slots() -> None:
     assert sections["0"]["kind"] == "audio" and sections["0"]["ssrcs"] == {111}
     assert sections["0"]["mid_ext"] == 4
     assert sections["1"]["ssrcs"] == {222} and sections["1"]["rtx"] == {333}
+
+
+OFFER_VIDEO = [
+    "m=video 9 UDP/TLS/RTP/SAVPF 97 98 99 100",
+    "a=mid:{mid}",
+    "a=fingerprint:sha-256 AA",
+    "a=fingerprint:sha-384 BB",
+    "a=fingerprint:sha-512 CC",
+    "a=rtpmap:97 VP8/90000",
+    "a=rtcp-fb:97 nack pli",
+    "a=rtpmap:98 rtx/90000",
+    "a=fmtp:98 apt=97",
+    "a=rtpmap:99 H264/90000",
+    "a=rtcp-fb:99 nack pli",
+    "a=fmtp:99 packetization-mode=1;profile-level-id=42001f",
+    "a=rtpmap:100 rtx/90000",
+    "a=fmtp:100 apt=99",
+]
+
+
+def test_sdp_trimming_keeps_vp8_and_one_fingerprint() -> None:
+    sdp = "\r\n".join(["v=0", *(line.format(mid=1) for line in OFFER_VIDEO)])
+    sdp += "\r\n" + "\r\n".join(line.format(mid=2) for line in OFFER_VIDEO)
+    trimmed = keep_only_vp8(sdp, {"2"}).split("\r\n")
+    second = trimmed[trimmed.index("a=mid:2") - 1 :]
+    assert second[0] == "m=video 9 UDP/TLS/RTP/SAVPF 97 98"
+    assert "a=fmtp:98 apt=97" in second and not any("H264" in line or "99" in line for line in second)
+    first = trimmed[: trimmed.index("a=mid:2") - 1]
+    assert "a=rtpmap:99 H264/90000" in first  # other m-sections untouched
+    compact = compact_answer(sdp)
+    assert (
+        compact.count("a=fingerprint:sha-256") == 2 and "sha-384" not in compact and "sha-512" not in compact
+    )
 
 
 def test_private_aiortc_hooks_exist() -> None:
@@ -308,6 +343,14 @@ async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: P
         assert await _wait_for(lambda: len(endpoint.switch_times) == 2, 8)
         assert all(0 < t < 5 for t in endpoint.switch_times)
         assert [s.last_seen_index for s in endpoint.video_slots] == [5, 3]
+        # Counting is exact: pause the peer's senders, let packets drain, compare with what it sent.
+        for track in peer.tracks:
+            track.pause()
+        await asyncio.sleep(0.5)
+        for sender, slot in zip(peer.slot_senders, endpoint.video_slots, strict=True):
+            stats = await sender.getStats()
+            sent = next(s.packetsSent for s in stats.values() if s.type == "outbound-rtp")
+            assert slot.packets == sent > 0
         report = endpoint.report()
         slot0 = report["slots"][0]
         assert slot0["packets"] > counted > 20 and slot0["octets"] > 20_000

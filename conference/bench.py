@@ -1,0 +1,766 @@
+"""``conference bench``: a meeting of N real endpoints against the server, measured.
+
+The benchmark starts ``conference serve`` in its own process (or uses ``--url``), spreads N test
+endpoints (:mod:`conference.endpoint`: one chair, the rest venues and members) over a few worker
+processes, has the chair change the program every few seconds, and reports in JSON and as a table.
+
+Phases (each bounded in time):
+1. server up (``/healthz``), workers up (their pre-encoded media loaded);
+2. the chair joins and puts itself on the program, then everyone joins (join time: socket open to
+   the first decoded video frame);
+3. the chair fills the program (``--layout``, 4 slots by default); a short settling pause;
+4. the measured window (``--duration``): server CPU from ``/proc/<pid>/stat`` (utime+stime) and packet
+   counters from ``GET /api/stats`` at both ends; the chair changes the program every
+   ``--switch-every`` seconds (switch time: the program event's server time to the new source's first
+   decoded frame at each subscriber);
+5. every endpoint pauses its camera and microphone, in-flight packets drain, and delivery is counted:
+   per subscriber and slot, packets received over packets the server says it sent.
+
+Worker processes run ``python -m conference.bench --worker`` and speak JSON lines: the parent
+writes commands on their stdin, they answer on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+# Targets of the issue at 50 endpoints (see docs/performance.md).
+TARGETS = {
+    "server_cpu_cores": ("<=", 0.7),
+    "us_per_forwarded_packet": ("<=", 30.0),
+    "forward_delay_ms.p99": ("<=", 5.0),
+    "delivery_ratio": (">=", 0.995),
+    "join_ms.p95": ("<=", 1500.0),
+    "switch_ms.p95": ("<=", 500.0),
+    "server_decoded_frames": ("==", 0),
+}
+
+ENDPOINTS_PER_WORKER = 13
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoints", type=int, default=10, help="endpoints in the meeting (default 10)")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds (default 20)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument("--url", help="use a running server instead of starting one (needs --admin-key)")
+    parser.add_argument("--admin-key", help="the running server's admin key (with --url)")
+    parser.add_argument("--server-pid", type=int, help="the running server's pid, to measure its CPU")
+    parser.add_argument(
+        "--workers", type=int, help=f"load processes (default: one per {ENDPOINTS_PER_WORKER})"
+    )
+    parser.add_argument(
+        "--backend",
+        default="sfu",
+        help="media backend of the started server: sfu, or relay_baseline (aiortc's decode/encode relay)",
+    )
+    parser.add_argument("--layout", default="grid-2x2", help="program layout (default grid-2x2)")
+    parser.add_argument("--switch-every", type=float, default=4.0, help="seconds between program changes")
+    parser.add_argument(
+        "--decode-sample",
+        type=int,
+        default=2,
+        help="endpoints that decode every frame they receive (the others decode only at joins/switches)",
+    )
+    parser.add_argument("--speakers", type=int, default=3, help="endpoints whose microphones carry a voice")
+    parser.add_argument("--room", default="bench")
+    parser.add_argument("--record", action="store_true", help="record the meeting (server auto_record)")
+    parser.add_argument("--data-dir", help="the started server's data directory (default: a temporary one)")
+    parser.add_argument("--cache-dir", help="pre-encoded media cache (default ~/.cache/conference-testmedia)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between joins and the window")
+    parser.add_argument("--join-timeout", type=float, help="seconds for all joins (default 20 + N/2)")
+    parser.add_argument("--quiet", action="store_true", help="no table, only the JSON file / stdout JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    problems = _check_args(args)
+    if problems:
+        print(f"conference bench: {problems}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(Bench(args).run())
+    except BenchError as exc:
+        print(f"conference bench: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    if args.quiet:
+        if not args.json:
+            print(text)
+    else:
+        print(format_table(report))
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    if args.endpoints < 2:
+        return "--endpoints must be at least 2 (a chair and one more)"
+    if not 0 < args.duration <= 3600:
+        return "--duration must be in (0, 3600] seconds"
+    if args.switch_every <= 0:
+        return "--switch-every must be positive"
+    if args.url and not args.admin_key:
+        return "--url needs --admin-key (tokens are minted through POST /api/tokens)"
+    if args.workers is not None and args.workers < 1:
+        return "--workers must be at least 1"
+    return None
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Worker:
+    number: int
+    process: asyncio.subprocess.Process
+    endpoints: list[dict[str, Any]]
+    log: list[str] = field(default_factory=list)
+
+    async def send(self, command: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next message of this kind from the worker (other lines are kept for the log)."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"worker {self.number}: no {event!r} within {timeout:.0f} s")
+            try:
+                line = await asyncio.wait_for(self.process.stdout.readline(), remaining)
+            except TimeoutError:
+                raise BenchError(f"worker {self.number}: no {event!r} within {timeout:.0f} s") from None
+            if not line:
+                raise BenchError(f"worker {self.number} exited (code {await self.process.wait()})")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.log.append(line.decode(errors="replace").rstrip())
+                continue
+            if message.get("event") == "error":
+                raise BenchError(f"worker {self.number}: {message.get('message')}")
+            if message.get("event") == event:
+                return message
+            self.log.append(line.decode(errors="replace").rstrip())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n = args.endpoints
+        self.server: asyncio.subprocess.Process | None = None
+        self.server_pid: int | None = args.server_pid
+        self.url: str = args.url.rstrip("/") if args.url else ""
+        self.admin_key: str = args.admin_key or secrets.token_urlsafe(24)
+        self.secret = secrets.token_urlsafe(32)
+        self.workers: list[Worker] = []
+        self.http: aiohttp.ClientSession | None = None
+        self._tmp: str | None = None
+        self.program_changes: list[dict[str, Any]] = []
+
+    # -- plan --
+
+    def plan(self) -> list[dict[str, Any]]:
+        """Who joins: one chair, then venues, every fourth a member (on a 4-slot phone)."""
+        endpoints = []
+        for i in range(self.n):
+            if i == 0:
+                identity, role, device, slots = "chair", "chair", "venue", None
+            elif i % 4 == 3:
+                identity, role, device, slots = f"member-{i:02d}", "member", "phone", 4
+            else:
+                identity, role, device, slots = f"venue-{i:02d}", "venue", "venue", None
+            endpoints.append(
+                {
+                    "identity": identity,
+                    "index": i,
+                    "role": role,
+                    "device": device,
+                    "video_slots": slots,
+                    "speaking": 1 <= i <= self.args.speakers,
+                    "decode": "all" if 1 <= i <= self.args.decode_sample else "probe",
+                }
+            )
+        return endpoints
+
+    # -- server --
+
+    async def start_server(self) -> None:
+        args = self.args
+        data_dir = args.data_dir or tempfile.mkdtemp(prefix="conference-bench-")
+        if not args.data_dir:
+            self._tmp = data_dir
+        port = _free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "conference",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--secret",
+            self.secret,
+            "--admin-key",
+            self.admin_key,
+            "--max-endpoints",
+            str(max(50, self.n)),
+            "--media-backend",
+            args.backend,
+            "--log-level",
+            "WARNING",
+        ]
+        if args.record:
+            command.append("--auto-record")
+        log = open(Path(data_dir) / "bench-server.log", "wb")  # noqa: SIM115 - the child owns it
+        self.server = await asyncio.create_subprocess_exec(
+            *command, stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=os.getcwd()
+        )
+        log.close()
+        self.server_pid = self.server.pid
+        self.url = f"http://127.0.0.1:{port}"
+        assert self.http is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.server.returncode is not None:
+                break
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with self.http.get(f"{self.url}/healthz") as response:
+                    if response.status == 200:
+                        health = await response.json()
+                        if not health.get("media", True):
+                            raise BenchError("the server runs without media")
+                        return
+            await asyncio.sleep(0.2)
+        tail = (Path(data_dir) / "bench-server.log").read_text(errors="replace")[-2000:]
+        raise BenchError(f"the server did not come up:\n{tail}")
+
+    async def stop_server(self) -> None:
+        if self.server is None or self.server.returncode is not None:
+            return
+        self.server.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.server.wait(), 10)
+        except TimeoutError:
+            self.server.kill()
+            await self.server.wait()
+
+    async def stats(self) -> dict[str, Any]:
+        assert self.http is not None
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        async with self.http.get(f"{self.url}/api/stats", headers=headers) as response:
+            if response.status != 200:
+                raise BenchError(f"GET /api/stats: HTTP {response.status}")
+            data = await response.json()
+        return data.get("media") or {}
+
+    async def token(self, identity: str, role: str) -> str:
+        if not self.args.url:
+            from signaling.tokens import mint_token
+
+            return mint_token(self.secret, self.args.room, identity, identity, role, ttl=3600)
+        assert self.http is not None
+        body = {"room": self.args.room, "identity": identity, "name": identity, "role": role, "ttl": 3600}
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        async with self.http.post(f"{self.url}/api/tokens", json=body, headers=headers) as response:
+            if response.status != 201:
+                raise BenchError(f"POST /api/tokens: HTTP {response.status}: {await response.text()}")
+            return str((await response.json())["token"])
+
+    # -- workers --
+
+    async def start_workers(self, endpoints: list[dict[str, Any]]) -> None:
+        count = self.args.workers or max(1, math.ceil(len(endpoints) / ENDPOINTS_PER_WORKER))
+        groups: list[list[dict[str, Any]]] = [[] for _ in range(min(count, len(endpoints)))]
+        for i, endpoint in enumerate(endpoints):
+            groups[i % len(groups)].append(endpoint)
+        palette = {e["identity"]: e["index"] for e in endpoints}
+        for number, group in enumerate(groups):
+            for endpoint in group:
+                endpoint["token"] = await self.token(endpoint["identity"], endpoint["role"])
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "conference.bench",
+                "--worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=os.getcwd(),
+            )
+            worker = Worker(number, process, group)
+            spec = {
+                "url": self.url,
+                "endpoints": group,
+                "palette": palette,
+                "cache_dir": self.args.cache_dir,
+                "join_timeout": 20.0,
+            }
+            await worker.send(spec)
+            self.workers.append(worker)
+        # Media is encoded on first use (then cached): allow for that here, not in join times.
+        await asyncio.gather(*(w.expect("ready", 60 + 2 * len(w.endpoints)) for w in self.workers))
+
+    async def stop_workers(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                await worker.send({"cmd": "stop"})
+        for worker in self.workers:
+            try:
+                await asyncio.wait_for(worker.process.wait(), 15)
+            except TimeoutError:
+                worker.process.kill()
+                await worker.process.wait()
+
+    async def command_all(self, command: dict[str, Any], event: str, timeout: float) -> list[dict[str, Any]]:
+        for worker in self.workers:
+            await worker.send(command)
+        return list(await asyncio.gather(*(w.expect(event, timeout) for w in self.workers)))
+
+    async def set_program(self, slots: list[str | None]) -> dict[str, Any]:
+        chair_worker = self.workers[0]
+        await chair_worker.send({"cmd": "program", "layout": self.args.layout, "slots": slots})
+        message = await chair_worker.expect("program", 15)
+        self.program_changes.append(message)
+        return message
+
+    # -- the run --
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        endpoints = self.plan()
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        try:
+            if not args.url:
+                await self.start_server()
+            await self.start_workers(endpoints)
+            return await self._meeting(endpoints)
+        finally:
+            await self.stop_workers()
+            await self.stop_server()
+            await self.http.close()
+            if self._tmp:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+    async def _meeting(self, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        args = self.args
+        join_timeout = args.join_timeout or 20 + self.n / 2
+        # The chair first, on the program alone, so every later join has video to see at once.
+        await self.workers[0].send({"cmd": "join_chair", "layout": args.layout})
+        await self.workers[0].expect("chair_joined", 30)
+        joined = await self.command_all({"cmd": "join"}, "joined", join_timeout)
+        failed = {k: v for j in joined for k, v in j["failed"].items()}
+        if len(failed) == self.n:
+            raise BenchError(f"no endpoint could join: {failed}")
+        pool = [e["identity"] for e in endpoints if e["identity"] not in failed]
+        size = _layout_size(args.layout)
+        rotation = 0
+
+        def next_program() -> list[str | None]:
+            nonlocal rotation
+            rotation += 1
+            filled = [pool[(rotation + j) % len(pool)] for j in range(min(size, len(pool)))]
+            return filled + [None] * (size - len(filled))
+
+        await self.set_program(next_program())
+        await asyncio.sleep(args.settle)
+
+        # The measured window.
+        stats0, cpu0, marks0 = await self.stats(), self._server_cpu(), await self._mark()
+        t0 = time.monotonic()
+        end = t0 + args.duration
+        while True:
+            wait = min(args.switch_every, end - time.monotonic())
+            if wait <= 0.05:
+                break
+            await asyncio.sleep(wait)
+            if time.monotonic() < end - 0.5:
+                await self.set_program(next_program())
+        cpu1, marks1 = self._server_cpu(), await self._mark()
+        stats1 = await self.stats()
+        window = time.monotonic() - t0
+        rss = _peak_rss_mb(self.server_pid) if self.server_pid else None
+
+        # Drain: nobody sends, whatever is in flight arrives, then count delivery.
+        await self.command_all({"cmd": "pause"}, "paused", 15)
+        await asyncio.sleep(1.5)
+        stats2 = await self.stats()
+        reports = await self.command_all({"cmd": "report"}, "report", 30)
+        results = [r for rep in reports for r in rep["endpoints"]]
+        return build_report(
+            args=vars(args),
+            endpoints=self.n,
+            window=window,
+            stats0=stats0,
+            stats1=stats1,
+            stats_final=stats2,
+            cpu=(cpu0, cpu1),
+            rss_mb=rss,
+            results=results,
+            failed=failed,
+            worker_cpu=(marks0, marks1),
+            program_changes=len(self.program_changes),
+        )
+
+    def _server_cpu(self) -> float | None:
+        return _process_cpu_seconds(self.server_pid) if self.server_pid else None
+
+    async def _mark(self) -> float:
+        marks = await self.command_all({"cmd": "mark"}, "mark", 10)
+        return sum(m["cpu_s"] for m in marks)
+
+
+def _layout_size(name: str) -> int:
+    from .layouts import get_layout
+
+    return get_layout(name).size
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
+    return float(after.get(key) or 0) - float(before.get(key) or 0)
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else round(float(value) * 1000, 1)
+
+
+def build_report(
+    *,
+    args: dict[str, Any],
+    endpoints: int,
+    window: float,
+    stats0: dict[str, Any],
+    stats1: dict[str, Any],
+    stats_final: dict[str, Any],
+    cpu: tuple[float | None, float | None],
+    rss_mb: float | None,
+    results: list[dict[str, Any]],
+    failed: dict[str, str],
+    worker_cpu: tuple[float, float],
+    program_changes: int,
+) -> dict[str, Any]:
+    packets_in = _delta(stats1, stats0, "packets_in")
+    packets_out = _delta(stats1, stats0, "packets_out")
+    cpu_s = None if None in cpu else cpu[1] - cpu[0]  # type: ignore[operator]
+    delay = stats1.get("forward_delay_us") or {}
+
+    # Delivery: per subscriber and slot, received / what the server sent on that slot.
+    sent_by_slot: dict[tuple[str, str], int] = {}
+    for key, session in (stats_final.get("per_session") or {}).items():
+        identity = key.split("/", 1)[-1]
+        for mid, slot in (session.get("slots") or {}).items():
+            sent_by_slot[(identity, mid)] = int(slot.get("packets") or 0)
+    received = sent = 0
+    ratios: list[float] = []
+    worst: list[tuple[float, str, str, str, int, int]] = []
+    for result in results:
+        for slot in result["slots"]:
+            server_sent = sent_by_slot.get((result["identity"], slot["mid"]))
+            if not server_sent:
+                continue
+            sent += server_sent
+            received += min(slot["packets"], server_sent)
+            ratio = slot["packets"] / server_sent
+            ratios.append(ratio)
+            worst.append((ratio, result["identity"], slot["mid"], slot["role"], slot["packets"], server_sent))
+    worst.sort()
+    join = [r["join_s"] for r in results if r["join_s"] is not None]
+    switches = [s for r in results for s in r["switch_s"]]
+    sampled = [r for r in results if r.get("decode") == "all"]
+    video_slots = [s for r in sampled for s in r["slots"] if s["kind"] == "video"]
+    return {
+        "endpoints": endpoints,
+        "joined": len(results) - len([r for r in results if r["join_s"] is None]),
+        "join_failed": failed,
+        "duration_s": round(window, 2),
+        "backend": stats1.get("backend"),
+        "server_cpu_cores": None if cpu_s is None else round(cpu_s / window, 3),
+        "server_rss_mb": None if rss_mb is None else round(rss_mb, 1),
+        "pps_in": round(packets_in / window, 1),
+        "pps_out": round(packets_out / window, 1),
+        "mbps_in": round(_delta(stats1, stats0, "bytes_in") * 8 / window / 1e6, 2),
+        "mbps_out": round(_delta(stats1, stats0, "bytes_out") * 8 / window / 1e6, 2),
+        "us_per_forwarded_packet": (
+            None if cpu_s is None or packets_out <= 0 else round(cpu_s * 1e6 / packets_out, 1)
+        ),
+        "forward_delay_ms": {
+            "p50": None if delay.get("p50") is None else round(delay["p50"] / 1000, 3),
+            "p99": None if delay.get("p99") is None else round(delay["p99"] / 1000, 3),
+            "measured_from": delay.get("measured_from"),
+        },
+        "delivery_ratio": None if not sent else round(received / sent, 5),
+        "delivery": {
+            "packets_sent": sent,
+            "packets_received": received,
+            "slots": len(ratios),
+            "worst_slot": None if not ratios else round(min(ratios), 4),
+            "slots_below_99_5": sum(1 for r in ratios if r < 0.995),
+            "worst_slots": [
+                dict(zip(("ratio", "identity", "mid", "role", "received", "sent"), w, strict=True))
+                for w in worst[:5]
+            ],
+        },
+        "subscriber_decode": {
+            "endpoints": len(sampled),
+            "video_frames_decoded": sum(s["frames_decoded"] for s in video_slots),
+            "video_frames_lost": sum(s["frames_lost"] for s in video_slots),
+            "decode_errors": sum(s["decode_errors"] for r in results for s in r["slots"]),
+            "audio_frames_decoded": sum(r["audio_frames_decoded"] for r in sampled),
+        },
+        "join_ms": {"p50": _ms(percentile(join, 50)), "p95": _ms(percentile(join, 95)), "count": len(join)},
+        "switch_ms": {
+            "p50": _ms(percentile(switches, 50)),
+            "p95": _ms(percentile(switches, 95)),
+            "count": len(switches),
+            "pending": sum(r["pending_switches"] for r in results),
+            "program_changes": program_changes,
+        },
+        "server_decoded_frames": stats_final.get("decoded_frames"),
+        "load_generator_cpu_cores": round((worker_cpu[1] - worker_cpu[0]) / window, 3),
+        "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())},
+        "command": "conference bench " + " ".join(_command_args(args)),
+    }
+
+
+def _command_args(args: dict[str, Any]) -> list[str]:
+    shown = []
+    for key in ("endpoints", "duration", "backend", "layout", "switch_every", "decode_sample", "speakers"):
+        if args.get(key) is not None:
+            shown.append(f"--{key.replace('_', '-')} {args[key]}")
+    if args.get("record"):
+        shown.append("--record")
+    return shown
+
+
+def _check(report: dict[str, Any], key: str) -> tuple[Any, str]:
+    value: Any = report
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    op, target = TARGETS[key]
+    if value is None:
+        return value, "n/a"
+    ok = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+    return value, "ok" if ok else "MISSED"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [
+        ("endpoints (joined)", f"{report['endpoints']} ({report['joined']})", ""),
+        ("measured window", f"{report['duration_s']} s", ""),
+        ("packets/s in / out", f"{report['pps_in']} / {report['pps_out']}", ""),
+        ("Mbit/s in / out", f"{report['mbps_in']} / {report['mbps_out']}", ""),
+        ("server peak RSS", f"{report['server_rss_mb']} MB", ""),
+        ("load generator CPU", f"{report['load_generator_cpu_cores']} cores", ""),
+    ]
+    for key, label, unit in (
+        ("server_cpu_cores", "server CPU", " cores"),
+        ("us_per_forwarded_packet", "server CPU per forwarded packet", " us"),
+        ("forward_delay_ms.p99", "forwarding delay p99", " ms"),
+        ("delivery_ratio", "delivery", ""),
+        ("join_ms.p95", "join time p95", " ms"),
+        ("switch_ms.p95", "switch time p95", " ms"),
+        ("server_decoded_frames", "frames decoded by the server", ""),
+    ):
+        value, verdict = _check(report, key)
+        op, target = TARGETS[key]
+        rows.append((label, f"{value}{unit}", f"{verdict} (target {op} {target})"))
+    rows.append(("forwarding delay p50", f"{report['forward_delay_ms']['p50']} ms", ""))
+    rows.append(("join time p50", f"{report['join_ms']['p50']} ms", ""))
+    rows.append(("switch time p50", f"{report['switch_ms']['p50']} ms ({report['switch_ms']['count']})", ""))
+    decode = report["subscriber_decode"]
+    rows.append(
+        (
+            "decoded at sampled subscribers",
+            f"{decode['video_frames_decoded']} video frames, {decode['video_frames_lost']} lost, "
+            f"{decode['decode_errors']} errors",
+            "",
+        )
+    )
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    lines = [f"{report['command']}  (backend {report['backend']})"]
+    lines += [f"  {a.ljust(width)}  {b.ljust(value_width)}  {c}".rstrip() for a, b, c in rows]
+    return "\n".join(lines)
+
+
+# --- a worker process ------------------------------------------------------------------------
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _read_command() -> dict[str, Any]:
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if not line:
+        return {"cmd": "stop"}  # the parent went away
+    return dict(json.loads(line))
+
+
+async def _worker(spec: dict[str, Any]) -> None:
+    from .endpoint import Endpoint, EndpointConfig
+    from .testmedia import load_clip
+
+    cache_dir = Path(spec["cache_dir"]) if spec.get("cache_dir") else None
+    endpoints: list[Endpoint] = []
+    decode_modes: dict[str, str] = {}
+    for item in spec["endpoints"]:
+        load_clip(item["index"], cache_dir=cache_dir)  # encode now (or read the cache), not at join
+        config = EndpointConfig(
+            url=spec["url"],
+            token=item["token"],
+            identity=item["identity"],
+            index=item["index"],
+            device=item["device"],
+            video_slots=item["video_slots"],
+            speaking=item["speaking"],
+            decode=item["decode"],
+            cache_dir=cache_dir,
+            palette=spec["palette"],
+            join_timeout=spec["join_timeout"],
+        )
+        endpoints.append(Endpoint(config))
+        decode_modes[item["identity"]] = item["decode"]
+    _emit({"event": "ready"})
+    chair = next((e for e in endpoints if e.identity == "chair"), None)
+    failed: dict[str, str] = {}
+    started: set[str] = set()
+
+    async def join(endpoint: Endpoint) -> None:
+        started.add(endpoint.identity)
+        try:
+            await endpoint.join()
+        except Exception as exc:
+            failed[endpoint.identity] = f"{type(exc).__name__}: {exc}"
+
+    try:
+        while True:
+            command = await _read_command()
+            cmd = command.get("cmd")
+            if cmd == "join_chair" and chair is not None:
+                await join(chair)
+                if chair.identity in failed:
+                    _emit(
+                        {"event": "error", "message": f"the chair could not join: {failed[chair.identity]}"}
+                    )
+                    return
+                await chair.set_program(command["layout"], ["chair"])
+                _emit({"event": "chair_joined"})
+            elif cmd == "join":
+                tasks = []
+                for endpoint in endpoints:
+                    if endpoint.identity not in started:
+                        tasks.append(asyncio.create_task(join(endpoint)))
+                        await asyncio.sleep(0.15)  # a steady trickle of joins, as in a real meeting
+                await asyncio.gather(*tasks)
+                _emit({"event": "joined", "failed": failed})
+            elif cmd == "program" and chair is not None:
+                sent = time.time()
+                try:
+                    result = await chair.set_program(command["layout"], command["slots"])
+                except Exception as exc:
+                    _emit({"event": "error", "message": f"set_program failed: {exc}"})
+                    return
+                _emit({"event": "program", "sent": sent, "version": result.get("version")})
+            elif cmd == "mark":
+                times = os.times()
+                _emit({"event": "mark", "cpu_s": times.user + times.system})
+            elif cmd == "pause":
+                for endpoint in endpoints:
+                    for track in (endpoint.video_track, endpoint.audio_track):
+                        if track is not None:
+                            track.pause()
+                _emit({"event": "paused"})
+            elif cmd == "report":
+                reports = []
+                for endpoint in endpoints:
+                    if endpoint.identity in failed:
+                        continue
+                    reports.append({**endpoint.report(), "decode": decode_modes[endpoint.identity]})
+                _emit({"event": "report", "endpoints": reports})
+            elif cmd == "stop":
+                return
+    finally:
+        await asyncio.gather(*(e.close() for e in endpoints), return_exceptions=True)
+
+
+def _worker_entry() -> int:
+    spec = json.loads(sys.stdin.readline())
+    try:
+        import uvloop  # receiving thousands of packets per second: the faster loop matters here too
+    except ImportError:
+        asyncio.run(_worker(spec))
+    else:
+        uvloop.run(_worker(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        sys.exit(_worker_entry())
+    print("usage: python -m conference.bench --worker (internal); use `conference bench`", file=sys.stderr)
+    sys.exit(2)
