@@ -22,8 +22,7 @@ export function el(tag, attrs = {}, ...children) {
 /** Translate the static page, put the language switch in its header. */
 export function initPage() {
   applyI18n(document);
-  const slot = document.querySelector("[data-language-switch]");
-  if (slot) slot.replaceChildren(languageSwitch());
+  for (const slot of document.querySelectorAll("[data-language-switch]")) slot.replaceChildren(languageSwitch());
   window.addEventListener("languagechange-app", () => applyI18n(document));
 }
 

@@ -1,0 +1,247 @@
+"""Helpers for the browser tests: fake camera and microphone files, a real server on a free port,
+Debian's headless Chromium with fake devices (one process per endpoint, since the fake capture
+file is per process), and probes that read pixels and tones from a page's media elements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+SECRET = "browser-test-secret-0123456789abcdef"
+ADMIN_KEY = "browser-test-admin-key"
+
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 360, "height": 740}
+
+# Feeds told apart by colour (RGB) and by tone (Hz).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (30, 60, 220),
+    "yellow": (230, 210, 30),
+}
+
+
+def ensure_chromium() -> Path | None:
+    """Debian's chromium, installed with apt-get when missing (as the test command promises)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return None
+    sudo = [] if _is_root() else ["sudo", "-n"]
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        subprocess.run(
+            [*sudo, apt, "install", "-y", "--no-install-recommends", "chromium"], check=True, timeout=600
+        )
+    return CHROMIUM if CHROMIUM.exists() else None
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def write_y4m(
+    path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 180, frames: int = 5
+) -> Path:
+    """A solid-colour clip Chromium plays (looped) as the camera: YUV4MPEG2, planar 4:2:0."""
+    r, g, b = rgb
+    # BT.601 limited range, what Chromium's capture pipeline assumes for I420.
+    y = round(16 + 0.257 * r + 0.504 * g + 0.098 * b)
+    u = round(128 - 0.148 * r - 0.291 * g + 0.439 * b)
+    v = round(128 + 0.439 * r - 0.368 * g - 0.071 * b)
+    luma = np.full((height, width), y, dtype=np.uint8).tobytes()
+    chroma_u = np.full((height // 2, width // 2), u, dtype=np.uint8).tobytes()
+    chroma_v = np.full((height // 2, width // 2), v, dtype=np.uint8).tobytes()
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + luma + chroma_u + chroma_v)
+    return path
+
+
+def write_tone(path: Path, hz: float, seconds: float = 2.0, rate: int = 48000) -> Path:
+    """A sine tone Chromium plays (looped) as the microphone: 16-bit mono WAV."""
+    n = int(seconds * rate)
+    # A whole number of periods so the loop point does not click.
+    periods = max(1, round(hz * seconds))
+    samples = (0.5 * 32767 * np.sin(2 * np.pi * periods * np.arange(n) / n)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def chromium_args(video: Path | None = None, audio: Path | None = None) -> list[str]:
+    args = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required",
+        # Keep hidden pages' timers and video running: several endpoints share one screen here.
+        "--disable-background-timer-throttling",
+        "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
+    ]
+    if video is not None:
+        args.append(f"--use-file-for-fake-video-capture={video}")
+    if audio is not None:
+        args.append(f"--use-file-for-fake-audio-capture={audio}")
+    return args
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    def token(self, room: str, identity: str, role: str, name: str | None = None, **kw: Any) -> str:
+        from signaling.tokens import mint_token
+
+        return mint_token(SECRET, room, identity, name or identity, role, 3600, **kw)
+
+    def page_url(self, page: str, token: str) -> str:
+        return f"{self.url}/{page}?token={token}"
+
+
+@contextlib.asynccontextmanager
+async def running_server(data_dir: Path, *, media: bool) -> AsyncIterator[RunningServer]:
+    """The real application (signaling.app.create_app) on 127.0.0.1 and a free port."""
+    from conference.config import Settings
+    from signaling.app import create_app
+
+    port = free_port()
+    settings = Settings(
+        host="127.0.0.1",
+        port=port,
+        data_dir=data_dir,
+        secret=SECRET,
+        admin_key=ADMIN_KEY,
+        media=media,
+        reconnect_grace_s=10.0,
+        shutdown_timeout_s=2.0,
+    )
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", app, runner)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 15)
+
+
+# --- waiting and probing ---------------------------------------------------------------------
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], accept: Callable[[Any], bool], timeout: float, what: str
+) -> Any:
+    """Poll ``probe`` until ``accept(value)``; fail with the last value seen after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    value: Any = None
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(0.1)
+
+
+# Reads the centre pixel of the <video> in a slot element (None before the first frame).
+CENTRE_PIXEL_JS = """(node) => {
+  const video = node.querySelector('video');
+  if (!video || video.readyState < 2 || !video.videoWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = 32; canvas.height = 18;
+  const g = canvas.getContext('2d', {willReadFrequently: true});
+  g.drawImage(video, 0, 0, 32, 18);
+  const d = g.getImageData(16, 9, 1, 1).data;
+  return [d[0], d[1], d[2]];
+}"""
+
+# The dominant frequency of each audio slot the page plays: [{mid, identity, hz, db}].
+AUDIO_PEAKS_JS = """async () => {
+  const client = window.conference.client;
+  const ctx = window.__probeAudio || (window.__probeAudio = new AudioContext());
+  await ctx.resume();
+  const slots = client.audioTracks().filter((s) => s.track && s.track.readyState === 'live');
+  const probes = slots.map((s) => {
+    const source = ctx.createMediaStreamSource(new MediaStream([s.track]));
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 8192;
+    analyser.smoothingTimeConstant = 0;
+    source.connect(analyser);
+    return {s, source, analyser};
+  });
+  await new Promise((r) => setTimeout(r, 400));
+  const out = [];
+  for (const {s, source, analyser} of probes) {
+    const bins = new Float32Array(analyser.frequencyBinCount);
+    analyser.getFloatFrequencyData(bins);
+    let best = 0;
+    for (let i = 2; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+    const hz = best * ctx.sampleRate / analyser.fftSize;
+    out.push({mid: s.mid, identity: s.identity, hz, db: bins[best]});
+    source.disconnect();
+  }
+  return out;
+}"""
+
+
+def colour_name(rgb: list[int] | None, tolerance: int = 60) -> str | None:
+    """Which of COLOURS a pixel is (video coding shifts colours a little), or None."""
+    if rgb is None:
+        return None
+    best, distance = None, 1e9
+    for name, ref in COLOURS.items():
+        d = max(abs(a - b) for a, b in zip(rgb, ref, strict=True))
+        if d < distance:
+            best, distance = name, d
+    return best if distance <= tolerance else None
+
+
+def screenshot_path(name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / f"{name}.png"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
