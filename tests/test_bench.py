@@ -1,0 +1,124 @@
+"""``conference bench``: a short real run (server, worker processes, endpoints) whose report must be
+complete and sane; its speed is measured in docs/performance.md, not here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conference.bench import _process_cpu_seconds, percentile
+
+REQUIRED = [
+    "endpoints",
+    "duration_s",
+    "server_cpu_cores",
+    "server_rss_mb",
+    "pps_in",
+    "pps_out",
+    "us_per_forwarded_packet",
+    "forward_delay_ms",
+    "delivery_ratio",
+    "join_ms",
+    "switch_ms",
+    "server_decoded_frames",
+]
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([], 50) is None
+    assert percentile([5.0], 99) == 5.0
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(list(reversed(values)), 99) == 99.0
+
+
+def test_process_cpu_of_this_process() -> None:
+    first = _process_cpu_seconds(os.getpid())
+    assert first is not None and first > 0
+    sum(i * i for i in range(300_000))  # burn a little CPU
+    second = _process_cpu_seconds(os.getpid())
+    assert second is not None and second >= first
+    assert _process_cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--endpoints", "1"], "at least 2"),
+        (["--duration", "0"], "--duration"),
+        (["--url", "http://127.0.0.1:9"], "--admin-key"),
+        (["--switch-every", "-1"], "--switch-every"),
+    ],
+)
+def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conference", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.media
+def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
+    pytest.importorskip("conference.sfu", reason="the media core (conference/sfu.py) is not there yet")
+    report_file = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conference",
+            "bench",
+            "--endpoints",
+            "3",
+            "--duration",
+            "4",
+            "--switch-every",
+            "1.8",
+            "--settle",
+            "1.5",
+            "--json",
+            str(report_file),
+            "--cache-dir",
+            str(tmp_path / "media"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "server CPU" in result.stdout  # the table
+    report = json.loads(report_file.read_text())
+    for key in REQUIRED:
+        assert key in report, key
+    assert report["endpoints"] == 3 and report["joined"] == 3 and not report["join_failed"]
+    assert 3.5 < report["duration_s"] < 6
+    for key in ("server_cpu_cores", "server_rss_mb", "pps_in", "pps_out", "us_per_forwarded_packet"):
+        value = report[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+    assert report["server_cpu_cores"] < 2.5  # a fraction of this machine's cores, not a wrong unit
+    assert report["server_rss_mb"] > 20
+    # Three endpoints publish ~100 packets/s each; each receives the others' video and voices.
+    assert 150 < report["pps_in"] < 600
+    assert report["pps_out"] > report["pps_in"]
+    assert 0 < report["forward_delay_ms"]["p50"] <= report["forward_delay_ms"]["p99"]
+    assert 0 < report["delivery_ratio"] <= 1
+    assert report["delivery"]["slots"] >= 6
+    assert report["server_decoded_frames"] == 0
+    join = report["join_ms"]
+    assert join["count"] == 3 and 0 < join["p50"] <= join["p95"] < 20_000
+    switch = report["switch_ms"]
+    assert switch["program_changes"] >= 2
+    assert switch["count"] > 0 and 0 < switch["p50"] <= switch["p95"] < 20_000
+    decoded = report["subscriber_decode"]
+    assert decoded["endpoints"] == 2 and decoded["video_frames_decoded"] > 50
+    assert decoded["decode_errors"] == 0
