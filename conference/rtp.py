@@ -41,7 +41,7 @@ from typing import Literal, NamedTuple
 
 RTP_HEADER = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
-_U16 = struct.Struct("!H")
+_RTP_EXT_HEADER = struct.Struct("!BBHIIHH")
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -78,6 +78,22 @@ _new_header = tuple.__new__  # skips NamedTuple's Python-level __new__ on the ho
 
 def parse_header(data: bytes) -> RtpHeader | None:
     """Parse the RTP header; None if ``data`` is not a well-formed RTP v2 packet."""
+    length = len(data)
+    if length >= 16:
+        # What browsers send: an extension block, no CSRCs, no padding. One unpack call.
+        b0, b1, sequence, timestamp, ssrc, profile, words = _RTP_EXT_HEADER.unpack_from(data)
+        if b0 == 0x90:
+            pos = 16 + words * 4
+            if pos > length:
+                return None
+            return _new_header(
+                RtpHeader,
+                (b1 >> 7, b1 & 0x7F, sequence, timestamp, ssrc, profile, 16, words * 4, pos, length),
+            )
+    return _parse_header_general(data)
+
+
+def _parse_header_general(data: bytes) -> RtpHeader | None:
     length = len(data)
     if length < 12:
         return None
@@ -431,10 +447,12 @@ class StreamRewriter:
 
     __slots__ = (
         "_abs_mask",
-        "_head",
         "_level_mask",
         "_level_shift",
+        "_live",
         "_min_step",
+        "_pack",
+        "_pack_vp8",
         "_pending",
         "_pending_any",
         "_pending_codec",
@@ -504,8 +522,11 @@ class StreamRewriter:
         self._abs_mask = block.abs_mask
         self._level_mask = block.level_mask
         self._level_shift = block.level_shift
-        # RTP header + extension profile/length + variable word + mid and padding: one pack call.
-        self._head = struct.Struct(f"!BBHII4sQ{len(block.suffix)}s")
+        # RTP header + extension profile/length + variable word + mid and padding: one pack call;
+        # the VP8 variant adds the descriptor browsers send (X, I with a 15-bit picture id).
+        head = f"!BBHII4sQ{len(block.suffix)}s"
+        self._pack = struct.Struct(head).pack
+        self._pack_vp8 = struct.Struct(head + "BBH").pack
         # The output stream so far ("last" values are what the next packet continues from).
         start_seq = random.getrandbits(16) if first_sequence is None else first_sequence
         self.last_sequence = (start_seq - 1) & SEQ_MASK
@@ -519,6 +540,7 @@ class StreamRewriter:
         self.packets_dropped = 0
         # The current source and how it maps onto the output.
         self.source_ssrc: int | None = None
+        self._live = -1  # the source's SSRC while no switch is pending: the hot path's one check
         self.seq_offset = 0
         self.ts_offset = 0
         self._pid_offset = 0
@@ -554,15 +576,18 @@ class StreamRewriter:
         if ssrc is not None and ssrc == self.source_ssrc and codec is None and payload_type is None:
             self._pending = None
             self._pending_any = False
+            self._live = ssrc
             return
         self._pending = ssrc
         self._pending_any = ssrc is None
+        self._live = -1
         self._pending_codec = codec
         self._pending_payload_type = payload_type
 
     def detach(self) -> None:
         """Empty the slot: send nothing until the next ``switch``."""
         self.source_ssrc = None
+        self._live = -1
         self._pending = None
         self._pending_any = False
 
@@ -605,10 +630,11 @@ class StreamRewriter:
         self._pending_any = False
         self._pending_codec = None
         self._pending_payload_type = None
+        self._live = self.source_ssrc
 
     def drop(self, header: RtpHeader) -> None:
         """A packet of the current source that is deliberately not sent: close the gap it leaves."""
-        if header[4] != self.source_ssrc or self.switching:
+        if header[4] != self._live:
             return
         seq = header[2]
         delta = (seq - self.in_highest) & SEQ_MASK
@@ -650,46 +676,77 @@ class StreamRewriter:
         ``abs_send_time`` is ``abs_send_time(now)``; ``audio_level`` the publisher's level (None is
         sent as silence); ``keyframe`` whether the packet starts a keyframe (``is_keyframe``).
         """
-        if (
-            header[4] != self.source_ssrc or self._pending is not None or self._pending_any
-        ) and not self._admit(header, keyframe, now):
+        marker, _, seq, timestamp, ssrc, _, _, _, pos, end = header
+        if ssrc != self._live and not self._admit(header, keyframe, now):
             return None
-        seq = header[2]
         offset = self.seq_offset
-        newest = 0 < ((seq - self.in_highest) & SEQ_MASK) < 0x8000
+        delta = (seq - self.in_highest) & SEQ_MASK
+        newest = 0 < delta < 0x8000
         if not newest and (seq - self.in_valid_from) & SEQ_MASK >= 0x8000:
             late = self._late_offset(seq)
             if late is None:
                 return None  # from before this source started in the slot
             offset = late
-        pos = header[8]
-        end = header[9]
         if pos >= end:  # padding only: nothing to forward, keep the numbering continuous
             if newest:
                 self._skip(seq)
             return None
         out_seq = (seq + offset) & SEQ_MASK
-        out_ts = (header[3] + self.ts_offset) & TS_MASK
-        if audio_level is None:
-            audio_level = 127
+        out_ts = (timestamp + self.ts_offset) & TS_MASK
         word = self._tag | (abs_send_time & self._abs_mask)
-        word |= (audio_level & self._level_mask) << self._level_shift
-        head = self._head.pack(
-            0x90,
-            (header[0] << 7) | self.payload_type,
-            out_seq,
-            out_ts,
-            self.ssrc,
-            self._prefix,
-            word,
-            self._suffix,
-        )
-        if self._vp8 and data[pos] & 0x80:
+        if self._level_mask:
+            word |= (127 if audio_level is None else audio_level & 0x7F) << self._level_shift
+        if not self._vp8 or not data[pos] & 0x80:
+            packet = (
+                self._pack(
+                    0x90,
+                    marker << 7 | self.payload_type,
+                    out_seq,
+                    out_ts,
+                    self.ssrc,
+                    self._prefix,
+                    word,
+                    self._suffix,
+                )
+                + data[pos:end]
+            )
+        elif data[pos + 1] == 0x80 and data[pos + 2] & 0x80 and end - pos > 4 and not self._rebase_vp8:
+            # The common case: a 15-bit picture id and nothing else. Header and descriptor in one go.
+            pid = ((data[pos + 2] & 0x7F) << 8) | data[pos + 3]
+            out_pid = (pid + self._pid_offset) & PICTURE_ID_MASK
+            packet = (
+                self._pack_vp8(
+                    0x90,
+                    marker << 7 | self.payload_type,
+                    out_seq,
+                    out_ts,
+                    self.ssrc,
+                    self._prefix,
+                    word,
+                    self._suffix,
+                    data[pos],
+                    0x80,
+                    0x8000 | out_pid,
+                )
+                + data[pos + 4 : end]
+            )
+            if newest:
+                self.in_picture_id = pid
+                self.last_picture_id = out_pid
+        else:
+            head = self._pack(
+                0x90,
+                marker << 7 | self.payload_type,
+                out_seq,
+                out_ts,
+                self.ssrc,
+                self._prefix,
+                word,
+                self._suffix,
+            )
             packet = self._vp8_rewrite(data, pos, end, head, newest)
             if packet is None:
                 return None
-        else:
-            packet = head + data[pos:end]
         if newest:
             self.in_highest = seq
             self.last_sequence = out_seq
