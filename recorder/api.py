@@ -1,0 +1,350 @@
+"""The clerk's REST API for recordings (docs/recordings.md).
+
+- ``GET /api/recordings?room=R&date=YYYY-MM-DD``: the recordings the caller may see, newest first;
+- ``GET /api/recordings/{id}``: metadata, participants, timeline summary (chapters), renders;
+- ``POST /api/recordings/{id}/renders`` ``{"layout", "size", "from", "to", "captions"}``: a render job;
+- ``GET /api/recordings/{id}/renders/{job}``: one job with its progress;
+- ``GET /api/recordings/{id}/renders/{job}/events``: the job's progress as Server-Sent Events;
+- ``GET /api/recordings/{id}/download?render=JOB&file=mp4|vtt``: a render (the program render by
+  default), with HTTP Range;
+- ``DELETE /api/recordings/{id}``.
+
+Who may do what: the admin key and admin tokens everything; a clerk or chair token of a room lists,
+reads, renders and downloads that room's recordings; only a chair (or admin) deletes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from conference.roles import Permission, Role, can
+
+from .archive import ArchiveError, Recording, check_recording_id, list_recordings, recording_dir
+from .jobs import JobError, RenderJobs, job_id_for, job_path, list_jobs, options_from_request, read_job
+from .render import RenderOptions, chapters_of
+from .service import RecorderService
+
+RECORDER_KEY = web.AppKey("recorder", RecorderService)
+SSE_INTERVAL_S = 0.5
+SSE_MAX_S = 3600.0
+
+STATUS_FOR_CODE = {
+    "bad_request": 400,
+    "unknown_layout": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+}
+
+
+def json_error(status: int, code: str, message: str) -> web.HTTPException:
+    exc_class: type[web.HTTPException] = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+    }.get(status, web.HTTPInternalServerError)
+    return exc_class(text=json.dumps({"error": code, "message": message}), content_type="application/json")
+
+
+# --- who is asking -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the caller may see: every room (``room`` None) or one room, and whether it may delete."""
+
+    room: str | None
+    role: Role | None
+    identity: str | None
+
+    def sees(self, room: str) -> bool:
+        return self.room is None or self.room == room
+
+    @property
+    def may_delete(self) -> bool:
+        return self.role is None or can(self.role, Permission.RECORDING_CONTROL)
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def authorize(request: web.Request) -> Access:
+    """The one place that turns the request's credentials into an Access (or a 401/403)."""
+    from signaling.app import ADMIN_KEY_KEY, SECRET_KEY
+    from signaling.tokens import TokenError, admin_key_matches, verify_token
+
+    token = _bearer(request)
+    if token is None:
+        raise json_error(401, "unauthorized", "missing Authorization: Bearer <token or admin key>")
+    if admin_key_matches(request.app[ADMIN_KEY_KEY], token):
+        return Access(None, None, None)
+    try:
+        claims = verify_token(request.app[SECRET_KEY], token)
+    except TokenError as exc:
+        raise json_error(401, "unauthorized", exc.reason) from None
+    if claims.admin:
+        return Access(None, None, claims.identity)
+    if not can(claims.role, Permission.LIST_RECORDINGS):
+        raise json_error(403, "forbidden", f"role {claims.role} may not see recordings")
+    return Access(claims.room, claims.role, claims.identity)
+
+
+def _service(request: web.Request) -> RecorderService:
+    return request.app[RECORDER_KEY]
+
+
+def _recording(request: web.Request, access: Access) -> Recording:
+    recording_id = request.match_info["id"]
+    try:
+        check_recording_id(recording_id)
+        recording = Recording(recording_dir(_service(request).data_dir, recording_id))
+    except ArchiveError:
+        raise json_error(404, "not_found", f"no recording {recording_id!r}") from None
+    if not access.sees(recording.room):
+        raise json_error(403, "forbidden", "this recording belongs to another room")
+    return recording
+
+
+# --- views -----------------------------------------------------------------------------------------
+
+
+def _state(service: RecorderService, recording: Recording) -> str:
+    if service.active(recording.id):
+        return "recording"
+    if recording.meta.get("interrupted"):
+        return "interrupted"
+    return "finished" if recording.complete else "recording"
+
+
+def _size(recording: Recording) -> int:
+    total = 0
+    for path in recording.directory.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def _job_view(recording_id: str, job: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in job.items() if k != "chapters"}
+    base = f"/api/recordings/{recording_id}"
+    view["url"] = f"{base}/renders/{job['id']}"
+    view["events_url"] = f"{base}/renders/{job['id']}/events"
+    if job.get("state") == "done":
+        view["download_url"] = f"{base}/download?render={job['id']}"
+        view["vtt_url"] = f"{base}/download?render={job['id']}&file=vtt"
+    return view
+
+
+def _summary(service: RecorderService, recording: Recording) -> dict[str, Any]:
+    return {
+        **recording.summary(),
+        "state": _state(service, recording),
+        "participants": recording.participants(),
+        "size_bytes": _size(recording),
+    }
+
+
+async def list_view(request: web.Request) -> web.Response:
+    access = authorize(request)
+    room = request.query.get("room") or None
+    if room is not None and not access.sees(room):
+        raise json_error(403, "forbidden", "your token is for another room")
+    date = request.query.get("date") or None
+    if date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise json_error(400, "bad_request", "date must be YYYY-MM-DD")
+    service = _service(request)
+
+    def collect() -> list[dict[str, Any]]:
+        out = []
+        for rec in list_recordings(service.data_dir, room or access.room):
+            if not access.sees(rec.room):
+                continue
+            if date is not None and time.strftime("%Y-%m-%d", time.gmtime(rec.started_at)) != date:
+                continue
+            out.append(_summary(service, rec))
+        return out
+
+    return web.json_response(await asyncio.to_thread(collect))
+
+
+async def detail_view(request: web.Request) -> web.Response:
+    access = authorize(request)
+    recording = _recording(request, access)
+    service = _service(request)
+
+    def collect() -> dict[str, Any]:
+        data = _summary(service, recording)
+        kinds: dict[str, int] = {}
+        for e in recording.timeline:
+            kinds[str(e.get("kind"))] = kinds.get(str(e.get("kind")), 0) + 1
+        chapters = chapters_of(recording, recording.started_at, recording.stopped_at)
+        data["timeline"] = [{"t": round(c.at, 3), "title": c.title} for c in chapters]
+        data["events"] = kinds
+        data["tracks"] = [
+            {"identity": t.identity, "kind": t.media, "codec": t.codec} for t in recording.tracks
+        ]
+        data["renders"] = [_job_view(recording.id, j) for j in list_jobs(service.data_dir, recording.id)]
+        return data
+
+    return web.json_response(await asyncio.to_thread(collect))
+
+
+async def create_render(request: web.Request) -> web.Response:
+    access = authorize(request)
+    recording = _recording(request, access)
+    service = _service(request)
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise json_error(400, "bad_request", "body must be JSON") from None
+    try:
+        options = options_from_request(body)
+    except JobError as exc:
+        raise json_error(STATUS_FOR_CODE.get(exc.code, 400), exc.code, exc.message) from None
+    _layout, _, arg = options.layout.partition(":")
+    if arg:
+        known = {p["identity"] for p in recording.participants()}
+        missing = [i for i in arg.split(",") if i and i not in known]
+        if missing:
+            raise json_error(400, "bad_request", f"no participant {missing[0]!r} in this recording")
+    if service.active(recording.id):
+        raise json_error(409, "conflict", "the room is still recording; render when it stops")
+    existing = read_job(job_path(service.data_dir, recording.id, job_id_for(options), ".json"))
+    job = service.jobs.submit(recording.id, options)
+    status = 200 if existing is not None and existing.get("created_at") == job.get("created_at") else 202
+    return web.json_response(_job_view(recording.id, job), status=status)
+
+
+def _job(request: web.Request, recording: Recording) -> tuple[Path, dict[str, Any]]:
+    job_id = request.match_info.get("job") or request.query.get("render") or _default_job()
+    try:
+        path = job_path(_service(request).data_dir, recording.id, job_id, ".json")
+    except JobError:
+        raise json_error(404, "not_found", f"no render {job_id!r}") from None
+    job = read_job(path)
+    if job is None:
+        raise json_error(404, "not_found", f"no render {job_id!r} of this recording")
+    return path, job
+
+
+def _default_job() -> str:
+    return job_id_for(RenderOptions())
+
+
+async def job_view(request: web.Request) -> web.Response:
+    access = authorize(request)
+    recording = _recording(request, access)
+    _, job = _job(request, recording)
+    return web.json_response(_job_view(recording.id, job))
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """Progress of one render as Server-Sent Events until it is done or failed."""
+    access = authorize(request)
+    recording = _recording(request, access)
+    path, job = _job(request, recording)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    deadline = time.monotonic() + SSE_MAX_S
+    last: tuple[Any, Any] | None = None
+    while True:
+        current = (job.get("state"), job.get("progress"))
+        if current != last:
+            last = current
+            payload = json.dumps(_job_view(recording.id, job))
+            await response.write(f"event: progress\ndata: {payload}\n\n".encode())
+        if job.get("state") not in ("queued", "running") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(SSE_INTERVAL_S)
+        job = read_job(path) or job
+    await response.write_eof()
+    return response
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    access = authorize(request)
+    if access.role is not None and not can(access.role, Permission.DOWNLOAD_RECORDINGS):
+        raise json_error(403, "forbidden", f"role {access.role} may not download recordings")
+    recording = _recording(request, access)
+    _, job = _job(request, recording)
+    kind = request.query.get("file", "mp4")
+    if kind not in ("mp4", "vtt"):
+        raise json_error(400, "bad_request", "file must be mp4 or vtt")
+    if job.get("state") != "done":
+        raise json_error(409, "conflict", f"render {job['id']!r} is {job.get('state')}, not done yet")
+    path = job_path(_service(request).data_dir, recording.id, str(job["id"]), f".{kind}")
+    if not path.is_file():
+        raise json_error(404, "not_found", "the rendered file is missing")
+    filename = f"{recording.id}-{job['id']}.{kind}"
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "video/mp4" if kind == "mp4" else "text/vtt; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+async def delete_view(request: web.Request) -> web.Response:
+    access = authorize(request)
+    recording = _recording(request, access)
+    if not access.may_delete:
+        raise json_error(403, "forbidden", f"role {access.role} may not delete recordings")
+    try:
+        await asyncio.to_thread(_service(request).delete, recording.id)
+    except ArchiveError as exc:
+        raise json_error(409, "conflict", str(exc)) from None
+    return web.json_response({"deleted": recording.id})
+
+
+# --- wiring ----------------------------------------------------------------------------------------
+
+
+def setup(app: web.Application, service: RecorderService | None = None) -> RecorderService:
+    """Add the clerk routes; use the server's recorder (or ``service``, or a new one)."""
+    if service is None:
+        from signaling.app import RECORDING_KEY, SETTINGS_KEY
+
+        control = app.get(RECORDING_KEY)
+        service = getattr(control, "service", None)
+        if service is None:
+            service = RecorderService(app.get(SETTINGS_KEY))
+    app[RECORDER_KEY] = service
+    app.router.add_get("/api/recordings", list_view)
+    app.router.add_get("/api/recordings/{id}", detail_view)
+    app.router.add_delete("/api/recordings/{id}", delete_view)
+    app.router.add_post("/api/recordings/{id}/renders", create_render)
+    app.router.add_get("/api/recordings/{id}/renders/{job}", job_view)
+    app.router.add_get("/api/recordings/{id}/renders/{job}/events", job_events)
+    app.router.add_get("/api/recordings/{id}/download", download)
+
+    async def background(app: web.Application) -> Any:
+        await service.recover()
+        retention = asyncio.get_running_loop().create_task(service.run_retention())
+        yield
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
+        await service.close()
+
+    app.cleanup_ctx.append(background)
+    return service
+
+
+__all__ = ["RECORDER_KEY", "Access", "RenderJobs", "authorize", "setup"]

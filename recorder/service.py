@@ -1,0 +1,164 @@
+"""The recorder as the server sees it: start and stop recordings, feed their timelines, renders.
+
+Signaling calls ``start`` when a room begins recording (the chair's command or auto-record),
+``on_events`` with every room event, and ``stop`` when it ends; the media core gets the sink that
+``start`` returns. Stopping finalises the archive and queues the program render in a separate
+process. Recordings older than ``recording_retention_days`` are deleted on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from conference.room import Event, RoomState
+
+from .archive import ArchiveError, Recording, RecordingWriter, list_recordings, recording_dir
+from .jobs import RenderJobs
+from .render import RenderOptions
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 3600.0
+# An unfinished recording with no new data for this long was left by a server that died.
+STALE_AFTER_S = 60.0
+
+
+class RecorderService:
+    def __init__(
+        self, settings: Any = None, *, data_dir: str | Path | None = None, fsync: bool = False
+    ) -> None:
+        self.data_dir = Path(data_dir if data_dir is not None else getattr(settings, "data_dir", "data"))
+        self.retention_days: float | None = getattr(settings, "recording_retention_days", None)
+        self.auto_render = bool(getattr(settings, "recording_auto_render", True))
+        self._fsync = bool(getattr(settings, "recording_fsync", fsync))
+        self._writers: dict[str, RecordingWriter] = {}  # by recording id
+        self._room_recording: dict[str, str] = {}  # room -> recording id
+        self.jobs = RenderJobs(self.data_dir)
+        self._recovered = False
+
+    # --- recording -----------------------------------------------------------------------------
+
+    def active(self, recording_id: str) -> bool:
+        return recording_id in self._writers
+
+    async def start(self, room: str, recording_id: str, state: RoomState) -> RecordingWriter:
+        directory = recording_dir(self.data_dir, recording_id)  # checks the id
+        if recording_id in self._writers or directory.exists():
+            raise ArchiveError(f"recording {recording_id!r} already exists")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        started_at = state.recording.started_at or time.time()
+        writer = await asyncio.to_thread(
+            RecordingWriter, directory, recording_id, room, started_at, fsync=self._fsync
+        )
+        # Who is there and what the program is when recording starts: the render's starting point.
+        writer.add_entry({"kind": "snapshot", "at": started_at, "state": state.to_json()})
+        self._writers[recording_id] = writer
+        self._room_recording[room] = recording_id
+        log.info("recording %s of room %s started in %s", recording_id, room, directory)
+        return writer
+
+    def on_events(self, room: str, events: list[Event], state: RoomState) -> None:
+        recording_id = self._room_recording.get(room)
+        writer = self._writers.get(recording_id) if recording_id else None
+        if writer is None:
+            return
+        for event in events:
+            writer.add_entry(event)
+
+    async def stop(self, room: str, recording_id: str) -> dict[str, Any] | None:
+        """Finalise the recording; queue its program render unless ``auto_render`` is off."""
+        writer = self._writers.pop(recording_id, None)
+        if self._room_recording.get(room) == recording_id:
+            del self._room_recording[room]
+        if writer is None:
+            log.warning("stop of unknown recording %s", recording_id)
+            return None
+        await asyncio.to_thread(writer.close)
+        log.info("recording %s of room %s stopped", recording_id, room)
+        if self.auto_render:
+            return self.jobs.submit(recording_id, RenderOptions())
+        return None
+
+    async def recover(self) -> list[str]:
+        """Finalise recordings left open by a server that died; queue their program renders."""
+        if self._recovered:
+            return []
+        self._recovered = True
+        recovered = []
+        for rec in await asyncio.to_thread(list_recordings, self.data_dir):
+            if rec.complete or rec.id in self._writers:
+                continue
+            if rec.stopped_at > time.time() - STALE_AFTER_S:
+                continue  # still being written, perhaps by another server process
+            await asyncio.to_thread(_finalise_interrupted, rec)
+            log.warning("recording %s was interrupted (server stopped); kept up to the last data", rec.id)
+            recovered.append(rec.id)
+            if self.auto_render:
+                self.jobs.submit(rec.id, RenderOptions())
+        return recovered
+
+    # --- retention ------------------------------------------------------------------------------
+
+    def delete(self, recording_id: str) -> None:
+        if recording_id in self._writers:
+            raise ArchiveError(f"recording {recording_id!r} is still running")
+        directory = recording_dir(self.data_dir, recording_id)
+        if not (directory / "meta.json").is_file():
+            raise ArchiveError(f"no recording {recording_id!r}")
+        shutil.rmtree(directory)
+
+    def purge_expired(self, now: float | None = None) -> list[str]:
+        """Delete finished recordings older than the retention setting; returns their ids."""
+        if not self.retention_days:
+            return []
+        return purge(self.data_dir, self.retention_days, now, keep=set(self._writers))
+
+    async def run_retention(self) -> None:
+        while True:
+            try:
+                deleted = await asyncio.to_thread(self.purge_expired)
+                if deleted:
+                    log.info("retention: deleted %d recordings: %s", len(deleted), ", ".join(deleted))
+            except Exception:
+                log.exception("retention purge failed")
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    async def close(self) -> None:
+        """Server shutdown: finalise every running recording (no renders are started)."""
+        for recording_id, writer in list(self._writers.items()):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(writer.close)
+            self._writers.pop(recording_id, None)
+        self._room_recording.clear()
+        await self.jobs.close()
+
+
+def _finalise_interrupted(rec: Recording) -> None:
+    from .archive import _write_json_atomic
+
+    meta = dict(rec.meta)
+    meta.update(stopped_at=rec.stopped_at, complete=True, interrupted=True)
+    _write_json_atomic(rec.directory / "meta.json", meta)
+
+
+def purge(
+    data_dir: str | Path, retention_days: float, now: float | None = None, keep: set[str] | None = None
+) -> list[str]:
+    now = time.time() if now is None else now
+    cutoff = now - retention_days * 86400
+    deleted = []
+    for rec in list_recordings(data_dir):
+        if keep and rec.id in keep:
+            continue
+        if not rec.complete:
+            continue  # possibly still being written by another process
+        if rec.stopped_at < cutoff:
+            shutil.rmtree(rec.directory, ignore_errors=True)
+            deleted.append(rec.id)
+    return deleted

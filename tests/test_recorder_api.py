@@ -1,0 +1,239 @@
+"""The clerk API on a real server: who sees what, renders with progress, Range downloads, traversal."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+from aiohttp.test_utils import TestServer
+
+from conference.config import Settings
+from recorder.testing import Script, Speaker, write_meeting
+
+ADMIN = "test-admin-key"  # tests/conftest.py
+DAY = 86400.0
+STARTED = 1_790_000_000.0  # 2026-09-21 (UTC)
+
+
+@pytest.fixture
+def recordings(settings: Settings) -> dict[str, str]:
+    """Two recordings of the assembly and one of another room, written before the server starts."""
+    script = Script(
+        [Speaker("a", "Alice", (255, 0, 0), 440.0, role="chair"), Speaker("b", "Bob", (0, 255, 0), 660.0)],
+        duration=2.0,
+        first_program=("side-by-side", ["a", "b"]),
+        floors=[(1.0, "b")],
+    )
+    write_meeting(settings.data_dir, "assembly-1", script, started_at=STARTED, room="assembly")
+    write_meeting(settings.data_dir, "assembly-2", script, started_at=STARTED + DAY, room="assembly")
+    write_meeting(settings.data_dir, "other-1", script, started_at=STARTED, room="other")
+    return {"first": "assembly-1", "second": "assembly-2", "other": "other-1"}
+
+
+Server = Callable[..., Awaitable[TestServer]]
+
+
+async def call(
+    server: TestServer, method: str, path: str, token: str | None = None, **kw: Any
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    headers = dict(kw.pop("headers", {}))
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, server.make_url(path), headers=headers, **kw) as resp,
+    ):
+        body = await resp.read()
+        ctype = resp.headers.get("Content-Type", "")
+        data: Any = body
+        if ctype.startswith("application/json"):
+            data = json.loads(body)
+        return resp.status, data, resp
+
+
+async def test_who_sees_which_recordings(
+    signaling_server: Server, mint: Callable[..., str], recordings: dict[str, str]
+) -> None:
+    server = await signaling_server()
+    clerk = mint("assembly", "clerk1", "clerk")
+    chair = mint("assembly", "chair1", "chair")
+    venue = mint("assembly", "venue1", "venue")
+    other_clerk = mint("other", "clerk2", "clerk")
+    admin_token = mint("assembly", "ops", "clerk", admin=True)
+
+    status, data, _ = await call(server, "GET", "/api/recordings", ADMIN)
+    assert status == 200
+    assert {r["id"] for r in data} == {"assembly-1", "assembly-2", "other-1"}
+    assert [r["id"] for r in data][:1] == ["assembly-2"]  # newest first
+    first = next(r for r in data if r["id"] == "assembly-1")
+    assert first["room"] == "assembly" and abs(first["duration_s"] - 2.0) < 0.01
+    assert first["started_at"] == STARTED and first["state"] == "finished"
+    assert [p["identity"] for p in first["participants"]] == ["a", "b"]
+    assert first["size_bytes"] > 1000
+
+    for token in (clerk, chair):
+        status, data, _ = await call(server, "GET", "/api/recordings", token)
+        assert status == 200 and {r["id"] for r in data} == {"assembly-1", "assembly-2"}
+    status, data, _ = await call(server, "GET", "/api/recordings", admin_token, params={"room": "other"})
+    assert status == 200 and [r["id"] for r in data] == ["other-1"]
+    status, data, _ = await call(server, "GET", "/api/recordings", clerk, params={"date": "2026-09-22"})
+    assert status == 200 and [r["id"] for r in data] == ["assembly-2"]
+    status, data, _ = await call(server, "GET", "/api/recordings", clerk, params={"date": "22/09/2026"})
+    assert status == 400 and data["error"] == "bad_request"
+
+    status, data, _ = await call(server, "GET", "/api/recordings", clerk, params={"room": "other"})
+    assert status == 403 and data["error"] == "forbidden"
+    status, data, _ = await call(server, "GET", "/api/recordings", venue)
+    assert status == 403 and "may not see recordings" in data["message"]
+    status, data, _ = await call(server, "GET", "/api/recordings")
+    assert status == 401 and data["error"] == "unauthorized"
+    status, data, _ = await call(server, "GET", "/api/recordings", "not-a-token")
+    assert status == 401 and data["message"] == "malformed token"
+
+    status, data, _ = await call(server, "GET", "/api/recordings/assembly-1", clerk)
+    assert status == 200
+    assert [c["title"] for c in data["timeline"]] == ["Program: side-by-side (Alice, Bob)", "Floor: Bob"]
+    assert {t["kind"] for t in data["tracks"]} == {"audio", "video"} and data["renders"] == []
+    status, data, _ = await call(server, "GET", "/api/recordings/other-1", clerk)
+    assert status == 403
+    status, data, _ = await call(server, "GET", "/api/recordings/other-1", other_clerk)
+    assert status == 200 and data["room"] == "other"
+    status, data, _ = await call(server, "GET", "/api/recordings/nothing-here", clerk)
+    assert status == 404 and data["error"] == "not_found"
+
+    # Deleting: not a clerk; a chair of the room may, and then it is gone.
+    status, data, _ = await call(server, "DELETE", "/api/recordings/assembly-2", clerk)
+    assert status == 403
+    status, data, _ = await call(server, "DELETE", "/api/recordings/other-1", chair)
+    assert status == 403
+    status, data, _ = await call(server, "DELETE", "/api/recordings/assembly-2", chair)
+    assert status == 200 and data == {"deleted": "assembly-2"}
+    status, _, _ = await call(server, "GET", "/api/recordings/assembly-2", chair)
+    assert status == 404
+
+
+async def test_render_job_progress_and_range_download(
+    signaling_server: Server, mint: Callable[..., str], recordings: dict[str, str], settings: Settings
+) -> None:
+    server = await signaling_server()
+    clerk = mint("assembly", "clerk1", "clerk")
+    base = "/api/recordings/assembly-1"
+
+    # Nothing rendered yet.
+    status, data, _ = await call(server, "GET", f"{base}/download", clerk)
+    assert status == 404 and data["error"] == "not_found"
+
+    for body, code in (
+        ({"layout": "mosaic"}, "unknown_layout"),
+        ({"layout": "grid", "size": "huge"}, "bad_request"),
+        ({"layout": "single:zed"}, "bad_request"),
+        ({"layout": "grid", "colour": "red"}, "bad_request"),
+        ({"layout": "grid", "from": 5, "to": 1}, "bad_request"),
+    ):
+        status, data, _ = await call(server, "POST", f"{base}/renders", clerk, json=body)
+        assert status == 400 and data["error"] == code, (body, data)
+
+    status, job, _ = await call(
+        server, "POST", f"{base}/renders", clerk, json={"layout": "grid", "size": "320x180"}
+    )
+    assert status == 202, job
+    assert job["id"] == "grid-320x180" and job["state"] in ("queued", "running")
+    # Asking again finds the same job instead of starting another.
+    status, again, _ = await call(
+        server, "POST", f"{base}/renders", clerk, json={"layout": "grid", "size": "320x180"}
+    )
+    assert status == 200 and again["id"] == job["id"] and again["created_at"] == job["created_at"]
+
+    # Progress as Server-Sent Events until done.
+    events: list[str] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            server.make_url(f"{base}/renders/{job['id']}/events"),
+            headers={"Authorization": f"Bearer {clerk}"},
+            timeout=aiohttp.ClientTimeout(total=90),
+        ) as resp,
+    ):
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                events.append(line.decode())
+
+    states = [json.loads(e[6:]) for e in events]
+    assert states[-1]["state"] == "done", states[-1]
+    assert states[-1]["progress"] == 1.0 and states[-1]["download_url"].endswith("render=grid-320x180")
+    assert len(states) >= 2  # at least one update before the end
+
+    status, data, _ = await call(server, "GET", base, clerk)
+    render = next(r for r in data["renders"] if r["id"] == "grid-320x180")
+    assert render["state"] == "done" and render["size_bytes"] > 1000
+
+    url = f"{base}/download?render=grid-320x180"
+    status, whole, resp = await call(server, "GET", url, clerk)
+    assert status == 200
+    assert resp.headers["Content-Type"] == "video/mp4"
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="assembly-1-grid-320x180.mp4"'
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    with av.open(io.BytesIO(whole)) as c:
+        assert c.streams.video[0].width == 320 and abs(c.duration / 1e6 - 2.0) < 0.15
+
+    status, part, resp = await call(server, "GET", url, clerk, headers={"Range": "bytes=100-199"})
+    assert status == 206 and part == whole[100:200]
+    assert resp.headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
+    status, part, _ = await call(server, "GET", url, clerk, headers={"Range": f"bytes=-{50}"})
+    assert status == 206 and part == whole[-50:]
+    status, _, resp = await call(server, "GET", url, clerk, headers={"Range": f"bytes={len(whole) + 10}-"})
+    assert status == 416
+
+    status, vtt, resp = await call(server, "GET", url + "&file=vtt", clerk)
+    assert status == 200 and resp.headers["Content-Type"].startswith("text/vtt")
+    assert b"Floor: Bob" in vtt
+
+    # A venue may not download; a clerk of another room may not either.
+    status, _, _ = await call(server, "GET", url, mint("assembly", "v", "venue"))
+    assert status == 403
+    status, _, _ = await call(server, "GET", url, mint("other", "c", "clerk"))
+    assert status == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/recordings/..%2F..%2Fsecret",
+        "/api/recordings/%2E%2E/download",
+        "/api/recordings/assembly-1/download?render=..%2F..%2F..%2Fsecret",
+        "/api/recordings/assembly-1/download?render=../meta",
+        "/api/recordings/assembly-1/download?render=grid-320x180&file=../../secret",
+        "/api/recordings/assembly-1/renders/..%2Fmeta",
+        "/api/recordings/.hidden",
+        "/api/recordings/assembly-1%00",
+    ],
+)
+async def test_path_traversal_is_refused(
+    signaling_server: Server, recordings: dict[str, str], settings: Settings, path: str
+) -> None:
+    server = await signaling_server()
+    (settings.data_dir / "recordings" / "assembly-1" / "renders").mkdir(exist_ok=True)
+    status, data, _ = await call(server, "GET", path, ADMIN)
+    assert status in (400, 404), (path, status, data)
+    body = data if isinstance(data, bytes) else str(data).encode()
+    assert settings.secret is not None and settings.secret.encode() not in body
+    assert b'"format"' not in body  # meta.json never served
+
+
+async def test_retention_deletes_old_recordings(settings: Settings, recordings: dict[str, str]) -> None:
+    from recorder.service import RecorderService
+
+    service = RecorderService(settings, data_dir=settings.data_dir)
+    assert service.purge_expired() == []  # no retention set: keep everything
+    service.retention_days = 30
+    deleted = service.purge_expired(now=STARTED + 30.5 * DAY)
+    assert sorted(deleted) == ["assembly-1", "other-1"]
+    assert not (settings.data_dir / "recordings" / "assembly-1").exists()
+    assert (settings.data_dir / "recordings" / "assembly-2").is_dir()
+    await service.close()
