@@ -46,7 +46,7 @@ class Settings:
     reconnect_grace_s: float = 30.0
     auto_record: bool = False
     redis_url: str | None = None
-    ws_max_message_bytes: int = 65536
+    ws_max_message_bytes: int = 262144  # a chair's answer has ~64 m-lines
     ws_rate: float = 20.0  # messages per second per connection (token bucket refill)
     ws_burst: int = 40  # token bucket size
     media: bool = True  # False: signaling only (NullMedia)

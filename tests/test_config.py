@@ -20,7 +20,7 @@ def test_defaults_are_safe() -> None:
     s = Settings()
     assert (s.host, s.port, s.max_endpoints, s.ice_servers, s.media) == ("127.0.0.1", 8080, 50, [], True)
     assert s.redis_url is None and s.secret is None and not s.tls
-    assert (s.ws_max_message_bytes, s.ws_rate, s.ws_burst) == (65536, 20.0, 40)
+    assert (s.ws_max_message_bytes, s.ws_rate, s.ws_burst) == (262144, 20.0, 40)
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ async def test_join_reply_has_snapshot_ice_servers_permissions(
     assert result["room"]["room"] == "council"
     assert result["room"]["version"] >= 1
     assert [p["identity"] for p in result["room"]["participants"]] == ["chair"]
-    assert result["limits"]["max_message_bytes"] == 65536
+    assert result["limits"]["max_message_bytes"] == 262144
     assert {layout["name"] for layout in result["layouts"]} >= {"single", "grid-3x3"}
     venue = await connect(server, mint("council", "hall-a", "venue"))
     vres = await venue.ok("join")
@@ -286,7 +286,7 @@ async def test_bad_input_gets_error_replies_and_the_room_goes_on(signaling_serve
         (json.dumps({"type": "join", "id": 12}), "already_joined"),
         (json.dumps({"type": "grant_floor", "id": 13}), "floor_queue_empty"),
         (json.dumps({"type": "stop_recording", "id": 14}), "conflict"),
-        (json.dumps({"type": "ping", "id": 15, "pad": "x" * 70000}), "too_large"),
+        (json.dumps({"type": "ping", "id": 15, "pad": "x" * 270_000}), "too_large"),
     ]
     before = (await chair.ok("sync", since=0))["version"]
     for raw, code in cases:

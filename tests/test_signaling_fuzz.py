@@ -85,7 +85,7 @@ frames = st.one_of(
     json_values.map(json.dumps),
     st.sampled_from(VALID).map(json.dumps),
     mutated().map(json.dumps),
-    st.just(json.dumps({"type": "ping", "pad": "x" * 70_000})),
+    st.just(json.dumps({"type": "ping", "pad": "x" * 270_000})),
     st.binary(max_size=50),
 )
 
