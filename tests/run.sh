@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as the README says and as CI runs it (.ci/run).
+#
+# 1. a virtual environment in .venv with the project and its test extras installed (from PyPI);
+# 2. the system pieces the tests drive for real: Chromium (browser tests) and a Redis server on
+#    127.0.0.1:6379 (shared-room tests), installed with apt-get when missing and allowed (root);
+# 3. pytest over tests/, exiting with its status ("no tests collected" counts as a failure).
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k signaling`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+echo "== installing the project with its test extras into $VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi
+}
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null || return 1
+    if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq || return 1; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+}
+
+if [ ! -x /usr/bin/chromium ]; then
+    echo "== installing chromium (browser tests)"
+    apt_install chromium chromium-driver || echo "!! could not install chromium: browser tests will fail"
+fi
+
+redis_up() {
+    "$VENV/bin/python" -c "import redis; redis.Redis(host='127.0.0.1', port=6379, socket_connect_timeout=1).ping()" \
+        >/dev/null 2>&1
+}
+started_redis=0
+if ! redis_up; then
+    if ! command -v redis-server >/dev/null; then
+        echo "== installing redis-server (shared-room tests)"
+        apt_install redis-server || echo "!! could not install redis-server: Redis tests will fail"
+    fi
+    if command -v redis-server >/dev/null; then
+        echo "== starting redis-server on 127.0.0.1:6379 for the tests"
+        redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
+        started_redis=1
+        for _ in $(seq 50); do redis_up && break; sleep 0.1; done
+    fi
+fi
+stop_redis() {
+    if [ "$started_redis" = 1 ]; then
+        "$VENV/bin/python" -c "import redis; redis.Redis(host='127.0.0.1', port=6379).shutdown(nosave=True)" \
+            >/dev/null 2>&1 || true
+    fi
+}
+trap stop_redis EXIT
+
+echo "== running the tests"
+set +e
+"$VENV/bin/python" -m pytest -q "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then
+    echo "!! no tests were collected"
+    exit 1
+fi
+if [ "$status" = 0 ]; then echo "== all tests passed"; else echo "!! tests failed (pytest exit status $status)"; fi
+exit "$status"
