@@ -181,6 +181,7 @@ class RecordingWriter:
         self._closing: list[TrackWriter] = []
         self._wake = threading.Event()
         self._stopped = False
+        self._ending_at: float | None = None
         self._flusher = threading.Thread(target=self._run, name=f"recorder-{recording_id}", daemon=True)
         self._flusher.start()
 
@@ -232,7 +233,10 @@ class RecordingWriter:
             self._timeline += line
 
     def track_closed(self, track: TrackWriter) -> None:
-        self.add_entry({"kind": "track_end", "track": track.number, "packets": track.packets})
+        entry = {"kind": "track_end", "track": track.number, "packets": track.packets}
+        if self._ending_at is not None:
+            entry["at"] = self._ending_at
+        self.add_entry(entry)
         with self._lock:
             self._closing.append(track)
         self.wake()
@@ -274,6 +278,7 @@ class RecordingWriter:
         if self._stopped:
             return self._meta
         stopped_at = time.time() if stopped_at is None else stopped_at
+        self._ending_at = stopped_at
         for track in list(self._tracks):
             track.close()
         self.add_entry({"kind": "recording_end", "at": stopped_at})

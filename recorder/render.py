@@ -37,6 +37,7 @@ from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket
 
+from conference.config import ConfigError, add_settings_arguments, settings_from_args
 from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
 
 from .archive import ArchiveError, Recording, TrackInfo, check_recording_id, recording_dir
@@ -935,10 +936,6 @@ def _encode_audio(container: Any, stream: Any, samples: np.ndarray, pts: int) ->
 # --- the command ---------------------------------------------------------------------------------
 
 
-def default_data_dir() -> str:
-    return os.environ.get("CONFERENCE_DATA_DIR", "data")
-
-
 def open_recording(data_dir: str, recording: str) -> Recording:
     """A recording by id in ``data_dir``, or by the path of its directory."""
     path = Path(recording)
@@ -972,7 +969,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-captions", action="store_true", help="no name captions on the tiles")
     parser.add_argument("--preset", default="superfast", help="x264 preset (default superfast)")
     parser.add_argument("-o", "--output", default=None, help="output MP4 (default RECORDING-LAYOUT.mp4)")
-    parser.add_argument("--data-dir", default=default_data_dir(), help="server data directory")
+    add_settings_arguments(parser, server=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -1013,13 +1010,13 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= options.fps <= 60:
             raise RenderError("--fps must be 1-60")
         check_layout_spec(options.layout)
-        recording = open_recording(args.data_dir, args.recording)
+        recording = open_recording(str(settings_from_args(args).data_dir), args.recording)
         safe_layout = re.sub(r"[^A-Za-z0-9_.+-]+", "_", options.layout)
         output = Path(args.output or f"{recording.id}-{safe_layout}.mp4")
         span = (options.end if options.end is not None else recording.duration) - (options.start or 0.0)
         bar = None if args.quiet else ProgressBar(max(0.0, min(span, recording.duration)))
         result = render(recording, output, options, bar)
-    except RenderError as exc:
+    except (RenderError, ConfigError) as exc:
         print(f"conference render: {exc}", file=sys.stderr)
         return 2
     print(

@@ -85,7 +85,7 @@ class RecorderService:
             return self.jobs.submit(recording_id, RenderOptions())
         return None
 
-    async def recover(self) -> list[str]:
+    async def recover(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
         """Finalise recordings left open by a server that died; queue their program renders."""
         if self._recovered:
             return []
@@ -94,7 +94,7 @@ class RecorderService:
         for rec in await asyncio.to_thread(list_recordings, self.data_dir):
             if rec.complete or rec.id in self._writers:
                 continue
-            if rec.stopped_at > time.time() - STALE_AFTER_S:
+            if rec.stopped_at > time.time() - stale_after_s:
                 continue  # still being written, perhaps by another server process
             await asyncio.to_thread(_finalise_interrupted, rec)
             log.warning("recording %s was interrupted (server stopped); kept up to the last data", rec.id)
