@@ -472,8 +472,6 @@ class StreamRewriter:
         "in_picture_id",
         "in_valid_from",
         "kind",
-        "last_picture_id",
-        "last_sequence",
         "last_time",
         "last_timestamp",
         "last_tl0picidx",
@@ -529,10 +527,8 @@ class StreamRewriter:
         self._pack_vp8 = struct.Struct(head + "BBH").pack
         # The output stream so far ("last" values are what the next packet continues from).
         start_seq = random.getrandbits(16) if first_sequence is None else first_sequence
-        self.last_sequence = (start_seq - 1) & SEQ_MASK
         self.last_timestamp = random.getrandbits(32) if first_timestamp is None else first_timestamp & TS_MASK
         start_pid = random.getrandbits(15) if first_picture_id is None else first_picture_id
-        self.last_picture_id = (start_pid - 1) & PICTURE_ID_MASK
         self.last_tl0picidx = random.getrandbits(8)
         self.last_time: float | None = None  # wall time of the newest packet sent; None: none yet
         self.packets_sent = 0
@@ -541,9 +537,10 @@ class StreamRewriter:
         # The current source and how it maps onto the output.
         self.source_ssrc: int | None = None
         self._live = -1  # the source's SSRC while no switch is pending: the hot path's one check
-        self.seq_offset = 0
+        # last_sequence and last_picture_id derive from these: one store less per packet.
+        self.seq_offset = (start_seq - 1) & SEQ_MASK
         self.ts_offset = 0
-        self._pid_offset = 0
+        self._pid_offset = (start_pid - 1) & PICTURE_ID_MASK
         self._tl0_offset = 0
         self._rebase_vp8 = False
         self._segments: list[tuple[int, int]] = []
@@ -576,7 +573,7 @@ class StreamRewriter:
         if ssrc is not None and ssrc == self.source_ssrc and codec is None and payload_type is None:
             self._pending = None
             self._pending_any = False
-            self._live = ssrc
+            self._settle()
             return
         self._pending = ssrc
         self._pending_any = ssrc is None
@@ -590,6 +587,22 @@ class StreamRewriter:
         self._live = -1
         self._pending = None
         self._pending_any = False
+
+    @property
+    def last_sequence(self) -> int:
+        """The newest sequence number sent (before anything is sent: the one before the first)."""
+        return (self.in_highest + self.seq_offset) & SEQ_MASK
+
+    @property
+    def last_picture_id(self) -> int:
+        """The newest VP8 picture id sent."""
+        return (self.in_picture_id + self._pid_offset) & PICTURE_ID_MASK
+
+    def _settle(self) -> None:
+        # The fast path takes the source's packets once no switch is pending and the VP8 picture id
+        # offset is known (it is fixed by the first packet the slow path rewrites).
+        if self._pending is None and not self._pending_any and not self._rebase_vp8:
+            self._live = -1 if self.source_ssrc is None else self.source_ssrc
 
     @property
     def switching(self) -> bool:
@@ -620,21 +633,22 @@ class StreamRewriter:
         self.base_out_sequence = out_seq
         self.source_ssrc = header[4]
         self._segments.clear()
-        self._rebase_vp8 = True
         if self._pending_codec is not None:
             self.codec = self._pending_codec
             self._vp8 = self.codec == "vp8"
+        self._rebase_vp8 = self._vp8
         if self._pending_payload_type is not None:
             self.payload_type = self._pending_payload_type
         self._pending = None
         self._pending_any = False
         self._pending_codec = None
         self._pending_payload_type = None
-        self._live = self.source_ssrc
+        self._live = -1
+        self._settle()
 
     def drop(self, header: RtpHeader) -> None:
         """A packet of the current source that is deliberately not sent: close the gap it leaves."""
-        if header[4] != self._live:
+        if header[4] != self.source_ssrc or self.switching:
             return
         seq = header[2]
         delta = (seq - self.in_highest) & SEQ_MASK
@@ -676,12 +690,75 @@ class StreamRewriter:
         ``abs_send_time`` is ``abs_send_time(now)``; ``audio_level`` the publisher's level (None is
         sent as silence); ``keyframe`` whether the packet starts a keyframe (``is_keyframe``).
         """
+        # Fast path: the newest packet of the settled source, Opus/H.264 or VP8 as browsers send it
+        # (X and I with a 15-bit picture id only). Everything else takes _rewrite_slow.
         marker, _, seq, timestamp, ssrc, _, _, _, pos, end = header
-        if ssrc != self._live and not self._admit(header, keyframe, now):
+        # (seq - highest - 1) & 0xFFFF < 0x7FFF: seq is 1..32767 ahead of the newest seen
+        if ssrc != self._live or (seq - self.in_highest - 1) & 0xFFFF >= 0x7FFF or end - pos < 5:
+            return self._rewrite_slow(data, header, abs_send_time, audio_level, keyframe, now)
+        out_seq = (seq + self.seq_offset) & 0xFFFF
+        out_ts = (timestamp + self.ts_offset) & 0xFFFFFFFF
+        if not self._vp8:
+            word = self._tag | (abs_send_time & self._abs_mask)
+            if self._level_mask:
+                word |= (127 if audio_level is None else audio_level & 0x7F) << self._level_shift
+            packet = (
+                self._pack(
+                    0x90,
+                    marker << 7 | self.payload_type,
+                    out_seq,
+                    out_ts,
+                    self.ssrc,
+                    self._prefix,
+                    word,
+                    self._suffix,
+                )
+                + data[pos:end]
+            )
+        elif data[pos] & 0x80 and data[pos + 1] == 0x80 and data[pos + 2] & 0x80:
+            pid = ((data[pos + 2] & 0x7F) << 8) | data[pos + 3]
+            out_pid = (pid + self._pid_offset) & 0x7FFF
+            packet = (
+                self._pack_vp8(
+                    0x90,
+                    marker << 7 | self.payload_type,
+                    out_seq,
+                    out_ts,
+                    self.ssrc,
+                    self._prefix,
+                    self._tag | (abs_send_time & self._abs_mask),
+                    self._suffix,
+                    data[pos],
+                    0x80,
+                    0x8000 | out_pid,
+                )
+                + data[pos + 4 : end]
+            )
+            self.in_picture_id = pid
+        else:
+            return self._rewrite_slow(data, header, abs_send_time, audio_level, keyframe, now)
+        self.in_highest = seq
+        self.last_timestamp = out_ts
+        self.last_time = now
+        self.packets_sent += 1
+        self.octets_sent += end - pos
+        return packet
+
+    def _rewrite_slow(
+        self,
+        data: bytes,
+        header: RtpHeader,
+        abs_send_time: int,
+        audio_level: int | None,
+        keyframe: bool,
+        now: float,
+    ) -> bytes | None:
+        """Any packet: switches, late and retransmitted packets, padding, every VP8 descriptor form."""
+        marker, _, seq, timestamp, ssrc, _, _, _, pos, end = header
+        if (ssrc != self.source_ssrc or self.switching) and not self._admit(header, keyframe, now):
             return None
         offset = self.seq_offset
-        delta = (seq - self.in_highest) & SEQ_MASK
-        newest = 0 < delta < 0x8000
+        newest = 0 < (seq - self.in_highest) & SEQ_MASK < 0x8000
         if not newest and (seq - self.in_valid_from) & SEQ_MASK >= 0x8000:
             late = self._late_offset(seq)
             if late is None:
@@ -696,60 +773,27 @@ class StreamRewriter:
         word = self._tag | (abs_send_time & self._abs_mask)
         if self._level_mask:
             word |= (127 if audio_level is None else audio_level & 0x7F) << self._level_shift
-        if not self._vp8 or not data[pos] & 0x80:
-            packet = (
-                self._pack(
-                    0x90,
-                    marker << 7 | self.payload_type,
-                    out_seq,
-                    out_ts,
-                    self.ssrc,
-                    self._prefix,
-                    word,
-                    self._suffix,
-                )
-                + data[pos:end]
-            )
-        elif data[pos + 1] == 0x80 and data[pos + 2] & 0x80 and end - pos > 4 and not self._rebase_vp8:
-            # The common case: a 15-bit picture id and nothing else. Header and descriptor in one go.
-            pid = ((data[pos + 2] & 0x7F) << 8) | data[pos + 3]
-            out_pid = (pid + self._pid_offset) & PICTURE_ID_MASK
-            packet = (
-                self._pack_vp8(
-                    0x90,
-                    marker << 7 | self.payload_type,
-                    out_seq,
-                    out_ts,
-                    self.ssrc,
-                    self._prefix,
-                    word,
-                    self._suffix,
-                    data[pos],
-                    0x80,
-                    0x8000 | out_pid,
-                )
-                + data[pos + 4 : end]
-            )
-            if newest:
-                self.in_picture_id = pid
-                self.last_picture_id = out_pid
-        else:
-            head = self._pack(
-                0x90,
-                marker << 7 | self.payload_type,
-                out_seq,
-                out_ts,
-                self.ssrc,
-                self._prefix,
-                word,
-                self._suffix,
-            )
+        head = self._pack(
+            0x90,
+            marker << 7 | self.payload_type,
+            out_seq,
+            out_ts,
+            self.ssrc,
+            self._prefix,
+            word,
+            self._suffix,
+        )
+        if self._vp8 and data[pos] & 0x80:
             packet = self._vp8_rewrite(data, pos, end, head, newest)
             if packet is None:
                 return None
+        else:
+            packet = head + data[pos:end]
+            if self._rebase_vp8:  # a VP8 source without picture ids: nothing to rebase
+                self._rebase_vp8 = False
+                self._settle()
         if newest:
             self.in_highest = seq
-            self.last_sequence = out_seq
             self.last_timestamp = out_ts
             self.last_time = now
         self.packets_sent += 1
@@ -777,6 +821,7 @@ class StreamRewriter:
         rebase = self._rebase_vp8
         if rebase:
             self._rebase_vp8 = False
+            self._settle()
         out_pid = 0
         if p >= 0:
             if p & 0x80:
@@ -792,7 +837,6 @@ class StreamRewriter:
             out_pid = 0x8000 | ((pid + self._pid_offset) & PICTURE_ID_MASK)
             if newest:
                 self.in_picture_id = pid
-                self.last_picture_id = out_pid & PICTURE_ID_MASK
         if tl0 >= 0:
             if rebase:
                 self._tl0_offset = (self.last_tl0picidx + 1 - tl0) & 0xFF
