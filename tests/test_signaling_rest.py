@@ -183,3 +183,22 @@ async def test_pages_and_static_files(signaling_server, http) -> None:
                 assert resp.status == 404
     async with http.get(server.make_url("/static/../../pyproject.toml")) as resp:
         assert resp.status in (403, 404)
+
+
+def test_openapi_document_lists_every_rest_route(settings) -> None:
+    import re
+    from pathlib import Path
+
+    from signaling.app import create_app
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^  (/[^:\s]+):$", doc, re.M))
+    app = create_app(settings)
+    routes = {
+        r.resource.canonical
+        for r in app.router.routes()
+        if r.resource is not None
+        and r.resource.canonical.startswith(("/api/", "/healthz"))
+        and not r.resource.canonical.startswith("/api/recordings")  # the recorder's, in docs/recordings.md
+    }
+    assert routes == documented
