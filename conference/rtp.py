@@ -29,7 +29,21 @@ API (the shape agreed with the SFU engineer):
   ``octets_sent``, ``last_timestamp``, ``last_time`` and ``rtp_timestamp_at(now)`` feed sender reports.
 - ``PacketCache``: per publisher stream, the last 1024 packets by sequence number, to answer NACKs.
 
-Cost per packet (CPython 3.11 on this 2-core machine, ``python tests/bench_rtp.py``): being measured.
+Cost per packet, ``python tests/bench_rtp.py`` (CPython 3.11, this 2-core VM, best of 1000 short
+bursts, +-0.1 us from run to run; measured while other engineers' tests kept the load average at
+4-20, so read them as upper figures):
+
+- parse_header of a browser packet: 0.65-0.7 us (once per incoming packet);
+- is_keyframe (VP8): 0.2 us; audio_level (Opus): 0.5 us (once per incoming packet);
+- rewrite, 1200-byte VP8 packet: 1.9-2.0 us; Opus packet: 1.3-1.5 us (once per subscriber);
+- parse_header + rewrite: VP8 2.6-2.9 us, Opus 2.0-2.3 us.
+
+On this machine a bare function call that unpacks the header tuple, packs a new header and joins it
+with the payload already costs 0.8 us: what remains is the bookkeeping (source check, in-order check,
+offsets, counters). The hot path (``rewrite`` for the newest packet of a settled source, Opus/H.264 or
+VP8 with a 15-bit picture id) allocates three objects: the packed header, the payload slice and
+the result; everything else (switches, late packets, drops, padding, other VP8 descriptor forms)
+takes ``_rewrite_slow``.
 """
 
 from __future__ import annotations

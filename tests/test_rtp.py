@@ -14,7 +14,7 @@ import struct
 import av
 import numpy as np
 import pytest
-from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.h264 import H264Encoder, h264_depayload
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, vp8_depayload
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, pack_header_extensions
@@ -658,3 +658,140 @@ def test_packet_cache_ring() -> None:
     assert cache.get(12345) is None  # never stored
     with pytest.raises(ValueError):
         PacketCache(1000)
+
+
+class SlowOnly(StreamRewriter):
+    """The same slot with every packet through the general path: the reference for the fast path."""
+
+    __slots__ = ()
+    rewrite = StreamRewriter._rewrite_slow
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from(["plain15", "plain7", "tl0", "nox", "pad", "late", "drop"]),
+            st.integers(0, 0x7FFF),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    switch_at=st.integers(0, 30),
+)
+def test_fast_path_matches_the_general_path(packets: list[tuple[str, int, bool]], switch_at: int) -> None:
+    kw = {"first_sequence": 65500, "first_timestamp": 0xFFFFF000, "first_picture_id": 0x7FF0}
+    fast, slow = video_slot(**kw), SlowOnly(0xCAFE, 100, "video", 90000, "vp8", SUB, b"v3", **kw)
+    slow.last_tl0picidx = fast.last_tl0picidx  # the one start value drawn at random
+    for slot in (fast, slow):
+        slot.switch(1111)
+    seq = {1111: 65530, 2222: 10}
+    ssrc = 1111
+    sent: list[tuple[int, bytes]] = []
+    for i, (shape, pid, marker) in enumerate(packets):
+        if i == switch_at:
+            ssrc = 2222
+            for slot in (fast, slow):
+                slot.switch(2222)
+        key = i == 0 or i == switch_at
+        if shape == "late" and sent:
+            s, data = sent[-3] if len(sent) >= 3 else sent[0]
+        else:
+            s = seq[ssrc]
+            seq[ssrc] = (s + 1) & 0xFFFF
+            if shape == "plain15":
+                desc = bytes([0x90 if key else 0x80, 0x80]) + struct.pack("!H", 0x8000 | pid)
+            elif shape == "plain7":
+                desc = bytes([0x90 if key else 0x80, 0x80, pid & 0x7F])
+            elif shape == "tl0":
+                desc = bytes([0x90 if key else 0x80, 0xE0]) + struct.pack(
+                    "!HBB", 0x8000 | pid, pid & 0xFF, 0x40
+                )
+            else:
+                desc = bytes([0x10 if key else 0x00])
+            data = vp8_packet(desc, seq=s, ts=3000 * i, ssrc=ssrc, key=key)
+            if shape == "pad":
+                data = rtp(b"", seq=s, ts=3000 * i, ssrc=ssrc, padding=16)
+            data = data[:1] + bytes([data[1] | (0x80 if marker else 0)]) + data[2:]
+            sent.append((s, data))
+        h = header(data)
+        if shape == "drop":
+            fast.drop(h)
+            slow.drop(h)
+            continue
+        k = is_keyframe("vp8", data, h)
+        a = fast.rewrite(data, h, abs_send_time(i / 30), None, k, i / 30)
+        b = slow.rewrite(data, h, abs_send_time(i / 30), None, k, i / 30)
+        assert a == b, (i, shape)
+        if a is not None:
+            ref = RtpPacket.parse(a, SUB_MAP)
+            assert ref.ssrc == 0xCAFE and ref.extensions.mid == "v3"
+            assert ref.marker == data[1] >> 7
+    for name in ("last_sequence", "last_timestamp", "last_picture_id", "packets_sent", "octets_sent"):
+        assert getattr(fast, name) == getattr(slow, name), name
+
+
+def h264_frames(
+    rgb: tuple[int, int, int], count: int, keyframes: tuple[int, ...] = ()
+) -> list[tuple[list[bytes], int]]:
+    encoder = H264Encoder()
+    return [encoder.encode(solid(rgb, i, (320, 240)), force_keyframe=i in keyframes) for i in range(count)]
+
+
+def test_real_h264_streams_decode_across_a_switch() -> None:
+    green = h264_frames((20, 200, 20), 6)
+    grey = h264_frames((128, 128, 128), 6, keyframes=(3,))
+    slot = StreamRewriter(0xBEEF, 102, "video", 90000, "h264", SUB, b"v1", first_sequence=65533)
+    slot.switch(1111)
+    out: list[RtpPacket] = []
+    next_seq = {1111: 7, 2222: 60000}
+    for i in range(6):
+        if i == 2:
+            slot.switch(2222)
+        for ssrc, frames in ((1111, green), (2222, grey)):
+            payloads, ts = frames[i]
+            for j, payload in enumerate(payloads):
+                data = rtp(payload, seq=next_seq[ssrc], ts=ts, ssrc=ssrc, marker=j + 1 == len(payloads))
+                next_seq[ssrc] = (next_seq[ssrc] + 1) & 0xFFFF
+                p = send(slot, data, now=i / 30)
+                if p is not None:
+                    out.append(p)
+    assert [p.sequence_number for p in out] == [(65533 + k) & 0xFFFF for k in range(len(out))]
+    assert {p.payload_type for p in out} == {102}
+    decoder = av.CodecContext.create("h264", "r")
+    images = []
+    access_unit = b""
+    for i, packet in enumerate(out):
+        access_unit += h264_depayload(packet.payload)
+        if i + 1 == len(out) or out[i + 1].timestamp != packet.timestamp:
+            for frame in decoder.decode(av.Packet(access_unit)):
+                images.append(frame.to_ndarray(format="rgb24"))
+            access_unit = b""
+    for frame in decoder.decode(None):
+        images.append(frame.to_ndarray(format="rgb24"))
+    # Green 0..3 (until grey's keyframe at 3, sent after green's frame 3), then grey 3..5.
+    assert len(images) == 7
+    colours = [tuple(int(c) for c in image[120, 160]) for image in images]
+    assert all(c[1] > 150 and c[0] < 80 for c in colours[:4]), colours
+    assert all(100 < c[0] < 160 and abs(c[0] - c[1]) < 20 for c in colours[4:]), colours
+
+
+def test_rtp_module_does_not_import_aiortc() -> None:
+    import ast
+    import inspect
+
+    import conference.rtp
+
+    tree = ast.parse(inspect.getsource(conference.rtp))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported <= {"__future__", "random", "struct", "collections", "typing"}, imported
