@@ -447,6 +447,10 @@ _VP8_L = struct.Struct("!BBB")  # no picture id, L
 _VP8_LT = struct.Struct("!BBBB")
 
 _SEGMENTS_KEPT = 8  # earlier (valid_from, offset) pairs of the current source, for late packets
+# A source whose sequence number moves further than this (either way) has restarted its stream (a
+# publisher that reconnected with the same SSRC, a sender reset): the slot rebases on it instead of
+# sending numbers the subscriber would take for ancient or wildly early packets.
+MAX_SEQUENCE_STEP = 3000
 
 
 class StreamRewriter:
@@ -623,6 +627,16 @@ class StreamRewriter:
         """A switch waits for the new source's keyframe."""
         return self._pending is not None or self._pending_any
 
+    @property
+    def wants_keyframe(self) -> int | None:
+        """The SSRC whose keyframe this video slot waits for (a switch, or a source that restarted its
+        numbering), or None; the SFU asks that publisher for one. -1: any source's keyframe."""
+        if self.kind != "video":
+            return None
+        if self._pending_any:
+            return -1
+        return self._pending
+
     def _admit(self, header: RtpHeader, keyframe: bool, now: float) -> bool:
         """A packet that is not plainly from the current source: rebase, keep, or reject it."""
         ssrc = header[4]
@@ -707,8 +721,8 @@ class StreamRewriter:
         # Fast path: the newest packet of the settled source, Opus/H.264 or VP8 as browsers send it
         # (X and I with a 15-bit picture id only). Everything else takes _rewrite_slow.
         marker, _, seq, timestamp, ssrc, _, _, _, pos, end = header
-        # (seq - highest - 1) & 0xFFFF < 0x7FFF: seq is 1..32767 ahead of the newest seen
-        if ssrc != self._live or (seq - self.in_highest - 1) & 0xFFFF >= 0x7FFF or end - pos < 5:
+        # (seq - highest - 1) & 0xFFFF < MAX_SEQUENCE_STEP: seq is a plausible step ahead of the newest
+        if ssrc != self._live or (seq - self.in_highest - 1) & 0xFFFF >= MAX_SEQUENCE_STEP or end - pos < 5:
             return self._rewrite_slow(data, header, abs_send_time, audio_level, keyframe, now)
         out_seq = (seq + self.seq_offset) & 0xFFFF
         out_ts = (timestamp + self.ts_offset) & 0xFFFFFFFF
@@ -771,6 +785,14 @@ class StreamRewriter:
         marker, _, seq, timestamp, ssrc, _, _, _, pos, end = header
         if (ssrc != self.source_ssrc or self.switching) and not self._admit(header, keyframe, now):
             return None
+        if MAX_SEQUENCE_STEP < (seq - self.in_highest) & SEQ_MASK < 0x10000 - MAX_SEQUENCE_STEP:
+            # The source restarted its numbering: continue the slot from here (video: from a keyframe).
+            if self.kind == "audio" or keyframe:
+                self._rebase(header, now)
+            else:
+                self._pending = ssrc
+                self._live = -1
+                return None
         offset = self.seq_offset
         newest = 0 < (seq - self.in_highest) & SEQ_MASK < 0x8000
         if not newest and (seq - self.in_valid_from) & SEQ_MASK >= 0x8000:

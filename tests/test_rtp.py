@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conference.rtp import (
+    MAX_SEQUENCE_STEP,
     URI_ABS_SEND_TIME,
     URI_AUDIO_LEVEL,
     URI_MID,
@@ -795,3 +796,35 @@ def test_rtp_module_does_not_import_aiortc() -> None:
         if isinstance(node, ast.ImportFrom) and node.module
     }
     assert imported <= {"__future__", "random", "struct", "collections", "typing"}, imported
+
+
+def test_a_source_that_restarts_its_numbering_continues_the_slot() -> None:
+    slot = audio_slot(first_sequence=100, first_timestamp=0)
+    slot.switch(1111)
+    for n in range(3):
+        send(slot, rtp(b"a", seq=50 + n, ts=960 * n), now=n * 0.02)
+    # The publisher came back with the same SSRC and fresh random numbers (far behind, then ahead).
+    p = send(slot, rtp(b"b", seq=40000, ts=123456, level=10), now=1.0)
+    assert p is not None and p.sequence_number == 103
+    assert p.timestamp == 960 * 2 + 46080  # 0.96 s of wall time after the last packet
+    q = send(slot, rtp(b"b", seq=40001, ts=123456 + 960), now=1.02)
+    assert q is not None and (q.sequence_number, q.timestamp) == (104, p.timestamp + 960)
+    r = send(slot, rtp(b"c", seq=40001 + MAX_SEQUENCE_STEP + 1, ts=5), now=1.04)
+    assert r is not None and r.sequence_number == 105
+
+
+def test_a_video_source_that_restarts_waits_for_its_keyframe() -> None:
+    frames = vp8_frames((90, 90, 90), 3, keyframes=(2,))
+    slot = video_slot(first_sequence=0)
+    slot.switch(1111)
+    assert slot.wants_keyframe == 1111
+    assert send(slot, rtp(frames[0][0][0], seq=10, ts=0)) is not None
+    assert slot.wants_keyframe is None
+    assert send(slot, rtp(frames[1][0][0], seq=30000, ts=3000), now=0.1) is None  # restarted, delta
+    assert slot.wants_keyframe == 1111
+    p = send(slot, rtp(frames[2][0][0], seq=30001, ts=6000), now=0.2)
+    assert p is not None and p.sequence_number == 1 and slot.wants_keyframe is None
+    assert out_descriptor(p).picture_id == (slot.last_picture_id) and p.timestamp == slot.last_timestamp
+    slot.switch()
+    assert slot.wants_keyframe == -1
+    assert audio_slot().wants_keyframe is None
