@@ -148,6 +148,10 @@ class Console {
 
   renderLayoutPicker() {
     const picker = $("layout-picker");
+    // Built once per catalogue and language: rebuilding on every event would move buttons under the pointer.
+    const key = `${document.documentElement.lang}|${this.client.layouts.map((l) => l.name).join(",")}`;
+    if (picker.dataset.built === key) return;
+    picker.dataset.built = key;
     picker.replaceChildren(
       ...this.client.layouts.map((layout, index) => {
         const mini = el(
@@ -368,15 +372,20 @@ class Console {
   async pollQuality() {
     const c = this.client;
     if (!c.pc) return;
+    // One getStats for the whole connection: per-receiver calls each walk every stream (~60 here).
+    let report;
+    try {
+      report = await c.pc.getStats();
+    } catch {
+      return;
+    }
+    const inboundByMid = new Map();
+    for (const stat of report.values()) {
+      if (stat.type === "inbound-rtp" && stat.kind === "video" && stat.mid != null) inboundByMid.set(stat.mid, stat);
+    }
     for (const [mid, identity] of c.previewOccupants) {
-      const receiver = c.receiver(mid);
-      if (!receiver) continue;
-      let inbound = null;
-      try {
-        for (const stat of (await receiver.getStats()).values()) if (stat.type === "inbound-rtp") inbound = stat;
-      } catch {
-        continue;
-      }
+      if (!identity) continue;
+      const inbound = inboundByMid.get(mid);
       if (!inbound) continue;
       const prev = this.qualityPrev.get(mid) ?? { lost: 0, received: 0 };
       const lost = (inbound.packetsLost ?? 0) - prev.lost;
