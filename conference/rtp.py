@@ -680,8 +680,8 @@ class StreamRewriter:
             return
         seq = header[2]
         delta = (seq - self.in_highest) & SEQ_MASK
-        if delta == 0 or delta >= 0x8000:
-            return  # an old packet: its number is already accounted for
+        if delta == 0 or delta >= MAX_SEQUENCE_STEP:
+            return  # an old packet (its number is accounted for) or a restart (the next packet rebases)
         self._skip(seq)
 
     def _skip(self, seq: int) -> None:
