@@ -582,13 +582,19 @@ class StreamRewriter:
         Until then the current source keeps flowing, so the slot never goes blank. Without ``ssrc``
         the slot takes the next keyframe of any source and sends nothing until then. ``codec`` and
         ``payload_type`` change the slot's codec at the rebase (the subscriber must have negotiated
-        that payload type). Switching to the current source again cancels a pending switch.
+        that payload type). Switching to the current source (same codec) again cancels a pending switch and
+        never waits for a keyframe.
         """
         if codec is not None and codec not in ("vp8", "h264", "opus"):
             raise ValueError(f"unsupported codec {codec!r}")
         if payload_type is not None and not 0 <= payload_type <= 127:
             raise ValueError("payload type out of range")
-        if ssrc is not None and ssrc == self.source_ssrc and codec is None and payload_type is None:
+        if (
+            ssrc is not None
+            and ssrc == self.source_ssrc
+            and codec in (None, self.codec)
+            and payload_type in (None, self.payload_type)
+        ):
             self._pending = None
             self._pending_any = False
             self._settle()

@@ -828,3 +828,15 @@ def test_a_video_source_that_restarts_waits_for_its_keyframe() -> None:
     slot.switch()
     assert slot.wants_keyframe == -1
     assert audio_slot().wants_keyframe is None
+
+
+def test_switching_to_the_current_source_with_its_codec_does_not_wait() -> None:
+    frames = vp8_frames((70, 70, 70), 3)
+    slot = video_slot()
+    slot.switch(1111, codec="vp8", payload_type=100)
+    assert send(slot, rtp(frames[0][0][0], seq=1, ts=1)) is not None
+    slot.switch(1111, codec="vp8", payload_type=100)
+    assert not slot.switching
+    assert send(slot, rtp(frames[1][0][0], seq=2, ts=2)) is not None  # a delta frame still flows
+    slot.switch(1111, codec="h264", payload_type=102)  # a codec change does wait for a keyframe
+    assert slot.wants_keyframe == 1111
