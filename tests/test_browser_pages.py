@@ -355,3 +355,69 @@ async def test_removed_or_unauthorised_pages_say_so(server: RunningServer, brows
     await forged.goto(f"{server.url}/venue?token={token[:-4]}AAAA")
     await eventually(lambda: forged.is_visible("#fatal"), bool, 5, "unauthorised notice")
     assert "无效" in await forged.text_content("#fatal")
+
+
+@pytest.mark.browser
+async def test_clerk_lists_renders_and_downloads_a_recording(server: RunningServer, browser: Browser) -> None:
+    errors: list[str] = []
+    chair = await open_page(browser, server, "chair", "chair", "chair", "主持人", errors=errors)
+    await open_page(browser, server, "venue", "hall-a", "venue", "第一分会场", errors=errors)
+    await chair.click("#rec-toggle")
+    await eventually(
+        lambda: chair.text_content("#rec-elapsed"), lambda t: "0:01" in (t or ""), 5, "recording"
+    )
+    await chair.click("#rec-toggle")
+    await eventually(lambda: chair.text_content("#rec-toggle"), lambda t: t == "开始录制", 3, "stopped")
+
+    context = await browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    context.set_default_timeout(5000)
+    clerk = await context.new_page()
+    clerk.on("pageerror", lambda exc: errors.append(f"clerk: {exc}"))
+    await clerk.goto(server.page_url("clerk", server.token("council", "clerk-1", "clerk", "书记员")))
+    row = clerk.locator("#recordings tr[data-recording]")
+    await eventually(row.count, lambda n: n == 1, 5, "one recording listed")
+    cells = await row.locator("td").all_text_contents()
+    assert "第一分会场" in cells[3] and cells[5] == "已结束", cells
+    await row.get_by_role("button", name="详情").click()
+    await eventually(lambda: clerk.is_visible("#detail"), bool, 3, "details shown")
+
+    await clerk.select_option("#render-layout", "grid")
+    await clerk.select_option("#render-form select[name=size]", "640x360")
+    await clerk.click("#render-form button[type=submit]")
+    # The program render started by itself when the recording stopped; ours is the grid one.
+    render = clerk.locator("#renders tr[data-layout='grid']")
+    await eventually(render.count, lambda n: n == 1, 5, "the render job is listed")
+    assert "全体宫格" in await render.locator("td").first.text_content()
+    state = await eventually(
+        lambda: render.get_attribute("data-state"),
+        lambda s: s in ("done", "failed"),
+        90,
+        "the render finishes",
+    )
+    assert state == "done", "the recorder failed to render (see its job)"
+    assert await render.locator(".state").text_content() == "已完成"
+    await clerk.screenshot(path=screenshot_path("clerk-desktop"))
+    async with clerk.expect_download() as info:
+        await render.get_by_role("button", name="下载").click()
+    download = await info.value
+    assert download.suggested_filename.endswith(".mp4")
+    path = await download.path()
+    assert path is not None and path.stat().st_size > 1000
+    await clerk.set_viewport_size(PHONE)
+    await clerk.screenshot(path=screenshot_path("clerk-360"), full_page=True)
+    assert errors == []
+
+
+@pytest.mark.browser
+async def test_clerk_page_says_when_the_recordings_api_is_missing(
+    server: RunningServer, browser: Browser
+) -> None:
+    context = await browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(5000)
+    clerk = await context.new_page()
+    # What a server without the recorder answers: aiohttp's plain-text 404.
+    await clerk.route("**/api/recordings**", lambda route: route.fulfill(status=404, body="404: Not Found"))
+    await clerk.goto(server.page_url("clerk", server.token("council", "clerk-1", "clerk", "书记员")))
+    await eventually(lambda: clerk.is_visible("#api-state"), bool, 5, "the missing API is reported")
+    assert "尚未提供录像接口" in await clerk.text_content("#api-state")
+    assert await clerk.is_visible("#empty")

@@ -3,7 +3,7 @@
 // not have yet (404) is reported as such, and the rest of the page keeps working.
 
 import { decodeToken } from "./client.js";
-import { t } from "./i18n.js";
+import { lang, t } from "./i18n.js";
 import { el, formatElapsed, initPage, loadLayouts, notify, obtainToken } from "./ui.js";
 
 const POLL_MS = 1000;
@@ -51,6 +51,7 @@ function apiErrorText(err) {
     if (err.status === 404 && err.code === "404") return t("clerk.api_missing");
     if (err.status === 401) return t("clerk.unauthorized");
     if (err.status === 403) return t("clerk.forbidden");
+    if (err.status === 409) return `${t("clerk.not_ready")} (${err.message})`;
     return `${t("errors.generic")}: ${err.message} (${err.status})`;
   }
   return `${t("errors.generic")}: ${err}`;
@@ -58,7 +59,7 @@ function apiErrorText(err) {
 
 function formatTime(seconds) {
   if (seconds == null) return "—";
-  return new Date(seconds * 1000).toLocaleString(undefined, { hour12: false });
+  return new Date(seconds * 1000).toLocaleString(lang(), { hour12: false });
 }
 
 function formatBytes(bytes) {
@@ -94,6 +95,19 @@ function normalise(r) {
     renders: r.renders ?? [],
     timeline: r.timeline ?? r.timeline_summary ?? r.chapters ?? [],
   };
+}
+
+/** A render's layout as the clerk chose it, in words. */
+function layoutLabel(layout, people) {
+  if (!layout) return "—";
+  const [kind, who] = layout.split(":");
+  if (kind === "program" || kind === "grid" || kind === "speaker") return t(`clerk.layout_${kind}`);
+  if (kind === "single") {
+    const person = people.find((p) => typeof p === "object" && p.identity === who);
+    return `${t("clerk.layout_single")}: ${person?.name ?? who}`;
+  }
+  const key = `layouts.${kind}`;
+  return t(key) === key ? layout : `${t("clerk.layout_fixed")}: ${t(key)}`;
 }
 
 class ClerkPage {
@@ -210,7 +224,7 @@ class ClerkPage {
       ),
     );
     this.renderLayoutChoices(r);
-    this.showRenders(id, r.renders);
+    this.showRenders(id, r.renders, r.people);
     if (r.renders.some((job) => RUNNING.has(job.state ?? job.status))) {
       this.pollTimer = setTimeout(() => this.open(id), POLL_MS);
     }
@@ -234,7 +248,7 @@ class ClerkPage {
     select.replaceChildren(...options.map(([value, label]) => el("option", { value, selected: value === current }, label)));
   }
 
-  showRenders(id, renders) {
+  showRenders(id, renders, people) {
     $("renders").replaceChildren(
       ...renders.map((job) => {
         const state = job.state ?? job.status ?? "unknown";
@@ -243,8 +257,8 @@ class ClerkPage {
         const url = job.download_url ?? `/api/recordings/${encodeURIComponent(id)}/download?render=${encodeURIComponent(job.id)}`;
         return el(
           "tr",
-          { dataset: { render: job.id ?? "" } },
-          el("td", {}, job.layout ?? "—"),
+          { dataset: { render: job.id ?? "", layout: job.layout ?? "", state } },
+          el("td", {}, layoutLabel(job.layout, people)),
           el("td", {}, job.size ?? (job.width ? `${job.width}x${job.height}` : "—")),
           el(
             "td",
@@ -258,8 +272,13 @@ class ClerkPage {
           el(
             "td",
             {},
-            state === "done" || state === "finished" || state === "ready"
-              ? el("button", { class: "primary", onclick: () => this.download(url, `${id}-${job.layout ?? "render"}`) }, t("clerk.download"))
+            state === "done" || state === "ready"
+              ? [
+                  el("button", { class: "primary", onclick: () => this.download(url, `${id}-${job.layout ?? "render"}`) }, t("clerk.download")),
+                  job.vtt_url
+                    ? el("button", { onclick: () => this.download(job.vtt_url, `${id}-${job.layout ?? "render"}.vtt`) }, t("clerk.download_vtt"))
+                    : "",
+                ]
               : "",
           ),
         );

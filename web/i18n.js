@@ -229,6 +229,9 @@ export const TABLE = {
     "clerk.state_queued": "排队中",
     "clerk.state_running": "生成中",
     "clerk.state_failed": "失败",
+    "clerk.state_interrupted": "中断（可生成至中断时）",
+    "clerk.not_ready": "成片尚未生成好，请先生成或稍候",
+    "clerk.download_vtt": "章节字幕 (VTT)",
   },
   en: {
     "index.title": "Remote consultation",
@@ -451,6 +454,9 @@ export const TABLE = {
     "clerk.state_queued": "Queued",
     "clerk.state_running": "Rendering",
     "clerk.state_failed": "Failed",
+    "clerk.state_interrupted": "Interrupted (renders up to the interruption)",
+    "clerk.not_ready": "The render is not ready yet: start one or wait",
+    "clerk.download_vtt": "Chapters (VTT)",
   },
 };
 
