@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, web
 from conference import room as room_commands
 from conference.config import Settings
 from conference.layouts import MAX_SLOTS, catalogue_json
-from conference.media import MediaBackend, MediaSession, SessionOptions
+from conference.media import MediaBackend, MediaSession, NullMedia, SessionOptions
 from conference.roles import Permission, Role, can, permissions, publishes
 from conference.room import CommandError, Event, Participant, RoomState
 from conference.store import RoomStore
@@ -334,7 +334,7 @@ class Rooms:
 
     @property
     def has_media(self) -> bool:
-        return self.settings.media and type(self.media).__name__ != "NullMedia"
+        return self.settings.media and type(self.media) is not NullMedia
 
     async def open_media(self, conn: Connection, msg: dict[str, Any]) -> None:
         """After the join reply: start the endpoint's media session and push the server's offer."""

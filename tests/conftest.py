@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from conference.config import Settings
 from conference.media import MediaBackend, NullMedia
+from conference.store import RoomStore
 from signaling.app import create_app
 from signaling.tokens import mint_token
 
@@ -124,11 +125,13 @@ class SignalingClient:
 async def signaling_server(
     settings: Settings,
 ) -> Callable[..., Awaitable[TestServer]]:
-    """start(settings=None, media=None) -> a real aiohttp server running the app on a free port."""
+    """start(settings=None, media=None, store=None) -> a real server running the app on a free port."""
     servers: list[TestServer] = []
 
-    async def start(custom: Settings | None = None, media: MediaBackend | None = None) -> TestServer:
-        app = create_app(custom or settings, media=media or NullMedia())
+    async def start(
+        custom: Settings | None = None, media: MediaBackend | None = None, store: RoomStore | None = None
+    ) -> TestServer:
+        app = create_app(custom or settings, media=media or NullMedia(), store=store)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
