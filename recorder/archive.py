@@ -10,7 +10,7 @@ docs/recordings.md):
 
 The media hot path only appends to an in-memory buffer (``TrackWriter.write``); a flusher thread
 per recording moves the buffers to disk every ``FLUSH_INTERVAL`` seconds (sooner when a buffer
-grows past ``FLUSH_BYTES``), so a killed server loses at most the last fraction of a second.
+holds ``FLUSH_PACKETS`` packets), so a killed server loses at most the last fraction of a second.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FLUSH_INTERVAL = 0.25
-FLUSH_BYTES = 256 * 1024
+# Flush sooner than the timer when this many packets wait (~0.5 s of a 1.5 Mbit/s video track).
+FLUSH_PACKETS = 256
 
 # A track file is a sequence of chunks, one per flush: chunk header (magic, body length, CRC-32 of
 # the body), then the body: records of (arrival as float64 seconds since the epoch, packet length,
@@ -95,35 +96,41 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 class TrackWriter:
     """One published track's file; ``write`` is called on the media hot path."""
 
-    __slots__ = ("_buffer", "_fd", "_owner", "closed", "number", "packets")
+    __slots__ = ("_fd", "_owner", "_pending", "closed", "number", "packets")
 
     def __init__(self, owner: RecordingWriter, number: int, path: Path) -> None:
         self._owner = owner
         self.number = number
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._buffer = bytearray()
+        self._pending: list[tuple[float, bytes]] = []
         self.packets = 0
         self.closed = False
 
     def write(self, arrival: float, packet: bytes) -> None:
-        if self.closed or len(packet) > 0xFFFF:
-            return
-        buffer = self._buffer
-        # No lock: one bytearray append is atomic under the GIL, so ``flush`` always sees whole
-        # records; only this method appends and only ``flush`` deletes what it has written.
-        buffer += _RECORD.pack(arrival, len(packet)) + packet
-        self.packets += 1
-        if len(buffer) >= FLUSH_BYTES:
-            self._owner.wake()
+        # Only a reference is kept (packets are immutable bytes); the flusher thread packs and
+        # writes them. No lock: list.append and the flusher's slice-then-delete are each atomic
+        # under the GIL, and only this method appends.
+        if not self.closed:
+            pending = self._pending
+            pending.append((arrival, packet))
+            if len(pending) >= FLUSH_PACKETS:
+                self._owner.wake()
 
     def flush(self) -> None:
-        buffer = self._buffer
-        size = len(buffer)
-        if not size:
+        pending = self._pending
+        count = len(pending)
+        if not count:
             return
-        body = bytes(buffer[:size])
-        _write_all(self._fd, _CHUNK.pack(CHUNK_MAGIC, size, zlib.crc32(body)) + body)
-        del buffer[:size]
+        items = pending[:count]
+        del pending[:count]
+        parts: list[bytes] = []
+        for arrival, packet in items:
+            if len(packet) <= 0xFFFF:
+                parts.append(_RECORD.pack(arrival, len(packet)))
+                parts.append(packet)
+        body = b"".join(parts)
+        _write_all(self._fd, _CHUNK.pack(CHUNK_MAGIC, len(body), zlib.crc32(body)) + body)
+        self.packets += count
 
     def close(self) -> None:
         if self.closed:

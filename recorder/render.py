@@ -76,7 +76,9 @@ class RenderOptions:
     end: float | None = None
     fps: int = DEFAULT_FPS
     captions: bool = True
-    preset: str = "superfast"
+    # x264 "ultrafast": the render has to run at twice real time on one core (docs/performance.md);
+    # "superfast" compresses ~30 % better at half the speed.
+    preset: str = "ultrafast"
     crf: int = 23
     vtt: bool = True
 
@@ -561,6 +563,20 @@ def _opus_packets(recording: Recording, track: TrackInfo) -> Iterator[tuple[floa
         yield clock.time_of(arrival, packet.timestamp), packet.payload
 
 
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    """A decoded frame as float32 mono samples (read straight from the buffer: to_ndarray is slow)."""
+    name = frame.format.name
+    if len(frame.layout.channels) == 1 and name in ("s16", "s16p", "flt", "fltp"):
+        dtype = np.int16 if name.startswith("s16") else np.float32
+        samples = np.frombuffer(frame.planes[0], dtype=dtype)[: frame.samples].astype(np.float32)
+        return samples * (1 / 32768.0) if dtype is np.int16 else samples
+    data = frame.to_ndarray()
+    if not frame.format.is_planar:
+        data = data.reshape(-1, len(frame.layout.channels)).T
+    mono = data.mean(axis=0).astype(np.float32)
+    return mono * (1 / 32768.0) if name.startswith("s16") else mono
+
+
 class AudioFeed:
     """One audio track decoded to 48 kHz mono, read in consecutive blocks of samples."""
 
@@ -572,6 +588,7 @@ class AudioFeed:
         self._exhausted = False
         self._decoder = av.CodecContext.create("libopus", "r")
         self._decoder.sample_rate = AUDIO_RATE
+        self._decoder.layout = "mono"  # libopus downmixes: cheaper than decoding stereo and averaging
         self._chunks: deque[tuple[int, np.ndarray]] = deque()
         self._write_pos: int | None = None
 
@@ -597,12 +614,7 @@ class AudioFeed:
             if self._write_pos is not None and abs(pos - self._write_pos) < AUDIO_RATE // 50:
                 pos = self._write_pos
             for frame in frames:
-                samples = frame.to_ndarray().astype(np.float32)
-                if frame.format.name.startswith("s16"):
-                    samples /= 32768.0
-                if not frame.format.is_planar:
-                    samples = samples.reshape(-1, len(frame.layout.channels)).T
-                mono = samples.mean(axis=0)
+                mono = _mono(frame)
                 self._chunks.append((pos, mono))
                 pos += mono.shape[0]
             self._write_pos = pos
@@ -667,9 +679,13 @@ class Canvas:
             self.y[y : y + mh, x : x + mw][mask[:mh, :mw]] = 235
 
     def frame(self) -> av.VideoFrame:
-        return av.VideoFrame.from_ndarray(
-            self.buffer.reshape(self.height * 3 // 2, self.width), format="yuv420p"
-        )
+        # A fresh frame each time (the encoder may keep a reference), filled plane by plane: a tenth
+        # of the cost of VideoFrame.from_ndarray.
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        for plane, source in zip(frame.planes, (self.y, self.u, self.v), strict=True):
+            target = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+            target[:, : source.shape[1]] = source
+        return frame
 
 
 def _fit(src_w: int, src_h: int, box_w: int, box_h: int) -> tuple[int, int]:
@@ -825,6 +841,7 @@ def render(
         vstream.codec_context.options = {"preset": options.preset, "crf": str(options.crf)}
         astream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         astream.codec_context.bit_rate = 96000
+        astream.codec_context.options = {"aac_coder": "fast"}
         container.metadata["title"] = f"{recording.room} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(t0))}"
         # Chapters must be known before the header is written (the muxer reserves a track for them).
         container.set_chapters(
@@ -967,7 +984,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="end", default=None, help="stop at T")
     parser.add_argument("--fps", type=int, default=DEFAULT_FPS)
     parser.add_argument("--no-captions", action="store_true", help="no name captions on the tiles")
-    parser.add_argument("--preset", default="superfast", help="x264 preset (default superfast)")
+    parser.add_argument("--preset", default="ultrafast", help="x264 preset (default ultrafast)")
     parser.add_argument("-o", "--output", default=None, help="output MP4 (default RECORDING-LAYOUT.mp4)")
     add_settings_arguments(parser, server=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

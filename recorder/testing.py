@@ -52,6 +52,8 @@ class Script:
     size: tuple[int, int] = (320, 180)
     keyframe_interval: float = 1.0
     first_program: tuple[str, list[str | None]] = ("single", [None])
+    # Add moving noise to the lower quarter of each picture (for render benchmarks).
+    textured: bool = False
 
 
 def _participant_json(p: Speaker, at: float) -> dict[str, Any]:
@@ -77,6 +79,20 @@ def _colour_frame(rgb: tuple[int, int, int], size: tuple[int, int]) -> av.VideoF
     return av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format="yuv420p")
 
 
+def _textured_frame(base: av.VideoFrame, noise: np.ndarray, n: int) -> av.VideoFrame:
+    """The colour with a moving band of low-contrast noise in its bottom quarter: costs bits like a
+    camera picture does, while the upper part stays a solid colour to recognise."""
+    planes = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in base.planes]
+    y = planes[0].copy()
+    rows = y.shape[0] // 4
+    offset = (n * 7) % (noise.shape[0] - rows)
+    y[-rows:] = noise[offset : offset + rows, : y.shape[1]]
+    frame = av.VideoFrame(base.width, base.height, "yuv420p")
+    for plane, source in zip(frame.planes, (y, planes[1], planes[2]), strict=True):
+        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width] = source
+    return frame
+
+
 class _Sender:
     def __init__(self, writer: RecordingWriter, person: Speaker, number: int, script: Script) -> None:
         self.person = person
@@ -89,6 +105,9 @@ class _Sender:
             )
             self.vp8 = Vp8Encoder()
             self.picture = _colour_frame(person.colour, script.size)
+            rng = np.random.default_rng(number)
+            noise = rng.integers(0, 256, (script.size[1], script.size[0]), dtype=np.uint8)
+            self.noise = (noise // 3 + 90).astype(np.uint8)
             self.vseq = 0
             self.frames = 0
             self.next_frame = person.joins_at
@@ -168,7 +187,7 @@ def write_meeting(
                 continue
             if s.video is not None and t + 1e-9 >= s.next_frame:
                 n = s.frames
-                frame = s.picture
+                frame = _textured_frame(s.picture, s.noise, n) if script.textured else s.picture
                 frame.pts = round(s.next_frame * 90000)
                 frame.time_base = Fraction(1, 90000)
                 payloads, timestamp = s.vp8.encode(frame, force_keyframe=n % key_every == 0)
