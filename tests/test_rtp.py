@@ -840,3 +840,38 @@ def test_switching_to_the_current_source_with_its_codec_does_not_wait() -> None:
     assert send(slot, rtp(frames[1][0][0], seq=2, ts=2)) is not None  # a delta frame still flows
     slot.switch(1111, codec="h264", payload_type=102)  # a codec change does wait for a keyframe
     assert slot.wants_keyframe == 1111
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=80),
+        # mostly-valid packets: version 2 with random flags, CSRC count and lengths
+        st.builds(
+            lambda b0, rest: bytes([0x80 | (b0 & 0x3F)]) + rest,
+            st.integers(0, 255),
+            st.binary(min_size=0, max_size=80),
+        ),
+    )
+)
+def test_parse_header_agrees_with_aiortc_on_arbitrary_bytes(data: bytes) -> None:
+    ours = parse_header(data)
+    try:
+        ref = RtpPacket.parse(data)
+    except ValueError:
+        ref = None
+    if ref is not None:
+        assert ours is not None
+        assert (ours.marker, ours.payload_type, ours.sequence, ours.timestamp, ours.ssrc) == (
+            ref.marker,
+            ref.payload_type,
+            ref.sequence_number,
+            ref.timestamp,
+            ref.ssrc,
+        )
+        assert data[ours.payload_offset : ours.payload_end] == ref.payload
+    elif ours is not None:
+        # aiortc also rejects malformed extension elements, which the header parse leaves alone.
+        assert ours.ext_length > 0
+        with pytest.raises(ValueError):
+            parse_extensions(data, ours)
