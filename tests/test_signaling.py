@@ -508,3 +508,28 @@ async def test_shutdown_tells_clients_and_closes_1001(signaling_server, connect,
         message = await client.wait_for(lambda m: m["type"] == "shutdown")
         assert message["reason"]
         assert await client.closed() == 1001
+
+
+async def test_auto_record_starts_at_first_join_and_stops_when_room_empties(
+    signaling_server, connect, mint, settings
+) -> None:
+    server = await signaling_server(replace(settings, auto_record=True))
+    venue = await connect(server, mint("council", "hall-a", "venue"))
+    result = await venue.ok("join")
+    recording = result["room"]["recording"]
+    assert recording["active"] is True and recording["recording_id"].startswith("council-")
+    observer = await connect(server, mint("council", "obs", "viewer"))
+    await observer.ok("join")
+    await venue.ok("leave")
+    await observer.ok("leave")
+    snapshot = None
+    for _ in range(50):  # the stop runs just after the last leave
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": "Bearer test-admin-key"}
+            async with http.get(server.make_url("/api/rooms/council"), headers=headers) as resp:
+                snapshot = await resp.json()
+        if not snapshot["recording"]["active"]:
+            break
+        await asyncio.sleep(0.1)
+    assert snapshot is not None and snapshot["recording"]["active"] is False
+    assert snapshot["participants"] == []
