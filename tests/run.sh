@@ -16,8 +16,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "== creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-echo "== installing the project with its test extras into $VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Editable install: code changes need no reinstall, only a changed pyproject.toml does.
+stamp="$VENV/.installed-test-extras"
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
+    echo "== installing the project with its test extras into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    echo "$wanted" > "$stamp"
+fi
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi
