@@ -22,6 +22,8 @@ one PyAV decoder per slot), in one of three modes:
   frame of the expected source decodes, which times joins and switches at a small cost;
 - ``none``: count only.
 Each test video encodes its endpoint index in its colour, so a decoded frame tells whose feed it is.
+A slot decoder that waits for a keyframe for more than ``KEYFRAME_WAIT_S`` asks for one with a PLI
+(``RTCRtpReceiver._send_rtcp_pli``), as a browser's decoder does.
 
 All private aiortc names the endpoint touches are listed in ``PRIVATE_HOOKS`` and checked by
 :func:`check_aiortc_hooks` before the first peer connection is made.
@@ -41,7 +43,13 @@ from typing import Any, Literal
 
 import aiohttp
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from .testmedia import MediaParams, PreEncodedAudioTrack, PreEncodedVideoTrack, identify_frame, load_clip
@@ -53,7 +61,10 @@ PRIVATE_HOOKS: tuple[tuple[type, str], ...] = (
     (RTCDtlsTransport, "_handle_rtp_data"),
     (RTCRtpSender, "_send_keyframe"),
     (RTCRtpSender, "_next_encoded_frame"),
+    (RTCRtpReceiver, "_send_rtcp_pli"),
 )
+# A decoder that lost its place waits this long for a keyframe before asking for one.
+KEYFRAME_WAIT_S = 0.3
 
 
 class EndpointError(Exception):
@@ -137,6 +148,8 @@ class ReceiveSlot:
     decoding: bool = False
     decoder: Any = None
     synced: bool = False  # inside a frame sequence that started at a keyframe
+    waiting_since: float | None = None  # decoding but waiting for a keyframe since (monotonic)
+    last_keyframe_request: float = 0.0
     frame_ts: int | None = None
     frame_parts: list[bytes] = field(default_factory=list)
     next_seq: int | None = None
@@ -287,6 +300,9 @@ class Endpoint:
         self._audio_decoder: Any = None
         self.audio_frames_decoded = 0
         self.first_frame_event = asyncio.Event()
+        self._receivers: dict[str, Any] = {}  # mid -> RTCRtpReceiver, for keyframe requests
+        self._background: set[asyncio.Future[None]] = set()
+        self.keyframe_requests_sent = 0
 
     # --- signaling ------------------------------------------------------------------------
 
@@ -354,11 +370,11 @@ class Endpoint:
             code = self.ws.close_code
             self.closed_reason = self.closed_reason or (f"closed {code}" if code else "closed")
             error = EndpointError("closed", self.closed_reason)
-            for future in self._replies.values():
+            pending = [*self._replies.values(), *([self._offer] if self._offer is not None else [])]
+            for future in pending:
                 if not future.done():
                     future.set_exception(error)
-            if self._offer is not None and not self._offer.done():
-                self._offer.set_exception(error)
+                    future.exception()  # nobody may be waiting: do not log it as never retrieved
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -420,6 +436,8 @@ class Endpoint:
         slot.pending_since = since
         slot.pending_expect = identity
         if self.config.decode != "none" and slot.kind == "video":
+            if not slot.decoding:
+                slot.waiting_since = None
             slot.decoding = True
 
     # --- media ----------------------------------------------------------------------------
@@ -475,6 +493,7 @@ class Endpoint:
         for t in pc.getTransceivers():
             if t.mid not in (video_mid, audio_mid) and t.mid in self.slots:
                 t.direction = "recvonly"
+                self._receivers[t.mid] = t.receiver
         # Video slot i shows program slot i from the start.
         slots = self.program.get("slots") or []
         for slot in self.video_slots:
@@ -559,13 +578,16 @@ class Endpoint:
         in_order = slot.next_seq is None or seq == slot.next_seq
         slot.next_seq = (seq + 1) & 0xFFFF
         if start:
-            if slot.frame_parts:  # the previous frame never got its last packet
+            if slot.frame_parts or not in_order:  # a frame (or its tail) went missing
                 slot.frames_lost += 1
+                slot.synced = False
             slot.frame_parts = []
             slot.frame_ts = timestamp
             if keyframe:
                 slot.synced = True
+                slot.waiting_since = None
             elif not slot.synced:
+                self._wait_for_keyframe(slot)
                 return
         elif not in_order or timestamp != slot.frame_ts or not slot.frame_parts:
             if slot.frame_parts:
@@ -580,6 +602,26 @@ class Endpoint:
             frame_data = b"".join(slot.frame_parts)
             slot.frame_parts = []
             self._decode_frame(slot, frame_data)
+
+    def _wait_for_keyframe(self, slot: ReceiveSlot) -> None:
+        """Like a browser whose decoder cannot go on: ask for a keyframe if none comes soon.
+
+        Behind the SFU a switch starts on a keyframe, so this stays quiet there; a relay that keeps
+        one encoder per slot sends none by itself."""
+        now = time.monotonic()
+        if slot.waiting_since is None:
+            slot.waiting_since = now
+            return
+        if now - slot.waiting_since < KEYFRAME_WAIT_S or now - slot.last_keyframe_request < 1.0:
+            return
+        slot.last_keyframe_request = now
+        receiver = self._receivers.get(slot.mid)
+        ssrc = next(iter(slot.ssrcs), None)
+        if receiver is not None and ssrc is not None:
+            self.keyframe_requests_sent += 1
+            task = asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _decode_frame(self, slot: ReceiveSlot, frame_data: bytes) -> None:
         if slot.decoder is None:
@@ -598,6 +640,7 @@ class Endpoint:
                 self.first_frame_event.set()
             if slot.pending_expect is None and self.config.decode != "all":
                 slot.decoding = False
+                slot.next_seq = None
                 continue
             if slot.pending_expect is None and slot.frames_decoded % 25:
                 continue  # in "all" mode, check whose feed it is once a second
@@ -612,6 +655,7 @@ class Endpoint:
                     slot.decoding = False
                     slot.synced = False
                     slot.frame_parts = []
+                    slot.next_seq = None  # the next probe starts afresh, not with a "gap"
 
     # --- results --------------------------------------------------------------------------
 
@@ -636,6 +680,7 @@ class Endpoint:
             "audio_frames_decoded": self.audio_frames_decoded,
             "video_frames_sent": self.video_track.frames_sent if self.video_track else 0,
             "keyframe_requests": self.video_track.keyframe_requests if self.video_track else 0,
+            "keyframe_requests_sent": self.keyframe_requests_sent,
             "audio_frames_sent": self.audio_track.frames_sent if self.audio_track else 0,
             "speakers": list(self.speakers),
             "closed_reason": self.closed_reason,

