@@ -79,6 +79,8 @@ class RenderOptions:
     # x264 "ultrafast": the render has to run at twice real time on one core (docs/performance.md);
     # "superfast" compresses ~30 % better at half the speed.
     preset: str = "ultrafast"
+    # Encoder and decoder threads; 0 lets the codecs choose. 1 keeps a render to one core.
+    threads: int = 0
     crf: int = 23
     vtt: bool = True
 
@@ -496,7 +498,7 @@ def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFram
 class VideoFeed:
     """One video track, decoded only as far and as often as the render needs it."""
 
-    def __init__(self, recording: Recording, track: TrackInfo) -> None:
+    def __init__(self, recording: Recording, track: TrackInfo, threads: int = 0) -> None:
         self.track = track
         self._frames = video_frames(recording, track)
         self._next: EncodedFrame | None = None
@@ -508,6 +510,7 @@ class VideoFeed:
         self.picture_serial = 0
         name = "vp8" if track.codec.lower() == "vp8" else "h264"
         self._decoder = av.CodecContext.create(name, "r")
+        self._decoder.thread_count = threads
 
     def advance(self, t: float) -> None:
         while True:
@@ -824,7 +827,7 @@ def render(
     audios: list[tuple[str, AudioFeed]] = []
     for track in tracks:
         if track.media == "video" and track.codec.lower() in ("vp8", "h264"):
-            videos.setdefault(track.identity, []).append(VideoFeed(recording, track))
+            videos.setdefault(track.identity, []).append(VideoFeed(recording, track, options.threads))
         elif track.media == "audio" and track.codec.lower() == "opus":
             audios.append((track.identity, AudioFeed(recording, track, t0)))
         else:
@@ -838,7 +841,11 @@ def render(
         vstream.width, vstream.height = options.width, options.height
         vstream.pix_fmt = "yuv420p"
         vstream.codec_context.gop_size = 2 * fps
-        vstream.codec_context.options = {"preset": options.preset, "crf": str(options.crf)}
+        vstream.codec_context.options = {
+            "preset": options.preset,
+            "crf": str(options.crf),
+            "threads": str(options.threads) if options.threads else "auto",
+        }
         astream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         astream.codec_context.bit_rate = 96000
         astream.codec_context.options = {"aac_coder": "fast"}
