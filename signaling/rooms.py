@@ -85,6 +85,7 @@ class Connection:
         self.session: MediaSession | None = None
         self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=OUTGOING_QUEUE)
         self._closing = False
+        self._closer: asyncio.Task[bool] | None = None  # kept so the task is not garbage-collected
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
     @property
@@ -107,7 +108,7 @@ class Connection:
             log.warning("closing %s/%s: does not read its messages", self.room, self.identity)
             self._closing = True
             self._writer.cancel()
-            asyncio.get_running_loop().create_task(
+            self._closer = asyncio.get_running_loop().create_task(
                 self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow")
             )
 
@@ -120,7 +121,9 @@ class Connection:
             self._queue.put_nowait((code, reason))
         except asyncio.QueueFull:
             self._writer.cancel()
-            asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()))
+            self._closer = asyncio.get_running_loop().create_task(
+                self.ws.close(code=code, message=reason.encode())
+            )
 
     async def _write(self) -> None:
         try:
