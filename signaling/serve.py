@@ -80,6 +80,11 @@ async def serve(settings: Settings) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"conference serve: cannot load TLS certificate/key: {exc}", file=sys.stderr)
         return 2
+    # Handlers first: a SIGTERM arriving while the server starts must still shut it down cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
@@ -95,11 +100,6 @@ async def serve(settings: Settings) -> int:
     if port == 0 and server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     print(_banner(settings, port), flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("conference: shutting down", flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
