@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ PRIVATE_HOOKS: tuple[tuple[type, str], ...] = (
     (RTCRtpSender, "_next_encoded_frame"),
     (RTCRtpReceiver, "_send_rtcp_pli"),
 )
+# Receive buffer asked for each UDP socket (the kernel caps it at net.core.rmem_max).
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # A decoder that lost its place waits this long for a keyframe before asking for one.
 KEYFRAME_WAIT_S = 0.3
 
@@ -303,6 +306,7 @@ class Endpoint:
         self._receivers: dict[str, Any] = {}  # mid -> RTCRtpReceiver, for keyframe requests
         self._background: set[asyncio.Future[None]] = set()
         self.keyframe_requests_sent = 0
+        self.receive_buffer = 0
 
     # --- signaling ------------------------------------------------------------------------
 
@@ -503,6 +507,7 @@ class Endpoint:
             self._expect(slot, slot.identity, None)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
+        self.receive_buffer = _enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
         # One transport when the server BUNDLEs (it does); hook each in case it does not.
         for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
             if dtls is not None:
@@ -681,6 +686,7 @@ class Endpoint:
             "video_frames_sent": self.video_track.frames_sent if self.video_track else 0,
             "keyframe_requests": self.video_track.keyframe_requests if self.video_track else 0,
             "keyframe_requests_sent": self.keyframe_requests_sent,
+            "receive_buffer": self.receive_buffer,
             "audio_frames_sent": self.audio_track.frames_sent if self.audio_track else 0,
             "speakers": list(self.speakers),
             "closed_reason": self.closed_reason,
@@ -702,6 +708,27 @@ class Endpoint:
                 await self._reader
         if self.session is not None:
             await self.session.close()
+
+
+def _enlarge_receive_buffers(pc: RTCPeerConnection, size: int) -> int:
+    """Give the endpoint's UDP sockets a larger receive buffer; returns the size the kernel granted.
+
+    A chair receives ~3,000 packets/s: the default buffer (~208 KB) holds 60 ms of that, so a load
+    process that is descheduled briefly on a busy machine would drop packets the server did send,
+    and the benchmark would blame the server. Best effort: aioice's sockets are private."""
+    granted = 0
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        connection = getattr(getattr(transport, "transport", None), "iceGatherer", None)
+        connection = getattr(connection, "_connection", None)
+        for protocol in getattr(connection, "_protocols", []):
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return granted
 
 
 def _carry_audio_level(sender: RTCRtpSender, track: PreEncodedAudioTrack) -> None:

@@ -300,6 +300,8 @@ async def _wait_for(predicate: Any, timeout: float) -> bool:
 
 
 async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: Path) -> None:
+    for index in (3, 5, 7):
+        load_clip(index, PARAMS, cache_dir)  # encode before the clock starts, as the benchmark does
     peer = PlainPeerServer(cache_dir)
     app = web.Application()
     app.router.add_get("/ws", peer.handle)
@@ -323,7 +325,7 @@ async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: P
         ok = await _wait_for(lambda: all(s.last_seen_index is not None for s in endpoint.video_slots), 8)
         assert ok
         assert [s.last_seen_index for s in endpoint.video_slots] == [3, 5]
-        assert endpoint.join_time is not None and 0 < endpoint.join_time < 5
+        assert endpoint.join_time is not None and 0 < endpoint.join_time < 30  # sanity, not speed
         # Probe mode: decoding stops once the expected source is seen.
         assert not any(s.decoding for s in endpoint.video_slots)
         # The peer receives the endpoint's camera as its colour, and its voice level.
@@ -343,7 +345,7 @@ async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: P
         counted = endpoint.video_slots[0].packets
         await peer.change_program(["hall-5", "hall-3"])
         assert await _wait_for(lambda: len(endpoint.switch_times) == 2, 8)
-        assert all(0 < t < 5 for t in endpoint.switch_times)
+        assert all(0 < t < 30 for t in endpoint.switch_times)
         assert [s.last_seen_index for s in endpoint.video_slots] == [5, 3]
         # Counting is exact: pause the peer's senders, let packets drain, compare with what it sent.
         for track in peer.tracks:
@@ -358,6 +360,7 @@ async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: P
         assert slot0["packets"] > counted > 20 and slot0["octets"] > 20_000
         assert report["slots"][2]["kind"] == "audio" and report["unknown_packets"] == 0
         assert report["handler_errors"] == 0 and report["pending_switches"] == 0
+        assert report["receive_buffer"] >= 1_000_000  # enlarged (the kernel doubles what it grants)
         assert all(s["decode_errors"] == 0 for s in report["slots"])
     finally:
         await endpoint.close()
@@ -393,6 +396,8 @@ async def test_endpoints_meet_on_the_real_server(
             **kw,
         )
 
+    for index in palette.values():
+        load_clip(index, PARAMS, cache_dir)
     chair = Endpoint(config("chair", "chair", video_slots=2))
     hall = Endpoint(config("hall-a", "venue", video_slots=2))
     try:
