@@ -30,6 +30,7 @@ import ipaddress
 import queue
 import random
 import socket
+from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from typing import Any
@@ -101,6 +102,10 @@ def check_aiortc() -> None:
     for module_name in ("StunProtocol", "Candidate", "candidate_foundation", "candidate_priority"):
         if not hasattr(aioice.ice, module_name):
             raise _fail(f"aioice.ice.{module_name} is missing")
+    reader = _SelectorDatagramTransport._read_ready.__code__.co_names
+    for name in ("_conn_lost", "_sock", "recvfrom", "_protocol", "datagram_received"):
+        if name not in reader:
+            raise _fail(f"asyncio's datagram transport no longer uses {name}")
 
 
 def check_instances(pc: RTCPeerConnection) -> None:
@@ -275,6 +280,45 @@ def neutralise_decoder(receiver: RTCRtpReceiver) -> DecodeCounter:
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
     return receiver._RTCRtpReceiver__decoder_thread is not None  # type: ignore[attr-defined]
+
+
+# --- UDP receive ------------------------------------------------------------------------------
+
+# asyncio's datagram transport reads ONE datagram per readiness event: a loop that falls behind
+# then drains each socket at its iteration rate and the kernel drops the rest. Reading what is
+# queued (bounded, so one busy socket cannot starve the others) keeps up and saves an epoll round
+# per packet. uvloop's transports are left alone.
+MAX_READS_PER_WAKEUP = 64
+
+
+def drain_udp_reads(pc: RTCPeerConnection) -> int:
+    """Make the peer connection's gathered UDP sockets read everything queued per wakeup.
+    Call after the local description is set (sockets exist). Returns how many were changed."""
+    changed = 0
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    for ice in transports:
+        for protocol in ice._connection._protocols:
+            transport = getattr(protocol, "transport", None)
+            if isinstance(transport, _SelectorDatagramTransport) and not transport.is_closing():
+                transport._loop._add_reader(transport._sock_fd, _drain, transport)
+                changed += 1
+    return changed
+
+
+def _drain(transport: Any) -> None:
+    if transport._conn_lost:
+        return
+    sock = transport._sock
+    protocol = transport._protocol
+    for _ in range(MAX_READS_PER_WAKEUP):
+        try:
+            data, addr = sock.recvfrom(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            protocol.error_received(exc)
+            return
+        protocol.datagram_received(data, addr)
 
 
 # --- ICE host candidates ----------------------------------------------------------------------

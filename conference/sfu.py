@@ -184,6 +184,7 @@ class Producer:
         self.cache = PacketCache() if kind == "video" else None
         self.audible = True
         self.last_pli = -1e9
+        self.deferred_pli: asyncio.TimerHandle | None = None
         self.keyframe_wanted = False
         self.packets = 0
         self.octets = 0
@@ -274,18 +275,32 @@ class Producer:
             track.take_source(self, ssrc)
 
     def request_keyframe(self, force: bool = False) -> None:
-        """Ask the publisher for a keyframe, at most once per PLI_INTERVAL."""
+        """Ask the publisher for a keyframe, at most once per PLI_INTERVAL: a request inside the
+        interval is not lost but coalesced into one sent when the interval ends."""
         if self.kind != "video":
             return
-        now = time.monotonic()
         if self.ssrc is None:
             self.keyframe_wanted = True
             return
-        if not force and now - self.last_pli < PLI_INTERVAL:
-            return
+        now = time.monotonic()
+        wait = self.last_pli + PLI_INTERVAL - now
+        if force or wait <= 0:
+            self._send_pli(now)
+        elif self.deferred_pli is None:
+            self.deferred_pli = asyncio.get_running_loop().call_later(wait, self._send_deferred_pli)
+
+    def _send_deferred_pli(self) -> None:
+        self.deferred_pli = None
+        if not self.session.backend_closed:
+            self._send_pli(time.monotonic())
+
+    def _send_pli(self, now: float) -> None:
+        if self.deferred_pli is not None:
+            self.deferred_pli.cancel()
+            self.deferred_pli = None
         self.last_pli = now
         self.counters.keyframe_requests_sent += 1
-        task = asyncio.ensure_future(glue.send_pli(self.receiver, self.ssrc))
+        task = asyncio.ensure_future(glue.send_pli(self.receiver, self.ssrc or 0))
         task.add_done_callback(_log_task_error)
 
     def open_sink(self, sink: RecordingSink) -> None:
@@ -316,6 +331,9 @@ class Producer:
 
     def stop(self) -> None:
         """The publisher is gone: its down-tracks keep their wish and wait for a new producer."""
+        if self.deferred_pli is not None:
+            self.deferred_pli.cancel()
+            self.deferred_pli = None
         for track in [*self.down_tracks, *self.pending]:
             track.lose_source(self)
         self.down_tracks.clear()
@@ -490,6 +508,7 @@ class Session:
         self.ready = False
         self.closed = False
         self.last_slots_message: dict[str, Any] | None = None
+        self.preview_order: dict[str, int] = {}  # identity -> preview slot index
 
     @property
     def backend_closed(self) -> bool:
@@ -540,6 +559,7 @@ class Session:
             announced_address=backend.rtc_announced_address,
         )
         await pc.setLocalDescription(await pc.createOffer())
+        glue.drain_udp_reads(pc)
         sdp = _add_fir_feedback(pc.localDescription.sdp)
         self.offer = {
             "sdp": sdp,
@@ -605,8 +625,8 @@ class Session:
             raise MediaError("bad_request", "candidate must be a string")
         try:
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise MediaError("bad_request", f"cannot parse ICE candidate: {exc}") from None
+        except (ValueError, IndexError, AssertionError):
+            raise MediaError("bad_request", f"cannot parse ICE candidate {text!r}") from None
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
@@ -681,7 +701,6 @@ class RoomMedia:
         self.speakers: list[str] = []  # loudest first
         self.announced: list[str] = []
         self.last_announce = 0.0
-        self.preview_order: dict[str, int] = {}  # identity -> preview slot index
 
     # producers of the room
     def producer(self, identity: str | None, kind: Kind) -> Producer | None:
@@ -733,7 +752,6 @@ class RoomMedia:
     # slot assignment
     def assign_all(self, skip: Session | None = None) -> None:
         self.update_audibility()
-        self._update_preview_order()
         for session in list(self.sessions.values()):
             if session is skip or not session.ready or session.closed:
                 continue
@@ -746,30 +764,33 @@ class RoomMedia:
         for i, track in enumerate(session.video):
             identity = program[i] if i < len(program) else None
             track.set_want(identity, self.producer(identity, "video"))
-        for track in session.previews:
-            track_identity = next((k for k, v in self.preview_order.items() if v == track.index), None)
-            if track_identity == session.identity:
-                track_identity = None
-            track.set_want(track_identity, self.producer(track_identity, "video"))
+        if session.previews:
+            self._assign_previews(session)
 
-    def _update_preview_order(self) -> None:
-        """Stable preview slots: an endpoint keeps its slot while it is in the room."""
+    def _assign_previews(self, session: Session) -> None:
+        """The chair's previews: every other endpoint that publishes video, each in a slot it keeps
+        while it is in the room (so the console's tiles do not jump around)."""
         present = {
             identity
             for identity, p in self.state.participants.items()
             if p.publish_video or self.producer(identity, "video") is not None
         }
-        present |= {s.identity for s in self.sessions.values() if "video" in s.producers}
-        for identity in list(self.preview_order):
+        present.discard(session.identity)
+        order = session.preview_order
+        for identity in list(order):
             if identity not in present:
-                del self.preview_order[identity]
-        used = set(self.preview_order.values())
-        free = (i for i in range(self.backend.preview_slots(self)) if i not in used)
-        for identity in sorted(present - set(self.preview_order)):
+                del order[identity]
+        used = set(order.values())
+        free = (i for i in range(len(session.previews)) if i not in used)
+        for identity in sorted(present - set(order)):
             index = next(free, None)
             if index is None:
-                break
-            self.preview_order[identity] = index
+                break  # more endpoints than preview slots: the rest wait for a free slot
+            order[identity] = index
+        occupant = {index: identity for identity, index in order.items()}
+        for track in session.previews:
+            identity = occupant.get(track.index)
+            track.set_want(identity, self.producer(identity, "video"))
 
     def assign_audio(self, session: Session) -> None:
         if not session.audio:
@@ -918,6 +939,7 @@ class SfuBackend:
             logger.exception("emitting %s to %s/%s failed", message.get("type"), room, identity)
 
     def preview_slots(self, room_media: RoomMedia) -> int:
+        """One per other endpoint the room can hold (``max_previews`` caps it)."""
         count = max(0, room_media.state.max_endpoints - 1)
         if self.max_previews is not None:
             count = min(count, self.max_previews)

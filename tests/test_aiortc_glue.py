@@ -246,3 +246,27 @@ async def test_a_bad_port_range_is_refused() -> None:
             glue.restrict_host_candidates(pc, port_min=5000, port_max=4000)
     finally:
         await pc.close()
+
+
+async def test_udp_sockets_drain_everything_queued_per_wakeup() -> None:
+    import socket
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert glue.drain_udp_reads(pc) >= 1
+        connection = pc.getTransceivers()[0].receiver.transport.transport._connection
+        protocol = next(p for p in connection._protocols if ":" not in p.local_candidate.host)
+        received: list[bytes] = []
+        protocol.datagram_received = lambda data, addr: received.append(data)  # type: ignore[method-assign]
+        address = protocol.transport.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(100):
+                sender.sendto(b"\x80" + bytes([i]) * 20, address)
+        # 100 datagrams queued while the loop was busy: read in two wakeups, not a hundred.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(received) == 100
+    finally:
+        await pc.close()

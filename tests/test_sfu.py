@@ -1,26 +1,277 @@
-"""The SFU with real aiortc endpoints: forwarding, program switches, audio, reconnects."""
+"""The SFU with real aiortc endpoints (no signaling): forwarding, program switches, speakers and the
+floor, server-side mute, reconnects, keyframe requests and NACKs. Each endpoint publishes a solid
+colour and a tone of its own pitch, so what a subscriber decodes tells whose feed it got."""
 
 from __future__ import annotations
 
-import pytest
-from test_sfu_support import Meeting, wait_for
+import asyncio
+import itertools
+import logging
+import time
 
-from conference.room import set_program
+import pytest
+from test_sfu_support import Endpoint, Meeting, wait_for
+
+from conference.media import MediaError
+from conference.room import grant_floor, mute, set_connected, set_program
 
 pytestmark = pytest.mark.media
 
 
-async def test_one_publisher_reaches_one_subscriber() -> None:
+def no_decode_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "failed to decode" in r.getMessage()]
+
+
+async def test_two_endpoints_see_the_program_and_hear_each_other(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="aiortc")
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        a = await meeting.add("hall-a", 0, speaking=True)
+        b = await meeting.add("expert-b", 1)
+        await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
+        for endpoint in (a, b):
+            await wait_for(
+                lambda e=endpoint: e.video(0).colour == 0 and e.video(1).colour == 1, 10, "the program"
+            )
+        # Video slots beyond the layout send nothing.
+        assert all(b.video(i).frames == 0 for i in range(2, 9))
+        # b hears a's tone; a never hears itself.
+        await wait_for(lambda: b.heard() == {0}, 10, "b hears a")
+        assert a.heard() == set()
+        await wait_for(
+            lambda: any(
+                m["type"] == "speakers" and m["speakers"] == ["hall-a"] for _, _, m in meeting.messages
+            ),
+            5,
+            "a speakers event naming hall-a",
+        )
+        slots = meeting.slot_messages("expert-b")[-1]
+        assert [s["identity"] for s in slots["audio"]].count("hall-a") == 1
+        assert {s["mid"] for s in slots["audio"]} == set(b.slots["audio"])
+        stats = meeting.backend.stats()
+        assert stats["decoded_frames"] == 0
+        assert stats["sessions"] == 2 and stats["producers"] == 4
+        assert stats["forward_delay_us"]["count"] > 0 and stats["forward_delay_us"]["p99"] is not None
+        per_b = stats["per_session"]["hall/expert-b"]
+        assert per_b["slots"][b.slots["video"][0]]["identity"] == "hall-a"
+        assert per_b["slots"][b.slots["video"][0]]["packets"] > 0
+        assert not no_decode_errors(caplog)
+    finally:
+        await meeting.close()
+
+
+async def test_three_endpoints_program_change_switches_every_subscriber(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiortc")
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        endpoints = [await meeting.add(f"venue-{i}", i) for i in range(3)]
+        await meeting.command(set_program, "single", ["venue-0"])
+        for e in endpoints:
+            await wait_for(lambda e=e: e.video(0).colour == 0, 10, f"{e.identity} sees venue-0")
+        for new in (1, 2, 0):
+            before = {e.identity: e.video(0).frames for e in endpoints}
+            await meeting.command(set_program, "single", [f"venue-{new}"])
+            for e in endpoints:
+                took = await wait_for(
+                    lambda e=e, new=new: e.video(0).colour == new, 5, f"{e.identity} sees venue-{new}"
+                )
+                assert took < 2.0
+            # Same slot, same decoder: it kept decoding through the switch.
+            await wait_for(
+                lambda before=before: all(e.video(0).frames > before[e.identity] + 5 for e in endpoints),
+                5,
+                "frames flow",
+            )
+            assert all(e.video(0).sizes == {(160, 96)} for e in endpoints)
+        assert not no_decode_errors(caplog)
+        assert meeting.backend.stats()["decoded_frames"] == 0
+    finally:
+        await meeting.close()
+
+
+async def test_muted_participant_is_dropped_at_the_server_and_the_floor_is_always_heard() -> None:
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        await meeting.add("hall-a", 0, speaking=True)
+        b = await meeting.add("expert-b", 1)
+        c = await meeting.add("member-c", 2)
+        await wait_for(lambda: b.heard() == {0} and c.heard() == {0}, 10, "b and c hear a")
+        await meeting.command(mute, "hall-a", True, by="chair")
+        await wait_for(lambda: b.heard() == set() and c.heard() == set(), 3, "a's voice stops everywhere")
+        dropped = meeting.backend.stats()["packets_dropped_muted"]
+        await asyncio.sleep(0.5)
+        assert meeting.backend.stats()["packets_dropped_muted"] > dropped
+        assert all(s["identity"] != "hall-a" for s in meeting.slot_messages("expert-b")[-1]["audio"])
+        # A silent floor holder still gets an audio slot at everyone else (the chair gave the floor).
+        await meeting.command(grant_floor, "member-c", by="chair")
+        await wait_for(
+            lambda: any(s["identity"] == "member-c" for s in meeting.slot_messages("expert-b")[-1]["audio"]),
+            3,
+            "member-c's slot at expert-b",
+        )
+        assert all(s["identity"] != "member-c" for s in meeting.slot_messages("member-c")[-1]["audio"])
+        # Granting the floor lifts the chair's mute on hall-a? No: hall-a stays muted.
+        assert b.heard() == set()
+    finally:
+        await meeting.close()
+
+
+async def test_dropped_endpoint_reconnects_into_its_slots() -> None:
     meeting = Meeting()
     await meeting.start()
     try:
         a = await meeting.add("hall-a", 0)
         b = await meeting.add("expert-b", 1)
         await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
-        await wait_for(lambda: b.video(0).colour == 0 and b.video(1).colour == 1, 10, "b sees a and itself")
-        await wait_for(lambda: a.video(0).colour == 0 and a.video(1).colour == 1, 10, "a sees the program")
-        stats = meeting.backend.stats()
-        assert stats["decoded_frames"] == 0
-        assert stats["packets_forwarded"] > 0
+        await wait_for(lambda: a.video(1).colour == 1 and b.video(0).colour == 0, 10, "program")
+        # b's connection drops: signaling closes its media session and keeps the participant.
+        await b.session.close()
+        await b.close()
+        await meeting.command(set_connected, "expert-b", False)
+        frames = a.video(1).frames
+        await asyncio.sleep(0.5)
+        stalled = a.video(1).frames
+        await asyncio.sleep(0.5)
+        assert a.video(1).frames == stalled, "the slot of a gone publisher sends nothing"
+        assert a.video(0).colour == 0 and a.video(0).frames > frames  # the other slot is unaffected
+        # b comes back (a new session, a new peer connection) into the same program slots.
+        b2 = await meeting.add("expert-b", 1)
+        await wait_for(lambda: b2.video(0).colour == 0 and b2.video(1).colour == 1, 10, "b2 sees the program")
+        await wait_for(
+            lambda: a.video(1).frames > stalled + 5 and a.video(1).colour == 1, 10, "a sees b again"
+        )
+        assert meeting.backend.stats()["sessions"] == 2
     finally:
         await meeting.close()
+
+
+async def test_a_phone_with_one_slot_gets_the_main_feed() -> None:
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        await meeting.add("hall-a", 0)
+        await meeting.add("expert-b", 1)
+        phone = await meeting.add("member-p", 2, video_slots=1, audio_slots=1, publish=False)
+        assert len(phone.slots["video"]) == 1 and len(phone.slots["audio"]) == 1
+        assert phone.slots["publish"] == {}
+        await meeting.command(set_program, "pip", ["expert-b", "hall-a"])
+        await wait_for(lambda: phone.video(0).colour == 1, 10, "the phone sees the main slot")
+    finally:
+        await meeting.close()
+
+
+async def test_subscriber_pli_is_relayed_upstream_rate_limited() -> None:
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        a = await meeting.add("hall-a", 0)
+        b = await meeting.add("expert-b", 1)
+        await meeting.command(set_program, "single", ["hall-a"])
+        await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
+        publisher_sender = next(
+            t.sender for t in a.pc.getTransceivers() if t.mid == a.slots["publish"]["video"]
+        )
+        requests: list[float] = []
+        original = publisher_sender._send_keyframe
+
+        def record() -> None:
+            requests.append(time.monotonic())
+            original()
+
+        publisher_sender._send_keyframe = record  # type: ignore[method-assign]
+        receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
+        slot_ssrc = meeting.backend.rooms["hall"].sessions["expert-b"].video[0].sender._ssrc
+        stats = meeting.backend.stats
+        relayed = stats()["keyframe_requests_relayed"]
+        # A burst of PLIs from the subscriber reaches the publisher, as keyframe requests spaced by
+        # the server's rate limit (300 ms; other requests, e.g. after a loss, share the budget).
+        for _ in range(5):
+            await receiver._send_rtcp_pli(slot_ssrc)
+        await wait_for(lambda: stats()["keyframe_requests_relayed"] >= relayed + 5, 3, "relay")
+        await wait_for(lambda: len(requests) >= 1, 3, "PLI at the publisher")
+        await asyncio.sleep(0.7)
+        gaps = [b - a for a, b in itertools.pairwise(requests)]
+        assert len(requests) <= 3 and all(gap > 0.2 for gap in gaps), requests
+    finally:
+        await meeting.close()
+
+
+async def test_nack_is_answered_from_the_publishers_cache() -> None:
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        await meeting.add("hall-a", 0)
+        b = await meeting.add("expert-b", 1)
+        await meeting.command(set_program, "single", ["hall-a"])
+        await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
+        track = meeting.backend.rooms["hall"].sessions["expert-b"].video[0]
+        receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
+        last = track.rewriter.last_sequence
+        before = meeting.backend.stats()
+        sent_before = track.packets
+        await receiver._send_rtcp_nack(track.sender._ssrc, [(last - 1) & 0xFFFF, last])
+        await wait_for(
+            lambda: meeting.backend.stats()["nacks_answered"] >= before["nacks_answered"] + 2, 3, "NACK"
+        )
+        assert meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 2
+        assert track.packets >= sent_before  # retransmissions go out on the same leg
+        # A sequence number never sent cannot be answered.
+        answered = meeting.backend.stats()["nacks_answered"]
+        await receiver._send_rtcp_nack(track.sender._ssrc, [(last + 30000) & 0xFFFF])
+        await wait_for(
+            lambda: meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 3, 3, "N"
+        )
+        assert meeting.backend.stats()["nacks_answered"] == answered
+    finally:
+        await meeting.close()
+
+
+async def test_bad_answers_are_refused_and_change_nothing() -> None:
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        a = await meeting.add("hall-a", 0)
+        session = await meeting.backend.open_session(
+            "hall",
+            "expert-b",
+            meeting.backend.rooms["hall"].sessions["hall-a"].options,
+            meeting.store._rooms["hall"],
+        )
+        with pytest.raises(MediaError) as excinfo:
+            await session.set_answer("v=0\r\n")
+        assert excinfo.value.code == "conflict"  # no offer yet
+        offer = await session.create_offer()
+        assert await session.create_offer() is offer
+        with pytest.raises(MediaError) as excinfo:
+            await session.set_answer("this is not SDP")
+        assert excinfo.value.code == "bad_sdp"
+        with pytest.raises(MediaError):
+            await session.add_candidate({"candidate": "candidate:garbage", "sdpMid": "0"})
+        # The room is unaffected: a still publishes and the session can still be answered properly.
+        endpoint = Endpoint("expert-b", 1)
+        meeting.endpoints["expert-b"] = endpoint
+        endpoint.session = session
+        await meeting.command(set_program, "single", ["hall-a"])
+        await _answer(endpoint, session, offer)
+        await wait_for(lambda: endpoint.video(0).colour == 0, 10, "b sees a after the bad answers")
+        assert a.pc.connectionState == "connected"
+    finally:
+        await meeting.close()
+
+
+async def _answer(endpoint: Endpoint, session: object, offer: dict) -> None:
+    """Connect an endpoint to a session whose offer was already created."""
+
+    class Replay:
+        async def create_offer(self) -> dict:
+            return offer
+
+        async def set_answer(self, sdp: str) -> None:
+            await session.set_answer(sdp)  # type: ignore[attr-defined]
+
+    await endpoint.connect(Replay())

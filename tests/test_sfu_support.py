@@ -22,13 +22,14 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from conference import aiortc_glue as glue
 from conference.media import SessionOptions
 from conference.roles import Role
 from conference.room import Participant, join
 from conference.sfu import SfuBackend
 from conference.store import MemoryRoomStore
 
-WIDTH, HEIGHT, FPS = 160, 96, 15
+WIDTH, HEIGHT, FPS = 160, 96, 10
 SAMPLE_RATE, FRAME_SAMPLES = 48_000, 960
 
 # Colours far apart in RGB so a VP8 round trip cannot confuse them.
@@ -71,6 +72,39 @@ class ColourTrack(MediaStreamTrack):
         frame.pts = self._count * (90_000 // FPS)
         frame.time_base = fractions.Fraction(1, 90_000)
         return frame
+
+
+class KeyframeTrack(MediaStreamTrack):
+    """A camera showing one solid colour as one pre-encoded VP8 keyframe, repeated: no encoding at
+    run time (aiortc's sender only packetises an av.Packet), so many endpoints fit in one process."""
+
+    kind = "video"
+
+    def __init__(self, colour: tuple[int, int, int]) -> None:
+        super().__init__()
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width, codec.height, codec.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        codec.time_base = fractions.Fraction(1, 90_000)
+        image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+        image[:, :] = colour
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = 0
+        encoded = [*codec.encode(frame), *codec.encode(None)]
+        self._keyframe = bytes(encoded[0])
+        self._start: float | None = None
+        self._count = 0
+
+    async def recv(self) -> av.Packet:
+        if self._start is None:
+            self._start = time.monotonic()
+        self._count += 1
+        wait = self._start + self._count / FPS - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        packet = av.Packet(self._keyframe)
+        packet.pts = self._count * (90_000 // FPS)
+        packet.time_base = fractions.Fraction(1, 90_000)
+        return packet
 
 
 class ToneTrack(MediaStreamTrack):
@@ -137,14 +171,23 @@ class Received:
 class Endpoint:
     """A participant's browser stand-in: one aiortc peer connection to the SFU."""
 
-    def __init__(self, identity: str, index: int, *, publish: bool = True, speaking: bool = False):
+    def __init__(
+        self,
+        identity: str,
+        index: int,
+        *,
+        publish: bool = True,
+        speaking: bool = False,
+        keyframes_only: bool = False,
+    ):
         self.identity = identity
         self.index = index
         self.publish = publish
         # max-bundle: with aiortc's default (balanced) policy, the 2nd and later video m-lines of an
         # offer stay on a transport that BUNDLE then stops, and never receive.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-        self.video_track = ColourTrack(COLOURS[index % len(COLOURS)])
+        colour = COLOURS[index % len(COLOURS)]
+        self.video_track: MediaStreamTrack = KeyframeTrack(colour) if keyframes_only else ColourTrack(colour)
         self.audio_track = ToneTrack(TONES[index % len(TONES)], speaking=speaking)
         self.received: dict[str, Received] = {}
         self.slots: dict[str, Any] = {}
@@ -170,6 +213,8 @@ class Endpoint:
                 self.received[transceiver.mid] = received
                 self._readers.append(asyncio.create_task(self._read(transceiver.receiver.track, received)))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        # Read every queued datagram per wakeup: a busy test process must not drop media.
+        glue.drain_udp_reads(self.pc)
         await session.set_answer(self.pc.localDescription.sdp)
 
     async def _read(self, track: MediaStreamTrack, received: Received) -> None:
@@ -265,6 +310,28 @@ class Meeting:
         self.endpoints[identity] = endpoint
         return endpoint
 
+    async def add_in_pool(
+        self,
+        pool: EndpointPool,
+        identity: str,
+        index: int,
+        *,
+        role: Role = Role.VENUE,
+        video_slots: int = 9,
+        audio_slots: int = 3,
+        previews: bool = False,
+        speaking: bool = False,
+    ) -> dict[str, Any]:
+        """Join an endpoint that runs in ``pool``'s process; returns the offer's slots."""
+        participant = Participant(identity, identity, role, publish_audio=True, publish_video=True)
+        state, _ = await self.store.update(self.room, lambda s: join(s, participant))
+        options = SessionOptions(video_slots=video_slots, audio_slots=audio_slots, previews=previews)
+        session = await self.backend.open_session(self.room, identity, options, state)
+        offer = await session.create_offer()
+        answer = await pool.call("answer", identity, index, speaking, True, offer)
+        await session.set_answer(answer)
+        return offer["slots"]
+
     def slot_messages(self, identity: str) -> list[dict[str, Any]]:
         return [m for _, who, m in self.messages if who == identity and m["type"] == "slots"]
 
@@ -282,3 +349,103 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
     return time.monotonic() - start
+
+
+# --- endpoints in a separate process -----------------------------------------------------------
+#
+# Ten endpoints encode, decode and packetise in threads that compete for the GIL with the event
+# loop; in the server's process that starves the forwarding loop (asyncio reads one datagram per
+# socket per loop iteration, so a slow loop drops packets in the kernel). A pool runs the endpoints
+# in a child process so the test measures the server, not the clients' CPU.
+
+
+class _Offered:
+    """Stands in for a media session inside the pool: replays the offer, keeps the answer."""
+
+    def __init__(self, offer: dict[str, Any]) -> None:
+        self.offer = offer
+        self.answer: str | None = None
+
+    async def create_offer(self) -> dict[str, Any]:
+        return self.offer
+
+    async def set_answer(self, sdp: str) -> None:
+        self.answer = sdp
+
+
+def _observe(endpoint: Endpoint) -> dict[str, Any]:
+    return {
+        "slots": endpoint.slots,
+        "received": {
+            mid: {"colour": r.colour, "frames": r.frames, "kind": r.kind}
+            for mid, r in endpoint.received.items()
+        },
+        "heard": sorted(endpoint.heard()),
+    }
+
+
+async def _pool_serve(conn: Any) -> None:
+    loop = asyncio.get_running_loop()
+    endpoints: dict[str, Endpoint] = {}
+    while True:
+        command, *args = await loop.run_in_executor(None, conn.recv)
+        try:
+            if command == "answer":
+                identity, index, speaking, publish, offer = args
+                endpoint = Endpoint(identity, index, publish=publish, speaking=speaking, keyframes_only=True)
+                session = _Offered(offer)
+                await endpoint.connect(session)
+                endpoints[identity] = endpoint
+                conn.send(("ok", session.answer))
+            elif command == "observe":
+                conn.send(("ok", {identity: _observe(e) for identity, e in endpoints.items()}))
+            elif command == "speaking":
+                identity, speaking = args
+                endpoints[identity].audio_track.speaking = speaking
+                conn.send(("ok", None))
+            elif command == "close":
+                await asyncio.gather(*(e.close() for e in endpoints.values()), return_exceptions=True)
+                conn.send(("ok", None))
+                return
+            else:
+                conn.send(("error", f"unknown command {command}"))
+        except Exception as exc:  # reported to the test, which fails with it
+            conn.send(("error", repr(exc)))
+
+
+def _pool_main(conn: Any) -> None:
+    asyncio.run(_pool_serve(conn))
+
+
+class EndpointPool:
+    """Endpoints in a child process, driven over a pipe."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_pool_main, args=(child,), daemon=True)
+        self._process.start()
+        self._lock = asyncio.Lock()
+
+    async def call(self, *message: Any, timeout: float = 60) -> Any:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            self._conn.send(message)
+            if not await loop.run_in_executor(None, self._conn.poll, timeout):
+                raise AssertionError(f"endpoint pool did not answer {message[0]!r} in {timeout} s")
+            status, result = self._conn.recv()
+        if status != "ok":
+            raise AssertionError(f"endpoint pool failed {message[0]!r}: {result}")
+        return result
+
+    async def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                await self.call("close", timeout=30)
+            finally:
+                self._process.join(5)
+                if self._process.is_alive():
+                    self._process.kill()
+                    self._process.join(5)
