@@ -11,6 +11,7 @@ import ssl
 import sys
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
 
@@ -39,6 +40,26 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         return asyncio.run(serve(settings))
     return uvloop.run(serve(settings))
+
+
+class AccessLog(AbstractAccessLogger):
+    """aiohttp's access log without secrets: tokens travel in query strings (``/ws?token=``)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = "&".join(
+            f"{key}=<redacted>" if key == "token" else f"{key}={value}"
+            for key, value in request.query.items()
+        )
+        target = f"{request.path}?{query}" if query else request.path
+        self.logger.info(
+            '%s "%s %s" %s %s %.3fs',
+            request.remote,
+            request.method,
+            target,
+            response.status,
+            response.body_length,
+            time,
+        )
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -86,7 +107,9 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s, access_log_class=AccessLog
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     try:

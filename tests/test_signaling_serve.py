@@ -123,6 +123,7 @@ async def test_serve_https_wss_and_graceful_sigterm(tmp_path: Path) -> None:
     output = process.stdout.read() if process.stdout else ""
     assert f"https://localhost:{port}" in output or f":{port}" in output
     assert "conference token" in output and "conference: stopped" in output
+    assert "GET /ws?token=<redacted>" in output and token not in output  # no secrets in the access log
 
 
 def redis_available() -> bool:
