@@ -342,7 +342,9 @@ def page_handler(filename: str) -> Any:
         path = web_dir() / filename
         if not path.is_file():
             raise web.HTTPNotFound(text=f"{filename} is not installed")
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        # Pages are opened with ?token=...: never hand that URL to another site as a Referer.
+        headers = {"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+        return web.FileResponse(path, headers=headers)
 
     return handler
 

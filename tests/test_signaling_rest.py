@@ -179,6 +179,7 @@ async def test_pages_and_static_files(signaling_server, http) -> None:
         async with http.get(server.make_url(route)) as resp:
             if (web_dir() / filename).is_file():
                 assert resp.status == 200 and resp.content_type == "text/html"
+                assert resp.headers["Referrer-Policy"] == "no-referrer"
             else:
                 assert resp.status == 404
     async with http.get(server.make_url("/static/../../pyproject.toml")) as resp:
