@@ -533,3 +533,34 @@ async def test_auto_record_starts_at_first_join_and_stops_when_room_empties(
         await asyncio.sleep(0.1)
     assert snapshot is not None and snapshot["recording"]["active"] is False
     assert snapshot["participants"] == []
+
+
+async def test_a_client_that_does_not_read_is_dropped_not_waited_for(monkeypatch) -> None:
+    """The outgoing queue policy (unit level: a socket whose sends never complete)."""
+    import signaling.rooms as rooms_module
+    from signaling.tokens import verify_token
+
+    class StuckSocket:
+        def __init__(self) -> None:
+            self.closed_with: tuple[int, bytes] | None = None
+
+        async def send_str(self, text: str) -> None:
+            await asyncio.Event().wait()  # the peer never reads: the send never completes
+
+        async def close(self, *, code: int, message: bytes) -> bool:
+            self.closed_with = (code, message)
+            return True
+
+    monkeypatch.setattr(rooms_module, "OUTGOING_QUEUE", 5)
+    claims = verify_token(TEST_SECRET, mint_token(TEST_SECRET, "council", "slow", "Slow", "venue", 60))
+    ws = StuckSocket()
+    conn = rooms_module.Connection(ws, claims)  # type: ignore[arg-type]
+    started = time.monotonic()
+    for i in range(7):  # one in the writer's hands, five queued, the seventh overflows
+        conn.send({"n": i})
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert time.monotonic() - started < 1  # sending never blocked the caller
+    assert ws.closed_with == (1008, b"too slow")
+    conn.send({"n": "after"})  # ignored once closing
+    await conn.finish(timeout=0.1)
