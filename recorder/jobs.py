@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,120}$")
 RUNNING_STATES = ("queued", "running")
 PROGRESS_EVERY_S = 0.5
+CANCELLED = "cancelled:"
 
 
 class JobError(Exception):
@@ -84,6 +85,24 @@ def options_from_request(data: dict[str, Any]) -> RenderOptions:
     if options.start is not None and options.end is not None and options.start >= options.end:
         raise JobError("bad_request", "from must be before to")
     return options
+
+
+def options_from_job(job: dict[str, Any]) -> RenderOptions:
+    width, height = parse_size(str(job["size"]))
+    return RenderOptions(
+        layout=str(job["layout"]),
+        width=width,
+        height=height,
+        start=job.get("from"),
+        end=job.get("to"),
+        captions=bool(job.get("captions", True)),
+    )
+
+
+def interrupted(job: dict[str, Any]) -> bool:
+    """A job that a server shutdown or crash cut short (not one that failed on its own)."""
+    state = job.get("state")
+    return state in RUNNING_STATES or (state == "failed" and str(job.get("error", "")).startswith(CANCELLED))
 
 
 def renders_dir(data_dir: str | os.PathLike[str], recording_id: str) -> Path:
@@ -195,11 +214,16 @@ class RenderJobs:
                     write_job(path, job)
         except asyncio.CancelledError:
             job = read_job(path) or {"id": job_id}
-            job.update(state="failed", error="cancelled: server shut down", finished_at=time.time())
+            job.update(state="failed", error=f"{CANCELLED} server shut down", finished_at=time.time())
             write_job(path, job)
             raise
         finally:
             self._tasks.pop((recording_id, job_id), None)
+
+    @property
+    def running(self) -> set[tuple[str, str]]:
+        """(recording id, job id) of the jobs queued or running in this process."""
+        return set(self._tasks)
 
     async def wait(self, recording_id: str, job_id: str) -> None:
         task = self._tasks.get((recording_id, job_id))
@@ -221,15 +245,7 @@ def run_job(data_dir: Path, recording_id: str, job_id: str) -> int:
     if job is None:
         print(f"no job {job_id}", file=sys.stderr)
         return 2
-    width, height = parse_size(job["size"])
-    options = RenderOptions(
-        layout=job["layout"],
-        width=width,
-        height=height,
-        start=job.get("from"),
-        end=job.get("to"),
-        captions=bool(job.get("captions", True)),
-    )
+    options = options_from_job(job)
     job.update(state="running", progress=0.0, started_at=time.time())
     write_job(path, job)
     last = [0.0]

@@ -19,8 +19,8 @@ from typing import Any
 from conference.room import Event, RoomState
 
 from .archive import ArchiveError, Recording, RecordingWriter, list_recordings, recording_dir
-from .jobs import RenderJobs
-from .render import RenderOptions
+from .jobs import RenderJobs, interrupted, list_jobs, options_from_job
+from .render import RenderError, RenderOptions
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,14 @@ class RecorderService:
         self._recovered = True
         recovered = []
         for rec in await asyncio.to_thread(list_recordings, self.data_dir):
-            if rec.complete or rec.id in self._writers:
+            if rec.complete:
+                # Renders cut short by a server shutdown or crash start again.
+                for job in await asyncio.to_thread(list_jobs, self.data_dir, rec.id):
+                    if interrupted(job) and (rec.id, job["id"]) not in self.jobs.running:
+                        with contextlib.suppress(RenderError, KeyError, ValueError):
+                            self.jobs.submit(rec.id, options_from_job(job), force=True)
+                continue
+            if rec.id in self._writers:
                 continue
             if rec.stopped_at > time.time() - stale_after_s:
                 continue  # still being written, perhaps by another server process

@@ -336,3 +336,29 @@ async def test_sigkill_mid_recording_keeps_everything_up_to_the_kill(tmp_path: P
     )
     assert job["state"] == "done", job
     await service.close()
+
+
+async def test_renders_cut_short_by_a_shutdown_start_again(tmp_path: Path) -> None:
+    from recorder.jobs import job_path, write_job
+
+    script = Script(
+        [Speaker("a", "Alice", (255, 0, 0), 440.0)], duration=1.0, first_program=("single", ["a"])
+    )
+    write_meeting(tmp_path, "r1", script)
+    cut = {"id": "grid-320x180", "layout": "grid", "size": "320x180", "state": "failed", "progress": 0.3}
+    write_job(
+        job_path(tmp_path, "r1", "grid-320x180", ".json"), {**cut, "error": "cancelled: server shut down"}
+    )
+    broken = {"id": "speaker-320x180", "layout": "speaker", "size": "320x180", "state": "failed"}
+    write_job(job_path(tmp_path, "r1", "speaker-320x180", ".json"), {**broken, "error": "disk full"})
+    service = RecorderService(data_dir=tmp_path)
+    assert await service.recover() == []  # no interrupted recordings, but one interrupted render
+    assert service.jobs.running == {("r1", "grid-320x180")}
+    await asyncio.wait_for(service.jobs.wait("r1", "grid-320x180"), 120)
+    done = json.loads(job_path(tmp_path, "r1", "grid-320x180", ".json").read_text())
+    assert done["state"] == "done" and job_path(tmp_path, "r1", "grid-320x180", ".mp4").is_file()
+    # A render that failed on its own is left alone.
+    assert (
+        json.loads(job_path(tmp_path, "r1", "speaker-320x180", ".json").read_text())["error"] == "disk full"
+    )
+    await service.close()
