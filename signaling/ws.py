@@ -93,7 +93,7 @@ async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:
         if type_ == "join":
             result = await rooms.join(conn, msg)
             conn.send(reply(rid, result))
-            await rooms.open_media(conn, msg)
+            await open_media(rooms, conn, msg)
             return
         conn.send(reply(rid, await dispatch(rooms, conn, type_, msg)))
     except ProtocolError as exc:
@@ -103,6 +103,17 @@ async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:
     except Exception:
         log.exception("internal error handling a message from %s/%s", conn.room, conn.identity)
         conn.send(error(rid, "internal", "internal server error; the room goes on"))
+
+
+async def open_media(rooms: Rooms, conn: Connection, msg: dict[str, Any]) -> None:
+    """After the join reply: a failure here is pushed with id null (the join itself succeeded)."""
+    try:
+        await rooms.open_media(conn, msg)
+    except MediaError as exc:
+        conn.send(error(None, exc.code, f"media session could not start: {exc.message}"))
+    except Exception:
+        log.exception("media session of %s/%s could not start", conn.room, conn.identity)
+        conn.send(error(None, "internal", "media session could not start; signaling goes on"))
 
 
 async def dispatch(rooms: Rooms, conn: Connection, type_: str, msg: dict[str, Any]) -> dict[str, Any]:

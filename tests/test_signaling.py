@@ -564,3 +564,18 @@ async def test_a_client_that_does_not_read_is_dropped_not_waited_for(monkeypatch
     assert ws.closed_with == (1008, b"too slow")
     conn.send({"n": "after"})  # ignored once closing
     await conn.finish(timeout=0.1)
+
+
+async def test_media_session_failure_after_join_is_pushed_with_null_id(
+    signaling_server, connect, mint, settings
+) -> None:
+    class BrokenMedia(NullMedia):
+        async def open_session(self, room, identity, options, state):  # type: ignore[override]
+            raise RuntimeError("no sockets left")
+
+    server = await signaling_server(replace(settings, media=True), media=BrokenMedia())
+    venue = await connect(server, mint("council", "hall-a", "venue"))
+    assert (await venue.ok("join"))["you"]["identity"] == "hall-a"
+    pushed = await venue.wait_for(lambda m: m["type"] == "error" and m["id"] is None)
+    assert pushed["code"] == "internal" and "media session" in pushed["message"]
+    assert (await venue.ok("raise_hand"))["floor_queue"] == ["hall-a"]  # signaling goes on
