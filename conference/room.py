@@ -252,13 +252,16 @@ def self_mute(state: RoomState, identity: str, muted: bool) -> list[Event]:
 
 def raise_hand(state: RoomState, identity: str, now: float | None = None) -> list[Event]:
     p = _participant(state, identity)
-    if p.hand_raised_at is None and state.floor != identity:
-        p.hand_raised_at = time.time() if now is None else now
+    if p.hand_raised_at is not None or state.floor == identity:
+        return []  # already queued, or already speaking: nothing changes
+    p.hand_raised_at = time.time() if now is None else now
     return [{"kind": "hand", "identity": identity, "raised": True, "floor_queue": state.floor_queue}]
 
 
 def lower_hand(state: RoomState, identity: str) -> list[Event]:
     p = _participant(state, identity)
+    if p.hand_raised_at is None:
+        return []
     p.hand_raised_at = None
     return [{"kind": "hand", "identity": identity, "raised": False, "floor_queue": state.floor_queue}]
 
