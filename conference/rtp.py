@@ -21,7 +21,8 @@ API (the shape agreed with the SFU engineer):
   a switch to another source: the current source keeps flowing until the new one's keyframe (video) or
   first packet (audio) arrives, where sequence numbers, timestamps and VP8 picture id / TL0PICIDX are
   rebased to continue the slot's stream (``switch()`` without an SSRC accepts the next keyframe of any
-  source). ``detach()`` empties the slot. ``rewrite(data, header, abs_send_time, audio_level,
+  source). ``resync()`` waits for the current source's next keyframe (a keyframe that could not be
+  delivered). ``detach()`` empties the slot. ``rewrite(data, header, abs_send_time, audio_level,
   keyframe, now)`` returns the packet to protect and send, or ``None`` to send nothing (another source,
   waiting for a keyframe, padding-only, too old). ``drop(header)`` accounts for a deliberately dropped
   packet of the current source so the output has no gap. ``source_sequence(out_seq)`` maps a NACKed
@@ -604,6 +605,18 @@ class StreamRewriter:
         self._live = -1
         self._pending_codec = codec
         self._pending_payload_type = payload_type
+
+    def resync(self) -> None:
+        """Send nothing more of the current source until its next keyframe (video; audio resumes at
+        once), continuing the numbering from there. For when a packet the slot must start from (the
+        keyframe after a switch) could not be delivered, e.g. the subscriber's leg was not connected."""
+        if self.source_ssrc is None:
+            return
+        self._pending = self.source_ssrc
+        self._pending_any = False
+        self._pending_codec = None
+        self._pending_payload_type = None
+        self._live = -1
 
     def detach(self) -> None:
         """Empty the slot: send nothing until the next ``switch``."""

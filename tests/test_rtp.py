@@ -875,3 +875,20 @@ def test_parse_header_agrees_with_aiortc_on_arbitrary_bytes(data: bytes) -> None
         assert ours.ext_length > 0
         with pytest.raises(ValueError):
             parse_extensions(data, ours)
+
+
+def test_resync_waits_for_the_current_sources_next_keyframe() -> None:
+    frames = vp8_frames((40, 80, 120), 4, keyframes=(3,))
+    slot = video_slot(first_sequence=500)
+    slot.resync()  # nothing to resync to yet
+    assert not slot.switching
+    slot.switch(1111)
+    first = send(slot, rtp(frames[0][0][0], seq=1, ts=0))
+    assert first is not None and first.sequence_number == 500
+    slot.resync()  # say the keyframe never reached the subscriber
+    assert slot.wants_keyframe == 1111
+    assert send(slot, rtp(frames[1][0][0], seq=2, ts=3000), now=0.1) is None
+    assert send(slot, rtp(frames[2][0][0], seq=3, ts=6000), now=0.2) is None
+    again = send(slot, rtp(frames[3][0][0], seq=4, ts=9000), now=0.3)
+    assert again is not None and again.sequence_number == 501
+    assert again.timestamp == (first.timestamp + 27000) & 0xFFFFFFFF  # 0.3 s of wall time
