@@ -86,6 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between joins and the window")
     parser.add_argument("--join-timeout", type=float, help="seconds for all joins (default 20 + N/2)")
     parser.add_argument("--quiet", action="store_true", help="no table, only the JSON file / stdout JSON")
+    parser.add_argument(
+        "--details", action="store_true", help="include every endpoint's own report in the JSON"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -582,6 +585,7 @@ def build_report(
         "load_generator_cpu_cores": round((worker_cpu[1] - worker_cpu[0]) / window, 3),
         "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())},
         "command": "conference bench " + " ".join(_command_args(args)),
+        **({"endpoint_reports": results} if args.get("details") else {}),
     }
 
 
