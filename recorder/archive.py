@@ -487,11 +487,25 @@ class Recording:
 
 
 def _last_arrival(path: Path) -> float:
-    """Arrival time of the last intact record (a crashed recording has no stop time)."""
-    last = 0.0
-    for arrival, _packet in read_records(path):
-        last = arrival
-    return last
+    """Arrival time of the last record of the last intact chunk (a crashed or running recording has
+    no stop time); reads backwards from the end, so it costs one chunk, not the whole file."""
+    try:
+        with path.open("rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # missing or empty
+        return 0.0
+    with data:
+        pos = data.rfind(CHUNK_MAGIC)
+        while pos != -1:
+            body = _chunk_at(data, pos)
+            if body is not None:
+                last, offset = 0.0, 0
+                while offset + RECORD_HEADER_SIZE <= len(body):
+                    last, length = _RECORD.unpack_from(body, offset)
+                    offset += RECORD_HEADER_SIZE + length
+                return last
+            pos = data.rfind(CHUNK_MAGIC, 0, pos)
+    return 0.0
 
 
 def read_timeline(path: Path) -> list[dict[str, Any]]:

@@ -99,6 +99,8 @@ def test_damaged_chunks_and_timeline_lines_are_skipped(
     got = list(read_records(path, stats))
     assert [a for a, _ in got] == [float(i) for i in range(10)] + [float(20 + i) for i in range(10)]
     assert stats.damaged == 2 and stats.chunks == 2
+    # A recording without a stop time ends at the last intact record (read from the end).
+    assert archive._last_arrival(path) == 29.0
     messages = [r.getMessage() for r in caplog.records]
     assert any("damaged chunk" in m for m in messages) and any("truncated chunk" in m for m in messages)
 
