@@ -17,6 +17,7 @@ from typing import Any
 
 import av
 import numpy as np
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtpPacket
@@ -36,6 +37,7 @@ class Speaker:
     video: bool = True
     joins_at: float = 0.0
     leaves_at: float | None = None
+    codec: str = "VP8"  # or "H264", as Safari publishes
 
 
 @dataclass(slots=True)
@@ -101,9 +103,9 @@ class _Sender:
         self.audio = None
         if person.video:
             self.video = writer.open_track(
-                person.identity, "video", "VP8", 90000, VIDEO_PT, 1000 + number, {}
+                person.identity, "video", person.codec, 90000, VIDEO_PT, 1000 + number, {}
             )
-            self.vp8 = Vp8Encoder()
+            self.encoder = H264Encoder() if person.codec == "H264" else Vp8Encoder()
             self.picture = _colour_frame(person.colour, script.size)
             rng = np.random.default_rng(number)
             noise = rng.integers(0, 256, (script.size[1], script.size[0]), dtype=np.uint8)
@@ -190,7 +192,7 @@ def write_meeting(
                 frame = _textured_frame(s.picture, s.noise, n) if script.textured else s.picture
                 frame.pts = round(s.next_frame * 90000)
                 frame.time_base = Fraction(1, 90000)
-                payloads, timestamp = s.vp8.encode(frame, force_keyframe=n % key_every == 0)
+                payloads, timestamp = s.encoder.encode(frame, force_keyframe=n % key_every == 0)
                 # A little deterministic network jitter on the arrival times.
                 arrival = started_at + s.next_frame + 0.002 * ((n * 7 + i) % 5)
                 for j, payload in enumerate(payloads):

@@ -259,3 +259,19 @@ def test_time_parsing() -> None:
     for bad in ("-3", "1::2", "abc", "nan"):
         with pytest.raises(RenderError):
             render_mod.parse_time(bad)
+
+
+def test_h264_and_vp8_publishers_in_one_render(tmp_path: Path) -> None:
+    script = Script(
+        [Speaker("s", "Safari Phone", BLUE, 440.0, codec="H264"), Speaker("c", "Chrome Venue", RED, 660.0)],
+        duration=3.0,
+        first_program=("side-by-side", ["s", "c"]),
+    )
+    write_meeting(tmp_path, "mixed", script)
+    rec = Recording.open(tmp_path, "mixed")
+    assert sorted(t.codec for t in rec.tracks if t.media == "video") == ["H264", "VP8"]
+    out = tmp_path / "mixed.mp4"
+    render(rec, out, RenderOptions(width=W, height=H))
+    for t, pic in frames_at(out, [1.0, 2.5]).items():
+        assert_colour(tile_colour(pic, SIDE[0]), BLUE, f"H.264 tile at {t}")
+        assert_colour(tile_colour(pic, SIDE[1]), RED, f"VP8 tile at {t}")
