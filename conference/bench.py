@@ -362,7 +362,7 @@ class Bench:
             await worker.send(spec)
             self.workers.append(worker)
         # Media is encoded on first use (then cached): allow for that here, not in join times.
-        await asyncio.gather(*(w.expect("ready", 60 + 2 * len(w.endpoints)) for w in self.workers))
+        await asyncio.gather(*(w.expect("ready", 120 + 30 * len(w.endpoints)) for w in self.workers))
 
     async def stop_workers(self) -> None:
         for worker in self.workers:
