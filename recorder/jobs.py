@@ -158,8 +158,11 @@ class RenderJobs:
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._processes: set[asyncio.subprocess.Process] = set()
 
-    def submit(self, recording_id: str, options: RenderOptions, *, force: bool = False) -> dict[str, Any]:
-        """Queue a render (or return the existing job for the same request)."""
+    def submit(
+        self, recording_id: str, options: RenderOptions, *, force: bool = False, start: bool = True
+    ) -> dict[str, Any]:
+        """Queue a render (or return the existing job for the same request). With ``start`` False
+        the job is only written down, for the next server start to run (see ``interrupted``)."""
         job_id = job_id_for(options)
         path = job_path(self.data_dir, recording_id, job_id, ".json")
         existing = read_job(path)
@@ -177,7 +180,8 @@ class RenderJobs:
             "finished_at": None,
         }
         write_job(path, job)
-        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(recording_id, job_id, path))
+        if start:
+            self._tasks[key] = asyncio.get_running_loop().create_task(self._run(recording_id, job_id, path))
         return job
 
     async def _run(self, recording_id: str, job_id: str, path: Path) -> None:

@@ -137,10 +137,13 @@ class RecorderService:
             await asyncio.sleep(PURGE_EVERY_S)
 
     async def close(self) -> None:
-        """Server shutdown: finalise every running recording (no renders are started)."""
+        """Server shutdown: finalise every running recording; its program render is queued for
+        the next server start (``recover``) rather than started now."""
         for recording_id, writer in list(self._writers.items()):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(writer.close)
+                if self.auto_render:
+                    self.jobs.submit(recording_id, RenderOptions(), start=False)
             self._writers.pop(recording_id, None)
         self._room_recording.clear()
         await self.jobs.close()

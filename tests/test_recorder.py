@@ -364,3 +364,26 @@ async def test_renders_cut_short_by_a_shutdown_start_again(tmp_path: Path) -> No
         json.loads(job_path(tmp_path, "r1", "speaker-320x180", ".json").read_text())["error"] == "disk full"
     )
     await service.close()
+
+
+async def test_recording_running_at_shutdown_is_kept_and_rendered_at_the_next_start(tmp_path: Path) -> None:
+    from recorder.jobs import job_path
+
+    service = RecorderService(data_dir=tmp_path)
+    state = RoomState(room="assembly")
+    join(state, Participant("hall", "Main Hall", Role.VENUE, publish_audio=True, publish_video=True))
+    start_recording(state, "at-shutdown", now=time.time())
+    await service.start("assembly", "at-shutdown", state)
+    await asyncio.sleep(0.5)
+    await service.close()  # the server stops while the room records
+    rec = Recording.open(tmp_path, "at-shutdown")
+    assert rec.complete and 0.4 < rec.duration < 3.0
+    path = job_path(tmp_path, "at-shutdown", "program-1280x720", ".json")
+    assert json.loads(path.read_text())["state"] == "queued"
+
+    restarted = RecorderService(data_dir=tmp_path)
+    await restarted.recover()
+    assert restarted.jobs.running == {("at-shutdown", "program-1280x720")}
+    await asyncio.wait_for(restarted.jobs.wait("at-shutdown", "program-1280x720"), 120)
+    assert json.loads(path.read_text())["state"] == "done"
+    await restarted.close()
