@@ -613,8 +613,8 @@ class StreamRewriter:
         """Send nothing more of the current source until its next keyframe (video; audio resumes at
         once), continuing the numbering from there. For when a packet the slot must start from (the
         keyframe after a switch) could not be delivered, e.g. the subscriber's leg was not connected."""
-        if self.source_ssrc is None:
-            return
+        if self.source_ssrc is None or self.switching:
+            return  # nothing to resync, or a switch already waits for a keyframe
         self._pending = self.source_ssrc
         self._pending_any = False
         self._pending_codec = None

@@ -894,3 +894,13 @@ def test_resync_waits_for_the_current_sources_next_keyframe() -> None:
     again = send(slot, rtp(frames[3][0][0], seq=4, ts=9000), now=0.3)
     assert again is not None and again.sequence_number == 501
     assert again.timestamp == (first.timestamp + 27000) & 0xFFFFFFFF  # 0.3 s of wall time
+
+
+def test_resync_keeps_a_pending_switch() -> None:
+    frames = vp8_frames((40, 80, 120), 2)
+    slot = video_slot()
+    slot.switch(1111)
+    send(slot, rtp(frames[0][0][0], seq=1, ts=0))
+    slot.switch(2222)
+    slot.resync()
+    assert slot.wants_keyframe == 2222
