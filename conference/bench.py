@@ -263,10 +263,9 @@ class Bench:
             str(port),
             "--data-dir",
             str(data_dir),
-            "--secret",
-            self.secret,
-            "--admin-key",
-            self.admin_key,
+            # "=" form: a generated value may start with "-", which argparse would take for an option.
+            f"--secret={self.secret}",
+            f"--admin-key={self.admin_key}",
             "--max-endpoints",
             str(max(50, self.n)),
             "--media-backend",
