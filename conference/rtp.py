@@ -22,12 +22,14 @@ API (the shape agreed with the SFU engineer):
   first packet (audio) arrives, where sequence numbers, timestamps and VP8 picture id / TL0PICIDX are
   rebased to continue the slot's stream (``switch()`` without an SSRC accepts the next keyframe of any
   source). ``resync()`` waits for the current source's next keyframe (a keyframe that could not be
-  delivered). ``detach()`` empties the slot. ``rewrite(data, header, abs_send_time, audio_level,
-  keyframe, now)`` returns the packet to protect and send, or ``None`` to send nothing (another source,
-  waiting for a keyframe, padding-only, too old). ``drop(header)`` accounts for a deliberately dropped
-  packet of the current source so the output has no gap. ``source_sequence(out_seq)`` maps a NACKed
-  sequence number back to the current source's (for ``PacketCache``); ``packets_sent``,
-  ``octets_sent``, ``last_timestamp``, ``last_time`` and ``rtp_timestamp_at(now)`` feed sender reports.
+  delivered); a source whose numbering jumps by more than ``MAX_SEQUENCE_STEP`` (it restarted) does
+  the same by itself; ``wants_keyframe`` names the SSRC the slot waits for. ``detach()`` empties the
+  slot. ``rewrite(data, header, abs_send_time, audio_level, keyframe, now)`` returns the packet to
+  protect and send, or ``None`` to send nothing (another source, waiting for a keyframe,
+  padding-only, too old). ``drop(header)`` accounts for a deliberately dropped packet of the current
+  source so the output has no gap. ``source_sequence(out_seq)`` maps a NACKed sequence number back to
+  the current source's (for ``PacketCache``); ``packets_sent``, ``octets_sent``, ``last_timestamp``,
+  ``last_time`` and ``rtp_timestamp_at(now)`` feed sender reports.
 - ``PacketCache``: per publisher stream, the last 1024 packets by sequence number, to answer NACKs.
 
 Cost per packet, ``python tests/bench_rtp.py`` (CPython 3.11, this 2-core VM, best of 1000 short
@@ -42,12 +44,13 @@ bursts, +-0.1 us from run to run; measured while other engineers' tests kept the
   process CPU: 93-165 ms at load average 20-27, i.e. 4.2-7.5 us per forwarded packet; the burst
   figures above put it near 40 ms (~1.9 us per forwarded packet) on an idle machine.
 
-On this machine a bare function call that unpacks the header tuple, packs a new header and joins it
-with the payload already costs 0.8 us: what remains is the bookkeeping (source check, in-order check,
-offsets, counters). The hot path (``rewrite`` for the newest packet of a settled source, Opus/H.264 or
-VP8 with a 15-bit picture id) allocates three objects: the packed header, the payload slice and
-the result; everything else (switches, late packets, drops, padding, other VP8 descriptor forms)
-takes ``_rewrite_slow``.
+The target of 2 us for parse_header + rewrite is met for Opus only at the low end of these runs and
+not for VP8 (about 0.7 us over). On this machine a bare function call that unpacks the header tuple,
+packs a new header and joins it with the payload already costs 0.8 us: what remains is the
+bookkeeping (source check, in-order check, offsets, counters). The hot path (``rewrite`` for the
+newest packet of a settled source, Opus/H.264 or VP8 with a 15-bit picture id) allocates three
+objects: the packed header, the payload slice and the result; everything else (switches, late
+packets, drops, padding, other VP8 descriptor forms) takes ``_rewrite_slow``.
 """
 
 from __future__ import annotations
