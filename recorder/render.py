@@ -419,17 +419,19 @@ class EncodedFrame:
     at: float
     data: bytes
     keyframe: bool
+    # Packets or frames were lost just before this one: a delta frame here would decode to garbage.
+    gap: bool = False
 
 
 def _parse_rtp(
-    records: Iterator[tuple[float, bytes]], payload_type: int
+    records: Iterator[tuple[float, bytes]], payload_type: int, keep_padding: bool = False
 ) -> Iterator[tuple[float, RtpPacket]]:
     for arrival, raw in records:
         try:
             packet = RtpPacket.parse(raw)
         except ValueError:
             continue
-        if packet.payload_type == payload_type and packet.payload:
+        if packet.payload_type == payload_type and (packet.payload or keep_padding):
             yield arrival, packet
 
 
@@ -449,10 +451,16 @@ def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFram
     packets: list[RtpPacket] = []
     first_arrival = 0.0
     current_ts: int | None = None
+    last_seq: int | None = None  # of the previous frame (or padding) packet
+    lost = False
 
     def finish() -> EncodedFrame | None:
+        nonlocal last_seq, lost
         seqs = sorted({p.sequence_number: p for p in packets}.items())
         ordered = [p for _, p in seqs]
+        gap = lost or (last_seq is not None and (ordered[0].sequence_number - last_seq) & 0xFFFF != 1)
+        last_seq = ordered[-1].sequence_number
+        lost = True  # until this frame turns out whole
         for a, b in itertools.pairwise(ordered):
             if (b.sequence_number - a.sequence_number) & 0xFFFF != 1:
                 return None  # a packet is missing
@@ -474,9 +482,15 @@ def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFram
         if not frame:
             return None
         key = (frame[0] & 0x01) == 0 if codec == "vp8" else _h264_keyframe(frame)
-        return EncodedFrame(clock.time_of(first_arrival, ordered[0].timestamp), frame, key)
+        lost = False
+        return EncodedFrame(clock.time_of(first_arrival, ordered[0].timestamp), frame, key, gap)
 
-    for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type):
+    for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type, True):
+        if not packet.payload:
+            # Padding (bandwidth probes) between frames uses up sequence numbers: not a loss.
+            if not packets and last_seq is not None and (packet.sequence_number - last_seq) & 0xFFFF == 1:
+                last_seq = packet.sequence_number
+            continue
         if current_ts is not None and packet.timestamp != current_ts:
             done = finish()
             packets = []
@@ -527,6 +541,9 @@ class VideoFeed:
             if frame.keyframe:
                 self._pending = [frame]  # nothing before a keyframe is needed any more
                 self._have_keyframe = True
+            elif frame.gap:
+                # Show the last good picture until the next keyframe rather than a smeared one.
+                self._have_keyframe = False
             elif self._have_keyframe:
                 self._pending.append(frame)
             self.last_at = frame.at

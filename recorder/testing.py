@@ -192,6 +192,9 @@ def write_meeting(
                 frame = _textured_frame(s.picture, s.noise, n) if script.textured else s.picture
                 frame.pts = round(s.next_frame * 90000)
                 frame.time_base = Fraction(1, 90000)
+                # aiortc marks a forced keyframe on the frame object itself: clear it, or every later
+                # frame of the reused picture would be a keyframe too.
+                frame.pict_type = av.video.frame.PictureType.NONE
                 payloads, timestamp = s.encoder.encode(frame, force_keyframe=n % key_every == 0)
                 # A little deterministic network jitter on the arrival times.
                 arrival = started_at + s.next_frame + 0.002 * ((n * 7 + i) % 5)

@@ -275,3 +275,51 @@ def test_h264_and_vp8_publishers_in_one_render(tmp_path: Path) -> None:
     for t, pic in frames_at(out, [1.0, 2.5]).items():
         assert_colour(tile_colour(pic, SIDE[0]), BLUE, f"H.264 tile at {t}")
         assert_colour(tile_colour(pic, SIDE[1]), RED, f"VP8 tile at {t}")
+
+
+def test_lost_packets_freeze_the_picture_until_the_next_keyframe(tmp_path: Path) -> None:
+    from aiortc.rtp import RtpPacket
+
+    from recorder.archive import RecordingWriter, recording_dir
+    from recorder.render import video_frames
+
+    script = Script([Speaker("a", "Alice", RED, None)], duration=3.0, first_program=("single", ["a"]))
+    write_meeting(tmp_path / "src", "src", script)
+    src = Recording.open(tmp_path / "src", "src")
+    track = src.tracks[0]
+    original = list(video_frames(src, track))
+    assert not any(f.gap for f in original)
+
+    # Copy the track, dropping one packet of the 20th frame and adding a padding packet (a bandwidth
+    # probe, which uses up a sequence number) after the 5th.
+    records = list(src.read_track(track.number))
+    frame_ts = sorted({RtpPacket.parse(p).timestamp for _, p in records})
+    lost_ts, padded_ts = frame_ts[20], frame_ts[5]
+    writer = RecordingWriter(recording_dir(tmp_path, "lossy"), "lossy", "assembly", started_at=src.started_at)
+    sink = writer.open_track("a", "video", "VP8", 90000, track.payload_type, track.ssrc, {})
+    seq_shift, dropped = 0, False
+    for arrival, raw in records:
+        packet = RtpPacket.parse(raw)
+        if packet.timestamp == lost_ts and not dropped:
+            dropped = True
+            continue
+        packet.sequence_number = (packet.sequence_number + seq_shift) & 0xFFFF
+        sink.write(arrival, packet.serialize())
+        if packet.timestamp == padded_ts and packet.marker:
+            seq_shift += 1
+            probe = RtpPacket(
+                payload_type=track.payload_type,
+                sequence_number=(packet.sequence_number + 1) & 0xFFFF,
+                timestamp=packet.timestamp,
+                ssrc=track.ssrc,
+                payload=b"",
+            )
+            sink.write(arrival, probe.serialize())
+    writer.close(stopped_at=src.stopped_at)
+
+    lossy = Recording.open(tmp_path, "lossy")
+    frames = list(video_frames(lossy, lossy.tracks[0]))
+    assert len(frames) == len(original) - 1  # the damaged frame is gone
+    gaps = [i for i, f in enumerate(frames) if f.gap]
+    assert gaps == [20]  # the frame after the loss, and not the one after the padding
+    assert not frames[20].keyframe
