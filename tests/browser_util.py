@@ -27,6 +27,8 @@ ADMIN_KEY = "browser-test-admin-key"
 
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 360, "height": 740}
+# Media tests draw screens smaller: five software-composited browsers share two busy cores.
+SMALL_SCREEN = {"width": 800, "height": 450}
 
 # Feeds told apart by colour (RGB) and by tone (Hz).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -59,7 +61,7 @@ def _is_root() -> bool:
 
 
 def write_y4m(
-    path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 180, frames: int = 5
+    path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 180, frames: int = 5, fps: int = 15
 ) -> Path:
     """A solid-colour clip Chromium plays (looped) as the camera: YUV4MPEG2, planar 4:2:0."""
     r, g, b = rgb
@@ -71,7 +73,7 @@ def write_y4m(
     chroma_u = np.full((height // 2, width // 2), u, dtype=np.uint8).tobytes()
     chroma_v = np.full((height // 2, width // 2), v, dtype=np.uint8).tobytes()
     with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n".encode())
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for _ in range(frames):
             f.write(b"FRAME\n" + luma + chroma_u + chroma_v)
     return path
@@ -127,8 +129,7 @@ def free_port() -> int:
 @dataclass
 class RunningServer:
     url: str
-    app: web.Application
-    runner: web.AppRunner
+    log_file: Path | None = None
 
     def token(self, room: str, identity: str, role: str, name: str | None = None, **kw: Any) -> str:
         from signaling.tokens import mint_token
@@ -162,9 +163,53 @@ async def running_server(data_dir: Path, *, media: bool) -> AsyncIterator[Runnin
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", app, runner)
+        yield RunningServer(f"http://127.0.0.1:{port}")
     finally:
         await asyncio.wait_for(runner.cleanup(), 15)
+
+
+@contextlib.asynccontextmanager
+async def server_process(data_dir: Path, *, media: bool) -> AsyncIterator[RunningServer]:
+    """``conference serve`` in its own process, as it runs in production: its event loop is not
+    shared with the test's (Playwright's) one, which matters on a busy machine with media."""
+    import aiohttp
+
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = data_dir / "server.log"
+    args = [sys.executable, "-m", "conference", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--data-dir", str(data_dir), "--secret", SECRET, "--admin-key", ADMIN_KEY]
+    args += ["--reconnect-grace", "10", "--log-level", "WARNING"]
+    if not media:
+        args.append("--no-media")
+    root = Path(__file__).resolve().parent.parent
+    with log_file.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(*args, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if proc.returncode is not None:
+                    raise RuntimeError(
+                        f"server exited with {proc.returncode}: {log_file.read_text()[-2000:]}"
+                    )
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{url}/healthz") as res:
+                        if res.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {log_file.read_text()[-2000:]}")
+                await asyncio.sleep(0.2)
+        yield RunningServer(url, log_file)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 # --- waiting and probing ---------------------------------------------------------------------
@@ -197,6 +242,16 @@ CENTRE_PIXEL_JS = """(node) => {
   return [d[0], d[1], d[2]];
 }"""
 
+# The centre pixel of every visible program slot of a page, in one round trip: {slot: [r, g, b] or null}.
+SLOT_PIXELS_JS = f"""() => {{
+  const centre = {CENTRE_PIXEL_JS};
+  const out = {{}};
+  for (const n of document.querySelectorAll('#program [data-slot]:not([hidden])')) {{
+    out[n.dataset.slot] = centre(n);
+  }}
+  return out;
+}}"""
+
 # The dominant frequency of each audio slot the page plays: [{mid, identity, hz, db}].
 AUDIO_PEAKS_JS = """async () => {
   const client = window.conference.client;
@@ -223,6 +278,27 @@ AUDIO_PEAKS_JS = """async () => {
     source.disconnect();
   }
   return out;
+}"""
+
+
+# What a page's video slots are doing, for failure messages.
+VIDEO_DIAGNOSIS_JS = """async () => {
+  const c = window.conference.client;
+  const stats = c.pc ? await c.pc.getStats() : new Map();
+  const byMid = {};
+  for (const s of stats.values()) if (s.type === 'inbound-rtp') byMid[s.mid] = s;
+  const slots = [...document.querySelectorAll('#program [data-slot]:not([hidden])')].map((n) => {
+    const i = Number(n.dataset.slot);
+    const v = n.querySelector('video');
+    const mid = c.videoMids[i];
+    const s = byMid[mid] || {};
+    const track = c.videoTrack(i);
+    return {slot: i, identity: n.dataset.identity, mid, ready: v.readyState, w: v.videoWidth,
+            attached: !!v.srcObject, track: track ? track.readyState + (track.muted ? '/muted' : '') : null,
+            packets: s.packetsReceived, frames: s.framesDecoded, keyframes: s.keyFramesDecoded,
+            pli: s.pliCount};
+  });
+  return {slots, history: c.history.slice(-15)};
 }"""
 
 

@@ -44,7 +44,11 @@ class Console {
 
   start() {
     const c = this.client;
-    this.live = new ProgramStage($("program-live"), c);
+    // The live monitor is drawn from the previews the console receives anyway: receiving the
+    // program's video slots as well would double the chair's decoding and the server's forwarding.
+    this.live = new ProgramStage($("program-live"), c, {
+      trackFor: (_i, identity) => (identity ? c.previewTrack(identity) : null),
+    });
     fit16x9($("program-live"));
     this.draftStage = new ProgramStage($("program-draft"), c, {
       trackFor: (_i, identity) => (identity ? c.previewTrack(identity) : null),
@@ -516,7 +520,7 @@ async function main() {
     device: "venue",
     // The console runs the meeting; the chair speaks from the main venue's own screen.
     publish: { audio: false, video: false },
-    videoSlots: 9,
+    videoSlots: 0,
     audioSlots: 3,
   });
   window.conference = { client };

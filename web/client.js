@@ -8,7 +8,9 @@ const REQUEST_TIMEOUT_MS = 10000;
 const PING_EVERY_MS = 10000;
 const ICE_GATHER_WAIT_MS = 1500;
 // A peer connection "disconnected" this long is treated as dropped and rejoined.
-const MEDIA_DISCONNECTED_GRACE_MS = 6000;
+// Long enough for ICE to recover by itself from a short stall (a busy server answers consent
+// checks late); a network that is really gone is also caught by the signaling ping.
+const MEDIA_DISCONNECTED_GRACE_MS = 12000;
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
 // Close codes after which reconnecting would be wrong (docs/protocol.md).
 const FINAL_CLOSE = {
@@ -171,6 +173,7 @@ export class RoomClient extends EventTarget {
     this._timers = new Set();
     this._pingTimer = null;
     this._mediaDownTimer = null;
+    this.history = [];
   }
 
   // --- lifecycle -------------------------------------------------------------------------
@@ -201,7 +204,14 @@ export class RoomClient extends EventTarget {
   _setState(state, detail = null) {
     if (this.state === state && detail == null) return;
     this.state = state;
+    this._note(`state ${state}${detail ? ` ${JSON.stringify(detail)}` : ""}`);
     this._emit("state", { state, detail });
+  }
+
+  /** Keep the last few connection happenings (window.conference.client.history) for diagnosis. */
+  _note(text) {
+    this.history.push(`${new Date().toISOString().slice(11, 23)} ${text}`);
+    if (this.history.length > 100) this.history.shift();
   }
 
   _emit(type, detail = {}) {
@@ -271,6 +281,7 @@ export class RoomClient extends EventTarget {
 
   _onClose(ws, ev) {
     if (ws !== this._ws) return;
+    this._note(`socket closed ${ev.code} ${ev.reason}`);
     this._ws = null;
     this._rejectPending("closed");
     this._stopPing();
@@ -310,9 +321,10 @@ export class RoomClient extends EventTarget {
     this._pingTimer = setInterval(async () => {
       try {
         await this.request("ping", {}, 5000);
-      } catch {
+      } catch (err) {
         // No answer: the network is gone even if the socket has not noticed yet.
         if (ws === this._ws) {
+          this._note(`ping failed: ${err.code}`);
           this._teardown(4000);
           this._scheduleReconnect();
         }
@@ -459,10 +471,12 @@ export class RoomClient extends EventTarget {
   _setMediaState(state) {
     if (this.mediaState === state) return;
     this.mediaState = state;
+    this._note(`media ${state}`);
     this._emit("media", { state });
   }
 
   async _onOffer(msg) {
+    this._note("offer");
     this._closePc();
     const slots = msg.slots || {};
     this.publishMids = slots.publish || {};

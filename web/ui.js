@@ -148,7 +148,7 @@ export class ProgramStage {
     this.slots = [];
     this.program = null; // override: {layout, slots} instead of the live program
     frame.classList.add("stage-frame");
-    for (const type of ["room", "tracks", "speakers", "joined", "media"]) {
+    for (const type of ["room", "tracks", "slots", "speakers", "joined", "media"]) {
       client.addEventListener(type, () => this.render());
     }
     window.addEventListener("languagechange-app", () => this.render());
