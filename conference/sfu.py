@@ -359,6 +359,7 @@ class DownTrack:
         self.output: glue.LegOutput = session.output
         self.rewriter: StreamRewriter = None  # type: ignore[assignment]  # set once negotiated
         self.codecs: dict[str, RTCRtpCodecParameters] = {}
+        self.payload_types: dict[int, RTCRtpCodecParameters] = {}
         self.want: str | None = None  # identity that should fill the slot
         self.source: Producer | None = None
         self.waiting: Producer | None = None  # switching to this one on its next keyframe
@@ -374,7 +375,11 @@ class DownTrack:
         codecs = [c for c in glue.negotiated_codecs(self.transceiver) if c.name.lower() in _CODEC_NAMES]
         if not codecs:
             return False
-        self.codecs = {c.name.lower(): c for c in codecs}
+        # First of each name wins (the subscriber's preference); exact payload types kept apart.
+        self.codecs = {}
+        for c in codecs:
+            self.codecs.setdefault(c.name.lower(), c)
+        self.payload_types = {c.payloadType: c for c in codecs}
         first = codecs[0]
         ids = {e.uri: e.id for e in glue.negotiated_extensions(self.transceiver)}
         self.rewriter = StreamRewriter(
@@ -429,7 +434,12 @@ class DownTrack:
         if self.source is not None and self.source is not producer:
             self.source.down_tracks.remove(self)
         self.waiting = None
-        codec = self.codecs[producer.codec]
+        # The publisher's own payload type if the subscriber negotiated it with the same codec
+        # (e.g. the same H.264 profile), else the subscriber's first of that codec.
+        same = self.payload_types.get(producer.payload_type)
+        codec = (
+            same if same is not None and same.name.lower() == producer.codec else self.codecs[producer.codec]
+        )
         # Rebased on this very packet (a keyframe, or any audio packet): the codec may change too.
         self.rewriter.switch(ssrc, codec=producer.codec, payload_type=codec.payloadType)  # type: ignore[arg-type]
         if self.source is not producer:
@@ -988,6 +998,11 @@ class SfuBackend:
                 return
             room_media = self._room(room, RoomState(room=room))
         room_media.sink = sink
+        if sink is not None:
+            try:
+                sink.speakers(time.time(), list(room_media.announced))  # who speaks as recording starts
+            except Exception:
+                logger.exception("recorder rejected a speakers update")
         for kind in ("audio", "video"):
             for producer in room_media.producers(kind):  # type: ignore[arg-type]
                 producer.close_sink()

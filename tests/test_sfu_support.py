@@ -179,8 +179,10 @@ class Endpoint:
         publish: bool = True,
         speaking: bool = False,
         keyframes_only: bool = False,
+        video_codec: str | None = None,
     ):
         self.identity = identity
+        self.video_codec = video_codec
         self.index = index
         self.publish = publish
         # max-bundle: with aiortc's default (balanced) policy, the 2nd and later video m-lines of an
@@ -205,6 +207,11 @@ class Endpoint:
             if self.publish and transceiver.mid == publish.get("video"):
                 transceiver.sender.replaceTrack(self.video_track)
                 transceiver.direction = "sendonly"
+                if self.video_codec:
+                    # What a browser that prefers this codec answers (setCodecPreferences would
+                    # only apply to aiortc's next offer, not to this answer).
+                    wanted = f"video/{self.video_codec}"
+                    transceiver._codecs = [c for c in transceiver._codecs if c.mimeType == wanted]
             elif self.publish and transceiver.mid == publish.get("audio"):
                 transceiver.sender.replaceTrack(self.audio_track)
                 transceiver.direction = "sendonly"
@@ -216,6 +223,14 @@ class Endpoint:
         # Read every queued datagram per wakeup: a busy test process must not drop media.
         glue.drain_udp_reads(self.pc)
         await session.set_answer(self.pc.localDescription.sdp)
+        # aiortc starts its receivers one by one after DTLS connects; packets for a receiver not
+        # started yet are dropped, so a slot's first keyframe could be lost: wait for all of them.
+        receivers = [t.receiver for t in self.pc.getTransceivers() if t.mid in self.received]
+        start = time.monotonic()
+        while not all(getattr(r, "_RTCRtpReceiver__started", True) for r in receivers):
+            if time.monotonic() - start > 20:
+                raise AssertionError(f"{self.identity}: receivers did not start")
+            await asyncio.sleep(0.05)
 
     async def _read(self, track: MediaStreamTrack, received: Received) -> None:
         try:
@@ -236,6 +251,15 @@ class Endpoint:
                     received.samples.append(frame.to_ndarray().reshape(-1)[::channels])
         except (MediaStreamError, asyncio.CancelledError):
             pass
+
+    def decoder_threads(self) -> set[int]:
+        """Thread ids of this endpoint's decoders (to tell its decode errors from others')."""
+        out = set()
+        for transceiver in self.pc.getTransceivers():
+            thread = getattr(transceiver.receiver, "_RTCRtpReceiver__decoder_thread", None)
+            if thread is not None and thread.ident is not None:
+                out.add(thread.ident)
+        return out
 
     def video(self, i: int) -> Received:
         return self.received[self.slots["video"][i]]
@@ -294,6 +318,7 @@ class Meeting:
         previews: bool = False,
         publish: bool = True,
         speaking: bool = False,
+        video_codec: str | None = None,
     ) -> Endpoint:
         participant = Participant(identity, identity, role, publish_audio=publish, publish_video=publish)
         state, _ = await self.store.update(self.room, lambda s: join(s, participant))
@@ -305,7 +330,7 @@ class Meeting:
             previews=previews,
         )
         session = await self.backend.open_session(self.room, identity, options, state)
-        endpoint = Endpoint(identity, index, publish=publish, speaking=speaking)
+        endpoint = Endpoint(identity, index, publish=publish, speaking=speaking, video_codec=video_codec)
         await endpoint.connect(session)
         self.endpoints[identity] = endpoint
         return endpoint
@@ -331,6 +356,9 @@ class Meeting:
         answer = await pool.call("answer", identity, index, speaking, True, offer)
         await session.set_answer(answer)
         return offer["slots"]
+
+    def decoder_threads(self) -> set[int]:
+        return {ident for e in self.endpoints.values() for ident in e.decoder_threads()}
 
     def slot_messages(self, identity: str) -> list[dict[str, Any]]:
         return [m for _, who, m in self.messages if who == identity and m["type"] == "slots"]
