@@ -197,7 +197,7 @@ class Endpoint:
         self._readers: list[asyncio.Task[None]] = []
         self.session: Any = None
 
-    async def connect(self, session: Any) -> None:
+    async def connect(self, session: Any, wait_receivers: bool = True) -> None:
         self.session = session
         offer = await session.create_offer()
         self.slots = offer["slots"]
@@ -225,6 +225,10 @@ class Endpoint:
         await session.set_answer(self.pc.localDescription.sdp)
         # aiortc starts its receivers one by one after DTLS connects; packets for a receiver not
         # started yet are dropped, so a slot's first keyframe could be lost: wait for all of them.
+        if wait_receivers:
+            await self.receivers_started()
+
+    async def receivers_started(self) -> None:
         receivers = [t.receiver for t in self.pc.getTransceivers() if t.mid in self.received]
         start = time.monotonic()
         while not all(getattr(r, "_RTCRtpReceiver__started", True) for r in receivers):
@@ -423,7 +427,8 @@ async def _pool_serve(conn: Any) -> None:
                 identity, index, speaking, publish, offer = args
                 endpoint = Endpoint(identity, index, publish=publish, speaking=speaking, keyframes_only=True)
                 session = _Offered(offer)
-                await endpoint.connect(session)
+                # The server applies the answer after this returns: cannot wait for receivers here.
+                await endpoint.connect(session, wait_receivers=False)
                 endpoints[identity] = endpoint
                 conn.send(("ok", session.answer))
             elif command == "observe":
