@@ -14,7 +14,7 @@ import pytest
 from test_sfu_support import Endpoint, Meeting, wait_for
 
 from conference.media import MediaError
-from conference.room import grant_floor, mute, set_connected, set_program
+from conference.room import grant_floor, mute, remove, set_connected, set_program
 
 pytestmark = pytest.mark.media
 
@@ -405,5 +405,26 @@ async def test_a_second_session_of_the_same_identity_replaces_the_first() -> Non
         await wait_for(lambda: b2.video(0).colour == 1, 10, "b2 sees itself in the program")
         assert meeting.backend.stats()["sessions"] == 2
         await b.close()
+    finally:
+        await meeting.close()
+
+
+async def test_a_removed_participant_loses_its_session_and_its_slots_empty() -> None:
+    meeting = Meeting()
+    await meeting.start()
+    try:
+        a = await meeting.add("hall-a", 0)
+        await meeting.add("expert-b", 1)
+        await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
+        await wait_for(lambda: a.video(1).colour == 1, 10, "a sees b")
+        await meeting.command(remove, "expert-b")
+        room = meeting.backend.rooms["hall"]
+        assert "expert-b" not in room.sessions
+        assert meeting.backend.stats()["sessions"] == 1
+        assert room.sessions["hall-a"].video[1].source is None
+        frames = a.video(1).frames
+        await asyncio.sleep(0.5)
+        assert a.video(1).frames <= frames + 1  # at most a frame in flight, then nothing
+        assert a.video(0).colour == 0
     finally:
         await meeting.close()
