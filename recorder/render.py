@@ -485,7 +485,16 @@ def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFram
         lost = False
         return EncodedFrame(clock.time_of(first_arrival, ordered[0].timestamp), frame, key, gap)
 
+    ssrc: int | None = None
     for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type, True):
+        if packet.ssrc != ssrc:
+            # The publisher restarted its stream: new sequence numbers and a new timestamp base.
+            if ssrc is not None:
+                if packets and (done := finish()):
+                    yield done
+                packets, current_ts, last_seq, lost = [], None, None, True
+            ssrc = packet.ssrc
+            clock = _Clock(track.clock_rate or 90000)
         if not packet.payload:
             # Padding (bandwidth probes) between frames uses up sequence numbers: not a loss.
             if not packets and last_seq is not None and (packet.sequence_number - last_seq) & 0xFFFF == 1:
@@ -576,7 +585,13 @@ class VideoFeed:
 def _opus_packets(recording: Recording, track: TrackInfo) -> Iterator[tuple[float, bytes]]:
     clock = _Clock(48000)
     recent: deque[int] = deque(maxlen=64)
+    ssrc: int | None = None
     for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type):
+        if packet.ssrc != ssrc:
+            # The publisher restarted its stream: new sequence numbers and a new timestamp base.
+            ssrc = packet.ssrc
+            clock = _Clock(48000)
+            recent.clear()
         if packet.sequence_number in recent:
             continue  # a duplicate
         recent.append(packet.sequence_number)

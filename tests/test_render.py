@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -323,3 +324,41 @@ def test_lost_packets_freeze_the_picture_until_the_next_keyframe(tmp_path: Path)
     gaps = [i for i, f in enumerate(frames) if f.gap]
     assert gaps == [20]  # the frame after the loss, and not the one after the padding
     assert not frames[20].keyframe
+
+
+def test_a_restarted_stream_keeps_its_timing(tmp_path: Path) -> None:
+    """The publisher restarts mid-track (new SSRC, sequence numbers and timestamp base)."""
+    from aiortc.rtp import RtpPacket
+
+    from recorder.archive import RecordingWriter, recording_dir
+    from recorder.render import video_frames
+
+    script = Script([Speaker("a", "Alice", GREEN, None)], duration=3.0, first_program=("single", ["a"]))
+    write_meeting(tmp_path / "src", "src", script)
+    src = Recording.open(tmp_path / "src", "src")
+    track = src.tracks[0]
+    writer = RecordingWriter(
+        recording_dir(tmp_path, "restart"), "restart", "assembly", started_at=src.started_at
+    )
+    writer.add_entry(next(e for e in src.timeline if e["kind"] == "snapshot"))
+    sink = writer.open_track("a", "video", "VP8", 90000, track.payload_type, track.ssrc, {})
+    for arrival, raw in src.read_track(track.number):
+        packet = RtpPacket.parse(raw)
+        if arrival - src.started_at >= 1.5:
+            packet.ssrc = 4242
+            packet.sequence_number = (packet.sequence_number + 30000) & 0xFFFF
+            packet.timestamp = (packet.timestamp + 3_000_000_000) & 0xFFFFFFFF
+        sink.write(arrival, packet.serialize())
+    writer.close(stopped_at=src.stopped_at)
+
+    rec = Recording.open(tmp_path, "restart")
+    frames = list(video_frames(rec, rec.tracks[0]))
+    times = [f.at - rec.started_at for f in frames]
+    assert len(frames) == 45
+    assert all(0 < b - a < 0.2 for a, b in itertools.pairwise(times)), times
+    restart = next(i for i, t in enumerate(times) if t >= 1.5)
+    assert frames[restart].gap and not any(f.gap for f in frames[:restart])
+    out = tmp_path / "restart.mp4"
+    render(rec, out, RenderOptions(width=W, height=H))
+    for t, pic in frames_at(out, [1.0, 2.8]).items():
+        assert_colour(tile_colour(pic, FULL), GREEN, f"at {t}")
