@@ -22,6 +22,12 @@ Timing rules (why the numbers):
   ``SPEAKING_OFF``; in a full set of audio slots a newcomer replaces the quietest occupant only if
   louder by ``REPLACE_MARGIN`` dB (so voices do not flap); ``speakers`` events go out at most every
   ``SPEAKERS_INTERVAL``.
+
+Not done yet (known limits): no NACK or receiver reports / REMB go upstream to publishers (aiortc's
+receive path that would produce them is bypassed), so upstream loss is only repaired by keyframes
+and a browser publisher gets no bandwidth feedback; a switch happens on the new source's keyframe
+even if the old source's current frame is incomplete (browsers drop such a frame; aiortc's jitter
+buffer hands it to the decoder); no simulcast, no RTX, no transport-cc.
 """
 
 from __future__ import annotations
