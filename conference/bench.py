@@ -84,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="the started server's data directory (default: a temporary one)")
     parser.add_argument("--cache-dir", help="pre-encoded media cache (default ~/.cache/conference-testmedia)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between joins and the window")
-    parser.add_argument("--join-timeout", type=float, help="seconds for all joins (default 20 + N/2)")
+    parser.add_argument("--join-timeout", type=float, help="seconds for all joins (default 30 + N)")
     parser.add_argument("--quiet", action="store_true", help="no table, only the JSON file / stdout JSON")
     parser.add_argument(
         "--details", action="store_true", help="include every endpoint's own report in the JSON"
@@ -406,7 +406,7 @@ class Bench:
 
     async def _meeting(self, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
         args = self.args
-        join_timeout = args.join_timeout or 20 + self.n / 2
+        join_timeout = args.join_timeout or 30 + self.n
         # The chair first, on the program alone, so every later join has video to see at once.
         await self.workers[0].send({"cmd": "join_chair", "layout": args.layout})
         await self.workers[0].expect("chair_joined", 30)
