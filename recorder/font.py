@@ -128,6 +128,14 @@ def _ascii(text: str) -> str:
     return "".join(out)
 
 
+def caption(name: str, identity: str) -> str:
+    """What a tile's caption says: the name if the built-in font can write it (accents folded), else
+    the identity, which tokens keep to ASCII letters, digits and ``._-`` (a Chinese name would
+    otherwise come out as a row of question marks)."""
+    folded = _ascii(name)
+    return identity if "?" in folded and "?" not in name else folded
+
+
 @lru_cache(maxsize=512)
 def text_mask(text: str, scale: int = 1) -> np.ndarray:
     """A boolean mask (height, width) of ``text`` rendered at an integer ``scale``."""

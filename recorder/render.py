@@ -41,7 +41,7 @@ from conference.config import ConfigError, add_settings_arguments, settings_from
 from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
 
 from .archive import ArchiveError, Recording, TrackInfo, check_recording_id, recording_dir
-from .font import fit_text, text_mask
+from .font import caption, fit_text, text_mask
 
 log = logging.getLogger(__name__)
 
@@ -769,7 +769,7 @@ class Compositor:
             if picture is None:
                 c.fill(box, CARD)
                 scale = max(1, min(6, h // 60))
-                label = fit_text(state.name(identity), w - 8, scale)
+                label = fit_text(caption(state.name(identity), identity), w - 8, scale)
                 mask = text_mask(label, scale)
                 c.text(x + (w - mask.shape[1]) // 2, y + (h - mask.shape[0]) // 2, mask, box)
                 continue
@@ -785,7 +785,7 @@ class Compositor:
             c.paste(ox, oy, scaled[2])  # type: ignore[arg-type]
             if self.captions:
                 scale = self._caption_scale(h)
-                label = fit_text(state.name(identity), w - 8 * scale, scale)
+                label = fit_text(caption(state.name(identity), identity), w - 8 * scale, scale)
                 mask = text_mask(label, scale)
                 c.text(x + 4 * scale, y + h - mask.shape[0] - 4 * scale, mask, box)
         self._scaled = used

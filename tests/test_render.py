@@ -362,3 +362,13 @@ def test_a_restarted_stream_keeps_its_timing(tmp_path: Path) -> None:
     render(rec, out, RenderOptions(width=W, height=H))
     for t, pic in frames_at(out, [1.0, 2.8]).items():
         assert_colour(tile_colour(pic, FULL), GREEN, f"at {t}")
+
+
+def test_captions_fall_back_to_the_identity_for_names_the_font_cannot_write() -> None:
+    from recorder.font import caption, text_mask
+
+    assert caption("第一分会场", "hall-a") == "hall-a"
+    assert caption("Müller-Lüdenscheidt", "m1") == "Muller-Ludenscheidt"
+    assert caption("Who?", "w") == "Who?"
+    mask = text_mask("hall-a", 2)
+    assert mask.shape == (14, (6 * 6 - 1) * 2) and mask.any() and not mask.all()
