@@ -248,9 +248,16 @@ class Producer:
         sent = False
         for track in tracks:
             out = track.rewriter.rewrite(data, header, ast, level, keyframe, now)
-            if out is not None and track.output.send(out):
+            if out is None:
+                continue
+            if track.output.send(out):
                 track.packets += 1
                 sent = True
+            elif self.cache is not None:
+                # The subscriber's leg is not up yet: what it missed must restart from a keyframe,
+                # or its decoder would begin on delta frames.
+                track.rewriter.resync()
+                self.request_keyframe()
         if sent:
             counters.packets_forwarded += 1
             counters.delay.add(time.perf_counter() - started)
