@@ -12,7 +12,7 @@ import asyncio
 import importlib.util
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +192,18 @@ async def slot_colours(tab: Page) -> dict[int, str | None]:
     return {int(slot): colour_name(rgb) for slot, rgb in pixels.items()}
 
 
+async def wait_to_hear(
+    tab: Page, accept: Callable[[dict[float, float]], bool], timeout: float, what: str
+) -> None:
+    """Wait for the tones a page hears to satisfy ``accept``; on failure show every audio slot."""
+    try:
+        await eventually(lambda: heard(tab), accept, timeout, what)
+    except AssertionError as exc:
+        peaks = await tab.evaluate(AUDIO_PEAKS_JS)
+        history = await tab.evaluate("window.conference.client.history.slice(-8)")
+        raise AssertionError(f"{exc}; audio slots: {peaks}; connection: {history}") from None
+
+
 async def heard(tab: Page) -> dict[float, float]:
     """Tones (Hz of VENUES / MEMBER) the page's audio slots carry, with their level in dB."""
     tones = [tone for _, _, tone in VENUES.values()] + [MEMBER[2]]
@@ -297,15 +309,11 @@ async def test_muted_venue_is_no_longer_heard(meeting: Meeting) -> None:
     hall_b_tone = VENUES["hall-b"][2]
     listeners = [meeting.venues["hall-a"], meeting.venues["hall-c"]]
     for tab in listeners:
-        await eventually(
-            lambda t=tab: heard(t), lambda h: hall_b_tone in h, 15, "hall-b heard before the mute"
-        )
+        await wait_to_hear(tab, lambda h: hall_b_tone in h, 15, "hall-b heard before the mute")
 
     await set_mute(meeting.chair, "hall-b", True)
     for tab in listeners:
-        await eventually(
-            lambda t=tab: heard(t), lambda h: hall_b_tone not in h, 5, "hall-b silent after the mute"
-        )
+        await wait_to_hear(tab, lambda h: hall_b_tone not in h, 5, "hall-b silent after the mute")
     # Still silent a moment later, while the other venue is still heard.
     await asyncio.sleep(1.0)
     a_hears = await heard(meeting.venues["hall-a"])
@@ -336,7 +344,7 @@ async def test_member_given_the_floor_is_heard_by_the_venues(meeting: Meeting) -
     await eventually(lambda: phone.is_visible("#granted"), bool, 10, "the phone says the floor is given")
     await phone.click("#speak-now", force=True)
     for identity, tab in meeting.venues.items():
-        await eventually(lambda t=tab: heard(t), lambda h: tone in h, 15, f"{identity} hears the member")
+        await wait_to_hear(tab, lambda h: tone in h, 15, f"{identity} hears the member")
     await chair.click("#revoke", force=True)
 
 
