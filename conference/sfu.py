@@ -276,6 +276,13 @@ class Producer:
         self.ssrc = header.ssrc
         if self.session.backend_closed:
             return False
+        if self.sink is not None:
+            # A new stream (SSRC, payload type or codec) is a new recorded track: the archive
+            # describes each track by one codec and payload type.
+            self.close_sink()
+            room_sink = self.session.room_media.sink
+            if room_sink is not None:
+                self.open_sink(room_sink)
         if self.keyframe_wanted or first:
             self.request_keyframe(force=True)
         if first:
