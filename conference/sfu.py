@@ -892,13 +892,23 @@ class RoomMedia:
                     self.sink.speakers(time.time(), announced)
                 except Exception:
                     logger.exception("recorder rejected a speakers update")
+        retry_before = time.monotonic() - PENDING_RETRY
         for producer in self.producers("video"):
-            if producer.pending and time.monotonic() - producer.last_pli >= PENDING_RETRY:
+            if producer.pending and producer.last_pli <= retry_before:
                 producer.request_keyframe()
         for session in self.sessions.values():
             for track in session.down_tracks():
-                if track.source is not None:
+                source = track.source
+                if source is not None:
                     track.update_sender_report()
+                    # A slot restarting on its source's keyframe (its leg was not up when the last
+                    # one passed) keeps asking until one gets through.
+                    if (
+                        source.kind == "video"
+                        and source.last_pli <= retry_before
+                        and track.rewriter.wants_keyframe is not None
+                    ):
+                        source.request_keyframe()
 
     def _update_speakers(self, now: float) -> bool:
         previous = list(self.speakers)
