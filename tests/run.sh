@@ -39,6 +39,11 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "== installing chromium (browser tests)"
     apt_install chromium chromium-driver || echo "!! could not install chromium: browser tests will fail"
 fi
+# The pages speak Chinese by default: without a CJK font the screenshots show boxes.
+if ! fc-list 2>/dev/null | grep -qiE 'wqy|noto.*cjk'; then
+    echo "== installing a CJK font (page screenshots)"
+    apt_install fonts-wqy-microhei || echo "!! could not install fonts-wqy-microhei: screenshots show boxes"
+fi
 
 redis_up() {
     "$VENV/bin/python" -c "import redis; redis.Redis(host='127.0.0.1', port=6379, socket_connect_timeout=1).ping()" \
