@@ -436,7 +436,8 @@ class Bench:
             if wait <= 0.05:
                 break
             await asyncio.sleep(wait)
-            if time.monotonic() < end - 0.5:
+            # No change in the window's last seconds: its switches would be cut off by the drain.
+            if time.monotonic() < end - min(args.switch_every, 3.0):
                 await self.set_program(next_program())
         cpu1, marks1 = self._server_cpu(), await self._mark()
         stats1 = await self.stats()
