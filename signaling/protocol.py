@@ -139,7 +139,16 @@ def _request_id(data: dict[str, Any]) -> Any:
 def parse_message(raw: str, max_bytes: int) -> dict[str, Any]:
     """A validated request, or ProtocolError with the protocol's error code."""
     if len(raw) > max_bytes or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise ProtocolError("too_large", f"message larger than {max_bytes} bytes")
+        # Still echo the id when the message parses (aiohttp already capped the frame), so the
+        # client waiting on that request hears why instead of timing out.
+        rid = None
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict):
+            rid = _request_id(data)
+        raise ProtocolError("too_large", f"message larger than {max_bytes} bytes", rid)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):

@@ -295,6 +295,8 @@ async def test_bad_input_gets_error_replies_and_the_room_goes_on(signaling_serve
         answer = await chair.wait_for(lambda m, n=count: m in chair.messages[n:] and m["type"] == "error")
         assert answer["code"] == code, (raw[:80], answer)
         assert answer["message"]
+        if code == "too_large":
+            assert answer["id"] == 15  # echoed, so the client is not left waiting
     await chair.ws.send_bytes(b"\x00\x01")
     assert await chair.wait_for(lambda m: m.get("code") == "bad_json" and "binary" in m["message"])
     # Nothing changed, and the connection still works.
