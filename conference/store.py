@@ -71,6 +71,14 @@ def number_events(state: RoomState, events: list[Event]) -> list[Event]:
     return events
 
 
+async def notify(listeners: list[Listener], room: str, events: list[Event], state: RoomState) -> None:
+    """Hand a change to every listener, in order (a listener may be sync or async)."""
+    for listener in listeners:
+        result = listener(room, events, state)
+        if result is not None:
+            await result
+
+
 class MemoryRoomStore:
     """Room state in this process: the default, nothing to install."""
 
@@ -135,10 +143,7 @@ class MemoryRoomStore:
         self._listeners.append(listener)
 
     async def _notify(self, room: str, events: list[Event], state: RoomState) -> None:
-        for listener in self._listeners:
-            result = listener(room, events, state)
-            if result is not None:
-                await result
+        await notify(self._listeners, room, events, state)
 
     async def close(self) -> None:
         self._listeners.clear()
@@ -270,10 +275,7 @@ class RedisRoomStore:
             await pubsub.aclose()
 
     async def _notify(self, room: str, events: list[Event], state: RoomState) -> None:
-        for listener in self._listeners:
-            result = listener(room, events, state)
-            if result is not None:
-                await result
+        await notify(self._listeners, room, events, state)
 
     async def close(self) -> None:
         self._listeners.clear()
