@@ -3,8 +3,11 @@
 aiortc's public API decodes everything it receives and encodes everything it sends. The
 forwarding core (``conference.sfu``) needs the layers underneath instead:
 
-- incoming: the DTLS transport's decrypted-RTP entry point (``RTCDtlsTransport._handle_rtp_data``),
-  replaced per instance so packets never reach aiortc's parser, jitter buffer or decoder;
+- incoming: SRTP datagrams are taken straight from the leg's UDP sockets (aioice
+  ``StunProtocol.datagram_received``, per instance) and unprotected with the leg's ``_rx_srtp``;
+  the DTLS transport's decrypted-RTP entry point (``RTCDtlsTransport._handle_rtp_data``) is
+  replaced too, for whatever still takes aiortc's path (e.g. relayed through TURN), so packets
+  never reach aiortc's parser, jitter buffer or decoder;
 - outgoing: the leg's SRTP context (``_tx_srtp``) and the nominated ICE pair (aioice
   ``Connection._nominated``), so a rewritten packet is protected and sent in one call;
 - RTCP: a subscriber's PLI/FIR reaches ``RTCRtpSender._send_keyframe`` and its NACK reaches
@@ -37,7 +40,15 @@ from typing import Any
 
 import aioice.ice
 import aioice.turn
-from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+import pylibsrtp
+from aiortc import (
+    MediaStreamTrack,
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 
@@ -61,6 +72,7 @@ _METHODS: list[tuple[type, str, tuple[str, ...], bool]] = [
     (RTCDtlsTransport, "_handle_rtp_data", ("data", "arrival_time_ms"), True),
     (RTCDtlsTransport, "_send_rtp", ("data",), True),
     (RTCRtpSender, "_send_keyframe", (), False),
+    (RTCRtpSender, "_next_encoded_frame", ("codec",), True),
     (RTCRtpSender, "_retransmit", ("sequence_number",), True),
     (RTCRtpSender, "_handle_rtcp_packet", ("packet",), True),
     (RTCRtpReceiver, "_send_rtcp_pli", ("media_ssrc",), True),
@@ -96,6 +108,10 @@ def check_aiortc() -> None:
             raise _fail(f"{cls.__name__}.{name}{got} no longer takes {params}")
         if inspect.iscoroutinefunction(method) != is_coroutine:
             raise _fail(f"{cls.__name__}.{name} changed between sync and async")
+    if "datagram_received" not in vars(aioice.ice.StunProtocol):
+        raise _fail("aioice StunProtocol.datagram_received is missing")
+    if "_ssrc" not in RTCRtpSender.__init__.__code__.co_names:
+        raise _fail("RTCRtpSender no longer sets _ssrc")
     for name in ("_nominated", "_protocols", "_local_candidates"):
         if name not in aioice.ice.Connection.__init__.__code__.co_names:
             raise _fail(f"aioice Connection no longer sets {name}")
@@ -161,7 +177,94 @@ def hook_incoming_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
     dtls._handle_rtp_data = handler  # type: ignore[method-assign]
 
 
+class SrtpDatagramHook:
+    """Takes a leg's SRTP packets straight from its UDP sockets: unprotect with the leg's SRTP
+    context and hand the RTP packet to ``on_rtp`` in the same callback.
+
+    aiortc's way costs, per packet, aioice's attempt to parse it as STUN (a raised ValueError), an
+    asyncio.Queue hop, a task wake-up and two coroutine frames before the DTLS transport unprotects
+    it. RTCP, STUN and DTLS keep aiortc's path, and so does everything that arrives before the DTLS
+    handshake has produced the SRTP keys. Only aioice's own host/reflexive sockets are hooked: data
+    relayed through TURN arrives wrapped and takes aiortc's path (``hook_incoming_rtp``)."""
+
+    __slots__ = ("_dtls", "_on_rtp", "handler_errors", "packets", "protocols", "unprotect_errors")
+
+    def __init__(self, dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> None:
+        self._dtls = dtls
+        self._on_rtp = on_rtp
+        self.packets = 0
+        self.unprotect_errors = 0
+        self.handler_errors = 0
+        self.protocols = 0
+
+    def install(self) -> int:
+        """Hook every gathered socket of the leg not hooked yet; returns how many are hooked."""
+        for protocol in self._dtls.transport._connection._protocols:
+            if type(protocol) is aioice.ice.StunProtocol and "datagram_received" not in vars(protocol):
+                protocol.datagram_received = self._wrap(protocol.datagram_received)  # type: ignore[method-assign]
+                self.protocols += 1
+        return self.protocols
+
+    def _wrap(self, original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+        dtls = self._dtls
+        on_rtp = self._on_rtp
+        srtp_error = pylibsrtp.Error
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            # SRTP first byte 128-191; RTCP as aiortc tells it (second byte 192-208) keeps its path.
+            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 209:
+                srtp = dtls._rx_srtp
+                if srtp is not None:
+                    try:
+                        packet = srtp.unprotect(data)
+                    except srtp_error:
+                        self.unprotect_errors += 1
+                        return
+                    self.packets += 1
+                    try:
+                        on_rtp(packet)
+                    except Exception:
+                        self.handler_errors += 1
+                    return
+            original(data, addr)
+
+        return datagram_received
+
+
+def hook_srtp_datagrams(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> SrtpDatagramHook:
+    """Install a :class:`SrtpDatagramHook` on the leg's sockets (call after ICE gathering, i.e.
+    once the local description is set)."""
+    hook = SrtpDatagramHook(dtls, on_rtp)
+    hook.install()
+    return hook
+
+
 # --- outgoing RTP ---------------------------------------------------------------------------
+
+
+class SilentTrack(MediaStreamTrack):
+    """A track that never yields: an RTCRtpSender fed with it never encodes or sends anything, while
+    keeping its SSRC, mid and RTCP; the forwarder (or a raw test publisher) sends its packets."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def recv(self) -> Any:
+        await self._never
+        raise RuntimeError("unreachable")
+
+    def stop(self) -> None:
+        if not self._never.done():
+            self._never.cancel()
+        super().stop()
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    """The SSRC aiortc picked for this sender (and signalled in the SDP)."""
+    return sender._ssrc  # type: ignore[no-any-return]
+
 
 
 class LegOutput:
@@ -213,6 +316,29 @@ def intercept_sender(
 
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
     sender._retransmit = retransmit  # type: ignore[method-assign]
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Point a sender's PLI/FIR handling at ``callback`` (a test publisher of pre-encoded media
+    restarts its clip at the keyframe; aiortc would ask an encoder it does not use)."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+EncodedFrameHook = Callable[[Any], Any]
+
+
+def wrap_encoded_frames(sender: RTCRtpSender, edit: EncodedFrameHook) -> None:
+    """Pass every encoded frame the sender is about to packetise through ``edit(frame)`` (which
+    changes it in place), e.g. to set the audio level aiortc only writes for audio it encoded."""
+    original = sender._next_encoded_frame
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        frame = await original(codec)
+        if frame is not None:
+            edit(frame)
+        return frame
+
+    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]
 
 
 def ntp_time(at: float) -> int:

@@ -683,6 +683,7 @@ async def _worker(spec: dict[str, Any]) -> None:
             video_slots=item["video_slots"],
             speaking=item["speaking"],
             decode=item["decode"],
+            raw_media=spec.get("raw_media", True),
             cache_dir=cache_dir,
             palette=spec["palette"],
             join_timeout=spec["join_timeout"],
@@ -735,9 +736,7 @@ async def _worker(spec: dict[str, Any]) -> None:
                 _emit({"event": "mark", "cpu_s": times.user + times.system})
             elif cmd == "pause":
                 for endpoint in endpoints:
-                    for track in (endpoint.video_track, endpoint.audio_track):
-                        if track is not None:
-                            track.pause()
+                    endpoint.pause_media()
                 _emit({"event": "paused"})
             elif cmd == "report":
                 reports = []

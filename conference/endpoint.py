@@ -4,7 +4,9 @@ pre-encoded media, and counts (and optionally decodes) what it receives.
 Tests and the benchmark (``conference bench``) use it as a venue, a member on a phone or the chair.
 
 Publishing: the endpoint's camera and microphone are :mod:`conference.testmedia` loops, so it spends
-no CPU encoding. Two per-sender hooks make pre-encoded media behave like a browser's:
+no CPU encoding. With ``raw_media`` (the benchmark's load processes) a :class:`RawPublisher` sends
+them as ready-made RTP on the leg; otherwise aiortc's senders packetise them, and two per-sender
+hooks make pre-encoded media behave like a browser's:
 - a keyframe request (PLI/FIR from the server) reaches ``RTCRtpSender._send_keyframe``, which with
   pre-encoded media would do nothing: it is pointed at the track, which restarts its loop at the
   keyframe;
@@ -12,10 +14,10 @@ no CPU encoding. Two per-sender hooks make pre-encoded media behave like a brows
   step is wrapped so every Opus packet carries the track's level, as browsers send it.
 
 Receiving: aiortc's own receive path costs ~100 us per packet and decodes every stream in a thread;
-a load generator receiving thousands of packets per second cannot afford that. The endpoint replaces
-its DTLS transport's RTP handler (``RTCDtlsTransport._handle_rtp_data``, per instance) with a light
-one that counts packets and bytes per receive slot (by SSRC, from the server's offer) and hands
-nothing to aiortc's receivers. Video is decoded by the endpoint itself (a small VP8 depacketiser and
+a load generator receiving thousands of packets per second cannot afford that. The endpoint takes
+SRTP packets straight from its sockets (``aiortc_glue.hook_srtp_datagrams``, the same hook the
+server uses) and counts packets and bytes per receive slot (by SSRC, from the server's offer),
+handing nothing to aiortc's receivers. Video is decoded by the endpoint itself (a small VP8 depacketiser and
 one PyAV decoder per slot), in one of three modes:
 - ``all``: every frame of every video slot is decoded (and audio too): exact decoded-frame counts;
 - ``probe`` (the default): a slot is decoded only from a join or a change of its source until a
@@ -25,8 +27,8 @@ Each test video encodes its endpoint index in its colour, so a decoded frame tel
 A slot decoder that waits for a keyframe for more than ``KEYFRAME_WAIT_S`` asks for one with a PLI
 (``RTCRtpReceiver._send_rtcp_pli``), as a browser's decoder does.
 
-All private aiortc names the endpoint touches are listed in ``PRIVATE_HOOKS`` and checked by
-:func:`check_aiortc_hooks` before the first peer connection is made.
+Every private aiortc name the endpoint relies on is reached through :mod:`conference.aiortc_glue`
+and checked there (:func:`check_aiortc_hooks` runs its check before the first peer connection).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import socket
 import struct
 import time
@@ -47,23 +50,30 @@ import av
 from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
-    RTCRtpReceiver,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from .testmedia import MediaParams, PreEncodedAudioTrack, PreEncodedVideoTrack, identify_frame, load_clip
+from . import aiortc_glue as glue
+from .rtp import URI_AUDIO_LEVEL, URI_MID
+from .testmedia import (
+    AUDIO_FRAME_SAMPLES,
+    AUDIO_RATE,
+    SILENT_LEVEL,
+    SPEAKING_LEVEL,
+    VIDEO_CLOCK,
+    EncodedClip,
+    MediaParams,
+    PreEncodedAudioTrack,
+    PreEncodedVideoTrack,
+    identify_frame,
+    load_clip,
+)
 
 DecodeMode = Literal["all", "probe", "none"]
 
-# (class, attribute) of every private aiortc name used here.
-PRIVATE_HOOKS: tuple[tuple[type, str], ...] = (
-    (RTCDtlsTransport, "_handle_rtp_data"),
-    (RTCRtpSender, "_send_keyframe"),
-    (RTCRtpSender, "_next_encoded_frame"),
-    (RTCRtpReceiver, "_send_rtcp_pli"),
-)
 # Receive buffer asked for each UDP socket (the kernel caps it at net.core.rmem_max).
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # A decoder that lost its place waits this long for a keyframe before asking for one.
@@ -80,12 +90,9 @@ class EndpointError(Exception):
 
 
 def check_aiortc_hooks() -> None:
-    """Fail loudly if an aiortc upgrade moved a private name the endpoint relies on."""
-    missing = [
-        f"{cls.__name__}.{name}" for cls, name in PRIVATE_HOOKS if not callable(getattr(cls, name, None))
-    ]
-    if missing:
-        raise RuntimeError(f"aiortc changed: missing {', '.join(missing)} (see conference/endpoint.py)")
+    """Fail loudly (``aiortc_glue.GlueError``) if an aiortc upgrade moved a private name the endpoint
+    relies on."""
+    glue.check_aiortc()
 
 
 _RTP = struct.Struct("!BBHII")
@@ -200,6 +207,9 @@ class EndpointConfig:
     join_timeout: float = 20.0
     # Receive slots accept VP8 only (what test endpoints publish): keeps a chair's 60-m-line answer small.
     receive_vp8_only: bool = True
+    # Publish ready-made RTP (RawPublisher) instead of going through aiortc's senders: what the
+    # benchmark's load processes use so 50 endpoints fit beside the server on one machine.
+    raw_media: bool = False
 
 
 def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
@@ -307,6 +317,8 @@ class Endpoint:
         self._background: set[asyncio.Future[None]] = set()
         self.keyframe_requests_sent = 0
         self.receive_buffer = 0
+        self.raw: RawPublisher | None = None
+        self.datagram_hooks: list[glue.SrtpDatagramHook] = []
 
     # --- signaling ------------------------------------------------------------------------
 
@@ -454,7 +466,10 @@ class Endpoint:
         if cfg.receive_vp8_only:
             receive_mids = {m for role in ("video", "previews") for m in slots_map.get(role) or []}
             sdp = keep_only_vp8(sdp, receive_mids)
-        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # The server BUNDLEs every m-line on one transport: one socket pair, one SRTP context.
+        self.pc = pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         transceivers = {t.mid: t for t in pc.getTransceivers()}
         clip = None
@@ -464,22 +479,32 @@ class Endpoint:
                 None, load_clip, cfg.index, cfg.media, cfg.cache_dir
             )
         video_mid, audio_mid = publish.get("video"), publish.get("audio")
+        raw_publish: dict[str, RTCRtpTransceiver] = {}
         if clip is not None and cfg.publish_video and video_mid in transceivers:
             transceiver = transceivers[video_mid]
             caps = RTCRtpSender.getCapabilities("video")
             transceiver.setCodecPreferences(
                 [c for c in caps.codecs if c.mimeType in ("video/VP8", "video/rtx")]
             )
-            self.video_track = PreEncodedVideoTrack(clip)
-            transceiver.sender.replaceTrack(self.video_track)
             transceiver.direction = "sendonly"
-            transceiver.sender._send_keyframe = self.video_track.request_keyframe  # type: ignore[method-assign]
+            if cfg.raw_media:
+                transceiver.sender.replaceTrack(glue.SilentTrack("video"))
+                raw_publish["video"] = transceiver
+                glue.on_keyframe_request(transceiver.sender, self._raw_keyframe_request)
+            else:
+                self.video_track = PreEncodedVideoTrack(clip)
+                transceiver.sender.replaceTrack(self.video_track)
+                glue.on_keyframe_request(transceiver.sender, self.video_track.request_keyframe)
         if clip is not None and cfg.publish_audio and audio_mid in transceivers:
             transceiver = transceivers[audio_mid]
-            self.audio_track = PreEncodedAudioTrack(clip, speaking=cfg.speaking)
-            transceiver.sender.replaceTrack(self.audio_track)
             transceiver.direction = "sendonly"
-            _carry_audio_level(transceiver.sender, self.audio_track)
+            if cfg.raw_media:
+                transceiver.sender.replaceTrack(glue.SilentTrack("audio"))
+                raw_publish["audio"] = transceiver
+            else:
+                self.audio_track = PreEncodedAudioTrack(clip, speaking=cfg.speaking)
+                transceiver.sender.replaceTrack(self.audio_track)
+                _carry_audio_level(transceiver.sender, self.audio_track)
         for role in ("video", "audio", "previews"):
             for i, mid in enumerate(slots_map.get(role) or []):
                 section = sections.get(mid)
@@ -511,8 +536,22 @@ class Endpoint:
         # One transport when the server BUNDLEs (it does); hook each in case it does not.
         for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
             if dtls is not None:
-                dtls._handle_rtp_data = self._handle_rtp_data  # type: ignore[method-assign]
+                glue.hook_incoming_rtp(dtls, self._handle_rtp_data)
+                self.datagram_hooks.append(glue.hook_srtp_datagrams(dtls, self._on_rtp_packet))
+        if clip is not None and raw_publish:
+            self.raw = RawPublisher(
+                clip,
+                glue.LegOutput(glue.leg_transport(pc)),
+                _raw_stream(raw_publish.get("video"), "vp8"),
+                _raw_stream(raw_publish.get("audio"), "opus"),
+                speaking=cfg.speaking,
+            )
+            self.raw.start()
         return compact_answer(pc.localDescription.sdp)
+
+    def _raw_keyframe_request(self) -> None:
+        if self.raw is not None:
+            self.raw.request_keyframe()
 
     def _slot_for_unknown_ssrc(self, data: bytes, ssrc: int) -> ReceiveSlot | None:
         """A packet whose SSRC the offer did not list: find its slot from the mid extension once."""
@@ -539,6 +578,9 @@ class Endpoint:
         return None
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        self._on_rtp_packet(data)
+
+    def _on_rtp_packet(self, data: bytes) -> None:
         # Replaces aiortc's receive path for this endpoint: count, maybe decode, hand nothing on.
         try:
             if len(data) < 12:
@@ -624,7 +666,7 @@ class Endpoint:
         ssrc = next(iter(slot.ssrcs), None)
         if receiver is not None and ssrc is not None:
             self.keyframe_requests_sent += 1
-            task = asyncio.ensure_future(receiver._send_rtcp_pli(ssrc))
+            task = asyncio.ensure_future(glue.send_pli(receiver, ssrc))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -683,16 +725,40 @@ class Endpoint:
             "unknown_packets": self.unknown_packets,
             "handler_errors": self.handler_errors,
             "audio_frames_decoded": self.audio_frames_decoded,
-            "video_frames_sent": self.video_track.frames_sent if self.video_track else 0,
-            "keyframe_requests": self.video_track.keyframe_requests if self.video_track else 0,
+            "video_frames_sent": self._published("frames_sent"),
+            "keyframe_requests": self._published("keyframe_requests"),
             "keyframe_requests_sent": self.keyframe_requests_sent,
             "receive_buffer": self.receive_buffer,
-            "audio_frames_sent": self.audio_track.frames_sent if self.audio_track else 0,
+            "audio_frames_sent": self.raw.audio_frames_sent
+            if self.raw is not None
+            else (self.audio_track.frames_sent if self.audio_track else 0),
+            "srtp_from_sockets": sum(h.packets for h in self.datagram_hooks),
             "speakers": list(self.speakers),
             "closed_reason": self.closed_reason,
         }
 
+    def _published(self, counter: str) -> int:
+        source = self.raw if self.raw is not None else self.video_track
+        return int(getattr(source, counter)) if source is not None else 0
+
+    def pause_media(self) -> None:
+        """Stop publishing (camera and microphone) until :meth:`resume_media`."""
+        if self.raw is not None:
+            self.raw.pause()
+        for track in (self.video_track, self.audio_track):
+            if track is not None:
+                track.pause()
+
+    def resume_media(self) -> None:
+        if self.raw is not None:
+            self.raw.start()
+        for track in (self.video_track, self.audio_track):
+            if track is not None:
+                track.resume()
+
     async def close(self, leave: bool = True) -> None:
+        if self.raw is not None:
+            self.raw.pause()
         if leave and self.ws is not None and not self.ws.closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.request("leave"), 2.0)
@@ -708,6 +774,165 @@ class Endpoint:
                 await self._reader
         if self.session is not None:
             await self.session.close()
+
+
+# --- raw publishing ---------------------------------------------------------------------------
+
+_RTP_HEADER = struct.Struct("!BBHII")
+VP8_MAX_PAYLOAD = 1200  # bytes of VP8 data per packet (the descriptor and headers come on top)
+AUDIO_TICK_S = AUDIO_FRAME_SAMPLES / AUDIO_RATE  # 20 ms: one Opus frame
+
+
+def vp8_chunks(frame: bytes, size: int = VP8_MAX_PAYLOAD) -> list[bytes]:
+    """A VP8 frame cut into equal-ish packet payloads of at most ``size`` bytes (RFC 7741 §4)."""
+    count = max(1, -(-len(frame) // size))
+    step = -(-len(frame) // count)
+    return [frame[i : i + step] for i in range(0, len(frame), step)] or [b""]
+
+
+def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
+    """An RFC 8285 one-byte-header extension block (0xBEDE) of (id, value) elements, padded."""
+    body = b"".join(bytes([(ext_id << 4) | (len(value) - 1)]) + value for ext_id, value in elements if ext_id)
+    if not body:
+        return b""
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+
+
+@dataclass(slots=True)
+class RawStream:
+    """One published stream of a RawPublisher: what its RTP headers carry."""
+
+    ssrc: int
+    payload_type: int
+    mid_ext: int
+    mid: bytes
+    level_ext: int = 0
+    sequence: int = field(default_factory=lambda: random.getrandbits(16))
+    timestamp: int = field(default_factory=lambda: random.getrandbits(32))
+    packets: int = 0
+
+
+class RawPublisher:
+    """Publishes an endpoint's pre-encoded clip as ready-made RTP: packetised once, each packet's
+    header written with ``struct``, protected and sent by the leg's ``LegOutput`` in one call.
+
+    aiortc's sender path (a task per track, the packetiser, per-packet coroutines, SRTP and aioice's
+    send) costs ~60 us a packet; this costs a fifth of it. aiortc's senders stay in place with a
+    track that never yields (they keep the SSRC, the mid and RTCP); a keyframe request (PLI/FIR)
+    restarts the clip at its keyframe as an encoder would make one."""
+
+    def __init__(
+        self,
+        clip: EncodedClip,
+        output: Any,  # aiortc_glue.LegOutput
+        video: RawStream | None,
+        audio: RawStream | None,
+        speaking: bool = False,
+    ) -> None:
+        self.clip = clip
+        self.output = output
+        self.video = video
+        self.audio = audio
+        self.speaking = speaking
+        self.frames = [vp8_chunks(frame) for frame in clip.video]
+        self.position = 0
+        self.audio_position = 0
+        self.picture_id = random.getrandbits(15)
+        self.video_step = VIDEO_CLOCK // clip.params.fps
+        self.video_every = max(1, round(1 / clip.params.fps / AUDIO_TICK_S))  # 2 ticks at 25 fps
+        self.video_ext = extension_block([(video.mid_ext, video.mid)]) if video else b""
+        self.tick_count = 0
+        self.frames_sent = 0
+        self.keyframes_sent = 0
+        self.keyframe_requests = 0
+        self.audio_frames_sent = 0
+        self.running = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0.0
+
+    @property
+    def level(self) -> int:
+        return SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
+
+    def request_keyframe(self) -> None:
+        self.keyframe_requests += 1
+        self.position = 0
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        loop = asyncio.get_running_loop()
+        # Publishers of one load process start at different phases, as real ones would.
+        self._next = loop.time() + random.uniform(0, AUDIO_TICK_S)
+        self._handle = loop.call_at(self._next, self._tick)
+
+    def pause(self) -> None:
+        self.running = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        if not self.running:
+            return
+        loop = asyncio.get_running_loop()
+        self._next += AUDIO_TICK_S
+        now = loop.time()
+        if self._next < now - 0.2:  # descheduled for long: do not burst to catch up
+            self._next = now + AUDIO_TICK_S
+        self._handle = loop.call_at(self._next, self._tick)
+        if self.audio is not None:
+            self._send_audio(self.audio)
+        if self.video is not None and self.tick_count % self.video_every == 0:
+            self._send_video(self.video)
+        self.tick_count += 1
+
+    def _send_audio(self, stream: RawStream) -> None:
+        frames = self.clip.tone if self.speaking else self.clip.silence
+        i = self.audio_position
+        self.audio_position = (i + 1) % len(frames)
+        level = self.level
+        ext = extension_block([(stream.mid_ext, stream.mid), (stream.level_ext, bytes([level]))])
+        head = _RTP_HEADER.pack(
+            0x90 if ext else 0x80, stream.payload_type, stream.sequence, stream.timestamp, stream.ssrc
+        )
+        if self.output.send(head + ext + frames[i]):
+            stream.packets += 1
+            self.audio_frames_sent += 1
+        stream.sequence = (stream.sequence + 1) & 0xFFFF
+        stream.timestamp = (stream.timestamp + AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF
+
+    def _send_video(self, stream: RawStream) -> None:
+        i = self.position
+        self.position = (i + 1) % len(self.frames)
+        chunks = self.frames[i]
+        pid = self.picture_id
+        self.picture_id = (pid + 1) & 0x7FFF
+        ext = self.video_ext
+        first = 0x90 if ext else 0x80
+        send = self.output.send
+        last = len(chunks) - 1
+        sent = False
+        for n, chunk in enumerate(chunks):
+            head = _RTP_HEADER.pack(
+                first,
+                stream.payload_type | (0x80 if n == last else 0),
+                stream.sequence,
+                stream.timestamp,
+                stream.ssrc,
+            )
+            # RFC 7741 descriptor: X, S on the frame's first packet, PID 0; I; 15-bit picture id.
+            descriptor = bytes((0x90 if n == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
+            if send(head + ext + descriptor + chunk):
+                stream.packets += 1
+                sent = True
+            stream.sequence = (stream.sequence + 1) & 0xFFFF
+        stream.timestamp = (stream.timestamp + self.video_step) & 0xFFFFFFFF
+        if sent:
+            self.frames_sent += 1
+            self.keyframes_sent += self.clip.keyframes[i]
 
 
 def _enlarge_receive_buffers(pc: RTCPeerConnection, size: int) -> int:
@@ -733,13 +958,28 @@ def _enlarge_receive_buffers(pc: RTCPeerConnection, size: int) -> int:
 
 def _carry_audio_level(sender: RTCRtpSender, track: PreEncodedAudioTrack) -> None:
     """Make aiortc put the track's level in each Opus packet's audio-level extension, like a browser."""
-    original = sender._next_encoded_frame
 
-    async def next_encoded_frame(codec: Any) -> Any:
-        frame = await original(codec)
-        if frame is not None:
-            # aiortc writes -audio_level into the extension (it holds dBov, negative).
-            frame.audio_level = -track.level
-        return frame
+    def set_level(frame: Any) -> None:
+        # aiortc writes -audio_level into the extension (it holds dBov, negative).
+        frame.audio_level = -track.level
 
-    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]
+    glue.wrap_encoded_frames(sender, set_level)
+
+
+def _raw_stream(transceiver: RTCRtpTransceiver | None, codec: str) -> RawStream | None:
+    """The RTP identity of a raw-published stream: aiortc's SSRC, the negotiated payload type and
+    header-extension ids of the transceiver."""
+    if transceiver is None or transceiver.currentDirection not in ("sendonly", "sendrecv"):
+        return None
+    codecs = glue.negotiated_codecs(transceiver)
+    payload_type = next((c.payloadType for c in codecs if c.name.lower() == codec), None)
+    if payload_type is None:
+        return None
+    ids = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
+    return RawStream(
+        ssrc=glue.sender_ssrc(transceiver.sender),
+        payload_type=payload_type,
+        mid_ext=ids.get(URI_MID, 0),
+        mid=(transceiver.mid or "").encode(),
+        level_ext=ids.get(URI_AUDIO_LEVEL, 0),
+    )

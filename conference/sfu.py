@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiortc import (
-    MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -87,25 +86,6 @@ MAX_ANNOUNCED_SPEAKERS = 4
 VIDEO_CODECS = ("video/VP8", "video/H264")
 AUDIO_CODECS = ("audio/opus",)
 _CODEC_NAMES = {"vp8": "vp8", "h264": "h264", "opus": "opus"}
-
-
-class _Silent(MediaStreamTrack):
-    """Gives a slot's RTCRtpSender a track that never yields, so aiortc never encodes anything:
-    the forwarder sends the slot's packets itself."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def recv(self) -> Any:
-        await self._never
-        raise RuntimeError("unreachable")
-
-    def stop(self) -> None:
-        if not self._never.done():
-            self._never.cancel()
-        super().stop()
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -403,7 +383,7 @@ class DownTrack:
         first = codecs[0]
         ids = {e.uri: e.id for e in glue.negotiated_extensions(self.transceiver)}
         self.rewriter = StreamRewriter(
-            self.sender._ssrc,
+            glue.sender_ssrc(self.sender),
             first.payloadType,
             self.kind,
             first.clockRate,
@@ -528,6 +508,7 @@ class Session:
             RTCConfiguration(iceServers=backend.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         self.output: glue.LegOutput = None  # type: ignore[assignment]
+        self.datagram_hook: glue.SrtpDatagramHook | None = None
         self.publish: dict[Kind, RTCRtpTransceiver] = {}
         self.producers: dict[Kind, Producer] = {}
         self.video: list[DownTrack] = []
@@ -590,6 +571,8 @@ class Session:
         )
         await pc.setLocalDescription(await pc.createOffer())
         glue.drain_udp_reads(pc)
+        # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
+        self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet)
         sdp = _add_fir_feedback(pc.localDescription.sdp)
         self.offer = {
             "sdp": sdp,
@@ -605,7 +588,7 @@ class Session:
 
     def _transceiver(self, kind: Kind, direction: str) -> RTCRtpTransceiver:
         if direction == "sendonly":
-            transceiver = self.pc.addTransceiver(_Silent(kind), direction="sendonly")
+            transceiver = self.pc.addTransceiver(glue.SilentTrack(kind), direction="sendonly")
         else:
             transceiver = self.pc.addTransceiver(kind, direction=direction)
         wanted = VIDEO_CODECS if kind == "video" else AUDIO_CODECS
@@ -667,6 +650,10 @@ class Session:
             raise MediaError("bad_request", f"cannot add ICE candidate: {exc}") from None
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        self.on_rtp_packet(data)
+
+    def on_rtp_packet(self, data: bytes) -> None:
+        """One decrypted RTP packet from this endpoint: route it to its producer."""
         header = parse_header(data)
         if header is None:
             return
