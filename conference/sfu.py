@@ -1039,10 +1039,13 @@ class SfuBackend:
     def stats(self) -> dict[str, Any]:
         c = self.counters
         sessions: dict[str, Any] = {}
-        producers = down_tracks = decoded = packets_out = bytes_out = 0
+        producers = down_tracks = decoded = packets_out = bytes_out = from_sockets = unprotect_errors = 0
         for room_media in self.rooms.values():
             for session in room_media.sessions.values():
                 decoded += session.decoded_frames()
+                if session.datagram_hook is not None:
+                    from_sockets += session.datagram_hook.packets
+                    unprotect_errors += session.datagram_hook.unprotect_errors
                 producers += sum(1 for p in session.producers.values() if p.ssrc is not None)
                 tracks = session.down_tracks()
                 down_tracks += sum(1 for t in tracks if t.source is not None)
@@ -1070,6 +1073,9 @@ class SfuBackend:
             "packets_out": packets_out,
             "bytes_out": bytes_out,
             "packets_forwarded": c.packets_forwarded,
+            # Incoming RTP taken straight from the sockets (the rest went through aiortc's path).
+            "packets_from_sockets": from_sockets,
+            "srtp_unprotect_errors": unprotect_errors,
             "packets_dropped_muted": c.packets_dropped_muted,
             "keyframe_requests_relayed": c.keyframe_requests_relayed,
             "keyframe_requests_sent": c.keyframe_requests_sent,

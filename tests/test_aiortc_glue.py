@@ -5,6 +5,7 @@ must fail here, loudly."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from typing import Any
@@ -72,11 +73,14 @@ async def test_instance_attributes_exist_and_a_renamed_one_fails() -> None:
 class Pair:
     """A publisher (aiortc, encodes a red camera) and a 'server' whose receive path is the glue's."""
 
-    def __init__(self) -> None:
+    def __init__(self, from_sockets: bool = False) -> None:
         config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         self.publisher = RTCPeerConnection(config)
         self.server = RTCPeerConnection(config)
-        self.packets: list[bytes] = []
+        self.packets: list[bytes] = []  # RTP that reached the DTLS transport's hook
+        self.socket_packets: list[bytes] = []  # RTP taken straight from the sockets
+        self.from_sockets = from_sockets
+        self.socket_hook: glue.SrtpDatagramHook | None = None
         self.track = ColourTrack((230, 30, 30))
 
     async def connect(self, **restrict: Any) -> None:
@@ -93,6 +97,8 @@ class Pair:
         glue.hook_incoming_rtp(self.dtls, on_rtp)
         glue.restrict_host_candidates(server, **restrict)
         await server.setLocalDescription(await server.createOffer())
+        if self.from_sockets:
+            self.socket_hook = glue.hook_srtp_datagrams(self.dtls, self.socket_packets.append)
         self.offer_sdp = server.localDescription.sdp
         await self.publisher.setRemoteDescription(RTCSessionDescription(self.offer_sdp, "offer"))
         publish, echo = self.publisher.getTransceivers()
@@ -150,14 +156,44 @@ async def test_raw_packets_arrive_undecoded_and_leave_through_the_leg() -> None:
         await pair.close()
 
 
-async def test_rtcp_reaches_the_intercepted_sender_and_pli_goes_upstream() -> None:
-    pair = Pair()
+async def test_srtp_is_taken_from_the_sockets_and_bad_datagrams_change_nothing() -> None:
+    pair = Pair(from_sockets=True)
+    try:
+        await pair.connect()
+        hook = pair.socket_hook
+        assert hook is not None and hook.protocols >= 1
+        await wait_for(lambda: len(pair.socket_packets) >= 10, 10, "RTP taken from the sockets")
+        # Every RTP packet took the short way: aiortc's DTLS transport saw none, nothing decoded.
+        assert pair.packets == []
+        assert pair.counter.frames == 0
+        ssrcs = {struct.unpack_from("!I", p, 8)[0] for p in pair.socket_packets}
+        assert len(ssrcs) == 1 and all(p[0] >> 6 == 2 for p in pair.socket_packets)
+        assert hook.packets == len(pair.socket_packets)
+
+        # Garbage shaped like SRTP at the server's socket: counted, dropped, the stream goes on.
+        protocol = pair.dtls.transport._connection._protocols[0]
+        host, port = protocol.transport.get_extra_info("sockname")[:2]
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(5):
+                sock.sendto(b"\x80\x60" + bytes(range(60)), (host, port))
+        await wait_for(lambda: hook.unprotect_errors >= 5, 5, "bad datagrams counted")
+        before = len(pair.socket_packets)
+        await wait_for(lambda: len(pair.socket_packets) >= before + 10, 10, "the stream after the garbage")
+        assert hook.handler_errors == 0
+    finally:
+        await pair.close()
+
+
+@pytest.mark.parametrize("from_sockets", [False, True], ids=["aiortc-path", "socket-hook"])
+async def test_rtcp_reaches_the_intercepted_sender_and_pli_goes_upstream(from_sockets: bool) -> None:
+    pair = Pair(from_sockets)
     try:
         await pair.connect()
         keyframe_requests: list[float] = []
         nacks: list[int] = []
         glue.intercept_sender(pair.outbound.sender, lambda: keyframe_requests.append(1.0), nacks.append)
-        await wait_for(lambda: len(pair.packets) >= 5, 10, "raw RTP at the hook")
+        received = pair.socket_packets if from_sockets else pair.packets
+        await wait_for(lambda: len(received) >= 5, 10, "raw RTP at the hook")
 
         # The subscriber (here the publisher's echo receiver) asks for a keyframe and resends.
         ssrc = pair.outbound.sender._ssrc
@@ -175,7 +211,7 @@ async def test_rtcp_reaches_the_intercepted_sender_and_pli_goes_upstream() -> No
             original()
 
         pair.publish_sender._send_keyframe = record  # type: ignore[method-assign]
-        media_ssrc = struct.unpack_from("!I", pair.packets[-1], 8)[0]
+        media_ssrc = struct.unpack_from("!I", received[-1], 8)[0]
         await glue.send_pli(pair.inbound.receiver, media_ssrc)
         await wait_for(lambda: bool(upstream), 5, "PLI at the publisher")
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -21,14 +22,20 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 from aiortc.rtp import RtpPacket
 
 from conference.endpoint import (
+    VP8_MAX_PAYLOAD,
     Endpoint,
     EndpointConfig,
+    RawPublisher,
+    RawStream,
     check_aiortc_hooks,
     compact_answer,
+    extension_block,
     keep_only_vp8,
     parse_offer_slots,
+    vp8_chunks,
     vp8_payload,
 )
+from conference.rtp import audio_level, parse_extensions, parse_header
 from conference.testmedia import (
     MAX_INDEX,
     SPEAKING_LEVEL,
@@ -130,6 +137,72 @@ def test_vp8_payload_descriptor_forms() -> None:
     assert vp8_payload(b"") is None
     assert vp8_payload(bytes([0x80])) is None
     assert vp8_payload(bytes([0x90, 0x80, 0x81])) is None
+
+
+def test_raw_packetisation_parts() -> None:
+    frame = bytes(range(256)) * 11  # 2,816 bytes: three packets of at most 1,200
+    chunks = vp8_chunks(frame)
+    assert b"".join(chunks) == frame and len(chunks) == 3 and max(map(len, chunks)) <= VP8_MAX_PAYLOAD
+    assert vp8_chunks(b"abc") == [b"abc"]
+    block = extension_block([(1, b"4"), (3, bytes([0x1E])), (0, b"ignored")])
+    assert block[:2] == b"\xbe\xde" and len(block) % 4 == 0
+    header = b"\x90\x6f\x00\x01" + bytes(8)
+    packet = header + block + b"payload"
+    parsed = parse_header(packet)
+    assert parsed is not None and parse_extensions(packet, parsed) == {1: b"4", 3: b"\x1e"}
+    assert extension_block([(0, b"x")]) == b""
+
+
+async def test_raw_publisher_sends_paced_rtp_and_restarts_at_a_keyframe(cache_dir: Path) -> None:
+    """The raw publisher's packets: one Opus packet per 20 ms, VP8 frames at 25 fps cut into
+    packets with the marker on each frame's last, picture ids counting up, a keyframe on request."""
+    clip = load_clip(4, PARAMS, cache_dir)
+    sent: list[bytes] = []
+
+    class Output:
+        def send(self, data: bytes) -> bool:
+            sent.append(data)
+            return True
+
+    video = RawStream(ssrc=0x1111, payload_type=96, mid_ext=1, mid=b"1")
+    audio = RawStream(ssrc=0x2222, payload_type=111, mid_ext=1, mid=b"0", level_ext=2)
+    publisher = RawPublisher(clip, Output(), video, audio, speaking=True)
+    publisher.start()
+    await asyncio.sleep(0.5)
+    publisher.request_keyframe()
+    await asyncio.sleep(0.3)
+    publisher.pause()
+    count = len(sent)
+    await asyncio.sleep(0.1)
+    assert len(sent) == count, "paused: nothing more is sent"
+    audio_packets = [p for p in sent if parse_header(p).ssrc == 0x2222]
+    video_packets = [p for p in sent if parse_header(p).ssrc == 0x1111]
+    assert 30 <= len(audio_packets) <= 45  # ~0.8 s of 20 ms frames
+    assert publisher.frames_sent >= 15 and publisher.keyframe_requests == 1
+    assert publisher.keyframes_sent >= 2  # the first frame and the requested one
+    for packets in (audio_packets, video_packets):
+        seqs = [parse_header(p).sequence for p in packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    first = parse_header(audio_packets[0])
+    assert audio_level(audio_packets[0], first, 2) == 30  # speaking: -30 dBov
+    # Reassemble the video frames and decode them: every one decodes, all show endpoint 4's colour.
+    decoder = av.CodecContext.create("libvpx", "r")
+    parts: list[bytes] = []
+    pictures: list[int] = []
+    decoded = 0
+    for p in video_packets:
+        h = parse_header(p)
+        start, _, chunk = vp8_payload(p[h.payload_offset :])
+        if start:
+            pictures.append(((p[h.payload_offset + 2] & 0x7F) << 8) | p[h.payload_offset + 3])
+        parts.append(chunk)
+        if h.marker:
+            for frame in decoder.decode(av.Packet(b"".join(parts))):
+                decoded += 1
+                assert identify_frame(frame) == 4
+            parts = []
+    assert decoded == publisher.frames_sent
+    assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(pictures))
 
 
 def test_parse_offer_slots() -> None:
@@ -370,12 +443,17 @@ async def test_endpoint_with_plain_aiortc_peer(aiohttp_server: Any, cache_dir: P
 # --- against the real server ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend_name", ["sfu", "relay_baseline"])
+@pytest.mark.parametrize(
+    ("backend_name", "raw_media"),
+    [("sfu", False), ("sfu", True), ("relay_baseline", False)],
+    ids=["sfu-aiortc-senders", "sfu-raw-rtp", "relay_baseline"],
+)
 async def test_endpoints_meet_on_the_real_server(
-    backend_name: str, signaling_server: Any, settings: Any, mint: Any, cache_dir: Path
+    backend_name: str, raw_media: bool, signaling_server: Any, settings: Any, mint: Any, cache_dir: Path
 ) -> None:
     """A chair and a venue join the real signaling server with a real media backend: each decodes
-    the program's video as the right sources, hears the other, and a program change is timed."""
+    the program's video as the right sources, hears the other, and a program change is timed.
+    With ``raw_media`` both publish ready-made RTP (the benchmark's load endpoints)."""
     module = pytest.importorskip(f"conference.{backend_name}", reason=f"conference/{backend_name}.py missing")
     # The baseline re-encodes every slot: on a busy 2-core machine it needs far longer.
     patience = 15.0 if backend_name == "sfu" else 45.0
@@ -393,6 +471,7 @@ async def test_endpoints_meet_on_the_real_server(
             media=PARAMS,
             cache_dir=cache_dir,
             palette=palette,
+            raw_media=raw_media,
             **kw,
         )
 
@@ -440,7 +519,15 @@ async def test_endpoints_meet_on_the_real_server(
             report = endpoint.report()
             assert report["handler_errors"] == 0 and report["unknown_packets"] == 0
             assert all(s["decode_errors"] == 0 for s in report["slots"])
-        assert server.app[MEDIA_KEY].stats()["decoded_frames"] == 0
+            # Received RTP took the socket hook; what was published went the chosen way.
+            assert report["srtp_from_sockets"] > 0
+            assert (endpoint.raw is not None) == raw_media
+            assert report["video_frames_sent"] > 0 and report["audio_frames_sent"] > 0
+            # The server asked each publisher for keyframes (joins, switches) and it made them.
+            assert report["keyframe_requests"] > 0
+        stats = server.app[MEDIA_KEY].stats()
+        assert stats["decoded_frames"] == 0
+        assert stats["packets_from_sockets"] > 0 and stats["srtp_unprotect_errors"] == 0
     finally:
         await hall.close()
         await chair.close()
