@@ -123,6 +123,22 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--url needs --admin-key (tokens are minted through POST /api/tokens)"
     if args.workers is not None and args.workers < 1:
         return "--workers must be at least 1"
+    if args.server_pid is not None:
+        if not args.url:
+            return "--server-pid is only for a server given with --url (a started one is measured anyway)"
+        return _check_server_pid(args.server_pid)
+    return None
+
+
+def _check_server_pid(pid: int) -> str | None:
+    """The CPU figures would be meaningless for another process: it must be a running server."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"--server-pid {pid}: no such process"
+    words = [w.decode(errors="replace") for w in cmdline if w]
+    if "serve" not in words or not any("conference" in w for w in words):
+        return f"--server-pid {pid} is not a `conference serve` process: {' '.join(words)[:200]}"
     return None
 
 
@@ -508,7 +524,17 @@ def build_report(
     packets_in = _delta(stats1, stats0, "packets_in")
     packets_out = _delta(stats1, stats0, "packets_out")
     cpu_s = None if None in cpu else cpu[1] - cpu[0]  # type: ignore[operator]
-    delay = stats1.get("forward_delay_us") or {}
+    delay = dict(stats1.get("forward_delay_us") or {})
+    # Percentiles of the measured window only (joins and the settling time left out), when the
+    # backend publishes its histogram; else what it reports since it started.
+    histogram0 = (stats0.get("forward_delay_us") or {}).get("histogram")
+    histogram1 = delay.get("histogram")
+    if histogram0 is not None and histogram1 is not None:
+        from .media import window_percentile
+
+        delay["p50"] = window_percentile(histogram0, histogram1, 50)
+        delay["p99"] = window_percentile(histogram0, histogram1, 99)
+        delay["measured_from"] = f"{delay.get('measured_from')}, in the measured window"
 
     # Delivery: per subscriber and slot, received / what the server sent on that slot.
     sent_by_slot: dict[tuple[str, str], int] = {}

@@ -53,7 +53,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_glue as glue
-from .media import Emit, MediaError, RecordingSink, SessionOptions, TrackSink
+from .media import DelayHistogram, Emit, MediaError, RecordingSink, SessionOptions, TrackSink
 from .room import Event, RoomState
 from .rtp import (
     URI_AUDIO_LEVEL,
@@ -89,41 +89,6 @@ _CODEC_NAMES = {"vp8": "vp8", "h264": "h264", "opus": "opus"}
 
 
 # --- statistics -------------------------------------------------------------------------------
-
-
-class DelayHistogram:
-    """Forwarding delay per incoming packet: 1 us buckets up to 10 ms, then 1 ms buckets to 1 s.
-
-    One list increment per packet, percentiles computed only when asked."""
-
-    FINE = 10_000
-    COARSE = 1_000
-
-    def __init__(self) -> None:
-        self.counts = [0] * (self.FINE + self.COARSE)
-        self.total = 0
-        self.max_us = 0.0
-
-    def add(self, seconds: float) -> None:
-        us = seconds * 1e6
-        i = int(us)
-        if i >= self.FINE:
-            i = self.FINE + min(int(us / 1000) - 10, self.COARSE - 1)
-        self.counts[i] += 1
-        self.total += 1
-        if us > self.max_us:
-            self.max_us = us
-
-    def percentile(self, p: float) -> float | None:
-        if not self.total:
-            return None
-        rank = p / 100 * self.total
-        seen = 0
-        for i, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank and n:
-                return float(i) if i < self.FINE else (i - self.FINE + 10) * 1000.0
-        return self.max_us
 
 
 @dataclass(slots=True)
@@ -1088,6 +1053,7 @@ class SfuBackend:
                 "p90": delay.percentile(90),
                 "p99": delay.percentile(99),
                 "max": delay.max_us if delay.total else None,
+                "histogram": delay.snapshot(),
                 # Measured from the hook's entry (after UDP receive and SRTP unprotect) to the last
                 # subscriber's sendto: the server's own forwarding work per incoming packet.
                 "measured_from": "rtp hook entry",

@@ -55,6 +55,10 @@ def test_process_cpu_of_this_process() -> None:
         (["--duration", "0"], "--duration"),
         (["--url", "http://127.0.0.1:9"], "--admin-key"),
         (["--switch-every", "-1"], "--switch-every"),
+        (["--server-pid", "1"], "only for a server given with --url"),
+        (["--url", "http://127.0.0.1:9", "--admin-key", "k", "--server-pid", "4194000"], "no such process"),
+        # This test's own process is not a server.
+        (["--url", "http://127.0.0.1:9", "--admin-key", "k", "--server-pid", str(os.getpid())], "is not"),
     ],
 )
 def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
@@ -124,3 +128,25 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
     decoded = report["subscriber_decode"]
     assert decoded["endpoints"] == 2 and decoded["video_frames_decoded"] > 50
     assert decoded["decode_errors"] == 0
+
+
+def test_forwarding_delay_percentiles_of_a_window() -> None:
+    """Two histogram snapshots give the percentiles of what happened between them only: the slow
+    packets before the window (joins) do not count."""
+    from conference.media import DelayHistogram, window_percentile
+
+    histogram = DelayHistogram()
+    for _ in range(100):
+        histogram.add(0.050)  # 50 ms during the joins
+    before = histogram.snapshot()
+    for _ in range(980):
+        histogram.add(0.000019)  # 19 us
+    for _ in range(20):
+        histogram.add(0.002544)  # 2.544 ms
+    after = histogram.snapshot()
+    assert before == {"50000": 100}
+    assert after["19"] == 980 and after["2500"] == 20
+    assert window_percentile(before, after, 50) == 20.0  # bucket 19 us, upper bound
+    assert window_percentile(before, after, 99) == 2600.0  # bucket 2,500-2,599 us
+    assert histogram.percentile(99) == 50000.0  # since the start: the joins dominate
+    assert window_percentile(after, after, 99) is None
