@@ -295,6 +295,15 @@ class LegOutput:
         self.octets += len(protected)
         return True
 
+    def send_rtcp(self, data: bytes) -> bool:
+        """Send one (compound) RTCP packet of our own, e.g. feedback to a publisher."""
+        srtp = self._dtls._tx_srtp
+        pair = self._connection._nominated.get(1)
+        if srtp is None or pair is None or pair.protocol.transport.is_closing():
+            return False
+        pair.protocol.transport.sendto(srtp.protect_rtcp(data), pair.remote_addr)
+        return True
+
     @property
     def connected(self) -> bool:
         return self._dtls._tx_srtp is not None and self._connection._nominated.get(1) is not None

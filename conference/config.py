@@ -43,6 +43,8 @@ class Settings:
     rtc_interfaces: list[str] = field(default_factory=list)
     rtc_announced_address: str | None = None
     max_endpoints: int = 50
+    # REMB sent to every video publisher: the browser keeps its camera under this bitrate.
+    publish_max_bitrate: int = 1_500_000
     reconnect_grace_s: float = 30.0
     auto_record: bool = False
     redis_url: str | None = None
@@ -139,6 +141,7 @@ _FIELD_TYPES: dict[str, str] = {
     "rtc_interfaces": "strlist",
     "rtc_announced_address": "str?",
     "max_endpoints": "int",
+    "publish_max_bitrate": "int",
     "reconnect_grace_s": "float",
     "auto_record": "bool",
     "redis_url": "str?",

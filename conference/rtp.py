@@ -969,3 +969,174 @@ class PacketCache:
         if self._sequences[i] != sequence:
             return None
         return self._packets[i]
+
+
+# --- reception statistics and feedback to a publisher -----------------------------------------------
+
+MAX_DROPOUT = 3000  # RFC 3550 A.1: a jump further ahead than this is a restart, not loss
+NACK_WINDOW = 200  # sequence numbers a gap may span and still be asked for again
+NACK_RETRY_S = 0.1
+NACK_GIVE_UP_S = 1.0
+
+
+class ReceptionStats:
+    """RFC 3550 reception statistics of one incoming stream (A.1 sequence tracking, A.3 loss, A.8
+    jitter) for receiver reports, and, for video, the sequence numbers still missing (for NACKs).
+
+    ``add`` runs per packet: a few integer operations, no allocation unless a packet is missing."""
+
+    __slots__ = (
+        "_expected_prior",
+        "_jitter_q4",
+        "_last_arrival",
+        "_last_timestamp",
+        "_received_prior",
+        "base_seq",
+        "clock_rate",
+        "cycles",
+        "max_seq",
+        "missing",
+        "received",
+        "track_missing",
+    )
+
+    def __init__(self, clock_rate: int, track_missing: bool) -> None:
+        self.clock_rate = clock_rate
+        self.track_missing = track_missing
+        self.base_seq = -1
+        self.max_seq = -1
+        self.cycles = 0
+        self.received = 0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._jitter_q4 = 0
+        self._last_arrival = 0
+        self._last_timestamp = -1
+        # sequence -> [first noticed, last asked] (monotonic seconds)
+        self.missing: dict[int, list[float]] = {}
+
+    def reset(self) -> None:
+        """A new stream (SSRC) starts: statistics start over."""
+        self.__init__(self.clock_rate, self.track_missing)  # type: ignore[misc]
+
+    def add(self, seq: int, timestamp: int, now: float) -> list[int] | None:
+        """Count one packet; returns the sequence numbers it shows missing (a gap), if any."""
+        self.received += 1
+        max_seq = self.max_seq
+        if max_seq < 0:
+            self.base_seq = self.max_seq = seq
+            self._last_timestamp = timestamp
+            self._last_arrival = int(now * self.clock_rate)
+            return None
+        delta = (seq - max_seq) & 0xFFFF
+        if delta == 0 or delta >= 0x8000:  # duplicate or late (maybe a retransmission)
+            if self.missing:
+                self.missing.pop(seq, None)
+            return None
+        if seq < max_seq:
+            self.cycles += 0x10000
+        self.max_seq = seq
+        if timestamp != self._last_timestamp:
+            arrival = int(now * self.clock_rate)
+            diff = abs((arrival - self._last_arrival) - ((timestamp - self._last_timestamp) & 0xFFFFFFFF))
+            if diff < 0x80000000:
+                self._jitter_q4 += diff - ((self._jitter_q4 + 8) >> 4)
+            self._last_arrival = arrival
+            self._last_timestamp = timestamp
+        if delta == 1 or not self.track_missing:
+            return None
+        if delta > MAX_DROPOUT:
+            self.missing.clear()
+            return None
+        gap = [(max_seq + i) & 0xFFFF for i in range(1, min(delta, NACK_WINDOW))]
+        for lost in gap:
+            self.missing[lost] = [now, now]
+        if len(self.missing) > NACK_WINDOW:
+            for old in list(self.missing)[: len(self.missing) - NACK_WINDOW]:
+                del self.missing[old]
+        return gap
+
+    def nacks_due(self, now: float) -> list[int]:
+        """Missing sequence numbers to ask for again now; forgets those asked for too long."""
+        due = []
+        for seq, times in list(self.missing.items()):
+            if now - times[0] > NACK_GIVE_UP_S:
+                del self.missing[seq]
+            elif now - times[1] >= NACK_RETRY_S:
+                times[1] = now
+                due.append(seq)
+        return due
+
+    @property
+    def extended_max(self) -> int:
+        return self.cycles + max(self.max_seq, 0)
+
+    @property
+    def expected(self) -> int:
+        return 0 if self.max_seq < 0 else self.extended_max - self.base_seq + 1
+
+    @property
+    def jitter(self) -> int:
+        return self._jitter_q4 >> 4
+
+    def report_block(self, ssrc: int) -> bytes:
+        """A 24-byte RTCP report block for ``ssrc`` (no sender report seen: LSR = DLSR = 0)."""
+        expected = self.expected
+        lost_total = max(-0x800000, min(expected - self.received, 0x7FFFFF))
+        expected_interval = expected - self._expected_prior
+        received_interval = self.received - self._received_prior
+        self._expected_prior, self._received_prior = expected, self.received
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = (lost_interval << 8) // expected_interval
+        return _REPORT_BLOCK.pack(
+            ssrc,
+            (min(fraction, 255) << 24) | (lost_total & 0xFFFFFF),
+            self.extended_max & 0xFFFFFFFF,
+            self.jitter & 0xFFFFFFFF,
+            0,
+            0,
+        )
+
+
+_REPORT_BLOCK = struct.Struct("!IIIIII")
+_RTCP_HEAD = struct.Struct("!BBHI")
+
+
+def rtcp_receiver_report(sender_ssrc: int, blocks: list[bytes]) -> bytes:
+    """RTCP RR (RFC 3550 6.4.2) with up to 31 report blocks."""
+    blocks = blocks[:31]
+    body = b"".join(blocks)
+    return _RTCP_HEAD.pack(0x80 | len(blocks), 201, 1 + len(body) // 4, sender_ssrc) + body
+
+
+def rtcp_remb(sender_ssrc: int, bitrate: int, media_ssrcs: list[int]) -> bytes:
+    """RTCP REMB (draft-alvestrand-rmcat-remb): the highest bitrate the publisher should send."""
+    exponent = 0
+    mantissa = max(0, int(bitrate))
+    while mantissa > 0x3FFFF:
+        mantissa >>= 1
+        exponent += 1
+    fci = b"REMB" + struct.pack("!I", (len(media_ssrcs) << 24) | (exponent << 18) | mantissa)
+    fci += b"".join(struct.pack("!I", s) for s in media_ssrcs)
+    return _RTCP_HEAD.pack(0x80 | 15, 206, 2 + len(fci) // 4, sender_ssrc) + b"\0\0\0\0" + fci
+
+
+def rtcp_nack(sender_ssrc: int, media_ssrc: int, lost: list[int]) -> bytes:
+    """RTCP generic NACK (RFC 4585 6.2.1): each FCI names a packet and a bitmask of the next 16."""
+    fci = bytearray()
+    remaining = sorted(set(lost), key=lambda s: (s - lost[0]) & 0xFFFF)
+    while remaining:
+        pid = remaining.pop(0)
+        mask = 0
+        rest = []
+        for seq in remaining:
+            d = (seq - pid) & 0xFFFF
+            if 1 <= d <= 16:
+                mask |= 1 << (d - 1)
+            else:
+                rest.append(seq)
+        remaining = rest
+        fci += struct.pack("!HH", pid, mask)
+    return _RTCP_HEAD.pack(0x81, 205, 2 + len(fci) // 4, sender_ssrc) + struct.pack("!I", media_ssrc) + fci

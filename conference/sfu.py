@@ -23,9 +23,15 @@ Timing rules (why the numbers):
   louder by ``REPLACE_MARGIN`` dB (so voices do not flap); ``speakers`` events go out at most every
   ``SPEAKERS_INTERVAL``.
 
-Not done yet (known limits): no NACK or receiver reports / REMB go upstream to publishers (aiortc's
-receive path that would produce them is bypassed), so upstream loss is only repaired by keyframes
-and a browser publisher gets no bandwidth feedback; a switch happens on the new source's keyframe
+Feedback to publishers (aiortc's receive path, which would send it, is bypassed): each producer
+keeps RFC 3550 reception statistics (``rtp.ReceptionStats``) and sends a receiver report every
+``REPORT_INTERVAL``; video producers also get a REMB with the ``publish_max_bitrate`` cap (the SFU
+does not estimate bandwidth itself: the browser's own loss-based control works under that cap) and
+a NACK as soon as a gap shows, asked again every 100 ms for up to 1 s; a retransmission arriving
+late is forwarded like any late packet.
+
+Not done yet (known limits): LSR/DLSR in our receiver reports are 0 (publishers get no RTT from
+us); a switch happens on the new source's keyframe
 even if the old source's current frame is incomplete (browsers drop such a frame; aiortc's jitter
 buffer hands it to the decoder); no simulcast, no RTX, no transport-cc.
 """
@@ -59,12 +65,16 @@ from .rtp import (
     URI_AUDIO_LEVEL,
     ExtensionMap,
     PacketCache,
+    ReceptionStats,
     RtpHeader,
     StreamRewriter,
     abs_send_time,
     audio_level,
     is_keyframe,
     parse_header,
+    rtcp_nack,
+    rtcp_receiver_report,
+    rtcp_remb,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,6 +90,7 @@ SPEAKER_HOLD = 1.0
 REPLACE_MARGIN = 6.0
 SCORE_ALPHA = 0.5  # weight of the newest tick in a producer's loudness score
 SPEAKERS_INTERVAL = 0.4
+REPORT_INTERVAL = 1.0  # receiver reports (and REMB) to each publisher
 MAX_ANNOUNCED_SPEAKERS = 4
 
 # Codecs offered, in order of preference: VP8 first (every browser sends it), then H.264.
@@ -101,6 +112,8 @@ class Counters:
     keyframe_requests_sent: int = 0  # PLI sent to publishers
     nacks_received: int = 0
     nacks_answered: int = 0
+    nacks_sent: int = 0  # sequence numbers asked for again from publishers
+    reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
     delay: DelayHistogram = field(default_factory=DelayHistogram)
 
 
@@ -117,8 +130,10 @@ class Producer:
         receiver: RTCRtpReceiver,
         codecs: list[RTCRtpCodecParameters],
         extensions: dict[str, int],
+        rtcp_ssrc: int = 0,
     ) -> None:
         self.session = session
+        self.rtcp_ssrc = rtcp_ssrc  # our SSRC in the feedback we send the publisher
         self.identity = session.identity
         self.kind = kind
         self.receiver = receiver
@@ -133,6 +148,8 @@ class Producer:
         self.down_tracks: list[DownTrack] = []
         self.pending: list[DownTrack] = []  # waiting for this producer's next keyframe
         self.cache = PacketCache() if kind == "video" else None
+        self.reception = ReceptionStats(self.clock_rate, track_missing=kind == "video")
+        self.last_report = 0.0
         self.audible = True
         self.last_pli = -1e9
         self.deferred_pli: asyncio.TimerHandle | None = None
@@ -165,6 +182,9 @@ class Producer:
             return
         now = time.time()
         self.last_packet_at = now
+        gap = self.reception.add(header.sequence, header.timestamp, now)
+        if gap is not None:
+            self._send_nack(gap)
         level = None
         if self.cache is not None:
             keyframe = is_keyframe(self.codec, data, header)
@@ -219,6 +239,7 @@ class Producer:
         self.clock_rate = codec.clockRate
         first = self.ssrc is None
         self.ssrc = header.ssrc
+        self.reception = ReceptionStats(self.clock_rate, track_missing=self.kind == "video")
         if self.session.backend_closed:
             return False
         if self.sink is not None:
@@ -233,6 +254,29 @@ class Producer:
         if first:
             self.session.room_media.producer_started(self)
         return True
+
+    def _send_nack(self, lost: list[int]) -> None:
+        if self.ssrc is None:
+            return
+        if self.session.output.send_rtcp(rtcp_nack(self.rtcp_ssrc, self.ssrc, lost)):
+            self.counters.nacks_sent += len(lost)
+
+    def feedback(self, now: float) -> None:
+        """Per tick: NACKs still due; every REPORT_INTERVAL a receiver report, and for video a REMB
+        with the room's bitrate cap (aiortc's receiver, which would send them, is bypassed)."""
+        if self.ssrc is None:
+            return
+        due = self.reception.nacks_due(now) if self.reception.missing else None
+        if due:
+            self._send_nack(due)
+        if now - self.last_report < REPORT_INTERVAL:
+            return
+        self.last_report = now
+        data = rtcp_receiver_report(self.rtcp_ssrc, [self.reception.report_block(self.ssrc)])
+        if self.kind == "video":
+            data += rtcp_remb(self.rtcp_ssrc, self.session.backend.publish_max_bitrate, [self.ssrc])
+        if self.session.output.send_rtcp(data):
+            self.counters.reports_sent += 1
 
     def _switch_pending(self, ssrc: int) -> None:
         pending, self.pending = self.pending, []
@@ -586,7 +630,9 @@ class Session:
             if not codecs or transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 continue
             extensions = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
-            self.producers[kind] = Producer(self, kind, transceiver.receiver, codecs, extensions)
+            self.producers[kind] = Producer(
+                self, kind, transceiver.receiver, codecs, extensions, glue.sender_ssrc(transceiver.sender)
+            )
         self.video = [t for t in self.video if t.rewriter is not None]
         self.audio = [t for t in self.audio if t.rewriter is not None]
         self.previews = [t for t in self.previews if t.rewriter is not None]
@@ -844,6 +890,10 @@ class RoomMedia:
                     self.sink.speakers(time.time(), announced)
                 except Exception:
                     logger.exception("recorder rejected a speakers update")
+        wall = time.time()
+        for kind in ("audio", "video"):
+            for producer in self.producers(kind):  # type: ignore[arg-type]
+                producer.feedback(wall)
         retry_before = time.monotonic() - PENDING_RETRY
         for producer in self.producers("video"):
             if producer.pending and producer.last_pli <= retry_before:
@@ -904,8 +954,10 @@ class SfuBackend:
         rtc_interfaces: list[str] | None = None,
         rtc_announced_address: str | None = None,
         max_previews: int | None = None,
+        publish_max_bitrate: int = 1_500_000,
     ) -> None:
         glue.check_aiortc()
+        self.publish_max_bitrate = publish_max_bitrate
         # Never None: aiortc would fall back to Google's public STUN server.
         self.ice_servers: list[RTCIceServer] = list(ice_servers or [])
         self.rtc_port_min = rtc_port_min
@@ -1046,6 +1098,8 @@ class SfuBackend:
             "keyframe_requests_sent": c.keyframe_requests_sent,
             "nacks_received": c.nacks_received,
             "nacks_answered": c.nacks_answered,
+            "nacks_sent": c.nacks_sent,
+            "reports_sent": c.reports_sent,
             "decoded_frames": decoded,
             "forward_delay_us": {
                 "count": delay.total,
@@ -1102,4 +1156,5 @@ def create_backend(settings: Any = None) -> SfuBackend:
         rtc_interfaces=list(getattr(settings, "rtc_interfaces", None) or []),
         rtc_announced_address=getattr(settings, "rtc_announced_address", None),
         max_previews=getattr(settings, "max_previews", None),
+        publish_max_bitrate=getattr(settings, "publish_max_bitrate", None) or 1_500_000,
     )

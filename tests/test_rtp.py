@@ -904,3 +904,56 @@ def test_resync_keeps_a_pending_switch() -> None:
     slot.switch(2222)
     slot.resync()
     assert slot.wants_keyframe == 2222
+
+
+# --- reception statistics and feedback -----------------------------------------------------------
+
+
+def test_reception_stats_count_loss_wrap_and_late_packets() -> None:
+    from conference.rtp import ReceptionStats
+
+    stats = ReceptionStats(90_000, track_missing=True)
+    now = 1000.0
+    assert stats.add(65530, 0, now) is None
+    assert stats.add(65531, 3000, now) is None
+    assert stats.add(65533, 6000, now) == [65532]
+    assert stats.add(2, 9000, now) == [65534, 65535, 0, 1]  # across the wrap
+    assert stats.add(65532, 6000, now) is None  # late: fills its gap
+    assert sorted(stats.missing) == [0, 1, 65534, 65535]
+    assert stats.expected == 9 and stats.received == 5 and stats.extended_max == 0x10002
+    assert stats.nacks_due(now) == []  # just asked
+    assert sorted(stats.nacks_due(now + 0.15)) == [0, 1, 65534, 65535]
+    assert stats.nacks_due(now + 2.0) == [] and not stats.missing  # given up after a second
+    # A restart far ahead is not loss to ask for.
+    assert stats.add(30000, 0, now) is None and not stats.missing
+    audio = ReceptionStats(48_000, track_missing=False)
+    audio.add(10, 0, now)
+    assert audio.add(15, 960, now) is None and not audio.missing
+
+
+def test_feedback_packets_parse_as_rtcp() -> None:
+    """Our RR, REMB and NACK read back with aiortc's RTCP parser (an independent implementation)."""
+    from aiortc.rtp import RtcpPacket, unpack_remb_fci
+
+    from conference.rtp import ReceptionStats, rtcp_nack, rtcp_receiver_report, rtcp_remb
+
+    stats = ReceptionStats(90_000, track_missing=True)
+    for seq in (100, 101, 104, 105):
+        stats.add(seq, seq * 3000, 5.0)
+    compound = (
+        rtcp_receiver_report(0xAAAA, [stats.report_block(0xBBBB)])
+        + rtcp_remb(0xAAAA, 1_500_000, [0xBBBB])
+        + rtcp_nack(0xAAAA, 0xBBBB, [102, 103, 130, 65535])
+    )
+    rr, remb, nack = RtcpPacket.parse(compound)
+    report = rr.reports[0]
+    assert (rr.ssrc, report.ssrc, report.highest_sequence, report.packets_lost) == (0xAAAA, 0xBBBB, 105, 2)
+    assert report.fraction_lost == (2 << 8) // 6
+    assert (remb.fmt, remb.media_ssrc) == (15, 0)
+    assert unpack_remb_fci(remb.fci) == (1_500_000, [0xBBBB])
+    assert nack.fmt == 1 and nack.media_ssrc == 0xBBBB
+    assert sorted(s & 0xFFFF for s in nack.lost) == [102, 103, 130, 65535]
+    # The next report covers only what happened since the last one.
+    stats.add(106, 106 * 3000, 6.0)
+    again = RtcpPacket.parse(rtcp_receiver_report(1, [stats.report_block(0xBBBB)]))[0].reports[0]
+    assert again.fraction_lost == 0 and again.packets_lost == 2

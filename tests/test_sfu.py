@@ -9,6 +9,7 @@ import itertools
 import logging
 import struct
 import time
+from typing import Any
 
 import pytest
 from test_sfu_support import Endpoint, Meeting, wait_for
@@ -427,5 +428,57 @@ async def test_a_removed_participant_loses_its_session_and_its_slots_empty() -> 
         await asyncio.sleep(0.5)
         assert a.video(1).frames <= frames + 1  # at most a frame in flight, then nothing
         assert a.video(0).colour == 0
+    finally:
+        await meeting.close()
+
+
+async def test_publishers_get_receiver_reports_remb_and_nacks_for_what_was_lost() -> None:
+    """aiortc's receive path is bypassed, so the SFU sends the feedback it would have: receiver
+    reports, a REMB with the bitrate cap, and a NACK when a video packet is missing (the
+    publisher's retransmission then reaches the forwarder)."""
+    meeting = Meeting()
+    meeting.backend.publish_max_bitrate = 400_000
+    await meeting.start()
+    try:
+        a = await meeting.add("hall-a", 0)
+        b = await meeting.add("expert-b", 1)
+        await meeting.command(set_program, "single", ["hall-a"])
+        await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
+        sender = next(t.sender for t in a.pc.getTransceivers() if t.mid == a.slots["publish"]["video"])
+
+        def encoder_target() -> int | None:
+            return getattr(sender._RTCRtpSender__encoder, "target_bitrate", None)  # type: ignore[attr-defined]
+
+        # aiortc's sender hands a REMB for its SSRC to its encoder as the target bitrate.
+        await wait_for(lambda: encoder_target() == 400_000, 5, "REMB at the publisher's encoder")
+        reports = [s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp"]
+        assert reports and reports[0].packetsLost == 0, reports
+
+        # One video packet lost on the way in (before SRTP: a packet unprotected once would be
+        # refused again as a replay): the gap is NACKed and the retransmission arrives.
+        session = meeting.backend.rooms["hall"].sessions["hall-a"]
+        producer = session.producers["video"]
+        ice = session.pc.getTransceivers()[0].receiver.transport.transport
+        protocols = list(ice._connection._protocols)
+        seen: list[int] = []
+        dropped: list[int] = []
+        for protocol in protocols:
+            hooked = protocol.datagram_received
+
+            def lossy(data: bytes, addr: Any, hooked: Any = hooked) -> None:
+                if len(data) > 12 and struct.unpack_from("!I", data, 8)[0] == producer.ssrc:
+                    sequence = struct.unpack_from("!H", data, 2)[0]
+                    seen.append(sequence)
+                    if not dropped and len(seen) > 20:
+                        dropped.append(sequence)
+                        return
+                hooked(data, addr)
+
+            protocol.datagram_received = lossy
+        await wait_for(lambda: bool(dropped) and seen.count(dropped[0]) >= 2, 5, "the retransmission")
+        stats = meeting.backend.stats()
+        assert stats["nacks_sent"] >= 1 and stats["reports_sent"] >= 2
+        assert dropped[0] not in producer.reception.missing  # the late packet filled the gap
+        assert stats["srtp_unprotect_errors"] == 0
     finally:
         await meeting.close()
