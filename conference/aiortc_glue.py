@@ -456,6 +456,28 @@ def _drain(transport: Any) -> None:
         protocol.datagram_received(data, addr)
 
 
+def enlarge_receive_buffers(pc: RTCPeerConnection, size: int) -> int:
+    """Ask for a ``size``-byte receive buffer on the peer connection's gathered UDP sockets (the
+    kernel caps it at net.core.rmem_max); returns what the kernel granted (0: no socket).
+
+    The default (~208 KB) holds well under a second of a busy leg: a process descheduled for a
+    moment on a loaded machine would drop what was already on its way."""
+    granted = 0
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    for ice in transports:
+        for protocol in ice._connection._protocols:
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            except OSError:
+                continue
+    return granted
+
+
 # --- ICE host candidates ----------------------------------------------------------------------
 
 

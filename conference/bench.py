@@ -535,6 +535,15 @@ def build_report(
         delay["p50"] = window_percentile(histogram0, histogram1, 50)
         delay["p99"] = window_percentile(histogram0, histogram1, 99)
         delay["measured_from"] = f"{delay.get('measured_from')}, in the measured window"
+    waits0 = (stats0.get("switch_wait_us") or {}).get("histogram")
+    waits1 = (stats1.get("switch_wait_us") or {}).get("histogram")
+    switch_wait: dict[str, float | None] = {"p50": None, "p95": None}
+    if waits0 is not None and waits1 is not None:
+        from .media import window_percentile
+
+        for p in (50, 95):
+            value = window_percentile(waits0, waits1, p)
+            switch_wait[f"p{p}"] = None if value is None else round(value / 1000, 1)
 
     # Delivery: per subscriber and slot, received / what the server sent on that slot.
     sent_by_slot: dict[tuple[str, str], int] = {}
@@ -607,6 +616,21 @@ def build_report(
             "pending": sum(r["pending_switches"] for r in results),
             "program_changes": program_changes,
         },
+        # RTCP the server handled in the window (keyframe requests, NACKs, reports to publishers).
+        "server_rtcp": {
+            key: int(_delta(stats1, stats0, key))
+            for key in (
+                "keyframe_requests_relayed",
+                "keyframe_requests_sent",
+                "nacks_received",
+                "nacks_answered",
+                "nacks_sent",
+                "reports_sent",
+            )
+            if key in stats1
+        },
+        # Of the switch time, the part spent in the server waiting for the new source's keyframe.
+        "server_switch_wait_ms": switch_wait,
         "server_decoded_frames": stats_final.get("decoded_frames"),
         "load_generator_cpu_cores": round((worker_cpu[1] - worker_cpu[0]) / window, 3),
         "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())},
@@ -660,6 +684,9 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(("forwarding delay p50", f"{report['forward_delay_ms']['p50']} ms", ""))
     rows.append(("join time p50", f"{report['join_ms']['p50']} ms", ""))
     rows.append(("switch time p50", f"{report['switch_ms']['p50']} ms ({report['switch_ms']['count']})", ""))
+    wait = report.get("server_switch_wait_ms") or {}
+    if wait.get("p50") is not None:
+        rows.append(("  keyframe wait in server p50/p95", f"{wait['p50']} / {wait['p95']} ms", ""))
     decode = report["subscriber_decode"]
     rows.append(
         (

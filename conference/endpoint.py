@@ -38,7 +38,6 @@ import contextlib
 import itertools
 import json
 import random
-import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -74,7 +73,10 @@ from .testmedia import (
 
 DecodeMode = Literal["all", "probe", "none"]
 
-# Receive buffer asked for each UDP socket (the kernel caps it at net.core.rmem_max).
+# Receive buffer asked for each UDP socket (the kernel caps it at net.core.rmem_max). A chair receives
+# ~3,000 packets/s: the default buffer (~208 KB) holds 60 ms of that, so a load process descheduled
+# briefly on a busy machine would drop packets the server did send, and the benchmark would blame
+# the server.
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # A decoder that lost its place waits this long for a keyframe before asking for one.
 KEYFRAME_WAIT_S = 0.3
@@ -490,7 +492,7 @@ class Endpoint:
             if cfg.raw_media:
                 transceiver.sender.replaceTrack(glue.SilentTrack("video"))
                 raw_publish["video"] = transceiver
-                glue.on_keyframe_request(transceiver.sender, self._raw_keyframe_request)
+                glue.intercept_sender(transceiver.sender, self._raw_keyframe_request, self._raw_nack)
             else:
                 self.video_track = PreEncodedVideoTrack(clip)
                 transceiver.sender.replaceTrack(self.video_track)
@@ -532,7 +534,7 @@ class Endpoint:
             self._expect(slot, slot.identity, None)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        self.receive_buffer = _enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
+        self.receive_buffer = glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
         # One transport when the server BUNDLEs (it does); hook each in case it does not.
         for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
             if dtls is not None:
@@ -552,6 +554,10 @@ class Endpoint:
     def _raw_keyframe_request(self) -> None:
         if self.raw is not None:
             self.raw.request_keyframe()
+
+    def _raw_nack(self, sequence: int) -> None:
+        if self.raw is not None:
+            self.raw.retransmit(sequence)
 
     def _slot_for_unknown_ssrc(self, data: bytes, ssrc: int) -> ReceiveSlot | None:
         """A packet whose SSRC the offer did not list: find its slot from the mid extension once."""
@@ -733,6 +739,7 @@ class Endpoint:
             if self.raw is not None
             else (self.audio_track.frames_sent if self.audio_track else 0),
             "srtp_from_sockets": sum(h.packets for h in self.datagram_hooks),
+            "retransmissions": self.raw.retransmissions if self.raw is not None else 0,
             "speakers": list(self.speakers),
             "closed_reason": self.closed_reason,
         }
@@ -780,6 +787,7 @@ class Endpoint:
 
 _RTP_HEADER = struct.Struct("!BBHII")
 VP8_MAX_PAYLOAD = 1200  # bytes of VP8 data per packet (the descriptor and headers come on top)
+HISTORY_SIZE = 512  # video packets kept for NACKs: ~5 s at 500 kbit/s
 AUDIO_TICK_S = AUDIO_FRAME_SAMPLES / AUDIO_RATE  # 20 ms: one Opus frame
 
 
@@ -842,6 +850,8 @@ class RawPublisher:
         self.video_step = VIDEO_CLOCK // clip.params.fps
         self.video_every = max(1, round(1 / clip.params.fps / AUDIO_TICK_S))  # 2 ticks at 25 fps
         self.video_ext = extension_block([(video.mid_ext, video.mid)]) if video else b""
+        self.history: list[bytes | None] = [None] * HISTORY_SIZE  # video packets by sequence
+        self.retransmissions = 0
         self.tick_count = 0
         self.frames_sent = 0
         self.keyframes_sent = 0
@@ -858,6 +868,13 @@ class RawPublisher:
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1
         self.position = 0
+
+    def retransmit(self, sequence: int) -> None:
+        """A NACK from the server: resend the video packet if it is still in the history (as a
+        browser without RTX does, on the same SSRC and sequence number)."""
+        packet = self.history[sequence % HISTORY_SIZE]
+        if packet is not None and (packet[2] << 8 | packet[3]) == sequence and self.output.send(packet):
+            self.retransmissions += 1
 
     def start(self) -> None:
         if self.running:
@@ -925,7 +942,9 @@ class RawPublisher:
             )
             # RFC 7741 descriptor: X, S on the frame's first packet, PID 0; I; 15-bit picture id.
             descriptor = bytes((0x90 if n == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
-            if send(head + ext + descriptor + chunk):
+            packet = head + ext + descriptor + chunk
+            self.history[stream.sequence % HISTORY_SIZE] = packet
+            if send(packet):
                 stream.packets += 1
                 sent = True
             stream.sequence = (stream.sequence + 1) & 0xFFFF
@@ -933,27 +952,6 @@ class RawPublisher:
         if sent:
             self.frames_sent += 1
             self.keyframes_sent += self.clip.keyframes[i]
-
-
-def _enlarge_receive_buffers(pc: RTCPeerConnection, size: int) -> int:
-    """Give the endpoint's UDP sockets a larger receive buffer; returns the size the kernel granted.
-
-    A chair receives ~3,000 packets/s: the default buffer (~208 KB) holds 60 ms of that, so a load
-    process that is descheduled briefly on a busy machine would drop packets the server did send,
-    and the benchmark would blame the server. Best effort: aioice's sockets are private."""
-    granted = 0
-    for transceiver in pc.getTransceivers():
-        transport = transceiver.receiver.transport
-        connection = getattr(getattr(transport, "transport", None), "iceGatherer", None)
-        connection = getattr(connection, "_connection", None)
-        for protocol in getattr(connection, "_protocols", []):
-            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-            if sock is None:
-                continue
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-                granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    return granted
 
 
 def _carry_audio_level(sender: RTCRtpSender, track: PreEncodedAudioTrack) -> None:

@@ -91,6 +91,8 @@ REPLACE_MARGIN = 6.0
 SCORE_ALPHA = 0.5  # weight of the newest tick in a producer's loudness score
 SPEAKERS_INTERVAL = 0.4
 REPORT_INTERVAL = 1.0  # receiver reports (and REMB) to each publisher
+# Per leg socket: a keyframe burst or a moment without CPU must not overflow the kernel's buffer.
+RECEIVE_BUFFER_BYTES = 1024 * 1024
 MAX_ANNOUNCED_SPEAKERS = 4
 
 # Codecs offered, in order of preference: VP8 first (every browser sends it), then H.264.
@@ -115,6 +117,8 @@ class Counters:
     nacks_sent: int = 0  # sequence numbers asked for again from publishers
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
     delay: DelayHistogram = field(default_factory=DelayHistogram)
+    # A video slot's wait from being given a new source to switching on its keyframe.
+    switch_wait: DelayHistogram = field(default_factory=DelayHistogram)
 
 
 # --- producers and down-tracks ------------------------------------------------------------------
@@ -442,6 +446,8 @@ class DownTrack:
         """Switch now (a video slot calls this on the new source's keyframe packet)."""
         if self.source is not None and self.source is not producer:
             self.source.down_tracks.remove(self)
+        if self.waiting is producer:
+            self.session.backend.counters.switch_wait.add(time.monotonic() - self.waiting_since)
         self.waiting = None
         # The publisher's own payload type if the subscriber negotiated it with the same codec
         # (e.g. the same H.264 profile), else the subscriber's first of that codec.
@@ -580,6 +586,7 @@ class Session:
         )
         await pc.setLocalDescription(await pc.createOffer())
         glue.drain_udp_reads(pc)
+        glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
         # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
         self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet)
         sdp = _add_fir_feedback(pc.localDescription.sdp)
@@ -1111,6 +1118,13 @@ class SfuBackend:
                 # Measured from the hook's entry (after UDP receive and SRTP unprotect) to the last
                 # subscriber's sendto: the server's own forwarding work per incoming packet.
                 "measured_from": "rtp hook entry",
+            },
+            "switch_wait_us": {
+                # A video slot given a new source, until the source's keyframe switched it.
+                "count": c.switch_wait.total,
+                "p50": c.switch_wait.percentile(50),
+                "p95": c.switch_wait.percentile(95),
+                "histogram": c.switch_wait.snapshot(),
             },
             "per_session": sessions,
         }

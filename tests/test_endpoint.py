@@ -203,6 +203,12 @@ async def test_raw_publisher_sends_paced_rtp_and_restarts_at_a_keyframe(cache_di
             parts = []
     assert decoded == publisher.frames_sent
     assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(pictures))
+    # A NACK resends the very packet (same SSRC and sequence number); an unknown one sends nothing.
+    wanted = video_packets[-3]
+    count = len(sent)
+    publisher.retransmit(parse_header(wanted).sequence)
+    publisher.retransmit((parse_header(video_packets[-1]).sequence + 1000) & 0xFFFF)
+    assert sent[count:] == [wanted] and publisher.retransmissions == 1
 
 
 def test_parse_offer_slots() -> None:
