@@ -79,6 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="endpoints that decode every frame they receive (the others decode only at joins/switches)",
     )
     parser.add_argument("--speakers", type=int, default=3, help="endpoints whose microphones carry a voice")
+    parser.add_argument(
+        "--server-loop",
+        default="uvloop",
+        choices=["uvloop", "asyncio"],
+        help="event loop of the started server (default uvloop)",
+    )
     parser.add_argument("--room", default="bench")
     parser.add_argument("--record", action="store_true", help="record the meeting (server auto_record)")
     parser.add_argument("--data-dir", help="the started server's data directory (default: a temporary one)")
@@ -288,6 +294,8 @@ class Bench:
             args.backend,
             "--log-level",
             "WARNING",
+            "--event-loop",
+            args.server_loop,
         ]
         if args.record:
             command.append("--auto-record")

@@ -23,6 +23,12 @@ log = logging.getLogger("conference")
 def configure(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, server=True)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--event-loop",
+        default="uvloop",
+        choices=["uvloop", "asyncio"],
+        help="uvloop (default, when installed) or the standard asyncio loop, to compare them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"conference serve: {exc}", file=sys.stderr)
         return 2
+    if args.event_loop == "asyncio":
+        return asyncio.run(serve(settings))
     try:
         import uvloop  # the media hot path runs measurably faster on it (docs/performance.md)
     except ImportError:
