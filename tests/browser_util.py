@@ -79,12 +79,15 @@ def write_y4m(
     return path
 
 
-def write_tone(path: Path, hz: float, seconds: float = 2.0, rate: int = 48000) -> Path:
-    """A sine tone Chromium plays (looped) as the microphone: 16-bit mono WAV."""
+def write_tone(
+    path: Path, hz: float, seconds: float = 2.0, rate: int = 48000, amplitude: float = 0.5
+) -> Path:
+    """A sine tone Chromium plays (looped) as the microphone: 16-bit mono WAV (``amplitude`` 0:
+    a microphone in a silent room)."""
     n = int(seconds * rate)
     # A whole number of periods so the loop point does not click.
     periods = max(1, round(hz * seconds))
-    samples = (0.5 * 32767 * np.sin(2 * np.pi * periods * np.arange(n) / n)).astype("<i2")
+    samples = (amplitude * 32767 * np.sin(2 * np.pi * periods * np.arange(n) / n)).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)

@@ -302,18 +302,23 @@ export class LocalMedia extends EventTarget {
     return !!navigator.mediaDevices?.getUserMedia;
   }
 
-  /** Open the microphone and/or camera; throws an Error whose `key` names a translated reason. */
-  async open({ audio, video }) {
+  /**
+   * Open the microphone and/or camera; throws an Error whose `key` names a translated reason.
+   * The remembered device is only preferred (it may be unplugged since); `exact` insists on it,
+   * for a choice made just now: with `ideal` Chromium keeps the device it already has open.
+   */
+  async open({ audio, video, exact = false }) {
     if (!LocalMedia.available()) {
       const err = new Error("getUserMedia unavailable");
       err.key = window.isSecureContext ? "media.no_devices" : "media.needs_https";
       throw err;
     }
+    const device = (id) => (id ? (exact ? { exact: id } : { ideal: id }) : undefined);
     const constraints = {
-      audio: audio ? { deviceId: this.choice.audio ? { ideal: this.choice.audio } : undefined } : false,
+      audio: audio ? { deviceId: device(this.choice.audio) } : false,
       video: video
         ? {
-            deviceId: this.choice.video ? { ideal: this.choice.video } : undefined,
+            deviceId: device(this.choice.video),
             width: { ideal: 1280 },
             height: { ideal: 720 },
           }
@@ -348,7 +353,7 @@ export class LocalMedia extends EventTarget {
   async choose(kind, deviceId) {
     this.choice[kind] = deviceId;
     localStorage.setItem(DEVICE_KEY, JSON.stringify(this.choice));
-    await this.open({ audio: kind === "audio", video: kind === "video" });
+    await this.open({ audio: kind === "audio", video: kind === "video", exact: true });
   }
 
   stop(kind) {
