@@ -1,7 +1,7 @@
 // Pieces every page uses: the program stage drawn from the layout catalogue, sound output with
 // the browsers' autoplay rules, the camera and microphone, the join form, status and notices.
 
-import { decodeToken, rememberTokenInUrl, tokenFromUrl } from "./client.js";
+import { decodeToken, rememberTokenInUrl, RoomClient, tokenFromUrl } from "./client.js";
 import { applyI18n, languageSwitch, t } from "./i18n.js";
 
 export function el(tag, attrs = {}, ...children) {
@@ -527,4 +527,61 @@ export function bindFatal(client, box) {
   client.addEventListener("notice", (ev) => {
     if (ev.detail.type === "shutdown") notify(t("conn.server_restarting"), "warn");
   });
+}
+
+// --- a venue's or a phone's start -----------------------------------------------------------
+
+/**
+ * What the venue screen and the phone share up to joining: the token (from the address or the
+ * form), camera and/or microphone, the room client, the program stage, sound, the microphone
+ * switch and the status lines. The page wires its own controls, then calls `start()`.
+ * Options: page (the id of the page's main element), device, video (open the camera at start),
+ * videoSlots, startMuted, stage (ProgramStage options).
+ */
+export async function joinAsEndpoint({ page, device, video, videoSlots, startMuted, stage: stageOptions = {} }) {
+  initPage();
+  const $ = (id) => document.getElementById(id);
+  const token = await obtainToken($("join-form"));
+  const claims = decodeToken(token) || {};
+  $(page).hidden = false;
+  $("room-name").textContent = claims.room ?? "";
+
+  const media = new LocalMedia();
+  try {
+    await media.open({ audio: true, video });
+  } catch (err) {
+    // Without a camera or microphone the page still shows the program; say why it is not sending.
+    notify(t(err.key || "media.no_devices"), "error", 15000);
+  }
+  const client = new RoomClient({
+    token,
+    device,
+    publish: { audio: !!media.audio, video: !!media.video },
+    videoSlots,
+    audioSlots: 3,
+    localTracks: () => ({ audio: media.audio, video: media.video }),
+  });
+  window.conference = { client, media };
+
+  const frame = $("program");
+  fit16x9(frame);
+  const stage = new ProgramStage(frame, client, stageOptions);
+  const sound = new SoundOutput(client, $("sound-prompt"));
+  const mic = new MicSwitch(client, media, { startMuted });
+  bindConnectionState(client, $("conn"));
+  bindFatal(client, $("fatal"));
+
+  const start = () => {
+    stage.render();
+    sound.update();
+    client.start();
+    // The join reply carries the catalogue too; this only draws the stage sooner.
+    loadLayouts(null)
+      .then((layouts) => {
+        if (!client.layouts.length) client.layouts = layouts;
+        stage.render();
+      })
+      .catch(() => {});
+  };
+  return { token, claims, media, client, frame, stage, sound, mic, start };
 }
