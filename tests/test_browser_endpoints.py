@@ -457,6 +457,23 @@ async def test_venue_switches_microphone_without_renegotiating(meeting: Meeting)
     )
     assert await venue.get_attribute("#mic-state", "data-live") == "true"
     log(f"microphone switch {current} -> {target_label}: sender replaced after {switched:.2f} s; {after}")
+    # Remembered on this screen: after a reload (an unattended restart) it opens the same one.
+    await venue.reload()
+    await wait_connected(venue, "hall-a back after the reload", 30)
+    reopened = await venue.evaluate(SENDERS_JS)
+    assert reopened["audio"][0] == target_label, reopened
+    assert await venue.eval_on_selector("#mic-select", "s => s.value") == target_id
+    # A remembered microphone that is gone (unplugged) gives way to another one at start.
+    await venue.evaluate(
+        "localStorage.setItem('conference.devices', JSON.stringify({audio: 'unplugged-since'}))"
+    )
+    await venue.reload()
+    await wait_connected(venue, "hall-a back with a microphone that is gone", 30)
+    fallback = await venue.evaluate(SENDERS_JS)
+    assert fallback["audio"] and fallback["audio"][1] == "live", fallback
+    await eventually(
+        lambda: tones_heard(listener), lambda h: SPEAKING_VENUE[3] in h, 15, "hall-a heard after the fallback"
+    )
     assert meeting.errors == []
 
 

@@ -304,30 +304,34 @@ export class LocalMedia extends EventTarget {
 
   /**
    * Open the microphone and/or camera; throws an Error whose `key` names a translated reason.
-   * The remembered device is only preferred (it may be unplugged since); `exact` insists on it,
-   * for a choice made just now: with `ideal` Chromium keeps the device it already has open.
+   * The chosen device is asked for `exact`: Chromium ignores an `ideal` deviceId for a device
+   * other than the default (it kept the default microphone both after a switch and after a
+   * reload). At start (`fallback`), a remembered device that is gone gives way to any device.
    */
-  async open({ audio, video, exact = false }) {
+  async open({ audio, video, fallback = true }) {
     if (!LocalMedia.available()) {
       const err = new Error("getUserMedia unavailable");
       err.key = window.isSecureContext ? "media.no_devices" : "media.needs_https";
       throw err;
     }
-    const device = (id) => (id ? (exact ? { exact: id } : { ideal: id }) : undefined);
-    const constraints = {
-      audio: audio ? { deviceId: device(this.choice.audio) } : false,
-      video: video
-        ? {
-            deviceId: device(this.choice.video),
-            width: { ideal: 1280 },
-            height: { ideal: 720 },
-          }
-        : false,
-    };
     if (!audio && !video) return;
+    const constraints = (pinned) => {
+      const device = (id) => (pinned && id ? { exact: id } : undefined);
+      return {
+        audio: audio ? { deviceId: device(this.choice.audio) } : false,
+        video: video ? { deviceId: device(this.choice.video), width: { ideal: 1280 }, height: { ideal: 720 } } : false,
+      };
+    };
+    const remembered = (audio && this.choice.audio) || (video && this.choice.video);
     let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia(constraints);
+      try {
+        stream = await navigator.mediaDevices.getUserMedia(constraints(true));
+      } catch (cause) {
+        const gone = cause?.name === "OverconstrainedError" || cause?.name === "NotFoundError";
+        if (!(fallback && remembered && gone)) throw cause;
+        stream = await navigator.mediaDevices.getUserMedia(constraints(false));
+      }
     } catch (cause) {
       const err = new Error(String(cause));
       err.key = cause?.name === "NotAllowedError" ? "media.denied" : "media.no_devices";
@@ -353,7 +357,7 @@ export class LocalMedia extends EventTarget {
   async choose(kind, deviceId) {
     this.choice[kind] = deviceId;
     localStorage.setItem(DEVICE_KEY, JSON.stringify(this.choice));
-    await this.open({ audio: kind === "audio", video: kind === "video", exact: true });
+    await this.open({ audio: kind === "audio", video: kind === "video", fallback: false });
   }
 
   stop(kind) {
