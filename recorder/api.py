@@ -7,7 +7,14 @@
 - ``GET /api/recordings/{id}/renders/{job}/events``: the job's progress as Server-Sent Events;
 - ``GET /api/recordings/{id}/download?render=JOB&file=mp4|vtt``: a render (the program render by
   default), with HTTP Range;
+- ``POST /api/recordings/{id}/download-url`` ``{"render", "file"}``: a signed, short-lived link to
+  one file (``mp4``, ``vtt``, or ``events`` for the progress stream);
 - ``DELETE /api/recordings/{id}``.
+
+Signed links: a browser can only put a token in a header with ``fetch``, which holds the whole file
+in memory before saving it; a plain link or an ``EventSource`` sends no header. So the views hand
+out URLs carrying ``expires`` and ``sig`` (HMAC-SHA256 with a key derived from the server's secret,
+over recording, render, file and expiry): valid for ``SIGNED_URL_TTL_S`` for exactly that file.
 
 Who may do what: the admin key and admin tokens everything; a clerk or chair token of a room lists,
 reads, renders and downloads that room's recordings; only a chair (or admin) deletes.
@@ -16,13 +23,17 @@ reads, renders and downloads that room's recordings; only a chair (or admin) del
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
@@ -36,6 +47,10 @@ from .service import RecorderService
 RECORDER_KEY = web.AppKey("recorder", RecorderService)
 SSE_INTERVAL_S = 0.5
 SSE_MAX_S = 3600.0
+# Long enough to click a link shown on the clerk's page, short enough that a copied or logged link
+# is soon useless. The clerk page asks for a fresh one when it is close to expiry.
+SIGNED_URL_TTL_S = 600
+SIGNED_FILES = ("mp4", "vtt", "events")
 
 STATUS_FOR_CODE = {
     "bad_request": 400,
@@ -76,6 +91,14 @@ class Access:
     def may_delete(self) -> bool:
         return self.role is None or can(self.role, Permission.RECORDING_CONTROL)
 
+    @property
+    def may_download(self) -> bool:
+        return self.role is None or can(self.role, Permission.DOWNLOAD_RECORDINGS)
+
+
+# A request carrying a valid signed link: it may fetch exactly the file the link names.
+SIGNED = Access(None, None, None)
+
 
 def _bearer(request: web.Request) -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -101,6 +124,64 @@ def authorize(request: web.Request) -> Access:
     if not can(claims.role, Permission.LIST_RECORDINGS):
         raise json_error(403, "forbidden", f"role {claims.role} may not see recordings")
     return Access(claims.room, claims.role, claims.identity)
+
+
+# --- signed links ----------------------------------------------------------------------------------
+
+
+def link_signature(secret: str, recording_id: str, render: str, file: str, expires: int) -> str:
+    """HMAC-SHA256 with a key of its own, derived from the token secret (so a link signature can
+    never stand for a token's), over what the link may fetch and until when."""
+    key = hmac.new(secret.encode(), b"conference recording link v1", hashlib.sha256).digest()
+    message = f"{recording_id}\n{render}\n{file}\n{expires}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _secret(request: web.Request) -> str:
+    from signaling.app import SECRET_KEY
+
+    return str(request.app[SECRET_KEY])
+
+
+def signed_url(
+    request: web.Request, recording_id: str, render: str, file: str, now: float | None = None
+) -> tuple[str, int]:
+    """A link to one file of one render, valid for SIGNED_URL_TTL_S: (url, expires)."""
+    expires = int((time.time() if now is None else now) + SIGNED_URL_TTL_S)
+    sig = link_signature(_secret(request), recording_id, render, file, expires)
+    base = f"/api/recordings/{quote(recording_id, safe='')}"
+    if file == "events":
+        return (
+            f"{base}/renders/{quote(render, safe='')}/events?{urlencode({'expires': expires, 'sig': sig})}",
+            expires,
+        )
+    query = urlencode({"render": render, "file": file, "expires": expires, "sig": sig})
+    return f"{base}/download?{query}", expires
+
+
+def _check_signed(request: web.Request, file: str) -> None:
+    """403 unless the request's ``expires``/``sig`` sign this recording, render and file."""
+    recording_id = request.match_info["id"]
+    render = request.match_info.get("job") or request.query.get("render") or _default_job()
+    try:
+        expires = int(request.query.get("expires", ""))
+    except ValueError:
+        raise json_error(403, "forbidden", "the link has no valid expiry") from None
+    expected = link_signature(_secret(request), recording_id, render, file, expires)
+    if not hmac.compare_digest(expected, request.query.get("sig", "")):
+        raise json_error(403, "forbidden", "the link's signature does not match")
+    # Checked after the signature, so a forged link learns nothing about expiry.
+    if expires < time.time():
+        raise json_error(403, "forbidden", "the link has expired: ask for a new one")
+
+
+def _access_or_link(request: web.Request, file: str) -> Access:
+    """A signed link when the request carries one (no header needed), else the bearer credential."""
+    if "sig" in request.query:
+        _check_signed(request, file)
+        return SIGNED
+    return authorize(request)
 
 
 def _service(request: web.Request) -> RecorderService:
@@ -139,14 +220,20 @@ def _size(recording: Recording) -> int:
     return total
 
 
-def _job_view(recording_id: str, job: dict[str, Any]) -> dict[str, Any]:
+def _job_view(request: web.Request, access: Access, recording_id: str, job: dict[str, Any]) -> dict[str, Any]:
+    """The job with its links; signed ones (working without a header) for callers who may download."""
     view = {k: v for k, v in job.items() if k != "chapters"}
     base = f"/api/recordings/{recording_id}"
-    view["url"] = f"{base}/renders/{job['id']}"
-    view["events_url"] = f"{base}/renders/{job['id']}/events"
+    render = str(job["id"])
+    view["url"] = f"{base}/renders/{render}"
+    if not access.may_download:
+        view["events_url"] = f"{base}/renders/{render}/events"
+        return view
+    view["events_url"], expires = signed_url(request, recording_id, render, "events")
     if job.get("state") == "done":
-        view["download_url"] = f"{base}/download?render={job['id']}"
-        view["vtt_url"] = f"{base}/download?render={job['id']}&file=vtt"
+        view["download_url"], _ = signed_url(request, recording_id, render, "mp4")
+        view["vtt_url"], _ = signed_url(request, recording_id, render, "vtt")
+    view["links_expire_at"] = expires
     return view
 
 
@@ -198,7 +285,9 @@ async def detail_view(request: web.Request) -> web.Response:
         data["tracks"] = [
             {"identity": t.identity, "kind": t.media, "codec": t.codec} for t in recording.tracks
         ]
-        data["renders"] = [_job_view(recording.id, j) for j in list_jobs(service.data_dir, recording.id)]
+        data["renders"] = [
+            _job_view(request, access, recording.id, j) for j in list_jobs(service.data_dir, recording.id)
+        ]
         return data
 
     return web.json_response(await asyncio.to_thread(collect))
@@ -227,7 +316,7 @@ async def create_render(request: web.Request) -> web.Response:
     existing = read_job(job_path(service.data_dir, recording.id, job_id_for(options), ".json"))
     job = service.jobs.submit(recording.id, options)
     status = 200 if existing is not None and existing.get("created_at") == job.get("created_at") else 202
-    return web.json_response(_job_view(recording.id, job), status=status)
+    return web.json_response(_job_view(request, access, recording.id, job), status=status)
 
 
 def _job(request: web.Request, recording: Recording) -> tuple[Path, dict[str, Any]]:
@@ -250,12 +339,13 @@ async def job_view(request: web.Request) -> web.Response:
     access = authorize(request)
     recording = _recording(request, access)
     _, job = _job(request, recording)
-    return web.json_response(_job_view(recording.id, job))
+    return web.json_response(_job_view(request, access, recording.id, job))
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
-    """Progress of one render as Server-Sent Events until it is done or failed."""
-    access = authorize(request)
+    """Progress of one render as Server-Sent Events until it is done or failed. A signed link works
+    without a header (EventSource sends none); it is checked once, when the stream opens."""
+    access = _access_or_link(request, "events")
     recording = _recording(request, access)
     path, job = _job(request, recording)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -266,7 +356,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         current = (job.get("state"), job.get("progress"))
         if current != last:
             last = current
-            payload = json.dumps(_job_view(recording.id, job))
+            payload = json.dumps(_job_view(request, access, recording.id, job))
             await response.write(f"event: progress\ndata: {payload}\n\n".encode())
         if job.get("state") not in ("queued", "running") or time.monotonic() > deadline:
             break
@@ -277,14 +367,14 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    access = authorize(request)
-    if access.role is not None and not can(access.role, Permission.DOWNLOAD_RECORDINGS):
-        raise json_error(403, "forbidden", f"role {access.role} may not download recordings")
-    recording = _recording(request, access)
-    _, job = _job(request, recording)
     kind = request.query.get("file", "mp4")
     if kind not in ("mp4", "vtt"):
         raise json_error(400, "bad_request", "file must be mp4 or vtt")
+    access = _access_or_link(request, kind)
+    if not access.may_download:
+        raise json_error(403, "forbidden", f"role {access.role} may not download recordings")
+    recording = _recording(request, access)
+    _, job = _job(request, recording)
     if job.get("state") != "done":
         raise json_error(409, "conflict", f"render {job['id']!r} is {job.get('state')}, not done yet")
     path = job_path(_service(request).data_dir, recording.id, str(job["id"]), f".{kind}")
@@ -299,6 +389,36 @@ async def download(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "private, no-store",
         },
     )
+
+
+async def create_link(request: web.Request) -> web.Response:
+    """A fresh signed link to one file of a render (the clerk page asks again when one is old)."""
+    access = authorize(request)
+    if not access.may_download:
+        raise json_error(403, "forbidden", f"role {access.role} may not download recordings")
+    recording = _recording(request, access)
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except (ValueError, UnicodeDecodeError):
+        raise json_error(400, "bad_request", "body must be JSON") from None
+    if not isinstance(body, dict) or set(body) - {"render", "file"}:
+        raise json_error(400, "bad_request", 'body is {"render": JOB, "file": "mp4"|"vtt"|"events"}')
+    file = body.get("file", "mp4")
+    if file not in SIGNED_FILES:
+        raise json_error(400, "bad_request", "file must be mp4, vtt or events")
+    render = body.get("render") or _default_job()
+    if not isinstance(render, str):
+        raise json_error(400, "bad_request", "render must be a string")
+    try:
+        job = read_job(job_path(_service(request).data_dir, recording.id, render, ".json"))
+    except JobError:
+        job = None
+    if job is None:
+        raise json_error(404, "not_found", f"no render {render!r} of this recording")
+    if file != "events" and job.get("state") != "done":
+        raise json_error(409, "conflict", f"render {render!r} is {job.get('state')}, not done yet")
+    url, expires = signed_url(request, recording.id, render, file)
+    return web.json_response({"url": url, "expires": expires})
 
 
 async def delete_view(request: web.Request) -> web.Response:
@@ -333,6 +453,7 @@ def setup(app: web.Application, service: RecorderService | None = None) -> Recor
     app.router.add_get("/api/recordings/{id}/renders/{job}", job_view)
     app.router.add_get("/api/recordings/{id}/renders/{job}/events", job_events)
     app.router.add_get("/api/recordings/{id}/download", download)
+    app.router.add_post("/api/recordings/{id}/download-url", create_link)
 
     async def background(app: web.Application) -> Any:
         await service.recover()
@@ -347,4 +468,4 @@ def setup(app: web.Application, service: RecorderService | None = None) -> Recor
     return service
 
 
-__all__ = ["RECORDER_KEY", "Access", "RenderJobs", "authorize", "setup"]
+__all__ = ["RECORDER_KEY", "Access", "RenderJobs", "authorize", "link_signature", "setup", "signed_url"]

@@ -198,6 +198,9 @@ class Rooms:
         self.sockets: set[Connection] = set()  # every open socket, joined or not
         # Per process: a removed identity's older tokens stop working here (see docs/protocol.md).
         self.removed_at: dict[tuple[str, str], int] = {}
+        # The last `speakers` message per room: the media core announces only changes, so an
+        # endpoint joining while someone speaks would otherwise show nobody speaking.
+        self.last_speakers: dict[str, dict[str, Any]] = {}
         self._grace: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.shutting_down = False
@@ -211,6 +214,8 @@ class Rooms:
         """For the media backend: send to one participant, or to everyone in the room."""
         message = {"v": PROTOCOL_VERSION, **message}
         conns = self.connections.get(room, {})
+        if identity is None and message.get("type") == "speakers":
+            self.last_speakers[room] = message
         if identity is None:
             text = json.dumps(message)
             for conn in list(conns.values()):
@@ -233,6 +238,8 @@ class Rooms:
         except Exception:
             log.exception("media backend failed on events of room %s", room)
         await self.recording.on_events(room, events, state)
+        if not state.participants:
+            self.last_speakers.pop(room, None)
         if state.recording.active and not state.participants:
             self._spawn(self._stop_recording_quietly(room))
 
@@ -367,6 +374,8 @@ class Rooms:
         offer = await session.create_offer()
         if offer.get("sdp") is not None:
             conn.send({"v": PROTOCOL_VERSION, "type": "offer", **offer})
+        if (speakers := self.last_speakers.get(conn.room)) is not None:
+            conn.send(speakers)
 
     async def leave(self, conn: Connection) -> None:
         if not conn.joined:

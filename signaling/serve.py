@@ -50,12 +50,16 @@ def run(args: argparse.Namespace) -> int:
     return uvloop.run(serve(settings))
 
 
+REDACTED_QUERY_KEYS = frozenset({"token", "sig"})
+
+
 class AccessLog(AbstractAccessLogger):
-    """aiohttp's access log without secrets: tokens travel in query strings (``/ws?token=``)."""
+    """aiohttp's access log without secrets: tokens travel in query strings (``/ws?token=``), and so
+    do the signatures of recording links (``&sig=``, good for anyone until they expire)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         query = "&".join(
-            f"{key}=<redacted>" if key == "token" else f"{key}={value}"
+            f"{key}=<redacted>" if key in REDACTED_QUERY_KEYS else f"{key}={value}"
             for key, value in request.query.items()
         )
         target = f"{request.path}?{query}" if query else request.path

@@ -79,12 +79,15 @@ def write_y4m(
     return path
 
 
-def write_tone(path: Path, hz: float, seconds: float = 2.0, rate: int = 48000) -> Path:
-    """A sine tone Chromium plays (looped) as the microphone: 16-bit mono WAV."""
+def write_tone(
+    path: Path, hz: float, seconds: float = 2.0, rate: int = 48000, amplitude: float = 0.5
+) -> Path:
+    """A sine tone Chromium plays (looped) as the microphone: 16-bit mono WAV (``amplitude`` 0:
+    a microphone in a silent room)."""
     n = int(seconds * rate)
     # A whole number of periods so the loop point does not click.
     periods = max(1, round(hz * seconds))
-    samples = (0.5 * 32767 * np.sin(2 * np.pi * periods * np.arange(n) / n)).astype("<i2")
+    samples = (amplitude * 32767 * np.sin(2 * np.pi * periods * np.arange(n) / n)).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -168,24 +171,91 @@ async def running_server(data_dir: Path, *, media: bool) -> AsyncIterator[Runnin
         await asyncio.wait_for(runner.cleanup(), 15)
 
 
+def lan_address() -> str | None:
+    """This machine's own address on its LAN (the interface a default route would use), or None.
+    A UDP ``connect`` only picks the route: nothing is sent."""
+    import ipaddress
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 9))
+            address = str(s.getsockname()[0])
+        except OSError:
+            return None
+    if ipaddress.ip_address(address).is_loopback or address == "0.0.0.0":
+        return None
+    return address
+
+
+def self_signed_certificate(directory: Path, address: str) -> tuple[Path, Path]:
+    """A throwaway certificate for ``address`` (as a venue would make one for a trial, see the
+    README), written as PEM files: (cert, key). ``cryptography`` comes with aiortc (DTLS)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "conference.lan")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 @contextlib.asynccontextmanager
-async def server_process(data_dir: Path, *, media: bool) -> AsyncIterator[RunningServer]:
+async def server_process(
+    data_dir: Path,
+    *,
+    media: bool,
+    host: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
+    extra_args: list[str] | None = None,
+) -> AsyncIterator[RunningServer]:
     """``conference serve`` in its own process, as it runs in production: its event loop is not
-    shared with the test's (Playwright's) one, which matters on a busy machine with media."""
+    shared with the test's (Playwright's) one, which matters on a busy machine with media.
+    ``tls`` is (cert, key): the server then speaks HTTPS and WSS only."""
     import aiohttp
 
-    port = free_port()
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = int(s.getsockname()[1])
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = data_dir / "server.log"
-    args = [sys.executable, "-m", "conference", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    args = [sys.executable, "-m", "conference", "serve", "--host", host, "--port", str(port)]
     args += ["--data-dir", str(data_dir), "--secret", SECRET, "--admin-key", ADMIN_KEY]
     args += ["--reconnect-grace", "10", "--log-level", "WARNING"]
+    if tls is not None:
+        args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     if not media:
         args.append("--no-media")
+    args += extra_args or []
     root = Path(__file__).resolve().parent.parent
     with log_file.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(*args, cwd=root, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
+    # The test's own self-signed certificate: the health check trusts it the way the browser does.
+    verify = tls is None
     try:
         deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as http:
@@ -195,7 +265,7 @@ async def server_process(data_dir: Path, *, media: bool) -> AsyncIterator[Runnin
                         f"server exited with {proc.returncode}: {log_file.read_text()[-2000:]}"
                     )
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{url}/healthz") as res:
+                    async with http.get(f"{url}/healthz", ssl=verify) as res:
                         if res.status == 200:
                             break
                 if time.monotonic() > deadline:

@@ -373,6 +373,8 @@ async def test_clerk_lists_renders_and_downloads_a_recording(server: RunningServ
     context.set_default_timeout(5000)
     clerk = await context.new_page()
     clerk.on("pageerror", lambda exc: errors.append(f"clerk: {exc}"))
+    requests: list[tuple[str, str, str]] = []
+    clerk.on("request", lambda r: requests.append((r.resource_type, r.method, r.url)))
     await clerk.goto(server.page_url("clerk", server.token("council", "clerk-1", "clerk", "书记员")))
     row = clerk.locator("#recordings tr[data-recording]")
     await eventually(row.count, lambda n: n == 1, 5, "one recording listed")
@@ -397,12 +399,37 @@ async def test_clerk_lists_renders_and_downloads_a_recording(server: RunningServ
     assert state == "done", "the recorder failed to render (see its job)"
     assert await render.locator(".state").text_content() == "已完成"
     await clerk.screenshot(path=screenshot_path("clerk-desktop"))
+    # A plain signed link: the browser saves the file itself; the page never fetches it.
     async with clerk.expect_download() as info:
-        await render.get_by_role("button", name="下载").click()
+        await render.get_by_role("link", name="下载").click()
     download = await info.value
-    assert download.suggested_filename.endswith(".mp4")
+    assert download.suggested_filename.endswith("-grid-640x360.mp4")
+    assert download.url.startswith(f"{server.url}/api/recordings/") and "&sig=" in download.url
     path = await download.path()
     assert path is not None and path.stat().st_size > 1000
+    assert not [r for r in requests if r[0] == "fetch" and "/download?" in r[2]], requests
+    streams = [r for r in requests if r[0] == "eventsource"]
+    paths = [url.split("?")[0].rsplit("/", 2)[-2] for *_, url in streams]
+    print(f"progress followed through {len(streams)} EventSource stream(s): {paths}")
+    assert all("&sig=" in url for *_, url in streams)
+
+    # Twenty minutes later the link shown has expired: the click asks for a fresh one first.
+    await clerk.evaluate("Date.now = ((now) => () => now() + 20 * 60 * 1000)(Date.now)")
+    async with clerk.expect_download() as info:
+        await render.get_by_role("link", name="章节字幕 (VTT)").click()
+    vtt = await info.value
+    assert vtt.suggested_filename.endswith("-grid-640x360.vtt") and "&sig=" in vtt.url
+    assert [r for r in requests if r[1] == "POST" and r[2].endswith("/download-url")]
+
+    # The list's download button saves the program render (made when the recording stopped).
+    program = clerk.locator("#renders tr[data-layout='program']")
+    await eventually(
+        lambda: program.get_attribute("data-state"), lambda s: s in ("done", "failed"), 90, "program render"
+    )
+    async with clerk.expect_download() as info:
+        await row.get_by_role("button", name="下载").click()
+    whole = await info.value
+    assert whole.suggested_filename.endswith("-program-1280x720.mp4") and "&sig=" in whole.url
     await clerk.set_viewport_size(PHONE)
     await clerk.screenshot(path=screenshot_path("clerk-360"), full_page=True)
     assert errors == []

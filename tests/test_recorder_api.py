@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -166,7 +167,10 @@ async def test_render_job_progress_and_range_download(
 
     states = [json.loads(e[6:]) for e in events]
     assert states[-1]["state"] == "done", states[-1]
-    assert states[-1]["progress"] == 1.0 and states[-1]["download_url"].endswith("render=grid-320x180")
+    assert (
+        states[-1]["progress"] == 1.0
+        and "render=grid-320x180&file=mp4&expires=" in states[-1]["download_url"]
+    )
     assert len(states) >= 2  # at least one update before the end
 
     status, data, _ = await call(server, "GET", base, clerk)
@@ -199,6 +203,107 @@ async def test_render_job_progress_and_range_download(
     assert status == 403
     status, _, _ = await call(server, "GET", url, mint("other", "c", "clerk"))
     assert status == 403
+
+
+async def _wait_done(server: TestServer, events_url: str) -> list[dict[str, Any]]:
+    """Follow a render's progress stream with no Authorization header, as EventSource does."""
+    states = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.make_url(events_url), timeout=aiohttp.ClientTimeout(total=90)) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                states.append(json.loads(line[6:]))
+    return states
+
+
+async def test_signed_links_work_without_a_header_and_only_for_their_file(
+    signaling_server: Server, mint: Callable[..., str], recordings: dict[str, str], settings: Settings
+) -> None:
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    from recorder.api import SIGNED_URL_TTL_S, link_signature
+
+    server = await signaling_server()
+    clerk = mint("assembly", "clerk1", "clerk")
+    base = "/api/recordings/assembly-1"
+    status, job, _ = await call(
+        server, "POST", f"{base}/renders", clerk, json={"layout": "grid", "size": "320x180"}
+    )
+    assert status == 202 and "&sig=" in job["events_url"] and "download_url" not in job
+    assert time.time() < job["links_expire_at"] <= time.time() + SIGNED_URL_TTL_S + 1
+
+    states = await _wait_done(server, job["events_url"])
+    assert states[-1]["state"] == "done", states[-1]
+    mp4_url, vtt_url = states[-1]["download_url"], states[-1]["vtt_url"]
+
+    # A plain GET, no header: the whole file, and Range still works.
+    status, whole, resp = await call(server, "GET", mp4_url)
+    assert status == 200 and resp.headers["Content-Type"] == "video/mp4" and len(whole) > 1000
+    status, part, resp = await call(server, "GET", mp4_url, headers={"Range": "bytes=10-19"})
+    assert status == 206 and part == whole[10:20]
+    status, vtt, _ = await call(server, "GET", vtt_url)
+    assert status == 200 and b"Floor: Bob" in vtt
+    # The same link as the token-header download gives.
+    status, with_header, _ = await call(server, "GET", f"{base}/download?render=grid-320x180", clerk)
+    assert status == 200 and with_header == whole
+
+    parts = urlsplit(mp4_url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+    def variant(path: str = parts.path, **changes: str) -> str:
+        return f"{path}?{urlencode({**query, **changes})}"
+
+    sig = query["sig"]
+    refused = {
+        "tampered signature": variant(sig=("A" if sig[0] != "A" else "B") + sig[1:]),
+        "other file": variant(file="vtt"),
+        "other render": variant(render="program-1280x720"),
+        "later expiry": variant(expires=str(int(query["expires"]) + 3600)),
+        "no expiry": variant(expires="soon"),
+        "other recording": variant(path="/api/recordings/assembly-2/download"),
+        "other room": variant(path="/api/recordings/other-1/download"),
+        "events with a file link": variant(path=f"{base}/renders/grid-320x180/events"),
+    }
+    for what, url in refused.items():
+        status, data, _ = await call(server, "GET", url)
+        assert status == 403 and data["error"] == "forbidden", (what, status, data)
+    # Signed correctly but expired.
+    assert settings.secret is not None
+    past = int(time.time()) - 1
+    expired = variant(
+        expires=str(past), sig=link_signature(settings.secret, "assembly-1", "grid-320x180", "mp4", past)
+    )
+    status, data, _ = await call(server, "GET", expired)
+    assert status == 403 and "expired" in data["message"]
+    # A header credential is not needed, but a bad link is not rescued by one either.
+    status, _, _ = await call(server, "GET", refused["tampered signature"], clerk)
+    assert status == 403
+
+    # A fresh link on request, for whoever may download this recording.
+    status, link, _ = await call(
+        server, "POST", f"{base}/download-url", clerk, json={"render": "grid-320x180", "file": "vtt"}
+    )
+    assert status == 200 and link["expires"] > time.time()
+    status, again, _ = await call(server, "GET", link["url"])
+    assert status == 200 and again == vtt
+    status, link, _ = await call(server, "POST", f"{base}/download-url", clerk, json={})
+    assert status == 404  # the default program render was never made here
+    for token, code in (
+        (mint("other", "c", "clerk"), 403),
+        (mint("assembly", "v", "venue"), 403),
+        (None, 401),
+    ):
+        status, _, _ = await call(
+            server, "POST", f"{base}/download-url", token, json={"render": "grid-320x180"}
+        )
+        assert status == code
+    status, data, _ = await call(
+        server, "POST", f"{base}/download-url", clerk, json={"render": "grid-320x180", "file": "meta"}
+    )
+    assert status == 400
 
 
 @pytest.mark.parametrize(

@@ -495,6 +495,32 @@ async def test_join_order_with_media_offer_answer_and_emit(signaling_server, con
     assert "participant_joined" in media.changes
 
 
+async def test_late_joiner_is_told_who_is_speaking(signaling_server, connect, mint, settings) -> None:
+    # The media core announces speakers only when they change; someone joining in the middle of a
+    # speech must still see the speaking indicator (found with the venue pages in Chromium).
+    media = RecordingMedia()
+    server = await signaling_server(replace(settings, media=True), media=media)
+    speaker = await connect(server, mint("council", "hall-a", "venue"))
+    await speaker.ok("join")
+    await speaker.wait_for(lambda m: m["type"] == "offer")
+    media._emit("council", None, {"type": "speakers", "speakers": ["hall-a"]})
+    await speaker.wait_for(lambda m: m["type"] == "speakers")
+    late = await connect(server, mint("council", "hall-b", "venue"))
+    await late.ok("join")
+    told = await late.wait_for(lambda m: m["type"] == "speakers")
+    assert told == {"v": 1, "type": "speakers", "speakers": ["hall-a"]}
+    kinds = [m["type"] for m in late.messages]
+    assert kinds.index("offer") < kinds.index("speakers")
+    # Once the room is empty the old announcement is forgotten.
+    await speaker.ok("leave")
+    await late.ok("leave")
+    again = await connect(server, mint("council", "hall-c", "venue"))
+    await again.ok("join")
+    await again.wait_for(lambda m: m["type"] == "offer")
+    await asyncio.sleep(0.1)
+    assert [m for m in again.messages if m["type"] == "speakers"] == []
+
+
 async def test_shutdown_tells_clients_and_closes_1001(signaling_server, connect, mint) -> None:
     server = await signaling_server()
     clients = []

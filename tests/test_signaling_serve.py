@@ -166,3 +166,28 @@ async def test_two_servers_share_a_room_through_redis(signaling_server, connect,
         if keys:
             await r.delete(*keys)
         await r.aclose()
+
+
+def test_access_log_redacts_tokens_and_link_signatures() -> None:
+    import logging
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from signaling.serve import AccessLog
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test-access-log")
+    logger.addHandler(Collect())
+    logger.setLevel(logging.INFO)
+    target = "/api/recordings/r-1/download?render=grid-320x180&file=mp4&expires=1795779600&sig=SECRETSIG"
+    AccessLog(logger, "").log(make_mocked_request("GET", target), web.Response(), 0.01)
+    AccessLog(logger, "").log(make_mocked_request("GET", "/ws?token=SECRETTOKEN"), web.Response(), 0.01)
+    assert "render=grid-320x180&file=mp4&expires=1795779600&sig=<redacted>" in records[0]
+    assert "/ws?token=<redacted>" in records[1]
+    assert "SECRET" not in "".join(records)

@@ -7,6 +7,8 @@ import { lang, t } from "./i18n.js";
 import { el, formatElapsed, initPage, loadLayouts, notify, obtainToken } from "./ui.js";
 
 const POLL_MS = 1000;
+// A signed link from a view is renewed on click when it has less than this left (seconds).
+const LINK_MARGIN_S = 30;
 const RUNNING = new Set(["queued", "pending", "running", "rendering", "started"]);
 
 const $ = (id) => document.getElementById(id);
@@ -52,6 +54,7 @@ function apiErrorText(err) {
     if (err.status === 401) return t("clerk.unauthorized");
     if (err.status === 403) return t("clerk.forbidden");
     if (err.status === 409) return `${t("clerk.not_ready")} (${err.message})`;
+    if (err.status === 404 && err.code === "not_found") return t("clerk.render_missing");
     return `${t("errors.generic")}: ${err.message} (${err.status})`;
   }
   return `${t("errors.generic")}: ${err}`;
@@ -116,6 +119,8 @@ class ClerkPage {
     this.claims = claims;
     this.selected = null;
     this.pollTimer = null;
+    this.streams = [];
+    this.shown = null; // {id, renders, people} of the open recording
     this.layouts = [];
   }
 
@@ -172,7 +177,7 @@ class ClerkPage {
             el("button", { onclick: () => this.open(r.id) }, t("clerk.details")),
             el(
               "button",
-              { class: "primary", onclick: () => this.download(`/api/recordings/${encodeURIComponent(r.id)}/download`, r.id) },
+              { class: "primary", onclick: () => this.download(r.id, null, "mp4") },
               t("clerk.download"),
             ),
           ),
@@ -189,7 +194,7 @@ class ClerkPage {
 
   async open(id) {
     this.selected = id;
-    clearTimeout(this.pollTimer);
+    this.stopFollowing();
     let r;
     try {
       r = normalise(await this.api.json(`/api/recordings/${encodeURIComponent(id)}`));
@@ -225,8 +230,46 @@ class ClerkPage {
     );
     this.renderLayoutChoices(r);
     this.showRenders(id, r.renders, r.people);
-    if (r.renders.some((job) => RUNNING.has(job.state ?? job.status))) {
+    this.follow(id);
+  }
+
+  stopFollowing() {
+    clearTimeout(this.pollTimer);
+    for (const source of this.streams) source.close();
+    this.streams = [];
+  }
+
+  /**
+   * Follow running renders: through their progress streams (EventSource, on the signed
+   * `events_url`: it sends no header), else by asking again every second.
+   */
+  follow(id) {
+    this.stopFollowing();
+    const running = this.shown.renders.filter((job) => RUNNING.has(job.state ?? job.status));
+    if (!running.length) return;
+    const poll = () => {
+      this.stopFollowing();
       this.pollTimer = setTimeout(() => this.open(id), POLL_MS);
+    };
+    if (!window.EventSource || running.some((job) => !job.events_url?.includes("sig="))) {
+      poll();
+      return;
+    }
+    for (const job of running) {
+      const source = new EventSource(job.events_url);
+      this.streams.push(source);
+      source.addEventListener("progress", (ev) => {
+        if (this.selected !== id) return;
+        const update = JSON.parse(ev.data);
+        if (RUNNING.has(update.state)) {
+          const renders = this.shown.renders.map((j) => (j.id === update.id ? { ...j, ...update } : j));
+          this.showRenders(id, renders, this.shown.people);
+        } else {
+          this.open(id); // done or failed: the view brings the download links
+        }
+      });
+      // An expired link or a dropped stream: back to asking.
+      source.onerror = poll;
     }
   }
 
@@ -249,12 +292,12 @@ class ClerkPage {
   }
 
   showRenders(id, renders, people) {
+    this.shown = { id, renders, people };
     $("renders").replaceChildren(
       ...renders.map((job) => {
         const state = job.state ?? job.status ?? "unknown";
         const progress = job.progress ?? 0; // 0..1
         const running = RUNNING.has(state);
-        const url = job.download_url ?? `/api/recordings/${encodeURIComponent(id)}/download?render=${encodeURIComponent(job.id)}`;
         return el(
           "tr",
           { dataset: { render: job.id ?? "", layout: job.layout ?? "", state } },
@@ -274,9 +317,9 @@ class ClerkPage {
             {},
             state === "done" || state === "ready"
               ? [
-                  el("button", { class: "primary", onclick: () => this.download(url, `${id}-${job.layout ?? "render"}`) }, t("clerk.download")),
+                  this.linkButton(job.download_url, job.links_expire_at, id, job.id, "mp4", t("clerk.download"), "primary"),
                   job.vtt_url
-                    ? el("button", { onclick: () => this.download(job.vtt_url, `${id}-${job.layout ?? "render"}.vtt`) }, t("clerk.download_vtt"))
+                    ? this.linkButton(job.vtt_url, job.links_expire_at, id, job.id, "vtt", t("clerk.download_vtt"))
                     : "",
                 ]
               : "",
@@ -301,20 +344,32 @@ class ClerkPage {
     await this.open(this.selected);
   }
 
-  /** Downloads need the Authorization header, so fetch and hand the file to the browser. */
-  async download(url, name) {
+  /**
+   * A download as a plain link: the browser saves the file straight to disk (with resume), the
+   * page never holds it. The view's signed link is used while it is fresh, else a new one is asked for.
+   */
+  linkButton(url, expiresAt, id, render, file, label, cls = "") {
+    const link = el("a", { class: `button ${cls}`, href: url ?? "#", download: "", dataset: { file } }, label);
+    link.addEventListener("click", (ev) => {
+      if (url && url.includes("sig=") && expiresAt && Date.now() / 1000 < expiresAt - LINK_MARGIN_S) return;
+      ev.preventDefault();
+      this.download(id, render, file);
+    });
+    return link;
+  }
+
+  /** Ask for a fresh signed link to a file (program render when `render` is null) and save it. */
+  async download(id, render, file) {
     try {
-      const res = await this.api.fetch(url);
-      const disposition = res.headers.get("Content-Disposition") ?? "";
-      const match = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
-      const blob = await res.blob();
-      const link = el("a", { href: URL.createObjectURL(blob), download: match ? decodeURIComponent(match[1]) : `${name}.mp4` });
+      const { url } = await this.api.json(`/api/recordings/${encodeURIComponent(id)}/download-url`, {
+        method: "POST",
+        body: JSON.stringify(render ? { render, file } : { file }),
+      });
+      const link = el("a", { href: url, download: "" });
+      link.hidden = true;
       document.body.append(link);
       link.click();
-      setTimeout(() => {
-        URL.revokeObjectURL(link.href);
-        link.remove();
-      }, 10000);
+      link.remove();
     } catch (err) {
       notify(apiErrorText(err), "error");
     }

@@ -232,6 +232,7 @@ export const TABLE = {
     "clerk.state_interrupted": "中断（可生成至中断时）",
     "clerk.not_ready": "成片尚未生成好，请先生成或稍候",
     "clerk.download_vtt": "章节字幕 (VTT)",
+    "clerk.render_missing": "该版式的成片尚未生成，请先在详情中生成",
   },
   en: {
     "index.title": "Remote consultation",
@@ -457,6 +458,7 @@ export const TABLE = {
     "clerk.state_interrupted": "Interrupted (renders up to the interruption)",
     "clerk.not_ready": "The render is not ready yet: start one or wait",
     "clerk.download_vtt": "Chapters (VTT)",
+    "clerk.render_missing": "This render has not been made yet: make it under Details first",
   },
 };
 

@@ -3,63 +3,24 @@
 // main slot, the member's mute state and place in the floor queue, and asks for a tap to speak
 // once the chair gives the floor.
 
-import { decodeToken, RoomClient } from "./client.js";
 import { t } from "./i18n.js";
-import {
-  attachTrack,
-  bindConnectionState,
-  bindFatal,
-  displayName,
-  errorText,
-  fit16x9,
-  floorPlace,
-  initPage,
-  LocalMedia,
-  loadLayouts,
-  MicSwitch,
-  notify,
-  obtainToken,
-  ProgramStage,
-  SoundOutput,
-  toggleHand,
-} from "./ui.js";
+import { attachTrack, displayName, errorText, floorPlace, joinAsEndpoint, notify, toggleHand } from "./ui.js";
 
 const DATA_SAVING_KEY = "conference.phone.dataSaving";
 
 const $ = (id) => document.getElementById(id);
 
 async function main() {
-  initPage();
-  const token = await obtainToken($("join-form"));
-  const claims = decodeToken(token) || {};
-  $("phone").hidden = false;
-  $("room-name").textContent = claims.room ?? "";
-
-  const media = new LocalMedia();
-  try {
-    await media.open({ audio: true, video: false });
-  } catch (err) {
-    notify(t(err.key || "media.no_devices"), "error", 15000);
-  }
+  // Read before joining: data-saving mode asks the server for no video slot at all.
   let dataSaving = localStorage.getItem(DATA_SAVING_KEY) === "on";
-
-  const client = new RoomClient({
-    token,
+  const { client, media, mic, frame, start } = await joinAsEndpoint({
+    page: "phone",
     device: "phone",
-    publish: { audio: !!media.audio, video: false },
+    video: false,
     videoSlots: dataSaving ? 0 : 1,
-    audioSlots: 3,
-    localTracks: () => ({ audio: media.audio, video: media.video }),
+    startMuted: true,
+    stage: { maxSlots: 1 },
   });
-  window.conference = { client, media };
-
-  const frame = $("program");
-  fit16x9(frame);
-  const stage = new ProgramStage(frame, client, { maxSlots: 1 });
-  const sound = new SoundOutput(client, $("sound-prompt"));
-  const mic = new MicSwitch(client, media, { startMuted: true });
-  bindConnectionState(client, $("conn"));
-  bindFatal(client, $("fatal"));
 
   $("hand").addEventListener("click", () => toggleHand(client));
   $("mic").addEventListener("click", () => mic.set(!mic.wantMuted));
@@ -130,14 +91,7 @@ async function main() {
   window.addEventListener("languagechange-app", render);
   render();
 
-  client.start();
-  sound.update();
-  loadLayouts(null)
-    .then((layouts) => {
-      if (!client.layouts.length) client.layouts = layouts;
-      stage.render();
-    })
-    .catch(() => {});
+  start();
 }
 
 main().catch((err) => {

@@ -1,7 +1,7 @@
 // Pieces every page uses: the program stage drawn from the layout catalogue, sound output with
 // the browsers' autoplay rules, the camera and microphone, the join form, status and notices.
 
-import { decodeToken, rememberTokenInUrl, tokenFromUrl } from "./client.js";
+import { decodeToken, rememberTokenInUrl, RoomClient, tokenFromUrl } from "./client.js";
 import { applyI18n, languageSwitch, t } from "./i18n.js";
 
 export function el(tag, attrs = {}, ...children) {
@@ -302,27 +302,36 @@ export class LocalMedia extends EventTarget {
     return !!navigator.mediaDevices?.getUserMedia;
   }
 
-  /** Open the microphone and/or camera; throws an Error whose `key` names a translated reason. */
-  async open({ audio, video }) {
+  /**
+   * Open the microphone and/or camera; throws an Error whose `key` names a translated reason.
+   * The chosen device is asked for `exact`: Chromium ignores an `ideal` deviceId for a device
+   * other than the default (it kept the default microphone both after a switch and after a
+   * reload). At start (`fallback`), a remembered device that is gone gives way to any device.
+   */
+  async open({ audio, video, fallback = true }) {
     if (!LocalMedia.available()) {
       const err = new Error("getUserMedia unavailable");
       err.key = window.isSecureContext ? "media.no_devices" : "media.needs_https";
       throw err;
     }
-    const constraints = {
-      audio: audio ? { deviceId: this.choice.audio ? { ideal: this.choice.audio } : undefined } : false,
-      video: video
-        ? {
-            deviceId: this.choice.video ? { ideal: this.choice.video } : undefined,
-            width: { ideal: 1280 },
-            height: { ideal: 720 },
-          }
-        : false,
-    };
     if (!audio && !video) return;
+    const constraints = (pinned) => {
+      const device = (id) => (pinned && id ? { exact: id } : undefined);
+      return {
+        audio: audio ? { deviceId: device(this.choice.audio) } : false,
+        video: video ? { deviceId: device(this.choice.video), width: { ideal: 1280 }, height: { ideal: 720 } } : false,
+      };
+    };
+    const remembered = (audio && this.choice.audio) || (video && this.choice.video);
     let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia(constraints);
+      try {
+        stream = await navigator.mediaDevices.getUserMedia(constraints(true));
+      } catch (cause) {
+        const gone = cause?.name === "OverconstrainedError" || cause?.name === "NotFoundError";
+        if (!(fallback && remembered && gone)) throw cause;
+        stream = await navigator.mediaDevices.getUserMedia(constraints(false));
+      }
     } catch (cause) {
       const err = new Error(String(cause));
       err.key = cause?.name === "NotAllowedError" ? "media.denied" : "media.no_devices";
@@ -348,7 +357,7 @@ export class LocalMedia extends EventTarget {
   async choose(kind, deviceId) {
     this.choice[kind] = deviceId;
     localStorage.setItem(DEVICE_KEY, JSON.stringify(this.choice));
-    await this.open({ audio: kind === "audio", video: kind === "video" });
+    await this.open({ audio: kind === "audio", video: kind === "video", fallback: false });
   }
 
   stop(kind) {
@@ -522,4 +531,61 @@ export function bindFatal(client, box) {
   client.addEventListener("notice", (ev) => {
     if (ev.detail.type === "shutdown") notify(t("conn.server_restarting"), "warn");
   });
+}
+
+// --- a venue's or a phone's start -----------------------------------------------------------
+
+/**
+ * What the venue screen and the phone share up to joining: the token (from the address or the
+ * form), camera and/or microphone, the room client, the program stage, sound, the microphone
+ * switch and the status lines. The page wires its own controls, then calls `start()`.
+ * Options: page (the id of the page's main element), device, video (open the camera at start),
+ * videoSlots, startMuted, stage (ProgramStage options).
+ */
+export async function joinAsEndpoint({ page, device, video, videoSlots, startMuted, stage: stageOptions = {} }) {
+  initPage();
+  const $ = (id) => document.getElementById(id);
+  const token = await obtainToken($("join-form"));
+  const claims = decodeToken(token) || {};
+  $(page).hidden = false;
+  $("room-name").textContent = claims.room ?? "";
+
+  const media = new LocalMedia();
+  try {
+    await media.open({ audio: true, video });
+  } catch (err) {
+    // Without a camera or microphone the page still shows the program; say why it is not sending.
+    notify(t(err.key || "media.no_devices"), "error", 15000);
+  }
+  const client = new RoomClient({
+    token,
+    device,
+    publish: { audio: !!media.audio, video: !!media.video },
+    videoSlots,
+    audioSlots: 3,
+    localTracks: () => ({ audio: media.audio, video: media.video }),
+  });
+  window.conference = { client, media };
+
+  const frame = $("program");
+  fit16x9(frame);
+  const stage = new ProgramStage(frame, client, stageOptions);
+  const sound = new SoundOutput(client, $("sound-prompt"));
+  const mic = new MicSwitch(client, media, { startMuted });
+  bindConnectionState(client, $("conn"));
+  bindFatal(client, $("fatal"));
+
+  const start = () => {
+    stage.render();
+    sound.update();
+    client.start();
+    // The join reply carries the catalogue too; this only draws the stage sooner.
+    loadLayouts(null)
+      .then((layouts) => {
+        if (!client.layouts.length) client.layouts = layouts;
+        stage.render();
+      })
+      .catch(() => {});
+  };
+  return { token, claims, media, client, frame, stage, sound, mic, start };
 }

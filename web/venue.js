@@ -2,26 +2,8 @@
 // it joins by itself, publishes the venue's camera and microphone and shows the program full
 // screen, slot for slot, following every change the chair makes.
 
-import { decodeToken, RoomClient } from "./client.js";
 import { t } from "./i18n.js";
-import {
-  attachTrack,
-  bindConnectionState,
-  bindDeviceSelect,
-  bindFatal,
-  displayName,
-  fit16x9,
-  floorPlace,
-  initPage,
-  LocalMedia,
-  loadLayouts,
-  MicSwitch,
-  notify,
-  obtainToken,
-  ProgramStage,
-  SoundOutput,
-  toggleHand,
-} from "./ui.js";
+import { attachTrack, bindDeviceSelect, displayName, floorPlace, joinAsEndpoint, notify, toggleHand } from "./ui.js";
 
 const SELFVIEW_KEY = "conference.venue.selfview";
 const CONTROLS_IDLE_MS = 5000;
@@ -29,37 +11,13 @@ const CONTROLS_IDLE_MS = 5000;
 const $ = (id) => document.getElementById(id);
 
 async function main() {
-  initPage();
-  const token = await obtainToken($("join-form"));
-  const claims = decodeToken(token) || {};
-  $("venue").hidden = false;
-  $("room-name").textContent = claims.room ?? "";
-
-  const media = new LocalMedia();
-  try {
-    await media.open({ audio: true, video: true });
-  } catch (err) {
-    // A venue without a camera still shows the program; say why it is not sending.
-    notify(t(err.key || "media.no_devices"), "error", 15000);
-  }
-
-  const client = new RoomClient({
-    token,
+  const { client, media, mic, start } = await joinAsEndpoint({
+    page: "venue",
     device: "venue",
-    publish: { audio: !!media.audio, video: !!media.video },
+    video: true,
     videoSlots: 9,
-    audioSlots: 3,
-    localTracks: () => ({ audio: media.audio, video: media.video }),
+    startMuted: false,
   });
-  window.conference = { client, media };
-
-  const frame = $("program");
-  fit16x9(frame);
-  const stage = new ProgramStage(frame, client);
-  const sound = new SoundOutput(client, $("sound-prompt"));
-  const mic = new MicSwitch(client, media, { startMuted: false });
-  bindConnectionState(client, $("conn"));
-  bindFatal(client, $("fatal"));
 
   // Self-view: shown unless the venue hid it (remembered on this screen).
   const selfview = $("selfview");
@@ -125,16 +83,7 @@ async function main() {
   for (const type of ["pointermove", "pointerdown", "keydown"]) document.addEventListener(type, wake);
   wake();
 
-  stage.render();
-  sound.update();
-  client.start();
-  // The join reply carries the catalogue too; this only draws the stage sooner.
-  loadLayouts(null)
-    .then((layouts) => {
-      if (!client.layouts.length) client.layouts = layouts;
-      stage.render();
-    })
-    .catch(() => {});
+  start();
 }
 
 main().catch((err) => {
