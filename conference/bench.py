@@ -273,6 +273,7 @@ class Bench:
         data_dir = args.data_dir or tempfile.mkdtemp(prefix="conference-bench-")
         if not args.data_dir:
             self._tmp = data_dir
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
         port = _free_port()
         command = [
             sys.executable,

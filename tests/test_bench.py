@@ -94,6 +94,10 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
             str(report_file),
             "--cache-dir",
             str(tmp_path / "media"),
+            # Recorded into a directory that does not exist yet.
+            "--record",
+            "--data-dir",
+            str(tmp_path / "rec" / "meeting"),
         ],
         capture_output=True,
         text=True,
@@ -128,6 +132,30 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
     decoded = report["subscriber_decode"]
     assert decoded["endpoints"] == 2 and decoded["video_frames_decoded"] > 50
     assert decoded["decode_errors"] == 0
+    # The server's own part of the switches, and the feedback it sent publishers.
+    wait = report["server_switch_wait_ms"]
+    assert wait["p50"] is not None and 0 < wait["p50"] <= wait["p95"] <= switch["p95"] + 100
+    assert report["server_rtcp"]["reports_sent"] > 0
+    # The meeting was recorded into --data-dir.
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conference",
+            "recordings",
+            "list",
+            "--json",
+            "--data-dir",
+            str(tmp_path / "rec" / "meeting"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    recordings = json.loads(listed.stdout)
+    assert len(recordings) == 1 and recordings[0]["room"] == "bench"
+    assert recordings[0]["duration_s"] > 4
 
 
 def test_forwarding_delay_percentiles_of_a_window() -> None:
