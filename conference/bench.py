@@ -340,7 +340,10 @@ class Bench:
             if response.status != 200:
                 raise BenchError(f"GET /api/stats: HTTP {response.status}")
             data = await response.json()
-        return data.get("media") or {}
+        media = dict(data.get("media") or {})
+        # The recorder's own figures ride along (the archive threads' CPU for --record).
+        media["recorder"] = data.get("recorder") or {}
+        return media
 
     async def token(self, identity: str, role: str) -> str:
         if not self.args.url:
@@ -507,6 +510,14 @@ def _layout_size(name: str) -> int:
 # --- the report ------------------------------------------------------------------------------
 
 
+def _archive_cores(before: dict[str, Any], after: dict[str, Any], window: float) -> float | None:
+    key = "archive_thread_cpu_s"
+    first, last = (before.get("recorder") or {}).get(key), (after.get("recorder") or {}).get(key)
+    if first is None or last is None or window <= 0:
+        return None
+    return round((last - first) / window, 4)
+
+
 def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
     return float(after.get(key) or 0) - float(before.get(key) or 0)
 
@@ -625,6 +636,9 @@ def build_report(
             "pending": sum(r["pending_switches"] for r in results),
             "program_changes": program_changes,
         },
+        # CPU of the recorder's archive threads (part of server_cpu_cores) over the window: the cost
+        # of recording beside forwarding, except the per-packet hand-over on the media path.
+        "archive_thread_cpu_cores": _archive_cores(stats0, stats1, window),
         # RTCP the server handled in the window (keyframe requests, NACKs, reports to publishers).
         "server_rtcp": {
             key: int(_delta(stats1, stats0, key))
@@ -693,6 +707,8 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(("forwarding delay p50", f"{report['forward_delay_ms']['p50']} ms", ""))
     rows.append(("join time p50", f"{report['join_ms']['p50']} ms", ""))
     rows.append(("switch time p50", f"{report['switch_ms']['p50']} ms ({report['switch_ms']['count']})", ""))
+    if report.get("archive_thread_cpu_cores") is not None and "--record" in report["command"]:
+        rows.append(("server CPU of the archive threads", f"{report['archive_thread_cpu_cores']} cores", ""))
     wait = report.get("server_switch_wait_ms") or {}
     if wait.get("p50") is not None:
         rows.append(("  keyframe wait in server p50/p95", f"{wait['p50']} / {wait['p95']} ms", ""))

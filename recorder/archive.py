@@ -189,6 +189,7 @@ class RecordingWriter:
         self._wake = threading.Event()
         self._stopped = False
         self._ending_at: float | None = None
+        self.flusher_cpu_s = 0.0
         self._flusher = threading.Thread(target=self._run, name=f"recorder-{recording_id}", daemon=True)
         self._flusher.start()
 
@@ -261,6 +262,8 @@ class RecordingWriter:
                 self.flush()
             except OSError:
                 log.exception("recording %s: cannot write to disk", self.recording_id)
+            # This thread's own CPU (packing, checksums, writes): the archive's cost beside forwarding.
+            self.flusher_cpu_s = time.thread_time()
 
     def flush(self) -> None:
         with self._lock:

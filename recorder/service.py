@@ -41,6 +41,15 @@ class RecorderService:
         self._room_recording: dict[str, str] = {}  # room -> recording id
         self.jobs = RenderJobs(self.data_dir)
         self._recovered = False
+        self._finished_flusher_cpu_s = 0.0  # of the recordings already stopped
+
+    def stats(self) -> dict[str, Any]:
+        """Recordings running, and the CPU seconds their archive threads used since the start."""
+        running = sum(w.flusher_cpu_s for w in self._writers.values())
+        return {
+            "recording": len(self._writers),
+            "archive_thread_cpu_s": round(running + self._finished_flusher_cpu_s, 4),
+        }
 
     # --- recording -----------------------------------------------------------------------------
 
@@ -80,6 +89,7 @@ class RecorderService:
             log.warning("stop of unknown recording %s", recording_id)
             return None
         await asyncio.to_thread(writer.close)
+        self._finished_flusher_cpu_s += writer.flusher_cpu_s
         log.info("recording %s of room %s stopped", recording_id, room)
         if self.auto_render:
             return self.jobs.submit(recording_id, RenderOptions())

@@ -206,6 +206,7 @@ async def get_stats(request: web.Request) -> web.Response:
     app = request.app
     store = app[STORE_KEY]
     rooms = app[ROOMS_KEY]
+    recorder = app[RECORDING_KEY].service
     room_ids = await store.list_rooms()
     participants = 0
     for room in room_ids:
@@ -217,6 +218,7 @@ async def get_stats(request: web.Request) -> web.Response:
             "participants": participants,
             "connections": len(rooms.sockets),
             "media": app[MEDIA_KEY].stats(),
+            "recorder": recorder.stats() if recorder is not None else None,
         }
     )
 

@@ -136,6 +136,8 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
     wait = report["server_switch_wait_ms"]
     assert wait["p50"] is not None and 0 < wait["p50"] <= wait["p95"] <= switch["p95"] + 100
     assert report["server_rtcp"]["reports_sent"] > 0
+    # Recording on: its archive threads' CPU is measured, a part of the server's.
+    assert 0 < report["archive_thread_cpu_cores"] < report["server_cpu_cores"]
     # The meeting was recorded into --data-dir.
     listed = subprocess.run(
         [
