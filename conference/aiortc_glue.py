@@ -270,27 +270,45 @@ def sender_ssrc(sender: RTCRtpSender) -> int:
 class LegOutput:
     """Protect with the leg's SRTP context and send on the nominated ICE pair, synchronously.
 
-    Skips aiortc's ``_send_rtp`` (two coroutine frames and an is_rtcp check per packet)."""
+    Skips aiortc's ``_send_rtp`` (two coroutine frames and an is_rtcp check per packet). The
+    nominated pair's socket and address are looked up once per pair, not per packet."""
 
-    __slots__ = ("_connection", "_dtls", "octets", "packets")
+    __slots__ = ("_addr", "_connection", "_dtls", "_pair", "_transport", "octets", "packets")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._connection: aioice.ice.Connection = dtls.transport._connection
+        self._pair: Any = None
+        self._transport: Any = None
+        self._addr: Any = None
         self.packets = 0
         self.octets = 0
+
+    def _route(self) -> Any:
+        """The nominated pair's transport (cached; None while there is none or it is closing)."""
+        pair = self._connection._nominated.get(1)
+        if pair is not self._pair:
+            self._pair = pair
+            self._transport = None if pair is None else pair.protocol.transport
+            self._addr = None if pair is None else pair.remote_addr
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return None
+        return transport
 
     def send(self, data: bytes) -> bool:
         """Send one RTP packet; False (dropped) while the leg is not connected."""
         srtp = self._dtls._tx_srtp
+        if srtp is None:
+            return False
+        transport = self._transport
         pair = self._connection._nominated.get(1)
-        if srtp is None or pair is None:
-            return False
-        transport = pair.protocol.transport
-        if transport.is_closing():
-            return False
+        if transport is None or pair is not self._pair or transport.is_closing():
+            transport = self._route()
+            if transport is None:
+                return False
         protected = srtp.protect(data)
-        transport.sendto(protected, pair.remote_addr)
+        transport.sendto(protected, self._addr)
         self.packets += 1
         self.octets += len(protected)
         return True
@@ -298,10 +316,10 @@ class LegOutput:
     def send_rtcp(self, data: bytes) -> bool:
         """Send one (compound) RTCP packet of our own, e.g. feedback to a publisher."""
         srtp = self._dtls._tx_srtp
-        pair = self._connection._nominated.get(1)
-        if srtp is None or pair is None or pair.protocol.transport.is_closing():
+        transport = self._route()
+        if srtp is None or transport is None:
             return False
-        pair.protocol.transport.sendto(srtp.protect_rtcp(data), pair.remote_addr)
+        transport.sendto(srtp.protect_rtcp(data), self._addr)
         return True
 
     @property
