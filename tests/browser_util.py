@@ -188,10 +188,10 @@ def lan_address() -> str | None:
 
 
 def self_signed_certificate(directory: Path, address: str) -> tuple[Path, Path]:
-    """A throwaway certificate for ``address`` (as a venue would make one for a trial, see the
-    README), written as PEM files: (cert, key). ``cryptography`` comes with aiortc (DTLS)."""
+    """A throwaway certificate for ``address``, an IP address or a host name (as a venue would make
+    one for a trial, see the README), written as PEM files: (cert, key). ``cryptography`` comes
+    with aiortc (DTLS)."""
     import datetime
-    import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -209,7 +209,7 @@ def self_signed_certificate(directory: Path, address: str) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False)
+        .add_extension(x509.SubjectAlternativeName([_subject_name(address)]), False)
         .sign(key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -221,6 +221,17 @@ def self_signed_certificate(directory: Path, address: str) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def _subject_name(address: str) -> Any:
+    import ipaddress
+
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(address))
+    except ValueError:
+        return x509.DNSName(address)
 
 
 @contextlib.asynccontextmanager
