@@ -2,7 +2,7 @@
 # The whole test suite, exactly as the README says and as CI runs it (.ci/run).
 #
 # 1. a virtual environment in .venv with the project and its test extras installed (from PyPI);
-# 2. the system pieces the tests drive for real: Chromium (browser tests) and a Redis server on
+# 2. the system pieces the tests drive for real: Chromium and Firefox (browser tests) and a Redis server on
 #    127.0.0.1:6379 (shared-room tests), installed with apt-get when missing and allowed (root);
 # 3. pytest over tests/, exiting with its status ("no tests collected" counts as a failure).
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k signaling`.
@@ -38,6 +38,11 @@ apt_install() {
 if [ ! -x /usr/bin/chromium ]; then
     echo "== installing chromium (browser tests)"
     apt_install chromium chromium-driver || echo "!! could not install chromium: browser tests will fail"
+fi
+# The venue page is also checked in Firefox (tests/test_browser_firefox.py).
+if ! command -v firefox-esr >/dev/null && ! command -v firefox >/dev/null; then
+    echo "== installing firefox-esr (browser tests)"
+    apt_install firefox-esr || echo "!! could not install firefox-esr: the Firefox test will be skipped"
 fi
 # The pages speak Chinese by default: without a CJK font the screenshots show boxes.
 if ! fc-list 2>/dev/null | grep -qiE 'wqy|noto.*cjk'; then
