@@ -1,12 +1,14 @@
-"""The venue page in Firefox: Debian's firefox-esr, headless, driven over Marionette (Firefox's own
+"""The pages in Firefox: Debian's firefox-esr, headless, driven over Marionette (Firefox's own
 remote protocol, through Mozilla's ``marionette_driver``; Playwright only drives its own patched
 Firefox, which we may not download).
 
 A venue opened as ``/venue?token=…`` joins by itself, publishes Firefox's fake camera and
 microphone, and plays the program: a Python test endpoint with a known colour is in slot 0 and the
-Firefox venue itself in slot 1. The Python endpoint decodes the Firefox venue's camera, so media
-flows both ways through the forwarding core with Firefox's own WebRTC stack (its SDP, BUNDLE,
-DTLS/SRTP and VP8), not only Chromium's.
+Firefox venue itself in slot 1. The Python endpoint decodes the Firefox venue's camera and hears
+its microphone, so media flows both ways through the forwarding core with Firefox's own WebRTC
+stack (its SDP, BUNDLE, DTLS/SRTP and VP8), not only Chromium's. Then a member's phone page and the
+chair's console (~60 m-lines) join in further tabs and show the program's main slot and the
+Python venue's preview.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ PREFS = {
 # Program slot 0's centre pixel, or null before its first frame.
 SLOT0_PIXEL_JS = f"""
   const n = document.querySelector('#program [data-slot="0"]:not([hidden])');
+  return n ? ({CENTRE_PIXEL_JS})(n) : null;
+"""
+TILE_PIXEL_JS = f"""
+  const n = document.querySelector(`#tiles .tile[data-identity="${{arguments[0]}}"]`);
   return n ? ({CENTRE_PIXEL_JS})(n) : null;
 """
 STATE_JS = """
@@ -229,5 +235,46 @@ async def test_venue_page_in_firefox_joins_publishes_and_plays_the_program(tmp_p
                     f"Python venue ({slot.frames_decoded} frames) and heard ({heard()} audio packets), "
                     f"{packets_in} packets from Firefox"
                 )
+
+                # A member's phone page in a second tab: joins with its microphone (camera off by
+                # default) and shows the program's main slot.
+                tab = await asyncio.to_thread(browser.open, "tab", True)
+                await asyncio.to_thread(browser.switch_to_window, tab["handle"])
+                started = time.monotonic()
+                url = server.page_url(
+                    "phone", server.token("council", "member-ff", "member", "Firefox member")
+                )
+                await asyncio.to_thread(browser.navigate, url)
+                state = await eventually(
+                    lambda: asyncio.to_thread(browser.execute_script, STATE_JS),
+                    lambda s: bool(s) and s["state"] == ["joined", "connected"] and s["microphone"],
+                    45,
+                    "the Firefox phone joined with its microphone",
+                )
+                assert not state["camera"], "the phone's camera is off by default"
+                await eventually(
+                    lambda: asyncio.to_thread(browser.execute_script, SLOT0_PIXEL_JS),
+                    close_to_expected,
+                    30,
+                    "the Firefox phone shows the program's main slot",
+                )
+                log(f"firefox phone: joined and showing the main slot in {time.monotonic() - started:.2f} s")
+
+                # The chair's console in a third tab: every endpoint's preview in its tile (the
+                # chair's offer carries ~60 m-lines) and the program as it is on the screens.
+                tab = await asyncio.to_thread(browser.open, "tab", True)
+                await asyncio.to_thread(browser.switch_to_window, tab["handle"])
+                started = time.monotonic()
+                await asyncio.to_thread(
+                    browser.navigate,
+                    server.page_url("chair", server.token("council", "chair", "chair", "Chair")),
+                )
+                await eventually(
+                    lambda: asyncio.to_thread(browser.execute_script, TILE_PIXEL_JS, ["hall-py"]),
+                    close_to_expected,
+                    45,
+                    "the Firefox chair console previews the Python venue in its tile",
+                )
+                log(f"firefox chair: joined and previewing in {time.monotonic() - started:.2f} s")
         finally:
             await python_venue.close()
