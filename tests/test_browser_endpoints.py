@@ -1,6 +1,6 @@
 """What a venue and a phone do for themselves, with real media in headless Chromium: the speaking
 indicator on the venues' slots and the chair's audio meters, the phone's data-saving (audio only)
-mode and its optional camera, and switching a venue's microphone without renegotiating.
+mode and its optional camera, and switching a venue's microphone and camera without renegotiating.
 
 One small meeting (chair, a venue playing a tone, a silent venue, a phone) is shared by the tests of
 this module; each test sets the program and mutes it needs itself. The program and mutes are set
@@ -478,10 +478,10 @@ async def test_venue_switches_microphone_without_renegotiating(meeting: Meeting)
 
 
 async def test_venue_camera_choice_replaces_the_track_without_renegotiating(meeting: Meeting) -> None:
-    """Chromium's fake capture has one camera only ("fake_device_0"), so this cannot show a switch
-    between two cameras: it chooses that camera again, which runs the same path (a new track
-    from getUserMedia, replaceTrack on the publish sender, the old track stopped) and checks the
-    picture keeps reaching the other venue on the same connection."""
+    """Choosing the camera already in use (Chromium's one fake camera) opens it afresh: a new track
+    from getUserMedia, replaceTrack on the publish sender, the old track stopped, and the picture
+    keeps reaching the other venue on the same connection. A switch between two cameras is
+    test_venue_switches_between_two_cameras_without_renegotiating."""
     venue, viewer, hall_a = meeting.speaking, meeting.silent, SPEAKING_VENUE[0]
     await set_program(meeting.server, "single", [hall_a])
     await wait_for_colours(viewer, {0: "red"}, 20, "hall-b sees hall-a before")
