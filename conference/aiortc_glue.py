@@ -266,7 +266,6 @@ def sender_ssrc(sender: RTCRtpSender) -> int:
     return sender._ssrc  # type: ignore[no-any-return]
 
 
-
 class LegOutput:
     """Protect with the leg's SRTP context and send on the nominated ICE pair, synchronously.
 
