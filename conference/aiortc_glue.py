@@ -66,6 +66,8 @@ _RECEIVER_DECODER = (
     "_RTCRtpReceiver__decoder_thread",
 )
 _RECEIVER_STOP_DECODER = "_RTCRtpReceiver__stop_decoder"
+# The middle 32 bits of the NTP time of the publisher's last sender report, and when it arrived.
+_RECEIVER_LSR = ("_RTCRtpReceiver__lsr", "_RTCRtpReceiver__lsr_time")
 
 # (class, method name, parameter names after self, coroutine?)
 _METHODS: list[tuple[type, str, tuple[str, ...], bool]] = [
@@ -130,7 +132,7 @@ def check_instances(pc: RTCPeerConnection) -> None:
         for name in _SENDER_COUNTERS:
             if not hasattr(transceiver.sender, name):
                 raise _fail(f"RTCRtpSender has no attribute {name}")
-        for name in _RECEIVER_DECODER:
+        for name in (*_RECEIVER_DECODER, *_RECEIVER_LSR):
             if not hasattr(transceiver.receiver, name):
                 raise _fail(f"RTCRtpReceiver has no attribute {name}")
         for name in ("_codecs", "_headerExtensions"):
@@ -400,6 +402,16 @@ def sender_counters(sender: RTCRtpSender) -> tuple[int, int, int, int]:
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     """Ask the publisher of ``media_ssrc`` for a keyframe (RTCP PLI from this receiver)."""
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+def last_sender_report(receiver: RTCRtpReceiver, ssrc: int) -> tuple[int, float] | None:
+    """(LSR, wall time it arrived) of the last RTCP sender report of ``ssrc`` that aiortc's receiver
+    handled (RTCP still takes aiortc's path), for the LSR/DLSR of our receiver reports; None if
+    none came yet."""
+    lsr = getattr(receiver, _RECEIVER_LSR[0]).get(ssrc)
+    if lsr is None:
+        return None
+    return lsr, getattr(receiver, _RECEIVER_LSR[1])[ssrc]
 
 
 class DecodeCounter(queue.Queue):  # type: ignore[type-arg]

@@ -1079,8 +1079,10 @@ class ReceptionStats:
     def jitter(self) -> int:
         return self._jitter_q4 >> 4
 
-    def report_block(self, ssrc: int) -> bytes:
-        """A 24-byte RTCP report block for ``ssrc`` (no sender report seen: LSR = DLSR = 0)."""
+    def report_block(self, ssrc: int, lsr: int = 0, dlsr: int = 0) -> bytes:
+        """A 24-byte RTCP report block for ``ssrc``; ``lsr`` is the middle of the NTP time of the
+        publisher's last sender report and ``dlsr`` the delay since it in 1/65536 s (0 and 0 when
+        none was seen), from which the publisher computes the round-trip time."""
         expected = self.expected
         lost_total = max(-0x800000, min(expected - self.received, 0x7FFFFF))
         expected_interval = expected - self._expected_prior
@@ -1095,8 +1097,8 @@ class ReceptionStats:
             (min(fraction, 255) << 24) | (lost_total & 0xFFFFFF),
             self.extended_max & 0xFFFFFFFF,
             self.jitter & 0xFFFFFFFF,
-            0,
-            0,
+            lsr & 0xFFFFFFFF,
+            dlsr & 0xFFFFFFFF,
         )
 
 

@@ -30,8 +30,10 @@ does not estimate bandwidth itself: the browser's own loss-based control works u
 a NACK as soon as a gap shows, asked again every 100 ms for up to 1 s; a retransmission arriving
 late is forwarded like any late packet.
 
-Not done yet (known limits): LSR/DLSR in our receiver reports are 0 (publishers get no RTT from
-us); a switch happens on the new source's keyframe
+Our receiver reports carry LSR/DLSR from the publisher's last sender report (aiortc's receiver
+still handles RTCP), so the publisher learns the round-trip time.
+
+Not done yet (known limits): a switch happens on the new source's keyframe
 even if the old source's current frame is incomplete (browsers drop such a frame; aiortc's jitter
 buffer hands it to the decoder); no simulcast, no RTX, no transport-cc.
 """
@@ -276,7 +278,11 @@ class Producer:
         if now - self.last_report < REPORT_INTERVAL:
             return
         self.last_report = now
-        data = rtcp_receiver_report(self.rtcp_ssrc, [self.reception.report_block(self.ssrc)])
+        lsr = dlsr = 0
+        last = glue.last_sender_report(self.receiver, self.ssrc)
+        if last is not None and 0 <= now - last[1] < 65536:
+            lsr, dlsr = last[0], int((now - last[1]) * 65536)
+        data = rtcp_receiver_report(self.rtcp_ssrc, [self.reception.report_block(self.ssrc, lsr, dlsr)])
         if self.kind == "video":
             data += rtcp_remb(self.rtcp_ssrc, self.session.backend.publish_max_bitrate, [self.ssrc])
         if self.session.output.send_rtcp(data):

@@ -953,6 +953,9 @@ def test_feedback_packets_parse_as_rtcp() -> None:
     assert unpack_remb_fci(remb.fci) == (1_500_000, [0xBBBB])
     assert nack.fmt == 1 and nack.media_ssrc == 0xBBBB
     assert sorted(s & 0xFFFF for s in nack.lost) == [102, 103, 130, 65535]
+    # LSR/DLSR as given (the publisher's last sender report and the delay since it).
+    block = RtcpPacket.parse(rtcp_receiver_report(1, [stats.report_block(0xBBBB, 0x12345678, 65536 // 2)]))
+    assert (block[0].reports[0].lsr, block[0].reports[0].dlsr) == (0x12345678, 32768)
     # The next report covers only what happened since the last one.
     stats.add(106, 106 * 3000, 6.0)
     again = RtcpPacket.parse(rtcp_receiver_report(1, [stats.report_block(0xBBBB)]))[0].reports[0]

@@ -454,6 +454,18 @@ async def test_publishers_get_receiver_reports_remb_and_nacks_for_what_was_lost(
         reports = [s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp"]
         assert reports and reports[0].packetsLost == 0, reports
 
+        # Our reports answer the publisher's sender reports (LSR/DLSR): it knows the round trip.
+        async def round_trip() -> float | None:
+            stats = [s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp"]
+            return stats[0].roundTripTime if stats else None
+
+        deadline = time.monotonic() + 8
+        rtt = await round_trip()
+        while rtt is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            rtt = await round_trip()
+        assert rtt is not None and 0 <= rtt < 0.5, rtt
+
         # One video packet lost on the way in (before SRTP: a packet unprotected once would be
         # refused again as a replay): the gap is NACKed and the retransmission arrives.
         session = meeting.backend.rooms["hall"].sessions["hall-a"]
