@@ -272,7 +272,8 @@ class LegOutput:
     """Protect with the leg's SRTP context and send on the nominated ICE pair, synchronously.
 
     Skips aiortc's ``_send_rtp`` (two coroutine frames and an is_rtcp check per packet). The
-    nominated pair's socket and address are looked up once per pair, not per packet."""
+    nominated pair's socket and address are resolved once per pair (``_route``); each packet only
+    checks that the pair is still the nominated one."""
 
     __slots__ = ("_addr", "_connection", "_dtls", "_pair", "_transport", "octets", "packets")
 
@@ -322,10 +323,6 @@ class LegOutput:
             return False
         transport.sendto(srtp.protect_rtcp(data), self._addr)
         return True
-
-    @property
-    def connected(self) -> bool:
-        return self._dtls._tx_srtp is not None and self._connection._nominated.get(1) is not None
 
 
 # --- RTCP on the send side ------------------------------------------------------------------

@@ -41,6 +41,8 @@ from typing import Any
 
 import aiohttp
 
+from .media import window_percentile
+
 # Targets of the issue at 50 endpoints (see docs/performance.md).
 TARGETS = {
     "server_cpu_cores": ("<=", 0.7),
@@ -518,6 +520,18 @@ def _archive_cores(before: dict[str, Any], after: dict[str, Any], window: float)
     return round((last - first) / window, 4)
 
 
+def _window_percentiles(
+    before: dict[str, Any], after: dict[str, Any], key: str, ps: tuple[int, ...]
+) -> dict[str, float | None] | None:
+    """{"p50": us, ...} of what the backend's ``key`` histogram counted between two stats calls;
+    None when the backend publishes no histogram."""
+    first = (before.get(key) or {}).get("histogram")
+    last = (after.get(key) or {}).get("histogram")
+    if first is None or last is None:
+        return None
+    return {f"p{p}": window_percentile(first, last, p) for p in ps}
+
+
 def _delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
     return float(after.get(key) or 0) - float(before.get(key) or 0)
 
@@ -547,23 +561,12 @@ def build_report(
     delay = dict(stats1.get("forward_delay_us") or {})
     # Percentiles of the measured window only (joins and the settling time left out), when the
     # backend publishes its histogram; else what it reports since it started.
-    histogram0 = (stats0.get("forward_delay_us") or {}).get("histogram")
-    histogram1 = delay.get("histogram")
-    if histogram0 is not None and histogram1 is not None:
-        from .media import window_percentile
-
-        delay["p50"] = window_percentile(histogram0, histogram1, 50)
-        delay["p99"] = window_percentile(histogram0, histogram1, 99)
+    windowed = _window_percentiles(stats0, stats1, "forward_delay_us", (50, 99))
+    if windowed is not None:
+        delay.update(windowed)
         delay["measured_from"] = f"{delay.get('measured_from')}, in the measured window"
-    waits0 = (stats0.get("switch_wait_us") or {}).get("histogram")
-    waits1 = (stats1.get("switch_wait_us") or {}).get("histogram")
-    switch_wait: dict[str, float | None] = {"p50": None, "p95": None}
-    if waits0 is not None and waits1 is not None:
-        from .media import window_percentile
-
-        for p in (50, 95):
-            value = window_percentile(waits0, waits1, p)
-            switch_wait[f"p{p}"] = None if value is None else round(value / 1000, 1)
+    waits = _window_percentiles(stats0, stats1, "switch_wait_us", (50, 95)) or {"p50": None, "p95": None}
+    switch_wait = {k: None if v is None else round(v / 1000, 1) for k, v in waits.items()}
 
     # Delivery: per subscriber and slot, received / what the server sent on that slot.
     sent_by_slot: dict[tuple[str, str], int] = {}

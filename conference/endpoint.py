@@ -749,19 +749,12 @@ class Endpoint:
         return int(getattr(source, counter)) if source is not None else 0
 
     def pause_media(self) -> None:
-        """Stop publishing (camera and microphone) until :meth:`resume_media`."""
+        """Stop publishing camera and microphone (the benchmark's drain before counting)."""
         if self.raw is not None:
             self.raw.pause()
         for track in (self.video_track, self.audio_track):
             if track is not None:
                 track.pause()
-
-    def resume_media(self) -> None:
-        if self.raw is not None:
-            self.raw.start()
-        for track in (self.video_track, self.audio_track):
-            if track is not None:
-                track.resume()
 
     async def close(self, leave: bool = True) -> None:
         if self.raw is not None:
@@ -850,6 +843,15 @@ class RawPublisher:
         self.video_step = VIDEO_CLOCK // clip.params.fps
         self.video_every = max(1, round(1 / clip.params.fps / AUDIO_TICK_S))  # 2 ticks at 25 fps
         self.video_ext = extension_block([(video.mid_ext, video.mid)]) if video else b""
+        # The audio extension block per level (speaking or silent), built once, not per packet.
+        self.audio_ext = (
+            {
+                level: extension_block([(audio.mid_ext, audio.mid), (audio.level_ext, bytes([level]))])
+                for level in (SPEAKING_LEVEL, SILENT_LEVEL)
+            }
+            if audio
+            else {}
+        )
         self.history: list[bytes | None] = [None] * HISTORY_SIZE  # video packets by sequence
         self.retransmissions = 0
         self.tick_count = 0
@@ -910,8 +912,7 @@ class RawPublisher:
         frames = self.clip.tone if self.speaking else self.clip.silence
         i = self.audio_position
         self.audio_position = (i + 1) % len(frames)
-        level = self.level
-        ext = extension_block([(stream.mid_ext, stream.mid), (stream.level_ext, bytes([level]))])
+        ext = self.audio_ext[self.level]
         head = _RTP_HEADER.pack(
             0x90 if ext else 0x80, stream.payload_type, stream.sequence, stream.timestamp, stream.ssrc
         )

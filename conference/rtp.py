@@ -1012,12 +1012,8 @@ class ReceptionStats:
         self._jitter_q4 = 0
         self._last_arrival = 0
         self._last_timestamp = -1
-        # sequence -> [first noticed, last asked] (monotonic seconds)
+        # sequence -> [first noticed, last asked] (seconds, on the clock ``add`` is given)
         self.missing: dict[int, list[float]] = {}
-
-    def reset(self) -> None:
-        """A new stream (SSRC) starts: statistics start over."""
-        self.__init__(self.clock_rate, self.track_missing)  # type: ignore[misc]
 
     def add(self, seq: int, timestamp: int, now: float) -> list[int] | None:
         """Count one packet; returns the sequence numbers it shows missing (a gap), if any."""
