@@ -293,6 +293,35 @@ async def server_process(
                 await proc.wait()
 
 
+# --- the REST API, as an integration uses it ---------------------------------------------------
+
+
+async def rest(
+    server: RunningServer, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One admin-key REST call; fails the test unless it answers 200. Over HTTPS the server has the
+    test's own self-signed certificate, which is not verified."""
+    import aiohttp
+
+    verify = not server.url.startswith("https:")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method,
+            f"{server.url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            ssl=verify,
+        ) as res,
+    ):
+        assert res.status == 200, f"{method} {path}: {res.status} {await res.text()}"
+        return dict(await res.json())
+
+
+async def set_program(server: RunningServer, layout: str, slots: list[str | None]) -> None:
+    await rest(server, "PUT", "/api/rooms/council/program", {"layout": layout, "slots": slots})
+
+
 # --- waiting and probing ---------------------------------------------------------------------
 
 

@@ -15,11 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from browser_util import (
-    ADMIN_KEY,
     AUDIO_PEAKS_JS,
     COLOURS,
     PHONE,
@@ -32,8 +30,10 @@ from browser_util import (
     ensure_chromium,
     eventually,
     log,
+    rest,
     screenshot_path,
     server_process,
+    set_program,
     write_tone,
     write_y4m,
 )
@@ -119,21 +119,6 @@ async def meeting(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mee
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-async def rest(server: RunningServer, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(
-            method, f"{server.url}{path}", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-        ) as res,
-    ):
-        assert res.status == 200, f"{method} {path}: {res.status} {await res.text()}"
-        return dict(await res.json())
-
-
-async def set_program(server: RunningServer, layout: str, slots: list[str | None]) -> None:
-    await rest(server, "PUT", "/api/rooms/council/program", {"layout": layout, "slots": slots})
 
 
 async def mute(server: RunningServer, identity: str, muted: bool) -> None:

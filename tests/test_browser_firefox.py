@@ -23,10 +23,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import av
 import pytest
-from browser_util import ADMIN_KEY, CENTRE_PIXEL_JS, eventually, log, server_process
+from browser_util import CENTRE_PIXEL_JS, eventually, log, rest, server_process, set_program
 
 from conference.endpoint import Endpoint, EndpointConfig
 from conference.testmedia import MediaParams, colour_for, load_clip
@@ -177,15 +176,7 @@ async def test_venue_page_in_firefox_joins_publishes_and_plays_the_program(tmp_p
                     "the Firefox venue joined by itself and its media connected",
                 )
                 joined = time.monotonic() - started
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.put(
-                        f"{server.url}/api/rooms/council/program",
-                        json={"layout": "side-by-side", "slots": ["hall-py", "hall-ff"]},
-                        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                    ) as res,
-                ):
-                    assert res.status == 200, await res.text()
+                await set_program(server, "side-by-side", ["hall-py", "hall-ff"])
                 put_at = time.monotonic()
 
                 def close_to_expected(px: list[int] | None) -> bool:
@@ -220,13 +211,7 @@ async def test_venue_page_in_firefox_joins_publishes_and_plays_the_program(tmp_p
                     30,
                     "the Python venue hears the Firefox venue's microphone",
                 )
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.get(
-                        f"{server.url}/api/stats", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-                    ) as res,
-                ):
-                    stats = await res.json()
+                stats = await rest(server, "GET", "/api/stats")
                 packets_in = stats["media"]["per_session"]["council/hall-ff"]["packets_in"]
                 assert stats["media"]["decoded_frames"] == 0
                 log(

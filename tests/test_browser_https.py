@@ -11,10 +11,8 @@ import os
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from browser_util import (
-    ADMIN_KEY,
     COLOURS,
     SLOT_PIXELS_JS,
     SMALL_SCREEN,
@@ -28,6 +26,7 @@ from browser_util import (
     screenshot_path,
     self_signed_certificate,
     server_process,
+    set_program,
     write_tone,
     write_y4m,
 )
@@ -110,16 +109,7 @@ async def test_venue_over_https_on_the_lan_address(tmp_path: Path) -> None:
             log(f"https LAN join (page requested to media connected): {joined} s")
 
             # The program is set as an integration would: the REST API over the same HTTPS address.
-            async with (
-                aiohttp.ClientSession() as http,
-                http.put(
-                    f"{server.url}/api/rooms/council/program",
-                    json={"layout": "side-by-side", "slots": ["hall-b", "hall-a"]},
-                    headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                    ssl=False,
-                ) as res,
-            ):
-                assert res.status == 200, await res.text()
+            await set_program(server, "side-by-side", ["hall-b", "hall-a"])
             shown_at = time.monotonic()
             for identity, tab in tabs.items():
                 try:
