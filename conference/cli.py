@@ -14,6 +14,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("bench", "conference.bench", "benchmark the media core with N real endpoints"),
     ("render", "recorder.render", "render a recording to MP4 in a chosen layout"),
     ("recordings", "recorder.cli", "list, show or delete recordings"),
+    ("phone", "signaling.phone.cli", "telephone dial-in gateway (SIP)"),
 ]
 
 

@@ -77,6 +77,34 @@ class Recording:
 
 
 @dataclass(slots=True)
+class DialIn:
+    """Telephone dial-in: the meeting's numeric ID and PINs, kept only as keyed hashes
+    (``signaling.dialin``), so the state never holds a PIN."""
+
+    meeting_id: str | None = None
+    pin_hash: str | None = None
+    # Roster entries with their own PIN: [{"identity", "name", "pin_hash"}].
+    members: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meeting_id": self.meeting_id,
+            "pin_set": self.pin_hash is not None,
+            "pin_hash": self.pin_hash,
+            "members": [dict(m) for m in self.members],
+        }
+
+    def public_json(self) -> dict[str, Any]:
+        return {"meeting_id": self.meeting_id, "pin_set": self.pin_hash is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> DialIn:
+        if not data:
+            return cls()
+        return cls(data.get("meeting_id"), data.get("pin_hash"), [dict(m) for m in data.get("members", [])])
+
+
+@dataclass(slots=True)
 class RoomState:
     room: str
     version: int = 0
@@ -87,6 +115,7 @@ class RoomState:
     participants: dict[str, Participant] = field(default_factory=dict)
     floor: str | None = None
     recording: Recording = field(default_factory=Recording)
+    dial_in: DialIn = field(default_factory=DialIn)
 
     @property
     def floor_queue(self) -> list[str]:
@@ -107,6 +136,7 @@ class RoomState:
             "floor": self.floor,
             "floor_queue": self.floor_queue,
             "recording": asdict(self.recording),
+            "dial_in": self.dial_in.to_json(),
         }
 
     @classmethod
@@ -121,6 +151,7 @@ class RoomState:
             participants={p["identity"]: Participant.from_json(p) for p in data["participants"]},
             floor=data["floor"],
             recording=Recording(**data["recording"]),
+            dial_in=DialIn.from_json(data.get("dial_in")),
         )
 
 
@@ -286,6 +317,21 @@ def revoke_floor(state: RoomState, by: str | None = None) -> list[Event]:
         return []
     state.floor = None
     return [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue, "by": by}]
+
+
+# --- telephone dial-in ---------------------------------------------------------------------
+
+
+def set_dial_in(
+    state: RoomState, meeting_id: str, pin_hash: str | None, members: list[dict[str, str]] | None = None
+) -> list[Event]:
+    """Set the meeting ID, the room's PIN (None: no room PIN) and the roster PINs when given."""
+    state.dial_in.meeting_id = meeting_id
+    state.dial_in.pin_hash = pin_hash
+    if members is not None:
+        state.dial_in.members = [dict(m) for m in members]
+    names = [{"identity": m["identity"], "name": m["name"]} for m in state.dial_in.members]
+    return [{"kind": "dial_in", **state.dial_in.public_json(), "members": names}]
 
 
 # --- recording -----------------------------------------------------------------------------

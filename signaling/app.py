@@ -24,6 +24,7 @@ from conference.roles import Permission, Role, can
 from conference.room import CommandError
 from conference.store import RoomExists, RoomStore, create_store
 
+from . import dialin
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
 from .rooms import Actor, Rooms
@@ -62,7 +63,7 @@ MAX_BODY = 64 * 1024
 # Commands the REST API offers to integrations (the chair's; the others act on a live endpoint).
 REST_COMMANDS = frozenset(
     {"set_program", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
-    | {"start_recording", "stop_recording"}
+    | {"start_recording", "stop_recording", "set_dial_in"}
 )
 STATUS_FOR_CODE = {
     "bad_request": 400,
@@ -282,7 +283,7 @@ async def get_room(request: web.Request) -> web.Response:
     state = await request.app[STORE_KEY].get(room)
     if state is None:
         raise json_error(404, "not_found", f"no room {room!r}")
-    return web.json_response(state.to_json())
+    return web.json_response({**state.to_json(), "dial_in": state.dial_in.public_json()})
 
 
 async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response:
@@ -339,6 +340,19 @@ async def post_token(request: web.Request) -> web.Response:
     )
 
 
+async def post_dial_in(request: web.Request) -> web.Response:
+    """The telephone gateway asks who a caller is: meeting ID + PIN -> room, identity, token."""
+    require_admin(request)
+    data = await json_body(request)
+    try:
+        admission = await dialin.resolve(request.app[STORE_KEY], request.app[SECRET_KEY], data)
+    except ValueError as exc:
+        raise json_error(400, "bad_request", str(exc)) from None
+    if admission is None:
+        raise json_error(404, "not_found", "no meeting with that ID and PIN")
+    return web.json_response(admission)
+
+
 def page_handler(filename: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         path = web_dir() / filename
@@ -385,6 +399,7 @@ def create_app(
     app.router.add_get("/api/rooms/{room}", get_room)
     app.router.add_put("/api/rooms/{room}/program", put_program)
     app.router.add_post("/api/rooms/{room}/commands", post_command)
+    app.router.add_post("/api/dial-in", post_dial_in)
     for route, filename in PAGES.items():
         app.router.add_get(route, page_handler(filename))
     app.router.add_static("/static", web_dir(), show_index=False, follow_symlinks=False)

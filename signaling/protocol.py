@@ -85,6 +85,27 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "remove": _message("remove", {"identity": _IDENTITY}, ["identity"]),
     "grant_floor": _message("grant_floor", {"identity": {"anyOf": [_IDENTITY, {"type": "null"}]}}),
     "revoke_floor": _message("revoke_floor"),
+    "set_dial_in": _message(
+        "set_dial_in",
+        {
+            "pin": {"anyOf": [{"type": "string", "pattern": "^[0-9]{4,12}$"}, {"type": "null"}]},
+            "members": {
+                "type": "array",
+                "maxItems": 200,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "identity": _IDENTITY,
+                        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "pin": {"type": "string", "pattern": "^[0-9]{4,12}$"},
+                    },
+                    "required": ["identity", "name", "pin"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        ["pin"],
+    ),
     "start_recording": _message("start_recording"),
     "stop_recording": _message("stop_recording"),
     "raise_hand": _message("raise_hand"),

@@ -28,9 +28,10 @@ from conference.roles import Permission, Role, can, permissions, publishes
 from conference.room import CommandError, Event, Participant, RoomState
 from conference.store import RoomStore
 
+from . import dialin
 from .protocol import MAX_AUDIO_SLOTS, OUTGOING_QUEUE, PROTOCOL_VERSION, error
 from .recording import RecordingControl
-from .tokens import Claims, TokenError
+from .tokens import Claims, TokenError, resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "revoke_floor": P.FLOOR_CONTROL,
     "start_recording": P.RECORDING_CONTROL,
     "stop_recording": P.RECORDING_CONTROL,
+    "set_dial_in": P.DIAL_IN,
     "raise_hand": P.REQUEST_FLOOR,
     "lower_hand": P.REQUEST_FLOOR,
     "self_mute": None,
@@ -179,6 +181,10 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
             return lambda s: room_commands.self_mute(s, me, msg["muted"])
         case "publish":
             return lambda s: room_commands.update_publishing(s, me, msg["audio"], msg["video"])
+        case "set_dial_in":  # prepared by signaling.dialin: hashes, never the PINs
+            return lambda s: room_commands.set_dial_in(
+                s, msg["meeting_id"], msg["pin_hash"], msg.get("members")
+            )
     raise CommandError("unknown_type", f"unknown command {command!r}")
 
 
@@ -443,6 +449,8 @@ class Rooms:
                 raise CommandError("not_found", f"no participant {target!r} in room {room!r}")
             # Before the change, so the removed identity cannot slip back in with its old token.
             self.removed_at[(room, target)] = int(time.time())
+        if command == "set_dial_in":
+            msg = await dialin.prepare(self.store, resolve_secret(self.settings), room, msg)
         state, _ = await self.store.update(room, command_function(actor, command, msg))
         result: dict[str, Any] = {"version": state.version}
         if command == "set_program":
@@ -451,6 +459,8 @@ class Rooms:
             result["floor"] = state.floor
         elif command in ("raise_hand", "lower_hand"):
             result["floor_queue"] = state.floor_queue
+        elif command == "set_dial_in":
+            result["dial_in"] = state.dial_in.public_json()
         return result
 
     async def sync(self, room: str, since: int) -> dict[str, Any]:

@@ -1,0 +1,258 @@
+"""One telephone call after it is answered: the IVR (meeting ID, PIN), then the caller in the
+meeting. Media runs on the gateway's 20 ms clock (``tick``): prompts, tones and the room's mix
+go out in the caller's codec; the caller's audio comes in, DTMF is picked out, and the voice
+goes to the room encoded once to Opus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+from .codecs import G711, CallCodec, OpusEncoder, Pcm, call_codec
+from .dtmf import Goertzel, Rfc4733
+from .ivr import Check, HangUp, Ivr, Prompt, Throttle
+from .link import Admission, Directory, DirectoryError, MemberState, RoomAudio, SignalingLink
+from .mixer import SILENCE, Mixer, overlay
+from .prompts import TONES, frames
+from .rtp import RtpPacket, RtpStream
+from .sdp import Negotiated
+
+log = logging.getLogger(__name__)
+IVR_TIMEOUT_S = 120.0
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What every call of one gateway shares."""
+
+    server: str
+    directory: Directory
+    session: aiohttp.ClientSession
+    prompts: dict[str, np.ndarray]
+    throttle: Throttle
+    rtp_timeout_s: float = 15.0
+    # The room's media for an admitted caller; None until the plain-RTP transport provides it.
+    audio_factory: Callable[[Admission], RoomAudio | None] = field(default=lambda admission: None)
+
+
+class Call:
+    def __init__(
+        self,
+        ctx: CallContext,
+        negotiated: Negotiated,
+        rtp: RtpStream,
+        caller: str,
+        source_key: str,
+        hang_up: Callable[[Call, str], None],
+    ) -> None:
+        self.ctx = ctx
+        self.negotiated = negotiated
+        self.rtp = rtp
+        self.caller = caller
+        self.source_key = source_key
+        self._hang_up = hang_up
+        self.codec: CallCodec = call_codec(negotiated.codec.name)
+        self.payload_type = negotiated.codec.payload_type
+        self.dtmf_pt = negotiated.dtmf.payload_type if negotiated.dtmf else None
+        self._rfc4733 = Rfc4733()
+        self._inband: Goertzel | None = Goertzel()  # until the first RFC 4733 event
+        self.ivr = Ivr()
+        self.digits: list[str] = []  # every key the caller pressed, in order
+        self.link: SignalingLink | None = None
+        self.mixer: Mixer | None = None
+        self._uplink: OpusEncoder | None = None
+        self._playback: deque[Pcm] = deque()
+        self._hang_up_after_playback: str | None = None
+        self._star = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.started = time.monotonic()
+        self.ended: str | None = None
+        self.end_reason: str | None = None
+        rtp.on_packet = self._on_packet
+
+    # --- the 20 ms clock ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.ended:
+            return
+        now = time.monotonic()
+        if now - self.rtp.last_received > self.ctx.rtp_timeout_s:
+            self.end("rtp_timeout")
+            return
+        if self.link is None and now - self.started > IVR_TIMEOUT_S:
+            self.end("ivr_timeout", "goodbye")
+            return
+        room = self.mixer.mix() if self.mixer is not None else None
+        if self._playback:
+            frame = overlay(room, self._playback.popleft())
+        else:
+            frame = room if room is not None else SILENCE
+            if self._hang_up_after_playback is not None:
+                reason, self._hang_up_after_playback = self._hang_up_after_playback, None
+                self.end(reason)
+                return
+        self.rtp.send(self.payload_type, self.codec.encode(frame), self.codec.samples_per_packet)
+
+    def play(self, name: str, barge_in: bool = True) -> None:
+        """A prompt replaces what is playing (the caller may type over it)."""
+        self._playback.clear()
+        self._playback.extend(frames(self.ctx.prompts[name]))
+
+    def tone(self, name: str) -> None:
+        self._playback.extend(frames(TONES[name]))
+
+    # --- what the caller sends ---------------------------------------------------------------
+
+    def _on_packet(self, packet: RtpPacket) -> None:
+        if self.ended:
+            return
+        if packet.payload_type == self.dtmf_pt:
+            key = self._rfc4733.packet(packet.payload, packet.timestamp)
+            self._inband = None
+            if key is not None:
+                self._digit(key)
+            return
+        if packet.payload_type != self.payload_type:
+            return
+        try:
+            pcm = self.codec.decode(packet.payload)
+        except Exception:  # a corrupt payload is one lost packet, not a lost call
+            return
+        if self._inband is not None and isinstance(self.codec, G711):
+            key = self._inband.block(self.codec.decode_narrow(packet.payload))
+            if key is not None:
+                self._digit(key)
+        self.audio_from_caller(pcm)
+
+    def audio_from_caller(self, pcm: Pcm) -> None:
+        link = self.link
+        if link is None or link.audio is None or self._uplink is None or not link.state.audible:
+            return
+        link.audio.send(self._uplink.encode(pcm))
+
+    def _digit(self, key: str) -> None:
+        self.digits.append(key)
+        if self.link is None:
+            action = self.ivr.digit(key)
+            if action is not None:
+                self._playback.clear()  # barge-in: a key stops the prompt
+                self._act(action)
+            elif key != "#":
+                self._playback.clear()
+            return
+        if key == "*":
+            self._star = True
+            return
+        star, self._star = self._star, False
+        if star and key == "1":
+            self._spawn(self._command(self.link.raise_hand()))
+        elif star and key == "6":
+            self._spawn(self._toggle_mute())
+
+    def _act(self, action: Prompt | Check | HangUp) -> None:
+        if isinstance(action, Prompt):
+            self.play(action.name)
+        elif isinstance(action, HangUp):
+            self.end_after(action.prompt, "wrong_pin")
+        else:
+            self._spawn(self._check(action))
+
+    # --- the dialogue with the server --------------------------------------------------------
+
+    async def _check(self, check: Check) -> None:
+        try:
+            admission = await self.ctx.directory.resolve(check.meeting_id, check.pin, self.caller)
+        except DirectoryError as exc:
+            log.warning("phone: %s", exc)
+            self.end_after("unavailable", "server_unavailable")
+            return
+        if self.ended:
+            return
+        if admission is None:
+            self.ctx.throttle.failure(self.source_key)
+            self._act(self.ivr.refused())
+            return
+        self.ivr.admitted()
+        link = SignalingLink(self.ctx.server, admission, self.ctx.session)
+        link.on_change = self._room_changed
+        link.on_end = self._room_ended
+        try:
+            await link.join()
+        except Exception as exc:
+            log.warning("phone: joining %s failed: %s", admission.room, exc)
+            await link.leave()
+            self.end_after("unavailable", "join_failed")
+            return
+        if self.ended:
+            await link.leave()
+            return
+        link.audio = self.ctx.audio_factory(admission)
+        if link.audio is not None:
+            self.mixer = Mixer(admission.identity)
+            self._uplink = OpusEncoder()
+            link.audio.set_receiver(self.mixer.packet)
+        self.link = link
+        self.play("joined")
+        if not link.state.audible:
+            self.tone("muted")
+        log.info("phone: %s joined %s as %s", self.caller, admission.room, admission.identity)
+
+    def _room_changed(self, kind: str, state: MemberState) -> None:
+        if kind in TONES:
+            self.tone(kind)
+
+    def _room_ended(self, reason: str) -> None:
+        if not self.ended:
+            self.end_after("ended", f"room_{reason}")
+
+    async def _toggle_mute(self) -> None:
+        link = self.link
+        if link is None:
+            return
+        try:
+            await link.set_self_muted(not link.state.self_muted)
+        except Exception:  # e.g. the chair has muted the caller: the tone says "still muted"
+            self.tone("muted")
+
+    async def _command(self, coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except Exception as exc:
+            log.info("phone: command for %s refused: %s", self.caller, exc)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def end_after(self, prompt: str, reason: str) -> None:
+        """Say ``prompt``, then hang up."""
+        self.play(prompt)
+        self._hang_up_after_playback = reason
+
+    def end(self, reason: str) -> None:
+        """Hang up now (sends BYE through the gateway)."""
+        if self.ended:
+            return
+        self.ended = self.end_reason = reason
+        self._hang_up(self, reason)
+
+    async def close(self, reason: str) -> None:
+        """The call is over (either side): release the media and leave the meeting."""
+        self.ended = self.ended or reason
+        self.end_reason = self.end_reason or reason
+        self.rtp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.link is not None:
+            link, self.link = self.link, None
+            await link.leave()

@@ -1,0 +1,268 @@
+"""The dial-in gateway with a real telephone: baresip (Debian's package) calls it on the loopback.
+
+What is real: baresip, the gateway's SIP stack, RTP, G.711/Opus, DTMF, the prompts spoken by
+espeak-ng, the conference server (meeting ID and PIN lookup, the caller joining as a member on a
+phone device, raise hand, the chair's mute). What is not there yet: the room's media transport
+(plain RTP, issue 11); the test stands at its boundary (``RoomAudio``) instead, checking the Opus
+the gateway would send into the room and feeding it the Opus of a room audio slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from phone_util import Baresip, band_share, dominant, need_baresip, sine, write_wav
+
+from signaling.phone.call import CallContext
+from signaling.phone.codecs import FRAME, OpusDecoder, OpusEncoder, Resampler
+from signaling.phone.gateway import Gateway
+from signaling.phone.ivr import Throttle
+from signaling.phone.link import Admission, Directory
+from signaling.phone.prompts import ensure_prompts
+
+ADMIN = {"Authorization": "Bearer test-admin-key"}
+CALLER = "13812341234"
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    need_baresip()
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (tests/run.sh installs Debian's package)")
+    return ensure_prompts(tmp_path_factory.mktemp("prompts"))
+
+
+class RoomAudioProbe:
+    """Stands where the room's media will plug in: keeps the caller's Opus, plays a room tone."""
+
+    def __init__(self, freq: float) -> None:
+        self.sent: list[bytes] = []
+        self.freq = freq
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, opus: bytes) -> None:
+        self.sent.append(opus)
+
+    def set_receiver(self, receiver: Callable[[int, bytes], None]) -> None:
+        async def feed() -> None:
+            encoder = OpusEncoder()
+            tone = sine(self.freq, 20.0, 48000, level=8000)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i in range(len(tone) // FRAME):
+                receiver(0, encoder.encode(tone[i * FRAME : (i + 1) * FRAME]))
+                await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+
+        self._task = asyncio.get_running_loop().create_task(feed())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class Rig:
+    url: str
+    http: aiohttp.ClientSession
+    gateway: Gateway
+    meeting_id: str
+    probes: list[RoomAudioProbe]
+    tmp: Path
+
+    async def room(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.url}/api/rooms/council") as response:
+            return await response.json()
+
+    async def wait_room(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            room = await self.room()
+            if predicate(room):
+                return room
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"room did not change as expected: {room['participants']}")
+            await asyncio.sleep(0.1)
+
+    async def command(self, **body: Any) -> dict[str, Any]:
+        async with self.http.post(f"{self.url}/api/rooms/council/commands", json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def baresip(self, name: str, codecs: str = "PCMU", tone_hz: float = 1000.0, rate: int = 8000) -> Baresip:
+        source = self.tmp / f"{name}-tone.wav"
+        write_wav(source, sine(tone_hz, 30.0, rate), rate)
+        phone = Baresip(self.tmp / name, source, codecs=codecs, user=CALLER)
+        await phone.start()
+        return phone
+
+
+@pytest.fixture
+async def rig(signaling_server, prompts: dict[str, np.ndarray], tmp_path: Path) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    server = await signaling_server()
+    url = str(server.make_url("")).rstrip("/")
+    probes: list[RoomAudioProbe] = []
+
+    def audio_factory(admission: Admission) -> RoomAudioProbe:
+        probes.append(RoomAudioProbe(700.0))
+        return probes[-1]
+
+    async with aiohttp.ClientSession(headers=ADMIN) as http:
+        async with http.post(f"{url}/api/rooms", json={"room": "council"}) as response:
+            assert response.status == 201
+        async with http.post(f"{url}/api/rooms/council/commands", json={"type": "set_dial_in", "pin": "4321"}) as r:
+            meeting_id = (await r.json())["dial_in"]["meeting_id"]
+        async with aiohttp.ClientSession() as plain:  # the gateway's own session: no chair header
+            ctx = CallContext(url, Directory(url, "test-admin-key", plain), plain, prompts, Throttle(limit=3))
+            ctx.audio_factory = audio_factory
+            gateway = Gateway(ctx, host="127.0.0.1", port=0)
+            await gateway.start()
+            try:
+                yield Rig(url, http, gateway, meeting_id, probes, tmp_path)
+            finally:
+                await gateway.close()
+
+
+def decode_opus(packets: list[bytes]) -> np.ndarray:
+    decoder = OpusDecoder()
+    return np.concatenate([decoder.decode(p) for p in packets]) if packets else np.zeros(0, np.int16)
+
+
+def best_match(heard: np.ndarray, reference: np.ndarray, max_lag: int) -> float:
+    """The normalised cross-correlation of ``reference`` within the first ``max_lag`` samples."""
+    best = 0.0
+    ref = reference.astype(np.float64)
+    ref /= np.linalg.norm(ref) or 1.0
+    for lag in range(0, max_lag, 8):
+        part = heard[lag : lag + len(ref)].astype(np.float64)
+        if len(part) < len(ref):
+            break
+        best = max(best, float(part @ ref) / (np.linalg.norm(part) or 1.0))
+    return best
+
+
+async def test_caller_enters_the_pin_joins_raises_a_hand_is_muted_and_hangs_up(rig: Rig) -> None:
+    phone = await rig.baresip("caller")
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
+        await phone.wait_event("CALL_ESTABLISHED")
+        await asyncio.sleep(1.5)  # the welcome prompt plays; then the caller types over it
+        await phone.send_digits(f"{rig.meeting_id}#4321#")
+        room = await rig.wait_room(lambda r: len(r["participants"]) == 1)
+        me = room["participants"][0]
+        assert (me["role"], me["device"], me["name"]) == ("member", "phone", "电话 138****1234")
+        assert me["publish_audio"] and not me["publish_video"]
+        identity = me["identity"]
+        await asyncio.sleep(2.0)
+        # The caller's tone (baresip's microphone is a 1 kHz file) reaches the room as Opus.
+        probe = rig.probes[0]
+        assert len(probe.sent) > 50
+        voice = decode_opus(probe.sent[-50:])
+        assert abs(dominant(voice, 48000) - 1000) < 15 and voice.std() > 1000
+        # *1 raises the hand in the room.
+        await phone.send_digits("*1")
+        await rig.wait_room(lambda r: r["floor_queue"] == [identity])
+        # The chair mutes the caller: nothing more reaches the room.
+        await rig.command(type="mute", identity=identity, muted=True)
+        await asyncio.sleep(0.3)
+        count = len(probe.sent)
+        await asyncio.sleep(1.0)
+        assert len(probe.sent) == count
+        # *6: the caller may not unmute what the chair muted; after the chair lifts it, *6 mutes.
+        await rig.command(type="mute", identity=identity, muted=False)
+        await asyncio.sleep(0.5)
+        assert len(probe.sent) > count + 10
+        await phone.send_digits("*6")
+        room = await rig.wait_room(lambda r: r["participants"][0]["self_muted"])
+        await phone.hangup()
+        await rig.wait_room(lambda r: not r["participants"])
+        assert [reason for _, reason in rig.gateway.finished] == ["caller_hung_up"]
+    finally:
+        await phone.stop()
+    heard, rate = phone.heard()
+    assert rate == 8000
+    # The welcome prompt reached the phone: its first second is found in what baresip decoded.
+    welcome = Resampler().down(rig.gateway.ctx.prompts["welcome"][: 48000 * 1])
+    assert best_match(heard[: rate * 2], welcome[1000:], rate) > 0.8
+    # Once in, the room's audio slot (a 700 Hz tone) is what the caller hears most.
+    in_room = heard[int(rate * 6.5) : int(rate * 9.0)]
+    assert band_share(in_room, rate, 700.0) > 0.3, dominant(in_room, rate)
+
+
+async def test_wrong_pin_three_times_hangs_up_and_the_source_is_throttled(rig: Rig) -> None:
+    phone = await rig.baresip("wrong")
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
+        await phone.wait_event("CALL_ESTABLISHED")
+        await phone.send_digits(f"{rig.meeting_id}#9999#", gap=0.12)  # the right room, a wrong PIN
+        for _ in range(2):
+            await asyncio.sleep(0.3)
+            await phone.send_digits("1#1#", gap=0.12)  # no such meeting: also a wrong try
+        closed = await phone.wait_event("CALL_CLOSED", timeout=12.0)
+        assert [reason for _, reason in rig.gateway.finished] == ["wrong_pin"], closed
+        assert (await rig.room())["participants"] == []
+        # Three failures from this caller: the next call is refused before it is answered.
+        phone.events.clear()
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
+        closed = await phone.wait_event("CALL_CLOSED", timeout=5.0)
+        assert "403" in closed.get("param", ""), closed
+        assert not any(e.get("type") == "CALL_ESTABLISHED" for e in phone.events)
+    finally:
+        await phone.stop()
+
+
+async def test_no_common_codec_is_488_and_a_malformed_invite_gets_400(rig: Rig) -> None:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Peer(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+            received.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    bad = (
+        f"INVITE sip:dialin@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKbad\r\n"
+        "From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:dialin@127.0.0.1>\r\nCall-ID: bad\r\nCSeq: x INVITE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    transport.sendto(bad.encode(), ("127.0.0.1", rig.gateway.port))
+    transport.sendto(b"\x16\x03\x01 not sip at all", ("127.0.0.1", rig.gateway.port))
+    answer = await asyncio.wait_for(received.get(), 3.0)
+    assert answer.startswith(b"SIP/2.0 400 "), answer[:80]
+    transport.close()
+    # The gateway keeps serving: a caller who speaks only G.722 gets 488 from it.
+    phone = await rig.baresip("g722", codecs="G722/16000/1", rate=16000)
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
+        closed = await phone.wait_event("CALL_CLOSED", timeout=5.0)
+        assert "488" in closed.get("param", ""), "\n".join(phone.output)
+    finally:
+        await phone.stop()
+    assert rig.gateway.counters["bad_requests"] == 1 and rig.gateway.counters["dropped"] >= 1
+
+
+async def test_invite_from_an_address_not_allowed_is_refused(rig: Rig) -> None:
+    ctx = rig.gateway.ctx
+    strict = Gateway(ctx, host="127.0.0.1", port=0, allow=(ipaddress.ip_network("10.0.0.0/8"),))
+    await strict.start()
+    phone = await rig.baresip("stranger")
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{strict.port}")
+        closed = await phone.wait_event("CALL_CLOSED", timeout=5.0)
+        assert "403" in closed.get("param", ""), closed
+        assert strict.counters["refused"] >= 1 and strict.counters["calls"] == 0
+    finally:
+        await phone.stop()
+        await strict.close()
