@@ -50,6 +50,12 @@ if ! fc-list 2>/dev/null | grep -qiE 'wqy|noto.*cjk'; then
     apt_install fonts-wqy-microhei || echo "!! could not install fonts-wqy-microhei: screenshots show boxes"
 fi
 
+# The telephone gateway's tests call it from baresip; its voice prompts are spoken by espeak-ng.
+if ! command -v baresip >/dev/null || ! command -v espeak-ng >/dev/null; then
+    echo "== installing baresip and espeak-ng (telephone gateway tests)"
+    apt_install baresip espeak-ng || echo "!! could not install baresip/espeak-ng: the phone tests will be skipped"
+fi
+
 redis_up() {
     "$VENV/bin/python" -c "import redis; redis.Redis(host='127.0.0.1', port=6379, socket_connect_timeout=1).ping()" \
         >/dev/null 2>&1

@@ -14,6 +14,7 @@ import aiohttp
 import av
 import numpy as np
 import pytest
+from phone_util import dominant, sine
 
 from conference.room import RoomState
 from signaling.phone import codecs, digest, dtmf, sdp
@@ -26,8 +27,6 @@ from signaling.phone.mixer import Mixer
 from signaling.phone.register import Account, Registration
 from signaling.phone.transaction import TransactionLayer
 from signaling.phone.transport import Peer
-
-from phone_util import dominant, sine
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 
@@ -55,7 +54,9 @@ def offer(rtp: int = 40000, pts: str = "0 8 101", maps: str = "a=rtpmap:101 tele
 
 def invite(port: int, call_id: str, branch: str = "1", body: str | None = None) -> bytes:
     body = offer() if body is None else body
-    return INVITE.format(port=port, branch=branch, call_id=call_id, length=len(body.encode()), body=body).encode()
+    return INVITE.format(
+        port=port, branch=branch, call_id=call_id, length=len(body.encode()), body=body
+    ).encode()
 
 
 # --- messages, digest, SDP ---------------------------------------------------------------------
@@ -82,7 +83,9 @@ def test_parse_request_expands_compact_headers_and_round_trips() -> None:
         (invite(5062, "c5").replace(b"Max-Forwards: 70", b"Max Forwards 70"), True),
     ],
 )
-def test_malformed_messages_are_refused_and_say_whether_they_can_be_answered(data: bytes, answerable: bool) -> None:
+def test_malformed_messages_are_refused_and_say_whether_they_can_be_answered(
+    data: bytes, answerable: bool
+) -> None:
     with pytest.raises(SipParseError) as info:
         parse(data)
     assert (info.value.request is not None) is answerable
@@ -108,11 +111,20 @@ def test_digest_matches_rfc_2617_example() -> None:
 
 
 def test_sdp_prefers_opus_then_pcma_and_matches_telephone_event_rate() -> None:
-    maps = "a=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\na=rtpmap:102 telephone-event/48000\r\n"
+    maps = "a=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n"
+    maps += "a=rtpmap:102 telephone-event/48000\r\n"
     negotiated = sdp.negotiate(sdp.parse_offer(offer(pts="0 8 111 101 102", maps=maps)))
-    assert negotiated.codec.name == "opus" and negotiated.dtmf is not None and negotiated.dtmf.payload_type == 102
+    assert (
+        negotiated.codec.name == "opus"
+        and negotiated.dtmf is not None
+        and negotiated.dtmf.payload_type == 102
+    )
     negotiated = sdp.negotiate(sdp.parse_offer(offer(pts="0 8 101")))
-    assert negotiated.codec.name == "pcma" and negotiated.dtmf is not None and negotiated.remote == ("127.0.0.1", 40000)
+    assert (
+        negotiated.codec.name == "pcma"
+        and negotiated.dtmf is not None
+        and negotiated.remote == ("127.0.0.1", 40000)
+    )
     answer = sdp.build_answer(negotiated, "127.0.0.1", 41000)
     assert "m=audio 41000 RTP/AVP 8 101" in answer and "a=rtpmap:101 telephone-event/8000" in answer
     with pytest.raises(sdp.NoCommonCodec):
@@ -131,7 +143,9 @@ def test_g711_tables_match_ffmpeg(name: str, ffmpeg: str) -> None:
     encoder.sample_rate, encoder.layout, encoder.format = 8000, "mono", "s16"
     frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
     frame.sample_rate = 8000
-    reference = b"".join(bytes(p) for p in encoder.encode(frame)) + b"".join(bytes(p) for p in encoder.encode(None))
+    reference = b"".join(bytes(p) for p in encoder.encode(frame)) + b"".join(
+        bytes(p) for p in encoder.encode(None)
+    )
     table = codecs.ULAW_ENCODE if name == "pcmu" else codecs.ALAW_ENCODE
     ours = table[samples.astype(np.int32) + 32768]
     theirs = np.frombuffer(reference, dtype=np.uint8)
@@ -145,7 +159,9 @@ def test_g711_tables_match_ffmpeg(name: str, ffmpeg: str) -> None:
     assert np.all(step <= np.maximum(16, level // 8))
     decoder = av.CodecContext.create(ffmpeg, "r")
     decoder.sample_rate, decoder.layout = 8000, "mono"
-    decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in decoder.decode(av.Packet(bytes(range(256))))])
+    decoded = np.concatenate(
+        [f.to_ndarray().reshape(-1) for f in decoder.decode(av.Packet(bytes(range(256))))]
+    )
     g711 = codecs.G711(name)
     assert np.array_equal(g711.decode_narrow(bytes(range(256))), decoded)
 
@@ -270,7 +286,7 @@ class UdpPeer:
         while (left := deadline - loop.time()) > 0:
             try:
                 out.append(await self.receive(left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return out
 
@@ -325,7 +341,9 @@ async def test_options_cancel_unknown_bye_and_unknown_method(gateway: Gateway) -
     expected = {"OPTIONS": 200, "BYE": 481, "SUBSCRIBE": 405, "CANCEL": 481}
     for i, (method, status) in enumerate(expected.items()):
         to = ";tag=nope" if method == "BYE" else ""
-        peer.send(base.format(method=method, port=peer.port, b=f"o{i}", to=to, cid=f"o{i}").encode(), gateway.port)
+        peer.send(
+            base.format(method=method, port=peer.port, b=f"o{i}", to=to, cid=f"o{i}").encode(), gateway.port
+        )
         response = await peer.receive()
         assert isinstance(response, SipResponse) and response.status == status, (method, response.status)
         if method == "OPTIONS":
@@ -347,7 +365,9 @@ async def test_registration_answers_the_digest_challenge_and_refreshes() -> None
             layer_box[0].response_received(message)
 
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Loop, sock=sock)
-    layer = TransactionLayer(lambda peer, data: (sent.append(peer), transport.sendto(data, peer.addr)), t1=0.05)
+    layer = TransactionLayer(
+        lambda peer, data: (sent.append(peer), transport.sendto(data, peer.addr)), t1=0.05
+    )
     layer_box.append(layer)
     account = Account(f"127.0.0.1:{registrar.port}", "gw", "s3cret", "trunk.test", expires=2)
     registration = Registration(account, "127.0.0.1", sock.getsockname()[1], layer.request)
@@ -360,14 +380,18 @@ async def test_registration_answers_the_digest_challenge_and_refreshes() -> None
         auth = request.headers.get("authorization")
         if auth is None:
             challenge = response_to(request, 401, to_tag="r")
-            challenge.headers.add("www-authenticate", f'Digest realm="trunk.test", nonce="{nonce}", qop="auth"')
+            challenge.headers.add(
+                "www-authenticate", f'Digest realm="trunk.test", nonce="{nonce}", qop="auth"'
+            )
             registrar.sock.sendto(challenge.encode(), ("127.0.0.1", sock.getsockname()[1]))
             continue
         fields = dict(p.strip().split("=", 1) for p in auth[len("Digest ") :].split(","))
         fields = {k: v.strip('"') for k, v in fields.items()}
         ha1 = hashlib.md5(b"gw:trunk.test:s3cret").hexdigest()
         ha2 = hashlib.md5(f"REGISTER:{fields['uri']}".encode()).hexdigest()
-        expected = hashlib.md5(f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()).hexdigest()
+        expected = hashlib.md5(
+            f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
+        ).hexdigest()
         assert fields["response"] == expected and fields["username"] == "gw"
         ok = response_to(request, 200, to_tag="r")
         ok.headers.add("contact", f"{request.headers.get('contact')};expires=2")
@@ -389,7 +413,8 @@ async def test_set_dial_in_and_lookup(signaling_server) -> None:  # type: ignore
         assert (await http.post(f"{url}/api/rooms", json={"room": "council"})).status == 201
         members = [{"identity": "li-wei", "name": "Li Wei", "pin": "778899"}]
         async with http.post(
-            f"{url}/api/rooms/council/commands", json={"type": "set_dial_in", "pin": "4321", "members": members}
+            f"{url}/api/rooms/council/commands",
+            json={"type": "set_dial_in", "pin": "4321", "members": members},
         ) as response:
             assert response.status == 200
             meeting_id = (await response.json())["dial_in"]["meeting_id"]
@@ -400,23 +425,32 @@ async def test_set_dial_in_and_lookup(signaling_server) -> None:  # type: ignore
         assert room["dial_in"] == {"meeting_id": meeting_id, "pin_set": True}
         assert "4321" not in text and "778899" not in text
         lookup = f"{url}/api/dial-in"
-        async with http.post(lookup, json={"meeting_id": meeting_id, "pin": "4321", "caller": "13812341234"}) as r:
+        async with http.post(
+            lookup, json={"meeting_id": meeting_id, "pin": "4321", "caller": "13812341234"}
+        ) as r:
             guest = await r.json()
         assert guest["room"] == "council" and guest["name"] == "电话 138****1234"
         assert guest["identity"].startswith("tel-1234-")
         async with http.post(lookup, json={"meeting_id": meeting_id, "pin": "778899", "caller": "1001"}) as r:
             member = await r.json()
         assert (member["identity"], member["name"]) == ("li-wei", "Li Wei")
-        for body in ({"meeting_id": meeting_id, "pin": "0000"}, {"meeting_id": "1" + meeting_id, "pin": "4321"}):
+        for body in (
+            {"meeting_id": meeting_id, "pin": "0000"},
+            {"meeting_id": "1" + meeting_id, "pin": "4321"},
+        ):
             async with http.post(lookup, json=body) as r:
                 assert r.status == 404
         async with http.post(lookup, json={"meeting_id": "x", "pin": "1"}) as r:
             assert r.status == 400
-        async with aiohttp.ClientSession() as anonymous:
-            async with anonymous.post(lookup, json={"meeting_id": meeting_id, "pin": "4321"}) as r:
-                assert r.status == 401
+        async with (
+            aiohttp.ClientSession() as anonymous,
+            anonymous.post(lookup, json={"meeting_id": meeting_id, "pin": "4321"}) as r,
+        ):
+            assert r.status == 401
         # The meeting ID stays when the PIN changes; the old PIN stops working.
-        async with http.post(f"{url}/api/rooms/council/commands", json={"type": "set_dial_in", "pin": "5555"}) as r:
+        async with http.post(
+            f"{url}/api/rooms/council/commands", json={"type": "set_dial_in", "pin": "5555"}
+        ) as r:
             assert (await r.json())["dial_in"]["meeting_id"] == meeting_id
         async with http.post(lookup, json={"meeting_id": meeting_id, "pin": "4321"}) as r:
             assert r.status == 404
