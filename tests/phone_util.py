@@ -34,12 +34,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
+def write_wav(path: Path, pcm: np.ndarray, rate: int, channels: int = 1) -> None:
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
+        w.writeframes(np.repeat(pcm.astype("<i2"), channels).tobytes())
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -173,7 +173,8 @@ rtp_timeout 0
             remaining = deadline - loop.time()
             if remaining <= 0:
                 seen = [e.get("type") for e in self.events]
-                raise AssertionError(f"baresip: no {kind} within {timeout} s (events {seen})")
+                tail = "\n".join(self.output[-15:])
+                raise AssertionError(f"baresip: no {kind} within {timeout} s (events {seen}); it said:\n{tail}")
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)

@@ -309,16 +309,16 @@ async def gateway(signaling_server, tmp_path: Path):  # type: ignore[no-untyped-
 async def test_retransmitted_invite_is_one_call_and_488_is_repeated_until_ack(gateway: Gateway) -> None:
     peer = UdpPeer()
     peer.send(invite(peer.port, "r1", "aa"), gateway.port)
-    first = [m for m in await peer.responses(0.3) if isinstance(m, SipResponse)]
+    first = [m for m in await peer.responses(0.6) if isinstance(m, SipResponse)]
     peer.send(invite(peer.port, "r1", "aa"), gateway.port)  # a retransmission: same branch
-    again = [m for m in await peer.responses(0.3) if isinstance(m, SipResponse)]
+    again = [m for m in await peer.responses(0.6) if isinstance(m, SipResponse)]
     assert [m.status for m in first][:2] == [100, 200]
     assert {m.status for m in again} <= {100, 200} and again
     assert gateway.counters["invites"] == 1 and len(gateway.dialogs) == 1
     # No common codec: 488, retransmitted over UDP (timer G) until the ACK.
     g729 = offer(pts="18", maps="a=rtpmap:18 G729/8000\r\n")
     peer.send(invite(peer.port, "r2", "bb", g729), gateway.port)
-    answers = [m for m in await peer.responses(0.4) if isinstance(m, SipResponse)]
+    answers = [m for m in await peer.responses(0.6) if isinstance(m, SipResponse)]
     finals = [m for m in answers if m.status == 488]
     assert len(finals) >= 2, [m.status for m in answers]
     ack = (
@@ -329,6 +329,44 @@ async def test_retransmitted_invite_is_one_call_and_488_is_repeated_until_ack(ga
     peer.send(ack.encode(), gateway.port)
     await asyncio.sleep(0.1)
     assert [m for m in await peer.responses(0.5) if isinstance(m, SipResponse) and m.call_id == "r2"] == []
+
+
+async def test_rtp_from_another_address_is_dropped_and_silence_ends_the_call(gateway: Gateway) -> None:
+    gateway.ctx.rtp_timeout_s = 1.0
+    peer = UdpPeer()
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    body = offer(rtp=rtp.getsockname()[1], pts="0")
+    peer.send(invite(peer.port, "t1", "tt", body), gateway.port)
+    answer = next(m for m in await peer.responses(0.3) if isinstance(m, SipResponse) and m.status == 200)
+    media_port = sdp.parse_offer(answer.body.decode()).port
+    ack = (
+        f"ACK sip:conference@127.0.0.1:{gateway.port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bKack1\r\n"
+        f"From: <sip:13812341234@127.0.0.1>;tag=abc\r\nTo: <sip:dialin@127.0.0.1>;tag={answer.to_tag}\r\n"
+        "Call-ID: t1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    )
+    peer.send(ack.encode(), gateway.port)
+    call = gateway.dialogs["t1"].call
+    assert call is not None
+    packet = bytes([0x80, 0]) + b"\x00\x01" + b"\x00" * 8 + b"\xff" * 160
+    for _ in range(5):  # the right payload from the wrong port: not the caller
+        stranger.sendto(packet, ("127.0.0.1", media_port))
+    rtp.sendto(packet, ("127.0.0.1", media_port))
+    await asyncio.sleep(0.2)
+    assert call.rtp.dropped_wrong_source == 5 and call.rtp.packets_in == 1
+    await asyncio.sleep(0.1)
+    assert gateway.dialogs["t1"].confirmed
+    # Nothing more from the caller: the gateway hangs up (any 200 retransmitted before the ACK
+    # arrived is skipped).
+    bye = next(m for m in await peer.responses(2.5) if isinstance(m, SipRequest))
+    assert isinstance(bye, SipRequest) and bye.method == "BYE" and bye.call_id == "t1"
+    assert bye.from_tag == answer.to_tag and bye.to_tag == "abc"
+    assert gateway.finished[-1][1] == "rtp_timeout" and "t1" not in gateway.dialogs
+    rtp.close()
+    stranger.close()
 
 
 async def test_options_cancel_unknown_bye_and_unknown_method(gateway: Gateway) -> None:

@@ -110,7 +110,8 @@ class Rig:
         self, name: str, codecs: str = "PCMU", tone_hz: float = 1000.0, rate: int = 8000
     ) -> Baresip:
         source = self.tmp / f"{name}-tone.wav"
-        write_wav(source, sine(tone_hz, 30.0, rate), rate)
+        # baresip's file source must match the codec: 48 kHz stereo for its Opus.
+        write_wav(source, sine(tone_hz, 30.0, rate), rate, channels=2 if rate == 48000 else 1)
         phone = Baresip(self.tmp / name, source, codecs=codecs, user=CALLER)
         await phone.start()
         return phone
@@ -208,6 +209,27 @@ async def test_caller_enters_the_pin_joins_raises_a_hand_is_muted_and_hangs_up(r
     # Once in, the room's audio slot (a 700 Hz tone) is what the caller hears most.
     in_room = heard[int(rate * 6.5) : int(rate * 9.0)]
     assert band_share(in_room, rate, 700.0) > 0.3, dominant(in_room, rate)
+
+
+async def test_opus_caller_is_decoded_and_reencoded_once_for_the_room(rig: Rig) -> None:
+    phone = await rig.baresip("opus", codecs="opus/48000/2", tone_hz=1200.0, rate=48000)
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
+        await phone.wait_event("CALL_ESTABLISHED")
+        assert [d.call.negotiated.codec.name for d in rig.gateway.dialogs.values() if d.call] == ["opus"]
+        await phone.send_digits(f"{rig.meeting_id}#4321#", gap=0.12)
+        await rig.wait_room(lambda r: len(r["participants"]) == 1)
+        await asyncio.sleep(1.5)
+        voice = decode_opus(rig.probes[0].sent[-40:])
+        assert abs(dominant(voice, 48000) - 1200) < 15 and voice.std() > 1000
+        await phone.hangup()
+        await rig.wait_room(lambda r: not r["participants"])
+    finally:
+        await phone.stop()
+    heard, rate = phone.heard()
+    assert rate == 48000
+    in_room = heard[-int(rate * 1.0) :]  # the last second: the room's 700 Hz (under the "joined" prompt)
+    assert band_share(in_room, rate, 700.0) > 0.2, dominant(in_room, rate)
 
 
 async def test_wrong_pin_three_times_hangs_up_and_the_source_is_throttled(rig: Rig) -> None:

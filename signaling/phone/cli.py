@@ -12,15 +12,10 @@ import signal
 import sys
 from pathlib import Path
 
-import aiohttp
-
-from .call import CallContext
-from .gateway import LOOPBACK, Gateway, Network
-from .ivr import Throttle
-from .link import Directory
 from .message import split_hostport
-from .prompts import PromptError, ensure_prompts
-from .register import Account
+
+# The gateway's own modules (PyAV, numpy, aiohttp) load in serve(): every other `conference`
+# command builds this parser too and should not pay for them.
 
 
 def hostport(text: str) -> tuple[str, int]:
@@ -31,7 +26,7 @@ def hostport(text: str) -> tuple[str, int]:
     return host, 5060 if port is None else port
 
 
-def network(text: str) -> Network:
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
@@ -90,6 +85,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> int:
+    import aiohttp
+
+    from .call import CallContext
+    from .gateway import LOOPBACK, Gateway
+    from .ivr import Throttle
+    from .link import Directory
+    from .prompts import PromptError, ensure_prompts
+    from .register import Account
+
     try:
         prompts = ensure_prompts(args.prompts_dir)
     except PromptError as exc:

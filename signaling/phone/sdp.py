@@ -1,8 +1,8 @@
 """SDP offer/answer for one audio stream (RFC 4566, RFC 3264).
 
-The gateway answers an offer with the first audio m-line's best codec it supports (Opus, then
-PCMA, then PCMU, in the offerer's order among those) and RFC 4733 telephone-event at the same
-clock rate when offered. No common codec is ``NoCommonCodec`` (the INVITE gets 488).
+The gateway answers the first audio m-line with the best codec it supports (Opus, then PCMA, then
+PCMU) and RFC 4733 telephone-event when offered (at the codec's clock rate if offered so, else the
+one offered). No common codec is ``NoCommonCodec`` (the INVITE gets 488).
 """
 
 from __future__ import annotations
@@ -137,10 +137,9 @@ def negotiate(offer: AudioOffer, prefer: tuple[str, ...] = SUPPORTED) -> Negotia
     if not usable or offer.port == 0:
         raise NoCommonCodec("none of " + ", ".join(prefer) + " offered")
     codec = min(usable, key=lambda c: prefer.index(c.name))
-    dtmf = next(
-        (c for c in offer.codecs if c.name == "telephone-event" and c.clock_rate == codec.clock_rate),
-        None,
-    )
+    # RFC 4733 asks for the codec's clock rate; many phones offer 8000 only, also with Opus.
+    events = [c for c in offer.codecs if c.name == "telephone-event"]
+    dtmf = next((c for c in events if c.clock_rate == codec.clock_rate), events[0] if events else None)
     answer_direction = {"sendonly": "recvonly", "recvonly": "sendonly"}.get(offer.direction, offer.direction)
     return Negotiated(codec, dtmf, (offer.address, offer.port), answer_direction)
 

@@ -1,0 +1,160 @@
+"""CPU of the telephone gateway per call (not collected by pytest).
+
+    python tests/bench_phone.py [--calls 10] [--duration 30]
+
+1. Real calls: runs `conference serve --no-media` and `conference phone` as their own processes,
+   starts N baresip callers (Debian's package) on the loopback, each enters the meeting ID and PIN
+   and stays in the meeting for --duration seconds; prints the gateway process's CPU seconds per
+   call-second over that window (from /proc), with the machine's load.
+2. The media path a call will have once the room's plain-RTP transport exists (caller G.711 in ->
+   Opus to the room; three Opus slots in -> mix -> G.711 out), timed in process per 20 ms frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from phone_util import Baresip, sine, write_wav  # noqa: E402
+
+from signaling.phone.codecs import FRAME, G711, OpusEncoder  # noqa: E402
+from signaling.phone.mixer import Mixer  # noqa: E402
+
+ADMIN_KEY = "bench-admin-key"
+CONFERENCE = str(Path(sys.executable).with_name("conference"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_http(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(f"{url}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+async def real_calls(calls: int, duration: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-phone-"))
+    http_port, sip_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{http_port}"
+    server = subprocess.Popen(
+        [CONFERENCE, "serve", "--no-media", "--port", str(http_port), "--data-dir", str(tmp / "data"),
+         "--admin-key", ADMIN_KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    gateway = None
+    phones: list[Baresip] = []
+    try:
+        await wait_http(url)
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            await http.post(f"{url}/api/rooms", json={"room": "bench"})
+            async with http.post(f"{url}/api/rooms/bench/commands", json={"type": "set_dial_in", "pin": "4321"}) as r:
+                meeting_id = (await r.json())["dial_in"]["meeting_id"]
+            gateway = subprocess.Popen(
+                [CONFERENCE, "phone", "--server", url, "--admin-key", ADMIN_KEY,
+                 "--sip-listen", f"127.0.0.1:{sip_port}", "--prompts-dir", str(tmp / "prompts")],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            assert gateway.stdout is not None
+            while "SIP on" not in (line := gateway.stdout.readline()):
+                if not line:
+                    raise RuntimeError("gateway did not start")
+            source = tmp / "tone.wav"
+            write_wav(source, sine(1000, duration + 60, 8000), 8000)
+            for i in range(calls):
+                phone = Baresip(tmp / f"phone{i}", source, user=f"1380000{i:04d}")
+                await phone.start()
+                phones.append(phone)
+            for phone in phones:
+                await phone.dial(f"sip:dialin@127.0.0.1:{sip_port}")
+            for phone in phones:
+                await phone.wait_event("CALL_ESTABLISHED", 20)
+            await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.15) for p in phones))
+            for _ in range(100):
+                async with http.get(f"{url}/api/rooms/bench") as r:
+                    if len((await r.json())["participants"]) == calls:
+                        break
+                await asyncio.sleep(0.2)
+            else:
+                raise RuntimeError("not every caller got in")
+            await asyncio.sleep(6)  # the "joined" prompt ends
+            print(f"load before: {os.getloadavg()}")
+            before, t0 = cpu_seconds(gateway.pid), time.monotonic()
+            await asyncio.sleep(duration)
+            used, elapsed = cpu_seconds(gateway.pid) - before, time.monotonic() - t0
+            print(f"load after:  {os.getloadavg()}")
+            print(
+                f"real calls: {calls} calls in the meeting for {elapsed:.1f} s: gateway CPU {used:.2f} s = "
+                f"{100 * used / elapsed:.1f} % of one core, {100 * used / elapsed / calls:.2f} % per call"
+            )
+    finally:
+        for phone in phones:
+            await phone.stop()
+        for proc in (gateway, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def media_path(frames: int = 1500) -> None:
+    """Per 20 ms of one call: decode G.711 + resample, Opus encode (to the room), three Opus slot
+    decodes + mix, resample + G.711 encode (to the caller)."""
+    g711 = G711("pcmu")
+    uplink = OpusEncoder()
+    mixer = Mixer("me")
+    room = [OpusEncoder() for _ in range(3)]
+    tone = sine(440, 1.0, 48000)
+    slot_packets = [[enc.encode(tone[(i % 50) * FRAME : (i % 50 + 1) * FRAME]) for i in range(50)] for enc in room]
+    caller_packets = [g711.encode(tone[(i % 50) * FRAME : (i % 50 + 1) * FRAME]) for i in range(50)]
+    start = time.process_time()
+    for i in range(frames):
+        pcm = g711.decode(caller_packets[i % 50])
+        uplink.encode(pcm)
+        for slot in range(3):
+            mixer.packet(slot, slot_packets[slot][i % 50])
+        mixed = mixer.mix()
+        g711.encode(mixed if mixed is not None else np.zeros(FRAME, np.int16))
+    per_frame = (time.process_time() - start) / frames
+    print(f"media path: {per_frame * 1e6:.0f} us CPU per 20 ms frame = {100 * per_frame / 0.02:.2f} % of a core per call")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=30.0)
+    args = parser.parse_args()
+    media_path()
+    asyncio.run(real_calls(args.calls, args.duration))
+
+
+if __name__ == "__main__":
+    main()
