@@ -67,8 +67,19 @@ async def real_calls(calls: int, duration: float) -> None:
     http_port, sip_port = free_port(), free_port()
     url = f"http://127.0.0.1:{http_port}"
     server = subprocess.Popen(
-        [CONFERENCE, "serve", "--no-media", "--port", str(http_port), "--data-dir", str(tmp / "data"),
-         "--admin-key", ADMIN_KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CONFERENCE,
+            "serve",
+            "--no-media",
+            "--port",
+            str(http_port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--admin-key",
+            ADMIN_KEY,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     gateway = None
     phones: list[Baresip] = []
@@ -77,12 +88,26 @@ async def real_calls(calls: int, duration: float) -> None:
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         async with aiohttp.ClientSession(headers=headers) as http:
             await http.post(f"{url}/api/rooms", json={"room": "bench"})
-            async with http.post(f"{url}/api/rooms/bench/commands", json={"type": "set_dial_in", "pin": "4321"}) as r:
+            async with http.post(
+                f"{url}/api/rooms/bench/commands", json={"type": "set_dial_in", "pin": "4321"}
+            ) as r:
                 meeting_id = (await r.json())["dial_in"]["meeting_id"]
             gateway = subprocess.Popen(
-                [CONFERENCE, "phone", "--server", url, "--admin-key", ADMIN_KEY,
-                 "--sip-listen", f"127.0.0.1:{sip_port}", "--prompts-dir", str(tmp / "prompts")],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                [
+                    CONFERENCE,
+                    "phone",
+                    "--server",
+                    url,
+                    "--admin-key",
+                    ADMIN_KEY,
+                    "--sip-listen",
+                    f"127.0.0.1:{sip_port}",
+                    "--prompts-dir",
+                    str(tmp / "prompts"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             assert gateway.stdout is not None
             while "SIP on" not in (line := gateway.stdout.readline()):
@@ -133,7 +158,9 @@ def media_path(frames: int = 1500) -> None:
     mixer = Mixer("me")
     room = [OpusEncoder() for _ in range(3)]
     tone = sine(440, 1.0, 48000)
-    slot_packets = [[enc.encode(tone[(i % 50) * FRAME : (i % 50 + 1) * FRAME]) for i in range(50)] for enc in room]
+    slot_packets = [
+        [enc.encode(tone[(i % 50) * FRAME : (i % 50 + 1) * FRAME]) for i in range(50)] for enc in room
+    ]
     caller_packets = [g711.encode(tone[(i % 50) * FRAME : (i % 50 + 1) * FRAME]) for i in range(50)]
     start = time.process_time()
     for i in range(frames):
@@ -144,7 +171,8 @@ def media_path(frames: int = 1500) -> None:
         mixed = mixer.mix()
         g711.encode(mixed if mixed is not None else np.zeros(FRAME, np.int16))
     per_frame = (time.process_time() - start) / frames
-    print(f"media path: {per_frame * 1e6:.0f} us CPU per 20 ms frame = {100 * per_frame / 0.02:.2f} % of a core per call")
+    share = 100 * per_frame / 0.02
+    print(f"media path: {per_frame * 1e6:.0f} us CPU per 20 ms frame = {share:.2f} % of a core per call")
 
 
 def main() -> None:

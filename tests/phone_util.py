@@ -174,7 +174,9 @@ rtp_timeout 0
             if remaining <= 0:
                 seen = [e.get("type") for e in self.events]
                 tail = "\n".join(self.output[-15:])
-                raise AssertionError(f"baresip: no {kind} within {timeout} s (events {seen}); it said:\n{tail}")
+                raise AssertionError(
+                    f"baresip: no {kind} within {timeout} s (events {seen}); it said:\n{tail}"
+                )
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
