@@ -124,13 +124,15 @@ async def real_calls(calls: int, duration: float) -> None:
             for phone in phones:
                 await phone.wait_event("CALL_ESTABLISHED", 20)
             await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.15) for p in phones))
-            for _ in range(100):
+            inside = 0
+            for _ in range(150):
                 async with http.get(f"{url}/api/rooms/bench") as r:
-                    if len((await r.json())["participants"]) == calls:
-                        break
+                    inside = len((await r.json())["participants"])
+                if inside == calls:
+                    break
                 await asyncio.sleep(0.2)
-            else:
-                raise RuntimeError("not every caller got in")
+            if inside < calls:
+                print(f"only {inside} of {calls} callers got in; measuring those")
             await asyncio.sleep(6)  # the "joined" prompt ends
             print(f"load before: {os.getloadavg()}")
             before, t0 = cpu_seconds(gateway.pid), time.monotonic()
@@ -138,8 +140,9 @@ async def real_calls(calls: int, duration: float) -> None:
             used, elapsed = cpu_seconds(gateway.pid) - before, time.monotonic() - t0
             print(f"load after:  {os.getloadavg()}")
             print(
-                f"real calls: {calls} calls in the meeting for {elapsed:.1f} s: gateway CPU {used:.2f} s = "
-                f"{100 * used / elapsed:.1f} % of one core, {100 * used / elapsed / calls:.2f} % per call"
+                f"real calls: {inside} calls in the meeting for {elapsed:.1f} s: gateway CPU {used:.2f} s = "
+                f"{100 * used / elapsed:.1f} % of one core, "
+                f"{100 * used / elapsed / max(1, inside):.2f} % per call"
             )
     finally:
         for phone in phones:
