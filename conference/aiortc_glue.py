@@ -32,6 +32,7 @@ import inspect
 import ipaddress
 import queue
 import random
+import re
 import socket
 from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable
@@ -161,6 +162,22 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
 
 def negotiated_extensions(transceiver: RTCRtpTransceiver) -> list[RTCRtpHeaderExtensionParameters]:
     return list(transceiver._headerExtensions)
+
+
+# RFC 8285 section 8: a=extmap:<id>["/"<direction>] <URI> [<extension attributes>].
+_EXTMAP_ATTRIBUTES = re.compile(r"^(a=extmap:\S+)[ \t]+(\S+)[ \t]+[^\r\n]*", re.MULTILINE)
+
+
+def parseable_sdp(sdp: str) -> str:
+    """The remote SDP as aiortc's parser takes it: RFC 8285 extension attributes removed.
+
+    aiortc splits an ``a=extmap`` value into exactly id and URI and fails on anything after the URI
+    ("too many values to unpack"), e.g. GStreamer's ``a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-
+    audio-level vad=on``. The attributes only tell how the sender fills the element (``vad=on``:
+    the V bit is set); the forwarder needs the id and URI alone, so nothing else changes."""
+    if "a=extmap:" not in sdp:
+        return sdp
+    return _EXTMAP_ATTRIBUTES.sub(r"\1 \2", sdp)
 
 
 def leg_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:

@@ -537,6 +537,7 @@ class Session:
         self.previews: list[DownTrack] = []
         self.decode_counters: list[glue.DecodeCounter] = []
         self.offer: dict[str, Any] | None = None
+        self.answer_refused: str | None = None  # why the last answer could not be applied
         self.ready = False
         self.closed = False
         self.last_slots_message: dict[str, Any] | None = None
@@ -632,8 +633,10 @@ class Session:
         if not isinstance(sdp, str) or not sdp.strip():
             raise MediaError("bad_sdp", "the answer SDP is empty")
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            answer = RTCSessionDescription(sdp=glue.parseable_sdp(sdp), type="answer")
+            await self.pc.setRemoteDescription(answer)
         except Exception as exc:
+            self.answer_refused = str(exc)
             raise MediaError("bad_sdp", f"cannot apply the answer: {exc}") from None
         for track in [*self.video, *self.audio, *self.previews]:
             if not track.negotiated():
@@ -655,6 +658,12 @@ class Session:
     async def add_candidate(self, candidate: dict[str, Any]) -> None:
         if self.closed:
             return
+        if not self.ready:
+            # aiortc would only log a warning and drop it: without an applied answer there is no
+            # remote ICE session to add it to, so the client must hear that it was not used.
+            refused = self.answer_refused
+            why = f"the answer was refused ({refused})" if refused else "no answer yet"
+            raise MediaError("conflict", f"candidate not used: {why}; send a valid answer first")
         text = candidate.get("candidate") if isinstance(candidate, dict) else None
         if not text:
             return  # end of candidates: aiortc needs no signal
