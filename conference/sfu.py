@@ -18,10 +18,11 @@ Timing rules (why the numbers):
   switching at once cost one keyframe, and a new subscriber still sees video well within a second;
   a switch still waiting after ``PENDING_RETRY`` (1 s) asks again;
 - speakers are re-evaluated every ``TICK`` (200 ms) from the audio-level extension averaged over
-  the tick; a speaker starts above ``SPEAKING_ON`` and stops after ``SPEAKER_HOLD`` below
-  ``SPEAKING_OFF``; in a full set of audio slots a newcomer replaces the quietest occupant only if
-  louder by ``REPLACE_MARGIN`` dB (so voices do not flap); ``speakers`` events go out at most every
-  ``SPEAKERS_INTERVAL``.
+  the tick (a publisher that sends none has its Opus decoded in the tick instead:
+  ``conference.audiolevel``); a speaker starts above ``SPEAKING_ON`` and stops after
+  ``SPEAKER_HOLD`` below ``SPEAKING_OFF``; in a full set of audio slots a newcomer replaces the
+  quietest occupant only if louder by ``REPLACE_MARGIN`` dB (so voices do not flap); ``speakers``
+  events go out at most every ``SPEAKERS_INTERVAL``.
 
 Feedback to publishers (aiortc's receive path, which would send it, is bypassed): each producer
 keeps RFC 3550 reception statistics (``rtp.ReceptionStats``) and sends a receiver report every
@@ -61,6 +62,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_glue as glue
+from .audiolevel import OpusLevelMeter
 from .media import DelayHistogram, Emit, MediaError, RecordingSink, SessionOptions, TrackSink
 from .room import Event, RoomState
 from .rtp import (
@@ -118,6 +120,7 @@ class Counters:
     nacks_answered: int = 0
     nacks_sent: int = 0  # sequence numbers asked for again from publishers
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
+    levels_decoded: int = 0  # audio packets without a level extension, decoded to measure one
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     # A video slot's wait from being given a new source to switching on its keyframe.
     switch_wait: DelayHistogram = field(default_factory=DelayHistogram)
@@ -169,6 +172,8 @@ class Producer:
         self.score = 0.0
         self.speaking = False
         self.quiet_since = 0.0
+        # Created on the first audio packet without a level (a publisher that is not a browser).
+        self.meter: OpusLevelMeter | None = None
         self.sink: TrackSink | None = None
 
     def __repr__(self) -> str:
@@ -203,9 +208,15 @@ class Producer:
             keyframe = True
             if self.level_ext:
                 level = audio_level(data, header, self.level_ext)
-                if level is not None:
-                    self.level_sum += 127 - level
-                    self.level_count += 1
+            if level is not None:
+                self.level_sum += 127 - level
+                self.level_count += 1
+            else:
+                # No audio-level extension: the level is measured from the Opus in the next tick.
+                meter = self.meter
+                if meter is None:
+                    meter = self.meter = OpusLevelMeter()
+                level = meter.add(data, header)
             if not self.audible:
                 # Muted on the server: nothing leaves, not even to the recorder.
                 counters.packets_dropped_muted += 1
@@ -938,6 +949,15 @@ class RoomMedia:
         previous = list(self.speakers)
         speaking: list[Producer] = []
         for producer in self.producers("audio"):
+            meter = producer.meter
+            if meter is not None:
+                if producer.audible:
+                    levels = meter.measure()
+                    producer.level_sum += sum(127 - level for level in levels)
+                    producer.level_count += len(levels)
+                    self.backend.counters.levels_decoded += len(levels)
+                else:
+                    meter.discard()
             # No packets this tick (DTX, or gone) counts as silence.
             loudness = producer.level_sum / producer.level_count if producer.level_count else 0.0
             producer.level_sum = producer.level_count = 0
@@ -1122,6 +1142,7 @@ class SfuBackend:
             "nacks_answered": c.nacks_answered,
             "nacks_sent": c.nacks_sent,
             "reports_sent": c.reports_sent,
+            "levels_decoded": c.levels_decoded,
             "decoded_frames": decoded,
             "forward_delay_us": {
                 "count": delay.total,
