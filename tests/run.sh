@@ -2,8 +2,9 @@
 # The whole test suite, exactly as the README says and as CI runs it (.ci/run).
 #
 # 1. a virtual environment in .venv with the project and its test extras installed (from PyPI);
-# 2. the system pieces the tests drive for real: Chromium and Firefox (browser tests) and a Redis server on
-#    127.0.0.1:6379 (shared-room tests), installed with apt-get when missing and allowed (root);
+# 2. the system pieces the tests drive for real: Chromium and Firefox (browser tests), GStreamer's
+#    webrtcbin (a second WebRTC stack) and a Redis server on 127.0.0.1:6379 (shared-room tests),
+#    installed with apt-get when missing and allowed (root);
 # 3. pytest over tests/, exiting with its status ("no tests collected" counts as a failure).
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k signaling`.
 set -euo pipefail
@@ -31,8 +32,9 @@ as_root() {
 apt_updated=0
 apt_install() {
     command -v apt-get >/dev/null || return 1
-    if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq || return 1; apt_updated=1; fi
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+    if [ "$apt_updated" = 0 ]; then as_root apt-get -o DPkg::Lock::Timeout=300 update -qq || return 1; apt_updated=1; fi
+    # Waits for another apt-get (e.g. a parallel run) instead of failing on dpkg's lock.
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -o DPkg::Lock::Timeout=300 -y -qq "$@"
 }
 
 if [ ! -x /usr/bin/chromium ]; then
@@ -54,6 +56,19 @@ fi
 if ! command -v baresip >/dev/null || ! command -v espeak-ng >/dev/null; then
     echo "== installing baresip and espeak-ng (telephone gateway tests)"
     apt_install baresip espeak-ng || echo "!! could not install baresip/espeak-ng: the phone tests will be skipped"
+fi
+
+# A second WebRTC stack (tests/test_gstreamer.py): GStreamer's webrtcbin, driven by Debian's python3.
+gst_ready() {
+    /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0')
+from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('webrtcbin') and Gst.ElementFactory.find('nicesrc')" \
+        >/dev/null 2>&1
+}
+if ! gst_ready; then
+    echo "== installing GStreamer webrtcbin (the GStreamer venue test)"
+    apt_install gstreamer1.0-plugins-bad gstreamer1.0-plugins-good gstreamer1.0-plugins-base \
+        gstreamer1.0-nice gstreamer1.0-tools gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 python3-gi \
+        || echo "!! could not install GStreamer: the GStreamer venue test will be skipped"
 fi
 
 redis_up() {
