@@ -10,6 +10,19 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# One run at a time per machine: the suite's real-time media tests judge timing, and two runs at
+# once on a 2-core machine would fail each other. A run started by a test of this suite (the README
+# commands replayed in a fresh clone) is already inside the lock: PYTEST_CURRENT_TEST says so.
+LOCK=${CONFERENCE_SUITE_LOCK:-/tmp/conference-suite.lock}
+if [ -z "${PYTEST_CURRENT_TEST:-}" ] && [ -z "${SUITE_LOCK_HELD:-}" ] && command -v flock >/dev/null; then
+    exec 9>"$LOCK"
+    if ! flock -n 9; then
+        echo "== another test run holds $LOCK: waiting for it"
+        flock 9
+    fi
+    export SUITE_LOCK_HELD=1
+fi
+
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
