@@ -1,5 +1,6 @@
 """Shared fixtures: settings in a temporary data directory, a real signaling server on a free port
-(media off unless a test passes its own backend), tokens, and a small WebSocket client."""
+(media off unless a test passes its own backend), tokens, and a small WebSocket client. What the
+suite does with tests it cannot judge now (wait, say so, fail under CI) is tests/suite_policy.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from conference.media import MediaBackend, NullMedia
 from conference.store import RoomStore
 from signaling.app import create_app
 from signaling.tokens import mint_token
+
+pytest_plugins = ["suite_policy"]
 
 TEST_SECRET = "test-secret-not-for-production-0123456789"
 TEST_ADMIN_KEY = "test-admin-key"

@@ -5,7 +5,9 @@
 # 2. the system pieces the tests drive for real: Chromium and Firefox (browser tests), GStreamer's
 #    webrtcbin (a second WebRTC stack) and a Redis server on 127.0.0.1:6379 (shared-room tests),
 #    installed with apt-get when missing and allowed (root);
-# 3. pytest over tests/, exiting with its status ("no tests collected" counts as a failure).
+# 3. pytest over tests/, exiting with its status ("no tests collected" counts as a failure); every skip
+#    is listed with its reason and the last line counts them. CI (.ci/run) sets CI=true: a skipped
+#    browser or media test then fails the run (tests/suite_policy.py).
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k signaling`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -107,16 +109,30 @@ stop_redis() {
             >/dev/null 2>&1 || true
     fi
 }
-trap stop_redis EXIT
 
 echo "== running the tests"
+# -rfEs: failures, errors and every skip with its reason in the summary; tests/suite_policy.py writes
+# the counts to $CONFERENCE_TEST_SUMMARY for the last line below (and under CI=true fails the run
+# when a browser or media test was skipped).
+summary=$(mktemp)
+trap 'rm -f "$summary"; stop_redis' EXIT
 set +e
-"$VENV/bin/python" -m pytest -q "$@"
+CONFERENCE_TEST_SUMMARY="$summary" "$VENV/bin/python" -m pytest -q -rfEs "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then
     echo "!! no tests were collected"
     exit 1
 fi
-if [ "$status" = 0 ]; then echo "== all tests passed"; else echo "!! tests failed (pytest exit status $status)"; fi
+tests_passed=0 tests_failed=0 tests_errors=0 tests_skipped=0 tests_xfailed=0 tests_skipped_modules_ci=0
+# shellcheck disable=SC1090  # written by tests/suite_policy.py: name=number lines only
+[ -s "$summary" ] && . "$summary"
+counts="$tests_passed passed, $tests_failed failed, $tests_errors errors, $tests_skipped skipped"
+if [ "$status" = 0 ] && [ "$tests_skipped" = 0 ]; then
+    echo "== all tests passed ($counts)"
+elif [ "$status" = 0 ]; then
+    echo "== the tests that ran passed, but $tests_skipped did not run ($counts; reasons under SKIPPED above)"
+else
+    echo "!! tests failed (pytest exit status $status; $counts)"
+fi
 exit "$status"
