@@ -2,12 +2,12 @@
 
 A pytest plugin (the hooks are imported by tests/conftest.py; ``-p suite_policy`` loads it alone):
 
-- ``@pytest.mark.realtime`` marks a module whose tests judge real-time media in browsers (frame
-  rates, tones, colours): on a machine saturated by other work (1-minute load above
-  ``MAX_LOAD_PER_CORE`` per core) they would report noise. Before the first test of such a module
-  the suite waits, bounded, for the load to come down (checked when the module is reached, not at
-  collection, so the time the other tests take counts). If it never does, the module's tests are
-  skipped with the load in the reason, except under CI, where they run anyway.
+- ``@pytest.mark.realtime`` marks tests that judge real-time media in browsers (frame rates,
+  tones, colours): on a machine saturated by other work (1-minute load above ``MAX_LOAD_PER_CORE``
+  per core) they would report noise. Before each such test the suite waits, bounded, for the load
+  to come down (checked when the test is reached, not at collection, so a machine that got busy
+  since counts too). Once the run's waiting budget is spent, a test on a saturated machine is
+  skipped with the load in the reason, except under CI, where it runs anyway.
 - Under CI (``CI`` set to anything but empty/0/false/no: ``.ci/run`` sets ``CI=true``), a skipped
   test marked ``browser`` or ``media`` fails the run, and so does a test module skipped as a whole.
 - ``CONFERENCE_TEST_SUMMARY=<file>``: the counts of the run are written there (shell assignments)
@@ -41,20 +41,18 @@ def load_per_core() -> float:
 
 
 class _Calm:
-    """The waiting budget of the whole run and each realtime module's verdict."""
+    """The waiting budget of the whole run, shared by every realtime test."""
 
     def __init__(self) -> None:
         self.budget_s = CALM_WAIT_S
-        self.verdicts: dict[str, str | None] = {}  # module node id -> skip reason, None: run
 
-    def verdict(self, module: str, say: Any) -> str | None:
-        if module in self.verdicts:
-            return self.verdicts[module]
+    def verdict(self, test: str, say: Any) -> str | None:
+        """None: run the test now; else why it is skipped."""
         started = time.monotonic()
         load = load_per_core()
-        if load > MAX_LOAD_PER_CORE:
+        if load > MAX_LOAD_PER_CORE and self.budget_s > 0:
             say(
-                f"\n{module}: 1-minute load {load:.1f} per core is above {MAX_LOAD_PER_CORE:g}: "
+                f"\n{test}: 1-minute load {load:.1f} per core is above {MAX_LOAD_PER_CORE:g}: "
                 f"waiting up to {self.budget_s:.0f} s for the machine to calm down"
             )
         while load > MAX_LOAD_PER_CORE and time.monotonic() - started < self.budget_s:
@@ -62,16 +60,14 @@ class _Calm:
             load = load_per_core()
         waited = time.monotonic() - started
         self.budget_s = max(0.0, self.budget_s - waited)
-        reason: str | None = None
-        if load > MAX_LOAD_PER_CORE:
-            what = f"1-minute load {load:.1f} per core (above {MAX_LOAD_PER_CORE:g})"
-            what += f" after waiting {waited:.0f} s"
-            if in_ci():
-                say(f"{module}: {what}: running anyway (CI=true does not accept a skip)")
-            else:
-                reason = f"machine saturated: {what}; real-time media cannot be judged now"
-        self.verdicts[module] = reason
-        return reason
+        if load <= MAX_LOAD_PER_CORE:
+            return None
+        what = f"1-minute load {load:.1f} per core (above {MAX_LOAD_PER_CORE:g})"
+        what += f" after waiting {waited:.0f} s" if waited >= 0.5 else " and the waiting budget spent"
+        if in_ci():
+            say(f"{test}: {what}: running anyway (CI=true does not accept a skip)")
+            return None
+        return f"machine saturated: {what}; real-time media cannot be judged now"
 
 
 _calm = _Calm()
@@ -80,7 +76,7 @@ _calm = _Calm()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "realtime: judges real-time media; waits (bounded) for a calm machine before its module",
+        "realtime: judges real-time media; waits (bounded) for a calm machine before it runs",
     )
 
 
@@ -88,8 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("realtime") is None:
         return
-    module = item.module.__name__ if item.module is not None else item.nodeid.split("::")[0]
-    reason = _calm.verdict(module, lambda text: _say(item.config, text))
+    reason = _calm.verdict(item.nodeid, lambda text: _say(item.config, text))
     if reason is not None:
         pytest.skip(reason)
 

@@ -38,7 +38,7 @@ from browser_util import (
 )
 from playwright.async_api import Browser, Page, async_playwright
 
-# `realtime`: the suite waits for a calm machine before this module (tests/suite_policy.py).
+# `realtime`: the suite waits for a calm machine before each test (tests/suite_policy.py).
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.media,

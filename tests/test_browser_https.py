@@ -31,7 +31,7 @@ from browser_util import (
 )
 from playwright.async_api import Page, async_playwright
 
-# `realtime`: the suite waits for a calm machine before this module (tests/suite_policy.py).
+# `realtime`: the suite waits for a calm machine before each test (tests/suite_policy.py).
 pytestmark = [pytest.mark.browser, pytest.mark.media, pytest.mark.realtime]
 
 ADDRESS = lan_address()

@@ -43,7 +43,7 @@ if importlib.util.find_spec("conference.sfu") is None:
 
 # Five real-time browsers cannot be judged on a machine that is already saturated: at a load of
 # 30 on 2 cores (other suites running) the pages got 1-4 animation frames a second and clicks took
-# over 30 s. `realtime`: the suite waits for a calm machine before this module (tests/suite_policy.py).
+# over 30 s. `realtime`: the suite waits for a calm machine before each test (tests/suite_policy.py).
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.media,
