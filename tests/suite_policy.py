@@ -67,7 +67,8 @@ class _Calm:
         if in_ci():
             say(f"{test}: {what}: running anyway (CI=true does not accept a skip)")
             return None
-        return f"machine saturated: {what}; real-time media cannot be judged now"
+        # The test's id in the reason: -rs lists skips by where they were raised, which is here.
+        return f"{test}: machine saturated: {what}; real-time media cannot be judged now"
 
 
 _calm = _Calm()
