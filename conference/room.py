@@ -18,6 +18,10 @@ from .roles import Role, publishes
 
 Device = Literal["venue", "phone"]
 DEFAULT_MAX_ENDPOINTS = 50
+# A removal refuses every token of that identity issued up to the moment of removal. No such token
+# outlives the longest token lifetime (signaling.tokens.MAX_TTL_S, 366 days), so an entry is
+# dropped after that: by then nothing it could refuse is still valid.
+REMOVAL_KEPT_S = 366 * 24 * 3600
 
 
 class CommandError(Exception):
@@ -27,6 +31,13 @@ class CommandError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class Removed(CommandError):
+    """The sender's identity was removed from the room after its token was issued."""
+
+    def __init__(self) -> None:
+        super().__init__("forbidden", "removed from the room")
 
 
 @dataclass(slots=True)
@@ -116,6 +127,14 @@ class RoomState:
     floor: str | None = None
     recording: Recording = field(default_factory=Recording)
     dial_in: DialIn = field(default_factory=DialIn)
+    # Removed identities and when (Unix seconds): their tokens issued until then are refused.
+    removed: dict[str, float] = field(default_factory=dict)
+
+    def is_removed(self, identity: str, issued_at: float) -> bool:
+        """Whether a token of ``identity`` issued at ``issued_at`` predates its removal. Token
+        times are whole seconds: one issued in the second of the removal counts as before it."""
+        removed_at = self.removed.get(identity)
+        return removed_at is not None and issued_at <= int(removed_at)
 
     @property
     def floor_queue(self) -> list[str]:
@@ -137,6 +156,7 @@ class RoomState:
             "floor_queue": self.floor_queue,
             "recording": asdict(self.recording),
             "dial_in": self.dial_in.to_json(),
+            "removed": dict(self.removed),
         }
 
     @classmethod
@@ -152,6 +172,7 @@ class RoomState:
             floor=data["floor"],
             recording=Recording(**data["recording"]),
             dial_in=DialIn.from_json(data.get("dial_in")),
+            removed=dict(data.get("removed") or {}),
         )
 
 
@@ -168,9 +189,16 @@ def _participant(state: RoomState, identity: str) -> Participant:
 # --- membership -------------------------------------------------------------------------
 
 
-def join(state: RoomState, participant: Participant, now: float | None = None) -> list[Event]:
-    """Add a participant, or take over the entry of the same identity (a reconnect)."""
+def join(
+    state: RoomState, participant: Participant, now: float | None = None, issued_at: float | None = None
+) -> list[Event]:
+    """Add a participant, or take over the entry of the same identity (a reconnect).
+
+    ``issued_at``: when the participant's token was issued; refused if it predates a removal
+    (checked here, in the same atomic update as the removal itself, so no join slips between)."""
     now = time.time() if now is None else now
+    if issued_at is not None and state.is_removed(participant.identity, issued_at):
+        raise Removed()
     existing = state.participants.get(participant.identity)
     if existing is None and len(state.participants) >= state.max_endpoints:
         raise CommandError("room_full", f"room {state.room!r} is full ({state.max_endpoints} endpoints)")
@@ -212,8 +240,12 @@ def leave(state: RoomState, identity: str, reason: str = "left") -> list[Event]:
     return events
 
 
-def remove(state: RoomState, identity: str) -> list[Event]:
+def remove(state: RoomState, identity: str, now: float | None = None) -> list[Event]:
+    """Remove a participant and remember it, so its tokens issued until now stay refused."""
     _participant(state, identity)
+    now = time.time() if now is None else now
+    state.removed = {i: t for i, t in state.removed.items() if t > now - REMOVAL_KEPT_S}
+    state.removed[identity] = now
     return leave(state, identity, reason="removed")
 
 

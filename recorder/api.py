@@ -16,8 +16,11 @@ in memory before saving it; a plain link or an ``EventSource`` sends no header. 
 out URLs carrying ``expires`` and ``sig`` (HMAC-SHA256 with a key derived from the server's secret,
 over recording, render, file and expiry): valid for ``SIGNED_URL_TTL_S`` for exactly that file.
 
-Who may do what: the admin key and admin tokens everything; a clerk or chair token of a room lists,
-reads, renders and downloads that room's recordings; only a chair (or admin) deletes.
+Who may do what: the admin key and admin clerk tokens (``conference token --role clerk --admin``,
+the records office) everything, in every room; a clerk or chair token of a room lists, reads,
+renders and downloads that room's recordings. Deleting destroys one of the assembly's records:
+only the admin key and admin clerk tokens may. A token whose identity the chair removed from its
+room is refused (403), as on every other path (``signaling.admission``).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class Access:
 
     @property
     def may_delete(self) -> bool:
-        return self.role is None or can(self.role, Permission.RECORDING_CONTROL)
+        # Only the records office: the admin key or an admin clerk token (role None here).
+        return self.role is None
 
     @property
     def may_download(self) -> bool:
@@ -105,9 +109,10 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def authorize(request: web.Request) -> Access:
+async def authorize(request: web.Request) -> Access:
     """The one place that turns the request's credentials into an Access (or a 401/403)."""
-    from signaling.app import ADMIN_KEY_KEY, SECRET_KEY
+    from signaling.admission import check_not_removed
+    from signaling.app import ADMIN_KEY_KEY, SECRET_KEY, STORE_KEY
     from signaling.tokens import TokenError, admin_key_matches, verify_token
 
     token = _bearer(request)
@@ -119,6 +124,12 @@ def authorize(request: web.Request) -> Access:
         claims = verify_token(request.app[SECRET_KEY], token)
     except TokenError as exc:
         raise json_error(401, "unauthorized", exc.reason) from None
+    store = request.app.get(STORE_KEY)
+    if store is not None:
+        try:
+            await check_not_removed(store, claims)
+        except TokenError as exc:
+            raise json_error(403, "forbidden", exc.reason) from None
     if claims.admin:
         return Access(None, None, claims.identity)
     if not can(claims.role, Permission.LIST_RECORDINGS):
@@ -176,12 +187,12 @@ def _check_signed(request: web.Request, file: str) -> None:
         raise json_error(403, "forbidden", "the link has expired: ask for a new one")
 
 
-def _access_or_link(request: web.Request, file: str) -> Access:
+async def _access_or_link(request: web.Request, file: str) -> Access:
     """A signed link when the request carries one (no header needed), else the bearer credential."""
     if "sig" in request.query:
         _check_signed(request, file)
         return SIGNED
-    return authorize(request)
+    return await authorize(request)
 
 
 def _service(request: web.Request) -> RecorderService:
@@ -247,7 +258,7 @@ def _summary(service: RecorderService, recording: Recording) -> dict[str, Any]:
 
 
 async def list_view(request: web.Request) -> web.Response:
-    access = authorize(request)
+    access = await authorize(request)
     room = request.query.get("room") or None
     if room is not None and not access.sees(room):
         raise json_error(403, "forbidden", "your token is for another room")
@@ -270,7 +281,7 @@ async def list_view(request: web.Request) -> web.Response:
 
 
 async def detail_view(request: web.Request) -> web.Response:
-    access = authorize(request)
+    access = await authorize(request)
     recording = _recording(request, access)
     service = _service(request)
 
@@ -294,12 +305,12 @@ async def detail_view(request: web.Request) -> web.Response:
 
 
 async def create_render(request: web.Request) -> web.Response:
-    access = authorize(request)
+    access = await authorize(request)
     recording = _recording(request, access)
     service = _service(request)
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise json_error(400, "bad_request", "body must be JSON") from None
     try:
         options = options_from_request(body)
@@ -336,7 +347,7 @@ def _default_job() -> str:
 
 
 async def job_view(request: web.Request) -> web.Response:
-    access = authorize(request)
+    access = await authorize(request)
     recording = _recording(request, access)
     _, job = _job(request, recording)
     return web.json_response(_job_view(request, access, recording.id, job))
@@ -345,7 +356,7 @@ async def job_view(request: web.Request) -> web.Response:
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Progress of one render as Server-Sent Events until it is done or failed. A signed link works
     without a header (EventSource sends none); it is checked once, when the stream opens."""
-    access = _access_or_link(request, "events")
+    access = await _access_or_link(request, "events")
     recording = _recording(request, access)
     path, job = _job(request, recording)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -370,7 +381,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     kind = request.query.get("file", "mp4")
     if kind not in ("mp4", "vtt"):
         raise json_error(400, "bad_request", "file must be mp4 or vtt")
-    access = _access_or_link(request, kind)
+    access = await _access_or_link(request, kind)
     if not access.may_download:
         raise json_error(403, "forbidden", f"role {access.role} may not download recordings")
     recording = _recording(request, access)
@@ -393,13 +404,13 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 async def create_link(request: web.Request) -> web.Response:
     """A fresh signed link to one file of a render (the clerk page asks again when one is old)."""
-    access = authorize(request)
+    access = await authorize(request)
     if not access.may_download:
         raise json_error(403, "forbidden", f"role {access.role} may not download recordings")
     recording = _recording(request, access)
     try:
         body = await request.json() if request.can_read_body else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise json_error(400, "bad_request", "body must be JSON") from None
     if not isinstance(body, dict) or set(body) - {"render", "file"}:
         raise json_error(400, "bad_request", 'body is {"render": JOB, "file": "mp4"|"vtt"|"events"}')
@@ -422,7 +433,7 @@ async def create_link(request: web.Request) -> web.Response:
 
 
 async def delete_view(request: web.Request) -> web.Response:
-    access = authorize(request)
+    access = await authorize(request)
     recording = _recording(request, access)
     if not access.may_delete:
         raise json_error(403, "forbidden", f"role {access.role} may not delete recordings")

@@ -47,7 +47,7 @@ _RECORD = struct.Struct("!dH")
 RECORD_HEADER_SIZE = _RECORD.size  # 10
 MAX_CHUNK = 64 * 1024 * 1024
 
-_RECORDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_RECORDING_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: `$` passes a trailing newline
 
 
 class ArchiveError(Exception):
@@ -60,7 +60,7 @@ class BadRecordingId(ArchiveError, ValueError):
 
 def check_recording_id(recording_id: str) -> str:
     """Return ``recording_id`` if it is safe as a single path component, else raise."""
-    if not isinstance(recording_id, str) or not _RECORDING_ID.match(recording_id) or ".." in recording_id:
+    if not isinstance(recording_id, str) or not _RECORDING_ID.fullmatch(recording_id) or ".." in recording_id:
         raise BadRecordingId(f"invalid recording id {recording_id!r}")
     return recording_id
 
@@ -539,7 +539,7 @@ def list_recordings(data_dir: str | os.PathLike[str], room: str | None = None) -
         return []
     found = []
     for entry in root.iterdir():
-        if not entry.is_dir() or not _RECORDING_ID.match(entry.name):
+        if not entry.is_dir() or not _RECORDING_ID.fullmatch(entry.name):
             continue
         try:
             rec = Recording(entry)

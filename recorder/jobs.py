@@ -24,7 +24,7 @@ from .render import RenderError, RenderOptions, check_layout_spec, parse_size, p
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,120}$")
+JOB_ID = re.compile(r"[a-z0-9][a-z0-9_.+-]{0,120}")  # used with fullmatch: `$` passes a trailing newline
 RUNNING_STATES = ("queued", "running")
 PROGRESS_EVERY_S = 0.5
 CANCELLED = "cancelled:"
@@ -111,7 +111,7 @@ def renders_dir(data_dir: str | os.PathLike[str], recording_id: str) -> Path:
 
 def job_path(data_dir: str | os.PathLike[str], recording_id: str, job_id: str, suffix: str) -> Path:
     """A job's file; the job id is checked so it can never leave the renders directory."""
-    if not JOB_ID.match(job_id) or ".." in job_id or suffix not in (".json", ".mp4", ".vtt"):
+    if not JOB_ID.fullmatch(job_id) or ".." in job_id or suffix not in (".json", ".mp4", ".vtt"):
         raise JobError("not_found", f"no render {job_id!r}")
     base = renders_dir(data_dir, recording_id)
     return base / f"{job_id}{suffix}"
@@ -139,7 +139,7 @@ def list_jobs(data_dir: str | os.PathLike[str], recording_id: str) -> list[dict[
     jobs = []
     for path in sorted(base.glob("*.json")):
         job = read_job(path)
-        if job is not None and JOB_ID.match(str(job.get("id", ""))):
+        if job is not None and JOB_ID.fullmatch(str(job.get("id", ""))):
             mp4 = base / f"{job['id']}.mp4"
             if job.get("state") == "done" and mp4.is_file():
                 job["size_bytes"] = mp4.stat().st_size

@@ -25,6 +25,8 @@ from conference.room import CommandError
 from conference.store import RoomExists, RoomStore, create_store
 
 from . import dialin
+from .admission import check_not_removed
+from .bodies import body_error
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
 from .rooms import Actor, Rooms
@@ -128,11 +130,11 @@ def bearer(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def authorize(
+async def authorize(
     request: web.Request, room: str | None = None, permission: Permission | None = None
 ) -> tuple[Actor, Claims | None]:
     """(actor, claims; None for the admin key). The admin key may do everything; a token acts only
-    in its own room and only as its role allows."""
+    in its own room, only as its role allows, and not once its identity was removed from it."""
     token = bearer(request)
     if token is None:
         raise json_error(401, "unauthorized", "missing Authorization: Bearer <token or admin key>")
@@ -146,6 +148,10 @@ def authorize(
         raise json_error(403, "forbidden", "token is for another room")
     if permission is not None and not can(claims.role, permission):
         raise json_error(403, "forbidden", f"role {claims.role} may not do this")
+    try:
+        await check_not_removed(request.app[STORE_KEY], claims)
+    except TokenError as exc:
+        raise json_error(403, "forbidden", exc.reason) from None
     return Actor.from_claims(claims), claims
 
 
@@ -160,7 +166,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise json_error(413, "too_large", f"body larger than {MAX_BODY} bytes", size=request.content_length)
     try:
         data = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser
         raise json_error(400, "bad_json", "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise json_error(400, "bad_json", "body must be a JSON object")
@@ -225,7 +231,7 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def list_rooms(request: web.Request) -> web.Response:
-    _, claims = authorize(request)
+    _, claims = await authorize(request)
     store = request.app[STORE_KEY]
     names = await store.list_rooms()
     if claims is not None:  # a token sees its own room only
@@ -267,7 +273,7 @@ async def create_room(request: web.Request) -> web.Response:
         raise json_error(400, "bad_request", "max_endpoints must be an integer from 1 to 1000")
     if not isinstance(auto_record, bool):
         raise json_error(400, "bad_request", "auto_record must be true or false")
-    authorize(request, room, Permission.SET_PROGRAM)
+    await authorize(request, room, Permission.SET_PROGRAM)
     try:
         state = await request.app[STORE_KEY].create(
             room, max_endpoints=max_endpoints, auto_record=auto_record
@@ -279,7 +285,7 @@ async def create_room(request: web.Request) -> web.Response:
 
 async def get_room(request: web.Request) -> web.Response:
     room = request.match_info["room"]
-    authorize(request, room)
+    await authorize(request, room)
     state = await request.app[STORE_KEY].get(room)
     if state is None:
         raise json_error(404, "not_found", f"no room {room!r}")
@@ -287,7 +293,7 @@ async def get_room(request: web.Request) -> web.Response:
 
 
 async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response:
-    actor, _ = authorize(request, room)
+    actor, _ = await authorize(request, room)
     if msg["type"] not in REST_COMMANDS:
         raise json_error(400, "unknown_type", f"{msg['type']!r} is not available over REST")
     try:
@@ -299,7 +305,7 @@ async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> w
 
 async def put_program(request: web.Request) -> web.Response:
     room = request.match_info["room"]
-    authorize(request, room)  # before looking at the body: unauthenticated callers learn nothing
+    await authorize(request, room)  # before looking at the body: unauthenticated callers learn nothing
     body = await json_body(request)
     msg = validate_command({**body, "type": "set_program"})
     return await run_command(request, room, msg)
@@ -307,7 +313,7 @@ async def put_program(request: web.Request) -> web.Response:
 
 async def post_command(request: web.Request) -> web.Response:
     room = request.match_info["room"]
-    authorize(request, room)
+    await authorize(request, room)
     msg = validate_command(await json_body(request))
     return await run_command(request, room, msg)
 
@@ -315,21 +321,21 @@ async def post_command(request: web.Request) -> web.Response:
 async def post_token(request: web.Request) -> web.Response:
     require_admin(request)
     data = await json_body(request)
-    unknown = set(data) - {"room", "identity", "name", "role", "ttl", "admin"}
-    if unknown:
-        raise json_error(400, "bad_request", f"unknown fields {sorted(unknown)}")
+    problem = body_error("token", data)
+    if problem is not None:
+        raise json_error(400, "bad_request", problem)
     ttl = data.get("ttl", DEFAULT_TTL_S)
-    if isinstance(ttl, bool) or not isinstance(ttl, int):
+    if not isinstance(ttl, int):  # the schema's integer lets 60.0 through
         raise json_error(400, "bad_request", "ttl must be an integer number of seconds")
     try:
         token = mint_token(
             request.app[SECRET_KEY],
-            data.get("room"),  # type: ignore[arg-type]
-            data.get("identity"),  # type: ignore[arg-type]
-            data.get("name"),  # type: ignore[arg-type]
-            data.get("role"),  # type: ignore[arg-type]
+            data["room"],
+            data["identity"],
+            data["name"],
+            data["role"],
             ttl,
-            bool(data.get("admin", False)),
+            data.get("admin", False),
         )
     except (ValueError, TypeError) as exc:
         raise json_error(400, "bad_request", str(exc)) from None

@@ -16,8 +16,8 @@ from conference.store import RoomStore
 from .tokens import DEFAULT_TTL_S, mint_token
 
 MEETING_ID_DIGITS = 9
-_DIGITS = re.compile(r"^[0-9]{1,20}$")
-_CALLER = re.compile(r"^\+?[0-9A-Za-z._-]{0,32}$")
+_DIGITS = re.compile(r"[0-9]{1,20}")  # fullmatch: `$` lets a trailing newline through
+_CALLER = re.compile(r"\+?[0-9A-Za-z._-]{0,32}")
 
 
 def pin_hash(secret: str, room: str, pin: str) -> str:
@@ -78,11 +78,11 @@ async def prepare(store: RoomStore, secret: str, room: str, msg: dict[str, Any])
 async def resolve(store: RoomStore, secret: str, data: dict[str, Any]) -> dict[str, Any] | None:
     """Room, identity, name and token for a meeting ID and PIN, or None when nothing matches."""
     meeting_id, pin, caller = data.get("meeting_id"), data.get("pin"), data.get("caller", "")
-    if not isinstance(meeting_id, str) or not _DIGITS.match(meeting_id):
+    if not isinstance(meeting_id, str) or not _DIGITS.fullmatch(meeting_id):
         raise ValueError("meeting_id must be digits")
-    if not isinstance(pin, str) or not _DIGITS.match(pin):
+    if not isinstance(pin, str) or not _DIGITS.fullmatch(pin):
         raise ValueError("pin must be digits")
-    if not isinstance(caller, str) or not _CALLER.match(caller):
+    if not isinstance(caller, str) or not _CALLER.fullmatch(caller):
         raise ValueError("caller must be a telephone number or SIP user name")
     for state in await _rooms(store):
         if state.dial_in.meeting_id != meeting_id:

@@ -20,6 +20,9 @@ PROTOCOL_VERSION = 1
 MAX_AUDIO_SLOTS = 8
 OUTGOING_QUEUE = 1000  # messages waiting for a slow client before it is dropped
 
+# `(?!\n)$`: in Python's re (which the validator uses) a bare `$` also matches before a trailing
+# newline; the lookahead refuses it and means the same in ECMA regexes, for other validators.
+PIN_PATTERN = "^[0-9]{4,12}(?!\n)$"
 _ID = {"type": ["string", "integer"], "maxLength": 64}
 _IDENTITY = {"type": "string", "minLength": 1, "maxLength": 64}
 _ENVELOPE_PROPS: dict[str, Any] = {"id": _ID, "v": {"type": "integer"}}
@@ -88,7 +91,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "set_dial_in": _message(
         "set_dial_in",
         {
-            "pin": {"anyOf": [{"type": "string", "pattern": "^[0-9]{4,12}$"}, {"type": "null"}]},
+            "pin": {"anyOf": [{"type": "string", "pattern": PIN_PATTERN}, {"type": "null"}]},
             "members": {
                 "type": "array",
                 "maxItems": 200,
@@ -97,7 +100,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
                     "properties": {
                         "identity": _IDENTITY,
                         "name": {"type": "string", "minLength": 1, "maxLength": 100},
-                        "pin": {"type": "string", "pattern": "^[0-9]{4,12}$"},
+                        "pin": {"type": "string", "pattern": PIN_PATTERN},
                     },
                     "required": ["identity", "name", "pin"],
                     "additionalProperties": False,
@@ -186,11 +189,27 @@ def parse_message(raw: str, max_bytes: int) -> dict[str, Any]:
     validator = _VALIDATORS.get(type_)
     if validator is None:
         raise ProtocolError("unknown_type", f"unknown message type {type_[:64]!r}", rid)
-    error = best_match(validator.iter_errors(data))
+    try:
+        error = best_match(validator.iter_errors(data))
+    except RecursionError:  # the validator recurses per level: a body nested hundreds deep
+        raise ProtocolError("bad_json", "message is nested too deeply", rid) from None
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "message"
         raise ProtocolError("bad_request", f"{type_}: {where}: {error.message[:200]}", rid)
     return data
+
+
+# RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code. A longer reason makes
+# browsers see an abnormal close (1006) instead of the code, and pages then retry forever.
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> bytes:
+    """``text`` as a close reason: UTF-8, cut at a character boundary to fit a close frame."""
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return data
+    return data[: MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
 
 
 def reply(request_id: Any, result: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -25,11 +25,11 @@ from conference.config import Settings
 from conference.layouts import MAX_SLOTS, catalogue_json
 from conference.media import MediaBackend, MediaSession, NullMedia, SessionOptions
 from conference.roles import Permission, Role, can, permissions, publishes
-from conference.room import CommandError, Event, Participant, RoomState
+from conference.room import CommandError, Event, Participant, Removed, RoomState
 from conference.store import RoomStore
 
 from . import dialin
-from .protocol import MAX_AUDIO_SLOTS, OUTGOING_QUEUE, PROTOCOL_VERSION, error
+from .protocol import MAX_AUDIO_SLOTS, OUTGOING_QUEUE, PROTOCOL_VERSION, close_reason, error
 from .recording import RecordingControl
 from .tokens import Claims, TokenError, resolve_secret
 
@@ -65,10 +65,11 @@ class Actor:
 
     identity: str | None
     role: Role | None
+    issued_at: int | None = None  # of the token: refused once the identity is removed after it
 
     @classmethod
     def from_claims(cls, claims: Claims) -> Actor:
-        return cls(claims.identity, claims.role)
+        return cls(claims.identity, claims.role, claims.issued_at)
 
     def may(self, command: str) -> bool:
         if self.role is None:  # the admin key: every room command except the self ones
@@ -124,7 +125,7 @@ class Connection:
         except asyncio.QueueFull:
             self._writer.cancel()
             self._closer = asyncio.get_running_loop().create_task(
-                self.ws.close(code=code, message=reason.encode())
+                self.ws.close(code=code, message=close_reason(reason))
             )
 
     async def _write(self) -> None:
@@ -132,7 +133,7 @@ class Connection:
             while True:
                 item = await self._queue.get()
                 if isinstance(item, tuple):
-                    await self.ws.close(code=item[0], message=item[1].encode())
+                    await self.ws.close(code=item[0], message=close_reason(item[1]))
                     return
                 await self.ws.send_str(item)
         except (ConnectionError, RuntimeError):  # the peer went away: the reader notices too
@@ -202,8 +203,6 @@ class Rooms:
         self.recording = recording
         self.connections: dict[str, dict[str, Connection]] = {}  # joined, by room and identity
         self.sockets: set[Connection] = set()  # every open socket, joined or not
-        # Per process: a removed identity's older tokens stop working here (see docs/protocol.md).
-        self.removed_at: dict[tuple[str, str], int] = {}
         # The last `speakers` message per room: the media core announces only changes, so an
         # endpoint joining while someone speaks would otherwise show nobody speaking.
         self.last_speakers: dict[str, dict[str, Any]] = {}
@@ -271,13 +270,6 @@ class Rooms:
         with contextlib.suppress(CommandError):
             await self.recording.stop(room)
 
-    # --- authentication helpers --------------------------------------------------------------
-
-    def check_not_removed(self, claims: Claims) -> None:
-        removed = self.removed_at.get((claims.room, claims.identity))
-        if removed is not None and claims.issued_at <= removed:
-            raise TokenError(403, "removed from the room")
-
     # --- join, leave, disconnect -------------------------------------------------------------
 
     async def join(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +302,9 @@ class Rooms:
         old = room_conns.get(claims.identity)
         room_conns[claims.identity] = conn
         try:
-            state, _ = await self.store.update(claims.room, lambda s: room_commands.join(s, participant))
+            state, _ = await self.store.update(
+                claims.room, lambda s: room_commands.join(s, participant, issued_at=claims.issued_at)
+            )
         except BaseException:
             if room_conns.get(claims.identity) is conn:
                 if old is not None:
@@ -434,8 +428,15 @@ class Rooms:
         if not actor.may(command):
             who = f"role {actor.role}" if actor.role else "the admin key"
             raise CommandError("forbidden", f"{who} may not {command.replace('_', ' ')}")
-        if await self.store.get(room) is None:
+        current = await self.store.get(room)
+        if current is None:
             raise CommandError("not_found", f"no room {room!r}")
+        if (
+            actor.identity is not None
+            and actor.issued_at is not None
+            and current.is_removed(actor.identity, actor.issued_at)
+        ):
+            raise Removed()
         if command == "start_recording":
             state, recording_id = await self.recording.start(room)
             return {"version": state.version, "recording_id": recording_id}
@@ -444,11 +445,8 @@ class Rooms:
             return {"version": state.version, "recording_id": stopped_id}
         if command == "remove":
             target = msg["identity"]
-            current = await self.store.get(room)
-            if current is not None and target not in current.participants:
+            if target not in current.participants:
                 raise CommandError("not_found", f"no participant {target!r} in room {room!r}")
-            # Before the change, so the removed identity cannot slip back in with its old token.
-            self.removed_at[(room, target)] = int(time.time())
         if command == "set_dial_in":
             msg = await dialin.prepare(self.store, resolve_secret(self.settings), room, msg)
         state, _ = await self.store.update(room, command_function(actor, command, msg))

@@ -28,7 +28,8 @@ ALGORITHM = "HS256"
 DEFAULT_TTL_S = 12 * 3600  # one meeting day
 MAX_TTL_S = 366 * 24 * 3600
 # Room and identity names end up in recording ids and file names: keep them to a safe alphabet.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# fullmatch, not `$`: `$` also matches before a trailing newline ("council\n" would pass).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SECRET_FILE = "secret"
 ADMIN_KEY_FILE = "admin_key"
 
@@ -58,7 +59,7 @@ class Claims:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{kind} must be 1-64 characters of letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit; got {value!r}"
@@ -85,8 +86,12 @@ def mint_token(
         raise ValueError(f"role must be one of {', '.join(Role)}; got {role!r}") from None
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise ValueError("name must be 1-100 characters")
-    if not 1 <= ttl <= MAX_TTL_S:
-        raise ValueError(f"ttl must be between 1 second and {MAX_TTL_S} seconds; got {ttl}")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL_S:
+        raise ValueError(f"ttl must be an integer from 1 to {MAX_TTL_S} seconds; got {ttl!r}")
+    if not isinstance(admin, bool):
+        raise ValueError(f"admin must be true or false; got {admin!r}")
+    if admin and role is not Role.CLERK:
+        raise ValueError("admin (every room's recordings) is only for clerk tokens")
     issued = int(time.time()) if now is None else now
     payload: dict[str, Any] = {
         "room": room,
@@ -132,6 +137,8 @@ def verify_token(secret: str, token: str | None) -> Claims:
         admin = payload.get("admin", False)
         if not isinstance(admin, bool):
             raise ValueError("admin must be true or false")
+        if admin and role is not Role.CLERK:  # minted before the rule: never an admin
+            raise ValueError("admin is only for clerk tokens")
     except (ValueError, TypeError) as exc:
         raise TokenError(401, f"invalid claims: {exc}") from None
     return Claims(

@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from conference.media import MediaError
-from conference.room import CommandError
+from conference.room import CommandError, Removed
 
-from .protocol import ProtocolError, TokenBucket, error, parse_message, reply
+from .admission import REMOVED_REASON, check_not_removed
+from .protocol import ProtocolError, TokenBucket, close_reason, error, parse_message, reply
 from .rooms import Actor, Connection, Rooms
 from .tokens import TokenError, check_room, verify_token
 
@@ -30,7 +31,7 @@ HARD_FRAME_LIMIT = 1 << 20
 def _request_id_of(raw: str) -> Any:
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     rid = data.get("id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
@@ -46,9 +47,9 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
         claims = verify_token(secret, request.query.get("token"))
         if "room" in request.query:
             check_room(claims, request.query["room"])
-        rooms.check_not_removed(claims)
+        await check_not_removed(rooms.store, claims)
     except TokenError as exc:
-        await ws.close(code=exc.close_code, message=exc.reason.encode())
+        await ws.close(code=exc.close_code, message=close_reason(exc.reason))
         return ws
     if rooms.shutting_down:
         await ws.close(code=1001, message=b"server shutting down")
@@ -98,6 +99,10 @@ async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:
         conn.send(reply(rid, await dispatch(rooms, conn, type_, msg)))
     except ProtocolError as exc:
         conn.send(error(exc.request_id, exc.code, exc.message, **exc.extra))
+    except Removed as exc:
+        # Removed after this socket opened (1a): refused as at connect, and the socket goes.
+        conn.send(error(rid, exc.code, exc.message))
+        conn.close(4403, REMOVED_REASON)
     except (CommandError, MediaError) as exc:
         conn.send(error(rid, exc.code, exc.message))
     except Exception:
