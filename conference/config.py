@@ -48,6 +48,8 @@ class Settings:
     reconnect_grace_s: float = 30.0
     auto_record: bool = False
     redis_url: str | None = None
+    # Without redis_url: "sqlite" (<data_dir>/rooms.sqlite3, survives restarts) or "memory".
+    room_store: str = "sqlite"
     ws_max_message_bytes: int = 262144  # a chair's answer has ~64 m-lines
     ws_rate: float = 20.0  # messages per second per connection (token bucket refill)
     ws_burst: int = 40  # token bucket size
@@ -89,6 +91,8 @@ class Settings:
             raise ConfigError("ws_max_message_bytes must be at least 1024")
         if self.ws_rate <= 0 or self.ws_burst < 1:
             raise ConfigError("ws_rate must be positive and ws_burst at least 1")
+        if self.room_store not in ("sqlite", "memory"):
+            raise ConfigError(f"room_store must be sqlite or memory, got {self.room_store!r}")
         if self.recording_retention_days is not None and self.recording_retention_days < 1:
             raise ConfigError("recording_retention_days must be at least 1 (or unset to keep forever)")
         for server in self.ice_servers:
@@ -145,6 +149,7 @@ _FIELD_TYPES: dict[str, str] = {
     "reconnect_grace_s": "float",
     "auto_record": "bool",
     "redis_url": "str?",
+    "room_store": "str",
     "ws_max_message_bytes": "int",
     "ws_rate": "float",
     "ws_burst": "int",
@@ -284,6 +289,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
         "--auto-record", action="store_true", default=None, help="record every room from its first join"
     )
     parser.add_argument("--redis-url", help="share rooms between processes through Redis")
+    parser.add_argument(
+        "--room-store",
+        choices=["sqlite", "memory"],
+        help="without --redis-url: sqlite (default, <data-dir>/rooms.sqlite3, survives restarts) or memory",
+    )
     parser.add_argument("--no-media", action="store_true", help="signaling only, no media forwarding")
     parser.add_argument("--media-backend", help="media backend module in conference/ (default sfu)")
 
@@ -306,6 +316,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
             reconnect_grace_s=args.reconnect_grace,
             auto_record=args.auto_record,
             redis_url=args.redis_url,
+            room_store=args.room_store,
             media=False if args.no_media else None,
             media_backend=args.media_backend,
         )

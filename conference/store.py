@@ -1,4 +1,5 @@
-"""Where room state lives: in memory by default, in Redis when processes share rooms.
+"""Where room state lives: in an SQLite file by default (``conference.sqlite_store``), in memory
+when asked (tests, throw-away servers), in Redis when processes share rooms.
 
 A store applies a room command atomically (``update``), numbers the resulting events with the
 room version, keeps a bounded log of them so a client that missed some can catch up, and
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -35,6 +36,10 @@ class RoomExists(Exception):
 
 
 class RoomStore(Protocol):
+    # False: the rooms' endpoints can only be connected to this process (memory, SQLite), so after
+    # a restart every participant is known to be disconnected.
+    shared: bool
+
     async def create(
         self, room: str, *, max_endpoints: int, auto_record: bool = False, exist_ok: bool = False
     ) -> RoomState: ...
@@ -80,7 +85,9 @@ async def notify(listeners: list[Listener], room: str, events: list[Event], stat
 
 
 class MemoryRoomStore:
-    """Room state in this process: the default, nothing to install."""
+    """Room state in this process only: gone when the process ends (``room_store = "memory"``)."""
+
+    shared = False  # rooms belong to this process alone (see Rooms.restore)
 
     def __init__(self) -> None:
         self._rooms: dict[str, RoomState] = {}
@@ -159,6 +166,7 @@ class RedisRoomStore:
     """
 
     CHANNEL = "conference:events"
+    shared = True  # other processes hold connections of these rooms
 
     def __init__(self, url: str, *, prefix: str = "conference") -> None:
         self._redis = aioredis.from_url(url, decode_responses=True)
@@ -287,6 +295,16 @@ class RedisRoomStore:
         await self._redis.aclose()
 
 
-def create_store(redis_url: str | None) -> RoomStore:
-    """The in-memory store by default; Redis when a URL is configured."""
-    return MemoryRoomStore() if not redis_url else RedisRoomStore(redis_url)
+STORE_KINDS = ("sqlite", "memory")
+
+
+def create_store(settings: Any) -> RoomStore:
+    """Redis when a URL is configured; else the ``room_store`` setting: the SQLite file in the
+    data directory (default) or memory."""
+    if settings.redis_url:
+        return RedisRoomStore(settings.redis_url)
+    if settings.room_store == "memory":
+        return MemoryRoomStore()
+    from .sqlite_store import DB_FILE, SqliteRoomStore
+
+    return SqliteRoomStore(settings.data_dir / DB_FILE)

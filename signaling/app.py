@@ -29,6 +29,7 @@ from .admission import check_not_removed
 from .bodies import body_error
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
+from .restore import restore_rooms
 from .rooms import Actor, Rooms
 from .tokens import (
     DEFAULT_TTL_S,
@@ -378,7 +379,7 @@ def create_app(
     settings: Settings, *, media: MediaBackend | None = None, store: RoomStore | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    store = store if store is not None else create_store(settings.redis_url)
+    store = store if store is not None else create_store(settings)
     media = media if media is not None else build_media(settings)
     recording = RecordingControl(settings, store, media)
     rooms = Rooms(settings, store, media, recording)
@@ -415,6 +416,7 @@ def create_app(
         start = getattr(store, "start", None)
         if start is not None:
             await start()
+        await restore_rooms(rooms)
 
     async def on_shutdown(app: web.Application) -> None:
         await rooms.shutdown()

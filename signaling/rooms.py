@@ -399,6 +399,10 @@ class Rooms:
         del self.connections[room][identity]
         with contextlib.suppress(CommandError):
             await self.store.update(room, lambda s: room_commands.set_connected(s, identity, False))
+        self.keep_place(room, identity)
+
+    def keep_place(self, room: str, identity: str) -> None:
+        """A disconnected participant keeps its place for the grace period, then leaves."""
         key = (room, identity)
         if (old := self._grace.pop(key, None)) is not None:
             old.cancel()

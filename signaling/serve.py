@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
+from conference.sqlite_store import StoreLocked
 
 from .tokens import ADMIN_KEY_FILE, resolve_admin_key, resolve_secret
 
@@ -99,10 +101,17 @@ def _banner(settings: Settings, port: int) -> str:
             f"  admin key (REST API, Authorization: Bearer ...): {admin}",
             "  mint a token, e.g. for the chair:",
             f"    conference token {flags} --room council --role chair --identity chair --name Chair --url",
-            f"  media: {'on' if settings.media else 'off (signaling only)'}"
-            f"; rooms: {'redis ' + settings.redis_url if settings.redis_url else 'in memory'}",
+            f"  media: {'on' if settings.media else 'off (signaling only)'}; rooms: {_rooms_where(settings)}",
         ]
     )
+
+
+def _rooms_where(settings: Settings) -> str:
+    if settings.redis_url:
+        return f"redis {settings.redis_url}"
+    if settings.room_store == "memory":
+        return "in memory (lost when the server stops)"
+    return f"{settings.data_dir / 'rooms.sqlite3'} (kept across restarts)"
 
 
 async def serve(settings: Settings) -> int:
@@ -122,7 +131,11 @@ async def serve(settings: Settings) -> int:
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s, access_log_class=AccessLog
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the room store: refused when another server holds it
+    except (StoreLocked, OSError, sqlite3.Error) as exc:
+        print(f"conference serve: cannot open the room store: {exc}", file=sys.stderr)
+        return 2
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     try:
         await site.start()

@@ -6,6 +6,7 @@ closes the socket. See docs/protocol.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -80,9 +81,15 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
                 break
     finally:
         rooms.sockets.discard(conn)
-        await rooms.disconnected(conn)
-        await conn.finish(timeout=1.0)
+        # Shielded: the handler is cancelled when its peer goes away (handler_cancellation), and
+        # the place must still be kept, which may wait for the room store's write.
+        await asyncio.shield(_gone(rooms, conn))
     return ws
+
+
+async def _gone(rooms: Rooms, conn: Connection) -> None:
+    await rooms.disconnected(conn)
+    await conn.finish(timeout=1.0)
 
 
 async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:

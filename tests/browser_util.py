@@ -133,6 +133,7 @@ def free_port() -> int:
 class RunningServer:
     url: str
     log_file: Path | None = None
+    process: Any = None  # the asyncio subprocess of server_process (to signal it), else None
 
     def token(self, room: str, identity: str, role: str, name: str | None = None, **kw: Any) -> str:
         from signaling.tokens import mint_token
@@ -242,15 +243,18 @@ async def server_process(
     host: str = "127.0.0.1",
     tls: tuple[Path, Path] | None = None,
     extra_args: list[str] | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[RunningServer]:
     """``conference serve`` in its own process, as it runs in production: its event loop is not
     shared with the test's (Playwright's) one, which matters on a busy machine with media.
-    ``tls`` is (cert, key): the server then speaks HTTPS and WSS only."""
+    ``tls`` is (cert, key): the server then speaks HTTPS and WSS only. ``port``: the one of a
+    server that ran before (a restart), else a free one."""
     import aiohttp
 
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = int(s.getsockname()[1])
+    if port is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = data_dir / "server.log"
     args = [sys.executable, "-m", "conference", "serve", "--host", host, "--port", str(port)]
@@ -262,7 +266,7 @@ async def server_process(
         args.append("--no-media")
     args += extra_args or []
     root = Path(__file__).resolve().parent.parent
-    with log_file.open("wb") as out:
+    with log_file.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(*args, cwd=root, stdout=out, stderr=subprocess.STDOUT)
     url = f"{'https' if tls else 'http'}://{host}:{port}"
     # The test's own self-signed certificate: the health check trusts it the way the browser does.
@@ -282,7 +286,7 @@ async def server_process(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start: {log_file.read_text()[-2000:]}")
                 await asyncio.sleep(0.2)
-        yield RunningServer(url, log_file)
+        yield RunningServer(url, log_file, proc)
     finally:
         if proc.returncode is None:
             proc.terminate()

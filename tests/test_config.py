@@ -84,6 +84,7 @@ def test_ice_server_flags() -> None:
         ("", {"CONFERENCE_MAX_ENDPOINTS": "many"}, "CONFERENCE_MAX_ENDPOINTS"),
         ("", {"CONFERENCE_AUTO_RECORD": "perhaps"}, "true or false"),
         ("", {"CONFERENCE_ICE_SERVERS": '[{"urls": 5}]'}, "urls"),
+        ("room_store = 'postgres'", {}, "room_store must be sqlite or memory"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:

@@ -6,12 +6,14 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from conference import room as commands
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
+from conference.sqlite_store import SqliteRoomStore
 from conference.store import EVENT_LOG_SIZE, MemoryRoomStore, RedisRoomStore, RoomExists, RoomStore
 
 REDIS_URL = os.environ.get("CONFERENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -24,10 +26,10 @@ def _redis_store(prefix: str) -> RedisRoomStore:
     return store
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[RoomStore]:
-    if request.param == "memory":
-        s: RoomStore = MemoryRoomStore()
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RoomStore]:
+    if request.param in ("memory", "sqlite"):
+        s: RoomStore = MemoryRoomStore() if request.param == "memory" else SqliteRoomStore(tmp_path / "r.db")
         yield s
         await s.close()
         return
