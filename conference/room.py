@@ -372,6 +372,10 @@ def set_dial_in(
 def start_recording(state: RoomState, recording_id: str, now: float | None = None) -> list[Event]:
     if state.recording.active:
         raise CommandError("conflict", "the room is already recording")
+    if not state.participants:
+        # An empty room's recording would be stopped at once (nobody there) and, racing the
+        # recorder's start, leave its writer running with nobody to stop it.
+        raise CommandError("conflict", "nobody is in the room: start recording once someone has joined")
     state.recording = Recording(True, recording_id, time.time() if now is None else now)
     return [{"kind": "recording", **asdict(state.recording)}]
 

@@ -84,10 +84,31 @@ def encode_chunk(records: list[tuple[float, bytes]]) -> bytes:
     return _CHUNK.pack(CHUNK_MAGIC, len(body), zlib.crc32(body)) + body
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+# Recordings are the assembly's records: owner and group only, whatever the process umask.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+def make_private_dir(path: Path) -> None:
+    """``path`` and any missing parents, 0750 (mkdir's mode is cut by the umask: chmod after)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, DIR_MODE)
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed over it), mode 0640."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, FILE_MODE)  # an older temporary file keeps its old mode through O_CREAT
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_private_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -169,7 +190,9 @@ class RecordingWriter:
         self.started_at = time.time() if started_at is None else started_at
         self._fsync = fsync
         self._interval = flush_interval
-        (directory / "tracks").mkdir(parents=True, exist_ok=False)
+        if (directory / "tracks").exists():
+            raise FileExistsError(directory / "tracks")
+        make_private_dir(directory / "tracks")
         self._meta: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "id": recording_id,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .archive import Recording, recording_dir
+from .archive import Recording, make_private_dir, recording_dir, write_private_text
 from .render import RenderError, RenderOptions, check_layout_spec, parse_size, parse_time, render
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,8 @@ def read_job(path: Path) -> dict[str, Any] | None:
 
 
 def write_job(path: Path, job: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(job, sort_keys=True))
-    os.replace(tmp, path)
+    make_private_dir(path.parent)
+    write_private_text(path, json.dumps(job, sort_keys=True))
 
 
 def list_jobs(data_dir: str | os.PathLike[str], recording_id: str) -> list[dict[str, Any]]:

@@ -40,7 +40,16 @@ from aiortc.rtp import RtpPacket
 from conference.config import ConfigError, add_settings_arguments, settings_from_args
 from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
 
-from .archive import ArchiveError, Recording, TrackInfo, check_recording_id, recording_dir
+from .archive import (
+    FILE_MODE,
+    ArchiveError,
+    Recording,
+    TrackInfo,
+    check_recording_id,
+    make_private_dir,
+    recording_dir,
+    write_private_text,
+)
 from .font import caption, fit_text, text_mask
 
 log = logging.getLogger(__name__)
@@ -826,9 +835,7 @@ def write_vtt(path: Path, chapters: list[Chapter], duration: float) -> None:
         if end <= chapter.at:
             continue
         lines += [str(i + 1), f"{_vtt_time(chapter.at)} --> {_vtt_time(end)}", chapter.title, ""]
-    tmp = path.with_suffix(".vtt.part")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_private_text(path, "\n".join(lines))
 
 
 def render(
@@ -865,7 +872,7 @@ def render(
         else:
             log.warning("track %d: codec %s %s is not rendered", track.number, track.media, track.codec)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(output.parent)
     part = output.with_name(output.name + ".part")
     container = av.open(str(part), "w", format="mp4", options={"movflags": "+faststart"})
     try:
@@ -946,6 +953,7 @@ def render(
         part.unlink(missing_ok=True)
         raise
     container.close()
+    os.chmod(part, FILE_MODE)  # PyAV creates it under the umask: an assembly record is 0640
     os.replace(part, output)
     vtt = None
     if options.vtt:

@@ -18,7 +18,14 @@ from typing import Any
 
 from conference.room import Event, RoomState
 
-from .archive import ArchiveError, Recording, RecordingWriter, list_recordings, recording_dir
+from .archive import (
+    ArchiveError,
+    Recording,
+    RecordingWriter,
+    list_recordings,
+    make_private_dir,
+    recording_dir,
+)
 from .jobs import RenderJobs, interrupted, list_jobs, options_from_job
 from .render import RenderError, RenderOptions
 
@@ -60,7 +67,7 @@ class RecorderService:
         directory = recording_dir(self.data_dir, recording_id)  # checks the id
         if recording_id in self._writers or directory.exists():
             raise ArchiveError(f"recording {recording_id!r} already exists")
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory.parent)
         started_at = state.recording.started_at or time.time()
         writer = await asyncio.to_thread(
             RecordingWriter, directory, recording_id, room, started_at, fsync=self._fsync

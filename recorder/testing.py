@@ -22,7 +22,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtpPacket
 
-from .archive import RecordingWriter, recording_dir
+from .archive import RecordingWriter, make_private_dir, recording_dir
 
 VIDEO_PT, AUDIO_PT = 96, 111
 
@@ -133,7 +133,7 @@ def write_meeting(
     """Write ``script`` as recording ``recording_id``; returns the (closed) writer."""
     started_at = time.time() if started_at is None else started_at
     directory = recording_dir(data_dir, recording_id)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory.parent)
     writer = RecordingWriter(directory, recording_id, room, started_at=started_at, flush_interval=60.0)
     layout, slots = script.first_program
     present = [p for p in script.people if p.joins_at <= 0]

@@ -62,6 +62,12 @@ class RecordingControl:
                 # Undo, so the room does not claim to record what is not being stored.
                 await self.store.update(room, room_commands.stop_recording)
                 raise CommandError("internal", f"the recorder could not start: {exc}") from None
+            current = await self.store.get(room)
+            if current is None or current.recording.recording_id != recording_id:
+                # Stopped while the writer opened (the last participant left): the stop found no
+                # writer to close, so close it here rather than leave it running unowned.
+                await self.service.stop(room, recording_id)
+                raise CommandError("conflict", "the recording stopped as it started (the room emptied)")
             self.media.set_recorder(room, sink)
         return state, recording_id
 

@@ -120,6 +120,9 @@ async def test_non_publishers_never_publish(store: MemoryRoomStore) -> None:
 
 
 async def test_recording_start_stop(store: MemoryRoomStore) -> None:
+    with pytest.raises(CommandError, match="nobody is in the room"):
+        await store.update("council", lambda s: r.start_recording(s, "council-w", now=1.0))
+    await store.update("council", lambda s: r.join(s, person("a")))
     state, events = await store.update("council", lambda s: r.start_recording(s, "council-x", now=1.0))
     assert state.recording.active and events[0]["recording_id"] == "council-x"
     with pytest.raises(CommandError):
