@@ -257,3 +257,22 @@ async def test_close_reasons_fit_a_close_frame(signaling_server) -> None:
         assert frame.data == 4401 and frame.extra.startswith("invalid claims")
         assert len(frame.extra.encode()) <= 123
         await ws.close()
+
+
+async def test_removal_survives_a_restart(signaling_server, connect, mint, settings) -> None:
+    """The removal is in the room state, which the default (SQLite) store keeps across a restart."""
+    first = await signaling_server()
+    chair = await connect(first, mint("council", "chair", "chair"))
+    await chair.ok("join")
+    token = mint("council", "heckler", "member")
+    member = await connect(first, token)
+    await member.ok("join")
+    await chair.ok("remove", identity="heckler")
+    assert await member.closed() == 4410
+    await chair.close()
+    await first.close()
+    second = await signaling_server()  # same data directory
+    again = await connect(second, token)
+    assert await again.closed() == 4403
+    status, _ = await call("GET", second.make_url("/api/rooms/council"), bearer(token))
+    assert status == 403
