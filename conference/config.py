@@ -24,6 +24,9 @@ class ConfigError(ValueError):
     """A setting with a bad value; the message names the setting and where it came from."""
 
 
+MEDIA_BACKEND_NAMES = ("sfu", "relay_baseline")
+
+
 @dataclass(slots=True)
 class Settings:
     # 127.0.0.1 by default: nothing is exposed until asked. Venues on the LAN need 0.0.0.0 (or the
@@ -45,6 +48,9 @@ class Settings:
     max_endpoints: int = 50
     # REMB sent to every video publisher: the browser keeps its camera under this bitrate.
     publish_max_bitrate: int = 1_500_000
+    # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
+    # (None: no cap beyond max_endpoints - 1).
+    max_previews: int | None = None
     reconnect_grace_s: float = 30.0
     auto_record: bool = False
     redis_url: str | None = None
@@ -54,8 +60,10 @@ class Settings:
     ws_rate: float = 20.0  # messages per second per connection (token bucket refill)
     ws_burst: int = 40  # token bucket size
     media: bool = True  # False: signaling only (NullMedia)
-    media_backend: str = "sfu"  # module conference.<name> providing create_backend(settings)
+    media_backend: str = "sfu"  # "sfu", or "relay_baseline" (decode/re-encode, for comparison)
     recording_retention_days: int | None = None  # None: keep recordings until deleted
+    recording_auto_render: bool = True  # render the default layout as soon as a recording stops
+    recording_fsync: bool = False  # fsync each recorded track file as it is closed (durable, slower)
     shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -74,6 +82,8 @@ class Settings:
         return f"{scheme}://{host}:{self.port}"
 
     def validate(self) -> None:
+        if self.media_backend not in MEDIA_BACKEND_NAMES:
+            raise ConfigError(f"media_backend must be one of {', '.join(MEDIA_BACKEND_NAMES)}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -146,6 +156,7 @@ _FIELD_TYPES: dict[str, str] = {
     "rtc_announced_address": "str?",
     "max_endpoints": "int",
     "publish_max_bitrate": "int",
+    "max_previews": "int?",
     "reconnect_grace_s": "float",
     "auto_record": "bool",
     "redis_url": "str?",
@@ -156,6 +167,8 @@ _FIELD_TYPES: dict[str, str] = {
     "media": "bool",
     "media_backend": "str",
     "recording_retention_days": "int?",
+    "recording_auto_render": "bool",
+    "recording_fsync": "bool",
     "shutdown_timeout_s": "float",
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
@@ -295,7 +308,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
         help="without --redis-url: sqlite (default, <data-dir>/rooms.sqlite3, survives restarts) or memory",
     )
     parser.add_argument("--no-media", action="store_true", help="signaling only, no media forwarding")
-    parser.add_argument("--media-backend", help="media backend module in conference/ (default sfu)")
+    parser.add_argument(
+        "--media-backend", choices=MEDIA_BACKEND_NAMES, help="media core (default sfu; relay_baseline to compare)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:

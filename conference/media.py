@@ -9,7 +9,7 @@ about the room from the events the store broadcasts (``room_changed``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .layouts import MAX_SLOTS
@@ -40,7 +40,6 @@ class SessionOptions:
     audio_slots: int = DEFAULT_AUDIO_SLOTS
     # The chair's console also receives every endpoint's feed.
     previews: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TrackSink(Protocol):
@@ -150,85 +149,3 @@ class NullMedia:
 
     async def close(self) -> None:
         return None
-
-
-# --- statistics shared by the backends and the benchmark ----------------------------------------
-
-
-class DelayHistogram:
-    """Forwarding delay per incoming packet: 1 us buckets up to 10 ms, then 1 ms buckets to 1 s.
-
-    One list increment per packet, percentiles computed only when asked."""
-
-    FINE = 10_000
-    COARSE = 1_000
-
-    def __init__(self) -> None:
-        self.counts = [0] * (self.FINE + self.COARSE)
-        self.total = 0
-        self.max_us = 0.0
-
-    def add(self, seconds: float) -> None:
-        us = seconds * 1e6
-        i = int(us)
-        if i >= self.FINE:
-            i = self.FINE + min(int(us / 1000) - 10, self.COARSE - 1)
-        self.counts[i] += 1
-        self.total += 1
-        if us > self.max_us:
-            self.max_us = us
-
-    def snapshot(self) -> dict[str, int]:
-        """Counts per bucket rounded down to two significant digits of microseconds (e.g. 2,544 us
-        counts under "2500"), non-empty buckets only: small enough for the stats API, and two
-        snapshots give the percentiles of the time between them (``window_percentile``)."""
-        out: dict[str, int] = {}
-        counts = self.counts
-        for i in range(len(counts)):
-            n = counts[i]
-            if n:
-                us = i if i < self.FINE else (i - self.FINE + 10) * 1000
-                key = str(_two_digits(us))
-                out[key] = out.get(key, 0) + n
-        return out
-
-    def percentile(self, p: float) -> float | None:
-        if not self.total:
-            return None
-        rank = p / 100 * self.total
-        seen = 0
-        for i, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank and n:
-                return float(i) if i < self.FINE else (i - self.FINE + 10) * 1000.0
-        return self.max_us
-
-
-def _two_digits(us: int) -> int:
-    if us < 100:
-        return us
-    scale = 10 ** (len(str(us)) - 2)
-    return us // scale * scale
-
-
-def window_percentile(before: dict[str, int], after: dict[str, int], p: float) -> float | None:
-    """The p-th percentile (us, a bucket's upper bound) of what two ``DelayHistogram.snapshot()``
-    calls counted in between; None if nothing was counted."""
-    counts = sorted((int(k), n - before.get(k, 0)) for k, n in after.items())
-    counts = [(k, n) for k, n in counts if n > 0]
-    total = sum(n for _, n in counts)
-    if not total:
-        return None
-    rank = p / 100 * total
-    seen = 0
-    for key, n in counts:
-        seen += n
-        if seen >= rank:
-            return float(_bucket_top(key))
-    return float(_bucket_top(counts[-1][0]))
-
-
-def _bucket_top(key: int) -> int:
-    if key < 100:
-        return key + 1
-    return key + 10 ** (len(str(key)) - 2)

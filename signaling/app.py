@@ -11,14 +11,16 @@ import importlib.resources
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from conference import __version__
+from conference import __version__, sfu
 from conference.config import Settings
 from conference.layouts import catalogue_json
+from conference.loadtest import relay_baseline
 from conference.media import MediaBackend, NullMedia
 from conference.roles import Permission, Role, can
 from conference.room import CommandError
@@ -87,19 +89,19 @@ def web_dir() -> Path:
     return Path(str(importlib.resources.files("web")))
 
 
+# The media cores a server can run (setting ``media_backend``): the SFU, and aiortc's
+# decode/re-encode relay that the benchmark compares it with.
+MEDIA_BACKENDS: dict[str, Callable[[Settings], MediaBackend]] = {
+    "sfu": sfu.create_backend,
+    "relay_baseline": relay_baseline.create_backend,
+}
+
+
 def build_media(settings: Settings) -> MediaBackend:
-    """The configured media backend, or NullMedia when media is off or not built yet."""
+    """The configured media backend, or NullMedia when media is off (signaling only)."""
     if not settings.media:
         return NullMedia()
-    module_name = f"conference.{settings.media_backend}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        log.warning("%s is not available: running without media (signaling only)", module_name)
-        return NullMedia()
-    return module.create_backend(settings)
+    return MEDIA_BACKENDS[settings.media_backend](settings)
 
 
 # --- errors and authorisation ------------------------------------------------------------------

@@ -7,18 +7,17 @@ the server says so once in its log.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import secrets
 import time
-from typing import Any
 
 from conference import room as room_commands
 from conference.config import Settings
 from conference.media import MediaBackend
 from conference.room import CommandError, Event, RoomState
 from conference.store import RoomStore
+from recorder.service import RecorderService
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +28,12 @@ def new_recording_id(room: str, now: float | None = None) -> str:
     return f"{room}-{stamp}-{secrets.token_hex(2)}"
 
 
-def _load_service(settings: Settings) -> Any | None:
-    try:
-        module = importlib.import_module("recorder.service")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("recorder.service", "recorder"):
-            log.warning("recorder.service is not installed: recordings are not stored")
-            return None
-        raise
-    return module.RecorderService(settings)
-
-
 class RecordingControl:
     def __init__(self, settings: Settings, store: RoomStore, media: MediaBackend) -> None:
         self.settings = settings
         self.store = store
         self.media = media
-        self.service = _load_service(settings)
+        self.service: RecorderService | None = RecorderService(settings)
 
     @property
     def stores_recordings(self) -> bool:

@@ -20,14 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conference.rtp import (
-    ExtensionMap,
-    StreamRewriter,
-    abs_send_time,
-    audio_level,
-    is_keyframe,
-    parse_header,
-)
+from conference.sfu.packet import ExtensionMap, abs_send_time, audio_level, parse_header
+from conference.sfu.payload import is_keyframe
+from conference.sfu.rewriter import StreamRewriter
 
 
 def chrome_packet(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, level: int | None) -> bytes:

@@ -257,7 +257,7 @@ async def server_process(
             port = int(s.getsockname()[1])
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = data_dir / "server.log"
-    args = [sys.executable, "-m", "conference", "serve", "--host", host, "--port", str(port)]
+    args = [sys.executable, "-m", "signaling", "serve", "--host", host, "--port", str(port)]
     args += ["--data-dir", str(data_dir), "--secret", SECRET, "--admin-key", ADMIN_KEY]
     args += ["--reconnect-grace", "10", "--log-level", "WARNING"]
     if tls is not None:

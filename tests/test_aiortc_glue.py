@@ -15,7 +15,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from test_sfu_support import ColourTrack, nearest_colour, wait_for
 
-from conference import aiortc_glue as glue
+from conference.sfu import aiortc_glue as glue
 
 pytestmark = pytest.mark.media
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conference.bench import _process_cpu_seconds, percentile
+from conference.loadtest.bench import _process_cpu_seconds, percentile
 
 REQUIRED = [
     "endpoints",
@@ -63,7 +63,7 @@ def test_process_cpu_of_this_process() -> None:
 )
 def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "conference", "bench", *args],
+        [sys.executable, "-m", "signaling", "bench", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -80,7 +80,7 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conference",
+            "signaling",
             "bench",
             "--endpoints",
             "3",
@@ -143,7 +143,7 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conference",
+            "signaling",
             "recordings",
             "list",
             "--json",
@@ -163,7 +163,7 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
 def test_forwarding_delay_percentiles_of_a_window() -> None:
     """Two histogram snapshots give the percentiles of what happened between them only: the slow
     packets before the window (joins) do not count."""
-    from conference.media import DelayHistogram, window_percentile
+    from conference.sfu.stats import DelayHistogram, window_percentile
 
     histogram = DelayHistogram()
     for _ in range(100):

@@ -27,8 +27,8 @@ import av
 import pytest
 from browser_util import CENTRE_PIXEL_JS, eventually, log, rest, server_process, set_program
 
-from conference.endpoint import Endpoint, EndpointConfig
-from conference.testmedia import MediaParams, colour_for, load_clip
+from conference.loadtest.endpoint import Endpoint, EndpointConfig
+from conference.loadtest.testmedia import MediaParams, colour_for, load_clip
 
 pytestmark = [pytest.mark.browser, pytest.mark.media]
 

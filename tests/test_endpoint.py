@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
-from conference.endpoint import (
+from conference.loadtest.endpoint import (
     VP8_MAX_PAYLOAD,
     Endpoint,
     EndpointConfig,
@@ -35,8 +35,7 @@ from conference.endpoint import (
     vp8_chunks,
     vp8_payload,
 )
-from conference.rtp import audio_level, parse_extensions, parse_header
-from conference.testmedia import (
+from conference.loadtest.testmedia import (
     MAX_INDEX,
     SPEAKING_LEVEL,
     MediaParams,
@@ -46,6 +45,7 @@ from conference.testmedia import (
     identify_frame,
     load_clip,
 )
+from conference.sfu.packet import audio_level, parse_extensions, parse_header
 from signaling.app import MEDIA_KEY
 
 pytestmark = pytest.mark.media

@@ -291,7 +291,7 @@ async def test_a_gstreamer_venue_publishes_and_receives_by_colour_and_tone(
 
         room = backend.rooms[ROOM]
         assert "gst-venue" in room.speakers
-        producer = room.sessions["gst-venue"].producers["audio"]
+        producer = room.transports["gst-venue"].producers["audio"]
         stats = backend.stats()
         if level_extension:
             # Chosen from the levels it sends: nothing decoded on the server.

@@ -215,7 +215,7 @@ async def test_service_records_and_renders_the_program_when_stopped(tmp_path: Pa
 
 
 def test_recordings_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from conference.cli import main
+    from signaling.cli import main
 
     script = Script(
         [Speaker("a", "Alice", (255, 0, 0), 440.0)], duration=1.0, first_program=("single", ["a"])

@@ -24,8 +24,8 @@ import av
 import numpy as np
 import pytest
 
-from conference.endpoint import Endpoint, EndpointConfig
-from conference.testmedia import colour_for
+from conference.loadtest.endpoint import Endpoint, EndpointConfig
+from conference.loadtest.testmedia import colour_for
 from recorder.archive import Recording
 from recorder.render import RenderOptions, render
 from signaling.tokens import mint_token
@@ -62,7 +62,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         [
             sys.executable,
             "-m",
-            "conference",
+            "signaling",
             "serve",
             "--port",
             str(port),

@@ -232,7 +232,7 @@ def test_render_errors_are_clear(meeting: tuple[Path, Script], tmp_path: Path) -
 def test_render_command(
     meeting: tuple[Path, Script], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conference.cli import main
+    from signaling.cli import main
 
     data, _ = meeting
     out = tmp_path / "cli.mp4"

@@ -1,4 +1,5 @@
-"""Packet-level RTP: parsing, keyframe detection and the per-slot rewriting of conference.rtp.
+"""Packet-level RTP: parsing, keyframe detection and the per-slot rewriting
+of conference.sfu's packet modules.
 
 aiortc is the reference: its RtpPacket/HeaderExtensionsMap parse what we write, its VP8 and H.264
 encoders/packetisers produce the payloads, and a real VP8 decoder decodes a stream switched between two
@@ -22,25 +23,21 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket, pack_header_extensions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conference.rtp import (
-    MAX_SEQUENCE_STEP,
+from conference.sfu.packet import (
     URI_ABS_SEND_TIME,
     URI_AUDIO_LEVEL,
     URI_MID,
     ExtensionMap,
-    PacketCache,
     RtpHeader,
-    StreamRewriter,
     abs_send_time,
     audio_level,
     extension_value,
-    h264_is_keyframe,
-    is_keyframe,
     parse_extensions,
     parse_header,
-    vp8_descriptor,
-    vp8_is_keyframe,
 )
+from conference.sfu.payload import h264_is_keyframe, is_keyframe, vp8_descriptor, vp8_is_keyframe
+from conference.sfu.reception import PacketCache
+from conference.sfu.rewriter import MAX_SEQUENCE_STEP, StreamRewriter
 
 # The publisher's extension ids (what a browser might pick) differ from the subscriber's on purpose.
 PUB_MID, PUB_ABS, PUB_LEVEL = 4, 2, 1
@@ -784,20 +781,21 @@ def test_rtp_module_does_not_import_aiortc() -> None:
     import ast
     import inspect
 
-    import conference.rtp
+    from conference.sfu import packet, payload, reception, rewriter, rtcp
 
-    tree = ast.parse(inspect.getsource(conference.rtp))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        node.module.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module
-    }
-    assert imported <= {"__future__", "random", "struct", "collections", "typing"}, imported
+    for module in (packet, payload, rewriter, reception, rtcp):
+        tree = ast.parse(inspect.getsource(module))
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level
+        }
+        assert imported <= {"__future__", "random", "struct", "collections", "typing"}, (module, imported)
 
 
 def test_a_source_that_restarts_its_numbering_continues_the_slot() -> None:
@@ -910,7 +908,7 @@ def test_resync_keeps_a_pending_switch() -> None:
 
 
 def test_reception_stats_count_loss_wrap_and_late_packets() -> None:
-    from conference.rtp import ReceptionStats
+    from conference.sfu.reception import ReceptionStats
 
     stats = ReceptionStats(90_000, track_missing=True)
     now = 1000.0
@@ -935,7 +933,8 @@ def test_feedback_packets_parse_as_rtcp() -> None:
     """Our RR, REMB and NACK read back with aiortc's RTCP parser (an independent implementation)."""
     from aiortc.rtp import RtcpPacket, unpack_remb_fci
 
-    from conference.rtp import ReceptionStats, rtcp_nack, rtcp_receiver_report, rtcp_remb
+    from conference.sfu.reception import ReceptionStats
+    from conference.sfu.rtcp import rtcp_nack, rtcp_receiver_report, rtcp_remb
 
     stats = ReceptionStats(90_000, track_missing=True)
     for seq in (100, 101, 104, 105):

@@ -194,7 +194,7 @@ async def test_subscriber_pli_is_relayed_upstream_rate_limited() -> None:
 
         publisher_sender._send_keyframe = record  # type: ignore[method-assign]
         receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
-        slot_ssrc = meeting.backend.rooms["hall"].sessions["expert-b"].video[0].sender._ssrc
+        slot_ssrc = meeting.backend.rooms["hall"].transports["expert-b"].video[0].rewriter.ssrc
         stats = meeting.backend.stats
         relayed = stats()["keyframe_requests_relayed"]
         # A burst of PLIs from the subscriber reaches the publisher, as keyframe requests spaced by
@@ -218,12 +218,12 @@ async def test_nack_is_answered_from_the_publishers_cache() -> None:
         b = await meeting.add("expert-b", 1)
         await meeting.command(set_program, "single", ["hall-a"])
         await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
-        track = meeting.backend.rooms["hall"].sessions["expert-b"].video[0]
+        track = meeting.backend.rooms["hall"].transports["expert-b"].video[0]
         receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
         last = track.rewriter.last_sequence
         before = meeting.backend.stats()
         sent_before = track.packets
-        await receiver._send_rtcp_nack(track.sender._ssrc, [(last - 1) & 0xFFFF, last])
+        await receiver._send_rtcp_nack(track.rewriter.ssrc, [(last - 1) & 0xFFFF, last])
         await wait_for(
             lambda: meeting.backend.stats()["nacks_answered"] >= before["nacks_answered"] + 2, 3, "NACK"
         )
@@ -231,7 +231,7 @@ async def test_nack_is_answered_from_the_publishers_cache() -> None:
         assert track.packets >= sent_before  # retransmissions go out on the same leg
         # A sequence number never sent cannot be answered.
         answered = meeting.backend.stats()["nacks_answered"]
-        await receiver._send_rtcp_nack(track.sender._ssrc, [(last + 30000) & 0xFFFF])
+        await receiver._send_rtcp_nack(track.rewriter.ssrc, [(last + 30000) & 0xFFFF])
         await wait_for(
             lambda: meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 3, 3, "N"
         )
@@ -248,7 +248,7 @@ async def test_bad_answers_are_refused_and_change_nothing() -> None:
         session = await meeting.backend.open_session(
             "hall",
             "expert-b",
-            meeting.backend.rooms["hall"].sessions["hall-a"].options,
+            meeting.backend.rooms["hall"].transports["hall-a"].options,
             meeting.store._rooms["hall"],
         )
         with pytest.raises(MediaError) as excinfo:
@@ -296,13 +296,13 @@ async def test_h264_is_forwarded_where_both_sides_offer_it(caplog: pytest.LogCap
         await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
         await wait_for(lambda: b.video(0).colour == 0 and b.video(1).colour == 1, 15, "H.264 and VP8 slots")
         room = meeting.backend.rooms["hall"]
-        assert room.sessions["hall-a"].producers["video"].codec == "h264"
-        assert room.sessions["expert-b"].video[0].rewriter.codec == "h264"
+        assert room.transports["hall-a"].producers["video"].codec == "h264"
+        assert room.transports["expert-b"].video[0].rewriter.codec == "h264"
         assert not no_decode_errors(caplog, meeting), meeting.backend.stats()["nacks_received"]
         # The same slot switches to a VP8 source (codec and payload type change at the keyframe).
         await meeting.command(set_program, "single", ["expert-b"])
         await wait_for(lambda: b.video(0).colour == 1, 10, "slot 0 switches from H.264 to VP8")
-        assert room.sessions["expert-b"].video[0].rewriter.codec == "vp8"
+        assert room.transports["expert-b"].video[0].rewriter.codec == "vp8"
         frames = b.video(0).frames
         await wait_for(lambda: b.video(0).frames > frames + 5 and b.video(0).colour == 1, 5, "VP8 flows")
         # aiortc's receiver hands the frame completed by a packet to the decoder of that packet's
@@ -399,9 +399,9 @@ async def test_a_second_session_of_the_same_identity_replaces_the_first() -> Non
         b = await meeting.add("expert-b", 1)
         await meeting.command(set_program, "single", ["expert-b"])
         await wait_for(lambda: a.video(0).colour == 1, 10, "a sees b")
-        old = meeting.backend.rooms["hall"].sessions["expert-b"]
+        old = meeting.backend.rooms["hall"].transports["expert-b"]
         b2 = await meeting.add("expert-b", 1)  # b's old connection is still up
-        assert old.closed and meeting.backend.rooms["hall"].sessions["expert-b"] is not old
+        assert old.closed and meeting.backend.rooms["hall"].transports["expert-b"] is not old
         frames = a.video(0).frames
         await wait_for(lambda: a.video(0).frames > frames + 5 and a.video(0).colour == 1, 10, "a sees b2")
         await wait_for(lambda: b2.video(0).colour == 1, 10, "b2 sees itself in the program")
@@ -421,9 +421,9 @@ async def test_a_removed_participant_loses_its_session_and_its_slots_empty() -> 
         await wait_for(lambda: a.video(1).colour == 1, 10, "a sees b")
         await meeting.command(remove, "expert-b")
         room = meeting.backend.rooms["hall"]
-        assert "expert-b" not in room.sessions
+        assert "expert-b" not in room.transports
         assert meeting.backend.stats()["sessions"] == 1
-        assert room.sessions["hall-a"].video[1].source is None
+        assert room.transports["hall-a"].video[1].source is None
         frames = a.video(1).frames
         await asyncio.sleep(0.5)
         assert a.video(1).frames <= frames + 1  # at most a frame in flight, then nothing
@@ -468,7 +468,7 @@ async def test_publishers_get_receiver_reports_remb_and_nacks_for_what_was_lost(
 
         # One video packet lost on the way in (before SRTP: a packet unprotected once would be
         # refused again as a replay): the gap is NACKed and the retransmission arrives.
-        session = meeting.backend.rooms["hall"].sessions["hall-a"]
+        session = meeting.backend.rooms["hall"].transports["hall-a"]
         producer = session.producers["video"]
         ice = session.pc.getTransceivers()[0].receiver.transport.transport
         protocols = list(ice._connection._protocols)

@@ -89,8 +89,8 @@ async def test_ten_endpoints_and_a_chair_with_previews() -> None:
         room = meeting.backend.rooms["hall"]
         assert {who: seen[who]["heard"] for who in slots} == want, (
             room.speakers,
-            {who: [(t.want, t.packets) for t in room.sessions[who].audio] for who in slots},
-            {p.identity: (p.packets, round(p.score, 1)) for p in room.producers("audio")},
+            {who: [(t.want, t.packets) for t in room.transports[who].audio] for who in slots},
+            {p.identity: (p.packets, round(p.voice.score, 1)) for p in room.producers("audio")},
         )
         stats = meeting.backend.stats()
         assert stats["decoded_frames"] == 0

@@ -22,11 +22,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from conference import aiortc_glue as glue
 from conference.media import SessionOptions
 from conference.roles import Role
 from conference.room import Participant, join
 from conference.sfu import SfuBackend
+from conference.sfu import aiortc_glue as glue
 from conference.store import MemoryRoomStore
 
 WIDTH, HEIGHT, FPS = 160, 96, 10

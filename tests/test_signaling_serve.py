@@ -41,7 +41,7 @@ async def test_serve_https_wss_and_graceful_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conference",
+            "signaling",
             "serve",
             "--port",
             str(port),

@@ -127,7 +127,7 @@ def test_secret_and_admin_key_files_are_generated_once(tmp_path: Path) -> None:
 
 def test_token_command_uses_the_same_secret_as_the_server(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "conference", "token", "--data-dir", str(data)]
+    cmd = [sys.executable, "-m", "signaling", "token", "--data-dir", str(data)]
     out = subprocess.run(
         [
             *cmd,

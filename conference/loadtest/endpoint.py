@@ -3,7 +3,7 @@ pre-encoded media, and counts (and optionally decodes) what it receives.
 
 Tests and the benchmark (``conference bench``) use it as a venue, a member on a phone or the chair.
 
-Publishing: the endpoint's camera and microphone are :mod:`conference.testmedia` loops, so it spends
+Publishing: the endpoint's camera and microphone are :mod:`conference.loadtest.testmedia` loops, so it spends
 no CPU encoding. With ``raw_media`` (the benchmark's load processes) a :class:`RawPublisher` sends
 them as ready-made RTP on the leg; otherwise aiortc's senders packetise them, and two per-sender
 hooks make pre-encoded media behave like a browser's:
@@ -27,7 +27,7 @@ Each test video encodes its endpoint index in its colour, so a decoded frame tel
 A slot decoder that waits for a keyframe for more than ``KEYFRAME_WAIT_S`` asks for one with a PLI
 (``RTCRtpReceiver._send_rtcp_pli``), as a browser's decoder does.
 
-Every private aiortc name the endpoint relies on is reached through :mod:`conference.aiortc_glue`
+Every private aiortc name the endpoint relies on is reached through :mod:`conference.sfu.aiortc_glue`
 and checked there (:func:`check_aiortc_hooks` runs its check before the first peer connection).
 """
 
@@ -55,9 +55,7 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from . import aiortc_glue as glue
-from .rtp import URI_AUDIO_LEVEL, URI_MID
-from .testmedia import (
+from conference.loadtest.testmedia import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_RATE,
     SILENT_LEVEL,
@@ -70,6 +68,8 @@ from .testmedia import (
     identify_frame,
     load_clip,
 )
+from conference.sfu import aiortc_glue as glue
+from conference.sfu.packet import URI_AUDIO_LEVEL, URI_MID
 
 DecodeMode = Literal["all", "probe", "none"]
 

@@ -1,7 +1,7 @@
 """``conference bench``: a meeting of N real endpoints against the server, measured.
 
 The benchmark starts ``conference serve`` in its own process (or uses ``--url``), spreads N test
-endpoints (:mod:`conference.endpoint`: one chair, the rest venues and members) over a few worker
+endpoints (:mod:`conference.loadtest.endpoint`: one chair, the rest venues and members) over a few worker
 processes, has the chair change the program every few seconds, and reports in JSON and as a table.
 
 Phases (each bounded in time):
@@ -16,7 +16,7 @@ Phases (each bounded in time):
 5. every endpoint pauses its camera and microphone, in-flight packets drain, and delivery is counted:
    per subscriber and slot, packets received over packets the server says it sent.
 
-Worker processes run ``python -m conference.bench --worker`` and speak JSON lines: the parent
+Worker processes run ``python -m conference.loadtest.bench --worker`` and speak JSON lines: the parent
 writes commands on their stdin, they answer on stdout.
 """
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from .media import window_percentile
+from conference.sfu.stats import window_percentile
 
 # Targets of the issue at 50 endpoints (see docs/performance.md).
 TARGETS = {
@@ -280,7 +280,7 @@ class Bench:
         command = [
             sys.executable,
             "-m",
-            "conference",
+            "signaling",
             "serve",
             "--host",
             "127.0.0.1",
@@ -348,17 +348,20 @@ class Bench:
         return media
 
     async def token(self, identity: str, role: str) -> str:
-        if not self.args.url:
-            from signaling.tokens import mint_token
-
-            return mint_token(self.secret, self.args.room, identity, identity, role, ttl=3600)
+        """A token from the server's own REST API (the load generator never holds the secret's
+        code path: it is a client like any other); a 429 (rate limit) is waited out."""
         assert self.http is not None
         body = {"room": self.args.room, "identity": identity, "name": identity, "role": role, "ttl": 3600}
         headers = {"Authorization": f"Bearer {self.admin_key}"}
-        async with self.http.post(f"{self.url}/api/tokens", json=body, headers=headers) as response:
-            if response.status != 201:
-                raise BenchError(f"POST /api/tokens: HTTP {response.status}: {await response.text()}")
-            return str((await response.json())["token"])
+        for _ in range(50):
+            async with self.http.post(f"{self.url}/api/tokens", json=body, headers=headers) as response:
+                if response.status == 429:
+                    await asyncio.sleep(min(5.0, float(response.headers.get("Retry-After", "0.5") or 0.5)))
+                    continue
+                if response.status != 201:
+                    raise BenchError(f"POST /api/tokens: HTTP {response.status}: {await response.text()}")
+                return str((await response.json())["token"])
+        raise BenchError("POST /api/tokens: still rate limited after 50 tries")
 
     # -- workers --
 
@@ -374,7 +377,7 @@ class Bench:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "conference.bench",
+                "conference.loadtest.bench",
                 "--worker",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -504,7 +507,7 @@ class Bench:
 
 
 def _layout_size(name: str) -> int:
-    from .layouts import get_layout
+    from conference.layouts import get_layout
 
     return get_layout(name).size
 
@@ -747,8 +750,8 @@ async def _read_command() -> dict[str, Any]:
 
 
 async def _worker(spec: dict[str, Any]) -> None:
-    from .endpoint import Endpoint, EndpointConfig
-    from .testmedia import load_clip
+    from conference.loadtest.endpoint import Endpoint, EndpointConfig
+    from conference.loadtest.testmedia import load_clip
 
     cache_dir = Path(spec["cache_dir"]) if spec.get("cache_dir") else None
     endpoints: list[Endpoint] = []
@@ -846,5 +849,8 @@ def _worker_entry() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
         sys.exit(_worker_entry())
-    print("usage: python -m conference.bench --worker (internal); use `conference bench`", file=sys.stderr)
+    print(
+        "usage: python -m conference.loadtest.bench --worker (internal); use `conference bench`",
+        file=sys.stderr,
+    )
     sys.exit(2)

@@ -17,7 +17,7 @@ import math
 import av
 import numpy as np
 
-from .rtp import RtpHeader
+from .packet import RtpHeader
 
 SILENCE = 127
 # At most 1 s of 20 ms packets waits for a tick: a late tick measures what it holds, no more.

@@ -91,7 +91,7 @@ class GlueError(RuntimeError):
 
 def _fail(what: str) -> GlueError:
     return GlueError(
-        f"aiortc/aioice internals changed: {what}. conference.aiortc_glue is written for "
+        f"aiortc/aioice internals changed: {what}. conference.sfu.aiortc_glue is written for "
         f"aiortc=={PINNED['aiortc']} and aioice=={PINNED['aioice']}; re-check it before upgrading."
     )
 

@@ -31,8 +31,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from .media import Emit, MediaError, RecordingSink, SessionOptions
-from .room import Event, RoomState
+from conference.media import Emit, MediaError, RecordingSink, SessionOptions
+from conference.room import Event, RoomState
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,179 @@
+"""A down-track: one receive slot of one subscriber, filled by whichever producer the policy puts
+there (as LiveKit's ``DownTrack``). Switching a slot never renegotiates: its ``StreamRewriter``
+rebases sequence numbers, timestamps and VP8 picture ids on the new source's keyframe so the
+subscriber sees one continuous stream.
+
+A down-track knows its transport only through ``Output`` (send one RTP packet); the transport calls
+``on_keyframe_request`` and ``on_nack`` when the subscriber sends PLI/FIR or NACK.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .packet import FORWARDED_CODECS, CodecInfo, ExtensionMap, abs_send_time, parse_header
+from .rewriter import StreamRewriter
+from .stats import Counters
+
+if TYPE_CHECKING:
+    from .producer import Producer
+
+Kind = Literal["audio", "video"]
+Role = Literal["video", "audio", "preview"]
+
+
+class Output(Protocol):
+    """Where a down-track's packets go: a WebRTC leg, a plain-RTP socket, Python code."""
+
+    def send(self, data: bytes) -> bool:
+        """Send one RTP packet; False if it could not be sent (the leg is not up yet)."""
+        ...
+
+
+class DownTrack:
+    """One receive slot (a sendonly m-line, a plain-RTP stream, an in-process sink)."""
+
+    def __init__(self, kind: Kind, role: Role, index: int, output: Output, counters: Counters) -> None:
+        self.kind = kind
+        self.role = role  # "video" (program slot), "audio" or "preview"
+        self.index = index
+        self.output = output
+        self.counters = counters
+        self.mid = ""
+        self.rewriter: StreamRewriter = None  # type: ignore[assignment]  # set by configure()
+        self.codecs: dict[str, CodecInfo] = {}
+        self.payload_types: dict[int, CodecInfo] = {}
+        self.want: str | None = None  # identity that should fill the slot
+        self.source: Producer | None = None
+        self.waiting: Producer | None = None  # switching to this one on its next keyframe
+        self.waiting_since = 0.0
+        self.packets = 0
+        # Set by a transport whose stack sends sender reports from its own counters (aiortc).
+        self.report: Callable[[StreamRewriter], None] | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.rewriter is not None
+
+    def configure(
+        self, ssrc: int, codecs: list[CodecInfo], extensions: dict[str, int], mid: str = ""
+    ) -> bool:
+        """What was negotiated for this slot: its SSRC, codecs (the subscriber's preference first)
+        and header extension ids. False if no codec we forward was negotiated."""
+        codecs = [c for c in codecs if c.name in FORWARDED_CODECS]
+        if not codecs:
+            return False
+        self.mid = mid
+        # First of each name wins (the subscriber's preference); exact payload types kept apart.
+        self.codecs = {}
+        for c in codecs:
+            self.codecs.setdefault(c.name, c)
+        self.payload_types = {c.payload_type: c for c in codecs}
+        first = codecs[0]
+        self.rewriter = StreamRewriter(
+            ssrc,
+            first.payload_type,
+            self.kind,
+            first.clock_rate,
+            first.name,  # type: ignore[arg-type]
+            ExtensionMap.from_uris(extensions),
+            mid.encode(),
+        )
+        return True
+
+    def accepts(self, producer: Producer) -> bool:
+        return producer.codec in self.codecs
+
+    def set_want(self, identity: str | None, producer: Producer | None) -> bool:
+        """Fill the slot with ``identity``'s producer (None: empty). True if the occupant changed."""
+        changed = identity != self.want
+        self.want = identity
+        if producer is not None and not self.accepts(producer):
+            producer = None  # e.g. H.264 publisher, VP8-only subscriber: the slot stays empty
+        if producer is None:
+            self._cancel_wait()
+            if self.source is not None:
+                self.source.remove_consumer(self)
+                self.source = None
+                self.rewriter.detach()
+            return changed
+        if producer is self.source:
+            self._cancel_wait()
+            return changed
+        if self.kind == "audio":
+            self.take_source(producer, producer.ssrc or 0)
+            return changed
+        if producer is not self.waiting:
+            self._cancel_wait()
+            self.waiting = producer
+            self.waiting_since = time.monotonic()
+            producer.add_waiting(self)
+        return changed
+
+    def _cancel_wait(self) -> None:
+        if self.waiting is not None:
+            self.waiting.remove_waiting(self)
+            self.waiting = None
+
+    def take_source(self, producer: Producer, ssrc: int) -> None:
+        """Switch now (a video slot calls this on the new source's keyframe packet)."""
+        if self.source is not None and self.source is not producer:
+            self.source.remove_consumer(self)
+        if self.waiting is producer:
+            self.counters.switch_wait.add(time.monotonic() - self.waiting_since)
+        self.waiting = None
+        # The publisher's own payload type if the subscriber negotiated it with the same codec
+        # (e.g. the same H.264 profile), else the subscriber's first of that codec.
+        same = self.payload_types.get(producer.payload_type)
+        codec = same if same is not None and same.name == producer.codec else self.codecs[producer.codec]
+        # Rebased on this very packet (a keyframe, or any audio packet): the codec may change too.
+        self.rewriter.switch(ssrc, codec=producer.codec, payload_type=codec.payload_type)  # type: ignore[arg-type]
+        if self.source is not producer:
+            self.source = producer
+            producer.add_consumer(self)
+
+    def lose_source(self, producer: Producer) -> None:
+        if self.source is producer:
+            self.source = None
+            self.rewriter.detach()
+        if self.waiting is producer:
+            self.waiting = None
+
+    def on_keyframe_request(self) -> None:
+        """The subscriber sent PLI/FIR for this slot: relay it to whoever feeds (or will feed) it."""
+        self.counters.keyframe_requests_relayed += 1
+        producer = self.waiting or self.source
+        if producer is not None:
+            producer.request_keyframe()
+
+    def on_nack(self, sequence: int) -> None:
+        counters = self.counters
+        counters.nacks_received += 1
+        source = self.source
+        if source is None or source.cache is None:
+            return
+        source_sequence = self.rewriter.source_sequence(sequence)
+        if source_sequence is None:
+            return
+        data = source.cache.get(source_sequence)
+        if data is None:
+            return
+        header = parse_header(data)
+        if header is None:
+            return
+        now = time.time()
+        out = self.rewriter.rewrite(data, header, abs_send_time(now), None, False, now)
+        if out is not None and self.output.send(out):
+            counters.nacks_answered += 1
+
+    def update_sender_report(self) -> None:
+        rewriter = self.rewriter
+        if self.report is None or rewriter is None or not rewriter.packets_sent or rewriter.last_time is None:
+            return
+        self.report(rewriter)
+
+    def close(self) -> None:
+        if self.rewriter is not None:
+            self.set_want(None, None)

@@ -1,0 +1,154 @@
+"""The one VP8 (RFC 7741) and H.264 (RFC 6184) payload parser: descriptors and keyframe checks.
+
+Used by the rewriter (picture ids), the producer (keyframes, in place, no slice), the load
+endpoint and the recorder's depacketiser alike.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .packet import RtpHeader
+
+
+class Vp8Descriptor(NamedTuple):
+    """RFC 7741 VP8 payload descriptor."""
+
+    extended: bool  # X
+    non_reference: bool  # N
+    start: bool  # S
+    partition_id: int  # PID
+    picture_id: int | None  # I (7 or 15 bits)
+    picture_id_long: bool  # M: the picture id was sent in 15-bit form
+    tl0picidx: int | None  # L
+    tid: int | None  # T
+    layer_sync: bool  # Y
+    keyidx: int | None  # K
+    header_size: int  # offset of the VP8 payload header inside the RTP payload
+
+
+def vp8_descriptor(payload: bytes | memoryview) -> Vp8Descriptor:
+    """Parse the VP8 payload descriptor; ValueError if truncated."""
+    size = len(payload)
+    if size < 1:
+        raise ValueError("VP8 payload descriptor is empty")
+    b0 = payload[0]
+    picture_id = tl0 = tid = keyidx = None
+    long_id = sync = False
+    pos = 1
+    if b0 & 0x80:
+        if size < 2:
+            raise ValueError("VP8 payload descriptor is truncated")
+        b1 = payload[1]
+        pos = 2
+        if b1 & 0x80:
+            if size < pos + 1:
+                raise ValueError("VP8 picture id is truncated")
+            if payload[pos] & 0x80:
+                if size < pos + 2:
+                    raise ValueError("VP8 15-bit picture id is truncated")
+                picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
+                long_id = True
+                pos += 2
+            else:
+                picture_id = payload[pos]
+                pos += 1
+        if b1 & 0x40:
+            if size < pos + 1:
+                raise ValueError("VP8 TL0PICIDX is truncated")
+            tl0 = payload[pos]
+            pos += 1
+        if b1 & 0x30:
+            if size < pos + 1:
+                raise ValueError("VP8 TID/KEYIDX is truncated")
+            tk = payload[pos]
+            if b1 & 0x20:
+                tid = tk >> 6
+                sync = bool(tk & 0x20)
+            if b1 & 0x10:
+                keyidx = tk & 0x1F
+            pos += 1
+    return Vp8Descriptor(
+        bool(b0 & 0x80),
+        bool(b0 & 0x20),
+        bool(b0 & 0x10),
+        b0 & 0x0F,
+        picture_id,
+        long_id,
+        tl0,
+        tid,
+        sync,
+        keyidx,
+        pos,
+    )
+
+
+def _vp8_keyframe_at(data: bytes | memoryview, pos: int, end: int) -> bool:
+    """VP8 keyframe start: S=1, PID=0 and the payload header's P bit clear (plus the start code)."""
+    if end - pos < 1:
+        return False
+    b0 = data[pos]
+    if b0 & 0x1F != 0x10:  # S=1 and PID=0
+        return False
+    pos += 1
+    if b0 & 0x80:
+        if end - pos < 1:
+            return False
+        b1 = data[pos]
+        pos += 1
+        if b1 & 0x80:
+            if end - pos < 1:
+                return False
+            pos += 2 if data[pos] & 0x80 else 1
+        if b1 & 0x40:
+            pos += 1
+        if b1 & 0x30:
+            pos += 1
+    # VP8 payload header (RFC 6386 9.1): 3-byte frame tag, then the keyframe start code 9d 01 2a.
+    if end - pos < 6:
+        return False
+    return not data[pos] & 0x01 and data[pos + 3] == 0x9D and data[pos + 4] == 0x01 and data[pos + 5] == 0x2A
+
+
+def vp8_is_keyframe(payload: bytes | memoryview) -> bool:
+    """True if this RTP payload is the first packet of a VP8 keyframe."""
+    return _vp8_keyframe_at(payload, 0, len(payload))
+
+
+_H264_KEY_NALS = (5, 7)  # IDR slice, SPS
+
+
+def _h264_keyframe_at(data: bytes | memoryview, pos: int, end: int) -> bool:
+    if end - pos < 2:
+        return False
+    nal_type = data[pos] & 0x1F
+    if nal_type == 5 or nal_type == 7:
+        return True
+    if nal_type == 24:  # STAP-A: 16-bit size, then a NAL unit, repeated
+        pos += 1
+        while pos + 2 < end:
+            size = (data[pos] << 8) | data[pos + 1]
+            if size == 0 or pos + 2 + size > end:
+                return False
+            if data[pos + 2] & 0x1F in _H264_KEY_NALS:
+                return True
+            pos += 2 + size
+        return False
+    if nal_type == 28:  # FU-A: the start fragment of an IDR or SPS
+        fu = data[pos + 1]
+        return bool(fu & 0x80) and fu & 0x1F in _H264_KEY_NALS
+    return False
+
+
+def h264_is_keyframe(payload: bytes | memoryview) -> bool:
+    """True if this RTP payload carries an IDR slice or an SPS (single NAL, STAP-A, FU-A start)."""
+    return _h264_keyframe_at(payload, 0, len(payload))
+
+
+def is_keyframe(codec: str, data: bytes, header: RtpHeader) -> bool:
+    """Keyframe detection in place, for the hot path (audio is never a keyframe)."""
+    if codec == "vp8":
+        return _vp8_keyframe_at(data, header.payload_offset, header.payload_end)
+    if codec == "h264":
+        return _h264_keyframe_at(data, header.payload_offset, header.payload_end)
+    return False

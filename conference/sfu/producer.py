@@ -1,0 +1,331 @@
+"""A producer: one published track (an endpoint's microphone or camera, a clip, a telephone call)
+as it arrives at the server, and the hot path that forwards each of its packets to its consumers.
+
+A producer knows its transport only through ``Upstream`` (send feedback, ask for a keyframe) and
+its room only through ``ProducerListener`` (its first packet, the recording sink): consumers
+register with it through ``add_consumer`` / ``add_waiting``, they do not edit its lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from ..media import RecordingSink, TrackSink
+from ..policy import Voice
+from .audiolevel import OpusLevelMeter
+from .keyframes import KeyFrameRequestManager
+from .packet import URI_AUDIO_LEVEL, CodecInfo, RtpHeader, abs_send_time, audio_level
+from .payload import is_keyframe
+from .reception import PacketCache, ReceptionStats
+from .rtcp import rtcp_nack, rtcp_receiver_report, rtcp_remb
+from .stats import Counters
+
+if TYPE_CHECKING:
+    from .consumer import DownTrack
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["audio", "video"]
+
+REPORT_INTERVAL = 1.0  # receiver reports (and REMB) to each publisher
+
+
+class Upstream(Protocol):
+    """The transport a producer's packets arrive on, as the producer needs it."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send_rtcp(self, data: bytes) -> bool:
+        """Send RTCP to the publisher; False if the transport cannot (not connected yet)."""
+        ...
+
+    def send_pli(self, media_ssrc: int) -> None:
+        """Ask the publisher for a keyframe of ``media_ssrc``."""
+        ...
+
+    def last_sender_report(self, ssrc: int) -> tuple[int, float] | None:
+        """(NTP middle 32 bits, time.time() of arrival) of the publisher's last sender report."""
+        ...
+
+
+class ProducerListener(Protocol):
+    """The room a producer belongs to, as the producer needs it (``Router``)."""
+
+    @property
+    def sink(self) -> RecordingSink | None: ...
+
+    def producer_started(self, producer: Producer) -> None: ...
+
+
+class Producer:
+    """One incoming stream: reception statistics, NACKs, keyframe requests, recording, forwarding."""
+
+    def __init__(
+        self,
+        identity: str,
+        kind: Kind,
+        codecs: list[CodecInfo],
+        extensions: dict[str, int],
+        upstream: Upstream,
+        listener: ProducerListener,
+        counters: Counters,
+        *,
+        rtcp_ssrc: int = 0,
+        max_bitrate: int = 0,
+    ) -> None:
+        self.identity = identity
+        self.kind = kind
+        self.upstream = upstream
+        self.listener = listener
+        self.counters = counters
+        self.rtcp_ssrc = rtcp_ssrc  # our SSRC in the feedback we send the publisher
+        self.max_bitrate = max_bitrate  # REMB cap for video (0: none sent)
+        self.codecs = {c.payload_type: c for c in codecs}
+        self.extensions = extensions
+        self.level_ext = extensions.get(URI_AUDIO_LEVEL, 0)
+        self.codec = ""  # of the packets actually arriving
+        self.payload_type = -1
+        self.clock_rate = 90_000 if kind == "video" else 48_000
+        self.ssrc: int | None = None
+        self.down_tracks: list[DownTrack] = []
+        self.pending: list[DownTrack] = []  # waiting for this producer's next keyframe
+        self.cache = PacketCache() if kind == "video" else None
+        self.reception = ReceptionStats(self.clock_rate, track_missing=kind == "video")
+        self.last_report = 0.0
+        self.keyframes = KeyFrameRequestManager(self._send_pli)
+        self.keyframe_wanted = False
+        self.packets = 0
+        self.octets = 0
+        self.last_packet_at = 0.0
+        # Speaker detection: loudness (127 - level) summed over the current tick.
+        self.voice = Voice(identity)
+        self.level_sum = 0
+        self.level_count = 0
+        # Created on the first audio packet without a level (a publisher that is not a browser).
+        self.meter: OpusLevelMeter | None = None
+        self.sink: TrackSink | None = None
+
+    def __repr__(self) -> str:
+        return f"Producer({self.identity}/{self.kind})"
+
+    @property
+    def audible(self) -> bool:
+        return self.voice.audible
+
+    def set_audible(self, audible: bool) -> None:
+        """Muted on the server (by the chair or themselves): nothing of it leaves, not even to the
+        recorder."""
+        self.voice.audible = audible
+        if not audible:
+            self.voice.silence()
+
+    # consumers
+    def add_consumer(self, track: DownTrack) -> None:
+        if track not in self.down_tracks:
+            self.down_tracks.append(track)
+
+    def remove_consumer(self, track: DownTrack) -> None:
+        if track in self.down_tracks:
+            self.down_tracks.remove(track)
+
+    def add_waiting(self, track: DownTrack) -> None:
+        """``track`` switches to this producer on its next keyframe."""
+        if track not in self.pending:
+            self.pending.append(track)
+        self.request_keyframe()
+
+    def remove_waiting(self, track: DownTrack) -> None:
+        if track in self.pending:
+            self.pending.remove(track)
+
+    # the hot path
+    def receive(self, data: bytes, header: RtpHeader) -> None:
+        """One decrypted packet from the publisher."""
+        started = time.perf_counter()
+        counters = self.counters
+        counters.packets_in += 1
+        counters.bytes_in += len(data)
+        self.packets += 1
+        self.octets += len(data)
+        if (header.payload_type != self.payload_type or header.ssrc != self.ssrc) and not self._new_stream(
+            header
+        ):
+            return
+        now = time.time()
+        self.last_packet_at = now
+        gap = self.reception.add(header.sequence, header.timestamp, now)
+        if gap is not None:
+            self._send_nack(gap)
+        level = None
+        if self.cache is not None:
+            keyframe = is_keyframe(self.codec, data, header)
+            self.cache.put(header.sequence, data)
+            if keyframe:
+                self.keyframe_wanted = False
+                if self.pending:
+                    self._switch_pending(header.ssrc)
+        else:
+            keyframe = True
+            if self.level_ext:
+                level = audio_level(data, header, self.level_ext)
+            if level is not None:
+                self.level_sum += 127 - level
+                self.level_count += 1
+            else:
+                # No audio-level extension: the level is measured from the Opus in the next tick.
+                meter = self.meter
+                if meter is None:
+                    meter = self.meter = OpusLevelMeter()
+                level = meter.add(data, header)
+            if not self.voice.audible:
+                counters.packets_dropped_muted += 1
+                return
+        if self.sink is not None:
+            self.sink.write(now, data)
+        tracks = self.down_tracks
+        if not tracks:
+            return
+        ast = abs_send_time(now)
+        sent = False
+        for track in tracks:
+            out = track.rewriter.rewrite(data, header, ast, level, keyframe, now)
+            if out is None:
+                continue
+            if track.output.send(out):
+                track.packets += 1
+                sent = True
+            elif self.cache is not None:
+                # The subscriber's leg is not up yet: what it missed must restart from a keyframe,
+                # or its decoder would begin on delta frames.
+                track.rewriter.resync()
+                self.request_keyframe()
+        if sent:
+            counters.packets_forwarded += 1
+            counters.delay.add(time.perf_counter() - started)
+
+    def _new_stream(self, header: RtpHeader) -> bool:
+        codec = self.codecs.get(header.payload_type)
+        if codec is None:
+            return False
+        self.codec = codec.name
+        self.payload_type = header.payload_type
+        self.clock_rate = codec.clock_rate
+        first = self.ssrc is None
+        self.ssrc = header.ssrc
+        self.reception = ReceptionStats(self.clock_rate, track_missing=self.kind == "video")
+        if self.upstream.closed:
+            return False
+        if self.sink is not None:
+            # A new stream (SSRC, payload type or codec) is a new recorded track: the archive
+            # describes each track by one codec and payload type.
+            self.close_sink()
+            room_sink = self.listener.sink
+            if room_sink is not None:
+                self.open_sink(room_sink)
+        if self.keyframe_wanted or first:
+            self.request_keyframe(force=True)
+        if first:
+            self.listener.producer_started(self)
+        return True
+
+    # feedback to the publisher
+    def _send_nack(self, lost: list[int]) -> None:
+        if self.ssrc is None:
+            return
+        if self.upstream.send_rtcp(rtcp_nack(self.rtcp_ssrc, self.ssrc, lost)):
+            self.counters.nacks_sent += len(lost)
+
+    def feedback(self, now: float) -> None:
+        """Per tick: NACKs still due; every REPORT_INTERVAL a receiver report, and for video a REMB
+        with the room's bitrate cap."""
+        if self.ssrc is None:
+            return
+        due = self.reception.nacks_due(now) if self.reception.missing else None
+        if due:
+            self._send_nack(due)
+        if now - self.last_report < REPORT_INTERVAL:
+            return
+        self.last_report = now
+        lsr = dlsr = 0
+        last = self.upstream.last_sender_report(self.ssrc)
+        if last is not None and 0 <= now - last[1] < 65536:
+            lsr, dlsr = last[0], int((now - last[1]) * 65536)
+        data = rtcp_receiver_report(self.rtcp_ssrc, [self.reception.report_block(self.ssrc, lsr, dlsr)])
+        if self.kind == "video" and self.max_bitrate:
+            data += rtcp_remb(self.rtcp_ssrc, self.max_bitrate, [self.ssrc])
+        if self.upstream.send_rtcp(data):
+            self.counters.reports_sent += 1
+
+    def _switch_pending(self, ssrc: int) -> None:
+        pending, self.pending = self.pending, []
+        for track in pending:
+            track.take_source(self, ssrc)
+
+    def request_keyframe(self, force: bool = False) -> None:
+        if self.kind != "video":
+            return
+        if self.ssrc is None:
+            self.keyframe_wanted = True
+            return
+        self.keyframes.request(force)
+
+    def _send_pli(self) -> None:
+        if self.upstream.closed:
+            return
+        self.counters.keyframe_requests_sent += 1
+        self.upstream.send_pli(self.ssrc or 0)
+
+    # speaker detection (per tick)
+    def tick_loudness(self) -> float:
+        """The tick's mean loudness (0: nothing arrived), measuring undecoded Opus if needed."""
+        meter = self.meter
+        if meter is not None:
+            if self.voice.audible:
+                levels = meter.measure()
+                self.level_sum += sum(127 - level for level in levels)
+                self.level_count += len(levels)
+                self.counters.levels_decoded += len(levels)
+            else:
+                meter.discard()
+        loudness = self.level_sum / self.level_count if self.level_count else 0.0
+        self.level_sum = self.level_count = 0
+        return loudness
+
+    # recording
+    def open_sink(self, sink: RecordingSink) -> None:
+        if self.sink is not None or self.ssrc is None:
+            return
+        try:
+            self.sink = sink.open_track(
+                self.identity,
+                self.kind,
+                self.codec,
+                self.clock_rate,
+                self.payload_type,
+                self.ssrc,
+                dict(self.extensions),
+            )
+        except Exception:
+            logger.exception("recorder refused track %s", self)
+        if self.kind == "video":
+            self.request_keyframe(force=True)  # the recording starts decodable
+
+    def close_sink(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception:
+                logger.exception("closing the recording of %s failed", self)
+
+    def stop(self) -> None:
+        """The publisher is gone: its down-tracks keep their wish and wait for a new producer."""
+        self.keyframes.stop()
+        for track in [*self.down_tracks, *self.pending]:
+            track.lose_source(self)
+        self.down_tracks.clear()
+        self.pending.clear()
+        self.close_sink()

@@ -1,0 +1,226 @@
+"""A room's media (mediasoup's ``Router``): its transports, its producers, who fills each slot.
+
+The router measures (loudness per tick) and carries out what ``conference.policy`` decides: which
+source fills each program, preview and audio slot, who is the active speaker. It keeps the decisions
+current as the room changes (a join, the program, mutes, the floor) and each tick (speakers), and
+tells each endpoint which identity its audio and preview slots carry (``slots`` messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import policy
+from ..media import RecordingSink
+from ..room import RoomState
+from .producer import Producer
+from .transport import Kind, Transport
+
+if TYPE_CHECKING:
+    from .backend import SfuBackend
+
+logger = logging.getLogger(__name__)
+
+SPEAKERS_INTERVAL = 0.4  # ``speakers`` events go out at most this often
+
+
+class Router:
+    """The media side of one room."""
+
+    def __init__(self, backend: SfuBackend, room: str, state: RoomState) -> None:
+        self.backend = backend
+        self.room = room
+        self.state = state
+        self.transports: dict[str, Transport] = {}
+        self._sink: RecordingSink | None = None
+        self.speakers: list[str] = []  # loudest first
+        self.announced: list[str] = []
+        self.last_announce = 0.0
+
+    @property
+    def sink(self) -> RecordingSink | None:
+        return self._sink
+
+    @property
+    def empty(self) -> bool:
+        return not self.transports and self._sink is None
+
+    # producers of the room
+    def producer(self, identity: str | None, kind: Kind) -> Producer | None:
+        if identity is None:
+            return None
+        transport = self.transports.get(identity)
+        if transport is None or transport.closed:
+            return None
+        producer = transport.producers.get(kind)
+        if producer is None or producer.ssrc is None:
+            return None
+        return producer
+
+    def producers(self, kind: Kind) -> list[Producer]:
+        out = []
+        for transport in self.transports.values():
+            producer = transport.producers.get(kind)
+            if producer is not None and producer.ssrc is not None:
+                out.append(producer)
+        return out
+
+    def preview_slots(self) -> int:
+        """One per other endpoint the room can hold (``max_previews`` caps it)."""
+        count = max(0, self.state.max_endpoints - 1)
+        if self.backend.max_previews is not None:
+            count = min(count, self.backend.max_previews)
+        return count
+
+    # transports come and go
+    def add_transport(self, transport: Transport) -> None:
+        self.transports[transport.identity] = transport
+
+    def transport_ready(self, transport: Transport) -> None:
+        self.assign_all()
+
+    def transport_closed(self, transport: Transport) -> None:
+        if self.transports.get(transport.identity) is transport:
+            del self.transports[transport.identity]
+        self.assign_all(skip=transport)
+
+    def producer_started(self, producer: Producer) -> None:
+        """A publisher's first packet: bind every slot that wants it (a reconnect lands here too)."""
+        self.update_audibility()
+        if self._sink is not None:
+            producer.open_sink(self._sink)
+        self.assign_all()
+
+    def update_audibility(self) -> None:
+        for transport in self.transports.values():
+            producer = transport.producers.get("audio")
+            if producer is None:
+                continue
+            p = self.state.participants.get(transport.identity)
+            # Muted by the chair or by themselves, or no longer in the room: dropped on the server.
+            producer.set_audible(p is not None and not (p.muted or p.self_muted))
+
+    # carrying out the policy
+    def assign_all(self, skip: Transport | None = None) -> None:
+        self.update_audibility()
+        for transport in list(self.transports.values()):
+            if transport is skip or not transport.ready or transport.closed:
+                continue
+            self.assign_video(transport)
+            self.assign_audio(transport)
+            self.push_slots(transport)
+
+    def assign_video(self, transport: Transport) -> None:
+        sources = policy.program_sources(self.state.program.slots, len(transport.video))
+        for track, identity in zip(transport.video, sources, strict=True):
+            track.set_want(identity, self.producer(identity, "video"))
+        if transport.previews:
+            present = {
+                identity
+                for identity, p in self.state.participants.items()
+                if p.publish_video or self.producer(identity, "video") is not None
+            }
+            present.discard(transport.identity)
+            occupant = policy.assign_previews(transport.preview_order, present, len(transport.previews))
+            for track in transport.previews:
+                identity = occupant.get(track.index)
+                track.set_want(identity, self.producer(identity, "video"))
+
+    def _audible(self, identity: str) -> bool:
+        producer = self.producer(identity, "audio")
+        return producer is not None and producer.audible
+
+    def _score(self, identity: str) -> float | None:
+        producer = self.producer(identity, "audio")
+        return producer.voice.score if producer is not None else None
+
+    def assign_audio(self, transport: Transport) -> None:
+        if not transport.audio:
+            return
+        floor = self.state.floor
+        wanted = policy.wanted_voices(transport.identity, floor, self.speakers, self._audible)
+        plan = policy.plan_audio_slots([t.want for t in transport.audio], wanted, floor, self._score)
+        for track, identity in zip(transport.audio, plan, strict=True):
+            track.set_want(identity, self.producer(identity, "audio"))
+
+    def push_slots(self, transport: Transport) -> None:
+        if not transport.audio and not transport.previews:
+            return
+        message: dict[str, Any] = {
+            "type": "slots",
+            "audio": [{"mid": t.mid, "identity": t.want} for t in transport.audio],
+            "previews": [{"mid": t.mid, "identity": t.want} for t in transport.previews],
+        }
+        if message != transport.last_slots_message:
+            transport.last_slots_message = message
+            self.backend.emit(self.room, transport.identity, message)
+
+    # recording
+    def set_sink(self, sink: RecordingSink | None) -> None:
+        self._sink = sink
+        if sink is not None:
+            try:
+                sink.speakers(time.time(), list(self.announced))  # who speaks as recording starts
+            except Exception:
+                logger.exception("recorder rejected a speakers update")
+        for kind in ("audio", "video"):
+            for producer in self.producers(kind):  # type: ignore[arg-type]
+                producer.close_sink()
+                if sink is not None:
+                    producer.open_sink(sink)
+
+    # every tick
+    def tick(self, now: float) -> None:
+        if self._update_speakers(now):
+            for transport in list(self.transports.values()):
+                if transport.ready and not transport.closed:
+                    self.assign_audio(transport)
+                    self.push_slots(transport)
+        announced = self.speakers[: policy.MAX_ANNOUNCED_SPEAKERS]
+        if announced != self.announced and now - self.last_announce >= SPEAKERS_INTERVAL:
+            self.announced = announced
+            self.last_announce = now
+            self.backend.emit(self.room, None, {"type": "speakers", "speakers": announced})
+            if self._sink is not None:
+                try:
+                    self._sink.speakers(time.time(), announced)
+                except Exception:
+                    logger.exception("recorder rejected a speakers update")
+        wall = time.time()
+        for kind in ("audio", "video"):
+            for producer in self.producers(kind):  # type: ignore[arg-type]
+                producer.feedback(wall)
+        for producer in self.producers("video"):
+            if producer.pending and producer.keyframes.overdue(now):
+                producer.request_keyframe()
+        for transport in self.transports.values():
+            for track in transport.down_tracks():
+                source = track.source
+                if source is not None:
+                    track.update_sender_report()
+                    # A slot restarting on its source's keyframe (its leg was not up when the last
+                    # one passed) keeps asking until one gets through.
+                    if (
+                        source.kind == "video"
+                        and source.keyframes.overdue(now)
+                        and track.rewriter.wants_keyframe is not None
+                    ):
+                        source.request_keyframe()
+
+    def _update_speakers(self, now: float) -> bool:
+        previous = self.speakers
+        voices = []
+        for producer in self.producers("audio"):
+            policy.update_voice(producer.voice, producer.tick_loudness(), now)
+            voices.append(producer.voice)
+        self.speakers = policy.rank_speakers(voices)
+        return previous != self.speakers
+
+    async def close(self) -> None:
+        for transport in list(self.transports.values()):
+            await transport.close()
+        for kind in ("audio", "video"):
+            for producer in self.producers(kind):  # type: ignore[arg-type]
+                producer.close_sink()

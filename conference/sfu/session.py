@@ -1,0 +1,293 @@
+"""The WebRTC transport: one endpoint's BUNDLEd aiortc peer connection (mediasoup's
+``WebRtcTransport``). The server offers, the endpoint answers; every m-line is negotiated once at
+join (publish, program slots, audio slots, the chair's previews) and never renegotiated.
+
+Packets are never decoded: the DTLS transport's decrypted-RTP entry point is hooked
+(``aiortc_glue``) so a publisher's packet goes straight to its producer, and a down-track's packets
+are protected and sent on the leg synchronously (``aiortc_glue.LegOutput``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.sdp import candidate_from_sdp
+
+from ..media import MediaError, SessionOptions
+from . import aiortc_glue as glue
+from .consumer import DownTrack, Role
+from .packet import FORWARDED_CODECS, CodecInfo, parse_header
+from .producer import Producer
+from .rewriter import StreamRewriter
+from .transport import Kind, Transport
+
+if TYPE_CHECKING:
+    from .router import Router
+
+logger = logging.getLogger(__name__)
+
+# Codecs offered, in order of preference: VP8 first (every browser sends it), then H.264.
+VIDEO_CODECS = ("video/VP8", "video/H264")
+AUDIO_CODECS = ("audio/opus",)
+# Per leg socket: a keyframe burst or a moment without CPU must not overflow the kernel's buffer.
+RECEIVE_BUFFER_BYTES = 1024 * 1024
+
+
+def codec_info(codecs: list[RTCRtpCodecParameters]) -> list[CodecInfo]:
+    out = []
+    for c in codecs:
+        name = c.name.lower()
+        if name in FORWARDED_CODECS:
+            out.append(CodecInfo(name, c.payloadType, c.clockRate))
+    return out
+
+
+class Session(Transport):
+    """One endpoint's peer connection: its producers and its receive slots."""
+
+    kind = "webrtc"
+
+    def __init__(self, router: Router, identity: str, options: SessionOptions) -> None:
+        super().__init__(router, identity)
+        backend = router.backend
+        self.options = options
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=backend.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        self.output: glue.LegOutput = None  # type: ignore[assignment]
+        self.datagram_hook: glue.SrtpDatagramHook | None = None
+        self.publish: dict[Kind, RTCRtpTransceiver] = {}
+        self.transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
+        self.decode_counters: list[glue.DecodeCounter] = []
+        self.offer: dict[str, Any] | None = None
+        self.answer_refused: str | None = None  # why the last answer could not be applied
+
+    # Upstream, for this session's producers
+    def send_rtcp(self, data: bytes) -> bool:
+        return self.output is not None and self.output.send_rtcp(data)
+
+    def send_pli(self, media_ssrc: int) -> None:
+        transceiver = self.publish.get("video")
+        if transceiver is None:
+            return
+        task = asyncio.ensure_future(glue.send_pli(transceiver.receiver, media_ssrc))
+        task.add_done_callback(_log_task_error)
+
+    def last_sender_report(self, ssrc: int) -> tuple[int, float] | None:
+        for transceiver in self.publish.values():
+            last = glue.last_sender_report(transceiver.receiver, ssrc)
+            if last is not None:
+                return last
+        return None
+
+    async def create_offer(self) -> dict[str, Any]:
+        if self.offer is not None:
+            return self.offer
+        if self.closed:
+            raise MediaError("conflict", "the media session is closed")
+        options = self.options
+        pc = self.pc
+        if options.publish_audio:
+            self.publish["audio"] = self._transceiver("audio", "recvonly")
+        if options.publish_video:
+            self.publish["video"] = self._transceiver("video", "recvonly")
+        slot_tracks: list[tuple[list[DownTrack], Kind, Role, int]] = [
+            (self.video, "video", "video", max(0, options.video_slots)),
+            (self.audio, "audio", "audio", max(0, options.audio_slots)),
+        ]
+        if options.previews:
+            slot_tracks.append((self.previews, "video", "preview", self.router.preview_slots()))
+        if not self.publish and not any(n for *_, n in slot_tracks):
+            raise MediaError("bad_request", "the session neither publishes nor receives anything")
+        slot_transceivers = [
+            (tracks, kind, role, [self._transceiver(kind, "sendonly") for _ in range(count)])
+            for tracks, kind, role, count in slot_tracks
+        ]
+        # Max-bundle: every m-line shares the first transceiver's transport.
+        dtls = glue.leg_transport(pc)
+        self.output = glue.LegOutput(dtls)
+        counters = self.router.backend.counters
+        for tracks, kind, role, transceivers in slot_transceivers:
+            for i, transceiver in enumerate(transceivers):
+                track = DownTrack(kind, role, i, self.output, counters)
+                sender = transceiver.sender
+                glue.intercept_sender(sender, track.on_keyframe_request, track.on_nack)
+                track.report = _sender_reporter(sender)
+                self.transceivers[track] = transceiver
+                tracks.append(track)
+        for transceiver in self.publish.values():
+            self.decode_counters.append(glue.neutralise_decoder(transceiver.receiver))
+        glue.hook_incoming_rtp(dtls, self._on_rtp)
+        backend = self.router.backend
+        glue.restrict_host_candidates(
+            pc,
+            interfaces=backend.rtc_interfaces,
+            port_min=backend.rtc_port_min,
+            port_max=backend.rtc_port_max,
+            announced_address=backend.rtc_announced_address,
+        )
+        await pc.setLocalDescription(await pc.createOffer())
+        glue.drain_udp_reads(pc)
+        glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
+        # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
+        self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet)
+        sdp = _add_fir_feedback(pc.localDescription.sdp)
+        self.offer = {
+            "sdp": sdp,
+            "type": "offer",
+            "slots": {
+                "publish": {kind: t.mid for kind, t in self.publish.items()},
+                "video": [self.transceivers[t].mid for t in self.video],
+                "audio": [self.transceivers[t].mid for t in self.audio],
+                "previews": [self.transceivers[t].mid for t in self.previews],
+            },
+        }
+        return self.offer
+
+    def _transceiver(self, kind: Kind, direction: str) -> RTCRtpTransceiver:
+        if direction == "sendonly":
+            transceiver = self.pc.addTransceiver(glue.SilentTrack(kind), direction="sendonly")
+        else:
+            transceiver = self.pc.addTransceiver(kind, direction=direction)
+        wanted = VIDEO_CODECS if kind == "video" else AUDIO_CODECS
+        capabilities = RTCRtpReceiver.getCapabilities(kind)
+        assert capabilities is not None
+        # Order by preference and leave RTX out: retransmissions are answered on the main SSRC.
+        transceiver.setCodecPreferences(
+            [c for mime in wanted for c in capabilities.codecs if c.mimeType.lower() == mime.lower()]
+        )
+        return transceiver
+
+    async def set_answer(self, sdp: str) -> None:
+        if self.offer is None:
+            raise MediaError("conflict", "no offer to answer: create the offer first")
+        if self.closed:
+            raise MediaError("conflict", "the media session is closed")
+        if self.ready:
+            raise MediaError("conflict", "the offer was already answered")
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise MediaError("bad_sdp", "the answer SDP is empty")
+        try:
+            answer = RTCSessionDescription(sdp=glue.parseable_sdp(sdp), type="answer")
+            await self.pc.setRemoteDescription(answer)
+        except Exception as exc:
+            self.answer_refused = str(exc)
+            raise MediaError("bad_sdp", f"cannot apply the answer: {exc}") from None
+        for track, transceiver in self.transceivers.items():
+            ids = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
+            codecs = codec_info(glue.negotiated_codecs(transceiver))
+            if not track.configure(glue.sender_ssrc(transceiver.sender), codecs, ids, transceiver.mid or ""):
+                logger.info("%s: slot %s negotiated no codec we forward", self, transceiver.mid)
+        backend = self.router.backend
+        for kind, transceiver in self.publish.items():
+            codecs = codec_info(glue.negotiated_codecs(transceiver))
+            if not codecs or transceiver.currentDirection not in ("recvonly", "sendrecv"):
+                continue
+            extensions = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
+            self.producers[kind] = Producer(
+                self.identity,
+                kind,
+                codecs,
+                extensions,
+                self,
+                self.router,
+                backend.counters,
+                rtcp_ssrc=glue.sender_ssrc(transceiver.sender),
+                max_bitrate=backend.publish_max_bitrate,
+            )
+        self.video = [t for t in self.video if t.configured]
+        self.audio = [t for t in self.audio if t.configured]
+        self.previews = [t for t in self.previews if t.configured]
+        self.ready = True
+        self.router.transport_ready(self)
+
+    async def add_candidate(self, candidate: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if not self.ready:
+            # aiortc would only log a warning and drop it: without an applied answer there is no
+            # remote ICE session to add it to, so the client must hear that it was not used.
+            refused = self.answer_refused
+            why = f"the answer was refused ({refused})" if refused else "no answer yet"
+            raise MediaError("conflict", f"candidate not used: {why}; send a valid answer first")
+        text = candidate.get("candidate") if isinstance(candidate, dict) else None
+        if not text:
+            return  # end of candidates: aiortc needs no signal
+        if not isinstance(text, str):
+            raise MediaError("bad_request", "candidate must be a string")
+        try:
+            parsed = candidate_from_sdp(text.removeprefix("candidate:"))
+        except (ValueError, IndexError, AssertionError):
+            raise MediaError("bad_request", f"cannot parse ICE candidate {text!r}") from None
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        try:
+            await self.pc.addIceCandidate(parsed)
+        except Exception as exc:
+            raise MediaError("bad_request", f"cannot add ICE candidate: {exc}") from None
+
+    async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        self.on_rtp_packet(data)
+
+    def on_rtp_packet(self, data: bytes) -> None:
+        """One decrypted RTP packet from this endpoint."""
+        header = parse_header(data)
+        if header is not None:
+            self.route(data, header)
+
+    def packets_out(self) -> tuple[int, int]:
+        if self.output is None:
+            return (0, 0)
+        return (self.output.packets, self.output.octets)
+
+    def decoded_frames(self) -> int:
+        return sum(c.frames for c in self.decode_counters)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._close_media()
+        try:
+            await self.pc.close()
+        except Exception:
+            logger.exception("closing %s failed", self)
+
+
+def _sender_reporter(sender: Any) -> Any:
+    def report(rewriter: StreamRewriter) -> None:
+        glue.update_sender_counters(
+            sender, rewriter.packets_sent, rewriter.octets_sent, rewriter.last_timestamp, rewriter.last_time
+        )
+
+    return report
+
+
+def _log_task_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("RTCP send failed: %s", task.exception())
+
+
+def _add_fir_feedback(sdp: str) -> str:
+    """aiortc offers nack, nack pli and goog-remb for video; add ccm fir (its senders handle FIR
+    like PLI, and some endpoints only send FIR)."""
+    lines = sdp.split("\r\n")
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        if line.startswith("a=rtcp-fb:") and line.endswith(" nack pli"):
+            pt = line[len("a=rtcp-fb:") :].split(" ", 1)[0]
+            out.append(f"a=rtcp-fb:{pt} ccm fir")
+    return "\r\n".join(out)

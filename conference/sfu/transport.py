@@ -1,0 +1,92 @@
+"""What every transport of an endpoint has (as mediasoup's ``Transport``): its producers, its
+receive slots, and its place in a router. ``Session`` (WebRTC), ``PlainTransport`` (RTP over UDP
+for workers in other processes) and ``DirectTransport`` (Python code in this process) build on it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from .consumer import DownTrack
+from .producer import Producer
+
+if TYPE_CHECKING:
+    from .router import Router
+
+Kind = Literal["audio", "video"]
+TransportKind = Literal["webrtc", "plain", "direct"]
+
+
+class Transport:
+    """One endpoint's media in a room."""
+
+    kind: TransportKind = "webrtc"
+
+    def __init__(self, router: Router, identity: str) -> None:
+        self.router = router
+        self.identity = identity
+        self.producers: dict[Kind, Producer] = {}
+        self.video: list[DownTrack] = []
+        self.audio: list[DownTrack] = []
+        self.previews: list[DownTrack] = []
+        self.ready = False
+        self._closed = False
+        self.last_slots_message: dict[str, Any] | None = None
+        self.preview_order: dict[str, int] = {}  # identity -> preview slot index
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.router.backend.closed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.router.room}/{self.identity})"
+
+    def down_tracks(self) -> list[DownTrack]:
+        return [*self.video, *self.audio, *self.previews]
+
+    def route(self, data: bytes, header: Any) -> None:
+        """One incoming RTP packet of this endpoint: to the producer its payload type belongs to."""
+        producers = self.producers
+        if not producers:
+            return
+        video = producers.get("video")
+        if video is not None and header.payload_type in video.codecs:
+            video.receive(data, header)
+            return
+        audio = producers.get("audio")
+        if audio is not None and header.payload_type in audio.codecs:
+            audio.receive(data, header)
+
+    def packets_out(self) -> tuple[int, int]:
+        """(packets, bytes) sent to this endpoint."""
+        return (0, 0)
+
+    def stats(self) -> dict[str, Any]:
+        packets, octets = self.packets_out()
+        return {
+            "transport": self.kind,
+            "packets_out": packets,
+            "bytes_out": octets,
+            "packets_in": sum(p.packets for p in self.producers.values()),
+            "slots": {
+                t.mid or f"{t.role}{t.index}": {
+                    "identity": t.source.identity if t.source else None,
+                    "packets": t.packets,
+                }
+                for t in self.down_tracks()
+            },
+        }
+
+    def _close_media(self) -> None:
+        """Leave the router and release producers and slots (the transport-specific part follows)."""
+        self._closed = True
+        self.router.transport_closed(self)
+        for producer in self.producers.values():
+            producer.stop()
+        for track in self.down_tracks():
+            track.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._close_media()

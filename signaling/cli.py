@@ -1,0 +1,42 @@
+"""The ``conference`` command (also ``python -m signaling``). Each subcommand lives in its own
+module, which provides ``configure(parser)`` and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+from conference.loadtest import bench
+from recorder import cli as recordings
+from recorder import render
+
+from . import serve, tokens
+from .phone import cli as phone
+
+# (name, module, help)
+SUBCOMMANDS: list[tuple[str, ModuleType, str]] = [
+    ("serve", serve, "run the conferencing server"),
+    ("token", tokens, "mint a signed access token for a room"),
+    ("bench", bench, "benchmark the media core with N real endpoints"),
+    ("render", render, "render a recording to MP4 in a chosen layout"),
+    ("recordings", recordings, "list, show or delete recordings"),
+    ("phone", phone, "telephone dial-in gateway (SIP)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conference", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module, help_text in SUBCOMMANDS:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(sp)
+        run: Callable[[argparse.Namespace], int] = module.run
+        sp.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return int(args._run(args) or 0)
