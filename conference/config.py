@@ -309,7 +309,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
     )
     parser.add_argument("--no-media", action="store_true", help="signaling only, no media forwarding")
     parser.add_argument(
-        "--media-backend", choices=MEDIA_BACKEND_NAMES, help="media core (default sfu; relay_baseline to compare)"
+        "--media-backend",
+        choices=MEDIA_BACKEND_NAMES,
+        help="media core (default sfu; relay_baseline to compare)",
     )
 
 
