@@ -119,6 +119,8 @@ class DialIn:
 class RoomState:
     room: str
     version: int = 0
+    # The meeting's title as the chair names it ("第十二届委员会第三次会议"); shown on every screen.
+    title: str = ""
     created_at: float = 0.0
     max_endpoints: int = DEFAULT_MAX_ENDPOINTS
     auto_record: bool = False
@@ -146,6 +148,7 @@ class RoomState:
     def to_json(self) -> dict[str, Any]:
         return {
             "room": self.room,
+            "title": self.title,
             "version": self.version,
             "created_at": self.created_at,
             "max_endpoints": self.max_endpoints,
@@ -163,6 +166,7 @@ class RoomState:
     def from_json(cls, data: dict[str, Any]) -> RoomState:
         return cls(
             room=data["room"],
+            title=data.get("title", ""),
             version=data["version"],
             created_at=data["created_at"],
             max_endpoints=data["max_endpoints"],
@@ -229,8 +233,11 @@ def leave(state: RoomState, identity: str, reason: str = "left") -> list[Event]:
     """Remove a participant: their program slots empty, their hand and floor go."""
     if identity not in state.participants:
         return []
-    del state.participants[identity]
-    events: list[Event] = [{"kind": "participant_left", "identity": identity, "reason": reason}]
+    gone = state.participants.pop(identity)
+    # The name travels with the event: a log or a replay names who left without a lookup.
+    events: list[Event] = [
+        {"kind": "participant_left", "identity": identity, "name": gone.name, "reason": reason}
+    ]
     if identity in state.program.slots:
         state.program.slots = [None if s == identity else s for s in state.program.slots]
         events.append({"kind": "program", "program": state.program.to_json(), "by": None})
@@ -276,6 +283,20 @@ def set_program(state: RoomState, layout: str, slots: list[str | None], by: str 
             raise CommandError("not_found", f"no participant {identity!r} in room {state.room!r}")
     state.program = Program(layout=layout, slots=filled)
     return [{"kind": "program", "program": state.program.to_json(), "by": by}]
+
+
+MAX_TITLE = 120
+
+
+def set_title(state: RoomState, title: str, by: str | None = None) -> list[Event]:
+    """Name the meeting (blank: no title; the screens then show the room)."""
+    title = " ".join(title.split())  # no line breaks or runs of spaces on a one-line title bar
+    if len(title) > MAX_TITLE:
+        raise CommandError("bad_request", f"the title is longer than {MAX_TITLE} characters")
+    if title == state.title:
+        return []
+    state.title = title
+    return [{"kind": "title", "title": title, "by": by}]
 
 
 # --- audio ---------------------------------------------------------------------------------
@@ -349,6 +370,15 @@ def revoke_floor(state: RoomState, by: str | None = None) -> list[Event]:
         return []
     state.floor = None
     return [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue, "by": by}]
+
+
+def release_floor(state: RoomState, identity: str) -> list[Event]:
+    """The floor holder ends their own speaking (the chair's revoke, from the speaker's side)."""
+    _participant(state, identity)
+    if state.floor != identity:
+        raise CommandError("conflict", "you do not have the floor")
+    state.floor = None
+    return [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue, "by": identity}]
 
 
 # --- telephone dial-in ---------------------------------------------------------------------

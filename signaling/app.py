@@ -23,7 +23,7 @@ from conference.layouts import catalogue_json
 from conference.loadtest import relay_baseline
 from conference.media import MediaBackend, NullMedia
 from conference.roles import Permission, Role, can
-from conference.room import CommandError
+from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
 from . import dialin
@@ -67,7 +67,7 @@ PAGES = {
 MAX_BODY = 64 * 1024
 # Commands the REST API offers to integrations (the chair's; the others act on a live endpoint).
 REST_COMMANDS = frozenset(
-    {"set_program", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
+    {"set_program", "set_title", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
     | {"start_recording", "stop_recording", "set_dial_in"}
 )
 STATUS_FOR_CODE = {
@@ -262,7 +262,7 @@ async def create_room(request: web.Request) -> web.Response:
         check_name("room", room)  # type: ignore[arg-type]
     except ValueError as exc:
         raise json_error(400, "bad_request", str(exc)) from None
-    unknown = set(data) - {"room", "max_endpoints", "auto_record"}
+    unknown = set(data) - {"room", "title", "max_endpoints", "auto_record"}
     if unknown:
         raise json_error(400, "bad_request", f"unknown fields {sorted(unknown)}")
     settings = request.app[SETTINGS_KEY]
@@ -276,6 +276,9 @@ async def create_room(request: web.Request) -> web.Response:
         raise json_error(400, "bad_request", "max_endpoints must be an integer from 1 to 1000")
     if not isinstance(auto_record, bool):
         raise json_error(400, "bad_request", "auto_record must be true or false")
+    title = data.get("title", "")
+    if not isinstance(title, str) or len(title) > MAX_TITLE:
+        raise json_error(400, "bad_request", f"title must be a string of at most {MAX_TITLE} characters")
     await authorize(request, room, Permission.SET_PROGRAM)
     try:
         state = await request.app[STORE_KEY].create(
@@ -283,6 +286,8 @@ async def create_room(request: web.Request) -> web.Response:
         )
     except RoomExists:
         raise json_error(409, "conflict", f"room {room!r} exists") from None
+    if title:
+        state, _ = await request.app[STORE_KEY].update(room, lambda s: set_title(s, title))
     return web.json_response(state.to_json(), status=201)
 
 

@@ -42,6 +42,7 @@ CLOSE_REMOVED = 4410
 # Commands that change the room, and the permission each needs. `None`: any publisher.
 COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "set_program": P.SET_PROGRAM,
+    "set_title": P.SET_PROGRAM,
     "mute": P.MUTE,
     "request_unmute": P.MUTE,
     "remove": P.REMOVE,
@@ -52,11 +53,12 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "set_dial_in": P.DIAL_IN,
     "raise_hand": P.REQUEST_FLOOR,
     "lower_hand": P.REQUEST_FLOOR,
+    "release_floor": P.REQUEST_FLOOR,
     "self_mute": None,
     "publish": None,
 }
 # The ones that act on the sender itself: only a participant in the room can send them.
-SELF_COMMANDS = frozenset({"raise_hand", "lower_hand", "self_mute", "publish"})
+SELF_COMMANDS = frozenset({"raise_hand", "lower_hand", "release_floor", "self_mute", "publish"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,8 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
     match command:
         case "set_program":
             return lambda s: room_commands.set_program(s, msg["layout"], list(msg["slots"]), by=by)
+        case "set_title":
+            return lambda s: room_commands.set_title(s, msg["title"], by=by)
         case "mute":
             return lambda s: room_commands.mute(s, msg["identity"], msg["muted"], by=by)
         case "request_unmute":
@@ -178,6 +182,8 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
             return lambda s: room_commands.raise_hand(s, me)
         case "lower_hand":
             return lambda s: room_commands.lower_hand(s, me)
+        case "release_floor":
+            return lambda s: room_commands.release_floor(s, me)
         case "self_mute":
             return lambda s: room_commands.self_mute(s, me, msg["muted"])
         case "publish":

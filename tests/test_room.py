@@ -146,3 +146,41 @@ async def test_events_since_and_snapshot_round_trip(store: MemoryRoomStore) -> N
     with pytest.raises(RoomExists):
         await store.create("council", max_endpoints=4)
     assert (await store.create("council", max_endpoints=9, exist_ok=True)).max_endpoints == 4
+
+
+async def test_title_is_one_line_bounded_and_survives_a_snapshot(store: MemoryRoomStore) -> None:
+    state, events = await store.update("council", lambda s: r.set_title(s, " 第三次\n全体会议 ", by="c"))
+    assert state.title == "第三次 全体会议"
+    assert events[0]["kind"] == "title" and events[0]["title"] == "第三次 全体会议" and events[0]["by"] == "c"
+    _, events = await store.update("council", lambda s: r.set_title(s, "第三次 全体会议"))
+    assert events == []  # unchanged: no event
+    with pytest.raises(CommandError) as info:
+        await store.update("council", lambda s: r.set_title(s, "x" * (r.MAX_TITLE + 1)))
+    assert info.value.code == "bad_request"
+    state = await store.get("council")
+    assert state.title == "第三次 全体会议"
+    assert RoomState.from_json(state.to_json()).title == "第三次 全体会议"
+    # A snapshot written before titles existed loads with none.
+    old = state.to_json()
+    del old["title"]
+    assert RoomState.from_json(old).title == ""
+
+
+async def test_the_floor_holder_ends_their_own_speaking(store: MemoryRoomStore) -> None:
+    for name in "ab":
+        await store.update("council", lambda s, n=name: r.join(s, person(n)))
+    await store.update("council", lambda s: r.raise_hand(s, "b", now=1.0))
+    await store.update("council", lambda s: r.grant_floor(s, "a"))
+    with pytest.raises(CommandError) as info:  # only the holder may end it
+        await store.update("council", lambda s: r.release_floor(s, "b"))
+    assert info.value.code == "conflict"
+    state, events = await store.update("council", lambda s: r.release_floor(s, "a"))
+    assert state.floor is None
+    assert events[0]["kind"] == "floor" and events[0]["floor"] is None and events[0]["by"] == "a"
+    assert events[0]["floor_queue"] == ["b"]  # the queue is untouched
+
+
+async def test_leaving_names_who_left(store: MemoryRoomStore) -> None:
+    await store.update("council", lambda s: r.join(s, person("a")))
+    _, events = await store.update("council", lambda s: r.leave(s, "a"))
+    assert events[0]["kind"] == "participant_left" and events[0]["name"] == "A"

@@ -606,3 +606,26 @@ async def test_media_session_failure_after_join_is_pushed_with_null_id(
     pushed = await venue.wait_for(lambda m: m["type"] == "error" and m["id"] is None)
     assert pushed["code"] == "internal" and "media session" in pushed["message"]
     assert (await venue.ok("raise_hand"))["floor_queue"] == ["hall-a"]  # signaling goes on
+
+
+async def test_meeting_title_and_ending_ones_own_speaking(signaling_server, connect, mint) -> None:
+    server = await signaling_server()
+    chair = await connect(server, mint("council", "chair", "chair"))
+    await chair.ok("join")
+    member = await connect(server, mint("council", "m1", "member"))
+    joined = await member.ok("join")
+    assert joined["room"]["title"] == ""
+    assert (await member.request("set_title", title="Mine"))["code"] == "forbidden"
+    await chair.ok("set_title", title="第三次全体会议")
+    event = await member.wait_for(lambda m: m["type"] == "event" and m["event"]["kind"] == "title")
+    assert event["event"]["title"] == "第三次全体会议" and event["event"]["by"] == "chair"
+    assert (await chair.request("set_title", title="x" * 121))["code"] == "bad_request"
+    # Ending speaking: only the holder, and it reaches the chair as a floor event by the holder.
+    assert (await member.request("release_floor"))["code"] == "conflict"
+    await member.ok("raise_hand")
+    await chair.ok("grant_floor")
+    await member.ok("release_floor")
+    event = await chair.wait_for(
+        lambda m: m["type"] == "event" and m["event"]["kind"] == "floor" and m["event"]["floor"] is None
+    )
+    assert event["event"]["by"] == "m1"

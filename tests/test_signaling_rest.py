@@ -75,8 +75,21 @@ async def test_create_room_ahead_of_meeting(signaling_server, http, mint) -> Non
     assert (await call(http, "POST", url, json={"room": "y"}))[0] == 401
     status, err = await call(http, "POST", url, ADMIN, json={"room": "bad room!"})
     assert status == 400 and "room" in err["message"]
+    status, state = await call(http, "POST", url, ADMIN, json={"room": "plenary", "title": "全体会议"})
+    assert status == 201 and state["title"] == "全体会议"
+    status, err = await call(http, "POST", url, ADMIN, json={"room": "p2", "title": 7})
+    assert status == 400 and "title" in err["message"]
+    status, _ = await call(
+        http,
+        "POST",
+        server.make_url("/api/rooms/plenary/commands"),
+        ADMIN,
+        json={"type": "set_title", "title": "新"},
+    )
+    assert status == 200
+    assert (await call(http, "GET", server.make_url("/api/rooms/plenary"), ADMIN))[1]["title"] == "新"
     status, listing = await call(http, "GET", url, ADMIN)
-    assert [r["room"] for r in listing["rooms"]] == ["budget", "council"]
+    assert [r["room"] for r in listing["rooms"]] == ["budget", "council", "plenary"]
     status, listing = await call(http, "GET", url, bearer(mint("budget", "c", "chair")))
     assert [r["room"] for r in listing["rooms"]] == ["budget"]
 
