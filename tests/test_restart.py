@@ -30,12 +30,16 @@ async def _connect(http: aiohttp.ClientSession, server: RunningServer, token: st
 
 
 async def _meeting(http: aiohttp.ClientSession, server: RunningServer) -> dict[str, SignalingClient]:
-    """A chair and three venues; a program, a mute, two raised hands, the floor, a recording."""
+    """A chair and three venues; a program, a mute, two raised hands, the floor, a recording, and
+    a fourth venue the chair removed."""
     clients = {}
-    for identity, role in [("chair", "chair"), ("hall-a", "venue"), ("hall-b", "venue"), ("hall-c", "venue")]:
+    venues = [("hall-a", "venue"), ("hall-b", "venue"), ("hall-c", "venue"), ("hall-d", "venue")]
+    for identity, role in [("chair", "chair"), *venues]:
         clients[identity] = await _connect(http, server, server.token("council", identity, role))
         await clients[identity].ok("join")
     chair = clients["chair"]
+    await chair.ok("remove", identity="hall-d")
+    assert await clients.pop("hall-d").closed(5) == 4410
     await chair.ok("set_program", layout="side-by-side", slots=["hall-b", "hall-a"])
     await chair.ok("mute", identity="hall-c", muted=True)
     await clients["hall-c"].ok("raise_hand")
@@ -55,6 +59,7 @@ def _essentials(room: dict[str, Any]) -> dict[str, Any]:
         "muted": sorted(i for i, p in people.items() if p["muted"]),
         "participants": sorted(people),
         "recording": room["recording"]["active"],
+        "removed": sorted(room["removed"]),
     }
 
 
@@ -66,6 +71,7 @@ async def test_a_restarted_server_has_every_room_and_endpoints_get_their_places_
     async with aiohttp.ClientSession() as http:
         async with server_process(data, media=False) as first:
             port = urlparse(first.url).port
+            removed_token = first.token("council", "hall-d", "venue")  # issued before the removal
             clients = await _meeting(http, first)
             before = await rest(first, "GET", "/api/rooms/council")
             first_recording = before["recording"]["recording_id"]
@@ -74,6 +80,7 @@ async def test_a_restarted_server_has_every_room_and_endpoints_get_their_places_
             for client in clients.values():
                 await client.closed(10)
         assert _essentials(before)["floor_queue"] == ["hall-c", "hall-b"]
+        assert _essentials(before)["removed"] == ["hall-d"]
 
         started = time.monotonic()
         async with server_process(data, media=False, port=port) as second:
@@ -102,6 +109,9 @@ async def test_a_restarted_server_has_every_room_and_endpoints_get_their_places_
             people = {p["identity"]: p for p in joined["room"]["participants"]}
             assert people["hall-c"]["muted"] and not people["hall-c"]["connected"]
             assert people["hall-a"]["connected"] and people["hall-b"]["connected"]
+            # The removed venue stays out with the token it had.
+            removed = await _connect(http, second, removed_token)
+            assert await removed.closed(5) == 4403
             # The room goes on: versions continue, commands work.
             result = await back["chair"].ok("set_program", layout="single", slots=["hall-b"])
             assert result["version"] > before["version"]
