@@ -15,6 +15,7 @@ holds ``FLUSH_PACKETS`` packets), so a killed server loses at most the last frac
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import mmap
@@ -193,6 +194,13 @@ class RecordingWriter:
         if (directory / "tracks").exists():
             raise FileExistsError(directory / "tracks")
         make_private_dir(directory / "tracks")
+        # The timeline is locked (flock) for as long as this writer lives, before meta.json makes the
+        # recording visible: a reader can tell a recording being written from one whose writer died
+        # (the kernel drops the lock with the process), whenever it looks (``writer_alive``).
+        self._timeline_fd = os.open(
+            directory / "timeline.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
+        )
+        fcntl.flock(self._timeline_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._meta: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "id": recording_id,
@@ -202,9 +210,6 @@ class RecordingWriter:
             "complete": False,
         }
         _write_json_atomic(directory / "meta.json", self._meta)
-        self._timeline_fd = os.open(
-            directory / "timeline.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
-        )
         self._timeline = bytearray()
         self._lock = threading.Lock()
         self._tracks: list[TrackWriter] = []
@@ -319,9 +324,9 @@ class RecordingWriter:
         self._wake.set()
         self._flusher.join(timeout=10)
         self.flush()
-        os.close(self._timeline_fd)
         self._meta.update(stopped_at=stopped_at, complete=True)
         _write_json_atomic(self.directory / "meta.json", self._meta)
+        os.close(self._timeline_fd)  # releases the lock only once meta.json says complete
         return self._meta
 
 
@@ -532,6 +537,22 @@ def _last_arrival(path: Path) -> float:
                 return last
             pos = data.rfind(CHUNK_MAGIC, 0, pos)
     return 0.0
+
+
+def writer_alive(directory: Path) -> bool:
+    """Whether a ``RecordingWriter`` (in any process on this machine) still writes the recording
+    in ``directory``: it holds the lock on the timeline until it closes or its process dies."""
+    try:
+        fd = os.open(directory / "timeline.jsonl", os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # the writer creates (and locks) it before meta.json exists
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def read_timeline(path: Path) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from conference.config import ConfigError, add_settings_arguments, settings_from_args
 
-from .archive import ArchiveError, Recording, list_recordings, recording_dir
+from .archive import ArchiveError, Recording, list_recordings, recording_dir, writer_alive
 from .jobs import list_jobs
 from .render import chapters_of
 from .service import purge
@@ -125,9 +125,13 @@ def run(args: argparse.Namespace) -> int:
                 code = 2
                 continue
             if not Recording(directory).complete and not args.force:
+                state = (
+                    "is still recording"
+                    if writer_alive(directory)
+                    else ("was interrupted and not yet recovered by the server (it is at its next start)")
+                )
                 print(
-                    f"conference recordings: {recording_id} is still recording (or was interrupted and "
-                    "not yet recovered by the server); use --force to delete it anyway",
+                    f"conference recordings: {recording_id} {state}; use --force to delete it anyway",
                     file=sys.stderr,
                 )
                 code = 2

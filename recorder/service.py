@@ -25,6 +25,7 @@ from .archive import (
     list_recordings,
     make_private_dir,
     recording_dir,
+    writer_alive,
 )
 from .jobs import RenderJobs, interrupted, list_jobs, options_from_job
 from .render import RenderError, RenderOptions
@@ -32,8 +33,6 @@ from .render import RenderError, RenderOptions
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 3600.0
-# An unfinished recording with no new data for this long was left by a server that died.
-STALE_AFTER_S = 60.0
 
 
 class RecorderService:
@@ -102,8 +101,12 @@ class RecorderService:
             return self.jobs.submit(recording_id, RenderOptions())
         return None
 
-    async def recover(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
-        """Finalise recordings left open by a server that died; queue their program renders."""
+    async def recover(self) -> list[str]:
+        """Finalise recordings left open by a server that died; queue their program renders.
+
+        A recording whose writer is gone (no process holds its lock, ``writer_alive``) is
+        finalised however recent its data: a server restarted a second after a crash recovers it.
+        One still written by another process on this machine is left alone."""
         if self._recovered:
             return []
         self._recovered = True
@@ -118,8 +121,8 @@ class RecorderService:
                 continue
             if rec.id in self._writers:
                 continue
-            if rec.stopped_at > time.time() - stale_after_s:
-                continue  # still being written, perhaps by another server process
+            if await asyncio.to_thread(writer_alive, rec.directory):
+                continue  # still being written by another server process
             await asyncio.to_thread(_finalise_interrupted, rec)
             log.warning("recording %s was interrupted (server stopped); kept up to the last data", rec.id)
             recovered.append(rec.id)

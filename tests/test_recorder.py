@@ -21,7 +21,14 @@ import pytest
 from conference.roles import Role
 from conference.room import Participant, RoomState, join, set_program, start_recording
 from recorder import archive
-from recorder.archive import BadRecordingId, Recording, RecordingWriter, read_records, recording_dir
+from recorder.archive import (
+    BadRecordingId,
+    Recording,
+    RecordingWriter,
+    read_records,
+    recording_dir,
+    writer_alive,
+)
 from recorder.render import RenderOptions, render
 from recorder.service import RecorderService
 from recorder.testing import Script, Speaker, write_meeting
@@ -306,6 +313,12 @@ async def test_sigkill_mid_recording_keeps_everything_up_to_the_kill(tmp_path: P
         assert line.strip() == b"recording"
         started = time.time()
         await asyncio.sleep(3.0)
+        # While its writer lives (in another process), a starting server leaves it alone.
+        assert writer_alive(recording_dir(tmp_path / "data", "killed"))
+        bystander = RecorderService(data_dir=tmp_path / "data")
+        assert await bystander.recover() == []
+        await bystander.close()
+        assert not Recording.open(tmp_path / "data", "killed").complete
         proc.send_signal(signal.SIGKILL)
         killed_after = time.time() - started
     finally:
@@ -326,9 +339,11 @@ async def test_sigkill_mid_recording_keeps_everything_up_to_the_kill(tmp_path: P
     last = frames[-1][150:210, 290:350].reshape(-1, 3)
     assert np.abs(np.median(last, axis=0) - [0, 200, 0]).max() < 40, "the picture right before the kill"
 
-    # A restarted server finalises it as interrupted and renders the program.
+    # A server started right after the kill (the data is a second old) finalises it as
+    # interrupted and renders the program.
+    assert not writer_alive(recording_dir(tmp_path / "data", "killed"))
     service = RecorderService(data_dir=tmp_path / "data")
-    recovered = await service.recover(stale_after_s=0.0)
+    recovered = await service.recover()
     assert recovered == ["killed"]
     meta = Recording.open(tmp_path / "data", "killed").meta
     assert meta["interrupted"] and meta["complete"]
