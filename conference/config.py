@@ -59,6 +59,8 @@ class Settings:
     ws_max_message_bytes: int = 262144  # a chair's answer has ~64 m-lines
     ws_rate: float = 20.0  # messages per second per connection (token bucket refill)
     ws_burst: int = 40  # token bucket size
+    # Bytes of messages waiting for one connection before it is closed (1008) as not reading.
+    ws_max_queued_bytes: int = 4 * 1024 * 1024
     media: bool = True  # False: signaling only (NullMedia)
     media_backend: str = "sfu"  # "sfu", or "relay_baseline" (decode/re-encode, for comparison)
     recording_retention_days: int | None = None  # None: keep recordings until deleted
@@ -99,6 +101,8 @@ class Settings:
             raise ConfigError("reconnect_grace_s must not be negative")
         if self.ws_max_message_bytes < 1024:
             raise ConfigError("ws_max_message_bytes must be at least 1024")
+        if self.ws_max_queued_bytes < self.ws_max_message_bytes:
+            raise ConfigError("ws_max_queued_bytes must be at least ws_max_message_bytes")
         if self.ws_rate <= 0 or self.ws_burst < 1:
             raise ConfigError("ws_rate must be positive and ws_burst at least 1")
         if self.room_store not in ("sqlite", "memory"):
@@ -164,6 +168,7 @@ _FIELD_TYPES: dict[str, str] = {
     "ws_max_message_bytes": "int",
     "ws_rate": "float",
     "ws_burst": "int",
+    "ws_max_queued_bytes": "int",
     "media": "bool",
     "media_backend": "str",
     "recording_retention_days": "int?",

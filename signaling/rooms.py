@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 P = Permission
 CLOSE_REPLACED = 4409
 CLOSE_REMOVED = 4410
+SLOW_CLOSE_TIMEOUT_S = 5.0
 
 # Commands that change the room, and the permission each needs. `None`: any publisher.
 COMMAND_PERMISSIONS: dict[str, Permission | None] = {
@@ -81,14 +82,29 @@ class Actor:
 
 
 class Connection:
-    """One endpoint's WebSocket: an outgoing queue so a slow reader never holds up the room."""
+    """One endpoint's WebSocket: an outgoing queue so a slow reader never holds up the room.
 
-    def __init__(self, ws: web.WebSocketResponse, claims: Claims) -> None:
+    The queue is bounded in messages and in bytes (``max_queued_bytes``): a client that does not
+    read is closed with 1008 and its queue dropped, so it costs the server a few MB at most. The
+    close frame waits for it at most ``SLOW_CLOSE_TIMEOUT_S``; then the TCP connection is aborted
+    (a graceful close would wait forever for a peer that never reads)."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        claims: Claims,
+        *,
+        max_queued_bytes: int = 4 * 1024 * 1024,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
         self.claims = claims
         self.joined = False
         self.session: MediaSession | None = None
         self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=OUTGOING_QUEUE)
+        self._queued_bytes = 0  # JSON text is ASCII (json.dumps escapes): characters are bytes
+        self._max_queued_bytes = max_queued_bytes
+        self._transport = transport
         self._closing = False
         self._closer: asyncio.Task[bool] | None = None  # kept so the task is not garbage-collected
         self._writer = asyncio.get_running_loop().create_task(self._write())
@@ -104,40 +120,58 @@ class Connection:
     def send(self, message: dict[str, Any]) -> None:
         self.send_text(json.dumps(message))
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
     def send_text(self, text: str) -> None:
         if self._closing:
             return
-        try:
-            self._queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if self._queued_bytes + len(text) > self._max_queued_bytes or self._queue.full():
             log.warning("closing %s/%s: does not read its messages", self.room, self.identity)
-            self._closing = True
-            self._writer.cancel()
-            self._closer = asyncio.get_running_loop().create_task(
-                self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow")
-            )
+            self._close_now(WSCloseCode.POLICY_VIOLATION, "does not read its messages")
+            return
+        self._queue.put_nowait(text)
+        self._queued_bytes += len(text)
 
     def close(self, code: int, reason: str) -> None:
         """Close after what is already queued has been sent (e.g. ``replaced`` before 4409)."""
         if self._closing:
             return
+        if self._queue.full():
+            self._close_now(code, reason)
+            return
         self._closing = True
+        self._queue.put_nowait((code, reason))
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """Drop what is queued and close; abort the connection if the close cannot get out."""
+        self._closing = True
+        self._writer.cancel()
+        self._queue = asyncio.Queue(maxsize=1)  # let the queued messages' memory go now
+        self._queued_bytes = 0
+        self._closer = asyncio.get_running_loop().create_task(self._close_or_abort(code, reason))
+
+    async def _close_or_abort(self, code: int, reason: str) -> bool:
         try:
-            self._queue.put_nowait((code, reason))
-        except asyncio.QueueFull:
-            self._writer.cancel()
-            self._closer = asyncio.get_running_loop().create_task(
-                self.ws.close(code=code, message=close_reason(reason))
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=close_reason(reason)), SLOW_CLOSE_TIMEOUT_S
             )
+            return True
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self._transport is not None:
+                self._transport.abort()
+            return False
 
     async def _write(self) -> None:
         try:
             while True:
                 item = await self._queue.get()
                 if isinstance(item, tuple):
-                    await self.ws.close(code=item[0], message=close_reason(item[1]))
+                    await self._close_or_abort(*item)
                     return
                 await self.ws.send_str(item)
+                self._queued_bytes -= len(item)
         except (ConnectionError, RuntimeError):  # the peer went away: the reader notices too
             return
 

@@ -55,7 +55,7 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
     if rooms.shutting_down:
         await ws.close(code=1001, message=b"server shutting down")
         return ws
-    conn = Connection(ws, claims)
+    conn = Connection(ws, claims, max_queued_bytes=settings.ws_max_queued_bytes, transport=request.transport)
     rooms.sockets.add(conn)
     bucket = TokenBucket(settings.ws_rate, settings.ws_burst)
     try:
