@@ -51,6 +51,8 @@ class Settings:
     # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
     # (None: no cap beyond max_endpoints - 1).
     max_previews: int | None = None
+    # Plain-RTP transports (workers in other processes: live stream, telephone gateway) bind here.
+    plain_rtp_host: str = "127.0.0.1"
     reconnect_grace_s: float = 30.0
     auto_record: bool = False
     redis_url: str | None = None
@@ -161,6 +163,7 @@ _FIELD_TYPES: dict[str, str] = {
     "max_endpoints": "int",
     "publish_max_bitrate": "int",
     "max_previews": "int?",
+    "plain_rtp_host": "str",
     "reconnect_grace_s": "float",
     "auto_record": "bool",
     "redis_url": "str?",

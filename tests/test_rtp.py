@@ -959,3 +959,20 @@ def test_feedback_packets_parse_as_rtcp() -> None:
     stats.add(106, 106 * 3000, 6.0)
     again = RtcpPacket.parse(rtcp_receiver_report(1, [stats.report_block(0xBBBB)]))[0].reports[0]
     assert again.fraction_lost == 0 and again.packets_lost == 2
+
+
+def test_feedback_parser_reads_pli_fir_and_nack_and_survives_garbage() -> None:
+    import struct
+
+    from conference.sfu.rtcp import Feedback, parse_feedback, rtcp_nack, rtcp_pli, rtcp_receiver_report
+
+    fir = struct.pack("!BBHII", 0x84, 206, 4, 1, 0) + struct.pack("!IBxxx", 0xABC, 7)
+    compound = rtcp_receiver_report(1, []) + rtcp_pli(1, 0x111) + fir + rtcp_nack(1, 0x222, [10, 12, 30])
+    assert parse_feedback(compound) == [
+        Feedback("pli", 0x111),
+        Feedback("pli", 0xABC),
+        Feedback("nack", 0x222, (10, 12, 30)),
+    ]
+    for garbage in (b"", b"\x81\xce", compound[:-3], b"\x00" * 40, bytes(range(256))):
+        parse_feedback(garbage)  # never raises
+    assert parse_feedback(compound[:-3])[:2] == [Feedback("pli", 0x111), Feedback("pli", 0xABC)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -17,9 +18,13 @@ from ..media import Emit, MediaError, RecordingSink, SessionOptions
 from ..policy import TICK
 from ..room import Event, RoomState
 from . import aiortc_glue as glue
+from .direct import DirectTransport, KeyframeCallback, PacketCallback
+from .packet import CodecInfo
+from .plain import PlainOffer, PlainTransport
 from .router import Router
 from .session import Session
 from .stats import Counters
+from .transport import Kind
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +42,10 @@ class SfuBackend:
         rtc_announced_address: str | None = None,
         max_previews: int | None = None,
         publish_max_bitrate: int = 1_500_000,
+        plain_rtp_host: str = "127.0.0.1",
     ) -> None:
         glue.check_aiortc()
+        self.plain_rtp_host = plain_rtp_host
         self.publish_max_bitrate = publish_max_bitrate
         # Never None: aiortc would fall back to Google's public STUN server.
         self.ice_servers: list[RTCIceServer] = list(ice_servers or [])
@@ -96,6 +103,52 @@ class SfuBackend:
         router.add_transport(session)
         self._started()
         return session
+
+    async def open_direct(
+        self,
+        room: str,
+        identity: str,
+        state: RoomState,
+        *,
+        publish: dict[Kind, list[CodecInfo]] | None = None,
+        video_slots: int = 0,
+        audio_slots: int = 0,
+        on_keyframe_request: KeyframeCallback | None = None,
+        on_packet: PacketCallback | None = None,
+    ) -> DirectTransport:
+        """Media from and to Python code in this process (a clip player, a test source); call
+        ``start()`` on it to take part."""
+        self._started()
+        router = self.router(room, state)
+        await self._replace(router, identity)
+        transport = DirectTransport(
+            router,
+            identity,
+            publish=publish,
+            video_slots=video_slots,
+            audio_slots=audio_slots,
+            on_keyframe_request=on_keyframe_request,
+            on_packet=on_packet,
+        )
+        router.add_transport(transport)
+        return transport
+
+    async def open_plain(
+        self, room: str, identity: str, state: RoomState, offer: PlainOffer
+    ) -> PlainTransport:
+        """Plain RTP over UDP for a worker on this machine; ``answer()`` tells it the server's port.
+        The worker must listen on a loopback address or on ``plain_rtp_host`` itself."""
+        self._started()
+        worker = ipaddress.ip_address(offer.address[0])
+        if not worker.is_loopback and str(worker) != self.plain_rtp_host:
+            raise MediaError("bad_request", "a plain-RTP worker must be on this machine")
+        router = self.router(room, state)
+        await self._replace(router, identity)
+        transport = PlainTransport(router, identity, offer)
+        await transport.bind(self.plain_rtp_host)
+        router.add_transport(transport)
+        transport.start()
+        return transport
 
     async def room_changed(self, room: str, events: list[Event], state: RoomState) -> None:
         router = self.rooms.get(room)
@@ -228,4 +281,5 @@ def create_backend(settings: Settings | None = None) -> SfuBackend:
         rtc_announced_address=settings.rtc_announced_address,
         max_previews=settings.max_previews,
         publish_max_bitrate=settings.publish_max_bitrate or 1_500_000,
+        plain_rtp_host=settings.plain_rtp_host,
     )
