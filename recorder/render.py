@@ -50,21 +50,17 @@ from .archive import (
     recording_dir,
     write_private_text,
 )
-from .font import caption, fit_text, text_mask
+from .compose import AAC_FRAME, AUDIO_RATE, Arrangement, Compositor
+from .compose import mono as mono_samples
 
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 48000
-AAC_FRAME = 1024
 DEFAULT_FPS = 25
 DEFAULT_SIZE = (1280, 720)
 # A feed that sent no frame for this long is shown as a name card (camera off or connection lost).
 STALE_VIDEO_S = 5.0
 # Decode a hidden feed anyway once this many frames wait, so memory stays bounded without keyframes.
 MAX_PENDING_FRAMES = 300
-# Black, and the dark grey of a name card, in limited-range YUV.
-BLACK = (16, 128, 128)
-CARD = (48, 128, 128)
 
 Progress = Callable[[float], None]
 
@@ -317,8 +313,6 @@ def chapters_of(recording: Recording, t0: float, t1: float) -> list[Chapter]:
 
 
 # --- layouts over time ---------------------------------------------------------------------------
-
-Arrangement = tuple[tuple[Rect, ...], list[str | None]]
 
 
 def auto_grid(count: int) -> tuple[Rect, ...]:
@@ -607,20 +601,6 @@ def _opus_packets(recording: Recording, track: TrackInfo) -> Iterator[tuple[floa
         yield clock.time_of(arrival, packet.timestamp), packet.payload
 
 
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    """A decoded frame as float32 mono samples (read straight from the buffer: to_ndarray is slow)."""
-    name = frame.format.name
-    if len(frame.layout.channels) == 1 and name in ("s16", "s16p", "flt", "fltp"):
-        dtype = np.int16 if name.startswith("s16") else np.float32
-        samples = np.frombuffer(frame.planes[0], dtype=dtype)[: frame.samples].astype(np.float32)
-        return samples * (1 / 32768.0) if dtype is np.int16 else samples
-    data = frame.to_ndarray()
-    if not frame.format.is_planar:
-        data = data.reshape(-1, len(frame.layout.channels)).T
-    mono = data.mean(axis=0).astype(np.float32)
-    return mono * (1 / 32768.0) if name.startswith("s16") else mono
-
-
 class AudioFeed:
     """One audio track decoded to 48 kHz mono, read in consecutive blocks of samples."""
 
@@ -658,7 +638,7 @@ class AudioFeed:
             if self._write_pos is not None and abs(pos - self._write_pos) < AUDIO_RATE // 50:
                 pos = self._write_pos
             for frame in frames:
-                mono = _mono(frame)
+                mono = mono_samples(frame)
                 self._chunks.append((pos, mono))
                 pos += mono.shape[0]
             self._write_pos = pos
@@ -676,129 +656,6 @@ class AudioFeed:
                 out = np.zeros(count, dtype=np.float32)
             out[lo - start : hi - start] += samples[lo - pos : hi - pos]
         return out
-
-
-# --- composition -------------------------------------------------------------------------------
-
-
-class Canvas:
-    """A YUV 4:2:0 picture built in place and handed to the encoder."""
-
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.buffer = np.empty(width * height * 3 // 2, dtype=np.uint8)
-        self.y = self.buffer[: width * height].reshape(height, width)
-        quarter = width * height // 4
-        self.u = self.buffer[width * height : width * height + quarter].reshape(height // 2, width // 2)
-        self.v = self.buffer[width * height + quarter :].reshape(height // 2, width // 2)
-
-    def fill(self, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
-        x, y, w, h = box
-        self.y[y : y + h, x : x + w] = colour[0]
-        self.u[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2] = colour[1]
-        self.v[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2] = colour[2]
-
-    def paste(self, x: int, y: int, planes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        py, pu, pv = planes
-        h, w = py.shape
-        self.y[y : y + h, x : x + w] = py
-        self.u[y // 2 : y // 2 + h // 2, x // 2 : x // 2 + w // 2] = pu
-        self.v[y // 2 : y // 2 + h // 2, x // 2 : x // 2 + w // 2] = pv
-
-    def text(self, x: int, y: int, mask: np.ndarray, box: tuple[int, int, int, int] | None = None) -> None:
-        """Draw white text with a dark band behind it, clipped to ``box``."""
-        bx, by, bw, bh = box or (0, 0, self.width, self.height)
-        h, w = mask.shape
-        pad = max(2, h // 4) & ~1
-        x0, y0 = max(bx, x - pad) & ~1, max(by, y - pad) & ~1
-        x1, y1 = min(bx + bw, x + w + pad), min(by + bh, y + h + pad)
-        if x1 <= x0 or y1 <= y0:
-            return
-        region = self.y[y0:y1, x0:x1]
-        region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)
-        self.u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = 128
-        self.v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = 128
-        mh, mw = min(h, y1 - y), min(w, x1 - x)
-        if mh > 0 and mw > 0:
-            self.y[y : y + mh, x : x + mw][mask[:mh, :mw]] = 235
-
-    def frame(self) -> av.VideoFrame:
-        # A fresh frame each time (the encoder may keep a reference), filled plane by plane: a tenth
-        # of the cost of VideoFrame.from_ndarray.
-        frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        for plane, source in zip(frame.planes, (self.y, self.u, self.v), strict=True):
-            target = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-            target[:, : source.shape[1]] = source
-        return frame
-
-
-def _fit(src_w: int, src_h: int, box_w: int, box_h: int) -> tuple[int, int]:
-    """Largest even size with the source's aspect inside the box."""
-    scale = min(box_w / src_w, box_h / src_h)
-    return max(2, round(src_w * scale) & ~1), max(2, round(src_h * scale) & ~1)
-
-
-def _planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    out = []
-    for i, plane in enumerate(frame.planes):
-        w = frame.width if i == 0 else frame.width // 2
-        h = frame.height if i == 0 else frame.height // 2
-        arr = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[:h, :w]
-        out.append(arr)
-    return out[0], out[1], out[2]
-
-
-class Compositor:
-    def __init__(self, width: int, height: int, captions: bool) -> None:
-        self.canvas = Canvas(width, height)
-        self.captions = captions
-        self._scaled: dict[tuple[int, int, int, int], tuple[int, int, tuple[np.ndarray, ...]]] = {}
-
-    def _caption_scale(self, tile_h: int) -> int:
-        return max(1, min(4, tile_h // 120))
-
-    def draw(
-        self,
-        arrangement: Arrangement,
-        state: MeetingState,
-        pictures: dict[str, tuple[int, av.VideoFrame] | None],
-    ) -> av.VideoFrame:
-        c = self.canvas
-        c.fill((0, 0, c.width, c.height), BLACK)
-        rects, slots = arrangement
-        used: dict[tuple[int, int, int, int], tuple[int, int, tuple[np.ndarray, ...]]] = {}
-        for rect, identity in zip(rects, slots, strict=False):
-            if identity is None:
-                continue
-            box = rect.to_pixels(c.width, c.height)
-            x, y, w, h = box
-            if w < 4 or h < 4:
-                continue
-            picture = pictures.get(identity)
-            if picture is None:
-                c.fill(box, CARD)
-                scale = max(1, min(6, h // 60))
-                label = fit_text(caption(state.name(identity), identity), w - 8, scale)
-                mask = text_mask(label, scale)
-                c.text(x + (w - mask.shape[1]) // 2, y + (h - mask.shape[0]) // 2, mask, box)
-                continue
-            serial, frame = picture
-            fw, fh = _fit(frame.width, frame.height, w, h)
-            key = (id(frame), serial, fw, fh)
-            scaled = self._scaled.get(key)
-            if scaled is None:
-                small = frame.reformat(width=fw, height=fh, format="yuv420p")
-                scaled = (fw, fh, _planes(small))
-            used[key] = scaled
-            ox, oy = (x + (w - fw) // 2) & ~1, (y + (h - fh) // 2) & ~1
-            c.paste(ox, oy, scaled[2])  # type: ignore[arg-type]
-            if self.captions:
-                scale = self._caption_scale(h)
-                label = fit_text(caption(state.name(identity), identity), w - 8 * scale, scale)
-                mask = text_mask(label, scale)
-                c.text(x + 4 * scale, y + h - mask.shape[0] - 4 * scale, mask, box)
-        self._scaled = used
-        return c.frame()
 
 
 # --- the render ----------------------------------------------------------------------------------
