@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -69,6 +70,11 @@ class Settings:
     recording_auto_render: bool = True  # render the default layout as soon as a recording stops
     recording_fsync: bool = False  # fsync each recorded track file as it is closed (durable, slower)
     shutdown_timeout_s: float = 5.0
+    # The public live stream's compositor (``conference live``, one process per broadcasting room).
+    live_size: str = "1280x720"
+    live_fps: int = 25
+    live_threads: int = 1  # x264 threads of each compositor; 0 lets x264 choose
+    live_preset: str = "ultrafast"  # x264 preset
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +119,10 @@ class Settings:
             raise ConfigError("recording_retention_days must be at least 1 (or unset to keep forever)")
         for server in self.ice_servers:
             _check_ice_server(server)
+        if not re.fullmatch(r"\d{2,4}x\d{2,4}", self.live_size):
+            raise ConfigError(f"live_size must be WIDTHxHEIGHT, got {self.live_size!r}")
+        if not 1 <= self.live_fps <= 60 or self.live_threads < 0:
+            raise ConfigError("live_fps must be 1-60 and live_threads at least 0")
 
     def public_json(self) -> dict[str, Any]:
         """What pages may know: nothing secret (no TURN credentials, keys or paths)."""
@@ -178,6 +188,10 @@ _FIELD_TYPES: dict[str, str] = {
     "recording_auto_render": "bool",
     "recording_fsync": "bool",
     "shutdown_timeout_s": "float",
+    "live_size": "str",
+    "live_fps": "int",
+    "live_threads": "int",
+    "live_preset": "str",
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
 

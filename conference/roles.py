@@ -24,6 +24,7 @@ class Permission(StrEnum):
     FLOOR_CONTROL = "floor_control"  # grant / revoke the floor
     REQUEST_FLOOR = "request_floor"  # raise / lower one's own hand
     RECORDING_CONTROL = "recording_control"
+    BROADCAST_CONTROL = "broadcast_control"  # the public live stream, and what its page shows
     DIAL_IN = "dial_in"  # set the telephone dial-in PIN
     LIST_RECORDINGS = "list_recordings"
     DOWNLOAD_RECORDINGS = "download_recordings"

@@ -93,6 +93,16 @@ class Recording:
 
 
 @dataclass(slots=True)
+class Broadcast:
+    """The public live stream (``recorder.live``): on while the chair broadcasts, apart from the
+    recording. ``stopped_at`` tells the public page the broadcast is over rather than yet to come."""
+
+    active: bool = False
+    started_at: float | None = None
+    stopped_at: float | None = None
+
+
+@dataclass(slots=True)
 class DialIn:
     """Telephone dial-in: the meeting's numeric ID and PINs, kept only as keyed hashes
     (``signaling.dialin``), so the state never holds a PIN."""
@@ -136,6 +146,13 @@ class RoomState:
     dial_in: DialIn = field(default_factory=DialIn)
     # Removed identities and when (Unix seconds): their tokens issued until then are refused.
     removed: dict[str, float] = field(default_factory=dict)
+    broadcast: Broadcast = field(default_factory=Broadcast)
+    # Start the public broadcast with the meeting (the first join), as auto_record does recording.
+    auto_broadcast: bool = False
+    # What the public page shows of the meeting besides its title (``set_public``).
+    topic: str = ""
+    starts_at: float | None = None  # the scheduled start, Unix seconds
+    background: str = ""  # background material: plain text, links written out
 
     def is_removed(self, identity: str, issued_at: float) -> bool:
         """Whether a token of ``identity`` issued at ``issued_at`` predates its removal. Token
@@ -165,6 +182,11 @@ class RoomState:
             "recording": asdict(self.recording),
             "dial_in": self.dial_in.to_json(),
             "removed": dict(self.removed),
+            "broadcast": asdict(self.broadcast),
+            "auto_broadcast": self.auto_broadcast,
+            "topic": self.topic,
+            "starts_at": self.starts_at,
+            "background": self.background,
         }
 
     @classmethod
@@ -182,6 +204,11 @@ class RoomState:
             recording=Recording(**data["recording"]),
             dial_in=DialIn.from_json(data.get("dial_in")),
             removed=dict(data.get("removed") or {}),
+            broadcast=Broadcast(**(data.get("broadcast") or {})),
+            auto_broadcast=bool(data.get("auto_broadcast", False)),
+            topic=data.get("topic", ""),
+            starts_at=data.get("starts_at"),
+            background=data.get("background", ""),
         )
 
 
@@ -302,6 +329,72 @@ def set_title(state: RoomState, title: str, by: str | None = None) -> list[Event
         return []
     state.title = title
     return [{"kind": "title", "title": title, "by": by}]
+
+
+MAX_TOPIC = 200
+MAX_BACKGROUND = 4000
+
+
+def set_public(
+    state: RoomState,
+    *,
+    topic: str | None = None,
+    starts_at: float | bool | None = False,
+    background: str | None = None,
+    auto_broadcast: bool | None = None,
+    by: str | None = None,
+) -> list[Event]:
+    """What the public page shows besides the title: the topic, the scheduled start (None: none;
+    False: unchanged), background material; and whether the broadcast starts with the meeting.
+    Checked before anything changes, so a bad field changes nothing."""
+    if topic is not None:
+        topic = " ".join(topic.split())
+        if len(topic) > MAX_TOPIC:
+            raise CommandError("bad_request", f"the topic is longer than {MAX_TOPIC} characters")
+    if background is not None:
+        background = background.replace("\r\n", "\n").strip()
+        if len(background) > MAX_BACKGROUND:
+            raise CommandError("bad_request", f"the background is longer than {MAX_BACKGROUND} characters")
+    if starts_at is not False and starts_at is not None:
+        if isinstance(starts_at, bool) or not isinstance(starts_at, int | float) or not 0 < starts_at < 1e11:
+            raise CommandError("bad_request", "starts_at must be a time in Unix seconds")
+        starts_at = float(starts_at)
+    if topic is not None:
+        state.topic = topic
+    if background is not None:
+        state.background = background
+    if starts_at is not False:
+        state.starts_at = starts_at  # type: ignore[assignment]
+    if auto_broadcast is not None:
+        state.auto_broadcast = bool(auto_broadcast)
+    return [
+        {
+            "kind": "public",
+            "topic": state.topic,
+            "starts_at": state.starts_at,
+            "background": state.background,
+            "auto_broadcast": state.auto_broadcast,
+            "by": by,
+        }
+    ]
+
+
+# --- the public broadcast ------------------------------------------------------------------
+
+
+def start_broadcast(state: RoomState, now: float | None = None, by: str | None = None) -> list[Event]:
+    """The chair puts the meeting on the public stream (separately from recording)."""
+    if state.broadcast.active:
+        raise CommandError("conflict", "the room is already broadcasting")
+    state.broadcast = Broadcast(True, time.time() if now is None else now, None)
+    return [{"kind": "broadcast", **asdict(state.broadcast), "by": by}]
+
+
+def stop_broadcast(state: RoomState, now: float | None = None, by: str | None = None) -> list[Event]:
+    if not state.broadcast.active:
+        raise CommandError("conflict", "the room is not broadcasting")
+    state.broadcast = Broadcast(False, state.broadcast.started_at, time.time() if now is None else now)
+    return [{"kind": "broadcast", **asdict(state.broadcast), "by": by}]
 
 
 # --- audio ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from conference.store import RoomExists, RoomStore, create_store
 from . import dialin
 from .admission import check_not_removed
 from .bodies import body_error
+from .broadcast import Broadcasts
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
 from .restore import restore_rooms
@@ -54,6 +55,7 @@ STORE_KEY = web.AppKey("store", RoomStore)
 MEDIA_KEY = web.AppKey("media", MediaBackend)
 ROOMS_KEY = web.AppKey("rooms", Rooms)
 RECORDING_KEY = web.AppKey("recording", RecordingControl)
+BROADCASTS_KEY = web.AppKey("broadcasts", Broadcasts)
 SECRET_KEY = web.AppKey("secret", str)
 ADMIN_KEY_KEY = web.AppKey("admin_key", str)
 
@@ -68,7 +70,7 @@ MAX_BODY = 64 * 1024
 # Commands the REST API offers to integrations (the chair's; the others act on a live endpoint).
 REST_COMMANDS = frozenset(
     {"set_program", "set_title", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
-    | {"start_recording", "stop_recording", "set_dial_in"}
+    | {"start_recording", "stop_recording", "set_dial_in", "start_broadcast", "stop_broadcast"}
 )
 STATUS_FOR_CODE = {
     "bad_request": 400,
@@ -390,6 +392,8 @@ def create_app(
     media = media if media is not None else build_media(settings)
     recording = RecordingControl(settings, store, media)
     rooms = Rooms(settings, store, media, recording)
+    broadcasts = Broadcasts(settings, store, media)
+    app[BROADCASTS_KEY] = broadcasts
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = store
     app[MEDIA_KEY] = media
@@ -424,12 +428,14 @@ def create_app(
         if start is not None:
             await start()
         await restore_rooms(rooms)
+        await broadcasts.restore()
 
     async def on_shutdown(app: web.Application) -> None:
         await rooms.shutdown()
 
     async def on_cleanup(app: web.Application) -> None:
         try:
+            await broadcasts.close()
             await media.close()
         finally:
             await store.close()

@@ -11,6 +11,7 @@ from types import ModuleType
 from conference.loadtest import bench
 from recorder import cli as recordings
 from recorder import render
+from recorder.live import worker as live
 
 from . import serve, tokens
 from .phone import cli as phone
@@ -23,6 +24,7 @@ SUBCOMMANDS: list[tuple[str, ModuleType, str]] = [
     ("render", render, "render a recording to MP4 in a chosen layout"),
     ("recordings", recordings, "list, show or delete recordings"),
     ("phone", phone, "telephone dial-in gateway (SIP)"),
+    ("live", live, "the program compositor of a room's public HLS stream (started by the server)"),
 ]
 
 

@@ -112,6 +112,8 @@ MESSAGES: dict[str, dict[str, Any]] = {
     ),
     "start_recording": _message("start_recording"),
     "stop_recording": _message("stop_recording"),
+    "start_broadcast": _message("start_broadcast"),
+    "stop_broadcast": _message("stop_broadcast"),
     "raise_hand": _message("raise_hand"),
     "lower_hand": _message("lower_hand"),
     "release_floor": _message("release_floor"),

@@ -51,6 +51,8 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "revoke_floor": P.FLOOR_CONTROL,
     "start_recording": P.RECORDING_CONTROL,
     "stop_recording": P.RECORDING_CONTROL,
+    "start_broadcast": P.BROADCAST_CONTROL,
+    "stop_broadcast": P.BROADCAST_CONTROL,
     "set_dial_in": P.DIAL_IN,
     "raise_hand": P.REQUEST_FLOOR,
     "lower_hand": P.REQUEST_FLOOR,
@@ -222,6 +224,10 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
             return lambda s: room_commands.self_mute(s, me, msg["muted"])
         case "publish":
             return lambda s: room_commands.update_publishing(s, me, msg["audio"], msg["video"])
+        case "start_broadcast":
+            return lambda s: room_commands.start_broadcast(s, by=by)
+        case "stop_broadcast":
+            return lambda s: room_commands.stop_broadcast(s, by=by)
         case "set_dial_in":  # prepared by signaling.dialin: hashes, never the PINs
             return lambda s: room_commands.set_dial_in(
                 s, msg["meeting_id"], msg["pin_hash"], msg.get("members")
@@ -503,6 +509,8 @@ class Rooms:
             result["floor_queue"] = state.floor_queue
         elif command == "set_dial_in":
             result["dial_in"] = state.dial_in.public_json()
+        elif command in ("start_broadcast", "stop_broadcast"):
+            result["broadcast"] = state.to_json()["broadcast"]
         return result
 
     async def sync(self, room: str, since: int) -> dict[str, Any]:

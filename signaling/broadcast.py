@@ -1,0 +1,287 @@
+"""The public broadcast: one program compositor (``conference live``, ``recorder.live.worker``) per
+broadcasting room, in a process of its own, fed over a plain-RTP transport of the media core.
+
+The room's ``broadcast`` state (``start_broadcast`` / ``stop_broadcast``, pure commands in
+``conference.room``) decides; this module follows the store's events: a broadcast that starts
+gets a worker, every change of the program, the names or the public text is written to the
+worker's stdin as one JSON line, a stop asks the worker for its closing slate and the end of the
+playlist. A worker that dies while the room broadcasts is started again on the same directory: its
+playlist goes on with an ``EXT-X-DISCONTINUITY`` and the meeting never notices (the worker is one
+more subscriber of the forwarding core, nothing else).
+
+The HLS files are in ``<data_dir>/live/<room>/``, served by ``signaling.public`` at
+``/live/{room}/``. Viewers only ever read those files: nothing they do reaches this module or the
+media core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from conference import room as room_commands
+from conference.config import Settings
+from conference.layouts import MAX_SLOTS
+from conference.media import MediaBackend, MediaError
+from conference.room import CommandError, Event, RoomState
+from conference.sfu.plain import PlainOffer
+from conference.store import RoomStore
+
+log = logging.getLogger(__name__)
+
+# The compositor's identity in the room's media: not a valid participant identity (those start
+# with a letter or digit), so no token can ever take it.
+IDENTITY = "~live"
+AUDIO_SLOTS = 3
+START_TIMEOUT_S = 20.0
+END_TIMEOUT_S = 20.0  # the closing slate plus the last segment, then it is killed
+RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0)
+
+
+def live_dir(settings: Settings, room: str) -> Path:
+    return Path(settings.data_dir) / "live" / room
+
+
+def program_message(state: RoomState) -> dict[str, Any]:
+    """What the compositor needs of the room: the program, names, and the slate's text."""
+    return {
+        "type": "program",
+        "room": state.room,
+        "layout": state.program.layout,
+        "slots": list(state.program.slots),
+        "names": {identity: p.name for identity, p in state.participants.items()},
+        "live": state.broadcast.active,
+        "title": state.title,
+        "topic": state.topic,
+        "starts_at": state.starts_at,
+    }
+
+
+class LiveStream:
+    """One room's compositor process, kept running while the room broadcasts."""
+
+    def __init__(self, owner: Broadcasts, room: str) -> None:
+        self.owner = owner
+        self.room = room
+        self.directory = live_dir(owner.settings, room)
+        self.process: asyncio.subprocess.Process | None = None
+        self.ending = False
+        self.restarts = 0
+        self.stats: dict[str, Any] = {}
+        self.last_program: dict[str, Any] | None = None
+        self.started = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._supervise())
+
+    def command(self) -> list[str]:
+        s = self.owner.settings
+        return [
+            sys.executable,
+            "-m",
+            "signaling",
+            "live",
+            "--out",
+            str(self.directory),
+            "--size",
+            s.live_size,
+            "--fps",
+            str(s.live_fps),
+            "--threads",
+            str(s.live_threads),
+            "--preset",
+            s.live_preset,
+            "--video-slots",
+            str(MAX_SLOTS),
+            "--audio-slots",
+            str(AUDIO_SLOTS),
+        ]
+
+    async def _supervise(self) -> None:
+        while not self.ending:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("live compositor of room %s failed", self.room)
+            if self.ending:
+                break
+            delay = RESTART_DELAYS_S[min(self.restarts, len(RESTART_DELAYS_S) - 1)]
+            self.restarts += 1
+            log.warning(
+                "live compositor of room %s stopped: restart %d in %.0f s", self.room, self.restarts, delay
+            )
+            await asyncio.sleep(delay)
+
+    async def _run_once(self) -> None:
+        media = self.owner.media
+        process = await asyncio.create_subprocess_exec(
+            *self.command(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self.process = process
+        transport = None
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
+            offer_json = json.loads(line)
+            offer = PlainOffer.from_json(offer_json)
+            state = await self.owner.store.get(self.room)
+            if state is None:
+                raise MediaError("not_found", f"room {self.room} is gone")
+            transport = await media.open_plain(self.room, IDENTITY, state, offer)  # type: ignore[attr-defined]
+            self.last_program = program_message(state)
+            process.stdin.write((json.dumps(transport.answer()) + "\n").encode())
+            process.stdin.write((json.dumps(self.last_program) + "\n").encode())
+            if self.ending:
+                process.stdin.write(b'{"type": "end"}\n')
+            await process.stdin.drain()
+            while True:
+                line = await process.stdout.readline()
+                if not line:
+                    break
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if message.get("type") == "started":
+                        self.started.set()
+                    elif message.get("type") == "stats":
+                        self.stats = message
+            await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            self.process = None
+            if transport is not None:
+                await transport.close()
+
+    def send(self, message: dict[str, Any]) -> None:
+        process = self.process
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            process.stdin.write((json.dumps(message) + "\n").encode())
+
+    def update(self, state: RoomState) -> None:
+        message = program_message(state)
+        if message != self.last_program:
+            self.last_program = message
+            self.send(message)
+
+    async def end(self) -> None:
+        """The broadcast stopped: the closing slate, the end of the playlist, then the process goes."""
+        self.ending = True
+        self.send({"type": "end"})
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), END_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            await self.kill()
+
+    async def kill(self) -> None:
+        self.ending = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.kill()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+class Broadcasts:
+    """The compositors of this process, following the rooms' broadcast state."""
+
+    def __init__(self, settings: Settings, store: RoomStore, media: MediaBackend) -> None:
+        self.settings = settings
+        self.store = store
+        self.media = media
+        self.streams: dict[str, LiveStream] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        store.subscribe(self.on_events)
+
+    @property
+    def available(self) -> bool:
+        """Whether this server can run compositors (the SFU with plain-RTP transports)."""
+        return hasattr(self.media, "open_plain") and self.settings.media
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_events(self, room: str, events: list[Event], state: RoomState) -> None:
+        if self.closed:
+            return
+        for event in events:
+            if event.get("kind") == "broadcast":
+                if event.get("active"):
+                    self._start(room, fresh=True)
+                else:
+                    self._end(room)
+            elif (
+                event.get("kind") == "participant_joined"
+                and state.auto_broadcast
+                and not state.broadcast.active
+                and state.broadcast.started_at is None
+            ):
+                self._spawn(self._auto_start(room))
+        stream = self.streams.get(room)
+        if stream is not None and not stream.ending:
+            stream.update(state)
+
+    async def _auto_start(self, room: str) -> None:
+        with contextlib.suppress(CommandError):  # another join started it first
+            await self.store.update(room, room_commands.start_broadcast)
+
+    def _start(self, room: str, fresh: bool) -> None:
+        old = self.streams.get(room)
+        if old is not None and not old.ending:
+            return
+        if not self.available:
+            log.warning("room %s broadcasts, but this server has no media core to stream from", room)
+            return
+        if old is not None:
+            self._spawn(old.kill())
+        if fresh:
+            # A new broadcast is a new playlist: nothing of the last one is served again.
+            shutil.rmtree(live_dir(self.settings, room), ignore_errors=True)
+        self.streams[room] = LiveStream(self, room)
+
+    def _end(self, room: str) -> None:
+        stream = self.streams.get(room)
+        if stream is None:
+            return
+
+        async def finish() -> None:
+            await stream.end()
+            if self.streams.get(room) is stream:
+                del self.streams[room]
+
+        self._spawn(finish())
+
+    async def restore(self) -> None:
+        """At start: the rooms that were broadcasting go on (on their playlist, after a gap)."""
+        for room in await self.store.list_rooms():
+            state = await self.store.get(room)
+            if state is not None and state.broadcast.active:
+                self._start(room, fresh=False)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            room: {"running": s.process is not None, "restarts": s.restarts, **s.stats}
+            for room, s in self.streams.items()
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        for stream in list(self.streams.values()):
+            await stream.kill()
+        self.streams.clear()
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,148 @@
+"""The public live stream end to end with real parts: aiortc venues with solid-colour cameras and
+tones, the SFU, the compositor process (``conference live``) on a plain-RTP transport, and its HLS
+output read back with PyAV (it decodes, timestamps grow, segments are at most 2.5 s, audio and video
+are both there, the picture shows the venue the program shows, the sound is the speaker's tone)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from test_sfu_support import TONES, Meeting, nearest_colour, wait_for
+
+from conference.config import Settings
+from conference.room import set_program, start_broadcast, stop_broadcast
+from signaling.broadcast import Broadcasts, LiveStream, live_dir
+
+pytestmark = pytest.mark.media
+
+
+def playlist(directory: Path) -> str:
+    path = directory / "index.m3u8"
+    return path.read_text() if path.exists() else ""
+
+
+def segments(text: str) -> list[tuple[float, str]]:
+    return [(float(d), name) for d, name in re.findall(r"#EXTINF:([\d.]+),\s*\n(\S+)", text)]
+
+
+def read_segment(path: Path) -> dict:
+    """Decode one segment: the centre colour of its last picture, its timestamps, its audio."""
+    with av.open(str(path)) as container:
+        assert container.streams.video and container.streams.audio, "audio and video both present"
+        video_pts, audio = [], []
+        last = None
+        for frame in container.decode(video=0, audio=0):
+            if isinstance(frame, av.VideoFrame):
+                video_pts.append(float(frame.pts * frame.time_base))
+                last = frame
+            else:
+                audio.append(frame.to_ndarray().reshape(-1))
+    assert last is not None, f"{path.name} has no picture"
+    rgb = last.to_ndarray(format="rgb24")
+    h, w = rgb.shape[:2]
+    centre = rgb[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].reshape(-1, 3).mean(axis=0)
+    samples = np.concatenate(audio) if audio else np.zeros(0)
+    return {"colour": nearest_colour(tuple(centre)), "pts": video_pts, "audio": samples}
+
+
+def pitch(samples: np.ndarray, rate: int = 48000) -> float | None:
+    if samples.shape[0] < rate // 4 or float(np.sqrt(np.mean(samples**2))) < 0.01:
+        return None
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.shape[0])))
+    return float(np.argmax(spectrum) * rate / samples.shape[0])
+
+
+async def newest_segment(directory: Path, after: set[str], timeout: float) -> str:
+    names: list[str] = []
+
+    def arrived() -> bool:
+        names[:] = [n for _, n in segments(playlist(directory)) if n not in after]
+        return bool(names)
+
+    await wait_for(arrived, timeout, "a new segment in the playlist")
+    return names[-1]
+
+
+async def test_the_compositor_streams_the_program_as_hls_and_follows_it(tmp_path: Path) -> None:
+    meeting = Meeting()
+    await meeting.start()
+    settings = Settings(data_dir=tmp_path, room_store="memory", live_size="320x180", live_fps=10)
+    broadcasts = Broadcasts(settings, meeting.store, meeting.backend)
+    directory = live_dir(settings, meeting.room)
+    try:
+        await meeting.add("hall-a", 2, speaking=True)
+        await meeting.add("hall-b", 4)
+        await meeting.command(set_program, "single", ["hall-a"])
+        await meeting.command(start_broadcast)
+        stream = broadcasts.streams[meeting.room]
+        await wait_for(lambda: len(segments(playlist(directory))) >= 3, 40, "three segments")
+        text = playlist(directory)
+        assert "#EXT-X-INDEPENDENT-SEGMENTS" in text and "#EXT-X-ENDLIST" not in text
+        listed = segments(text)
+        assert all(d <= 2.5 for d, _ in listed), listed
+        last = read_segment(directory / listed[-1][1])
+        assert last["colour"] == 2, last["colour"]  # hall-a's blue fills the single slot
+        heard = pitch(last["audio"])
+        assert heard is not None and abs(heard - TONES[2]) < 40, heard  # and its tone is the sound
+        pts = last["pts"]
+        assert pts == sorted(pts) and pts[-1] - pts[0] <= 2.5
+
+        # The chair's take: the stream follows within a segment or so.
+        seen = {n for _, n in listed}
+        await meeting.command(set_program, "single", ["hall-b"])
+        taken = time.monotonic()
+        colour = None
+        while time.monotonic() - taken < 15 and colour != 4:
+            name = await newest_segment(directory, seen, 10)
+            seen.add(name)
+            colour = read_segment(directory / name)["colour"]
+        assert colour == 4, "the stream did not follow the program to hall-b"
+
+        # A compositor that dies comes back on the same playlist, after a discontinuity.
+        assert stream.process is not None
+        stream.process.kill()
+        await wait_for(lambda: stream.restarts == 1 and stream.process is not None, 15, "a restart")
+        await wait_for(lambda: "#EXT-X-DISCONTINUITY" in playlist(directory), 30, "the discontinuity")
+        name = await newest_segment(directory, {n for _, n in segments(playlist(directory))}, 15)
+        assert read_segment(directory / name)["colour"] == 4
+        numbers = [int(re.sub(r"\D", "", n)) for _, n in segments(playlist(directory))]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+
+        # The stop: the closing slate (no venue colour), then the end of the playlist.
+        await meeting.command(stop_broadcast)
+        await wait_for(lambda: "#EXT-X-ENDLIST" in playlist(directory), 30, "the end of the playlist")
+        await wait_for(lambda: meeting.room not in broadcasts.streams, 10, "the compositor gone")
+        final = read_segment(directory / segments(playlist(directory))[-1][1])
+        assert final["colour"] not in (2, 4)
+        transports = meeting.backend.rooms[meeting.room].transports
+        assert "~live" not in transports  # its plain-RTP transport closed with it
+    finally:
+        await broadcasts.close()
+        await meeting.close()
+
+
+async def test_a_worker_that_cannot_start_does_not_disturb_the_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meeting = Meeting()
+    await meeting.start()
+    settings = Settings(data_dir=tmp_path, room_store="memory", live_size="320x180", live_fps=10)
+    broadcasts = Broadcasts(settings, meeting.store, meeting.backend)
+    monkeypatch.setattr(LiveStream, "command", lambda self: ["/bin/false"])
+    try:
+        viewer = await meeting.add("hall-a", 1)
+        await meeting.add("hall-b", 3)
+        await meeting.command(set_program, "single", ["hall-b"])
+        await meeting.command(start_broadcast)
+        stream = broadcasts.streams[meeting.room]
+        await wait_for(lambda: stream.restarts >= 1, 15, "the supervisor notices the dead worker")
+        await wait_for(lambda: viewer.video(0).colour == 3, 15, "the meeting goes on")
+        assert "~live" not in meeting.backend.rooms[meeting.room].transports
+    finally:
+        await broadcasts.close()
+        await meeting.close()
