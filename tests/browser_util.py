@@ -27,6 +27,16 @@ ADMIN_KEY = "browser-test-admin-key"
 
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 360, "height": 740}
+# The sizes people use (issue 13): a venue's screen, a chair's laptops, phones upright and sideways.
+VENUE_SCREEN = {"width": 1280, "height": 720}
+CHAIR_LAPTOPS = [
+    {"width": 1600, "height": 900},
+    {"width": 1366, "height": 768},
+    {"width": 1280, "height": 720},
+]
+PHONE_390 = {"width": 390, "height": 844}
+PHONE_LANDSCAPE = {"width": 844, "height": 390}
+CLERK_SCREEN = {"width": 1366, "height": 800}
 # Media tests draw screens smaller: five software-composited browsers share two busy cores.
 SMALL_SCREEN = {"width": 800, "height": 450}
 
@@ -145,12 +155,15 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running_server(data_dir: Path, *, media: bool) -> AsyncIterator[RunningServer]:
-    """The real application (signaling.app.create_app) on 127.0.0.1 and a free port."""
+async def running_server(
+    data_dir: Path, *, media: bool, port: int | None = None
+) -> AsyncIterator[RunningServer]:
+    """The real application (signaling.app.create_app) on 127.0.0.1 and a free port (or ``port``:
+    a server started again where the pages look for it)."""
     from conference.config import Settings
     from signaling.app import create_app
 
-    port = free_port()
+    port = port or free_port()
     settings = Settings(
         host="127.0.0.1",
         port=port,
@@ -303,8 +316,8 @@ async def server_process(
 async def rest(
     server: RunningServer, method: str, path: str, body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """One admin-key REST call; fails the test unless it answers 200. Over HTTPS the server has the
-    test's own self-signed certificate, which is not verified."""
+    """One admin-key REST call; fails the test unless it answers 200 (201 for a creation). Over
+    HTTPS the server has the test's own self-signed certificate, which is not verified."""
     import aiohttp
 
     verify = not server.url.startswith("https:")
@@ -318,7 +331,7 @@ async def rest(
             ssl=verify,
         ) as res,
     ):
-        assert res.status == 200, f"{method} {path}: {res.status} {await res.text()}"
+        assert res.status in (200, 201), f"{method} {path}: {res.status} {await res.text()}"
         return dict(await res.json())
 
 

@@ -2,25 +2,12 @@
 // being prepared (layout + slots, applied at once by "take"), mutes, the floor queue,
 // recording and the room's log. Frequent actions have keys (see the help dialog).
 
-import { decodeToken, RoomClient } from "./client.js";
+import { RoomClient } from "./client.js";
 import { t } from "./i18n.js";
-import {
-  attachTrack,
-  bindConnectionState,
-  bindFatal,
-  deviceLabel,
-  displayName,
-  el,
-  errorText,
-  fit16x9,
-  formatElapsed,
-  initPage,
-  loadLayouts,
-  notify,
-  obtainToken,
-  ProgramStage,
-  SoundOutput,
-} from "./ui.js";
+import { SoundOutput } from "./media.js";
+import { bindFatal, bindMeetingTitle, openPage, showFatal } from "./page.js";
+import { attachTrack, fit16x9, ProgramStage } from "./stage.js";
+import { bindConnectionState, deviceLabel, displayName, el, errorText, formatElapsed, loadLayouts, notify } from "./ui.js";
 
 const LOG_LIMIT = 300;
 const METER_EVERY_MS = 200;
@@ -56,7 +43,7 @@ class Console {
     });
     fit16x9($("program-draft"));
     fit16x9($("preview-frame"));
-    this.sound = new SoundOutput(c, $("sound-prompt"));
+    this.sound = new SoundOutput(c, t("sound.prompt"));
 
     c.addEventListener("joined", () => this.syncDraft(true));
     c.addEventListener("room", (ev) => {
@@ -164,7 +151,7 @@ class Console {
           layout.slots.map((r, i) =>
             el("span", {
               class: "layout-mini-slot",
-              style: `left:${r.x * 100}%;top:${r.y * 100}%;width:${r.w * 100}%;height:${r.h * 100}%;z-index:${i + 1}`,
+              style: { left: `${r.x * 100}%`, top: `${r.y * 100}%`, width: `${r.w * 100}%`, height: `${r.h * 100}%`, zIndex: String(i + 1) },
             }),
           ),
         );
@@ -509,11 +496,9 @@ class Console {
 }
 
 async function main() {
-  initPage();
-  const token = await obtainToken($("join-form"));
-  const claims = decodeToken(token) || {};
-  $("chair").hidden = false;
-  $("room-name").textContent = claims.room ?? "";
+  const opened = await openPage("chair");
+  if (!opened) return; // a link for another page: the notice says which
+  const { token, claims, titleKey } = opened;
 
   const client = new RoomClient({
     token,
@@ -527,13 +512,11 @@ async function main() {
   const console_ = new Console(client);
   window.conference.console = console_;
   bindConnectionState(client, $("conn"));
-  bindFatal(client, $("fatal"));
+  bindFatal(client, titleKey);
+  bindMeetingTitle(client, claims, $("room-name"));
   console_.start();
   client.addEventListener("joined", () => {
-    if (!client.can("set_program")) {
-      $("fatal").textContent = t("chair.not_chair");
-      $("fatal").hidden = false;
-    }
+    if (!client.can("set_program")) showFatal(t("chair.not_chair"));
     console_.render();
   });
   try {

@@ -2,9 +2,9 @@
 // downloads. It speaks the recorder's REST API (docs/recordings.md); an endpoint the server does
 // not have yet (404) is reported as such, and the rest of the page keeps working.
 
-import { decodeToken } from "./client.js";
 import { lang, t } from "./i18n.js";
-import { el, formatElapsed, initPage, loadLayouts, notify, obtainToken } from "./ui.js";
+import { openPage } from "./page.js";
+import { el, formatElapsed, loadLayouts, notify } from "./ui.js";
 
 const POLL_MS = 1000;
 // A signed link from a view is renewed on click when it has less than this left (seconds).
@@ -377,10 +377,9 @@ class ClerkPage {
 }
 
 async function main() {
-  initPage();
-  const token = await obtainToken($("join-form"));
-  const claims = decodeToken(token) || {};
-  $("clerk").hidden = false;
+  const opened = await openPage("clerk", { submitKey: "clerk.open" });
+  if (!opened) return; // a link for another page: the notice says which
+  const { token, claims } = opened;
   $("room-name").textContent = claims.admin ? t("clerk.all_rooms") : (claims.room ?? "");
   const page = new ClerkPage(new RecordingsApi(token), claims.admin ? {} : claims);
   window.conference = { clerk: page };

@@ -64,6 +64,10 @@ export class RoomMirror {
 
   load(s) {
     this.room = s.room;
+    this.title = s.title ?? "";
+    // Names of everyone seen in this room, kept after they leave: logs and captions name them.
+    this.knownNames ??= new Map();
+    for (const p of s.participants) this.knownNames.set(p.identity, p.name);
     this.version = s.version;
     this.program = { layout: s.program.layout, slots: [...s.program.slots] };
     this.participants = new Map(s.participants.map((p) => [p.identity, { ...p }]));
@@ -77,7 +81,7 @@ export class RoomMirror {
   }
 
   name(identity) {
-    return this.participant(identity)?.name ?? identity ?? "";
+    return this.participant(identity)?.name ?? this.knownNames.get(identity) ?? identity ?? "";
   }
 
   /** Apply one event; returns false when it is unknown (nothing changed but the version). */
@@ -87,11 +91,13 @@ export class RoomMirror {
       case "participant_joined":
       case "participant_rejoined":
         this.participants.set(e.participant.identity, { ...e.participant });
+        this.knownNames.set(e.participant.identity, e.participant.name);
         break;
       case "participant_connection":
         if (p) p.connected = e.connected;
         break;
       case "participant_left":
+        if (e.name) this.knownNames.set(e.identity, e.name);
         this.participants.delete(e.identity);
         this.floorQueue = this.floorQueue.filter((id) => id !== e.identity);
         break;
@@ -124,6 +130,9 @@ export class RoomMirror {
         }
         this.floor = e.floor ?? null;
         this.floorQueue = [...(e.floor_queue || [])];
+        break;
+      case "title":
+        this.title = e.title ?? "";
         break;
       case "recording":
         this.recording = { active: e.active, recording_id: e.recording_id, started_at: e.started_at };

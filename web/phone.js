@@ -1,10 +1,14 @@
-// The phone page of a member: one column, large buttons. Joins with the microphone switched
-// off (fifty open phone microphones would drown the meeting), camera off; shows the program's
-// main slot, the member's mute state and place in the floor queue, and asks for a tap to speak
-// once the chair gives the floor.
+// The phone page of a member: one column upright, two sideways, large buttons. Joins with the
+// microphone switched off (fifty open phone microphones would drown the meeting), camera off;
+// shows the meeting's title and the member's own name, that the meeting is recorded, the
+// program's main slot, the member's microphone and place in the floor queue, asks for a tap to
+// speak once the chair gives the floor, and lets the member end speaking.
 
 import { t } from "./i18n.js";
-import { attachTrack, displayName, errorText, floorPlace, joinAsEndpoint, notify, toggleHand } from "./ui.js";
+import { bindMicControl } from "./media.js";
+import { bindMeetingTitle, bindOutage, joinAsEndpoint } from "./page.js";
+import { attachTrack } from "./stage.js";
+import { displayName, errorText, floorPlace, notify, speakControl } from "./ui.js";
 
 const DATA_SAVING_KEY = "conference.phone.dataSaving";
 
@@ -13,7 +17,7 @@ const $ = (id) => document.getElementById(id);
 async function main() {
   // Read before joining: data-saving mode asks the server for no video slot at all.
   let dataSaving = localStorage.getItem(DATA_SAVING_KEY) === "on";
-  const { client, media, mic, frame, start } = await joinAsEndpoint({
+  const endpoint = await joinAsEndpoint({
     page: "phone",
     device: "phone",
     video: false,
@@ -21,9 +25,13 @@ async function main() {
     startMuted: true,
     stage: { maxSlots: 1 },
   });
+  if (!endpoint) return; // a link for another page: the notice says which
+  const { client, claims, media, mic, frame, start } = endpoint;
 
-  $("hand").addEventListener("click", () => toggleHand(client));
-  $("mic").addEventListener("click", () => mic.set(!mic.wantMuted));
+  bindMeetingTitle(client, claims, $("meeting-title"));
+  bindOutage(client, $("outage"));
+  bindMicControl($("mic"), mic);
+  const hand = speakControl($("hand"), client);
   $("speak-now").addEventListener("click", () => mic.set(false));
   $("accept-unmute").addEventListener("click", () => mic.set(false));
 
@@ -50,24 +58,23 @@ async function main() {
     render();
   });
 
-  let hadFloor = false;
   const render = () => {
     const mirror = client.mirror;
     const place = floorPlace(client);
     const holder = mirror?.floor;
-    $("floor").textContent = holder ? t("floor.holder", { name: displayName(client, holder) }) : t("floor.nobody");
-    $("place").textContent =
-      place === "floor" ? t("floor.you_have_it") : place ? t("floor.your_place", { place }) : "";
-    const hand = $("hand");
-    hand.textContent = place === "floor" ? t("floor.you_have_it") : place ? t("floor.lower_hand", { place }) : t("floor.raise_hand");
-    hand.disabled = place === "floor";
-    hand.dataset.raised = String(!!place);
-    const micState = $("mic-state");
-    micState.textContent = mic.label();
-    micState.dataset.live = String(mic.live);
-    micState.dataset.chairMuted = String(mic.chairMuted);
-    $("mic").textContent = mic.wantMuted ? t("mic.turn_on") : t("mic.turn_off");
-    $("mic").disabled = !media.audio;
+    $("member-name").textContent = client.you?.name || claims.name || "";
+    $("recording").hidden = !mirror?.recording?.active;
+    // Said once: the floor line names who speaks ("you" when it is the member).
+    const floor = $("floor");
+    floor.textContent =
+      place === "floor"
+        ? t("floor.you_have_it")
+        : holder
+          ? t("floor.holder", { name: displayName(client, holder) })
+          : t("floor.nobody");
+    floor.dataset.state = place === "floor" ? "me" : holder ? "other" : "nobody";
+    $("place").textContent = place && place !== "floor" ? t("floor.your_place", { place }) : "";
+    hand();
     $("camera").textContent = media.video ? t("camera.turn_off") : t("camera.turn_on");
     const saving = $("data-saving");
     saving.textContent = dataSaving ? t("phone.audio_only_on") : t("phone.audio_only_off");
@@ -75,8 +82,6 @@ async function main() {
     const granted = place === "floor" && mic.wantMuted;
     $("granted").hidden = !granted;
     $("unmute-request").hidden = granted || !(mic.unmuteRequested && mic.wantMuted);
-    if (place === "floor" && !hadFloor) notify(t("floor.granted_notice"), "info");
-    hadFloor = place === "floor";
     frame.hidden = dataSaving;
     $("audio-only-card").hidden = !dataSaving;
     const main = holder ?? mirror?.program.slots[0];
@@ -88,6 +93,7 @@ async function main() {
   client.addEventListener("room", render);
   client.addEventListener("joined", render);
   mic.addEventListener("change", render);
+  media.addEventListener("change", render);
   window.addEventListener("languagechange-app", render);
   render();
 

@@ -1,37 +1,103 @@
-// The venue screen: the big screen of a branch venue, often unattended. Opened with ?token=
-// it joins by itself, publishes the venue's camera and microphone and shows the program full
-// screen, slot for slot, following every change the chair makes.
+// The venue screen: the big screen of a branch venue, often unattended for a three-hour meeting.
+// Opened with ?token= it joins by itself, publishes the venue's camera and microphone and shows
+// the program full screen, slot for slot, following every change the chair makes. What the
+// audience sees is never covered by this page's own things: the self-view goes only where no
+// slot of the current layout is, empty slots show the meeting's title, a room with nothing on
+// the program shows a waiting screen, an outage says so over the frozen picture.
 
-import { t } from "./i18n.js";
-import { attachTrack, bindDeviceSelect, displayName, floorPlace, joinAsEndpoint, notify, toggleHand } from "./ui.js";
+import { lang, t } from "./i18n.js";
+import { bindDeviceSelect, bindMicControl } from "./media.js";
+import { bindMeetingTitle, bindOutage, joinAsEndpoint, meetingTitle } from "./page.js";
+import { attachTrack } from "./stage.js";
+import { displayName, notify, speakControl } from "./ui.js";
 
-const SELFVIEW_KEY = "conference.venue.selfview";
+const SELFVIEW_KEY = "conference.venue.selfview"; // "off", else shown where it fits
 const CONTROLS_IDLE_MS = 5000;
+// Widths tried for the self-view, largest first; it is shown only where one fits beside the slots.
+const SELFVIEW_WIDTHS = [256, 224, 192, 160, 128];
+const MARGIN = 12;
 
 const $ = (id) => document.getElementById(id);
 
+const overlaps = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+
+/**
+ * A place for a w x h box inside `area` that overlaps none of `taken` (page rectangles),
+ * trying the corners, bottom-right first: {left, top} or null.
+ */
+function freeCorner(area, taken, w, h) {
+  const xs = [area.right - w, area.left];
+  const ys = [area.bottom - h, area.top];
+  for (const top of ys) {
+    for (const left of xs) {
+      const box = { left, top, right: left + w, bottom: top + h };
+      if (left < area.left || top < area.top) continue;
+      if (!taken.some((r) => overlaps(box, r))) return box;
+    }
+  }
+  return null;
+}
+
 async function main() {
-  const { client, media, mic, start } = await joinAsEndpoint({
+  const endpoint = await joinAsEndpoint({
     page: "venue",
     device: "venue",
     video: true,
     videoSlots: 9,
     startMuted: false,
   });
+  if (!endpoint) return; // a link for another page: the notice says which
+  const { client, claims, media, mic, frame, start } = endpoint;
+  const venueName = () => client.you?.name || claims.name || "";
 
-  // Self-view: shown unless the venue hid it (remembered on this screen).
+  bindMeetingTitle(client, claims, $("meeting-title"));
+  bindOutage(client, $("outage"));
+  bindMicControl($("mic"), mic);
+
+  // Self-view: small, labelled, and only where it covers no slot of the current layout (nor the
+  // bars, the floor banner or the controls); with no such place it stays hidden. "Off" is remembered.
+  const box = $("selfview-box");
   const selfview = $("selfview");
-  const showSelf = () => {
-    const hidden = localStorage.getItem(SELFVIEW_KEY) === "hidden";
-    selfview.hidden = hidden || !media.video;
+  const wanted = () => localStorage.getItem(SELFVIEW_KEY) !== "off";
+  const placeSelf = () => {
     attachTrack(selfview, media.video);
+    const toggle = $("selfview-toggle");
+    toggle.setAttribute("aria-pressed", String(wanted()));
+    if (!wanted() || !media.video) {
+      box.hidden = true;
+      box.dataset.placement = wanted() ? "no-camera" : "off";
+      toggle.textContent = t(wanted() ? "venue.selfview_auto" : "venue.selfview_off");
+      return;
+    }
+    const taken = [...frame.querySelectorAll(".slot:not([hidden])")].map((n) => n.getBoundingClientRect());
+    for (const id of ["floor", "unmute-request"]) if (!$(id).hidden) taken.push($(id).getBoundingClientRect());
+    const area = {
+      left: MARGIN,
+      right: window.innerWidth - MARGIN,
+      top: document.querySelector(".overlay-bar.top").getBoundingClientRect().bottom + 4,
+      bottom: document.querySelector(".overlay-bar.bottom").getBoundingClientRect().top - 4,
+    };
+    box.hidden = false; // measured with its caption
+    const caption = box.querySelector("figcaption").getBoundingClientRect().height;
+    let place = null;
+    for (const w of SELFVIEW_WIDTHS) {
+      place = freeCorner(area, taken, w, Math.round((w * 9) / 16) + caption);
+      if (place) break;
+    }
+    box.hidden = !place;
+    box.dataset.placement = place ? "free" : "no-room";
+    toggle.textContent = t(place ? "venue.selfview_on" : "venue.selfview_no_room");
+    if (place) {
+      Object.assign(box.style, { left: `${place.left}px`, top: `${place.top}px`, width: `${place.right - place.left}px` });
+    }
   };
   $("selfview-toggle").addEventListener("click", () => {
-    localStorage.setItem(SELFVIEW_KEY, selfview.hidden ? "shown" : "hidden");
-    showSelf();
+    localStorage.setItem(SELFVIEW_KEY, wanted() ? "off" : "auto");
+    placeSelf();
   });
-  media.addEventListener("change", showSelf);
-  showSelf();
+  media.addEventListener("change", placeSelf);
+  frame.addEventListener("stage-render", placeSelf);
+  window.addEventListener("resize", placeSelf);
 
   const switched = async (track) => {
     await client.replaceLocalTrack(track.kind, track);
@@ -40,32 +106,38 @@ async function main() {
   bindDeviceSelect($("mic-select"), media, "audio", switched);
   bindDeviceSelect($("cam-select"), media, "video", switched);
 
-  $("mic").addEventListener("click", () => mic.set(!mic.wantMuted));
   $("accept-unmute").addEventListener("click", () => mic.set(false));
-  $("hand").addEventListener("click", () => toggleHand(client));
+  const hand = speakControl($("hand"), client);
   $("fullscreen").addEventListener("click", () => {
     if (document.fullscreenElement) document.exitFullscreen();
     else document.documentElement.requestFullscreen?.().catch(() => {});
   });
 
+  // With nothing on the program the audience sees a waiting screen, not empty boxes.
+  const clock = () => {
+    $("waiting-clock").textContent = new Date().toLocaleString(lang(), {
+      dateStyle: "long",
+      timeStyle: "short",
+      hour12: false,
+    });
+  };
+  setInterval(clock, 1000);
+  clock();
+
   const renderStatus = () => {
     const mirror = client.mirror;
+    $("venue-name").textContent = venueName();
     const floor = $("floor");
     floor.hidden = !mirror?.floor;
-    floor.textContent = mirror?.floor ? t("floor.holder", { name: displayName(client, mirror.floor) }) : "";
+    $("floor-name").textContent = mirror?.floor ? displayName(client, mirror.floor) : "";
     $("recording").hidden = !mirror?.recording?.active;
-    const micState = $("mic-state");
-    micState.textContent = mic.label();
-    micState.dataset.live = String(mic.live);
-    micState.dataset.chairMuted = String(mic.chairMuted);
-    $("mic").textContent = mic.wantMuted ? t("mic.turn_on") : t("mic.turn_off");
-    $("mic").disabled = !media.audio;
-    $("unmute-request").hidden = !(mic.unmuteRequested && mic.wantMuted);
-    const place = floorPlace(client);
-    const hand = $("hand");
-    hand.textContent =
-      place === "floor" ? t("floor.you_have_it") : place ? t("floor.lower_hand", { place }) : t("floor.raise_hand");
-    hand.disabled = place === "floor" || !client.can("request_floor");
+    $("unmute-request").hidden = !(mic.unmuteRequested && mic.wantMuted && !mic.chairMuted);
+    const nothingOn = !!mirror && mirror.program.slots.every((s) => !s);
+    $("waiting").hidden = !nothingOn;
+    $("waiting-title").textContent = meetingTitle(client, claims);
+    $("waiting-venue").textContent = venueName();
+    hand();
+    placeSelf();
   };
   client.addEventListener("room", renderStatus);
   client.addEventListener("joined", renderStatus);

@@ -1,0 +1,5 @@
+// The list of pages: translated, with the language switch.
+
+import { initPage } from "./page.js";
+
+initPage();
