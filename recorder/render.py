@@ -17,7 +17,6 @@ from its last keyframe when it appears. Audio is mixed from everyone who was pre
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -33,9 +32,6 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.codecs.h264 import H264PayloadDescriptor
-from aiortc.codecs.vpx import VpxPayloadDescriptor
-from aiortc.rtp import RtpPacket
 
 from conference.config import ConfigError, add_settings_arguments, settings_from_args
 from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
@@ -52,6 +48,7 @@ from .archive import (
 )
 from .compose import AAC_FRAME, AUDIO_RATE, Arrangement, Compositor
 from .compose import mono as mono_samples
+from .depacketize import EncodedFrame, opus_packets, video_frames
 
 log = logging.getLogger(__name__)
 
@@ -389,138 +386,6 @@ class LayoutChooser:
 # --- media feeds ---------------------------------------------------------------------------------
 
 
-class _Clock:
-    """Maps RTP timestamps of one stream to wall time (seconds since the epoch).
-
-    The offset is the smallest (arrival - timestamp) seen, which removes network jitter; a jump of
-    more than two seconds (the sender restarted its clock) re-anchors it."""
-
-    def __init__(self, clock_rate: int) -> None:
-        self.rate = clock_rate
-        self._last: int | None = None
-        self._unwrapped = 0
-        self._offset: float | None = None
-
-    def time_of(self, arrival: float, timestamp: int) -> float:
-        if self._last is None:
-            self._unwrapped = timestamp
-        else:
-            delta = (timestamp - self._last) & 0xFFFFFFFF
-            if delta >= 0x80000000:
-                delta -= 0x100000000
-            self._unwrapped += delta
-        self._last = timestamp
-        media = self._unwrapped / self.rate
-        offset = arrival - media
-        if self._offset is None or offset < self._offset or offset - self._offset > 2.0:
-            self._offset = offset
-        return self._offset + media
-
-
-@dataclass(slots=True)
-class EncodedFrame:
-    at: float
-    data: bytes
-    keyframe: bool
-    # Packets or frames were lost just before this one: a delta frame here would decode to garbage.
-    gap: bool = False
-
-
-def _parse_rtp(
-    records: Iterator[tuple[float, bytes]], payload_type: int, keep_padding: bool = False
-) -> Iterator[tuple[float, RtpPacket]]:
-    for arrival, raw in records:
-        try:
-            packet = RtpPacket.parse(raw)
-        except ValueError:
-            continue
-        if packet.payload_type == payload_type and (packet.payload or keep_padding):
-            yield arrival, packet
-
-
-def _h264_keyframe(annexb: bytes) -> bool:
-    pos = annexb.find(b"\x00\x00\x01")
-    while pos != -1 and pos + 3 < len(annexb):
-        if annexb[pos + 3] & 0x1F in (5, 7):
-            return True
-        pos = annexb.find(b"\x00\x00\x01", pos + 3)
-    return False
-
-
-def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFrame]:
-    """Reassemble a video track's packets into encoded frames; incomplete frames are dropped."""
-    codec = track.codec.lower()
-    clock = _Clock(track.clock_rate or 90000)
-    packets: list[RtpPacket] = []
-    first_arrival = 0.0
-    current_ts: int | None = None
-    last_seq: int | None = None  # of the previous frame (or padding) packet
-    lost = False
-
-    def finish() -> EncodedFrame | None:
-        nonlocal last_seq, lost
-        seqs = sorted({p.sequence_number: p for p in packets}.items())
-        ordered = [p for _, p in seqs]
-        gap = lost or (last_seq is not None and (ordered[0].sequence_number - last_seq) & 0xFFFF != 1)
-        last_seq = ordered[-1].sequence_number
-        lost = True  # until this frame turns out whole
-        for a, b in itertools.pairwise(ordered):
-            if (b.sequence_number - a.sequence_number) & 0xFFFF != 1:
-                return None  # a packet is missing
-        parts = []
-        try:
-            for i, p in enumerate(ordered):
-                if codec == "vp8":
-                    descr, data = VpxPayloadDescriptor.parse(p.payload)
-                    if i == 0 and not (descr.partition_start and descr.partition_id == 0):
-                        return None
-                else:
-                    descr, data = H264PayloadDescriptor.parse(p.payload)
-                    if i == 0 and not descr.first_fragment:
-                        return None
-                parts.append(data)
-        except ValueError:
-            return None
-        frame = b"".join(parts)
-        if not frame:
-            return None
-        key = (frame[0] & 0x01) == 0 if codec == "vp8" else _h264_keyframe(frame)
-        lost = False
-        return EncodedFrame(clock.time_of(first_arrival, ordered[0].timestamp), frame, key, gap)
-
-    ssrc: int | None = None
-    for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type, True):
-        if packet.ssrc != ssrc:
-            # The publisher restarted its stream: new sequence numbers and a new timestamp base.
-            if ssrc is not None:
-                if packets and (done := finish()):
-                    yield done
-                packets, current_ts, last_seq, lost = [], None, None, True
-            ssrc = packet.ssrc
-            clock = _Clock(track.clock_rate or 90000)
-        if not packet.payload:
-            # Padding (bandwidth probes) between frames uses up sequence numbers: not a loss.
-            if not packets and last_seq is not None and (packet.sequence_number - last_seq) & 0xFFFF == 1:
-                last_seq = packet.sequence_number
-            continue
-        if current_ts is not None and packet.timestamp != current_ts:
-            done = finish()
-            packets = []
-            if done:
-                yield done
-        if not packets:
-            first_arrival = arrival
-        current_ts = packet.timestamp
-        packets.append(packet)
-        if packet.marker:
-            done = finish()
-            packets, current_ts = [], None
-            if done:
-                yield done
-    if packets and (done := finish()):
-        yield done
-
-
 class VideoFeed:
     """One video track, decoded only as far and as often as the render needs it."""
 
@@ -585,20 +450,6 @@ class VideoFeed:
         return self.picture
 
 
-def _opus_packets(recording: Recording, track: TrackInfo) -> Iterator[tuple[float, bytes]]:
-    clock = _Clock(48000)
-    recent: deque[int] = deque(maxlen=64)
-    ssrc: int | None = None
-    for arrival, packet in _parse_rtp(recording.read_track(track.number), track.payload_type):
-        if packet.ssrc != ssrc:
-            # The publisher restarted its stream: new sequence numbers and a new timestamp base.
-            ssrc = packet.ssrc
-            clock = _Clock(48000)
-            recent.clear()
-        if packet.sequence_number in recent:
-            continue  # a duplicate
-        recent.append(packet.sequence_number)
-        yield clock.time_of(arrival, packet.timestamp), packet.payload
 
 
 class AudioFeed:
@@ -607,7 +458,7 @@ class AudioFeed:
     def __init__(self, recording: Recording, track: TrackInfo, origin: float) -> None:
         self.track = track
         self._origin = origin  # wall time of sample 0 of the render
-        self._packets = _opus_packets(recording, track)
+        self._packets = opus_packets(recording, track)
         self._next: tuple[float, bytes] | None = None
         self._exhausted = False
         self._decoder = av.CodecContext.create("libopus", "r")

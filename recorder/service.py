@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conference.config import Settings
 from conference.room import Event, RoomState
 
 from .archive import (
@@ -36,13 +37,13 @@ PURGE_EVERY_S = 3600.0
 
 
 class RecorderService:
-    def __init__(
-        self, settings: Any = None, *, data_dir: str | Path | None = None, fsync: bool = False
-    ) -> None:
-        self.data_dir = Path(data_dir if data_dir is not None else getattr(settings, "data_dir", "data"))
-        self.retention_days: float | None = getattr(settings, "recording_retention_days", None)
-        self.auto_render = bool(getattr(settings, "recording_auto_render", True))
-        self._fsync = bool(getattr(settings, "recording_fsync", fsync))
+    def __init__(self, settings: Settings | None = None, *, data_dir: str | Path | None = None) -> None:
+        if settings is None:
+            settings = Settings(data_dir=Path(data_dir if data_dir is not None else "data"))
+        self.data_dir = Path(data_dir) if data_dir is not None else settings.data_dir
+        self.retention_days: float | None = settings.recording_retention_days
+        self.auto_render = settings.recording_auto_render
+        self._fsync = settings.recording_fsync
         self._writers: dict[str, RecordingWriter] = {}  # by recording id
         self._room_recording: dict[str, str] = {}  # room -> recording id
         self.jobs = RenderJobs(self.data_dir)

@@ -6,12 +6,13 @@ described in docs/openapi.yaml.
 
 from __future__ import annotations
 
-import importlib
+import asyncio
+import contextlib
 import importlib.resources
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from . import dialin
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
+from .clerk import create_clerk_app
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
 from .restore import restore_rooms
@@ -381,7 +383,41 @@ def page_handler(filename: str) -> Any:
     return handler
 
 
-# --- the application ---------------------------------------------------------------------------
+# --- the application ---
+
+
+def _lifecycle(
+    store: RoomStore, media: MediaBackend, recording: RecordingControl, rooms: Rooms, broadcasts: Broadcasts
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Start: the room store, the recorder (recovery of what a crash left, then retention), the
+    rooms found in the store, their broadcasts. Stop, in reverse: broadcasts, the recorder, the media
+    core, the store."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        start = getattr(store, "start", None)
+        if start is not None:
+            await start()
+        service = recording.service
+        retention: asyncio.Task[None] | None = None
+        if service is not None:
+            await service.recover()
+            retention = asyncio.create_task(service.run_retention())
+        await restore_rooms(rooms)
+        await broadcasts.restore()
+        yield
+        try:
+            await broadcasts.close()
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
+            if service is not None:
+                await service.close()
+            await media.close()
+        finally:
+            await store.close()
+
+    return lifecycle
 
 
 def create_app(
@@ -421,39 +457,20 @@ def create_app(
     for route, filename in PAGES.items():
         app.router.add_get(route, page_handler(filename))
     app.router.add_static("/static", web_dir(), show_index=False, follow_symlinks=False)
-    _setup_recorder_api(app)
+    if recording.service is not None:
+        clerk = create_clerk_app(
+            recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
+        )
+        app.add_subapp("/api/recordings", clerk)
 
-    async def on_startup(app: web.Application) -> None:
-        start = getattr(store, "start", None)
-        if start is not None:
-            await start()
-        await restore_rooms(rooms)
-        await broadcasts.restore()
+    app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
+    # Before the cleanup contexts end: clients are told and their sockets closed first.
 
-    async def on_shutdown(app: web.Application) -> None:
+    async def tell_clients(app: web.Application) -> None:
         await rooms.shutdown()
 
-    async def on_cleanup(app: web.Application) -> None:
-        try:
-            await broadcasts.close()
-            await media.close()
-        finally:
-            await store.close()
-
-    app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
-    app.on_cleanup.append(on_cleanup)
+    app.on_shutdown.append(tell_clients)
     return app
-
-
-def _setup_recorder_api(app: web.Application) -> None:
-    try:
-        module = importlib.import_module("recorder.api")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("recorder.api", "recorder"):
-            return
-        raise
-    module.setup(app)
 
 
 assert set(MESSAGES) >= REST_COMMANDS

@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
 from conference.sqlite_store import StoreLocked
 
+from .app import create_app
 from .tokens import ADMIN_KEY_FILE, resolve_admin_key, resolve_secret
 
 log = logging.getLogger("conference")
@@ -115,8 +116,6 @@ def _rooms_where(settings: Settings) -> str:
 
 
 async def serve(settings: Settings) -> int:
-    from .app import create_app
-
     try:
         ssl_context = _ssl_context(settings)
     except (OSError, ssl.SSLError) as exc:
@@ -144,9 +143,8 @@ async def serve(settings: Settings) -> int:
         await runner.cleanup()
         return 1
     port = settings.port
-    server = getattr(site, "_server", None)
-    if port == 0 and server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
+    if port == 0 and runner.addresses:
+        port = runner.addresses[0][1]
     print(_banner(settings, port), flush=True)
     await stop.wait()
     print("conference: shutting down", flush=True)

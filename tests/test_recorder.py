@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from recording_script import Script, Speaker, write_meeting
 
 from conference.roles import Role
 from conference.room import Participant, RoomState, join, set_program, start_recording
@@ -31,7 +32,6 @@ from recorder.archive import (
 )
 from recorder.render import RenderOptions, render
 from recorder.service import RecorderService
-from recorder.testing import Script, Speaker, write_meeting
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ import aiohttp
 import av
 import pytest
 from aiohttp.test_utils import TestServer
+from recording_script import Script, Speaker, write_meeting
 
 from conference.config import Settings
-from recorder.testing import Script, Speaker, write_meeting
 
 ADMIN = "test-admin-key"  # tests/conftest.py
 DAY = 86400.0
@@ -224,7 +224,7 @@ async def test_signed_links_work_without_a_header_and_only_for_their_file(
 ) -> None:
     from urllib.parse import parse_qs, urlencode, urlsplit
 
-    from recorder.api import SIGNED_URL_TTL_S, link_signature
+    from signaling.clerk import SIGNED_URL_TTL_S, link_signature
 
     server = await signaling_server()
     clerk = mint("assembly", "clerk1", "clerk")

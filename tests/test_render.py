@@ -9,11 +9,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from recording_script import Script, Speaker, write_meeting
 
 from recorder import render as render_mod
 from recorder.archive import Recording
 from recorder.render import RenderError, RenderOptions, open_recording, render
-from recorder.testing import Script, Speaker, write_meeting
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 W, H = 640, 360
@@ -282,7 +282,7 @@ def test_lost_packets_freeze_the_picture_until_the_next_keyframe(tmp_path: Path)
     from aiortc.rtp import RtpPacket
 
     from recorder.archive import RecordingWriter, recording_dir
-    from recorder.render import video_frames
+    from recorder.depacketize import video_frames
 
     script = Script([Speaker("a", "Alice", RED, None)], duration=3.0, first_program=("single", ["a"]))
     write_meeting(tmp_path / "src", "src", script)
@@ -331,7 +331,7 @@ def test_a_restarted_stream_keeps_its_timing(tmp_path: Path) -> None:
     from aiortc.rtp import RtpPacket
 
     from recorder.archive import RecordingWriter, recording_dir
-    from recorder.render import video_frames
+    from recorder.depacketize import video_frames
 
     script = Script([Speaker("a", "Alice", GREEN, None)], duration=3.0, first_program=("single", ["a"]))
     write_meeting(tmp_path / "src", "src", script)

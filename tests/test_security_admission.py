@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from recording_script import Script, Speaker, write_meeting
 
 from conference.media import NullMedia
 from conference.store import RedisRoomStore
-from recorder.testing import Script, Speaker, write_meeting
 from signaling.tokens import mint_token
 from tests.conftest import TEST_ADMIN_KEY, TEST_SECRET
 

@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import aiohttp
+from recording_script import Script, Speaker, write_meeting
 
-from recorder.testing import Script, Speaker, write_meeting
 from signaling.app import RECORDING_KEY
 from tests.conftest import TEST_ADMIN_KEY
 

@@ -152,3 +152,42 @@ def is_keyframe(codec: str, data: bytes, header: RtpHeader) -> bool:
     if codec == "h264":
         return _h264_keyframe_at(data, header.payload_offset, header.payload_end)
     return False
+
+
+def vp8_payload(payload: bytes | memoryview) -> tuple[Vp8Descriptor, bytes]:
+    """The descriptor and the VP8 data after it (for reassembling frames); ValueError if truncated."""
+    descriptor = vp8_descriptor(payload)
+    return descriptor, bytes(payload[descriptor.header_size :])
+
+
+_START_CODE = b"\x00\x00\x00\x01"
+
+
+def h264_annexb(payload: bytes | memoryview) -> tuple[bool, bytes]:
+    """One H.264 RTP payload (RFC 6184: single NAL unit, STAP-A, FU-A) as Annex B bytes, and whether
+    it starts a NAL unit (false for the continuation of a fragmented one); ValueError otherwise."""
+    data = bytes(payload)
+    if not data:
+        raise ValueError("H.264 payload is empty")
+    nal_type = data[0] & 0x1F
+    if 1 <= nal_type <= 23:
+        return True, _START_CODE + data
+    if nal_type == 24:  # STAP-A: 16-bit sizes, each followed by a NAL unit
+        out, pos = [], 1
+        while pos + 2 <= len(data):
+            size = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+            if size == 0 or pos + size > len(data):
+                raise ValueError("STAP-A unit overruns the payload")
+            out.append(_START_CODE + data[pos : pos + size])
+            pos += size
+        return True, b"".join(out)
+    if nal_type == 28:  # FU-A: indicator, header (S, E, type), fragment
+        if len(data) < 2:
+            raise ValueError("FU-A payload is truncated")
+        start = bool(data[1] & 0x80)
+        if start:
+            header = bytes([(data[0] & 0xE0) | (data[1] & 0x1F)])
+            return True, _START_CODE + header + data[2:]
+        return False, data[2:]
+    raise ValueError(f"H.264 NAL unit type {nal_type} is not supported")

@@ -22,7 +22,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtpPacket
 
-from .archive import RecordingWriter, make_private_dir, recording_dir
+from recorder.archive import RecordingWriter, make_private_dir, recording_dir
 
 VIDEO_PT, AUDIO_PT = 96, 111
 

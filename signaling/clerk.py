@@ -41,13 +41,28 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from conference.roles import Permission, Role, can
+from conference.store import RoomStore
+from recorder.archive import ArchiveError, Recording, check_recording_id, list_recordings, recording_dir
+from recorder.jobs import (
+    JobError,
+    RenderJobs,
+    job_id_for,
+    job_path,
+    list_jobs,
+    options_from_request,
+    read_job,
+)
+from recorder.render import RenderOptions, chapters_of
+from recorder.service import RecorderService
 
-from .archive import ArchiveError, Recording, check_recording_id, list_recordings, recording_dir
-from .jobs import JobError, RenderJobs, job_id_for, job_path, list_jobs, options_from_request, read_job
-from .render import RenderOptions, chapters_of
-from .service import RecorderService
+from .admission import check_not_removed
+from .tokens import TokenError, admin_key_matches, verify_token
 
-RECORDER_KEY = web.AppKey("recorder", RecorderService)
+# The clerk sub-application's own keys: what it needs is passed in when it is built.
+RECORDER_KEY = web.AppKey("clerk_recorder", RecorderService)
+SECRET_KEY = web.AppKey("clerk_secret", str)
+ADMIN_KEY_KEY = web.AppKey("clerk_admin_key", str)
+STORE_KEY = web.AppKey("clerk_store", RoomStore)
 SSE_INTERVAL_S = 0.5
 SSE_MAX_S = 3600.0
 # Long enough to click a link shown on the clerk's page, short enough that a copied or logged link
@@ -111,10 +126,6 @@ def _bearer(request: web.Request) -> str | None:
 
 async def authorize(request: web.Request) -> Access:
     """The one place that turns the request's credentials into an Access (or a 401/403)."""
-    from signaling.admission import check_not_removed
-    from signaling.app import ADMIN_KEY_KEY, SECRET_KEY, STORE_KEY
-    from signaling.tokens import TokenError, admin_key_matches, verify_token
-
     token = _bearer(request)
     if token is None:
         raise json_error(401, "unauthorized", "missing Authorization: Bearer <token or admin key>")
@@ -124,12 +135,10 @@ async def authorize(request: web.Request) -> Access:
         claims = verify_token(request.app[SECRET_KEY], token)
     except TokenError as exc:
         raise json_error(401, "unauthorized", exc.reason) from None
-    store = request.app.get(STORE_KEY)
-    if store is not None:
-        try:
-            await check_not_removed(store, claims)
-        except TokenError as exc:
-            raise json_error(403, "forbidden", exc.reason) from None
+    try:
+        await check_not_removed(request.app[STORE_KEY], claims)
+    except TokenError as exc:
+        raise json_error(403, "forbidden", exc.reason) from None
     if claims.admin:
         return Access(None, None, claims.identity)
     if not can(claims.role, Permission.LIST_RECORDINGS):
@@ -150,9 +159,7 @@ def link_signature(secret: str, recording_id: str, render: str, file: str, expir
 
 
 def _secret(request: web.Request) -> str:
-    from signaling.app import SECRET_KEY
-
-    return str(request.app[SECRET_KEY])
+    return request.app[SECRET_KEY]
 
 
 def signed_url(
@@ -447,36 +454,25 @@ async def delete_view(request: web.Request) -> web.Response:
 # --- wiring ----------------------------------------------------------------------------------------
 
 
-def setup(app: web.Application, service: RecorderService | None = None) -> RecorderService:
-    """Add the clerk routes; use the server's recorder (or ``service``, or a new one)."""
-    if service is None:
-        from signaling.app import RECORDING_KEY, SETTINGS_KEY
-
-        control = app.get(RECORDING_KEY)
-        service = getattr(control, "service", None)
-        if service is None:
-            service = RecorderService(app.get(SETTINGS_KEY))
+def create_clerk_app(
+    service: RecorderService, *, secret: str, admin_key: str, store: RoomStore
+) -> web.Application:
+    """The clerk API (recordings, renders, downloads), mounted at ``/api/recordings``."""
+    app = web.Application()
     app[RECORDER_KEY] = service
-    app.router.add_get("/api/recordings", list_view)
-    app.router.add_get("/api/recordings/{id}", detail_view)
-    app.router.add_delete("/api/recordings/{id}", delete_view)
-    app.router.add_post("/api/recordings/{id}/renders", create_render)
-    app.router.add_get("/api/recordings/{id}/renders/{job}", job_view)
-    app.router.add_get("/api/recordings/{id}/renders/{job}/events", job_events)
-    app.router.add_get("/api/recordings/{id}/download", download)
-    app.router.add_post("/api/recordings/{id}/download-url", create_link)
+    app[SECRET_KEY] = secret
+    app[ADMIN_KEY_KEY] = admin_key
+    app[STORE_KEY] = store
+    app.router.add_get("", list_view)
+    app.router.add_get("/{id}", detail_view)
+    app.router.add_delete("/{id}", delete_view)
+    app.router.add_post("/{id}/renders", create_render)
+    app.router.add_get("/{id}/renders/{job}", job_view)
+    app.router.add_get("/{id}/renders/{job}/events", job_events)
+    app.router.add_get("/{id}/download", download)
+    app.router.add_post("/{id}/download-url", create_link)
 
-    async def background(app: web.Application) -> Any:
-        await service.recover()
-        retention = asyncio.get_running_loop().create_task(service.run_retention())
-        yield
-        retention.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retention
-        await service.close()
-
-    app.cleanup_ctx.append(background)
-    return service
+    return app
 
 
-__all__ = ["RECORDER_KEY", "Access", "RenderJobs", "authorize", "link_signature", "setup", "signed_url"]
+__all__ = ["Access", "RenderJobs", "authorize", "create_clerk_app", "link_signature", "signed_url"]
