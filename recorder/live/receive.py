@@ -17,10 +17,9 @@ from collections.abc import Callable
 
 import av
 import numpy as np
-from aiortc.codecs.h264 import H264PayloadDescriptor
-from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from conference.sfu.packet import RtpHeader
+from conference.sfu.payload import h264_annexb, vp8_payload
 from conference.sfu.rtcp import rtcp_nack, rtcp_pli
 
 from ..compose import AUDIO_RATE, mono
@@ -120,11 +119,10 @@ class VideoSlot:
         else:
             try:
                 if codec == "vp8":
-                    descriptor, body = VpxPayloadDescriptor.parse(payload)
-                    first = bool(descriptor.partition_start and descriptor.partition_id == 0)
+                    descriptor, body = vp8_payload(payload)
+                    first = descriptor.start and descriptor.partition_id == 0
                 else:
-                    descriptor, body = H264PayloadDescriptor.parse(payload)
-                    first = bool(descriptor.first_fragment)
+                    first, body = h264_annexb(payload)
             except ValueError:
                 return
             frame.packets[seq] = body
