@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CONFERENCE_"
+MIN_SECRET_BYTES = 32  # HS256 keys and the admin key: below this a token's secret is crackable
 
 
 class ConfigError(ValueError):
@@ -35,8 +36,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
-    secret: str | None = None  # None: <data_dir>/secret, generated when missing
-    admin_key: str | None = None  # None: <data_dir>/admin_key, generated when missing
+    secret: str | None = None  # None: secret_file, else <data_dir>/secret, generated when missing
+    admin_key: str | None = None  # None: admin_key_file, else <data_dir>/admin_key, generated
+    # Files holding them (kept out of the process list and the environment); 32 bytes at least.
+    secret_file: Path | None = None
+    admin_key_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # Handed to every client in the join reply and used by the server's own peer connections.
@@ -64,6 +68,11 @@ class Settings:
     ws_burst: int = 40  # token bucket size
     # Bytes of messages waiting for one connection before it is closed (1008) as not reading.
     ws_max_queued_bytes: int = 4 * 1024 * 1024
+    rest_rate: float = 20.0  # REST requests per second per credential (or address without one)
+    rest_burst: int = 40
+    # Behind a reverse proxy every request comes from the proxy: take the client's address from the
+    # last X-Forwarded-For entry instead (only when the proxy sets it, or clients could choose it).
+    trust_forwarded_for: bool = False
     media: bool = True  # False: signaling only (NullMedia)
     media_backend: str = "sfu"  # "sfu", or "relay_baseline" (decode/re-encode, for comparison)
     recording_retention_days: int | None = None  # None: keep recordings until deleted
@@ -111,6 +120,17 @@ class Settings:
             raise ConfigError("ws_max_message_bytes must be at least 1024")
         if self.ws_max_queued_bytes < self.ws_max_message_bytes:
             raise ConfigError("ws_max_queued_bytes must be at least ws_max_message_bytes")
+        for name in ("secret", "admin_key"):
+            value = getattr(self, name)
+            if value is not None and len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"{name} must be at least {MIN_SECRET_BYTES} bytes (a short one is guessed offline"
+                    f" from any token); leave it unset to have one generated in the data directory"
+                )
+            if value is not None and getattr(self, f"{name}_file") is not None:
+                raise ConfigError(f"give {name} or {name}_file, not both")
+        if self.rest_rate <= 0 or self.rest_burst < 1:
+            raise ConfigError("rest_rate must be positive and rest_burst at least 1")
         if self.ws_rate <= 0 or self.ws_burst < 1:
             raise ConfigError("ws_rate must be positive and ws_burst at least 1")
         if self.room_store not in ("sqlite", "memory"):
@@ -163,6 +183,8 @@ _FIELD_TYPES: dict[str, str] = {
     "data_dir": "path",
     "secret": "str?",
     "admin_key": "str?",
+    "secret_file": "path?",
+    "admin_key_file": "path?",
     "tls_cert": "path?",
     "tls_key": "path?",
     "ice_servers": "ice",
@@ -182,6 +204,9 @@ _FIELD_TYPES: dict[str, str] = {
     "ws_rate": "float",
     "ws_burst": "int",
     "ws_max_queued_bytes": "int",
+    "rest_rate": "float",
+    "rest_burst": "int",
+    "trust_forwarded_for": "bool",
     "media": "bool",
     "media_backend": "str",
     "recording_retention_days": "int?",
@@ -268,7 +293,7 @@ def load_settings(
         for name, value in data.items():
             values[name] = _coerce(name, value, f"config file {path}", from_text=False)
         # Relative paths in a config file are relative to the file, not to wherever serve started.
-        for name in ("data_dir", "tls_cert", "tls_key"):
+        for name in ("data_dir", "tls_cert", "tls_key", "secret_file", "admin_key_file"):
             if isinstance(values.get(name), Path) and not values[name].is_absolute():
                 values[name] = path.parent / values[name]
     env = os.environ if environ is None else environ
@@ -294,12 +319,22 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
     """The flags that locate the secret; with ``server`` also everything ``serve`` needs."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     parser.add_argument("--data-dir", metavar="DIR", help="state and recordings (default ./data)")
-    parser.add_argument("--secret", help="token signing secret (default: <data-dir>/secret)")
+    parser.add_argument(
+        "--secret",
+        help="token signing secret, 32 bytes at least (visible in the process list: prefer"
+        " --secret-file or CONFERENCE_SECRET; default: <data-dir>/secret, generated)",
+    )
+    parser.add_argument("--secret-file", metavar="FILE", help="file holding the token signing secret")
     if not server:
         return
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
     parser.add_argument("--port", type=int, help="port (default 8080)")
-    parser.add_argument("--admin-key", help="key for the admin REST API (default: <data-dir>/admin_key)")
+    parser.add_argument(
+        "--admin-key",
+        help="key for the admin REST API, 32 bytes at least (prefer --admin-key-file or"
+        " CONFERENCE_ADMIN_KEY; default: <data-dir>/admin_key, generated)",
+    )
+    parser.add_argument("--admin-key-file", metavar="FILE", help="file holding the admin key")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     parser.add_argument(
@@ -341,12 +376,14 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
     overrides: dict[str, Any] = {
         "data_dir": Path(args.data_dir) if getattr(args, "data_dir", None) else None,
         "secret": getattr(args, "secret", None),
+        "secret_file": Path(args.secret_file) if getattr(args, "secret_file", None) else None,
     }
     if hasattr(args, "host"):
         overrides.update(
             host=args.host,
             port=args.port,
             admin_key=args.admin_key,
+            admin_key_file=Path(args.admin_key_file) if args.admin_key_file else None,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
             rtc_interfaces=args.rtc_interface,

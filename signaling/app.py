@@ -32,6 +32,15 @@ from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
 from .clerk import create_clerk_app
+from .guard import (
+    GUARD_KEY,
+    PAGE_HEADERS,
+    Guard,
+    check_throttle,
+    content_security_policy,
+    on_response_prepare,
+    too_many,
+)
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
 from .restore import restore_rooms
@@ -145,11 +154,13 @@ async def authorize(
     token = bearer(request)
     if token is None:
         raise json_error(401, "unauthorized", "missing Authorization: Bearer <token or admin key>")
+    check_throttle(request)
     if admin_key_matches(request.app[ADMIN_KEY_KEY], token):
         return Actor(None, None), None
     try:
         claims = verify_token(request.app[SECRET_KEY], token)
     except TokenError as exc:
+        request.app[GUARD_KEY].failed(request)
         raise json_error(401, "unauthorized", exc.reason) from None
     if room is not None and claims.room != room:
         raise json_error(403, "forbidden", "token is for another room")
@@ -163,9 +174,32 @@ async def authorize(
 
 
 def require_admin(request: web.Request) -> None:
-    if not admin_key_matches(request.app[ADMIN_KEY_KEY], bearer(request)):
-        status = 401 if bearer(request) is None else 403
-        raise json_error(status, "unauthorized" if status == 401 else "forbidden", "needs the admin key")
+    given = bearer(request)
+    if given is not None:
+        check_throttle(request)
+    if not admin_key_matches(request.app[ADMIN_KEY_KEY], given):
+        if given is None:
+            raise json_error(401, "unauthorized", "needs the admin key")
+        try:
+            verify_token(request.app[SECRET_KEY], given)
+        except TokenError:  # neither the admin key nor a token: a guess
+            request.app[GUARD_KEY].failed(request)
+        raise json_error(403, "forbidden", "needs the admin key")
+
+
+@web.middleware
+async def rest_rate_limit(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Per credential (or address without one); the admin key (the operator's own integrations,
+    such as the telephone gateway) is not limited."""
+    if request.path.startswith("/api/"):
+        given = bearer(request)
+        config = request.config_dict  # the clerk API is a sub-application: keys of the root
+        if given is None or not admin_key_matches(config[ADMIN_KEY_KEY], given):
+            wait = config[GUARD_KEY].rest_wait(request, given)
+            if wait > 0:
+                settings = config[SETTINGS_KEY]
+                raise too_many(f"more than {settings.rest_rate:g} requests a second", wait)
+    return await handler(request)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -377,7 +411,13 @@ def page_handler(filename: str) -> Any:
         if not path.is_file():
             raise web.HTTPNotFound(text=f"{filename} is not installed")
         # Pages are opened with ?token=...: never hand that URL to another site as a Referer.
-        headers = {"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+        # Never framed (clickjacking of the chair's console), scripts only from /static.
+        headers = {
+            "Cache-Control": "no-cache",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": content_security_policy(path),
+            **PAGE_HEADERS,
+        }
         return web.FileResponse(path, headers=headers)
 
     return handler
@@ -423,7 +463,9 @@ def _lifecycle(
 def create_app(
     settings: Settings, *, media: MediaBackend | None = None, store: RoomStore | None = None
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[rest_rate_limit])
+    app[GUARD_KEY] = Guard(settings)
+    app.on_response_prepare.append(on_response_prepare)
     store = store if store is not None else create_store(settings)
     media = media if media is not None else build_media(settings)
     recording = RecordingControl(settings, store, media)

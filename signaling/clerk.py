@@ -56,6 +56,7 @@ from recorder.render import RenderOptions, chapters_of
 from recorder.service import RecorderService
 
 from .admission import check_not_removed
+from .guard import GUARD_KEY, check_throttle
 from .tokens import TokenError, admin_key_matches, verify_token
 
 # The clerk sub-application's own keys: what it needs is passed in when it is built.
@@ -129,11 +130,13 @@ async def authorize(request: web.Request) -> Access:
     token = _bearer(request)
     if token is None:
         raise json_error(401, "unauthorized", "missing Authorization: Bearer <token or admin key>")
+    check_throttle(request)
     if admin_key_matches(request.app[ADMIN_KEY_KEY], token):
         return Access(None, None, None)
     try:
         claims = verify_token(request.app[SECRET_KEY], token)
     except TokenError as exc:
+        request.config_dict[GUARD_KEY].failed(request)
         raise json_error(401, "unauthorized", exc.reason) from None
     try:
         await check_not_removed(request.app[STORE_KEY], claims)
@@ -197,7 +200,12 @@ def _check_signed(request: web.Request, file: str) -> None:
 async def _access_or_link(request: web.Request, file: str) -> Access:
     """A signed link when the request carries one (no header needed), else the bearer credential."""
     if "sig" in request.query:
-        _check_signed(request, file)
+        check_throttle(request)
+        try:
+            _check_signed(request, file)
+        except web.HTTPForbidden:
+            request.config_dict[GUARD_KEY].failed(request)  # a forged or stale link: a guess
+            raise
         return SIGNED
     return await authorize(request)
 

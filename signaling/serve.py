@@ -89,12 +89,16 @@ def _banner(settings: Settings, port: int) -> str:
     scheme = "https" if settings.tls else "http"
     shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"{scheme}://{shown_host}:{port}"
-    flags = f"--data-dir {settings.data_dir}" if not settings.secret else "--secret <the same secret>"
-    admin = (
-        "given by --admin-key/CONFERENCE_ADMIN_KEY/config"
-        if settings.admin_key
-        else f"in {settings.data_dir / ADMIN_KEY_FILE}"
-    )
+    if settings.secret:
+        flags = "--secret-file <a file holding the same secret>"
+    elif settings.secret_file is not None:
+        flags = f"--secret-file {settings.secret_file}"
+    else:
+        flags = f"--data-dir {settings.data_dir}"
+    if settings.admin_key:
+        admin = "given by --admin-key/CONFERENCE_ADMIN_KEY/config"
+    else:
+        admin = f"in {settings.admin_key_file or settings.data_dir / ADMIN_KEY_FILE}"
     return "\n".join(
         [
             f"conference: serving on {base} (listening on {settings.host}:{port})",

@@ -21,7 +21,13 @@ from typing import Any
 
 import jwt
 
-from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
+from conference.config import (
+    MIN_SECRET_BYTES,
+    ConfigError,
+    Settings,
+    add_settings_arguments,
+    settings_from_args,
+)
 from conference.roles import Role
 
 ALGORITHM = "HS256"
@@ -164,13 +170,30 @@ def admin_key_matches(expected: str, given: str | None) -> bool:
 # --- secrets ---------------------------------------------------------------------------------
 
 
+def _checked(value: str, where: str) -> str:
+    if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{where} holds a secret shorter than {MIN_SECRET_BYTES} bytes: replace it with a longer"
+            " one (e.g. `openssl rand -base64 32`)"
+        )
+    return value
+
+
+def _read_file(path: Path, name: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    return _checked(value, str(path))
+
+
 def _read_or_create(path: Path, create: bool) -> str:
     try:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         value = ""
     if value:
-        return value
+        return _checked(value, str(path))
     if not create:
         raise ConfigError(f"no secret given and {path} does not exist")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,15 +209,20 @@ def _read_or_create(path: Path, create: bool) -> str:
 
 
 def resolve_secret(settings: Settings, *, create: bool = True) -> str:
-    """The token-signing secret: the setting, else <data_dir>/secret (generated when missing)."""
+    """The token-signing secret: the setting, else ``secret_file``, else <data_dir>/secret
+    (generated when missing). Settings refuse one shorter than 32 bytes; so do the files."""
     if settings.secret:
         return settings.secret
+    if settings.secret_file is not None:
+        return _read_file(settings.secret_file, "secret_file")
     return _read_or_create(settings.data_dir / SECRET_FILE, create)
 
 
 def resolve_admin_key(settings: Settings, *, create: bool = True) -> str:
     if settings.admin_key:
         return settings.admin_key
+    if settings.admin_key_file is not None:
+        return _read_file(settings.admin_key_file, "admin_key_file")
     return _read_or_create(settings.data_dir / ADMIN_KEY_FILE, create)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from conference.media import MediaError
 from conference.room import CommandError, Removed
 
 from .admission import REMOVED_REASON, check_not_removed
+from .guard import CLOSE_THROTTLED, GUARD_KEY, MAX_UNJOINED_PER_TOKEN
 from .protocol import ProtocolError, TokenBucket, close_reason, error, parse_message, reply
 from .rooms import Actor, Connection, Rooms
 from .tokens import TokenError, check_room, verify_token
@@ -44,13 +46,28 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
         max_msg_size=max(HARD_FRAME_LIMIT, settings.ws_max_message_bytes), heartbeat=20
     )
     await ws.prepare(request)
+    guard = request.app[GUARD_KEY]
+    if (wait := guard.throttled(request)) > 0:
+        reason = f"too many refused tokens from this address: retry in {math.ceil(wait)} s"
+        await ws.close(code=CLOSE_THROTTLED, message=close_reason(reason))
+        return ws
     try:
         claims = verify_token(secret, request.query.get("token"))
+    except TokenError as exc:
+        guard.failed(request)
+        await ws.close(code=exc.close_code, message=close_reason(exc.reason))
+        return ws
+    try:
         if "room" in request.query:
             check_room(claims, request.query["room"])
         await check_not_removed(rooms.store, claims)
     except TokenError as exc:
         await ws.close(code=exc.close_code, message=close_reason(exc.reason))
+        return ws
+    unjoined = sum(1 for c in rooms.sockets if c.claims == claims and not c.joined)
+    if unjoined >= MAX_UNJOINED_PER_TOKEN:
+        reason = f"{unjoined} connections with this token have not joined: join or close them"
+        await ws.close(code=CLOSE_THROTTLED, message=close_reason(reason))
         return ws
     if rooms.shutting_down:
         await ws.close(code=1001, message=b"server shutting down")

@@ -34,7 +34,7 @@ from phone_util import Baresip, sine, write_wav  # noqa: E402
 from signaling.phone.codecs import FRAME, G711, OpusEncoder  # noqa: E402
 from signaling.phone.mixer import Mixer  # noqa: E402
 
-ADMIN_KEY = "bench-admin-key"
+ADMIN_KEY = "bench-admin-key-0123456789abcdef-0123456789"
 CONFERENCE = str(Path(sys.executable).with_name("conference"))
 
 

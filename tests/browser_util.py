@@ -23,7 +23,7 @@ from aiohttp import web
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 SECRET = "browser-test-secret-0123456789abcdef"
-ADMIN_KEY = "browser-test-admin-key"
+ADMIN_KEY = "browser-test-admin-key-0123456789abcdef"
 
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 360, "height": 740}

@@ -24,7 +24,7 @@ from signaling.tokens import mint_token
 pytest_plugins = ["suite_policy"]
 
 TEST_SECRET = "test-secret-not-for-production-0123456789"
-TEST_ADMIN_KEY = "test-admin-key"
+TEST_ADMIN_KEY = "test-admin-key-not-for-production-0123456789"
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from signaling.phone.register import Account, Registration
 from signaling.phone.transaction import TransactionLayer
 from signaling.phone.transport import Peer
 
-ADMIN = {"Authorization": "Bearer test-admin-key"}
+ADMIN = {"Authorization": "Bearer test-admin-key-not-for-production-0123456789"}
 
 INVITE = (
     "INVITE sip:dialin@127.0.0.1 SIP/2.0\r\n"
@@ -299,7 +299,13 @@ async def gateway(signaling_server, tmp_path: Path):  # type: ignore[no-untyped-
     async with aiohttp.ClientSession() as http:
         prompts = {name: np.zeros(960, np.int16) for name in ("welcome", "pin", "wrong", "goodbye", "joined")}
         prompts |= {name: np.zeros(960, np.int16) for name in ("unavailable", "ended")}
-        ctx = CallContext(url, Directory(url, "test-admin-key", http), http, prompts, Throttle())
+        ctx = CallContext(
+            url,
+            Directory(url, "test-admin-key-not-for-production-0123456789", http),
+            http,
+            prompts,
+            Throttle(),
+        )
         gw = Gateway(ctx, host="127.0.0.1", port=0, t1=0.05)
         await gw.start()
         yield gw

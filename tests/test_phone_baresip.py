@@ -31,7 +31,7 @@ from signaling.phone.ivr import Throttle
 from signaling.phone.link import Admission, Directory
 from signaling.phone.prompts import ensure_prompts
 
-ADMIN = {"Authorization": "Bearer test-admin-key"}
+ADMIN = {"Authorization": "Bearer test-admin-key-not-for-production-0123456789"}
 CALLER = "13812341234"
 
 
@@ -135,7 +135,13 @@ async def rig(signaling_server, prompts: dict[str, np.ndarray], tmp_path: Path) 
         ) as r:
             meeting_id = (await r.json())["dial_in"]["meeting_id"]
         async with aiohttp.ClientSession() as plain:  # the gateway's own session: no chair header
-            ctx = CallContext(url, Directory(url, "test-admin-key", plain), plain, prompts, Throttle(limit=3))
+            ctx = CallContext(
+                url,
+                Directory(url, "test-admin-key-not-for-production-0123456789", plain),
+                plain,
+                prompts,
+                Throttle(limit=3),
+            )
             ctx.audio_factory = audio_factory
             gateway = Gateway(ctx, host="127.0.0.1", port=0)
             await gateway.start()

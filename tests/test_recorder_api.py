@@ -16,7 +16,7 @@ from recording_script import Script, Speaker, write_meeting
 
 from conference.config import Settings
 
-ADMIN = "test-admin-key"  # tests/conftest.py
+ADMIN = "test-admin-key-not-for-production-0123456789"  # tests/conftest.py
 DAY = 86400.0
 STARTED = 1_790_000_000.0  # 2026-09-21 (UTC)
 

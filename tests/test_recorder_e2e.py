@@ -34,7 +34,7 @@ pytestmark = pytest.mark.media
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "e2e-secret-0123456789-0123456789"
-ADMIN = "e2e-admin-key"
+ADMIN = "e2e-admin-key-0123456789-0123456789abcdef"
 ROOM = "assembly"
 # Endpoint index -> identity; the test media's colour and tone (250 + 50 * index Hz) follow the index.
 PEOPLE = {1: "hall-a", 2: "expert-b"}

@@ -552,7 +552,7 @@ async def test_auto_record_starts_at_first_join_and_stops_when_room_empties(
     snapshot = None
     for _ in range(50):  # the stop runs just after the last leave
         async with aiohttp.ClientSession() as http:
-            headers = {"Authorization": "Bearer test-admin-key"}
+            headers = {"Authorization": "Bearer test-admin-key-not-for-production-0123456789"}
             async with http.get(server.make_url("/api/rooms/council"), headers=headers) as resp:
                 snapshot = await resp.json()
         if not snapshot["recording"]["active"]:

@@ -122,7 +122,10 @@ def test_secret_and_admin_key_files_are_generated_once(tmp_path: Path) -> None:
     assert resolve_secret(settings) == secret  # read back, not regenerated
     mode = stat.S_IMODE(os.stat(tmp_path / "data" / "secret").st_mode)
     assert mode == 0o600
-    assert resolve_secret(Settings(data_dir=tmp_path / "data", secret="explicit")) == "explicit"
+    assert (
+        resolve_secret(Settings(data_dir=tmp_path / "data", secret="explicit-secret-of-at-least-32-bytes"))
+        == "explicit-secret-of-at-least-32-bytes"
+    )
 
 
 def test_token_command_uses_the_same_secret_as_the_server(tmp_path: Path) -> None:
