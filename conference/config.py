@@ -84,6 +84,9 @@ class Settings:
     live_fps: int = 25
     live_threads: int = 1  # x264 threads of each compositor; 0 lets x264 choose
     live_preset: str = "ultrafast"  # x264 preset
+    # Where the public reaches the server (https://live.example.org), for the short link and its QR
+    # code; None: the address the request came to.
+    public_base_url: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -217,6 +220,7 @@ _FIELD_TYPES: dict[str, str] = {
     "live_fps": "int",
     "live_threads": "int",
     "live_preset": "str",
+    "public_base_url": "str?",
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
 

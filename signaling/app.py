@@ -504,6 +504,9 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
+    from . import public  # it uses this module's helpers: imported once they exist
+
+    public.setup(app)
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
     # Before the cleanup contexts end: clients are told and their sockets closed first.

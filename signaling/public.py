@@ -1,0 +1,291 @@
+"""What the public sees of a room: the HLS stream, the short link with its QR code, the page.
+
+- ``/live/{room}/index.m3u8`` and its segments: plain files written by the room's compositor
+  (``signaling.broadcast``), served with headers a CDN or nginx caches by (segments immutable,
+  the playlist one second). Viewers only ever GET these: nothing reaches the room or the media.
+- ``/w/{code}``: the public page (``web/watch.html``); ``code`` is a keyed hash of the room name
+  (the server's secret), so links cannot be guessed from room names and need no stored state.
+- ``/w/{code}/qr.svg``, ``/w/{code}/qr.png``: the QR code of the short link (``segno``).
+- ``GET /api/public/{code}``: the page's data (title, topic, start, background, broadcasting).
+- ``POST /api/public/{code}/watching``: the page's heartbeat, for the number of people watching.
+- ``GET /api/rooms/{room}/public`` (chair or admin key): ``{"url", "qr_svg", "broadcasting", ...}``.
+- ``PATCH /api/rooms/{room}``: ``title``, ``topic``, ``starts_at``, ``background``, ``auto_broadcast``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import segno
+from aiohttp import web
+
+from conference.roles import Permission
+from conference.room import CommandError, Event, RoomState, set_public, set_title
+from conference.store import RoomStore
+
+from .app import (
+    BROADCASTS_KEY,
+    SECRET_KEY,
+    SETTINGS_KEY,
+    STORE_KEY,
+    authorize,
+    command_error,
+    json_body,
+    json_error,
+    web_dir,
+)
+from .broadcast import live_dir
+
+CODE_LENGTH = 10
+LIVE_FILE = re.compile(r"index\.m3u8|seg-\d{5,9}\.ts")
+ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PLAYLIST_CACHE = "public, max-age=1"
+SEGMENT_CACHE = "public, max-age=31536000, immutable"
+# Live files served at once at most; beyond it a viewer is refused (503, retry in a second) rather
+# than the loop falling behind the meeting's signaling.
+MAX_CONCURRENT_LIVE = 64
+VIEWER_TTL_S = 70.0  # the page says it is watching every 30 s
+MAX_VIEWERS_TRACKED = 100_000
+COUNT_INTERVAL_S = 5.0
+VIEWER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+PATCH_FIELDS = {"title", "topic", "starts_at", "background", "auto_broadcast"}
+
+SITE_KEY = web.AppKey("public_site", object)
+
+
+def public_code(secret: str, room: str) -> str:
+    digest = hmac.new(secret.encode(), b"public-link\0" + room.encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:CODE_LENGTH]
+
+
+class PublicSite:
+    def __init__(self, store: RoomStore, secret: str) -> None:
+        self.store = store
+        self.secret = secret
+        self._rooms: dict[str, str] = {}  # code -> room
+        self.viewers: dict[str, dict[str, float]] = {}  # room -> viewer id -> last heartbeat
+        self._counted: dict[str, tuple[float, int]] = {}  # room -> (when, viewers)
+        self._live_busy = 0
+
+    def code(self, room: str) -> str:
+        code = public_code(self.secret, room)
+        self._rooms[code] = room
+        return code
+
+    async def room_of(self, code: str) -> RoomState | None:
+        room = self._rooms.get(code)
+        if room is None:
+            for name in await self.store.list_rooms():
+                self.code(name)
+            room = self._rooms.get(code)
+        return None if room is None else await self.store.get(room)
+
+    def watching(self, room: str, viewer: str | None, now: float) -> int:
+        """Note ``viewer``'s heartbeat; the number of viewers heard from lately (counted every few
+        seconds, not per request: thousands of heartbeats must not each walk the table)."""
+        seen = self.viewers.setdefault(room, {})
+        counted = self._counted.get(room)
+        if viewer is not None and (viewer in seen or len(seen) < MAX_VIEWERS_TRACKED):
+            if viewer not in seen and counted is not None:
+                counted = self._counted[room] = (counted[0], counted[1] + 1)  # a newcomer counts now
+            seen[viewer] = now
+        if counted is None or now - counted[0] > COUNT_INTERVAL_S:
+            for key in [k for k, t in seen.items() if now - t > VIEWER_TTL_S]:
+                del seen[key]
+            counted = self._counted[room] = (now, len(seen))
+        return counted[1]
+
+
+def _site(request: web.Request) -> PublicSite:
+    return request.app[SITE_KEY]  # type: ignore[return-value]
+
+
+def base_url(request: web.Request) -> str:
+    settings = request.app[SETTINGS_KEY]
+    configured = settings.public_base_url
+    return configured.rstrip("/") if configured else str(request.url.origin())
+
+
+def public_json(state: RoomState, now: float | None = None) -> dict[str, Any]:
+    broadcast = state.broadcast
+    return {
+        "room": state.room,
+        "title": state.title,
+        "topic": state.topic,
+        "starts_at": state.starts_at,
+        "background": state.background,
+        "broadcasting": broadcast.active,
+        "ended": not broadcast.active and broadcast.stopped_at is not None,
+        "started_at": broadcast.started_at,
+        "playlist": f"/live/{state.room}/index.m3u8",
+        "agenda": [],
+    }
+
+
+# --- the HLS files ---------------------------------------------------------------------------------
+
+
+async def live_file(request: web.Request) -> web.StreamResponse:
+    room, name = request.match_info["room"], request.match_info["name"]
+    headers = {"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=1"}
+    if not ROOM_NAME.fullmatch(room) or not LIVE_FILE.fullmatch(name):
+        raise web.HTTPNotFound(headers=headers)
+    path: Path = live_dir(request.app[SETTINGS_KEY], room) / name
+    site = _site(request)
+    if site._live_busy >= MAX_CONCURRENT_LIVE:
+        raise web.HTTPServiceUnavailable(headers={**headers, "Retry-After": "1", "Cache-Control": "no-store"})
+    site._live_busy += 1
+    try:
+        if name == "index.m3u8":
+            try:
+                body = path.read_bytes()  # a few hundred bytes, replaced atomically by the muxer
+            except FileNotFoundError:
+                raise web.HTTPNotFound(headers=headers) from None
+            headers["Cache-Control"] = PLAYLIST_CACHE
+            return web.Response(body=body, content_type="application/vnd.apple.mpegurl", headers=headers)
+        if not path.is_file():
+            raise web.HTTPNotFound(headers=headers)
+        headers["Cache-Control"] = SEGMENT_CACHE
+        response = web.FileResponse(path, headers={**headers, "Content-Type": "video/mp2t"})
+        await response.prepare(request)
+        return response
+    finally:
+        site._live_busy -= 1
+
+
+# --- the page and its data -------------------------------------------------------------------------
+
+
+async def watch_page(request: web.Request) -> web.StreamResponse:
+    state = await _site(request).room_of(request.match_info["code"])
+    if state is None:
+        raise web.HTTPNotFound(text="no such meeting")
+    headers = {"Cache-Control": "public, max-age=60", "Referrer-Policy": "no-referrer"}
+    return web.FileResponse(web_dir() / "watch.html", headers=headers)
+
+
+def _qr(request: web.Request, code: str) -> segno.QRCode:
+    return segno.make(f"{base_url(request)}/w/{code}", error="m")
+
+
+async def qr_image(request: web.Request) -> web.Response:
+    code, kind = request.match_info["code"], request.match_info["kind"]
+    if await _site(request).room_of(code) is None:
+        raise web.HTTPNotFound(text="no such meeting")
+    out = io.BytesIO()
+    if kind == "svg":
+        _qr(request, code).save(out, kind="svg", scale=8, border=2, xmldecl=False)
+        content_type = "image/svg+xml"
+    else:
+        _qr(request, code).save(out, kind="png", scale=16, border=2)
+        content_type = "image/png"
+    headers = {"Cache-Control": "public, max-age=3600"}
+    if "download" in request.query:
+        headers["Content-Disposition"] = f'attachment; filename="meeting-{code}.{kind}"'
+    return web.Response(body=out.getvalue(), content_type=content_type, headers=headers)
+
+
+async def public_info(request: web.Request) -> web.Response:
+    site = _site(request)
+    state = await site.room_of(request.match_info["code"])
+    if state is None:
+        raise json_error(404, "not_found", "no such meeting")
+    body = {**public_json(state), "viewers": site.watching(state.room, None, time.time())}
+    return web.json_response(body, headers={"Cache-Control": "public, max-age=2"})
+
+
+async def post_watching(request: web.Request) -> web.Response:
+    site = _site(request)
+    state = await site.room_of(request.match_info["code"])
+    if state is None:
+        raise json_error(404, "not_found", "no such meeting")
+    viewer = request.query.get("viewer", "")
+    if not VIEWER_ID.fullmatch(viewer):
+        raise json_error(400, "bad_request", "viewer must be 8-64 letters, digits, '_' or '-'")
+    count = site.watching(state.room, viewer, time.time())
+    return web.json_response({"viewers": count}, headers={"Cache-Control": "no-store"})
+
+
+# --- the chair's side --------------------------------------------------------------------------------
+
+
+async def room_public(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    await authorize(request, room, Permission.BROADCAST_CONTROL)
+    state = await request.app[STORE_KEY].get(room)
+    if state is None:
+        raise json_error(404, "not_found", f"no room {room!r}")
+    site = _site(request)
+    code = site.code(room)
+    base = base_url(request)
+    streams = request.app[BROADCASTS_KEY].streams
+    return web.json_response(
+        {
+            "url": f"{base}/w/{code}",
+            "qr_svg": f"{base}/w/{code}/qr.svg",
+            "qr_png": f"{base}/w/{code}/qr.png",
+            "broadcasting": state.broadcast.active,
+            "code": code,
+            "playlist": f"{base}/live/{room}/index.m3u8",
+            "viewers": site.watching(room, None, time.time()),
+            "compositor": {"running": room in streams and streams[room].process is not None},
+            **{k: v for k, v in public_json(state).items() if k not in ("playlist", "broadcasting")},
+        }
+    )
+
+
+async def patch_room(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    actor, _ = await authorize(request, room, Permission.BROADCAST_CONTROL)
+    body = await json_body(request)
+    unknown = set(body) - PATCH_FIELDS
+    if unknown or not body:
+        fields = f"give some of {sorted(PATCH_FIELDS)}; unknown: {sorted(unknown)}"
+        raise json_error(400, "bad_request", fields)
+    for key in ("title", "topic", "background"):
+        if key in body and not isinstance(body[key], str):
+            raise json_error(400, "bad_request", f"{key} must be a string")
+    if "auto_broadcast" in body and not isinstance(body["auto_broadcast"], bool):
+        raise json_error(400, "bad_request", "auto_broadcast must be true or false")
+    starts_at = body.get("starts_at", False)
+    if isinstance(starts_at, bool) and "starts_at" in body:
+        raise json_error(400, "bad_request", "starts_at must be a time in Unix seconds or null")
+
+    def change(state: RoomState) -> list[Event]:
+        events: list[Event] = []
+        if "title" in body:
+            events += set_title(state, body["title"], by=actor.identity)
+        if set(body) - {"title"}:
+            events += set_public(
+                state,
+                topic=body.get("topic"),
+                starts_at=starts_at,
+                background=body.get("background"),
+                auto_broadcast=body.get("auto_broadcast"),
+                by=actor.identity,
+            )
+        return events
+
+    try:
+        state, _ = await request.app[STORE_KEY].update(room, change)
+    except CommandError as exc:
+        raise command_error(exc) from None
+    return web.json_response({"version": state.version, **public_json(state)})
+
+
+def setup(app: web.Application) -> None:
+    app[SITE_KEY] = PublicSite(app[STORE_KEY], app[SECRET_KEY])
+    app.router.add_get("/live/{room}/{name}", live_file)
+    app.router.add_get("/w/{code}", watch_page)
+    app.router.add_get(r"/w/{code}/qr.{kind:svg|png}", qr_image)
+    app.router.add_get("/api/public/{code}", public_info)
+    app.router.add_post("/api/public/{code}/watching", post_watching)
+    app.router.add_get("/api/rooms/{room}/public", room_public)
+    app.router.add_patch("/api/rooms/{room}", patch_room)
