@@ -42,6 +42,7 @@ from .app import (
     web_dir,
 )
 from .broadcast import live_dir
+from .guard import PAGE_HEADERS, content_security_policy
 
 CODE_LENGTH = 10
 LIVE_FILE = re.compile(r"index\.m3u8|seg-\d{5,9}\.ts")
@@ -167,8 +168,14 @@ async def watch_page(request: web.Request) -> web.StreamResponse:
     state = await _site(request).room_of(request.match_info["code"])
     if state is None:
         raise web.HTTPNotFound(text="no such meeting")
-    headers = {"Cache-Control": "public, max-age=60", "Referrer-Policy": "no-referrer"}
-    return web.FileResponse(web_dir() / "watch.html", headers=headers)
+    path = web_dir() / "watch.html"
+    headers = {
+        "Cache-Control": "public, max-age=60",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": content_security_policy(path),
+        **PAGE_HEADERS,
+    }
+    return web.FileResponse(path, headers=headers)
 
 
 def _qr(request: web.Request, code: str) -> segno.QRCode:

@@ -99,6 +99,8 @@ async def test_public_link_qr_code_and_page_data(signaling_server, http, mint) -
     async with http.get(info["url"]) as resp:
         page = await resp.text()
         assert resp.status == 200 and 'id="player"' in page and "<script>" not in page
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "sha256" not in csp  # no inline script to allow
     status, data = await call(http, "GET", server.make_url(f"/api/public/{code}"))
     assert status == 200 and data["title"] == "Budget" and data["broadcasting"] is False
     assert data["playlist"] == "/live/council/index.m3u8" and data["ended"] is False
