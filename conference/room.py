@@ -1,10 +1,11 @@
 """The room: who is in the meeting, the program everyone sees, the floor, the recording.
 
 Room state is plain data (``RoomState``) changed only by the command functions below. Each
-command checks its arguments, changes the state and returns the events it caused; the
-store (``conference.store``) applies a command atomically, bumps the room version once per
-event and broadcasts the events. Because commands are pure functions of the state, the
-in-memory and the Redis store run exactly the same logic.
+command checks its arguments, decides, and builds the events that say what changes; the events are
+applied by the one reducer, ``conference.events.apply`` (which the recorder's replay uses too), and
+returned. The store (``conference.store``) runs a command atomically, bumps the room version once
+per event and broadcasts the events. Because commands are pure functions of the state, every store
+runs exactly the same logic.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from . import events as reducer
 from .layouts import DEFAULT_LAYOUT, UnknownLayout, get_layout
 from .roles import Role, publishes
 
@@ -248,44 +250,49 @@ def join(
     else:
         participant.joined_at = now
     participant.connected = True
-    state.participants[participant.identity] = participant
     kind = "participant_rejoined" if existing is not None else "participant_joined"
-    return [{"kind": kind, "participant": participant.to_json()}]
+    return reducer.apply_all(state, [{"kind": kind, "participant": participant.to_json()}])
 
 
 def set_connected(state: RoomState, identity: str, connected: bool) -> list[Event]:
     p = _participant(state, identity)
     if p.connected == connected:
         return []
-    p.connected = connected
-    return [{"kind": "participant_connection", "identity": identity, "connected": connected}]
+    return reducer.apply_all(
+        state, [{"kind": "participant_connection", "identity": identity, "connected": connected}]
+    )
 
 
-def leave(state: RoomState, identity: str, reason: str = "left") -> list[Event]:
+def leave(
+    state: RoomState, identity: str, reason: str = "left", removed_at: float | None = None
+) -> list[Event]:
     """Remove a participant: their program slots empty, their hand and floor go."""
     if identity not in state.participants:
         return []
-    gone = state.participants.pop(identity)
+    gone = state.participants[identity]
     # The name travels with the event: a log or a replay names who left without a lookup.
-    events: list[Event] = [
-        {"kind": "participant_left", "identity": identity, "name": gone.name, "reason": reason}
-    ]
+    left: Event = {"kind": "participant_left", "identity": identity, "name": gone.name, "reason": reason}
+    if removed_at is not None:
+        left["removed_at"] = removed_at
+    events: list[Event] = [left]
     if identity in state.program.slots:
-        state.program.slots = [None if s == identity else s for s in state.program.slots]
-        events.append({"kind": "program", "program": state.program.to_json(), "by": None})
-    if state.floor == identity:
-        state.floor = None
-        events.append({"kind": "floor", "floor": None, "floor_queue": state.floor_queue})
+        slots = [None if s == identity else s for s in state.program.slots]
+        events.append(
+            {"kind": "program", "program": {"layout": state.program.layout, "slots": slots}, "by": None}
+        )
+    floor_goes = state.floor == identity
+    reducer.apply_all(state, events)
+    if floor_goes:
+        events += reducer.apply_all(
+            state, [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue}]
+        )
     return events
 
 
 def remove(state: RoomState, identity: str, now: float | None = None) -> list[Event]:
     """Remove a participant and remember it, so its tokens issued until now stay refused."""
     _participant(state, identity)
-    now = time.time() if now is None else now
-    state.removed = {i: t for i, t in state.removed.items() if t > now - REMOVAL_KEPT_S}
-    state.removed[identity] = now
-    return leave(state, identity, reason="removed")
+    return leave(state, identity, reason="removed", removed_at=time.time() if now is None else now)
 
 
 def update_publishing(state: RoomState, identity: str, audio: bool, video: bool) -> list[Event]:
@@ -294,8 +301,9 @@ def update_publishing(state: RoomState, identity: str, audio: bool, video: bool)
         audio = video = False
     if (p.publish_audio, p.publish_video) == (audio, video):
         return []
-    p.publish_audio, p.publish_video = audio, video
-    return [{"kind": "publishing", "identity": identity, "audio": audio, "video": video}]
+    return reducer.apply_all(
+        state, [{"kind": "publishing", "identity": identity, "audio": audio, "video": video}]
+    )
 
 
 # --- the program ---------------------------------------------------------------------------
@@ -313,8 +321,8 @@ def set_program(state: RoomState, layout: str, slots: list[str | None], by: str 
     for identity in filled:
         if identity is not None and identity not in state.participants:
             raise CommandError("not_found", f"no participant {identity!r} in room {state.room!r}")
-    state.program = Program(layout=layout, slots=filled)
-    return [{"kind": "program", "program": state.program.to_json(), "by": by}]
+    program = Program(layout=layout, slots=filled).to_json()
+    return reducer.apply_all(state, [{"kind": "program", "program": program, "by": by}])
 
 
 MAX_TITLE = 120
@@ -327,8 +335,7 @@ def set_title(state: RoomState, title: str, by: str | None = None) -> list[Event
         raise CommandError("bad_request", f"the title is longer than {MAX_TITLE} characters")
     if title == state.title:
         return []
-    state.title = title
-    return [{"kind": "title", "title": title, "by": by}]
+    return reducer.apply_all(state, [{"kind": "title", "title": title, "by": by}])
 
 
 MAX_TOPIC = 200
@@ -359,24 +366,15 @@ def set_public(
         if isinstance(starts_at, bool) or not isinstance(starts_at, int | float) or not 0 < starts_at < 1e11:
             raise CommandError("bad_request", "starts_at must be a time in Unix seconds")
         starts_at = float(starts_at)
-    if topic is not None:
-        state.topic = topic
-    if background is not None:
-        state.background = background
-    if starts_at is not False:
-        state.starts_at = starts_at  # type: ignore[assignment]
-    if auto_broadcast is not None:
-        state.auto_broadcast = bool(auto_broadcast)
-    return [
-        {
-            "kind": "public",
-            "topic": state.topic,
-            "starts_at": state.starts_at,
-            "background": state.background,
-            "auto_broadcast": state.auto_broadcast,
-            "by": by,
-        }
-    ]
+    event: Event = {
+        "kind": "public",
+        "topic": state.topic if topic is None else topic,
+        "starts_at": state.starts_at if starts_at is False else starts_at,
+        "background": state.background if background is None else background,
+        "auto_broadcast": state.auto_broadcast if auto_broadcast is None else bool(auto_broadcast),
+        "by": by,
+    }
+    return reducer.apply_all(state, [event])
 
 
 # --- the public broadcast ------------------------------------------------------------------
@@ -386,15 +384,15 @@ def start_broadcast(state: RoomState, now: float | None = None, by: str | None =
     """The chair puts the meeting on the public stream (separately from recording)."""
     if state.broadcast.active:
         raise CommandError("conflict", "the room is already broadcasting")
-    state.broadcast = Broadcast(True, time.time() if now is None else now, None)
-    return [{"kind": "broadcast", **asdict(state.broadcast), "by": by}]
+    started = Broadcast(True, time.time() if now is None else now, None)
+    return reducer.apply_all(state, [{"kind": "broadcast", **asdict(started), "by": by}])
 
 
 def stop_broadcast(state: RoomState, now: float | None = None, by: str | None = None) -> list[Event]:
     if not state.broadcast.active:
         raise CommandError("conflict", "the room is not broadcasting")
-    state.broadcast = Broadcast(False, state.broadcast.started_at, time.time() if now is None else now)
-    return [{"kind": "broadcast", **asdict(state.broadcast), "by": by}]
+    stopped = Broadcast(False, state.broadcast.started_at, time.time() if now is None else now)
+    return reducer.apply_all(state, [{"kind": "broadcast", **asdict(stopped), "by": by}])
 
 
 # --- audio ---------------------------------------------------------------------------------
@@ -403,30 +401,24 @@ def stop_broadcast(state: RoomState, now: float | None = None, by: str | None = 
 def mute(state: RoomState, identity: str, muted: bool, by: str | None = None) -> list[Event]:
     """The chair mutes (server-enforced) or lifts its mute."""
     p = _participant(state, identity)
-    p.muted = muted
-    if muted:
-        p.unmute_requested = False
-    return [{"kind": "mute", "identity": identity, "muted": muted, "self_muted": p.self_muted, "by": by}]
+    event = {"kind": "mute", "identity": identity, "muted": muted, "self_muted": p.self_muted, "by": by}
+    return reducer.apply_all(state, [event])
 
 
 def request_unmute(state: RoomState, identity: str, by: str | None = None) -> list[Event]:
     """Lift the chair's mute and ask the participant to switch their microphone on.
 
     The microphone itself is only switched on by the participant (no remote hot mic)."""
-    p = _participant(state, identity)
-    p.muted = False
-    p.unmute_requested = True
-    return [{"kind": "unmute_requested", "identity": identity, "by": by}]
+    _participant(state, identity)
+    return reducer.apply_all(state, [{"kind": "unmute_requested", "identity": identity, "by": by}])
 
 
 def self_mute(state: RoomState, identity: str, muted: bool) -> list[Event]:
     p = _participant(state, identity)
     if not muted and p.muted:
         raise CommandError("forbidden", "the chair has muted you; ask for the floor to speak")
-    p.self_muted = muted
-    if not muted:
-        p.unmute_requested = False
-    return [{"kind": "mute", "identity": identity, "muted": p.muted, "self_muted": muted, "by": identity}]
+    event = {"kind": "mute", "identity": identity, "muted": p.muted, "self_muted": muted, "by": identity}
+    return reducer.apply_all(state, [event])
 
 
 # --- the floor -----------------------------------------------------------------------------
@@ -436,16 +428,21 @@ def raise_hand(state: RoomState, identity: str, now: float | None = None) -> lis
     p = _participant(state, identity)
     if p.hand_raised_at is not None or state.floor == identity:
         return []  # already queued, or already speaking: nothing changes
-    p.hand_raised_at = time.time() if now is None else now
-    return [{"kind": "hand", "identity": identity, "raised": True, "floor_queue": state.floor_queue}]
+    return _hand(state, identity, time.time() if now is None else now)
+
+
+def _hand(state: RoomState, identity: str, at: float | None) -> list[Event]:
+    event: Event = {"kind": "hand", "identity": identity, "raised": at is not None, "at": at}
+    reducer.apply(state, event)
+    event["floor_queue"] = state.floor_queue  # for clients: the queue as it now is
+    return [event]
 
 
 def lower_hand(state: RoomState, identity: str) -> list[Event]:
     p = _participant(state, identity)
     if p.hand_raised_at is None:
         return []
-    p.hand_raised_at = None
-    return [{"kind": "hand", "identity": identity, "raised": False, "floor_queue": state.floor_queue}]
+    return _hand(state, identity, None)
 
 
 def grant_floor(state: RoomState, identity: str | None = None, by: str | None = None) -> list[Event]:
@@ -455,19 +452,21 @@ def grant_floor(state: RoomState, identity: str | None = None, by: str | None = 
         if not queue:
             raise CommandError("floor_queue_empty", "no raised hands to give the floor to")
         identity = queue[0]
-    p = _participant(state, identity)
-    p.hand_raised_at = None
-    p.muted = False
-    p.unmute_requested = p.self_muted
-    state.floor = identity
-    return [{"kind": "floor", "floor": identity, "floor_queue": state.floor_queue, "by": by}]
+    _participant(state, identity)
+    return _floor(state, identity, by)
+
+
+def _floor(state: RoomState, identity: str | None, by: str | None) -> list[Event]:
+    event: Event = {"kind": "floor", "floor": identity, "by": by}
+    reducer.apply(state, event)
+    event["floor_queue"] = state.floor_queue
+    return [event]
 
 
 def revoke_floor(state: RoomState, by: str | None = None) -> list[Event]:
     if state.floor is None:
         return []
-    state.floor = None
-    return [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue, "by": by}]
+    return _floor(state, None, by)
 
 
 def release_floor(state: RoomState, identity: str) -> list[Event]:
@@ -475,8 +474,7 @@ def release_floor(state: RoomState, identity: str) -> list[Event]:
     _participant(state, identity)
     if state.floor != identity:
         raise CommandError("conflict", "you do not have the floor")
-    state.floor = None
-    return [{"kind": "floor", "floor": None, "floor_queue": state.floor_queue, "by": identity}]
+    return _floor(state, None, identity)
 
 
 # --- telephone dial-in ---------------------------------------------------------------------
@@ -486,12 +484,13 @@ def set_dial_in(
     state: RoomState, meeting_id: str, pin_hash: str | None, members: list[dict[str, str]] | None = None
 ) -> list[Event]:
     """Set the meeting ID, the room's PIN (None: no room PIN) and the roster PINs when given."""
-    state.dial_in.meeting_id = meeting_id
+    # The PIN hashes are secrets: set here, never carried by the event (see conference.events).
     state.dial_in.pin_hash = pin_hash
     if members is not None:
         state.dial_in.members = [dict(m) for m in members]
     names = [{"identity": m["identity"], "name": m["name"]} for m in state.dial_in.members]
-    return [{"kind": "dial_in", **state.dial_in.public_json(), "members": names}]
+    event = {"kind": "dial_in", "meeting_id": meeting_id, "pin_set": pin_hash is not None, "members": names}
+    return reducer.apply_all(state, [event])
 
 
 # --- recording -----------------------------------------------------------------------------
@@ -504,20 +503,18 @@ def start_recording(state: RoomState, recording_id: str, now: float | None = Non
         # An empty room's recording would be stopped at once (nobody there) and, racing the
         # recorder's start, leave its writer running with nobody to stop it.
         raise CommandError("conflict", "nobody is in the room: start recording once someone has joined")
-    state.recording = Recording(True, recording_id, time.time() if now is None else now)
-    return [{"kind": "recording", **asdict(state.recording)}]
+    started = Recording(True, recording_id, time.time() if now is None else now)
+    return reducer.apply_all(state, [{"kind": "recording", **asdict(started)}])
 
 
 def stop_recording(state: RoomState) -> list[Event]:
     if not state.recording.active:
         raise CommandError("conflict", "the room is not recording")
     stopped = state.recording
-    state.recording = Recording()
-    return [
-        {
-            "kind": "recording",
-            "active": False,
-            "recording_id": stopped.recording_id,
-            "started_at": stopped.started_at,
-        }
-    ]
+    event = {
+        "kind": "recording",
+        "active": False,
+        "recording_id": stopped.recording_id,
+        "started_at": stopped.started_at,
+    }
+    return reducer.apply_all(state, [event])

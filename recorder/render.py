@@ -17,6 +17,7 @@ from its last keyframe when it appears. Audio is mixed from everyone who was pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -33,8 +34,10 @@ from typing import Any
 import av
 import numpy as np
 
+from conference import events
 from conference.config import ConfigError, add_settings_arguments, settings_from_args
 from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
+from conference.room import Participant, Program, RoomState
 
 from .archive import (
     FILE_MODE,
@@ -163,93 +166,65 @@ class Chapter:
 
 
 class MeetingState:
-    """The room as the timeline describes it at one moment; entries are applied in order."""
+    """The room as the timeline describes it at one moment; entries are applied in order with the
+    room's own reducer (``conference.events.apply``), so a replay follows the same rules (join,
+    mute, floor, program) as the live room. People who left keep their name for the captions."""
 
     def __init__(self) -> None:
+        self.room = RoomState(room="")
         self.people: dict[str, Person] = {}
-        self.present: dict[str, None] = {}  # ordered set
-        self.layout = "single"
-        self.slots: list[str | None] = [None]
-        self.chair_muted: set[str] = set()
-        self.self_muted: set[str] = set()
-        self.floor: str | None = None
         self.speakers: list[str] = []
+
+    @property
+    def present(self) -> dict[str, Participant]:
+        return self.room.participants
+
+    @property
+    def layout(self) -> str:
+        return self.room.program.layout
+
+    @property
+    def slots(self) -> list[str | None]:
+        return self.room.program.slots
+
+    @property
+    def floor(self) -> str | None:
+        return self.room.floor
 
     def name(self, identity: str) -> str:
         person = self.people.get(identity)
         return person.name if person and person.name else identity
 
-    def _arrive(self, p: dict[str, Any]) -> None:
-        identity = str(p.get("identity"))
-        person = self.people.get(identity)
-        if person is None:
-            person = Person(
-                identity, str(p.get("name") or identity), str(p.get("role") or ""), len(self.people)
-            )
-            self.people[identity] = person
-        person.name = str(p.get("name") or person.name)
-        person.role = str(p.get("role") or person.role)
-        person.publish_video = bool(p.get("publish_video", True))
-        person.publish_audio = bool(p.get("publish_audio", True))
-        self.present[identity] = None
-        self._set(self.chair_muted, identity, bool(p.get("muted")))
-        self._set(self.self_muted, identity, bool(p.get("self_muted")))
-
-    @staticmethod
-    def _set(target: set[str], identity: str, on: bool) -> None:
-        if on:
-            target.add(identity)
-        else:
-            target.discard(identity)
-
-    def _program(self, program: dict[str, Any]) -> None:
-        layout = str(program.get("layout", "single"))
-        if layout not in LAYOUTS:
-            log.warning("timeline names unknown layout %r; kept the previous one", layout)
-            return
-        self.layout = layout
-        self.slots = [None if s is None else str(s) for s in program.get("slots", [])]
-
     def apply(self, e: dict[str, Any]) -> None:
         kind = e.get("kind")
-        if kind == "snapshot":
-            state = e.get("state") or {}
-            for p in state.get("participants", []):
-                self._arrive(p)
-            self._program(state.get("program") or {})
-            self.floor = state.get("floor")
-        elif kind in ("participant_joined", "participant_rejoined"):
-            self._arrive(e.get("participant") or {})
-        elif kind == "participant_left":
-            identity = str(e.get("identity"))
-            self.present.pop(identity, None)
-            self.slots = [None if s == identity else s for s in self.slots]
-            if self.floor == identity:
-                self.floor = None
-        elif kind == "program":
-            self._program(e.get("program") or {})
-        elif kind == "mute":
-            identity = str(e.get("identity"))
-            self._set(self.chair_muted, identity, bool(e.get("muted")))
-            self._set(self.self_muted, identity, bool(e.get("self_muted")))
-        elif kind == "unmute_requested":
-            self.chair_muted.discard(str(e.get("identity")))
-        elif kind == "floor":
-            self.floor = e.get("floor")
-            if self.floor is not None:
-                self.chair_muted.discard(str(self.floor))  # granting the floor lifts the chair's mute
-        elif kind == "publishing":
-            person = self.people.get(str(e.get("identity")))
-            if person is not None:
-                person.publish_audio = bool(e.get("audio"))
-                person.publish_video = bool(e.get("video"))
-        elif kind == "speakers":
+        if kind == "speakers":
             self.speakers = [str(s) for s in e.get("speakers") or []]
+            return
+        if kind == "program" and str((e.get("program") or {}).get("layout")) not in LAYOUTS:
+            log.warning("timeline names unknown layout %r; kept the previous one", e["program"].get("layout"))
+            return
+        try:
+            if kind == "snapshot":
+                self.room = _snapshot(e.get("state") or {})
+            else:
+                events.apply(self.room, e)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # An entry an older or damaged timeline wrote differently: the rest still renders.
+            log.warning("timeline entry %r could not be applied; skipped", kind)
+            return
+        for identity, p in self.room.participants.items():
+            person = self.people.get(identity)
+            if person is None:
+                person = self.people[identity] = Person(
+                    identity, p.name or identity, str(p.role), len(self.people)
+                )
+            person.name = p.name or person.name
+            person.role = str(p.role)
+            person.publish_video, person.publish_audio = p.publish_video, p.publish_audio
 
     def audible(self, identity: str) -> bool:
-        return (
-            identity in self.present and identity not in self.chair_muted and identity not in self.self_muted
-        )
+        p = self.room.participants.get(identity)
+        return p is not None and not p.muted and not p.self_muted
 
     def publishers(self) -> list[str]:
         """Present participants who send media (not clerks or viewers), in order of arrival."""
@@ -260,6 +235,25 @@ class MeetingState:
             and (self.people[i].publish_video or self.people[i].publish_audio)
         ]
         return sorted(ids, key=lambda i: self.people[i].order)
+
+
+def _snapshot(data: dict[str, Any]) -> RoomState:
+    """The room at the recording's start; a snapshot an older server wrote may lack fields."""
+    try:
+        state = RoomState.from_json(data)
+    except (KeyError, TypeError, ValueError):
+        state = RoomState(room=str(data.get("room", "")))
+        for p in data.get("participants", []):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                participant = Participant.from_json(p)
+                state.participants[participant.identity] = participant
+        program = data.get("program") or {}
+        if program.get("layout") in LAYOUTS:
+            state.program = Program(str(program["layout"]), list(program.get("slots") or [None]))
+        state.floor = data.get("floor")
+    if state.program.layout not in LAYOUTS:
+        state.program = Program()
+    return state
 
 
 class TimelineCursor:
@@ -448,8 +442,6 @@ class VideoFeed:
         if self.last_at is None or t - self.last_at > STALE_VIDEO_S:
             return None
         return self.picture
-
-
 
 
 class AudioFeed:

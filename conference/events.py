@@ -1,0 +1,140 @@
+"""The one Python reducer of room events: ``apply(state, event)`` changes a ``RoomState`` as the
+event says. The room commands (``conference.room``) validate, decide and build events, then apply
+them here; the recorder's replay (``recorder.render.MeetingState``) applies a recording's timeline
+with the same function. The pages' JavaScript reducer (``web/client.js``) follows the same rules.
+
+Events carry what their effect needs (a joined participant in full, a raised hand's time, a
+removal's time), so a state rebuilt from a snapshot and the events after it equals the live one.
+Secrets never travel in events: the dial-in PIN hashes are set by their command alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+# A module reference, not names: conference.room applies its events here, so each imports the other.
+from . import room as model
+
+if TYPE_CHECKING:
+    from .room import RoomState
+
+Event = dict[str, Any]
+
+
+def apply(state: RoomState, event: Event) -> None:
+    """Apply one event; kinds that do not change the room (e.g. ``speakers``) are ignored."""
+    handler = _HANDLERS.get(event.get("kind", ""))
+    if handler is not None:
+        handler(state, event)
+
+
+def apply_all(state: RoomState, events: list[Event]) -> list[Event]:
+    for event in events:
+        apply(state, event)
+    return events
+
+
+def _joined(state: RoomState, e: Event) -> None:
+    participant = model.Participant.from_json(e["participant"])
+    state.participants[participant.identity] = participant
+
+
+def _connection(state: RoomState, e: Event) -> None:
+    state.participants[e["identity"]].connected = bool(e["connected"])
+
+
+def _left(state: RoomState, e: Event) -> None:
+    identity = e["identity"]
+    state.participants.pop(identity, None)
+    removed_at = e.get("removed_at")
+    if removed_at is not None:
+        state.removed = {i: t for i, t in state.removed.items() if t > removed_at - model.REMOVAL_KEPT_S}
+        state.removed[identity] = removed_at
+    # The program slots and the floor it held arrive as their own events.
+
+
+def _publishing(state: RoomState, e: Event) -> None:
+    p = state.participants[e["identity"]]
+    p.publish_audio, p.publish_video = bool(e["audio"]), bool(e["video"])
+
+
+def _program(state: RoomState, e: Event) -> None:
+    program = e["program"]
+    state.program = model.Program(layout=str(program["layout"]), slots=list(program["slots"]))
+
+
+def _title(state: RoomState, e: Event) -> None:
+    state.title = str(e["title"])
+
+
+def _public(state: RoomState, e: Event) -> None:
+    state.topic = e["topic"]
+    state.starts_at = e["starts_at"]
+    state.background = e["background"]
+    state.auto_broadcast = bool(e["auto_broadcast"])
+
+
+def _broadcast(state: RoomState, e: Event) -> None:
+    state.broadcast = model.Broadcast(bool(e["active"]), e.get("started_at"), e.get("stopped_at"))
+
+
+def _mute(state: RoomState, e: Event) -> None:
+    p = state.participants[e["identity"]]
+    p.muted, p.self_muted = bool(e["muted"]), bool(e["self_muted"])
+    # Muted by the chair, or the microphone switched on: no request to unmute is pending.
+    if p.muted or not p.self_muted:
+        p.unmute_requested = False
+
+
+def _unmute_requested(state: RoomState, e: Event) -> None:
+    p = state.participants[e["identity"]]
+    p.muted = False
+    p.unmute_requested = True
+
+
+def _hand(state: RoomState, e: Event) -> None:
+    p = state.participants[e["identity"]]
+    p.hand_raised_at = e["at"] if e["raised"] else None
+
+
+def _floor(state: RoomState, e: Event) -> None:
+    identity = e["floor"]
+    state.floor = identity
+    if identity is not None:
+        # The floor holder leaves the queue, and the chair's mute lifts; a microphone still off
+        # is asked to switch on.
+        p = state.participants[identity]
+        p.hand_raised_at = None
+        p.muted = False
+        p.unmute_requested = p.self_muted
+
+
+def _dial_in(state: RoomState, e: Event) -> None:
+    state.dial_in.meeting_id = e["meeting_id"]
+
+
+def _recording(state: RoomState, e: Event) -> None:
+    if e["active"]:
+        state.recording = model.Recording(True, e["recording_id"], e["started_at"])
+    else:
+        state.recording = model.Recording()
+
+
+_HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
+    "participant_joined": _joined,
+    "participant_rejoined": _joined,
+    "participant_connection": _connection,
+    "participant_left": _left,
+    "publishing": _publishing,
+    "program": _program,
+    "title": _title,
+    "public": _public,
+    "broadcast": _broadcast,
+    "mute": _mute,
+    "unmute_requested": _unmute_requested,
+    "hand": _hand,
+    "floor": _floor,
+    "dial_in": _dial_in,
+    "recording": _recording,
+}
