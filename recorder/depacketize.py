@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from conference.sfu.packet import parse_header
-from conference.sfu.payload import h264_annexb, vp8_payload
+from conference.sfu.payload import annexb_is_keyframe, h264_annexb, vp8_payload
 
 from .archive import Recording, TrackInfo
 
@@ -78,15 +78,6 @@ class EncodedFrame:
     gap: bool = False
 
 
-def _h264_keyframe(annexb: bytes) -> bool:
-    pos = annexb.find(b"\x00\x00\x01")
-    while pos != -1 and pos + 3 < len(annexb):
-        if annexb[pos + 3] & 0x1F in (5, 7):
-            return True
-        pos = annexb.find(b"\x00\x00\x01", pos + 3)
-    return False
-
-
 def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFrame]:
     """Reassemble a video track's packets into encoded frames; incomplete frames are dropped."""
     codec = track.codec.lower()
@@ -124,7 +115,7 @@ def video_frames(recording: Recording, track: TrackInfo) -> Iterator[EncodedFram
         frame = b"".join(parts)
         if not frame:
             return None
-        key = (frame[0] & 0x01) == 0 if codec == "vp8" else _h264_keyframe(frame)
+        key = (frame[0] & 0x01) == 0 if codec == "vp8" else annexb_is_keyframe(frame)
         lost = False
         return EncodedFrame(clock.time_of(first_arrival, ordered[0].timestamp), frame, key, gap)
 

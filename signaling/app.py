@@ -32,6 +32,7 @@ from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
 from .clerk import create_clerk_app
+from .errors import STATUS_FOR_CODE, json_error
 from .guard import (
     GUARD_KEY,
     PAGE_HEADERS,
@@ -83,19 +84,6 @@ REST_COMMANDS = frozenset(
     {"set_program", "set_title", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
     | {"start_recording", "stop_recording", "set_dial_in", "start_broadcast", "stop_broadcast"}
 )
-STATUS_FOR_CODE = {
-    "bad_request": 400,
-    "bad_json": 400,
-    "unknown_layout": 400,
-    "unknown_type": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "room_full": 409,
-    "floor_queue_empty": 409,
-    "too_large": 413,
-}
 
 
 def web_dir() -> Path:
@@ -118,22 +106,6 @@ def build_media(settings: Settings) -> MediaBackend:
 
 
 # --- errors and authorisation ------------------------------------------------------------------
-
-
-def json_error(status: int, code: str, message: str, **extra: Any) -> web.HTTPException:
-    body = json.dumps({"error": code, "message": message})
-    if status == 413:
-        return web.HTTPRequestEntityTooLarge(
-            max_size=MAX_BODY, actual_size=extra.get("size", 0), text=body, content_type="application/json"
-        )
-    exc_class = {
-        400: web.HTTPBadRequest,
-        401: web.HTTPUnauthorized,
-        403: web.HTTPForbidden,
-        404: web.HTTPNotFound,
-        409: web.HTTPConflict,
-    }.get(status, web.HTTPInternalServerError)
-    return exc_class(text=body, content_type="application/json")
 
 
 def command_error(exc: CommandError) -> web.HTTPException:
@@ -204,7 +176,13 @@ async def rest_rate_limit(request: web.Request, handler: Any) -> web.StreamRespo
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise json_error(413, "too_large", f"body larger than {MAX_BODY} bytes", size=request.content_length)
+        raise json_error(
+            413,
+            "too_large",
+            f"body larger than {MAX_BODY} bytes",
+            max_size=MAX_BODY,
+            size=request.content_length,
+        )
     try:
         data = await request.json()
     except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser

@@ -56,6 +56,7 @@ from recorder.render import RenderOptions, chapters_of
 from recorder.service import RecorderService
 
 from .admission import check_not_removed
+from .errors import STATUS_FOR_CODE, json_error
 from .guard import GUARD_KEY, check_throttle
 from .tokens import TokenError, admin_key_matches, verify_token
 
@@ -70,26 +71,6 @@ SSE_MAX_S = 3600.0
 # is soon useless. The clerk page asks for a fresh one when it is close to expiry.
 SIGNED_URL_TTL_S = 600
 SIGNED_FILES = ("mp4", "vtt", "events")
-
-STATUS_FOR_CODE = {
-    "bad_request": 400,
-    "unknown_layout": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-}
-
-
-def json_error(status: int, code: str, message: str) -> web.HTTPException:
-    exc_class: type[web.HTTPException] = {
-        400: web.HTTPBadRequest,
-        401: web.HTTPUnauthorized,
-        403: web.HTTPForbidden,
-        404: web.HTTPNotFound,
-        409: web.HTTPConflict,
-    }.get(status, web.HTTPInternalServerError)
-    return exc_class(text=json.dumps({"error": code, "message": message}), content_type="application/json")
 
 
 # --- who is asking -------------------------------------------------------------------------------

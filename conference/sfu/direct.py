@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from .consumer import DownTrack
 from .packet import CodecInfo, parse_header
-from .producer import Producer
 from .transport import Kind, Transport
 
 if TYPE_CHECKING:
@@ -68,17 +67,7 @@ class DirectTransport(Transport):
         self.on_keyframe_request = on_keyframe_request
         self.outputs: list[DirectOutput] = []
         backend = router.backend
-        for kind, codecs in (publish or {}).items():
-            self.producers[kind] = Producer(
-                identity,
-                kind,
-                codecs,
-                {},
-                self,
-                router,
-                backend.counters,
-                rtcp_ssrc=random.getrandbits(32),
-            )
+        self.add_producers(publish or {}, random.getrandbits(32))
         if (video_slots or audio_slots) and on_packet is None:
             raise ValueError("a direct transport that receives needs on_packet")
         for tracks, kind, count in ((self.video, "video", video_slots), (self.audio, "audio", audio_slots)):

@@ -191,3 +191,13 @@ def h264_annexb(payload: bytes | memoryview) -> tuple[bool, bytes]:
             return True, _START_CODE + header + data[2:]
         return False, data[2:]
     raise ValueError(f"H.264 NAL unit type {nal_type} is not supported")
+
+
+def annexb_is_keyframe(annexb: bytes) -> bool:
+    """Whether an Annex B H.264 access unit holds an IDR slice or an SPS."""
+    pos = annexb.find(b"\x00\x00\x01")
+    while pos != -1 and pos + 3 < len(annexb):
+        if annexb[pos + 3] & 0x1F in _H264_KEY_NALS:
+            return True
+        pos = annexb.find(b"\x00\x00\x01", pos + 3)
+    return False

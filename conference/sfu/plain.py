@@ -22,7 +22,6 @@ from ..media import MediaError
 from .consumer import DownTrack
 from .direct import DEFAULT_RECEIVE
 from .packet import FORWARDED_CODECS, CodecInfo, parse_header
-from .producer import Producer
 from .rtcp import parse_feedback, rtcp_pli
 from .transport import Kind, Transport
 
@@ -105,18 +104,7 @@ class PlainTransport(Transport):
         self.octets_sent = 0
         self.rtcp_ssrc = random.getrandbits(32)
         backend = router.backend
-        for kind, codecs in offer.publish.items():
-            self.producers[kind] = Producer(
-                identity,
-                kind,
-                codecs,
-                {},
-                self,
-                router,
-                backend.counters,
-                rtcp_ssrc=self.rtcp_ssrc,
-                max_bitrate=backend.publish_max_bitrate,
-            )
+        self.add_producers(offer.publish, self.rtcp_ssrc, backend.publish_max_bitrate)
         self._by_ssrc: dict[int, DownTrack] = {}
         for tracks, kind, count in (
             (self.video, "video", offer.video_slots),

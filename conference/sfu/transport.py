@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from .consumer import DownTrack
+from .packet import CodecInfo
 from .producer import Producer
 
 if TYPE_CHECKING:
@@ -40,6 +41,24 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.router.room}/{self.identity})"
+
+    def add_producers(
+        self, publish: dict[Kind, list[CodecInfo]], rtcp_ssrc: int, max_bitrate: int = 0
+    ) -> None:
+        """A producer per published kind, fed by this transport (which is its ``Upstream``)."""
+        backend = self.router.backend
+        for kind, codecs in publish.items():
+            self.producers[kind] = Producer(
+                self.identity,
+                kind,
+                codecs,
+                {},
+                self,  # type: ignore[arg-type]
+                self.router,
+                backend.counters,
+                rtcp_ssrc=rtcp_ssrc,
+                max_bitrate=max_bitrate,
+            )
 
     def down_tracks(self) -> list[DownTrack]:
         return [*self.video, *self.audio, *self.previews]

@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from conference.sfu.packet import RtpHeader
-from conference.sfu.payload import h264_annexb, vp8_payload
+from conference.sfu.payload import annexb_is_keyframe, h264_annexb, vp8_payload
 from conference.sfu.rtcp import rtcp_nack, rtcp_pli
 
 from ..compose import AUDIO_RATE, mono
@@ -177,7 +177,7 @@ class VideoSlot:
         data = b"".join(parts)
         if not data or self._decoder is None:
             return
-        key = (data[0] & 0x01) == 0 if self._codec == "vp8" else _h264_keyframe(data)
+        key = (data[0] & 0x01) == 0 if self._codec == "vp8" else annexb_is_keyframe(data)
         if self._waiting_keyframe and not key:
             self.request_keyframe(now)
             return
@@ -194,15 +194,6 @@ class VideoSlot:
             self.picture_serial += 1
             self.picture_at = now
             self.frames_decoded += len(pictures)
-
-
-def _h264_keyframe(annexb: bytes) -> bool:
-    pos = annexb.find(b"\x00\x00\x01")
-    while pos != -1 and pos + 3 < len(annexb):
-        if annexb[pos + 3] & 0x1F in (5, 7):
-            return True
-        pos = annexb.find(b"\x00\x00\x01", pos + 3)
-    return False
 
 
 class AudioSlot:
