@@ -74,7 +74,6 @@ def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
 
 @pytest.mark.media
 def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
-    pytest.importorskip("conference.sfu", reason="the media core (conference/sfu.py) is not there yet")
     report_file = tmp_path / "bench.json"
     result = subprocess.run(
         [

@@ -9,7 +9,6 @@ sets the program and mutes it needs itself, so the tests do not depend on one an
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -37,9 +36,6 @@ from browser_util import (
     write_y4m,
 )
 from playwright.async_api import Browser, Page, Playwright, async_playwright
-
-if importlib.util.find_spec("conference.sfu") is None:
-    pytest.skip("conference.sfu (the media core, issue 3) is not in this tree yet", allow_module_level=True)
 
 # Five real-time browsers cannot be judged on a machine that is already saturated: at a load of
 # 30 on 2 cores (other suites running) the pages got 1-4 animation frames a second and clicks took

@@ -46,7 +46,7 @@ from conference.loadtest.testmedia import (
     load_clip,
 )
 from conference.sfu.packet import audio_level, parse_extensions, parse_header
-from signaling.app import MEDIA_KEY
+from signaling.app import MEDIA_BACKENDS, MEDIA_KEY
 
 pytestmark = pytest.mark.media
 
@@ -461,10 +461,10 @@ async def test_endpoints_meet_on_the_real_server(
     """A chair and a venue join the real signaling server with a real media backend: each decodes
     the program's video as the right sources, hears the other, and a program change is timed.
     With ``raw_media`` both publish ready-made RTP (the benchmark's load endpoints)."""
-    module = pytest.importorskip(f"conference.{backend_name}", reason=f"conference/{backend_name}.py missing")
+    create_backend = MEDIA_BACKENDS[backend_name]
     # The baseline re-encodes every slot: on a busy 2-core machine it needs far longer.
     patience = 15.0 if backend_name == "sfu" else 45.0
-    server = await signaling_server(dataclasses.replace(settings, media=True), module.create_backend(None))
+    server = await signaling_server(dataclasses.replace(settings, media=True), create_backend(settings))
     url = str(server.make_url("/"))
     palette = {"chair": 11, "hall-a": 12}
 

@@ -7,9 +7,6 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-
-pytest.importorskip("conference.sfu", reason="the media core (conference/sfu.py) is not there")
-
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from signaling.app import MEDIA_KEY, build_media
