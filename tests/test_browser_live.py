@@ -1,0 +1,185 @@
+"""The public page in a real headless Chromium: it opens the short link, hls.js plays the room's
+live stream (the compositor process fed by the SFU), the picture shows the venue the chair put on
+the program, follows the chair's take, and the sound carries the speaking venue's tone. The take's
+latency (program change to the new colour in the player) is printed; docs/performance.md has it.
+The page at 360 px goes to the artifacts as a screenshot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from browser_util import (
+    ADMIN_KEY,
+    PHONE,
+    SECRET,
+    chromium_args,
+    ensure_chromium,
+    eventually,
+    free_port,
+    log,
+    screenshot_path,
+)
+from test_sfu_support import TONES, Endpoint, nearest_colour
+
+from conference.config import Settings
+from conference.media import SessionOptions
+from conference.roles import Role
+from conference.room import Participant, join
+from signaling.app import MEDIA_KEY, STORE_KEY, create_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.media, pytest.mark.realtime]
+
+ROOM = "council"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+# The player's picture: the centre of the drawn frame, and the stream's loudest frequency.
+PLAYER_JS = """async () => {
+  const video = document.getElementById('player');
+  const out = {engine: video.dataset.engine || null, ready: video.readyState, time: video.currentTime,
+               paused: video.paused, muted: video.muted,
+               status: document.getElementById('status').dataset.state};
+  if (video.readyState >= 2 && video.videoWidth) {
+    const canvas = document.createElement('canvas');
+    canvas.width = 64; canvas.height = 36;
+    const g = canvas.getContext('2d', {willReadFrequently: true});
+    g.drawImage(video, 0, 0, 64, 36);
+    const d = g.getImageData(24, 12, 16, 12).data;
+    let r = 0, gr = 0, b = 0;
+    for (let i = 0; i < d.length; i += 4) { r += d[i]; gr += d[i + 1]; b += d[i + 2]; }
+    const n = d.length / 4;
+    out.rgb = [r / n, gr / n, b / n];
+  }
+  return out;
+}"""
+
+TONE_JS = """async () => {
+  const video = document.getElementById('player');
+  if (!window.__probe) {
+    const ctx = new AudioContext();
+    const source = ctx.createMediaElementSource(video);
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 8192;
+    analyser.smoothingTimeConstant = 0;
+    source.connect(analyser);
+    analyser.connect(ctx.destination);
+    window.__probe = {ctx, analyser};
+  }
+  const {ctx, analyser} = window.__probe;
+  await ctx.resume();
+  await new Promise((r) => setTimeout(r, 300));
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(bins);
+  let best = 2;
+  for (let i = 2; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+  return {hz: best * ctx.sampleRate / analyser.fftSize, db: bins[best]};
+}"""
+
+
+@pytest.fixture
+async def meeting(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """The real application with its SFU on a free port, two aiortc venues with solid-colour cameras
+    (hall-a blue and speaking, hall-b cyan) joined to the room through the store and media core."""
+    port = free_port()
+    settings = Settings(
+        host="127.0.0.1",
+        port=port,
+        data_dir=tmp_path / "data",
+        secret=SECRET,
+        admin_key=ADMIN_KEY,
+        room_store="memory",
+        live_size="320x180",
+        live_fps=10,
+        shutdown_timeout_s=2.0,
+    )
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    store, backend = app[STORE_KEY], app[MEDIA_KEY]
+    endpoints: list[Endpoint] = []
+    try:
+        await store.create(ROOM, max_endpoints=50, auto_record=False, exist_ok=True)
+        for identity, index, speaking in (("hall-a", 2, True), ("hall-b", 4, False)):
+            participant = Participant(identity, identity, Role.VENUE, publish_audio=True, publish_video=True)
+            state, _ = await store.update(ROOM, lambda s, p=participant: join(s, p))
+            session = await backend.open_session(  # type: ignore[attr-defined]
+                ROOM, identity, SessionOptions(video_slots=1, audio_slots=1), state
+            )
+            endpoint = Endpoint(identity, index, speaking=speaking)
+            await endpoint.connect(session)
+            endpoints.append(endpoint)
+        yield {"url": f"http://127.0.0.1:{port}", "app": app}
+    finally:
+        for endpoint in endpoints:
+            await endpoint.close()
+        await runner.cleanup()
+
+
+async def rest(http: aiohttp.ClientSession, url: str, method: str, path: str, body: Any = None) -> Any:
+    async with http.request(method, url + path, json=body, headers=ADMIN) as resp:
+        assert resp.status in (200, 201), f"{method} {path}: {resp.status} {await resp.text()}"
+        return await resp.json()
+
+
+async def test_the_public_page_plays_the_program_with_hls_js_and_follows_the_take(meeting) -> None:
+    chromium = ensure_chromium()
+    assert chromium is not None, "chromium is not installed"
+    from playwright.async_api import async_playwright
+
+    url = meeting["url"]
+    async with aiohttp.ClientSession() as http, async_playwright() as p:
+        await rest(http, url, "PATCH", f"/api/rooms/{ROOM}", {"title": "Budget hearing", "topic": "Parks"})
+        await rest(http, url, "PUT", f"/api/rooms/{ROOM}/program", {"layout": "single", "slots": ["hall-a"]})
+        public = await rest(http, url, "GET", f"/api/rooms/{ROOM}/public")
+        browser = await p.chromium.launch(executable_path=str(chromium), args=chromium_args())
+        try:
+            page = await browser.new_page(viewport=PHONE)
+            await page.goto(public["url"])
+            # Before the broadcast: the slate, with the title.
+            await eventually(
+                lambda: page.evaluate("document.getElementById('status').dataset.state"),
+                lambda s: s == "soon",
+                10,
+                "the page says the broadcast is yet to come",
+            )
+            assert "Budget hearing" in await page.inner_text("#slate")
+            await rest(http, url, "POST", f"/api/rooms/{ROOM}/commands", {"type": "start_broadcast"})
+
+            def showing(colour: int):
+                return lambda v: v.get("rgb") is not None and nearest_colour(tuple(v["rgb"])) == colour
+
+            value = await eventually(
+                lambda: page.evaluate(PLAYER_JS), showing(2), 60, "the player shows hall-a's blue"
+            )
+            assert value["engine"] == "hls.js" and value["status"] == "live"
+            await page.screenshot(path=str(screenshot_path("public-page-360")))
+
+            # A tap turns the sound on; the stream carries the speaking venue's tone.
+            await page.click("#unmute")
+            tone = await eventually(
+                lambda: page.evaluate(TONE_JS),
+                lambda v: abs(v["hz"] - TONES[2]) < 25 and v["db"] > -70,
+                20,
+                "the stream's sound is hall-a's tone",
+            )
+            log(f"public page: tone {tone['hz']:.0f} Hz at {tone['db']:.0f} dB")
+
+            # The chair's take: the player follows (latency measured to the new picture).
+            taken = time.monotonic()
+            await rest(
+                http, url, "PUT", f"/api/rooms/{ROOM}/program", {"layout": "single", "slots": ["hall-b"]}
+            )
+            await eventually(
+                lambda: page.evaluate(PLAYER_JS), showing(4), 30, "the player follows the take to hall-b"
+            )
+            latency = time.monotonic() - taken
+            log(f"public page: take to picture {latency:.1f} s")
+            assert latency <= 15, latency
+        finally:
+            await browser.close()
