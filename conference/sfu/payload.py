@@ -27,6 +27,26 @@ class Vp8Descriptor(NamedTuple):
     header_size: int  # offset of the VP8 payload header inside the RTP payload
 
 
+def vp8_layout(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int, int, int]:
+    """Where the fields of an extended VP8 descriptor starting at ``data[pos]`` (X set) lie, read in
+    place for the rewriter's per-packet path: (first picture-id byte, TL0PICIDX, T/K byte, offset of
+    the VP8 data), each field -1 when absent and 0 when truncated; a truncated descriptor ends at or
+    beyond ``end``."""
+    b1 = data[pos + 1] if end - pos > 1 else 0
+    q = pos + 2
+    p = tl0 = tk = -1
+    if b1 & 0x80:
+        p = data[q] if q < end else 0
+        q += 2 if p & 0x80 else 1
+    if b1 & 0x40:
+        tl0 = data[q] if q < end else 0
+        q += 1
+    if b1 & 0x30:
+        tk = data[q] if q < end else 0
+        q += 1
+    return p, tl0, tk, q
+
+
 def vp8_descriptor(payload: bytes | memoryview) -> Vp8Descriptor:
     """Parse the VP8 payload descriptor; ValueError if truncated."""
     size = len(payload)
@@ -39,35 +59,21 @@ def vp8_descriptor(payload: bytes | memoryview) -> Vp8Descriptor:
     if b0 & 0x80:
         if size < 2:
             raise ValueError("VP8 payload descriptor is truncated")
+        p, l0, tk, pos = vp8_layout(payload, 0, size)
+        if pos > size:
+            raise ValueError("VP8 payload descriptor is truncated")
+        if p >= 0:
+            long_id = bool(p & 0x80)
+            picture_id = ((p & 0x7F) << 8) | payload[3] if long_id else p
+        if l0 >= 0:
+            tl0 = l0
         b1 = payload[1]
-        pos = 2
-        if b1 & 0x80:
-            if size < pos + 1:
-                raise ValueError("VP8 picture id is truncated")
-            if payload[pos] & 0x80:
-                if size < pos + 2:
-                    raise ValueError("VP8 15-bit picture id is truncated")
-                picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
-                long_id = True
-                pos += 2
-            else:
-                picture_id = payload[pos]
-                pos += 1
-        if b1 & 0x40:
-            if size < pos + 1:
-                raise ValueError("VP8 TL0PICIDX is truncated")
-            tl0 = payload[pos]
-            pos += 1
-        if b1 & 0x30:
-            if size < pos + 1:
-                raise ValueError("VP8 TID/KEYIDX is truncated")
-            tk = payload[pos]
+        if tk >= 0:
             if b1 & 0x20:
                 tid = tk >> 6
                 sync = bool(tk & 0x20)
             if b1 & 0x10:
                 keyidx = tk & 0x1F
-            pos += 1
     return Vp8Descriptor(
         bool(b0 & 0x80),
         bool(b0 & 0x20),

@@ -26,6 +26,7 @@ import random
 import struct
 
 from .packet import PICTURE_ID_MASK, SEQ_MASK, TS_MASK, Codec, ExtensionMap, Kind, RtpHeader, _extension_block
+from .payload import vp8_layout
 
 # Rewritten VP8 descriptors: X and I set, 15-bit picture id (M=1), then TL0PICIDX and T/K if present.
 _VP8_I = struct.Struct("!BBH")
@@ -445,18 +446,9 @@ class StreamRewriter:
     def _vp8_rewrite(self, data: bytes, pos: int, end: int, head: bytes, newest: bool) -> bytes | None:
         """Rewrite the picture id (always sent in 15-bit form) and TL0PICIDX of an extended
         descriptor; None if the descriptor is truncated."""
+        p, tl0, tk, q = vp8_layout(data, pos, end)
+        pid = -1
         b1 = data[pos + 1] if end - pos > 1 else 0
-        q = pos + 2
-        p = pid = tl0 = tk = -1
-        if b1 & 0x80:
-            p = data[q] if q < end else 0
-            q += 2 if p & 0x80 else 1
-        if b1 & 0x40:
-            tl0 = data[q] if q < end else 0
-            q += 1
-        if b1 & 0x30:
-            tk = data[q] if q < end else 0
-            q += 1
         if q >= end:
             return None  # truncated descriptor or no VP8 data: not worth forwarding
         b0 = data[pos]
