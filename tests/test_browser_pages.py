@@ -256,6 +256,7 @@ async def test_chair_runs_the_meeting_and_every_page_follows(server: RunningServ
     await phone.screenshot(path=screenshot_path("phone-desktop"))
 
     await chair.click("#rec-toggle")
+    await chair.click("#confirm-stop-yes")  # stopping asks first
     await eventually(lambda: hall_a.is_visible("#recording"), lambda v: not v, 2, "recording stopped")
     log_text = await chair.text_content("#event-log")
     assert "开始录制" in log_text and "王委员 获得发言权" in log_text
@@ -367,6 +368,7 @@ async def test_clerk_lists_renders_and_downloads_a_recording(server: RunningServ
         lambda: chair.text_content("#rec-elapsed"), lambda t: "0:01" in (t or ""), 5, "recording"
     )
     await chair.click("#rec-toggle")
+    await chair.click("#confirm-stop-yes")  # stopping asks first
     await eventually(lambda: chair.text_content("#rec-toggle"), lambda t: t == "开始录制", 3, "stopped")
 
     context = await browser.new_context(viewport=DESKTOP, accept_downloads=True)

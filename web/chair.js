@@ -3,9 +3,9 @@
 // recording and the room's log. Frequent actions have keys (see the help dialog).
 
 import { RoomClient } from "./client.js";
-import { t } from "./i18n.js";
+import { lang, t } from "./i18n.js";
 import { SoundOutput } from "./media.js";
-import { bindFatal, bindMeetingTitle, openPage, showFatal } from "./page.js";
+import { bindFatal, openPage, showFatal } from "./page.js";
 import { attachTrack, fit16x9, ProgramStage } from "./stage.js";
 import { bindConnectionState, deviceLabel, displayName, el, errorText, formatElapsed, loadLayouts, notify } from "./ui.js";
 
@@ -13,6 +13,9 @@ const LOG_LIMIT = 300;
 const METER_EVERY_MS = 200;
 const QUALITY_EVERY_MS = 2000;
 const CONFIRM_MS = 4000;
+const ANNOUNCE_MS = 6000;
+const CHIME_KEY = "conference.chair.chime";
+const ORDER_KEY = "conference.chair.order";
 
 const $ = (id) => document.getElementById(id);
 
@@ -27,6 +30,11 @@ class Console {
     this.quality = new Map(); // identity -> good | fair | poor
     this.qualityPrev = new Map(); // mid -> {lost, received}
     this.confirming = null;
+    this.logEntries = []; // room events as data, rendered in the current language
+    this.announced = new Map(); // identity -> when their hand went up (highlight)
+    this.chimes = 0; // raised-hand sounds played (for integrators and tests)
+    this.chimeOn = localStorage.getItem(CHIME_KEY) !== "off";
+    this.order = []; // identities in the order this console first saw them
   }
 
   start() {
@@ -45,23 +53,51 @@ class Console {
     fit16x9($("preview-frame"));
     this.sound = new SoundOutput(c, t("sound.prompt"));
 
-    c.addEventListener("joined", () => this.syncDraft(true));
+    c.addEventListener("joined", () => {
+      // Tiles keep the order of first sight across reconnects and reloads of this console.
+      const key = `${ORDER_KEY}.${c.mirror.room}`;
+      this.order = JSON.parse(localStorage.getItem(key) || "[]");
+      this.orderKey = key;
+      this.syncDraft(true);
+    });
     c.addEventListener("room", (ev) => {
-      for (const e of ev.detail.events) this.log(e);
-      if (ev.detail.resynced) this.logLine(t("log.resynced"));
+      for (const e of ev.detail.events) {
+        this.log(e);
+        if (e.kind === "hand" && e.raised) this.announce(e.identity);
+      }
+      if (ev.detail.resynced) this.log({ kind: "resynced", at: Date.now() / 1000 });
       this.syncDraft(false);
       this.render();
     });
     for (const type of ["tracks", "slots", "speakers"]) c.addEventListener(type, () => this.renderTiles());
-    window.addEventListener("languagechange-app", () => this.render());
+    window.addEventListener("languagechange-app", () => {
+      this.render();
+      this.renderLog();
+    });
 
     $("take").addEventListener("click", () => this.take());
     $("reset-draft").addEventListener("click", () => this.syncDraft(true));
     $("grant-next").addEventListener("click", () => this.command("grant_floor", {}));
     $("revoke").addEventListener("click", () => this.command("revoke_floor", {}));
-    $("rec-toggle").addEventListener("click", () =>
-      this.command(c.mirror?.recording.active ? "stop_recording" : "start_recording", {}),
-    );
+    // Stopping ends the meeting's record: it asks first. Starting is one click.
+    $("rec-toggle").addEventListener("click", () => {
+      if (c.mirror?.recording.active) $("confirm-stop").showModal();
+      else this.command("start_recording", {});
+    });
+    $("confirm-stop").addEventListener("close", () => {
+      if ($("confirm-stop").returnValue === "stop" && c.mirror?.recording.active) this.command("stop_recording", {});
+      $("confirm-stop").returnValue = "";
+    });
+    $("chime-toggle").addEventListener("click", () => {
+      this.chimeOn = !this.chimeOn;
+      localStorage.setItem(CHIME_KEY, this.chimeOn ? "on" : "off");
+      this.renderChime();
+    });
+    const title = $("meeting-title-input");
+    title.addEventListener("change", () => this.command("set_title", { title: title.value }));
+    title.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter") title.blur();
+    });
     $("help-toggle").addEventListener("click", () => $("help").showModal());
     document.addEventListener("keydown", (ev) => this.onKey(ev));
 
@@ -210,11 +246,53 @@ class Console {
   // --- endpoints ------------------------------------------------------------------------
 
   participants() {
-    const all = [...(this.client.mirror?.participants.values() ?? [])];
-    // The console itself is not a feed; venues first, then phones, each by join time.
-    return all
-      .filter((p) => p.identity !== this.client.you?.identity && p.role !== "clerk")
-      .sort((a, b) => (a.device === b.device ? a.joined_at - b.joined_at : a.device === "venue" ? -1 : 1));
+    const all = [...(this.client.mirror?.participants.values() ?? [])].filter(
+      (p) => p.identity !== this.client.you?.identity && p.role !== "clerk",
+    );
+    // The console itself is not a feed. Venues first, then phones, each in the order this console
+    // first saw them (join order), kept across reconnects so tiles never move under the pointer.
+    for (const p of [...all].sort((a, b) => a.joined_at - b.joined_at)) {
+      if (!this.order.includes(p.identity)) this.order.push(p.identity);
+    }
+    if (this.orderKey) localStorage.setItem(this.orderKey, JSON.stringify(this.order.slice(-500)));
+    const rank = (p) => this.order.indexOf(p.identity);
+    return all.sort((a, b) => (a.device === b.device ? rank(a) - rank(b) : a.device === "venue" ? -1 : 1));
+  }
+
+  /** A raised hand: a short sound (unless turned off) and a highlight on its tile and queue row. */
+  announce(identity) {
+    this.announced.set(identity, Date.now());
+    setTimeout(() => {
+      this.announced.delete(identity);
+      this.renderTiles();
+      this.renderFloor();
+    }, ANNOUNCE_MS);
+    if (!this.chimeOn) return;
+    try {
+      this.audio ??= new AudioContext();
+      const ctx = this.audio;
+      const gain = ctx.createGain();
+      gain.connect(ctx.destination);
+      gain.gain.setValueAtTime(0.0001, ctx.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.25, ctx.currentTime + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.5);
+      for (const [hz, at] of [[880, 0], [1320, 0.12]]) {
+        const tone = ctx.createOscillator();
+        tone.frequency.value = hz;
+        tone.connect(gain);
+        tone.start(ctx.currentTime + at);
+        tone.stop(ctx.currentTime + at + 0.35);
+      }
+      this.chimes += 1;
+    } catch (err) {
+      console.warn("chime", err);
+    }
+  }
+
+  renderChime() {
+    const button = $("chime-toggle");
+    button.textContent = t(this.chimeOn ? "chair.chime_on" : "chair.chime_off");
+    button.setAttribute("aria-pressed", String(this.chimeOn));
   }
 
   preview(identity) {
@@ -333,12 +411,15 @@ class Console {
       parts.node.classList.toggle("offline", !p.connected);
       parts.mute.textContent = p.muted ? t("tile.unmute") : t("tile.mute");
       parts.ask.textContent = t("tile.ask_unmute");
-      parts.ask.hidden = !(p.muted || p.self_muted) || !p.publish_audio;
+      // Buttons that do not apply are invisible but keep their place: the tile never changes height.
+      parts.ask.classList.toggle("gone", !(p.muted || p.self_muted) || !p.publish_audio);
       parts.grant.textContent = t("tile.grant");
-      parts.grant.hidden = mirror.floor === p.identity;
+      parts.grant.classList.toggle("gone", mirror.floor === p.identity);
+      parts.node.classList.toggle("announced", this.announced.has(p.identity));
       if (this.confirming !== p.identity) parts.remove.textContent = t("tile.remove");
     });
     $("count").textContent = t("chair.count", { n: present.length });
+    $("tiles-empty").hidden = present.length > 0;
     this.renderPreview();
   }
 
@@ -406,7 +487,7 @@ class Console {
       ...mirror.floorQueue.map((identity) =>
         el(
           "li",
-          { dataset: { identity } },
+          { dataset: { identity }, class: this.announced.has(identity) ? "announced" : null },
           el("span", {}, displayName(this.client, identity)),
           el("button", { onclick: () => this.command("grant_floor", { identity }) }, t("tile.grant")),
         ),
@@ -421,36 +502,53 @@ class Console {
     button.textContent = rec?.active ? t("rec.stop") : t("rec.start");
     button.dataset.active = String(!!rec?.active);
     button.disabled = !this.client.mirror;
+    // The elapsed time has a fixed width in the header: starting a recording moves nothing.
     $("rec-elapsed").textContent =
       rec?.active && rec.started_at ? `${t("rec.on_air")} ${formatElapsed(Date.now() / 1000 - rec.started_at)}` : "";
+    const title = $("meeting-title-input");
+    if (document.activeElement !== title && this.client.mirror) title.value = this.client.mirror.title;
   }
 
+  /** Keep a room event as data; its line is written in the current language when drawn. */
   log(e) {
-    const mirror = this.client.mirror;
+    this.logEntries.unshift({ e, at: e.at ?? Date.now() / 1000 });
+    if (this.logEntries.length > LOG_LIMIT) this.logEntries.length = LOG_LIMIT;
+    const list = $("event-log");
+    list.prepend(this.logItem(this.logEntries[0]));
+    while (list.children.length > LOG_LIMIT) list.lastElementChild.remove();
+  }
+
+  renderLog() {
+    $("event-log").replaceChildren(...this.logEntries.map((entry) => this.logItem(entry)));
+  }
+
+  logItem({ e, at }) {
+    const when = new Date(at * 1000).toLocaleTimeString(lang(), { hour12: false });
+    return el("li", { dataset: { version: e.version ?? "", kind: e.kind } }, el("time", {}, when), " ", this.logText(e));
+  }
+
+  /** One event in words, with display names (also of people who have left since). */
+  logText(e) {
     const name = (id) => (id ? displayName(this.client, id) : "");
     const params = {
-      name: name(e.identity ?? e.participant?.identity ?? e.floor),
+      name: e.kind === "participant_left" && e.name ? e.name : name(e.identity ?? e.participant?.identity ?? e.floor),
       by: name(e.by),
       layout: e.program ? t(`layouts.${e.program.layout}`) : "",
       reason: e.reason ? t(`reasons.${e.reason}`) : "",
+      title: e.title ?? "",
     };
     let key = `log.${e.kind}`;
     if (e.kind === "mute") key = e.muted ? "log.mute_on" : e.self_muted ? "log.self_mute_on" : "log.mute_off";
     if (e.kind === "hand") key = e.raised ? "log.hand_up" : "log.hand_down";
-    if (e.kind === "floor") key = e.floor ? "log.floor_granted" : "log.floor_revoked";
+    if (e.kind === "floor") {
+      const byChair = e.by === this.client.you?.identity || this.client.mirror?.participant(e.by)?.role === "chair";
+      const ended = !e.floor && e.by && !byChair; // the speaker ended it (release_floor)
+      key = e.floor ? "log.floor_granted" : ended ? "log.floor_ended" : "log.floor_revoked";
+    }
     if (e.kind === "recording") key = e.active ? "log.recording_started" : "log.recording_stopped";
     if (e.kind === "participant_connection") key = e.connected ? "log.reconnected" : "log.disconnected";
     const text = t(key, params);
-    this.logLine(text === key ? e.kind : text, e.at, e.version);
-    void mirror;
-  }
-
-  logLine(text, at = Date.now() / 1000, version = null) {
-    const when = new Date(at * 1000).toLocaleTimeString(undefined, { hour12: false });
-    const item = el("li", { dataset: { version: version ?? "" } }, el("time", {}, when), " ", text);
-    const list = $("event-log");
-    list.prepend(item);
-    while (list.children.length > LOG_LIMIT) list.lastElementChild.remove();
+    return text === key ? e.kind : text;
   }
 
   render() {
@@ -459,11 +557,14 @@ class Console {
     this.renderTiles();
     this.renderFloor();
     this.renderRecording();
+    this.renderChime();
   }
 
   // --- keyboard -------------------------------------------------------------------------
 
   onKey(ev) {
+    // An open dialog has the keyboard: Esc closes it (the browser's own handling).
+    if (document.querySelector("dialog[open]")) return;
     const target = ev.target;
     if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || target instanceof HTMLSelectElement) return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
@@ -498,7 +599,7 @@ class Console {
 async function main() {
   const opened = await openPage("chair");
   if (!opened) return; // a link for another page: the notice says which
-  const { token, claims, titleKey } = opened;
+  const { token, titleKey } = opened;
 
   const client = new RoomClient({
     token,
@@ -513,7 +614,6 @@ async function main() {
   window.conference.console = console_;
   bindConnectionState(client, $("conn"));
   bindFatal(client, titleKey);
-  bindMeetingTitle(client, claims, $("room-name"));
   console_.start();
   client.addEventListener("joined", () => {
     if (!client.can("set_program")) showFatal(t("chair.not_chair"));
