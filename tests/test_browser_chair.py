@@ -67,7 +67,7 @@ async def test_console_fits_laptops_and_keeps_its_tiles_still(server, browser: B
         server, "POST", "/api/rooms/council/commands", {"type": "mute", "identity": "m1", "muted": True}
     )
     await eventually(
-        lambda: chair.text_content("#program-live"), lambda t: "（静音）" in (t or ""), 3, "muted caption"
+        lambda: chair.text_content("#program-live"), lambda t: "静音" in (t or ""), 3, "muted caption"
     )
 
     for size in CHAIR_LAPTOPS:
