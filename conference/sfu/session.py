@@ -25,6 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
 from ..media import MediaError, SessionOptions
+from ..sdp_bounds import SdpBounds, SdpTooComplex, check_sdp
 from . import aiortc_glue as glue
 from .consumer import DownTrack, Role
 from .packet import FORWARDED_CODECS, CodecInfo, parse_header
@@ -178,6 +179,11 @@ class Session(Transport):
             raise MediaError("conflict", "the offer was already answered")
         if not isinstance(sdp, str) or not sdp.strip():
             raise MediaError("bad_sdp", "the answer SDP is empty")
+        try:  # before any parsing: the parser's cost grows faster than the SDP (conference.sdp_bounds)
+            check_sdp(sdp, SdpBounds.for_answer_to(self.offer["sdp"]))
+        except SdpTooComplex as exc:
+            self.answer_refused = str(exc)
+            raise MediaError("bad_sdp", f"answer refused: {exc}") from None
         try:
             answer = RTCSessionDescription(sdp=glue.parseable_sdp(sdp), type="answer")
             await self.pc.setRemoteDescription(answer)
