@@ -62,7 +62,8 @@ if ! command -v firefox-esr >/dev/null && ! command -v firefox >/dev/null; then
     apt_install firefox-esr || echo "!! could not install firefox-esr: the Firefox test will be skipped"
 fi
 # The pages speak Chinese by default: without a CJK font the screenshots show boxes.
-if ! fc-list 2>/dev/null | grep -qiE 'wqy|noto.*cjk'; then
+# grep -q would stop reading early and, under pipefail, make fc-list's SIGPIPE look like a missing font.
+if ! fc-list 2>/dev/null | grep -iE 'wqy|noto.*cjk' >/dev/null; then
     echo "== installing a CJK font (page screenshots)"
     apt_install fonts-wqy-microhei || echo "!! could not install fonts-wqy-microhei: screenshots show boxes"
 fi
