@@ -220,6 +220,7 @@ class SfuBackend:
             "nacks_sent": c.nacks_sent,
             "reports_sent": c.reports_sent,
             "levels_decoded": c.levels_decoded,
+            "stream_changes_refused": c.stream_changes_refused,
             "decoded_frames": decoded,
             "forward_delay_us": {
                 "count": delay.total,

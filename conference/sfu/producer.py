@@ -30,6 +30,14 @@ logger = logging.getLogger(__name__)
 Kind = Literal["audio", "video"]
 
 REPORT_INTERVAL = 1.0  # receiver reports (and REMB) to each publisher
+# A negotiated track carries one stream at a time; a browser changes its SSRC rarely (a new camera
+# on some browsers, a renegotiation). Every change costs a keyframe request and, while recording,
+# a track file; so a track may carry at most MAX_STREAMS distinct (SSRC, payload type) streams,
+# and change stream at most STREAM_CHANGE_BURST times at once, then once per
+# STREAM_CHANGE_REFILL_S. Packets of a refused stream are dropped; the current stream goes on.
+MAX_STREAMS = 8
+STREAM_CHANGE_BURST = 4
+STREAM_CHANGE_REFILL_S = 5.0
 
 
 class Upstream(Protocol):
@@ -107,6 +115,11 @@ class Producer:
         # Created on the first audio packet without a level (a publisher that is not a browser).
         self.meter: OpusLevelMeter | None = None
         self.sink: TrackSink | None = None
+        # Recorded tracks by stream: a stream that comes back writes on in its own file.
+        self._sinks: dict[tuple[int, int], TrackSink] = {}
+        self._streams: set[tuple[int, int]] = set()
+        self._changes = float(STREAM_CHANGE_BURST)
+        self._changes_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Producer({self.identity}/{self.kind})"
@@ -206,10 +219,32 @@ class Producer:
             counters.packets_forwarded += 1
             counters.delay.add(time.perf_counter() - started)
 
+    def _stream_allowed(self, key: tuple[int, int]) -> bool:
+        """Whether the track may switch to stream ``key`` now (see MAX_STREAMS)."""
+        if key not in self._streams and len(self._streams) >= MAX_STREAMS:
+            return False
+        if self.ssrc is None:
+            return True  # the first stream is not a change
+        now = time.monotonic()
+        self._changes = min(
+            STREAM_CHANGE_BURST, self._changes + (now - self._changes_at) / STREAM_CHANGE_REFILL_S
+        )
+        self._changes_at = now
+        if self._changes < 1.0:
+            return False
+        self._changes -= 1.0
+        return True
+
     def _new_stream(self, header: RtpHeader) -> bool:
         codec = self.codecs.get(header.payload_type)
         if codec is None:
             return False
+        key = (header.ssrc, header.payload_type)
+        if not self._stream_allowed(key):
+            self.counters.stream_changes_refused += 1
+            return False
+        self._streams.add(key)
+        old_key = (self.ssrc, self.payload_type) if self.ssrc is not None else None
         self.codec = codec.name
         self.payload_type = header.payload_type
         self.clock_rate = codec.clock_rate
@@ -219,11 +254,14 @@ class Producer:
         if self.upstream.closed:
             return False
         if self.sink is not None:
-            # A new stream (SSRC, payload type or codec) is a new recorded track: the archive
-            # describes each track by one codec and payload type.
-            self.close_sink()
+            # A new stream (SSRC, payload type or codec) is a recorded track of its own (the archive
+            # describes each track by one codec and payload type); one that comes back goes on in
+            # its file, so the files stay within MAX_STREAMS.
+            if old_key is not None:
+                self._sinks[old_key] = self.sink
+            self.sink = self._sinks.get(key)
             room_sink = self.listener.sink
-            if room_sink is not None:
+            if self.sink is None and room_sink is not None:
                 self.open_sink(room_sink)
         if self.keyframe_wanted or first:
             self.request_keyframe(force=True)
@@ -314,8 +352,10 @@ class Producer:
             self.request_keyframe(force=True)  # the recording starts decodable
 
     def close_sink(self) -> None:
-        sink, self.sink = self.sink, None
-        if sink is not None:
+        sinks = {id(s): s for s in (self.sink, *self._sinks.values()) if s is not None}
+        self.sink = None
+        self._sinks.clear()
+        for sink in sinks.values():
             try:
                 sink.close()
             except Exception:

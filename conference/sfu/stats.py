@@ -99,6 +99,8 @@ class Counters:
     nacks_sent: int = 0  # sequence numbers asked for again from publishers
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
     levels_decoded: int = 0  # audio packets without a level extension, decoded to measure one
+    # Packets of a new stream (SSRC or payload type) refused: too many streams or changes too fast.
+    stream_changes_refused: int = 0
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     # A video slot's wait from being given a new source to switching on its keyframe.
     switch_wait: DelayHistogram = field(default_factory=DelayHistogram)
