@@ -22,18 +22,20 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 from aiortc.rtp import RtpPacket
 
 from conference.loadtest.endpoint import (
-    VP8_MAX_PAYLOAD,
     Endpoint,
     EndpointConfig,
-    RawPublisher,
-    RawStream,
     check_aiortc_hooks,
     compact_answer,
-    extension_block,
     keep_only_vp8,
     parse_offer_slots,
-    vp8_chunks,
     vp8_payload,
+)
+from conference.loadtest.publisher import (
+    VP8_MAX_PAYLOAD,
+    RawPublisher,
+    RawStream,
+    extension_block,
+    vp8_chunks,
 )
 from conference.loadtest.testmedia import (
     MAX_INDEX,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_sfu_support import COLOURS, HEIGHT, WIDTH, Meeting, nearest_colour, wait_for
 
-from conference.loadtest.endpoint import RawPublisher, RawStream
+from conference.loadtest.publisher import RawPublisher, RawStream
 from conference.loadtest.testmedia import EncodedClip, MediaParams
 from conference.media import MediaError
 from conference.roles import Role

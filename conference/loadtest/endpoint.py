@@ -37,8 +37,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import random
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +53,11 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from conference.loadtest.publisher import (
+    RawPublisher,
+    RawStream,
+)
 from conference.loadtest.testmedia import (
-    AUDIO_FRAME_SAMPLES,
-    AUDIO_RATE,
-    SILENT_LEVEL,
-    SPEAKING_LEVEL,
-    VIDEO_CLOCK,
-    EncodedClip,
     MediaParams,
     PreEncodedAudioTrack,
     PreEncodedVideoTrack,
@@ -69,7 +65,8 @@ from conference.loadtest.testmedia import (
     load_clip,
 )
 from conference.sfu import aiortc_glue as glue
-from conference.sfu.packet import URI_AUDIO_LEVEL, URI_MID
+from conference.sfu import payload as rtp_payload
+from conference.sfu.packet import URI_AUDIO_LEVEL, URI_MID, parse_header
 
 DecodeMode = Literal["all", "probe", "none"]
 
@@ -97,50 +94,17 @@ def check_aiortc_hooks() -> None:
     glue.check_aiortc()
 
 
-_RTP = struct.Struct("!BBHII")
-
-
-def _rtp_payload_offset(data: bytes) -> int:
-    """Offset of the RTP payload (after CSRCs and the header extension); -1 if malformed."""
-    first = data[0]
-    offset = 12 + 4 * (first & 0x0F)
-    if first & 0x10:
-        if len(data) < offset + 4:
-            return -1
-        offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
-    return offset if offset <= len(data) else -1
-
-
-def _rtp_payload_end(data: bytes) -> int:
-    if data[0] & 0x20:  # padding: the last byte says how much
-        return len(data) - data[-1]
-    return len(data)
-
-
 def vp8_payload(payload: bytes) -> tuple[bool, bool, bytes] | None:
-    """(starts a frame, is a keyframe start, VP8 data) of an RFC 7741 payload, or None if malformed."""
-    if not payload:
+    """(starts a frame, is a keyframe start, VP8 data) of an RFC 7741 payload, read with the core's
+    parser; None if malformed or empty."""
+    try:
+        descriptor, data = rtp_payload.vp8_payload(payload)
+    except ValueError:
         return None
-    first = payload[0]
-    pos = 1
-    if first & 0x80:  # X: extension byte follows
-        if len(payload) < 2:
-            return None
-        ext = payload[1]
-        pos = 2
-        if ext & 0x80:  # I: picture id, 7 or 15 bits
-            if len(payload) <= pos:
-                return None
-            pos += 2 if payload[pos] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if ext & 0x30:  # T or K: TID/KEYIDX byte
-            pos += 1
-    if pos >= len(payload):
+    if not data:
         return None
-    start = bool(first & 0x10) and (first & 0x07) == 0
-    keyframe = start and not (payload[pos] & 0x01)
-    return start, keyframe, payload[pos:]
+    start = descriptor.start and descriptor.partition_id == 0
+    return start, start and not data[0] & 0x01, data
 
 
 @dataclass(slots=True)
@@ -610,21 +574,21 @@ class Endpoint:
             self.handler_errors += 1
 
     def _decode_audio(self, data: bytes) -> None:
-        offset = _rtp_payload_offset(data)
-        if offset < 0:
+        header = parse_header(data)
+        if header is None:
             return
         if self._audio_decoder is None:
             self._audio_decoder = av.CodecContext.create("libopus", "r")
         with contextlib.suppress(av.FFmpegError):
-            packet = av.Packet(data[offset : _rtp_payload_end(data)])
+            packet = av.Packet(data[header.payload_offset : header.payload_end])
             self.audio_frames_decoded += len(self._audio_decoder.decode(packet))
 
     def _decode_video(self, slot: ReceiveSlot, data: bytes) -> None:
-        _, _, seq, timestamp, _ = _RTP.unpack_from(data)
-        offset = _rtp_payload_offset(data)
-        if offset < 0:
+        header = parse_header(data)
+        if header is None:
             return
-        parsed = vp8_payload(data[offset : _rtp_payload_end(data)])
+        seq, timestamp = header.sequence, header.timestamp
+        parsed = vp8_payload(data[header.payload_offset : header.payload_end])
         if parsed is None:
             return
         start, keyframe, chunk = parsed
@@ -774,185 +738,6 @@ class Endpoint:
                 await self._reader
         if self.session is not None:
             await self.session.close()
-
-
-# --- raw publishing ---------------------------------------------------------------------------
-
-_RTP_HEADER = struct.Struct("!BBHII")
-VP8_MAX_PAYLOAD = 1200  # bytes of VP8 data per packet (the descriptor and headers come on top)
-HISTORY_SIZE = 512  # video packets kept for NACKs: ~5 s at 500 kbit/s
-AUDIO_TICK_S = AUDIO_FRAME_SAMPLES / AUDIO_RATE  # 20 ms: one Opus frame
-
-
-def vp8_chunks(frame: bytes, size: int = VP8_MAX_PAYLOAD) -> list[bytes]:
-    """A VP8 frame cut into equal-ish packet payloads of at most ``size`` bytes (RFC 7741 §4)."""
-    count = max(1, -(-len(frame) // size))
-    step = -(-len(frame) // count)
-    return [frame[i : i + step] for i in range(0, len(frame), step)] or [b""]
-
-
-def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
-    """An RFC 8285 one-byte-header extension block (0xBEDE) of (id, value) elements, padded."""
-    body = b"".join(bytes([(ext_id << 4) | (len(value) - 1)]) + value for ext_id, value in elements if ext_id)
-    if not body:
-        return b""
-    body += b"\0" * (-len(body) % 4)
-    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
-
-
-@dataclass(slots=True)
-class RawStream:
-    """One published stream of a RawPublisher: what its RTP headers carry."""
-
-    ssrc: int
-    payload_type: int
-    mid_ext: int
-    mid: bytes
-    level_ext: int = 0
-    sequence: int = field(default_factory=lambda: random.getrandbits(16))
-    timestamp: int = field(default_factory=lambda: random.getrandbits(32))
-    packets: int = 0
-
-
-class RawPublisher:
-    """Publishes an endpoint's pre-encoded clip as ready-made RTP: packetised once, each packet's
-    header written with ``struct``, protected and sent by the leg's ``LegOutput`` in one call.
-
-    aiortc's sender path (a task per track, the packetiser, per-packet coroutines, SRTP and aioice's
-    send) costs ~60 us a packet; this costs a fifth of it. aiortc's senders stay in place with a
-    track that never yields (they keep the SSRC, the mid and RTCP); a keyframe request (PLI/FIR)
-    restarts the clip at its keyframe as an encoder would make one."""
-
-    def __init__(
-        self,
-        clip: EncodedClip,
-        output: Any,  # aiortc_glue.LegOutput
-        video: RawStream | None,
-        audio: RawStream | None,
-        speaking: bool = False,
-    ) -> None:
-        self.clip = clip
-        self.output = output
-        self.video = video
-        self.audio = audio
-        self.speaking = speaking
-        self.frames = [vp8_chunks(frame) for frame in clip.video]
-        self.position = 0
-        self.audio_position = 0
-        self.picture_id = random.getrandbits(15)
-        self.video_step = VIDEO_CLOCK // clip.params.fps
-        self.video_every = max(1, round(1 / clip.params.fps / AUDIO_TICK_S))  # 2 ticks at 25 fps
-        self.video_ext = extension_block([(video.mid_ext, video.mid)]) if video else b""
-        # The audio extension block per level (speaking or silent), built once, not per packet.
-        self.audio_ext = (
-            {
-                level: extension_block([(audio.mid_ext, audio.mid), (audio.level_ext, bytes([level]))])
-                for level in (SPEAKING_LEVEL, SILENT_LEVEL)
-            }
-            if audio
-            else {}
-        )
-        self.history: list[bytes | None] = [None] * HISTORY_SIZE  # video packets by sequence
-        self.retransmissions = 0
-        self.tick_count = 0
-        self.frames_sent = 0
-        self.keyframes_sent = 0
-        self.keyframe_requests = 0
-        self.audio_frames_sent = 0
-        self.running = False
-        self._handle: asyncio.TimerHandle | None = None
-        self._next = 0.0
-
-    @property
-    def level(self) -> int:
-        return SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
-
-    def request_keyframe(self) -> None:
-        self.keyframe_requests += 1
-        self.position = 0
-
-    def retransmit(self, sequence: int) -> None:
-        """A NACK from the server: resend the video packet if it is still in the history (as a
-        browser without RTX does, on the same SSRC and sequence number)."""
-        packet = self.history[sequence % HISTORY_SIZE]
-        if packet is not None and (packet[2] << 8 | packet[3]) == sequence and self.output.send(packet):
-            self.retransmissions += 1
-
-    def start(self) -> None:
-        if self.running:
-            return
-        self.running = True
-        loop = asyncio.get_running_loop()
-        # Publishers of one load process start at different phases, as real ones would.
-        self._next = loop.time() + random.uniform(0, AUDIO_TICK_S)
-        self._handle = loop.call_at(self._next, self._tick)
-
-    def pause(self) -> None:
-        self.running = False
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _tick(self) -> None:
-        if not self.running:
-            return
-        loop = asyncio.get_running_loop()
-        self._next += AUDIO_TICK_S
-        now = loop.time()
-        if self._next < now - 0.2:  # descheduled for long: do not burst to catch up
-            self._next = now + AUDIO_TICK_S
-        self._handle = loop.call_at(self._next, self._tick)
-        if self.audio is not None:
-            self._send_audio(self.audio)
-        if self.video is not None and self.tick_count % self.video_every == 0:
-            self._send_video(self.video)
-        self.tick_count += 1
-
-    def _send_audio(self, stream: RawStream) -> None:
-        frames = self.clip.tone if self.speaking else self.clip.silence
-        i = self.audio_position
-        self.audio_position = (i + 1) % len(frames)
-        ext = self.audio_ext[self.level]
-        head = _RTP_HEADER.pack(
-            0x90 if ext else 0x80, stream.payload_type, stream.sequence, stream.timestamp, stream.ssrc
-        )
-        if self.output.send(head + ext + frames[i]):
-            stream.packets += 1
-            self.audio_frames_sent += 1
-        stream.sequence = (stream.sequence + 1) & 0xFFFF
-        stream.timestamp = (stream.timestamp + AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF
-
-    def _send_video(self, stream: RawStream) -> None:
-        i = self.position
-        self.position = (i + 1) % len(self.frames)
-        chunks = self.frames[i]
-        pid = self.picture_id
-        self.picture_id = (pid + 1) & 0x7FFF
-        ext = self.video_ext
-        first = 0x90 if ext else 0x80
-        send = self.output.send
-        last = len(chunks) - 1
-        sent = False
-        for n, chunk in enumerate(chunks):
-            head = _RTP_HEADER.pack(
-                first,
-                stream.payload_type | (0x80 if n == last else 0),
-                stream.sequence,
-                stream.timestamp,
-                stream.ssrc,
-            )
-            # RFC 7741 descriptor: X, S on the frame's first packet, PID 0; I; 15-bit picture id.
-            descriptor = bytes((0x90 if n == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
-            packet = head + ext + descriptor + chunk
-            self.history[stream.sequence % HISTORY_SIZE] = packet
-            if send(packet):
-                stream.packets += 1
-                sent = True
-            stream.sequence = (stream.sequence + 1) & 0xFFFF
-        stream.timestamp = (stream.timestamp + self.video_step) & 0xFFFFFFFF
-        if sent:
-            self.frames_sent += 1
-            self.keyframes_sent += self.clip.keyframes[i]
 
 
 def _carry_audio_level(sender: RTCRtpSender, track: PreEncodedAudioTrack) -> None:
