@@ -100,5 +100,6 @@ async def resolve(store: RoomStore, secret: str, data: dict[str, Any]) -> dict[s
 
 
 def _admission(secret: str, room: str, identity: str, name: str) -> dict[str, Any]:
-    token = mint_token(secret, room, identity, name, "member", DEFAULT_TTL_S)
+    # `gateway`: only the admin key's gateway may open a plain-RTP session for its caller.
+    token = mint_token(secret, room, identity, name, "member", DEFAULT_TTL_S, gateway=True)
     return {"room": room, "identity": identity, "name": name, "token": token}

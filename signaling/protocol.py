@@ -39,6 +39,46 @@ def _message(type_: str, props: dict[str, Any] | None = None, required: list[str
 
 
 _BOOL = {"type": "boolean"}
+_CODECS = {
+    "type": "array",
+    "maxItems": 4,
+    "items": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 16},
+            "payload_type": {"type": "integer", "minimum": 0, "maximum": 127},
+            "clock_rate": {"type": "integer", "minimum": 1, "maximum": 192000},
+        },
+        "required": ["name", "payload_type", "clock_rate"],
+        "additionalProperties": False,
+    },
+}
+_KINDS = {
+    "type": "object",
+    "properties": {"audio": _CODECS, "video": _CODECS},
+    "additionalProperties": False,
+}
+# conference.sfu.plain.PlainOffer as JSON: where the worker listens, what it sends, what it receives.
+_PLAIN_OFFER = {
+    "type": "object",
+    "properties": {
+        "address": {
+            "type": "array",
+            "prefixItems": [
+                {"type": "string", "minLength": 1, "maxLength": 64},
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+            ],
+            "minItems": 2,
+            "maxItems": 2,
+        },
+        "publish": _KINDS,
+        "receive": _KINDS,
+        "video_slots": {"type": "integer", "minimum": 0, "maximum": MAX_SLOTS},
+        "audio_slots": {"type": "integer", "minimum": 0, "maximum": MAX_AUDIO_SLOTS},
+    },
+    "required": ["address"],
+    "additionalProperties": False,
+}
 MESSAGES: dict[str, dict[str, Any]] = {
     "join": _message(
         "join",
@@ -51,8 +91,16 @@ MESSAGES: dict[str, dict[str, Any]] = {
             },
             "video_slots": {"type": "integer", "minimum": 0, "maximum": MAX_SLOTS},
             "audio_slots": {"type": "integer", "minimum": 0, "maximum": MAX_AUDIO_SLOTS},
+            # A telephone gateway's caller (a `gateway` token only): plain RTP instead of WebRTC.
+            "transport": {"enum": ["webrtc", "plain"]},
+            "plain": _PLAIN_OFFER,
         },
-    ),
+    )
+    | {
+        "if": {"properties": {"transport": {"const": "plain"}}, "required": ["transport"]},
+        "then": {"required": ["plain"]},
+        "dependentRequired": {"plain": ["transport"]},
+    },
     "answer": _message("answer", {"sdp": {"type": "string", "minLength": 1}}, ["sdp"]),
     "candidate": _message(
         "candidate",

@@ -28,7 +28,7 @@ from conference.roles import Permission, Role, can, permissions, publishes
 from conference.room import CommandError, Event, Participant, Removed, RoomState
 from conference.store import RoomStore
 
-from . import dialin
+from . import dialin, plain_media
 from .protocol import MAX_AUDIO_SLOTS, OUTGOING_QUEUE, PROTOCOL_VERSION, close_reason, error
 from .recording import RecordingControl
 from .tokens import Claims, TokenError, resolve_secret
@@ -323,6 +323,7 @@ class Rooms:
             raise CommandError("already_joined", "this connection has already joined")
         claims = conn.claims
         role = claims.role
+        plain_media.plain_offer(self, claims, msg)  # a plain-RTP join refused here changes nothing
         default_device = "phone" if role is Role.MEMBER else "venue"
         device = msg.get("device", default_device)
         wants = msg.get("publish", {})
@@ -396,6 +397,9 @@ class Rooms:
         """After the join reply: start the endpoint's media session and push the server's offer."""
         role = conn.claims.role
         if not self.has_media or role is Role.CLERK or not conn.joined:
+            return
+        if (plain := plain_media.plain_offer(self, conn.claims, msg)) is not None:
+            await plain_media.open_plain(self, conn, plain)
             return
         device = msg.get("device", "phone" if role is Role.MEMBER else "venue")
         options = SessionOptions(

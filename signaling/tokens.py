@@ -62,6 +62,9 @@ class Claims:
     issued_at: int
     expires_at: int
     admin: bool = False
+    # Minted by the admin key for a telephone gateway's caller (POST /api/dial-in): may join with a
+    # plain-RTP media session, which sends UDP to an address the client names.
+    gateway: bool = False
 
 
 def check_name(kind: str, value: str) -> str:
@@ -82,6 +85,7 @@ def mint_token(
     ttl: int = DEFAULT_TTL_S,
     admin: bool = False,
     *,
+    gateway: bool = False,
     now: int | None = None,
 ) -> str:
     check_name("room", room)
@@ -98,6 +102,10 @@ def mint_token(
         raise ValueError(f"admin must be true or false; got {admin!r}")
     if admin and role is not Role.CLERK:
         raise ValueError("admin (every room's recordings) is only for clerk tokens")
+    if not isinstance(gateway, bool):
+        raise ValueError(f"gateway must be true or false; got {gateway!r}")
+    if gateway and role is not Role.MEMBER:
+        raise ValueError("gateway (a telephone caller's plain-RTP media) is only for member tokens")
     issued = int(time.time()) if now is None else now
     payload: dict[str, Any] = {
         "room": room,
@@ -109,6 +117,8 @@ def mint_token(
     }
     if admin:
         payload["admin"] = True
+    if gateway:
+        payload["gateway"] = True
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
@@ -145,6 +155,9 @@ def verify_token(secret: str, token: str | None) -> Claims:
             raise ValueError("admin must be true or false")
         if admin and role is not Role.CLERK:  # minted before the rule: never an admin
             raise ValueError("admin is only for clerk tokens")
+        gateway = payload.get("gateway", False)
+        if not isinstance(gateway, bool) or (gateway and role is not Role.MEMBER):
+            raise ValueError("gateway must be true or false, and only on member tokens")
     except (ValueError, TypeError) as exc:
         raise TokenError(401, f"invalid claims: {exc}") from None
     return Claims(
@@ -155,6 +168,7 @@ def verify_token(secret: str, token: str | None) -> Claims:
         issued_at=int(payload["iat"]),
         expires_at=int(payload["exp"]),
         admin=admin,
+        gateway=gateway,
     )
 
 

@@ -133,7 +133,12 @@ class PlainTransport(Transport):
             "rtcp_ssrc": self.rtcp_ssrc,
             "slots": {
                 kind: [
-                    {"ssrc": t.rewriter.ssrc, "codecs": [c._asdict() for c in t.codecs.values()]}
+                    # mid: the name the router's `slots` messages give this slot
+                    {
+                        "mid": t.mid,
+                        "ssrc": t.rewriter.ssrc,
+                        "codecs": [c._asdict() for c in t.codecs.values()],
+                    }
                     for t in tracks
                 ]
                 for kind, tracks in (("video", self.video), ("audio", self.audio))

@@ -1,0 +1,196 @@
+"""A telephone gateway's caller joins with a plain-RTP media session instead of WebRTC: the real
+server with the real media core, a real UDP socket for the gateway's side, and a real aiortc venue
+in the room (issue 18)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from conftest import TEST_ADMIN_KEY, SignalingClient
+from phone_util import dominant, sine
+from test_sfu_support import TONES, Endpoint, wait_for
+
+from signaling.app import build_media
+from signaling.phone.codecs import FRAME, OpusDecoder, OpusEncoder
+from signaling.phone.rtp import parse_rtp
+
+pytestmark = pytest.mark.media
+
+OPUS = {"name": "opus", "payload_type": 111, "clock_rate": 48000}
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+
+
+def plain_join(port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "device": "phone",
+        "publish": {"audio": True, "video": False},
+        "transport": "plain",
+        "plain": {"address": ["127.0.0.1", port], "publish": {"audio": [OPUS]}, "audio_slots": 3},
+        **extra,
+    }
+
+
+class Socket(asyncio.DatagramProtocol):
+    """The gateway's end: one UDP socket, everything that arrives kept with its source."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.received.append((data, addr))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[1]
+
+
+class WsSession:
+    """The server's offer and our answer over the signaling socket, for an aiortc ``Endpoint``."""
+
+    def __init__(self, client: SignalingClient) -> None:
+        self.client = client
+
+    async def create_offer(self) -> dict[str, Any]:
+        return await self.client.wait_for(lambda m: m["type"] == "offer", timeout=20)
+
+    async def set_answer(self, sdp: str) -> None:
+        await self.client.ok("answer", sdp=sdp)
+
+
+async def open_socket() -> Socket:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(Socket, local_addr=("127.0.0.1", 0))
+    return protocol
+
+
+async def test_plain_join_hears_the_venue_and_is_heard(signaling_server, connect, mint, settings) -> None:
+    media_settings = replace(settings, media=True)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
+    gateway_socket = await open_socket()
+    venue_endpoint: Endpoint | None = None
+    try:
+        phone = await connect(server, mint("council", "tel-1234-ab", "member", gateway=True))
+        joined = await phone.ok("join", **plain_join(gateway_socket.port))
+        assert joined["media"] is True and joined["you"]["device"] == "phone"
+        answer = await phone.wait_for(lambda m: m["type"] == "transport", timeout=5)
+        assert answer["transport"] == "plain" and answer["rtcp_mux"] is True
+        host, port = answer["address"]
+        server_address = (host, int(port))
+        assert host == "127.0.0.1"
+        slots = answer["slots"]["audio"]
+        assert [s["mid"] for s in slots] == ["audio0", "audio1", "audio2"] and answer["slots"]["video"] == []
+        assert all(s["codecs"][0]["name"] == "opus" for s in slots)
+        ssrcs = {s["ssrc"]: i for i, s in enumerate(slots)}
+        # A plain session negotiates no SDP: nothing to answer.
+        assert (await phone.request("answer", sdp="v=0"))["code"] == "conflict"
+
+        # A venue (a real aiortc peer over the same server) speaks a 700 Hz tone.
+        venue = await connect(server, mint("council", "hall-a", "venue"))
+        await venue.ok("join", video_slots=1, audio_slots=3)
+        venue_endpoint = Endpoint("hall-a", 2, speaking=True)
+        await venue_endpoint.connect(WsSession(venue))
+        await wait_for(lambda: len(gateway_socket.received) > 100, 20, "the venue audio, plain")
+        assert not any(m["type"] == "offer" for m in phone.messages)  # never a WebRTC offer
+        occupied = await phone.wait_for(
+            lambda m: m["type"] == "slots" and any(s["identity"] == "hall-a" for s in m["audio"])
+        )
+        slot_of_venue = next(i for i, s in enumerate(occupied["audio"]) if s["identity"] == "hall-a")
+        assert all(s["identity"] != "tel-1234-ab" for s in occupied["audio"])  # never its own voice
+        packets: dict[int, list[bytes]] = {}
+        for data, addr in gateway_socket.received:
+            assert addr == server_address
+            packet = parse_rtp(data)
+            if packet is not None and packet.ssrc in ssrcs:
+                assert packet.payload_type == 111
+                packets.setdefault(ssrcs[packet.ssrc], []).append(packet.payload)
+        assert list(packets) == [slot_of_venue]
+        decoder = OpusDecoder()
+        heard = np.concatenate([decoder.decode(p) for p in packets[slot_of_venue][-50:]])
+        assert abs(dominant(heard, 48000) - TONES[2]) < 15 and heard.std() > 1000
+
+        # The caller's voice: Opus RTP from the gateway's socket reaches the venue's audio slot.
+        stop = asyncio.Event()
+
+        async def speak() -> None:
+            assert gateway_socket.transport is not None
+            encoder, tone = OpusEncoder(), sine(1000.0, 20.0, 48000, level=8000)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i in range(len(tone) // FRAME):
+                if stop.is_set():
+                    return
+                header = struct.pack("!BBHII", 0x80, 111 | (0x80 if i == 0 else 0), i, i * FRAME, 0xCA11)
+                opus = encoder.encode(tone[i * FRAME : (i + 1) * FRAME])
+                gateway_socket.transport.sendto(header + opus, server_address)
+                await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+
+        speaker = asyncio.get_running_loop().create_task(speak())
+
+        def venue_hears(freq: float) -> bool:
+            now = time.monotonic()
+            fresh = [r for r in venue_endpoint.audio_slots() if now - r.last_at < 0.3]  # type: ignore[union-attr]
+            return any((p := r.pitch()) is not None and abs(p - freq) < 40 for r in fresh)
+
+        await wait_for(lambda: venue_hears(1000.0), 10, "the caller's 1 kHz at the venue")
+        # The chair (here the admin key) mutes the caller: the server drops what it sends.
+        async with aiohttp.ClientSession(headers=ADMIN) as http:
+            url = server.make_url("/api/rooms/council/commands")
+            async with http.post(url, json={"type": "mute", "identity": "tel-1234-ab", "muted": True}) as r:
+                assert r.status == 200, await r.text()
+        await wait_for(lambda: not venue_hears(1000.0), 5, "the muted caller to fall silent")
+        stop.set()
+        await speaker
+        # Leaving closes the plain transport: nothing more reaches the socket.
+        await phone.ok("leave")
+        await asyncio.sleep(0.3)
+        count = len(gateway_socket.received)
+        await asyncio.sleep(0.5)
+        assert len(gateway_socket.received) == count
+    finally:
+        if venue_endpoint is not None:
+            await venue_endpoint.close()
+        assert gateway_socket.transport is not None
+        gateway_socket.transport.close()
+
+
+async def test_plain_join_needs_a_gateway_token(signaling_server, connect, mint, settings) -> None:
+    media_settings = replace(settings, media=True)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
+    chair = await connect(server, mint("council", "chair", "chair"))
+    await chair.ok("join", publish={"audio": False, "video": False})
+    for identity, role in (("member-1", "member"), ("hall-b", "venue")):
+        client = await connect(server, mint("council", identity, role))
+        refused = await client.request("join", **plain_join(40000))
+        assert refused["type"] == "error" and refused["code"] == "forbidden", refused
+        # Nothing changed: not joined, and a normal join on the same socket still works.
+        assert (await client.request("raise_hand"))["code"] == "not_joined"
+    assert not [e for e in chair.events("participant_joined") if e["participant"]["identity"] != "chair"]
+    # A gateway's caller naming an address off this machine is refused before joining too.
+    gateway = await connect(server, mint("council", "tel-9", "member", gateway=True))
+    far = plain_join(40000)
+    far["plain"]["address"] = ["192.0.2.7", 40000]
+    assert (await gateway.request("join", **far))["code"] == "bad_request"
+    # A malformed offer is a schema error.
+    bad = plain_join(40000)
+    del bad["plain"]
+    assert (await gateway.request("join", **bad))["code"] == "bad_request"
+
+
+async def test_plain_join_without_media_is_refused_clearly(signaling_server, connect, mint) -> None:
+    server = await signaling_server()  # NullMedia: signaling only
+    gateway = await connect(server, mint("council", "tel-5", "member", gateway=True))
+    refused = await gateway.request("join", **plain_join(40000))
+    assert refused["code"] == "unavailable" and "without media" in refused["message"], refused
+    assert (await gateway.ok("join", device="phone"))["media"] is False  # signaling only still works
