@@ -11,15 +11,17 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import jwt
 import numpy as np
 import pytest
-from conftest import TEST_ADMIN_KEY, SignalingClient
+from conftest import TEST_ADMIN_KEY, TEST_SECRET, SignalingClient
 from phone_util import dominant, sine
 from test_sfu_support import TONES, Endpoint, wait_for
 
 from signaling.app import build_media
 from signaling.phone.codecs import FRAME, OpusDecoder, OpusEncoder
 from signaling.phone.rtp import parse_rtp
+from signaling.tokens import TokenError, mint_token, verify_token
 
 pytestmark = pytest.mark.media
 
@@ -194,3 +196,21 @@ async def test_plain_join_without_media_is_refused_clearly(signaling_server, con
     refused = await gateway.request("join", **plain_join(40000))
     assert refused["code"] == "unavailable" and "without media" in refused["message"], refused
     assert (await gateway.ok("join", device="phone"))["media"] is False  # signaling only still works
+
+
+def test_gateway_claim_only_on_member_tokens() -> None:
+    token = mint_token(TEST_SECRET, "council", "tel-1", "电话 138****1234", "member", 60, gateway=True)
+    assert verify_token(TEST_SECRET, token).gateway is True
+    assert (
+        verify_token(TEST_SECRET, mint_token(TEST_SECRET, "council", "m", "M", "member", 60)).gateway is False
+    )
+    with pytest.raises(ValueError, match="only for member tokens"):
+        mint_token(TEST_SECRET, "council", "hall", "Hall", "venue", 60, gateway=True)
+    # A venue token claiming to be a gateway's (refused by mint_token, so signed by hand).
+    forged = jwt.encode(
+        {"room": "council", "sub": "hall", "role": "venue", "iat": 1, "exp": 2**31, "gateway": True},
+        TEST_SECRET,
+        algorithm="HS256",
+    )
+    with pytest.raises(TokenError, match="gateway"):
+        verify_token(TEST_SECRET, forged)
