@@ -87,3 +87,68 @@ async def test_fresh_ssrcs_do_not_open_a_track_file_each(signaling_server, conne
         assert max(f.stat().st_size for f in files) > 10_000
     finally:
         await venue.close()
+
+
+async def test_a_datagram_flood_at_an_unconnected_leg_is_bounded(
+    signaling_server, connect, mint, settings
+) -> None:
+    """Junk (not STUN) at the ports of a leg that never connects: aioice queued every datagram for a
+    reader that never comes; the glue now bounds that queue."""
+    import socket
+
+    from conference.sfu.aiortc_glue import MAX_QUEUED_DATAGRAMS
+
+    media_settings = replace(settings, media=True)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
+    backend = server.app[MEDIA_KEY]
+    venue = await connect(server, mint("council", "hall-a", "venue"))
+    await venue.ok("join")
+    offer = await venue.wait_for(lambda m: m["type"] == "offer", timeout=20)
+    # The server's host candidates: this machine's own addresses (aioice leaves out loopback).
+    targets = {
+        (fields[4], int(fields[5]))
+        for fields in (line.split() for line in offer["sdp"].splitlines() if line.startswith("a=candidate:"))
+        if fields[2].lower() == "udp" and fields[7] == "host" and fields[4].count(".") == 3
+    }
+    assert targets, "no IPv4 host candidate in the offer"
+    session = backend.rooms["council"].transports["hall-a"]
+    junk = b"\xff" + bytes(999)  # not STUN, not DTLS, not RTP
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i in range(20_000):
+            for target in targets:
+                sock.sendto(junk, target)
+            if i % 200 == 199:
+                await asyncio.sleep(0.005)  # let the server read
+    await asyncio.sleep(0.5)
+    waiting = session.ice_queue_guard.waiting()
+    dropped = backend.stats()["ice_datagrams_dropped"]
+    print(
+        f"\n20,000 junk datagrams per candidate: {waiting} queued ({waiting * len(junk) / 1e6:.1f} MB),"
+        f" {dropped} dropped"
+    )
+    assert waiting <= MAX_QUEUED_DATAGRAMS
+    assert dropped > 10_000
+    await venue.ok("ping")  # signaling goes on
+
+
+async def test_the_media_state_of_an_empty_room_is_dropped(signaling_server, connect, mint, settings) -> None:
+    from conference.sfu.backend import EMPTY_ROOM_GRACE_S
+
+    media_settings = replace(settings, media=True)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
+    backend = server.app[MEDIA_KEY]
+    for n in range(3):
+        venue = await connect(server, mint(f"room-{n}", "hall-a", "venue"))
+        await venue.ok("join")
+        await venue.wait_for(lambda m: m["type"] == "offer", timeout=20)
+        await venue.ok("leave")
+    kept = await connect(server, mint("busy", "hall-b", "venue"))  # a room still in use stays
+    await kept.ok("join")
+    await kept.wait_for(lambda m: m["type"] == "offer", timeout=20)
+    assert {"room-0", "room-1", "room-2", "busy"} <= set(backend.rooms)
+    await wait_until(lambda: set(backend.rooms) == {"busy"}, EMPTY_ROOM_GRACE_S + 5, "empty rooms dropped")
+    # A room used again gets its media state back.
+    again = await connect(server, mint("room-0", "hall-a", "venue"))
+    await again.ok("join")
+    await again.wait_for(lambda m: m["type"] == "offer", timeout=20)
+    assert "room-0" in backend.rooms

@@ -115,6 +115,10 @@ def check_aiortc() -> None:
         raise _fail("aioice StunProtocol.datagram_received is missing")
     if "_ssrc" not in RTCRtpSender.__init__.__code__.co_names:
         raise _fail("RTCRtpSender no longer sets _ssrc")
+    if "_queue" not in aioice.ice.Connection.__init__.__code__.co_names or "data_received" not in vars(
+        aioice.ice.Connection
+    ):
+        raise _fail("aioice Connection no longer queues data in _queue through data_received")
     for name in ("_nominated", "_protocols", "_local_candidates"):
         if name not in aioice.ice.Connection.__init__.__code__.co_names:
             raise _fail(f"aioice Connection no longer sets {name}")
@@ -466,6 +470,47 @@ def decoder_running(receiver: RTCRtpReceiver) -> bool:
 # then drains each socket at its iteration rate and the kernel drops the rest. Reading what is
 # queued (bounded, so one busy socket cannot starve the others) keeps up and saves an epoll round
 # per packet. uvloop's transports are left alone.
+# --- aioice's data queue ------------------------------------------------------------------------
+
+# Datagrams that are not STUN go to aioice's Connection queue, unbounded, for the DTLS transport to
+# read; before the leg connects nothing reads it, so anyone who learns the port could fill memory
+# with junk. A DTLS flight is a handful of datagrams: more than this waiting is a flood, dropped.
+MAX_QUEUED_DATAGRAMS = 256
+
+
+class IceQueueGuard:
+    """Counts what the bound on a leg's aioice queue dropped (``bound_ice_queue``)."""
+
+    __slots__ = ("dropped", "queues")
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.queues: list[Any] = []
+
+    def waiting(self) -> int:
+        """Datagrams waiting in the leg's aioice queues now."""
+        return sum(q.qsize() for q in self.queues)
+
+
+def bound_ice_queue(pc: RTCPeerConnection, limit: int = MAX_QUEUED_DATAGRAMS) -> IceQueueGuard:
+    """Drop non-STUN datagrams while ``limit`` already wait in the leg's aioice queue."""
+    guard = IceQueueGuard()
+    connections = {t.receiver.transport.transport._connection for t in pc.getTransceivers()}
+    for connection in connections:
+        queue = connection._queue
+        guard.queues.append(queue)
+        original = connection.data_received
+
+        def data_received(data: bytes, component: int, queue: Any = queue, original: Any = original) -> None:
+            if queue.qsize() >= limit:
+                guard.dropped += 1
+                return
+            original(data, component)
+
+        connection.data_received = data_received
+    return guard
+
+
 MAX_READS_PER_WAKEUP = 64
 
 

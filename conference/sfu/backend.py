@@ -27,6 +27,9 @@ from .stats import Counters
 from .transport import Kind
 
 logger = logging.getLogger(__name__)
+# A room's media state (its Router) is dropped after this long with no transport and no recorder:
+# long enough to outlast a reconnect's gap, short enough that rooms do not pile up.
+EMPTY_ROOM_GRACE_S = 5.0
 
 
 class SfuBackend:
@@ -175,6 +178,11 @@ class SfuBackend:
             await asyncio.sleep(TICK)
             now = time.monotonic()
             for router in list(self.rooms.values()):
+                if router.idle_for(now) > EMPTY_ROOM_GRACE_S:
+                    # No transport and no recorder for a while: let the room's media state go, or
+                    # every room ever used would stay in memory (and in every tick) for good.
+                    del self.rooms[router.room]
+                    continue
                 try:
                     router.tick(now)
                 except Exception:
@@ -184,10 +192,13 @@ class SfuBackend:
         c = self.counters
         sessions: dict[str, Any] = {}
         producers = down_tracks = decoded = packets_out = bytes_out = from_sockets = unprotect_errors = 0
+        ice_dropped = 0
         for router in self.rooms.values():
             for transport in router.transports.values():
                 if isinstance(transport, Session):
                     decoded += transport.decoded_frames()
+                    if transport.ice_queue_guard is not None:
+                        ice_dropped += transport.ice_queue_guard.dropped
                     if transport.datagram_hook is not None:
                         from_sockets += transport.datagram_hook.packets
                         unprotect_errors += transport.datagram_hook.unprotect_errors
@@ -212,6 +223,8 @@ class SfuBackend:
             # Incoming RTP taken straight from the sockets (the rest went through aiortc's path).
             "packets_from_sockets": from_sockets,
             "srtp_unprotect_errors": unprotect_errors,
+            # Non-STUN datagrams dropped while aioice's queue was full (a flood at a leg's port).
+            "ice_datagrams_dropped": ice_dropped,
             "packets_dropped_muted": c.packets_dropped_muted,
             "keyframe_requests_relayed": c.keyframe_requests_relayed,
             "keyframe_requests_sent": c.keyframe_requests_sent,

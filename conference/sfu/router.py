@@ -38,6 +38,7 @@ class Router:
         self.speakers: list[str] = []  # loudest first
         self.announced: list[str] = []
         self.last_announce = 0.0
+        self._empty_since: float | None = None
 
     @property
     def sink(self) -> RecordingSink | None:
@@ -46,6 +47,15 @@ class Router:
     @property
     def empty(self) -> bool:
         return not self.transports and self._sink is None
+
+    def idle_for(self, now: float) -> float:
+        """Seconds the room has been empty (0 while anything is in it), as seen by the ticks."""
+        if not self.empty:
+            self._empty_since = None
+            return 0.0
+        if self._empty_since is None:
+            self._empty_since = now
+        return now - self._empty_since
 
     # producers of the room
     def producer(self, identity: str | None, kind: Kind) -> Producer | None:

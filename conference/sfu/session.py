@@ -68,6 +68,7 @@ class Session(Transport):
         )
         self.output: glue.LegOutput = None  # type: ignore[assignment]
         self.datagram_hook: glue.SrtpDatagramHook | None = None
+        self.ice_queue_guard: glue.IceQueueGuard | None = None
         self.publish: dict[Kind, RTCRtpTransceiver] = {}
         self.transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
         self.decode_counters: list[glue.DecodeCounter] = []
@@ -140,6 +141,7 @@ class Session(Transport):
         )
         await pc.setLocalDescription(await pc.createOffer())
         glue.drain_udp_reads(pc)
+        self.ice_queue_guard = glue.bound_ice_queue(pc)
         glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
         # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
         self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet)
