@@ -1,6 +1,6 @@
 """The one Python reducer of room events: ``apply(state, event)`` changes a ``RoomState`` as the
 event says. The room commands (``conference.room``) validate, decide and build events, then apply
-them here; the recorder's replay (``recorder.render.MeetingState``) applies a recording's timeline
+them here; the recorder's replay (``recorder.replay.MeetingState``) applies a recording's timeline
 with the same function. The pages' JavaScript reducer (``web/client.js``) follows the same rules.
 
 Events carry what their effect needs (a joined participant in full, a raised hand's time, a

@@ -14,7 +14,7 @@ from conference.config import ConfigError, add_settings_arguments, settings_from
 
 from .archive import ArchiveError, Recording, list_recordings, recording_dir, writer_alive
 from .jobs import list_jobs
-from .render import chapters_of
+from .replay import chapters_of
 from .service import purge
 
 

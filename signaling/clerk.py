@@ -52,7 +52,8 @@ from recorder.jobs import (
     options_from_request,
     read_job,
 )
-from recorder.render import RenderOptions, chapters_of
+from recorder.render import RenderOptions
+from recorder.replay import chapters_of
 from recorder.service import RecorderService
 
 from .admission import check_not_removed

@@ -12,7 +12,7 @@ from conference import events
 from conference import room as r
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
-from recorder.render import MeetingState
+from recorder.replay import MeetingState
 
 PEOPLE = ["chair", "hall-a", "hall-b", "member-c", "member-d"]
 
