@@ -378,6 +378,8 @@ async def post_dial_in(request: web.Request) -> web.Response:
         admission = await dialin.resolve(request.app[STORE_KEY], request.app[SECRET_KEY], data)
     except ValueError as exc:
         raise json_error(400, "bad_request", str(exc)) from None
+    except PermissionError as exc:
+        raise json_error(403, "forbidden", str(exc)) from None
     if admission is None:
         raise json_error(404, "not_found", "no meeting with that ID and PIN")
     return web.json_response(admission)

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from typing import Any
 
 from conference.room import CommandError, RoomState
@@ -16,6 +17,10 @@ from conference.store import RoomStore
 from .tokens import DEFAULT_TTL_S, mint_token
 
 MEETING_ID_DIGITS = 9
+# A roster member the chair removed cannot dial back in with their PIN for one meeting day (the
+# default token lifetime): the gateway mints a fresh token per call, so the token rule alone
+# (tokens issued before the removal are refused) would let them straight back in.
+DIAL_IN_REMOVAL_S = DEFAULT_TTL_S
 _DIGITS = re.compile(r"[0-9]{1,20}")  # fullmatch: `$` lets a trailing newline through
 _CALLER = re.compile(r"\+?[0-9A-Za-z._-]{0,32}")
 
@@ -90,6 +95,9 @@ async def resolve(store: RoomStore, secret: str, data: dict[str, Any]) -> dict[s
         given = pin_hash(secret, state.room, pin)
         for member in state.dial_in.members:
             if hmac.compare_digest(member["pin_hash"], given):
+                removed_at = state.removed.get(member["identity"])
+                if removed_at is not None and time.time() - removed_at < DIAL_IN_REMOVAL_S:
+                    raise PermissionError("removed from the room")
                 return _admission(secret, state.room, member["identity"], member["name"])
         if state.dial_in.pin_hash is not None and hmac.compare_digest(state.dial_in.pin_hash, given):
             tail = "".join(ch for ch in caller if ch.isdigit())[-4:] or "anon"

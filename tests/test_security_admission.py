@@ -276,3 +276,26 @@ async def test_removal_survives_a_restart(signaling_server, connect, mint, setti
     assert await again.closed() == 4403
     status, _ = await call("GET", second.make_url("/api/rooms/council"), bearer(token))
     assert status == 403
+
+
+async def test_a_removed_roster_member_cannot_dial_back_in(signaling_server, connect, mint) -> None:
+    """The gateway mints a fresh token per call: the removal must hold at the dial-in lookup too."""
+    server = await signaling_server()
+    commands = server.make_url("/api/rooms/council/commands")
+    chair = await connect(server, mint("council", "chair", "chair"))
+    await chair.ok("join")
+    members = [{"identity": "li-wei", "name": "Li Wei", "pin": "778899"}]
+    status, result = await call(
+        "POST", commands, ADMIN, json={"type": "set_dial_in", "pin": None, "members": members}
+    )
+    assert status == 200, result
+    meeting_id = result["dial_in"]["meeting_id"]
+    lookup = server.make_url("/api/dial-in")
+    status, caller = await call("POST", lookup, ADMIN, json={"meeting_id": meeting_id, "pin": "778899"})
+    assert status == 200
+    phone = await connect(server, caller["token"])
+    await phone.ok("join", device="phone")
+    await chair.ok("remove", identity="li-wei")
+    assert await phone.closed() == 4410
+    status, err = await call("POST", lookup, ADMIN, json={"meeting_id": meeting_id, "pin": "778899"})
+    assert (status, err["message"]) == (403, "removed from the room"), (status, err)
