@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conference.loadtest.bench import _process_cpu_seconds, percentile
+from conference.loadtest.bench import _process_cpu_seconds
+from conference.loadtest.report import percentile
 
 REQUIRED = [
     "endpoints",

@@ -1,0 +1,126 @@
+"""A load process of ``conference bench`` (``python -m conference.loadtest.worker``): runs its share
+of the test endpoints and speaks JSON lines with the parent: the first line on stdin is its spec,
+then commands on stdin, answers on stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _read_command() -> dict[str, Any]:
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if not line:
+        return {"cmd": "stop"}  # the parent went away
+    return dict(json.loads(line))
+
+
+async def _worker(spec: dict[str, Any]) -> None:
+    from conference.loadtest.endpoint import Endpoint, EndpointConfig
+    from conference.loadtest.testmedia import load_clip
+
+    cache_dir = Path(spec["cache_dir"]) if spec.get("cache_dir") else None
+    endpoints: list[Endpoint] = []
+    decode_modes: dict[str, str] = {}
+    for item in spec["endpoints"]:
+        load_clip(item["index"], cache_dir=cache_dir)  # encode now (or read the cache), not at join
+        config = EndpointConfig(
+            url=spec["url"],
+            token=item["token"],
+            identity=item["identity"],
+            index=item["index"],
+            device=item["device"],
+            video_slots=item["video_slots"],
+            speaking=item["speaking"],
+            decode=item["decode"],
+            raw_media=spec.get("raw_media", True),
+            cache_dir=cache_dir,
+            palette=spec["palette"],
+            join_timeout=spec["join_timeout"],
+        )
+        endpoints.append(Endpoint(config))
+        decode_modes[item["identity"]] = item["decode"]
+    _emit({"event": "ready"})
+    chair = next((e for e in endpoints if e.identity == "chair"), None)
+    failed: dict[str, str] = {}
+    started: set[str] = set()
+
+    async def join(endpoint: Endpoint) -> None:
+        started.add(endpoint.identity)
+        try:
+            await endpoint.join()
+        except Exception as exc:
+            failed[endpoint.identity] = f"{type(exc).__name__}: {exc}"
+
+    try:
+        while True:
+            command = await _read_command()
+            cmd = command.get("cmd")
+            if cmd == "join_chair" and chair is not None:
+                await join(chair)
+                if chair.identity in failed:
+                    _emit(
+                        {"event": "error", "message": f"the chair could not join: {failed[chair.identity]}"}
+                    )
+                    return
+                await chair.set_program(command["layout"], ["chair"])
+                _emit({"event": "chair_joined"})
+            elif cmd == "join":
+                tasks = []
+                for endpoint in endpoints:
+                    if endpoint.identity not in started:
+                        tasks.append(asyncio.create_task(join(endpoint)))
+                        await asyncio.sleep(0.15)  # a steady trickle of joins, as in a real meeting
+                await asyncio.gather(*tasks)
+                _emit({"event": "joined", "failed": failed})
+            elif cmd == "program" and chair is not None:
+                sent = time.time()
+                try:
+                    result = await chair.set_program(command["layout"], command["slots"])
+                except Exception as exc:
+                    _emit({"event": "error", "message": f"set_program failed: {exc}"})
+                    return
+                _emit({"event": "program", "sent": sent, "version": result.get("version")})
+            elif cmd == "mark":
+                times = os.times()
+                _emit({"event": "mark", "cpu_s": times.user + times.system})
+            elif cmd == "pause":
+                for endpoint in endpoints:
+                    endpoint.pause_media()
+                _emit({"event": "paused"})
+            elif cmd == "report":
+                reports = []
+                for endpoint in endpoints:
+                    if endpoint.identity in failed:
+                        continue
+                    reports.append({**endpoint.report(), "decode": decode_modes[endpoint.identity]})
+                _emit({"event": "report", "endpoints": reports})
+            elif cmd == "stop":
+                return
+    finally:
+        await asyncio.gather(*(e.close() for e in endpoints), return_exceptions=True)
+
+
+def _worker_entry() -> int:
+    spec = json.loads(sys.stdin.readline())
+    try:
+        import uvloop  # receiving thousands of packets per second: the faster loop matters here too
+    except ImportError:
+        asyncio.run(_worker(spec))
+    else:
+        uvloop.run(_worker(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_entry())
