@@ -1,7 +1,7 @@
-"""JSON Schemas of the REST request bodies that are not protocol messages (``POST /api/tokens``,
-``POST /api/rooms``): the same strict discipline as the WebSocket protocol (``signaling.protocol``),
-so a wrong type is a 400 naming the field instead of being coerced (``"admin": "false"`` was once
-truthy and minted an admin token)."""
+"""The JSON Schema of ``POST /api/tokens`` bodies (``POST /api/rooms`` checks its few fields in its
+handler): the same strict discipline as the WebSocket protocol (``signaling.protocol``), so a wrong
+type is a 400 naming the field instead of being coerced (``"admin": "false"`` was once truthy and
+minted an admin token)."""
 
 from __future__ import annotations
 
@@ -31,20 +31,8 @@ TOKEN_REQUEST: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-ROOM_REQUEST: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "room": _NAME,
-        "max_endpoints": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "auto_record": {"type": "boolean"},
-    },
-    "required": ["room"],
-    "additionalProperties": False,
-}
-
 _VALIDATORS = {
     "token": Draft202012Validator(TOKEN_REQUEST),
-    "room": Draft202012Validator(ROOM_REQUEST),
 }
 
 
