@@ -564,7 +564,7 @@ async def test_auto_record_starts_at_first_join_and_stops_when_room_empties(
 
 async def test_a_client_that_does_not_read_is_dropped_not_waited_for(monkeypatch) -> None:
     """The outgoing queue policy (unit level: a socket whose sends never complete)."""
-    import signaling.rooms as rooms_module
+    import signaling.connection as rooms_module
     from signaling.tokens import verify_token
 
     class StuckSocket:
