@@ -64,10 +64,11 @@ def test_bounds_follow_the_offer() -> None:
     check_sdp(offer + sender, bounds)
 
 
+@pytest.mark.parametrize("backend", ["sfu", "relay_baseline"])
 async def test_a_hostile_answer_is_refused_fast_and_others_ping_low(
-    signaling_server, connect, mint, settings
+    signaling_server, connect, mint, settings, backend
 ) -> None:
-    media_settings = replace(settings, media=True)
+    media_settings = replace(settings, media=True, media_backend=backend)
     server = await signaling_server(media_settings, media=build_media(media_settings))
     clerk_token = mint("council", "clerk", "clerk")  # signaling only: it pings
     hostile = await connect(server, mint("council", "hall-a", "venue"))

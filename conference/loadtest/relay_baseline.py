@@ -33,6 +33,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from conference.media import Emit, MediaError, RecordingSink, SessionOptions
 from conference.room import Event, RoomState
+from conference.sdp_bounds import SdpBounds, SdpTooComplex, check_sdp
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,10 @@ class RelaySession:
     async def set_answer(self, sdp: str) -> None:
         if self.offer is None:
             raise MediaError("conflict", "no offer to answer")
+        try:  # as the SFU does: bounded before aiortc's parser sees it
+            check_sdp(sdp, SdpBounds.for_answer_to(self.offer["sdp"]))
+        except SdpTooComplex as exc:
+            raise MediaError("bad_sdp", f"answer refused: {exc}") from None
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except (ValueError, AssertionError, KeyError, IndexError) as exc:
