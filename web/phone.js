@@ -81,6 +81,7 @@ async function main() {
     saving.setAttribute("aria-pressed", String(dataSaving));
     const granted = place === "floor" && mic.wantMuted;
     $("granted").hidden = !granted;
+    floor.hidden = granted; // the banner says it, with the button to start
     $("unmute-request").hidden = granted || !(mic.unmuteRequested && mic.wantMuted);
     frame.hidden = dataSaving;
     $("audio-only-card").hidden = !dataSaving;
