@@ -42,6 +42,7 @@ from .guard import (
     on_response_prepare,
     too_many,
 )
+from .pages import compose_page
 from .protocol import MESSAGES, SCHEMA, ProtocolError, parse_message
 from .recording import RecordingControl
 from .restore import restore_rooms
@@ -388,8 +389,10 @@ async def post_dial_in(request: web.Request) -> web.Response:
 def page_handler(filename: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         path = web_dir() / filename
-        if not path.is_file():
-            raise web.HTTPNotFound(text=f"{filename} is not installed")
+        try:
+            document = compose_page(web_dir(), filename)
+        except OSError:
+            raise web.HTTPNotFound(text=f"{filename} is not installed") from None
         # Pages are opened with ?token=...: never hand that URL to another site as a Referer.
         # Never framed (clickjacking of the chair's console), scripts only from /static.
         headers = {
@@ -398,7 +401,7 @@ def page_handler(filename: str) -> Any:
             "Content-Security-Policy": content_security_policy(path),
             **PAGE_HEADERS,
         }
-        return web.FileResponse(path, headers=headers)
+        return web.Response(text=document, content_type="text/html", headers=headers)
 
     return handler
 

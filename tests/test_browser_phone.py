@@ -119,7 +119,8 @@ async def test_phone_upright_and_sideways(server, browser: Browser) -> None:
     assert switch[1] < heading[3] and heading[1] < switch[3], (heading, switch)  # side by side
     assert header[3] - header[1] < 64, header
     assert await phone.evaluate(
-        "(() => { const n = document.getElementById('meeting-title'); return n.scrollHeight <= n.clientHeight + 1; })()"
+        "(() => { const n = document.getElementById('meeting-title');"
+        " return n.scrollHeight <= n.clientHeight + 1; })()"
     )
     await phone.screenshot(path=screenshot_path("phone-360-en"))
     assert errors == []

@@ -193,6 +193,13 @@ async def test_pages_and_static_files(signaling_server, http) -> None:
         async with http.get(server.make_url(route)) as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
             assert resp.headers["Referrer-Policy"] == "no-referrer"
+            document = await resp.text()
+        # One shared head (web/head.html) composed with the page's body: its title and script.
+        page = filename.removesuffix(".html")
+        assert document.startswith("<!doctype html>") and document.count("<head>") == 1
+        assert f'<title data-i18n="{page}.title">' in document
+        assert f'<script type="module" src="/static/{page}.js"></script>' in document
+        assert f'data-page="{page}"' in document and "{page}" not in document
     async with http.get(server.make_url("/static/../../pyproject.toml")) as resp:
         assert resp.status in (403, 404)
 
