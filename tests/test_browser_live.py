@@ -23,6 +23,7 @@ from browser_util import (
     eventually,
     free_port,
     log,
+    running_server,
     screenshot_path,
 )
 from test_sfu_support import TONES, Endpoint, nearest_colour
@@ -181,5 +182,48 @@ async def test_the_public_page_plays_the_program_with_hls_js_and_follows_the_tak
             latency = time.monotonic() - taken
             log(f"public page: take to picture {latency:.1f} s")
             assert latency <= 15, latency
+        finally:
+            await browser.close()
+
+
+async def test_the_chair_console_starts_the_broadcast_and_shows_the_public_link(tmp_path: Path) -> None:
+    chromium = ensure_chromium()
+    assert chromium is not None, "chromium is not installed"
+    from playwright.async_api import async_playwright
+
+    async with (
+        running_server(tmp_path / "data", media=False) as server,
+        aiohttp.ClientSession() as http,
+        async_playwright() as p,
+    ):
+        await rest(http, server.url, "POST", "/api/rooms", {"room": ROOM})
+        browser = await p.chromium.launch(executable_path=str(chromium), args=chromium_args())
+        try:
+            page = await browser.new_page(viewport={"width": 1366, "height": 768})
+            await page.goto(server.page_url("chair", server.token(ROOM, "chair", "chair")))
+            toggle = page.locator("#live-toggle")
+            await eventually(toggle.is_enabled, bool, 20, "the console's broadcast button")
+            await toggle.click()
+
+            async def broadcasting() -> bool:
+                room = await rest(http, server.url, "GET", f"/api/rooms/{ROOM}")
+                return bool(room["broadcast"]["active"])
+
+            await eventually(broadcasting, bool, 10, "the room broadcasts")
+            await eventually(lambda: toggle.get_attribute("data-active"), lambda v: v == "true", 5, "on air")
+            await page.click("#live-link")
+            qr = await eventually(
+                lambda: page.evaluate("document.getElementById('live-qr').naturalWidth"),
+                lambda w: w and w > 100,
+                10,
+                "the QR code in the dialog",
+            )
+            link = await page.inner_text("#live-url")
+            public = await rest(http, server.url, "GET", f"/api/rooms/{ROOM}/public")
+            assert link == public["url"] and "/w/" in link, (link, qr)
+            await page.screenshot(path=str(screenshot_path("chair-public-link")))
+            await page.click("#live-dialog button")
+            await toggle.click()
+            await eventually(broadcasting, lambda on: not on, 10, "the broadcast stops")
         finally:
             await browser.close()

@@ -98,10 +98,17 @@ class Console {
     title.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter") title.blur();
     });
+    $("live-toggle").addEventListener("click", () =>
+      this.command(c.mirror?.broadcast?.active ? "stop_broadcast" : "start_broadcast", {}).then(() =>
+        this.renderBroadcast(),
+      ),
+    );
+    $("live-link").addEventListener("click", () => this.showPublicLink());
     $("help-toggle").addEventListener("click", () => $("help").showModal());
     document.addEventListener("keydown", (ev) => this.onKey(ev));
 
     setInterval(() => this.renderRecording(), 1000);
+    setInterval(() => this.renderBroadcast(), 1000);
     setInterval(() => this.pollLevels(), METER_EVERY_MS);
     setInterval(() => this.pollQuality(), QUALITY_EVERY_MS);
   }
@@ -509,6 +516,35 @@ class Console {
     if (document.activeElement !== title && this.client.mirror) title.value = this.client.mirror.title;
   }
 
+  // The public broadcast (docs/live.md): its own button, apart from recording, and the link + QR.
+  renderBroadcast() {
+    const live = this.client.mirror?.broadcast;
+    const button = $("live-toggle");
+    button.textContent = live?.active ? t("live.stop") : t("live.start");
+    button.dataset.active = String(!!live?.active);
+    button.disabled = !this.client.mirror;
+  }
+
+  async showPublicLink() {
+    const room = this.client.mirror?.room;
+    if (!room) return;
+    try {
+      const resp = await fetch(`/api/rooms/${encodeURIComponent(room)}/public`, {
+        headers: { Authorization: `Bearer ${this.client.options.token}` },
+      });
+      if (!resp.ok) throw new Error(String(resp.status));
+      const info = await resp.json();
+      $("live-qr").src = info.qr_svg;
+      $("live-url").href = info.url;
+      $("live-url").textContent = info.url;
+      $("live-qr-png").href = `${info.qr_png}?download=1`;
+      $("live-qr-svg").href = `${info.qr_svg}?download=1`;
+      $("live-dialog").showModal();
+    } catch (err) {
+      notify(t("live.link_failed"), "error");
+    }
+  }
+
   /** Keep a room event as data; its line is written in the current language when drawn. */
   log(e) {
     this.logEntries.unshift({ e, at: e.at ?? Date.now() / 1000 });
@@ -546,6 +582,7 @@ class Console {
       key = e.floor ? "log.floor_granted" : ended ? "log.floor_ended" : "log.floor_revoked";
     }
     if (e.kind === "recording") key = e.active ? "log.recording_started" : "log.recording_stopped";
+    if (e.kind === "broadcast") key = e.active ? "log.broadcast_started" : "log.broadcast_stopped";
     if (e.kind === "participant_connection") key = e.connected ? "log.reconnected" : "log.disconnected";
     const text = t(key, params);
     return text === key ? e.kind : text;

@@ -74,6 +74,7 @@ export class RoomMirror {
     this.floor = s.floor ?? null;
     this.floorQueue = [...(s.floor_queue || [])];
     this.recording = { ...(s.recording || { active: false }) };
+    this.broadcast = { ...(s.broadcast || { active: false }) };
   }
 
   participant(identity) {
@@ -136,6 +137,9 @@ export class RoomMirror {
         break;
       case "recording":
         this.recording = { active: e.active, recording_id: e.recording_id, started_at: e.started_at };
+        break;
+      case "broadcast":
+        this.broadcast = { active: e.active, started_at: e.started_at, stopped_at: e.stopped_at };
         break;
       default:
         this.version = e.version ?? this.version;
