@@ -59,6 +59,9 @@ class Settings:
     # Plain-RTP transports (workers in other processes: live stream, telephone gateway) bind here.
     plain_rtp_host: str = "127.0.0.1"
     reconnect_grace_s: float = 30.0
+    # Lifetime of the session credentials a joined endpoint is handed (renewed every third of it):
+    # how long a screen may stay away and still come back after its own token expired.
+    session_ttl_s: int = 600
     auto_record: bool = False
     redis_url: str | None = None
     # Without redis_url: "sqlite" (<data_dir>/rooms.sqlite3, survives restarts) or "memory".
@@ -117,6 +120,8 @@ class Settings:
             raise ConfigError(f"rtc port range must satisfy 1024 <= min <= max <= 65535, got {low}-{high}")
         if self.max_endpoints < 1:
             raise ConfigError(f"max_endpoints must be at least 1, got {self.max_endpoints}")
+        if not 2 <= self.session_ttl_s <= 86400:
+            raise ConfigError(f"session_ttl_s must be 2-86400 seconds, got {self.session_ttl_s}")
         if self.reconnect_grace_s < 0:
             raise ConfigError("reconnect_grace_s must not be negative")
         if self.ws_max_message_bytes < 1024:
@@ -200,6 +205,7 @@ _FIELD_TYPES: dict[str, str] = {
     "max_previews": "int?",
     "plain_rtp_host": "str",
     "reconnect_grace_s": "float",
+    "session_ttl_s": "int",
     "auto_record": "bool",
     "redis_url": "str?",
     "room_store": "str",

@@ -26,6 +26,7 @@ class Permission(StrEnum):
     RECORDING_CONTROL = "recording_control"
     BROADCAST_CONTROL = "broadcast_control"  # the public live stream, and what its page shows
     DIAL_IN = "dial_in"  # set the telephone dial-in PIN
+    SCREEN_LINKS = "screen_links"  # issue and revoke long-lived links for venue screens
     LIST_RECORDINGS = "list_recordings"
     DOWNLOAD_RECORDINGS = "download_recordings"
 

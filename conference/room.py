@@ -155,6 +155,8 @@ class RoomState:
     topic: str = ""
     starts_at: float | None = None  # the scheduled start, Unix seconds
     background: str = ""  # background material: plain text, links written out
+    # The chair's long-lived links for venue screens, by link id (conference.screen_links).
+    screen_links: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def is_removed(self, identity: str, issued_at: float) -> bool:
         """Whether a token of ``identity`` issued at ``issued_at`` predates its removal. Token
@@ -189,6 +191,7 @@ class RoomState:
             "topic": self.topic,
             "starts_at": self.starts_at,
             "background": self.background,
+            "screen_links": {i: dict(link) for i, link in self.screen_links.items()},
         }
 
     @classmethod
@@ -211,6 +214,7 @@ class RoomState:
             topic=data.get("topic", ""),
             starts_at=data.get("starts_at"),
             background=data.get("background", ""),
+            screen_links={i: dict(link) for i, link in (data.get("screen_links") or {}).items()},
         )
 
 

@@ -27,7 +27,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import dialin
+from . import dialin, screens
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -488,6 +488,7 @@ def create_app(
         )
         app.add_subapp("/api/recordings", clerk)
     from . import public  # it uses this module's helpers: imported once they exist
+    screens.setup(app)
 
     public.setup(app)
 

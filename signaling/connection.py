@@ -41,6 +41,7 @@ class Connection:
         self.claims = claims
         self.joined = False
         self.session: MediaSession | None = None
+        self.renewer: asyncio.Task[None] | None = None  # hands out session credentials (screens)
         self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=OUTGOING_QUEUE)
         self._queued_bytes = 0  # JSON text is ASCII (json.dumps escapes): characters are bytes
         self._max_queued_bytes = max_queued_bytes

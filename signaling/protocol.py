@@ -158,6 +158,19 @@ MESSAGES: dict[str, dict[str, Any]] = {
         },
         ["pin"],
     ),
+    "create_screen_link": _message(
+        "create_screen_link",
+        {
+            "identity": _IDENTITY,
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "role": {"enum": ["venue", "viewer"]},
+            "ttl": {"type": "integer", "minimum": 60, "maximum": 366 * 24 * 3600},
+        },
+        ["identity"],
+    ),
+    "revoke_screen_link": _message(
+        "revoke_screen_link", {"link_id": {"type": "string", "minLength": 1, "maxLength": 64}}, ["link_id"]
+    ),
     "start_recording": _message("start_recording"),
     "stop_recording": _message("stop_recording"),
     "start_broadcast": _message("start_broadcast"),

@@ -65,6 +65,9 @@ class Claims:
     # Minted by the admin key for a telephone gateway's caller (POST /api/dial-in): may join with a
     # plain-RTP media session, which sends UDP to an address the client names.
     gateway: bool = False
+    # The screen link (conference.screen_links) the token was issued under: a link's own token or
+    # a session credential handed to a screen that joined with one. Revoking the link refuses both.
+    link: str | None = None
 
 
 def check_name(kind: str, value: str) -> str:
@@ -87,6 +90,7 @@ def mint_token(
     *,
     gateway: bool = False,
     now: int | None = None,
+    link: str | None = None,
 ) -> str:
     check_name("room", room)
     check_name("identity", identity)
@@ -119,6 +123,8 @@ def mint_token(
         payload["admin"] = True
     if gateway:
         payload["gateway"] = True
+    if link is not None:
+        payload["lnk"] = link
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
@@ -158,6 +164,9 @@ def verify_token(secret: str, token: str | None) -> Claims:
         gateway = payload.get("gateway", False)
         if not isinstance(gateway, bool) or (gateway and role is not Role.MEMBER):
             raise ValueError("gateway must be true or false, and only on member tokens")
+        link = payload.get("lnk")
+        if link is not None and (not isinstance(link, str) or not 1 <= len(link) <= 64):
+            raise ValueError("lnk must be a link id")
     except (ValueError, TypeError) as exc:
         raise TokenError(401, f"invalid claims: {exc}") from None
     return Claims(
@@ -169,6 +178,7 @@ def verify_token(secret: str, token: str | None) -> Claims:
         expires_at=int(payload["exp"]),
         admin=admin,
         gateway=gateway,
+        link=link,
     )
 
 

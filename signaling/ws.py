@@ -18,11 +18,12 @@ from aiohttp import WSMsgType, web
 from conference.media import MediaError
 from conference.room import CommandError, Removed
 
+from . import screens
 from .admission import REMOVED_REASON, check_not_removed
 from .guard import CLOSE_THROTTLED, GUARD_KEY, MAX_UNJOINED_PER_TOKEN
 from .protocol import ProtocolError, TokenBucket, close_reason, error, parse_message, reply
 from .rooms import Actor, Connection, Rooms
-from .tokens import TokenError, check_room, verify_token
+from .tokens import TokenError, check_room, resolve_secret, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
 
 
 async def _gone(rooms: Rooms, conn: Connection) -> None:
+    if conn.renewer is not None:
+        conn.renewer.cancel()
     await rooms.disconnected(conn)
     await conn.finish(timeout=1.0)
 
@@ -118,6 +121,11 @@ async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:
         if type_ == "join":
             result = await rooms.join(conn, msg)
             conn.send(reply(rid, result))
+            if conn.renewer is None or conn.renewer.done():
+                secret, ttl = resolve_secret(rooms.settings), rooms.settings.session_ttl_s
+                conn.renewer = asyncio.get_running_loop().create_task(
+                    screens.hand_out_sessions(conn, secret, ttl)
+                )
             await open_media(rooms, conn, msg)
             return
         conn.send(reply(rid, await dispatch(rooms, conn, type_, msg)))
@@ -168,4 +176,7 @@ async def dispatch(rooms: Rooms, conn: Connection, type_: str, msg: dict[str, An
         except Exception as exc:  # aiortc raises ValueError & co. on SDP it cannot apply
             raise MediaError("bad_sdp", f"{type_} could not be applied: {exc}") from None
         return {}
+    if type_ in screens.SCREEN_COMMANDS:
+        secret = resolve_secret(rooms.settings)
+        return await screens.command(rooms, secret, conn.room, Actor.from_claims(conn.claims), type_, msg)
     return await rooms.command(conn.room, Actor.from_claims(conn.claims), type_, msg)

@@ -184,6 +184,9 @@ export class RoomClient extends EventTarget {
     this._stopped = false;
     this._syncing = false;
     this._timers = new Set();
+    // The newest session credential the server handed this connection ({token, expiresAt} or
+    // null): reconnects use it while it is valid, so the page outlives its own token.
+    this._session = null;
     this._pingTimer = null;
     this._mediaDownTimer = null;
     this.history = [];
@@ -240,11 +243,19 @@ export class RoomClient extends EventTarget {
     return handle;
   }
 
+  /** The session credential while it has 5 s left, else the token the page was opened with. */
+  _credential() {
+    const s = this._session;
+    if (s && s.expiresAt * 1000 - Date.now() > 5000) return s.token;
+    this._session = null;
+    return this.options.token;
+  }
+
   _open() {
     this._setState(this._attempt === 0 && !this.you ? "connecting" : "reconnecting");
     let ws;
     try {
-      ws = new WebSocket(wsUrl(this.options.token));
+      ws = new WebSocket(wsUrl(this._credential()));
     } catch (err) {
       this._setState("failed", String(err));
       return;
@@ -298,6 +309,12 @@ export class RoomClient extends EventTarget {
     this._ws = null;
     this._rejectPending("closed");
     this._stopPing();
+    if (ev.code === 4401 && this._session) {
+      // The session credential was refused (e.g. the server's secret changed): try the page's token.
+      this._session = null;
+      this._scheduleReconnect(0);
+      return;
+    }
     const final = FINAL_CLOSE[ev.code];
     if (final) {
       this._stopped = true;
@@ -417,6 +434,10 @@ export class RoomClient extends EventTarget {
       case "speakers":
         this.speakers = msg.speakers || [];
         this._emit("speakers", { speakers: this.speakers });
+        return;
+      case "session":
+        // Its lifetime counted on this clock (the screen's clock may be off the server's).
+        this._session = { token: msg.token, expiresAt: Date.now() / 1000 + (msg.ttl_s ?? 0) };
         return;
       case "removed":
       case "replaced":
