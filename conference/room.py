@@ -194,6 +194,13 @@ class RoomState:
             "screen_links": {i: dict(link) for i, link in self.screen_links.items()},
         }
 
+    def client_json(self) -> dict[str, Any]:
+        """What clients (pages, the REST API) see of the room: everything but secrets. The dial-in
+        PIN hashes stay with the server (``to_json`` is what the stores keep)."""
+        data = self.to_json()
+        data["dial_in"] = self.dial_in.public_json()
+        return data
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoomState:
         return cls(

@@ -305,7 +305,7 @@ async def create_room(request: web.Request) -> web.Response:
         raise json_error(409, "conflict", f"room {room!r} exists") from None
     if title:
         state, _ = await request.app[STORE_KEY].update(room, lambda s: set_title(s, title))
-    return web.json_response(state.to_json(), status=201)
+    return web.json_response(state.client_json(), status=201)
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -314,7 +314,7 @@ async def get_room(request: web.Request) -> web.Response:
     state = await request.app[STORE_KEY].get(room)
     if state is None:
         raise json_error(404, "not_found", f"no room {room!r}")
-    return web.json_response({**state.to_json(), "dial_in": state.dial_in.public_json()})
+    return web.json_response(state.client_json())
 
 
 async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response:

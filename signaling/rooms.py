@@ -264,7 +264,7 @@ class Rooms:
             "protocol": PROTOCOL_VERSION,
             "you": me.to_json() if me else participant.to_json(),
             "permissions": sorted(str(p) for p in permissions(role)),
-            "room": state.to_json(),
+            "room": state.client_json(),
             "ice_servers": self.settings.ice_servers,
             "layouts": catalogue_json(),
             "media": self.has_media and role is not Role.CLERK,
@@ -410,10 +410,10 @@ class Rooms:
         if state is None:
             raise CommandError("not_found", f"no room {room!r}")
         if since > state.version:
-            return {"version": state.version, "room": state.to_json()}
+            return {"version": state.version, "room": state.client_json()}
         events = await self.store.events_since(room, since)
         if events is None:
-            return {"version": state.version, "room": state.to_json()}
+            return {"version": state.version, "room": state.client_json()}
         return {"version": state.version, "events": events}
 
     # --- shutdown ------------------------------------------------------------------------------

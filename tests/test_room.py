@@ -184,3 +184,12 @@ async def test_leaving_names_who_left(store: MemoryRoomStore) -> None:
     await store.update("council", lambda s: r.join(s, person("a")))
     _, events = await store.update("council", lambda s: r.leave(s, "a"))
     assert events[0]["kind"] == "participant_left" and events[0]["name"] == "A"
+
+
+def test_what_clients_see_of_a_room_holds_no_pin_hash() -> None:
+    state = RoomState(room="council")
+    r.set_dial_in(state, "123456", "ab" * 32, [{"identity": "m", "name": "M", "pin_hash": "cd" * 32}])
+    seen = state.client_json()
+    assert seen["dial_in"] == {"meeting_id": "123456", "pin_set": True}
+    assert "ab" * 32 not in str(seen) and "cd" * 32 not in str(seen)
+    assert state.to_json()["dial_in"]["pin_hash"] == "ab" * 32  # the stores keep it
