@@ -16,6 +16,7 @@ import numpy as np
 from conference.layouts import Rect
 
 from .font import caption, fit_text, text_mask
+from .titles import caption_mask, caption_px
 
 AUDIO_RATE = 48000
 AAC_FRAME = 1024
@@ -158,9 +159,9 @@ class Compositor:
             ox, oy = (x + (w - fw) // 2) & ~1, (y + (h - fh) // 2) & ~1
             c.paste(ox, oy, scaled[2])  # type: ignore[arg-type]
             if self.captions:
-                scale = self._caption_scale(h)
-                label = fit_text(caption(state.name(identity), identity), w - 8 * scale, scale)
-                mask = text_mask(label, scale)
-                c.text(x + 4 * scale, y + h - mask.shape[0] - 4 * scale, mask, box)
+                # The display name in a CJK font, its size proportional to the tile (recorder/titles.py).
+                margin = max(4, caption_px(h) // 3)
+                mask = caption_mask(state.name(identity), identity, h, w - 3 * margin)
+                c.text(x + margin, y + h - mask.shape[0] - margin, mask, box)
         self._scaled = used
         return c.frame()

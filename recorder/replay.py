@@ -12,6 +12,7 @@ from conference import events
 from conference.layouts import LAYOUTS
 from conference.room import Participant, Program, RoomState
 
+from . import titles
 from .archive import Recording
 
 log = logging.getLogger(__name__)
@@ -142,14 +143,15 @@ class TimelineCursor:
         return changed
 
 
-def chapters_of(recording: Recording, t0: float, t1: float) -> list[Chapter]:
-    """A chapter for every program change and floor grant between ``t0`` and ``t1``."""
+def chapters_of(recording: Recording, t0: float, t1: float, language: str | None = None) -> list[Chapter]:
+    """A chapter for every program change and floor grant between ``t0`` and ``t1``, titled in
+    ``language`` (default: the recording's, recorder/titles.py) with display names."""
     cursor = TimelineCursor(recording.timeline)
     chapters: list[Chapter] = []
+    language = language or titles.recording_language(recording.meta)
 
     def program_title(state: MeetingState) -> str:
-        names = [state.name(s) for s in state.slots if s]
-        return f"Program: {state.layout}" + (f" ({', '.join(names)})" if names else "")
+        return titles.program_title(state.layout, [state.name(s) for s in state.slots if s], language)
 
     cursor.advance(t0)
     chapters.append(Chapter(0.0, program_title(cursor.state)))
@@ -161,7 +163,7 @@ def chapters_of(recording: Recording, t0: float, t1: float) -> list[Chapter]:
         if e.get("kind") == "program":
             title = program_title(cursor.state)
         elif e.get("kind") == "floor" and e.get("floor"):
-            title = f"Floor: {cursor.state.name(str(e['floor']))}"
+            title = titles.floor_title(cursor.state.name(str(e["floor"])), language)
         else:
             continue
         if chapters and abs(chapters[-1].at - (at - t0)) < 1e-3:

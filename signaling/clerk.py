@@ -271,7 +271,11 @@ async def list_view(request: web.Request) -> web.Response:
                 continue
             if date is not None and time.strftime("%Y-%m-%d", time.gmtime(rec.started_at)) != date:
                 continue
-            out.append(_summary(service, rec))
+            renders = [
+                {k: j.get(k) for k in ("id", "layout", "size", "state", "progress")}
+                for j in list_jobs(service.data_dir, rec.id)
+            ]
+            out.append({**_summary(service, rec), "renders": renders})
         return out
 
     return web.json_response(await asyncio.to_thread(collect))
@@ -287,7 +291,9 @@ async def detail_view(request: web.Request) -> web.Response:
         kinds: dict[str, int] = {}
         for e in recording.timeline:
             kinds[str(e.get("kind"))] = kinds.get(str(e.get("kind")), 0) + 1
-        chapters = chapters_of(recording, recording.started_at, recording.stopped_at)
+        # ?lang= the page's language; without it the recording's own (recorder/titles.py).
+        language = request.query.get("lang") or None
+        chapters = chapters_of(recording, recording.started_at, recording.stopped_at, language)
         data["timeline"] = [{"t": round(c.at, 3), "title": c.title} for c in chapters]
         data["events"] = kinds
         data["tracks"] = [

@@ -208,7 +208,7 @@ async def test_service_records_and_renders_the_program_when_stopped(tmp_path: Pa
         (recording_dir(tmp_path, "assembly-rec1") / "renders" / "program-1280x720.json").read_text()
     )
     assert done["state"] == "done", done
-    assert [c["title"] for c in done["chapters"]] == ["Program: single (Main Hall)", "Floor: Main Hall"]
+    assert [c["title"] for c in done["chapters"]] == ["画面：单画面（Main Hall）", "发言：Main Hall"]  # noqa: RUF001
     mp4 = recording_dir(tmp_path, "assembly-rec1") / "renders" / "program-1280x720.mp4"
     with av.open(str(mp4)) as c:
         assert abs(c.duration / 1e6 - expected) < 0.3
@@ -243,7 +243,7 @@ def test_recordings_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert [i["id"] for i in json.loads(capsys.readouterr().out)] == ["other-1"]
     assert main(["recordings", "show", "assembly-1", *data]) == 0
     out = capsys.readouterr().out
-    assert "Alice (venue)" in out and "Program: single (Alice)" in out
+    assert "Alice (venue)" in out and "画面：单画面（Alice）" in out  # noqa: RUF001
     assert main(["recordings", "show", "../etc", *data]) == 2
     assert "invalid recording id" in capsys.readouterr().err
     assert main(["recordings", "delete", "assembly-1", "nope", *data]) == 2

@@ -98,7 +98,10 @@ async def test_who_sees_which_recordings(
 
     status, data, _ = await call(server, "GET", "/api/recordings/assembly-1", clerk)
     assert status == 200
-    assert [c["title"] for c in data["timeline"]] == ["Program: side-by-side (Alice, Bob)", "Floor: Bob"]
+    # Titled in the recording's language (zh-CN by default) with display names, or in the page's.
+    assert [c["title"] for c in data["timeline"]] == ["画面：左右并列（Alice、Bob）", "发言：Bob"]  # noqa: RUF001
+    status, data, _ = await call(server, "GET", "/api/recordings/assembly-1?lang=en", clerk)
+    assert [c["title"] for c in data["timeline"]] == ["Program: Side by side (Alice, Bob)", "Floor: Bob"]
     assert {t["kind"] for t in data["tracks"]} == {"audio", "video"} and data["renders"] == []
     status, data, _ = await call(server, "GET", "/api/recordings/other-1", clerk)
     assert status == 403
@@ -196,7 +199,7 @@ async def test_render_job_progress_and_range_download(
 
     status, vtt, resp = await call(server, "GET", url + "&file=vtt", clerk)
     assert status == 200 and resp.headers["Content-Type"].startswith("text/vtt")
-    assert b"Floor: Bob" in vtt
+    assert "发言：Bob".encode() in vtt  # noqa: RUF001
 
     # A venue may not download; a clerk of another room may not either.
     status, _, _ = await call(server, "GET", url, mint("assembly", "v", "venue"))
@@ -245,7 +248,7 @@ async def test_signed_links_work_without_a_header_and_only_for_their_file(
     status, part, resp = await call(server, "GET", mp4_url, headers={"Range": "bytes=10-19"})
     assert status == 206 and part == whole[10:20]
     status, vtt, _ = await call(server, "GET", vtt_url)
-    assert status == 200 and b"Floor: Bob" in vtt
+    assert status == 200 and "发言：Bob".encode() in vtt  # noqa: RUF001
     # The same link as the token-header download gives.
     status, with_header, _ = await call(server, "GET", f"{base}/download?render=grid-320x180", clerk)
     assert status == 200 and with_header == whole

@@ -191,8 +191,8 @@ async def test_recorded_meeting_renders_as_the_chair_showed_it(server: Server) -
         ("expert-b", "audio"),
     }
     chapters = detail["timeline"]
-    program_changes = [c for c in chapters if c["title"].startswith("Program: side-by-side")]
-    single = [c for c in chapters if c["title"].startswith("Program: single (Expert B)")]
+    program_changes = [c for c in chapters if c["title"].startswith("画面：左右并列")]  # noqa: RUF001
+    single = [c for c in chapters if c["title"].startswith("画面：单画面（Expert B）")]  # noqa: RUF001
     assert program_changes and single, chapters
     t_side, t_single = program_changes[-1]["t"], single[-1]["t"]
     assert 4.0 < t_single - t_side < 6.5

@@ -120,14 +120,14 @@ def test_program_render_follows_the_chair(meeting: tuple[Path, Script], tmp_path
     starts = [round(float(ch["start"] * ch["time_base"]), 2) for ch in chapters]
     titles = [ch["metadata"]["title"] for ch in chapters]
     assert starts == [0.0, 3.0, 5.0]
-    assert titles[0] == "Program: grid-2x2 (Alice Chair, Branch North, Dept of Education, Expert Link)"
-    assert titles[1] == "Floor: Dept of Education"  # the floor grant at the same moment as the program
-    assert titles[2] == "Program: side-by-side (Expert Link, Alice Chair)"
+    assert titles[0] == "画面：四分屏（Alice Chair、Branch North、Dept of Education、Expert Link）"  # noqa: RUF001
+    assert titles[1] == "发言：Dept of Education"  # the floor grant at the same moment as the program  # noqa: RUF001
+    assert titles[2] == "画面：左右并列（Expert Link、Alice Chair）"  # noqa: RUF001
     assert [c.at for c in result.chapters] == [0.0, 3.0, 5.0]
     vtt = out.with_suffix(".vtt").read_text()
     assert vtt.startswith("WEBVTT")
-    assert "00:00:03.000 --> 00:00:05.000\nFloor: Dept of Education" in vtt
-    assert "00:00:05.000 --> 00:00:08.000\nProgram: side-by-side" in vtt
+    assert "00:00:03.000 --> 00:00:05.000\n发言：Dept of Education" in vtt  # noqa: RUF001
+    assert "00:00:05.000 --> 00:00:08.000\n画面：左右并列" in vtt  # noqa: RUF001
 
     # Audio: all four tones while nobody is muted, the muted branch's tone gone after 6 s.
     samples = audio_of(out)

@@ -7,6 +7,8 @@ import { openPage } from "./page.js";
 import { el, formatElapsed, loadLayouts, notify } from "./ui.js";
 
 const POLL_MS = 1000;
+// The list follows new recordings and finished renders by itself, asking this often.
+const LIST_EVERY_MS = 5000;
 // A signed link from a view is renewed on click when it has less than this left (seconds).
 const LINK_MARGIN_S = 30;
 const RUNNING = new Set(["queued", "pending", "running", "rendering", "started"]);
@@ -97,6 +99,8 @@ function normalise(r) {
     people: Array.isArray(r.participants) ? r.participants : [],
     renders: r.renders ?? [],
     timeline: r.timeline ?? r.timeline_summary ?? r.chapters ?? [],
+    // Who sent video (a single-participant render of someone without video would be black).
+    video: new Set((r.tracks ?? []).filter((tr) => tr.kind === "video").map((tr) => tr.identity)),
   };
 }
 
@@ -122,6 +126,8 @@ class ClerkPage {
     this.streams = [];
     this.shown = null; // {id, renders, people} of the open recording
     this.layouts = [];
+    this.listed = ""; // the last list as the server sent it: redrawn only when it changed
+    this.seen = new Map(); // render id -> {at, progress} when first seen running (time left)
   }
 
   async start() {
@@ -131,7 +137,14 @@ class ClerkPage {
       ev.preventDefault();
       this.startRender(new FormData(ev.target));
     });
-    window.addEventListener("languagechange-app", () => this.list());
+    window.addEventListener("languagechange-app", () => {
+      this.listed = "";
+      this.list();
+      if (this.selected) this.open(this.selected); // the details too, in the new language
+    });
+    setInterval(() => {
+      if (!document.hidden) this.list();
+    }, LIST_EVERY_MS);
     try {
       this.layouts = await loadLayouts(null);
     } catch {
@@ -152,10 +165,14 @@ class ClerkPage {
     let items;
     try {
       const data = await this.api.json(`/api/recordings?${params}`);
+      const text = JSON.stringify(data);
+      if (text === this.listed) return; // nothing new: keep the rows (and the pointer's target) still
+      this.listed = text;
       items = (Array.isArray(data) ? data : (data.recordings ?? [])).map(normalise);
       this.showApiState(null);
     } catch (err) {
       this.showApiState(apiErrorText(err));
+      this.listed = "";
       items = [];
     }
     items.sort((a, b) => (b.started ?? 0) - (a.started ?? 0));
@@ -175,15 +192,42 @@ class ClerkPage {
             "td",
             { class: "actions" },
             el("button", { onclick: () => this.open(r.id) }, t("clerk.details")),
-            el(
-              "button",
-              { class: "primary", onclick: () => this.download(r.id, null, "mp4") },
-              t("clerk.download"),
-            ),
+            this.listDownload(r),
           ),
         ),
       ),
     );
+  }
+
+  /** The list's download of the program render: enabled once the file exists, else why not. */
+  listDownload(r) {
+    const job = r.renders.find((j) => j.layout === "program");
+    const state = job?.state;
+    const ready = state === "done" || state === "ready";
+    const label = ready
+      ? t("clerk.download")
+      : RUNNING.has(state)
+        ? t("clerk.rendering", { percent: Math.round((job.progress ?? 0) * 100) })
+        : r.state === "recording"
+          ? t("clerk.state_recording")
+          : t("clerk.no_program_render");
+    return el(
+      "button",
+      { class: "primary download", disabled: !ready, dataset: { renderState: state ?? "none" }, onclick: () => this.download(r.id, null, "mp4") },
+      label,
+    );
+  }
+
+  /** "45 % · about 0:12 left", from the progress seen since the render was first shown running. */
+  progressText(job) {
+    const progress = job.progress ?? 0;
+    const now = Date.now() / 1000;
+    const first = this.seen.get(job.id);
+    if (!first) this.seen.set(job.id, { at: now, progress });
+    const percent = `${Math.round(progress * 100)}%`;
+    if (!first || progress <= first.progress + 0.01) return percent;
+    const left = ((now - first.at) * (1 - progress)) / (progress - first.progress);
+    return `${percent} · ${t("clerk.time_left", { left: formatElapsed(left) })}`;
   }
 
   stateText(state) {
@@ -197,7 +241,7 @@ class ClerkPage {
     this.stopFollowing();
     let r;
     try {
-      r = normalise(await this.api.json(`/api/recordings/${encodeURIComponent(id)}`));
+      r = normalise(await this.api.json(`/api/recordings/${encodeURIComponent(id)}?lang=${encodeURIComponent(lang())}`));
     } catch (err) {
       this.showApiState(apiErrorText(err));
       return;
@@ -231,6 +275,7 @@ class ClerkPage {
     this.renderLayoutChoices(r);
     this.showRenders(id, r.renders, r.people);
     this.follow(id);
+    this.list(); // a render that finished shows in the list's download at once
   }
 
   stopFollowing() {
@@ -284,7 +329,8 @@ class ClerkPage {
     ];
     // One "single:ID" choice per participant the recorder lists with an identity.
     for (const p of r.people) {
-      if (typeof p === "object" && p.identity) {
+      // Not the chair's console nor anyone else who sent no video: their render would be empty.
+      if (typeof p === "object" && p.identity && r.video.has(p.identity) && p.role !== "chair") {
         options.push([`single:${p.identity}`, `${t("clerk.layout_single")}: ${p.name ?? p.identity}`]);
       }
     }
@@ -309,7 +355,7 @@ class ClerkPage {
             running
               ? el("progress", { max: "1", value: String(progress), "aria-label": t("clerk.progress") })
               : el("span", { class: `state state-${state}` }, this.stateText(state)),
-            running ? ` ${Math.round(progress * 100)}%` : "",
+            running ? el("span", { class: "progress-text" }, ` ${this.progressText(job)}`) : "",
           ),
           el("td", {}, formatBytes(job.size_bytes ?? job.bytes)),
           el(

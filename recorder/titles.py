@@ -1,0 +1,120 @@
+"""What a rendered recording says in words: chapter titles (MP4 chapters, WebVTT, the clerk's
+timeline) in the recording's language with the layouts' and people's display names, and tile
+captions drawn with a real CJK font (WenQuanYi Micro Hei or Noto CJK, through Pillow's FreeType)
+at a size proportional to the tile. Without Pillow or such a font the captions fall back to the
+built-in bitmap font (names it cannot write become the identity)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .font import caption, fit_text, text_mask
+
+DEFAULT_LANGUAGE = "zh-CN"
+
+# The pages' names for the layouts (web/i18n.js, layouts.*), for titles outside a browser.
+LAYOUT_NAMES: dict[str, dict[str, str]] = {
+    "zh-CN": {
+        "single": "单画面",
+        "pip": "画中画",
+        "side-by-side": "左右并列",
+        "grid-2x2": "四分屏",
+        "grid-3x3": "九分屏",
+        "speaker-1+5": "一大五小",
+    },
+    "en": {
+        "single": "Single",
+        "pip": "Picture in picture",
+        "side-by-side": "Side by side",
+        "grid-2x2": "Grid 2×2",  # noqa: RUF001 (the pages' name)
+        "grid-3x3": "Grid 3×3",  # noqa: RUF001
+        "speaker-1+5": "Speaker 1+5",
+    },
+}
+_WORDS = {
+    "zh-CN": {"program": "画面：{layout}", "people": "（{names}）", "sep": "、", "floor": "发言：{name}"},  # noqa: RUF001
+    "en": {"program": "Program: {layout}", "people": " ({names})", "sep": ", ", "floor": "Floor: {name}"},
+}
+
+# Fonts that write Chinese, in order of preference (Debian's fonts-wqy-microhei, fonts-noto-cjk).
+CJK_FONTS = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+)
+# Caption height as a share of the tile's height (the pages' captions: 7 % of the slot).
+CAPTION_SHARE = 0.07
+MIN_CAPTION_PX = 12
+
+
+def language_of(code: str | None) -> str:
+    """``zh``, ``zh-CN``, ``zh-Hans`` → zh-CN; ``en``, ``en-GB`` → en; anything else the default."""
+    if code and code.lower().startswith("en"):
+        return "en"
+    return DEFAULT_LANGUAGE
+
+
+def recording_language(meta: dict[str, Any]) -> str:
+    """The language a recording is titled in: its meta's ``language``, else the default (zh-CN)."""
+    return language_of(str(meta.get("language") or DEFAULT_LANGUAGE))
+
+
+def layout_name(layout: str, language: str) -> str:
+    return LAYOUT_NAMES[language_of(language)].get(layout, layout)
+
+
+def program_title(layout: str, names: list[str], language: str) -> str:
+    words = _WORDS[language_of(language)]
+    title = words["program"].format(layout=layout_name(layout, language))
+    return title + (words["people"].format(names=words["sep"].join(names)) if names else "")
+
+
+def floor_title(name: str, language: str) -> str:
+    return _WORDS[language_of(language)]["floor"].format(name=name)
+
+
+# --- captions ------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _font_path() -> str | None:
+    try:
+        import PIL.ImageFont  # noqa: F401
+    except ImportError:
+        return None
+    return next((path for path in CJK_FONTS if Path(path).is_file()), None)
+
+
+def caption_px(tile_h: int) -> int:
+    """The caption's text height for a tile ``tile_h`` pixels tall."""
+    return max(MIN_CAPTION_PX, round(tile_h * CAPTION_SHARE))
+
+
+@lru_cache(maxsize=512)
+def _cjk_mask(text: str, px: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(_font_path()), px)
+    left, top, right, bottom = font.getbbox(text)
+    image = Image.new("L", (max(1, right - left), max(1, bottom - top)))
+    ImageDraw.Draw(image).text((-left, -top), text, fill=255, font=font)
+    return np.asarray(image) >= 96
+
+
+def caption_mask(name: str, identity: str, tile_h: int, max_w: int) -> np.ndarray:
+    """A boolean mask of a tile's caption: the display name in the CJK font, shortened with an
+    ellipsis to ``max_w`` pixels; the bitmap font where no CJK font is installed."""
+    if _font_path() is None:
+        scale = max(1, min(4, tile_h // 120))
+        return text_mask(fit_text(caption(name, identity), max_w, scale), scale)
+    px = caption_px(tile_h)
+    mask = _cjk_mask(name, px)
+    text = name
+    while mask.shape[1] > max_w and len(text) > 1:
+        text = text[:-1]
+        mask = _cjk_mask(text + "…", px)
+    return mask
