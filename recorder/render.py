@@ -49,6 +49,7 @@ from .archive import (
 from .compose import AAC_FRAME, AUDIO_RATE, Arrangement, Compositor
 from .compose import mono as mono_samples
 from .depacketize import EncodedFrame, opus_packets, video_frames
+from .mixing import Limiter
 from .replay import Chapter, MeetingState, TimelineCursor, chapters_of
 
 log = logging.getLogger(__name__)
@@ -448,6 +449,7 @@ def render(
         )
         compositor = Compositor(options.width, options.height, options.captions)
         audio_pending = np.zeros(0, dtype=np.float32)
+        limiter = Limiter(AUDIO_RATE)  # headroom and no clipping when speakers add up (mixing.py)
         audio_pts = 0
         samples_done = 0
         last_report = -1.0
@@ -476,7 +478,7 @@ def render(
                 if samples is not None and state.audible(identity):
                     mix += samples
             samples_done = target
-            audio_pending = np.concatenate([audio_pending, np.clip(mix, -1.0, 1.0)])
+            audio_pending = np.concatenate([audio_pending, limiter.process(mix)])
             while audio_pending.shape[0] >= AAC_FRAME:
                 audio_pts = _encode_audio(container, astream, audio_pending[:AAC_FRAME], audio_pts)
                 audio_pending = audio_pending[AAC_FRAME:]

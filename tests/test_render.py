@@ -174,6 +174,21 @@ def test_other_layouts_render_from_the_same_archive(meeting: tuple[Path, Script]
     assert_colour(tile_colour(pic, SIDE[1]), BLUE, "fixed right")
 
 
+def test_many_speakers_at_once_are_mixed_under_full_scale(tmp_path: Path) -> None:
+    """Six tones at 0.3 each add up to far above full scale: the program is mixed with headroom
+    and a limiter (recorder/mixing.py), so the decoded render never clips."""
+    colours = [RED, GREEN, BLUE, YELLOW, RED, GREEN]
+    speakers = [Speaker(f"s{i}", f"Speaker {i}", colours[i], 310.0 + 170.0 * i) for i in range(6)]
+    script = Script(speakers, duration=2.0, first_program=("grid-3x3", [p.identity for p in speakers]))
+    write_meeting(tmp_path, "loud", script)
+    out = tmp_path / "loud.mp4"
+    render(Recording.open(tmp_path, "loud"), out, RenderOptions(width=W, height=H))
+    samples = audio_of(out)
+    peak = float(np.abs(samples[4800:]).max())
+    # Clipped at full scale (before the limiter) this render peaked at 0.97 after AAC; limited, 0.92.
+    assert 0.5 < peak < 0.95, f"the program mix peaks at {peak:.3f}"
+
+
 def test_participant_without_video_gets_a_name_card(tmp_path: Path) -> None:
     script = Script(
         [Speaker("a", "Alice", RED, 440.0), Speaker("p", "Phone Member", (0, 0, 0), 660.0, video=False)],

@@ -65,3 +65,20 @@ def test_titles_in_the_recordings_language_with_display_names() -> None:
     # Every layout of the catalogue has its name in both languages.
     for language in ("zh-CN", "en"):
         assert set(titles.LAYOUT_NAMES[language]) == set(LAYOUTS)
+
+
+def test_the_mix_is_limited_under_full_scale_with_headroom() -> None:
+    from recorder.mixing import CEILING, Limiter
+
+    rate = 48000
+    t = np.arange(rate) / rate
+    # Four speakers at once: their sum peaks near 1.6, far above full scale.
+    loud = sum(0.4 * np.sin(2 * np.pi * hz * t) for hz in (220, 330, 440, 550)).astype(np.float32)
+    quiet = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    limiter = Limiter(rate)
+    out = np.concatenate([limiter.process(block) for block in np.split(np.concatenate([loud, quiet]), 100)])
+    assert np.abs(loud).max() > 1.4
+    assert np.abs(out).max() <= CEILING + 1e-6 < 1.0
+    # Speech under the ceiling passes untouched once the limiter has recovered (50 ms).
+    tail = out[rate + 4800 :]
+    assert np.allclose(tail, quiet[4800:], atol=1e-6)
