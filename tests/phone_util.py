@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_sip_port() -> int:
+    """A port free for UDP and TCP at once (baresip's SIP listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no port free for both UDP and TCP")
 
 
 def write_wav(path: Path, pcm: np.ndarray, rate: int, channels: int = 1) -> None:
@@ -83,7 +99,7 @@ class Baresip:
         self.source = source
         self.codecs = codecs
         self.ctrl_port = free_port()
-        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.sip_port = free_sip_port()
         self.events: list[dict[str, Any]] = []
         self.output: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
@@ -94,7 +110,21 @@ class Baresip:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        """Start baresip; a port taken between choosing and binding it (the machine's other
+        sockets come and go) means new ports and another try (three in all)."""
         need_baresip()
+        for attempt in range(3):
+            try:
+                await self._start_once()
+                return
+            except RuntimeError:
+                if attempt == 2 or not any("Address already in use" in line for line in self.output):
+                    raise
+            await self.stop()
+            self.output.clear()
+            self.ctrl_port, self.sip_port = free_port(), free_sip_port()
+
+    async def _start_once(self) -> None:
         config = f"""
 poll_method epoll
 net_interface 127.0.0.1
@@ -218,3 +248,30 @@ rtp_timeout 0
                 await self._proc.wait()
         for task in self._tasks:
             task.cancel()
+        self._tasks.clear()
+        self._writer = self._reader = None
+
+
+class WsSession:
+    """The server's offer and the answer over a test's signaling client, for an aiortc
+    ``test_sfu_support.Endpoint`` that joins through the real server."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def create_offer(self) -> dict[str, Any]:
+        return await self.client.wait_for(lambda m: m["type"] == "offer", timeout=20)
+
+    async def set_answer(self, sdp: str) -> None:
+        await self.client.ok("answer", sdp=sdp)
+
+
+def hears(endpoint: Any, freq: float, max_age: float = 0.3, tolerance: float = 40.0) -> bool:
+    """Whether one of an aiortc endpoint's audio slots has decoded ``freq`` in the last 300 ms."""
+    now = time.monotonic()
+    for received in endpoint.audio_slots():
+        if now - received.last_at < max_age:
+            pitch = received.pitch()
+            if pitch is not None and abs(pitch - freq) < tolerance:
+                return True
+    return False

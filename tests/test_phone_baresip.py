@@ -1,34 +1,35 @@
 """The dial-in gateway with a real telephone: baresip (Debian's package) calls it on the loopback.
 
-What is real: baresip, the gateway's SIP stack, RTP, G.711/Opus, DTMF, the prompts spoken by
-espeak-ng, the conference server (meeting ID and PIN lookup, the caller joining as a member on a
-phone device, raise hand, the chair's mute). What is not there yet: the room's media transport
-(plain RTP, issue 11); the test stands at its boundary (``RoomAudio``) instead, checking the Opus
-the gateway would send into the room and feeding it the Opus of a room audio slot.
+Everything is real: baresip, the gateway's SIP stack, RTP, G.711/Opus, DTMF, the prompts spoken by
+espeak-ng, the conference server with its media core (meeting ID and PIN lookup, the caller joining
+as a member on a phone device with a plain-RTP media session, raise hand, the chair's mute), and a
+venue in the room that is a real aiortc peer: it hears the caller's tone, and its own tone is what
+baresip records.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from phone_util import Baresip, band_share, dominant, need_baresip, sine, write_wav
+from phone_util import Baresip, WsSession, band_share, dominant, hears, need_baresip, sine, write_wav
+from test_sfu_support import TONES, Endpoint
 
+from signaling.app import MEDIA_KEY, build_media
 from signaling.phone.call import CallContext
-from signaling.phone.codecs import FRAME, OpusDecoder, OpusEncoder, Resampler
+from signaling.phone.codecs import OpusDecoder, Resampler
 from signaling.phone.gateway import Gateway
 from signaling.phone.ivr import Throttle
-from signaling.phone.link import Admission, Directory
+from signaling.phone.link import Directory, PlainRoomAudio
 from signaling.phone.prompts import ensure_prompts
 
 ADMIN = {"Authorization": "Bearer test-admin-key-not-for-production-0123456789"}
@@ -46,44 +47,29 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     return ensure_prompts(tmp_path_factory.mktemp("prompts"))
 
 
-class RoomAudioProbe:
-    """Stands where the room's media will plug in: keeps the caller's Opus, plays a room tone."""
-
-    def __init__(self, freq: float) -> None:
-        self.sent: list[bytes] = []
-        self.freq = freq
-        self._task: asyncio.Task[None] | None = None
-
-    def send(self, opus: bytes) -> None:
-        self.sent.append(opus)
-
-    def set_receiver(self, receiver: Callable[[int, bytes], None]) -> None:
-        async def feed() -> None:
-            encoder = OpusEncoder()
-            tone = sine(self.freq, 20.0, 48000, level=8000)
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            for i in range(len(tone) // FRAME):
-                receiver(0, encoder.encode(tone[i * FRAME : (i + 1) * FRAME]))
-                await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
-
-        self._task = asyncio.get_running_loop().create_task(feed())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 @dataclass
 class Rig:
     url: str
     http: aiohttp.ClientSession
     gateway: Gateway
     meeting_id: str
-    probes: list[RoomAudioProbe]
     tmp: Path
+    server: Any
+    connect: Callable[..., Any]
+    mint: Callable[..., str]
+    endpoints: list[Endpoint]
+
+    async def venue(self, identity: str = "hall-a", tone: int = 2) -> Endpoint:
+        """A venue in the room: a real aiortc peer through the server, speaking TONES[tone]."""
+        client = await self.connect(self.server, self.mint("council", identity, "venue"))
+        await client.ok("join", video_slots=1, audio_slots=3)
+        endpoint = Endpoint(identity, tone, speaking=True)
+        self.endpoints.append(endpoint)
+        await endpoint.connect(WsSession(client))
+        return endpoint
+
+    def callers(self, room: dict[str, Any]) -> list[dict[str, Any]]:
+        return [p for p in room["participants"] if p["device"] == "phone"]
 
     async def room(self) -> dict[str, Any]:
         async with self.http.get(f"{self.url}/api/rooms/council") as response:
@@ -118,15 +104,11 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(signaling_server, prompts: dict[str, np.ndarray], tmp_path: Path) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
-    server = await signaling_server()
+async def rig(signaling_server, connect, mint, settings, prompts, tmp_path: Path) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    media_settings = replace(settings, media=True)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
     url = str(server.make_url("")).rstrip("/")
-    probes: list[RoomAudioProbe] = []
-
-    def audio_factory(admission: Admission) -> RoomAudioProbe:
-        probes.append(RoomAudioProbe(700.0))
-        return probes[-1]
-
+    endpoints: list[Endpoint] = []
     async with aiohttp.ClientSession(headers=ADMIN) as http:
         async with http.post(f"{url}/api/rooms", json={"room": "council"}) as response:
             assert response.status == 201
@@ -141,14 +123,15 @@ async def rig(signaling_server, prompts: dict[str, np.ndarray], tmp_path: Path) 
                 plain,
                 prompts,
                 Throttle(limit=3),
-            )
-            ctx.audio_factory = audio_factory
+            )  # the default audio_factory: the plain-RTP transport of the server's media core
             gateway = Gateway(ctx, host="127.0.0.1", port=0)
             await gateway.start()
             try:
-                yield Rig(url, http, gateway, meeting_id, probes, tmp_path)
+                yield Rig(url, http, gateway, meeting_id, tmp_path, server, connect, mint, endpoints)
             finally:
                 await gateway.close()
+                for endpoint in endpoints:
+                    await endpoint.close()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -176,8 +159,10 @@ def best_match(heard: np.ndarray, reference: np.ndarray, max_lag: int) -> float:
     return best
 
 
-async def test_caller_enters_the_pin_joins_raises_a_hand_is_muted_and_hangs_up(rig: Rig) -> None:
-    phone = await rig.baresip("caller")
+async def test_caller_is_heard_in_the_room_hears_it_raises_a_hand_is_muted_and_hangs_up(rig: Rig) -> None:
+    venue = await rig.venue()  # speaks TONES[2], 700 Hz
+    assert TONES[2] == 700
+    phone = await rig.baresip("caller")  # PCMU, its microphone a 1 kHz file
     try:
         await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
         await phone.wait_event("CALL_ESTABLISHED")
@@ -185,37 +170,40 @@ async def test_caller_enters_the_pin_joins_raises_a_hand_is_muted_and_hangs_up(r
         started = clock()
         await asyncio.sleep(1.5)  # the welcome prompt plays; then the caller types over it
         await phone.send_digits(f"{rig.meeting_id}#4321#")
-        room = await rig.wait_room(lambda r: len(r["participants"]) == 1)
+        room = await rig.wait_room(lambda r: len(rig.callers(r)) == 1)
         joined = clock() - started
-        me = room["participants"][0]
+        me = rig.callers(room)[0]
         assert (me["role"], me["device"], me["name"]) == ("member", "phone", "电话 138****1234")
         assert me["publish_audio"] and not me["publish_video"]
         identity = me["identity"]
-        await asyncio.sleep(2.0)
-        # The caller's tone (baresip's microphone is a 1 kHz file) reaches the room as Opus.
-        probe = rig.probes[0]
-        assert len(probe.sent) > 50
-        voice = decode_opus(probe.sent[-50:])
-        assert abs(dominant(voice, 48000) - 1000) < 15 and voice.std() > 1000
+        # The caller's 1 kHz reaches the venue: the server forwards the gateway's Opus, the venue's
+        # aiortc decodes it.
+        await until(lambda: hears(venue, 1000.0), timeout=10.0)
+        call = next(d.call for d in rig.gateway.dialogs.values() if d.call is not None)
+        assert call.link is not None and isinstance(call.link.audio, PlainRoomAudio)
         # *1 raises the hand in the room.
         await phone.send_digits("*1")
         await rig.wait_room(lambda r: r["floor_queue"] == [identity])
-        # The chair mutes the caller: once the gateway has heard of it, nothing reaches the room.
-        call = next(d.call for d in rig.gateway.dialogs.values() if d.call is not None)
+        # The chair mutes the caller: the tone stops reaching the room, and stays away.
         await rig.command(type="mute", identity=identity, muted=True)
+        await until(lambda: not hears(venue, 1000.0), timeout=5.0)
         await until(lambda: call.link is not None and call.link.state.muted)
-        count = len(probe.sent)
-        await asyncio.sleep(1.0)
-        assert len(probe.sent) == count
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            assert not hears(venue, 1000.0)
         # The chair lifts the mute: the caller is heard again.
         await rig.command(type="mute", identity=identity, muted=False)
-        await until(lambda: len(probe.sent) > count + 10)
+        await until(lambda: hears(venue, 1000.0), timeout=10.0)
         await phone.send_digits("*6")
-        room = await rig.wait_room(lambda r: r["participants"][0]["self_muted"])
+        room = await rig.wait_room(lambda r: rig.callers(r)[0]["self_muted"])
         hung_up = clock() - started
         await phone.hangup()
-        await rig.wait_room(lambda r: not r["participants"])
+        room = await rig.wait_room(lambda r: not rig.callers(r))
+        assert [p["identity"] for p in room["participants"]] == ["hall-a"]
         assert [reason for _, reason in rig.gateway.finished] == ["caller_hung_up"]
+        # The caller's plain-RTP transport is gone with it.
+        stats = rig.server.app[MEDIA_KEY].stats()["per_session"]
+        assert list(stats) == ["council/hall-a"]
     finally:
         await phone.stop()
     heard, rate = phone.heard()
@@ -223,29 +211,30 @@ async def test_caller_enters_the_pin_joins_raises_a_hand_is_muted_and_hangs_up(r
     # The welcome prompt reached the phone: its first second is found in what baresip decoded.
     welcome = Resampler().down(rig.gateway.ctx.prompts["welcome"][: 48000 * 1])
     assert best_match(heard[: rate * 2], welcome[1000:], rate) > 0.8
-    # Once in, the room's audio slot (a 700 Hz tone) is what the caller hears most.
+    # Once in, the venue's 700 Hz is what the caller hears most.
     in_room = heard[int(rate * (joined + 0.5)) : int(rate * (hung_up - 0.3))]
     assert band_share(in_room, rate, 700.0) > 0.3, dominant(in_room, rate)
+    assert abs(dominant(in_room, rate) - 700) < 15
 
 
 async def test_opus_caller_is_decoded_and_reencoded_once_for_the_room(rig: Rig) -> None:
+    venue = await rig.venue()
     phone = await rig.baresip("opus", codecs="opus/48000/2", tone_hz=1200.0, rate=48000)
     try:
         await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
         await phone.wait_event("CALL_ESTABLISHED")
         assert [d.call.negotiated.codec.name for d in rig.gateway.dialogs.values() if d.call] == ["opus"]
         await phone.send_digits(f"{rig.meeting_id}#4321#", gap=0.12)
-        await rig.wait_room(lambda r: len(r["participants"]) == 1)
-        await asyncio.sleep(1.5)
-        voice = decode_opus(rig.probes[0].sent[-40:])
-        assert abs(dominant(voice, 48000) - 1200) < 15 and voice.std() > 1000
+        await rig.wait_room(lambda r: len(rig.callers(r)) == 1)
+        await until(lambda: hears(venue, 1200.0), timeout=10.0)
+        await asyncio.sleep(1.0)
         await phone.hangup()
-        await rig.wait_room(lambda r: not r["participants"])
+        await rig.wait_room(lambda r: not rig.callers(r))
     finally:
         await phone.stop()
     heard, rate = phone.heard()
     assert rate == 48000
-    in_room = heard[-int(rate * 1.0) :]  # the last second: the room's 700 Hz (under the "joined" prompt)
+    in_room = heard[-int(rate * 1.0) :]  # the last second: the venue's 700 Hz
     assert band_share(in_room, rate, 700.0) > 0.2, dominant(in_room, rate)
 
 
@@ -260,7 +249,7 @@ async def test_wrong_pin_three_times_hangs_up_and_the_source_is_throttled(rig: R
             await phone.send_digits("1#1#", gap=0.12)  # no such meeting: also a wrong try
         closed = await phone.wait_event("CALL_CLOSED", timeout=12.0)
         assert [reason for _, reason in rig.gateway.finished] == ["wrong_pin"], closed
-        assert (await rig.room())["participants"] == []
+        assert rig.callers(await rig.room()) == []
         # Three failures from this caller: the next call is refused before it is answered.
         phone.events.clear()
         await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")

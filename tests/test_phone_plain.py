@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -14,8 +13,8 @@ import aiohttp
 import jwt
 import numpy as np
 import pytest
-from conftest import TEST_ADMIN_KEY, TEST_SECRET, SignalingClient
-from phone_util import dominant, sine
+from conftest import TEST_ADMIN_KEY, TEST_SECRET
+from phone_util import WsSession, dominant, hears, sine
 from test_sfu_support import TONES, Endpoint, wait_for
 
 from signaling.app import build_media
@@ -56,19 +55,6 @@ class Socket(asyncio.DatagramProtocol):
     def port(self) -> int:
         assert self.transport is not None
         return self.transport.get_extra_info("sockname")[1]
-
-
-class WsSession:
-    """The server's offer and our answer over the signaling socket, for an aiortc ``Endpoint``."""
-
-    def __init__(self, client: SignalingClient) -> None:
-        self.client = client
-
-    async def create_offer(self) -> dict[str, Any]:
-        return await self.client.wait_for(lambda m: m["type"] == "offer", timeout=20)
-
-    async def set_answer(self, sdp: str) -> None:
-        await self.client.ok("answer", sdp=sdp)
 
 
 async def open_socket() -> Socket:
@@ -140,18 +126,13 @@ async def test_plain_join_hears_the_venue_and_is_heard(signaling_server, connect
 
         speaker = asyncio.get_running_loop().create_task(speak())
 
-        def venue_hears(freq: float) -> bool:
-            now = time.monotonic()
-            fresh = [r for r in venue_endpoint.audio_slots() if now - r.last_at < 0.3]  # type: ignore[union-attr]
-            return any((p := r.pitch()) is not None and abs(p - freq) < 40 for r in fresh)
-
-        await wait_for(lambda: venue_hears(1000.0), 10, "the caller's 1 kHz at the venue")
+        await wait_for(lambda: hears(venue_endpoint, 1000.0), 10, "the caller's 1 kHz at the venue")
         # The chair (here the admin key) mutes the caller: the server drops what it sends.
         async with aiohttp.ClientSession(headers=ADMIN) as http:
             url = server.make_url("/api/rooms/council/commands")
             async with http.post(url, json={"type": "mute", "identity": "tel-1234-ab", "muted": True}) as r:
                 assert r.status == 200, await r.text()
-        await wait_for(lambda: not venue_hears(1000.0), 5, "the muted caller to fall silent")
+        await wait_for(lambda: not hears(venue_endpoint, 1000.0), 5, "the muted caller to fall silent")
         stop.set()
         await speaker
         # Leaving closes the plain transport: nothing more reaches the socket.

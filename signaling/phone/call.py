@@ -18,7 +18,15 @@ import numpy as np
 from .codecs import G711, CallCodec, OpusEncoder, Pcm, call_codec
 from .dtmf import Goertzel, Rfc4733
 from .ivr import Check, HangUp, Ivr, Prompt, Throttle
-from .link import Admission, Directory, DirectoryError, MemberState, RoomAudio, SignalingLink
+from .link import (
+    Admission,
+    Directory,
+    DirectoryError,
+    MemberState,
+    PlainRoomAudio,
+    RoomAudio,
+    SignalingLink,
+)
 from .mixer import SILENCE, Mixer, overlay
 from .prompts import TONES, frames
 from .rtp import RtpPacket, RtpStream
@@ -38,8 +46,8 @@ class CallContext:
     prompts: dict[str, np.ndarray]
     throttle: Throttle
     rtp_timeout_s: float = 15.0
-    # The room's media for an admitted caller; None until the plain-RTP transport provides it.
-    audio_factory: Callable[[Admission], RoomAudio | None] = field(default=lambda admission: None)
+    # The room's media for an admitted caller (None: the caller is in the meeting by signaling only).
+    audio_factory: Callable[[Admission], RoomAudio | None] = field(default=lambda admission: PlainRoomAudio())
 
 
 class Call:
@@ -183,21 +191,39 @@ class Call:
         link = SignalingLink(self.ctx.server, admission, self.ctx.session)
         link.on_change = self._room_changed
         link.on_end = self._room_ended
+        audio = self.ctx.audio_factory(admission)
         try:
-            await link.join()
+            answer = await link.join(await audio.open() if audio is not None else None)
         except Exception as exc:
             log.warning("phone: joining %s failed: %s", admission.room, exc)
+            if audio is not None:
+                await audio.close()
             await link.leave()
             self.end_after("unavailable", "join_failed")
             return
+        if audio is not None and answer is None:  # the server has no media for the caller
+            await audio.close()
+            audio = None
+        if audio is not None:
+            assert answer is not None
+            audio.connect(answer)
+            mixer = self.mixer = Mixer(admission.identity)
+            self._uplink = OpusEncoder()
+            audio.set_receiver(mixer.packet)
+
+            def occupants(slots: list[dict[str, object]], audio: RoomAudio = audio) -> None:
+                for entry in slots:
+                    index = audio.slot_of(str(entry.get("mid")))
+                    if index is not None:
+                        identity = entry.get("identity")
+                        mixer.set_occupant(index, identity if isinstance(identity, str) else None)
+
+            link.on_slots = occupants
+            occupants(link.slots)
+            link.audio = audio
         if self.ended:
             await link.leave()
             return
-        link.audio = self.ctx.audio_factory(admission)
-        if link.audio is not None:
-            self.mixer = Mixer(admission.identity)
-            self._uplink = OpusEncoder()
-            link.audio.set_receiver(self.mixer.packet)
         self.link = link
         self.play("joined")
         if not link.state.audible:

@@ -4,9 +4,11 @@ audio boundary to the room's media.
 
 ``RoomAudio`` is the one interface the room's media plugs into: the gateway hands it the caller's
 voice as Opus packets (20 ms, 48 kHz, encoded once) and it hands the gateway the Opus packets of
-the room's audio slots (the loudest speakers, the same choice every endpoint gets). The plain-RTP
-transport of the media core (issue 11) provides it; until then a call in the meeting carries
-signaling only and ``SignalingLink.audio`` is None.
+the room's audio slots (the loudest speakers, the same choice every endpoint gets).
+``PlainRoomAudio`` is it over the media core's plain-RTP transport: the caller joins with
+``"transport": "plain"`` and the offer of a UDP socket on the loopback, the server answers with its
+port and the slots' SSRCs (docs/protocol.md, "A plain-RTP participant"). A server without media
+refuses that; the call is then in the meeting by signaling only (``SignalingLink.audio`` is None).
 """
 
 from __future__ import annotations
@@ -15,13 +17,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
+from .rtp import parse_rtp
+
 log = logging.getLogger(__name__)
+_RTP = struct.Struct("!BBHII")
 
 
 class DirectoryError(Exception):
@@ -69,6 +77,15 @@ class Directory:
 class RoomAudio(Protocol):
     """The room's media for one caller (provided by the plain-RTP transport)."""
 
+    async def open(self) -> dict[str, Any]:
+        """Get ready to receive; the media offer the join carries (``plain``)."""
+
+    def connect(self, answer: dict[str, Any]) -> None:
+        """The server's ``transport`` answer: where to send, which SSRC is which slot."""
+
+    def slot_of(self, mid: str) -> int | None:
+        """The index of the audio slot a ``slots`` message names."""
+
     def send(self, opus: bytes) -> None:
         """One 20 ms Opus packet of the caller's voice."""
 
@@ -76,6 +93,106 @@ class RoomAudio(Protocol):
         """``receiver(slot, opus)`` for every packet of the room's audio slots."""
 
     async def close(self) -> None: ...
+
+
+OPUS_PT = 111
+OPUS_STEP = 960  # RTP timestamp units (48 kHz) per 20 ms packet
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, owner: PlainRoomAudio) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.owner._datagram(data, addr)
+
+
+class PlainRoomAudio:
+    """``RoomAudio`` over the server's plain-RTP transport: one UDP socket on this machine (RTP and
+    RTCP multiplexed), the caller's Opus sent with our SSRC, sequence numbers and timestamps, the
+    slots' streams told apart by the SSRCs of the answer. Only datagrams from the server's port
+    are taken. The server measures the caller's loudness from the Opus itself (no audio-level
+    extension needed), so the loudest-speaker choice can pick the caller like any endpoint."""
+
+    def __init__(self, host: str = "127.0.0.1", slots: int = 3) -> None:
+        self.host = host
+        self.slots = slots
+        self.ssrc = secrets.randbits(32)
+        self.server: tuple[str, int] | None = None
+        self.mids: list[str] = []
+        self._slot_of_ssrc: dict[int, int] = {}
+        self._payload_types: set[int] = set()
+        self._receiver: Callable[[int, bytes], None] = lambda slot, opus: None
+        self._socket: asyncio.DatagramTransport | None = None
+        self._seq = secrets.randbits(16)
+        self._ts0 = secrets.randbits(32)
+        self._start: float | None = None
+        self._last_frame = -1
+        self.packets_in = self.packets_out = self.dropped_foreign = 0
+
+    async def open(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        self._socket, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(self), local_addr=(self.host, 0)
+        )
+        host, port = self._socket.get_extra_info("sockname")[:2]
+        return {
+            "address": [host, port],
+            "publish": {"audio": [{"name": "opus", "payload_type": OPUS_PT, "clock_rate": 48000}]},
+            "audio_slots": self.slots,
+        }
+
+    def connect(self, answer: dict[str, Any]) -> None:
+        host, port = answer["address"]
+        self.server = (str(host), int(port))
+        audio = answer["slots"]["audio"]
+        self.mids = [slot["mid"] for slot in audio]
+        self._slot_of_ssrc = {int(slot["ssrc"]): i for i, slot in enumerate(audio)}
+        self._payload_types = {
+            int(c["payload_type"]) for slot in audio for c in slot["codecs"] if c["name"] == "opus"
+        }
+
+    def slot_of(self, mid: str) -> int | None:
+        return self.mids.index(mid) if mid in self.mids else None
+
+    def set_receiver(self, receiver: Callable[[int, bytes], None]) -> None:
+        self._receiver = receiver
+
+    def send(self, opus: bytes) -> None:
+        socket, server = self._socket, self.server
+        if socket is None or server is None or socket.is_closing():
+            return
+        # Timestamps follow the clock, so a pause (the caller muted) is a gap, not time squeezed
+        # out; the first packet after one carries the marker bit (RFC 3551: a talkspurt begins).
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        frame = max(self._last_frame + 1, round((now - self._start) / 0.02))
+        marker = frame != self._last_frame + 1 or self._last_frame < 0
+        self._last_frame = frame
+        timestamp = (self._ts0 + frame * OPUS_STEP) & 0xFFFFFFFF
+        header = _RTP.pack(0x80, (0x80 if marker else 0) | OPUS_PT, self._seq, timestamp, self.ssrc)
+        self._seq = (self._seq + 1) & 0xFFFF
+        socket.sendto(header + opus, server)
+        self.packets_out += 1
+
+    def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[:2] != self.server:
+            self.dropped_foreign += 1
+            return
+        packet = parse_rtp(data)  # None for RTCP: the server's reports need no answer here
+        if packet is None or packet.payload_type not in self._payload_types:
+            return
+        slot = self._slot_of_ssrc.get(packet.ssrc)
+        if slot is None:
+            return
+        self.packets_in += 1
+        self._receiver(slot, packet.payload)
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 @dataclass(slots=True)
@@ -104,25 +221,55 @@ class SignalingLink:
         # (kind, state) for "muted", "unmuted", "floor", "hand"; "ended" with the reason.
         self.on_change: Callable[[str, MemberState], None] = lambda kind, state: None
         self.on_end: Callable[[str], None] = lambda reason: None
+        # The room's `slots` messages: [{"mid", "identity"}] for the audio slots.
+        self.on_slots: Callable[[list[dict[str, Any]]], None] = lambda slots: None
+        self.slots: list[dict[str, Any]] = []  # the last of them (one may come before `transport`)
+        self._transport: asyncio.Future[dict[str, Any]] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self._leaving = False
 
-    async def join(self) -> None:
+    async def join(self, media: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Join the room; with ``media`` (a plain-RTP offer) also open the caller's media session
+        and return the server's ``transport`` answer, or None when the server has no media for
+        the caller (signaling only)."""
         url = self.server.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         self._ws = await self.session.ws_connect(f"{url}/ws?token={self.admission.token}", heartbeat=20)
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-        result = await self.request(
-            {
-                "type": "join",
-                "device": "phone",
-                "publish": {"audio": True, "video": False},
-                "video_slots": 0,
-                "audio_slots": 3,
-            }
-        )
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read())
+        message = {
+            "type": "join",
+            "device": "phone",
+            "publish": {"audio": True, "video": False},
+            "video_slots": 0,
+            "audio_slots": 3,
+        }
+        if media is not None:
+            self._transport = loop.create_future()
+            try:
+                result = await self.request({**message, "transport": "plain", "plain": media})
+            except RuntimeError as exc:  # a server without media: the caller is there by signaling
+                if not str(exc).startswith("unavailable:"):
+                    raise
+                log.info("phone: no media for %s (%s)", self.admission.identity, exc)
+                media = self._transport = None
+                result = await self.request(message)
+        else:
+            result = await self.request(message)
+        self._follow(result)
+        if media is None or self._transport is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._transport, 10.0)
+        except (TimeoutError, RuntimeError, ConnectionError) as exc:
+            log.warning("phone: no media session for %s: %s", self.admission.identity, exc)
+            return None
+        finally:
+            self._transport = None
+
+    def _follow(self, result: dict[str, Any]) -> None:
         you = result.get("you", {})
         self.state.muted = bool(you.get("muted"))
         self.state.self_muted = bool(you.get("self_muted"))
@@ -171,6 +318,17 @@ class SignalingLink:
                             )
                 elif kind == "event":
                     self._event(message.get("event") or {})
+                elif kind == "slots":
+                    self.slots = message.get("audio") or []
+                    self.on_slots(self.slots)
+                elif kind == "transport" and self._transport is not None and not self._transport.done():
+                    self._transport.set_result(message)
+                elif kind == "error" and message.get("id") is None and self._transport is not None:
+                    # After the join: the media session could not start (the join stands).
+                    if not self._transport.done():
+                        self._transport.set_exception(
+                            RuntimeError(f"{message.get('code')}: {message.get('message')}")
+                        )
                 elif kind == "removed":
                     reason = "removed"
                 elif kind == "shutdown":
@@ -180,8 +338,8 @@ class SignalingLink:
         except (aiohttp.ClientError, asyncio.CancelledError):
             pass
         finally:
-            for future in self._pending.values():
-                if not future.done():
+            for future in [*self._pending.values(), self._transport]:
+                if future is not None and not future.done():
                     future.set_exception(ConnectionError(reason))
             if not self._leaving:
                 self.on_end(reason)

@@ -22,7 +22,7 @@ class Mixer:
         self._occupants: list[str | None] = [None] * slots
 
     def set_occupant(self, slot: int, identity: str | None) -> None:
-        if 0 <= slot < len(self._occupants):
+        if 0 <= slot < len(self._occupants) and self._occupants[slot] != identity:
             self._occupants[slot] = identity
             self._queues[slot].clear()
 
