@@ -18,7 +18,9 @@ from phone_util import WsSession, dominant, hears, sine
 from test_sfu_support import TONES, Endpoint, wait_for
 
 from signaling.app import build_media
+from signaling.phone.cli import on_this_machine
 from signaling.phone.codecs import FRAME, OpusDecoder, OpusEncoder
+from signaling.phone.link import Admission, PlainRoomAudio, SignalingLink
 from signaling.phone.rtp import parse_rtp
 from signaling.tokens import TokenError, mint_token, verify_token
 
@@ -195,3 +197,73 @@ def test_gateway_claim_only_on_member_tokens() -> None:
     )
     with pytest.raises(TokenError, match="gateway"):
         verify_token(TEST_SECRET, forged)
+
+
+def test_gateway_knows_whether_the_server_is_on_this_machine() -> None:
+    # The callers' audio is plain RTP on this machine: a gateway elsewhere has signaling only.
+    assert on_this_machine("http://127.0.0.1:8080") and on_this_machine("http://localhost:8080")
+    assert not on_this_machine("http://192.0.2.1:8080")  # TEST-NET-1: never an address of ours
+    assert not on_this_machine("http://no-such-host.invalid:8080")
+
+
+async def test_gateway_link_without_media_joins_by_signaling_only(signaling_server, mint) -> None:
+    server = await signaling_server()  # NullMedia
+    url = str(server.make_url("")).rstrip("/")
+    token = mint("council", "tel-7", "member", name="电话 ****07", gateway=True)
+    audio = PlainRoomAudio()
+    async with aiohttp.ClientSession() as http:
+        link = SignalingLink(url, Admission("council", "tel-7", "电话 ****07", token), http)
+        try:
+            assert await link.join(await audio.open()) is None  # refused `unavailable`: no media
+            async with http.get(f"{url}/api/rooms/council", headers=ADMIN) as r:
+                participants = (await r.json())["participants"]
+            assert [(p["identity"], p["device"]) for p in participants] == [("tel-7", "phone")]
+        finally:
+            await audio.close()
+            await link.leave()
+
+
+async def test_room_audio_takes_only_the_servers_datagrams_and_follows_the_clock() -> None:
+    server_end, stranger = await open_socket(), await open_socket()
+    audio = PlainRoomAudio()
+    offer = await audio.open()
+    got: list[tuple[int, bytes]] = []
+    audio.set_receiver(lambda slot, opus: got.append((slot, opus)))
+    opus = [{"name": "opus", "payload_type": 111, "clock_rate": 48000}]
+    audio.connect(
+        {
+            "address": ["127.0.0.1", server_end.port],
+            "slots": {
+                "audio": [
+                    {"mid": "audio0", "ssrc": 10, "codecs": opus},
+                    {"mid": "audio1", "ssrc": 11, "codecs": opus},
+                ]
+            },
+        }
+    )
+    assert audio.slot_of("audio1") == 1 and audio.slot_of("audio9") is None
+    ours = ("127.0.0.1", offer["address"][1])
+    assert server_end.transport is not None and stranger.transport is not None
+    for ssrc, sender in ((11, server_end), (10, stranger), (99, server_end)):
+        sender.transport.sendto(struct.pack("!BBHII", 0x80, 111, 1, 960, ssrc) + b"opus", ours)  # type: ignore[union-attr]
+    server_end.transport.sendto(struct.pack("!BBHI", 0x80, 201, 1, 10), ours)  # RTCP RR: ignored
+    await wait_for(lambda: audio.dropped_foreign == 1, 2, "the stranger's datagram")
+    await asyncio.sleep(0.05)
+    assert got == [(1, b"opus")]  # the slot by SSRC; the stranger and an unknown SSRC dropped
+    # Sent: our SSRC, sequence +1 each; after a pause the timestamp jumps by the time that passed.
+    for _ in range(2):
+        audio.send(b"x")
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)
+    audio.send(b"y")
+    await wait_for(lambda: len(server_end.received) == 3, 2, "three packets at the server end")
+    packets = [parse_rtp(data) for data, _ in server_end.received]
+    assert all(p is not None and p.ssrc == audio.ssrc and p.payload_type == 111 for p in packets)
+    first, second, third = packets  # type: ignore[misc]
+    assert (second.sequence - first.sequence) % 65536 == 1 and (third.sequence - second.sequence) % 65536 == 1
+    assert first.marker and not second.marker and third.marker
+    assert second.timestamp - first.timestamp == 960
+    assert 0.45 * 48000 < (third.timestamp - second.timestamp) % 2**32 < 0.65 * 48000
+    await audio.close()
+    for end in (server_end, stranger):
+        end.transport.close()  # type: ignore[union-attr]

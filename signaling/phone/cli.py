@@ -9,8 +9,10 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .message import split_hostport
 
@@ -31,6 +33,21 @@ def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def on_this_machine(url: str) -> bool:
+    """Whether the server at ``url`` runs here: its plain-RTP transport (the callers' audio) is
+    bound to this machine's addresses. An address is ours if a socket can bind to it."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    for family, kind, _, _, address in infos:
+        with contextlib.suppress(OSError), socket.socket(family, kind) as probe:
+            probe.bind((address[0], 0))
+            return True
+    return False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +140,13 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
             throttle=Throttle(limit=args.max_tries),
             rtp_timeout_s=args.rtp_timeout,
         )
+        if not on_this_machine(args.server):
+            print(
+                "conference phone: the server is on another machine: callers take part by signaling"
+                " only (their audio needs the gateway beside the server: plain RTP on this machine)",
+                file=sys.stderr,
+            )
+            ctx.audio_factory = lambda admission: None
         gateway = Gateway(
             ctx,
             host=args.sip_listen[0],
