@@ -70,6 +70,10 @@ async def test_phone_upright_and_sideways(server, browser: Browser) -> None:
     await chair.click("#rec-toggle")
     await eventually(lambda: phone.is_visible("#recording"), bool, 3, "recording shown on the phone")
     assert "录制中" in await phone.text_content("#recording")
+    # Broadcast to the public: the phone says that too.
+    assert not await phone.is_visible("#broadcasting")
+    await rest(server, "POST", "/api/rooms/council/commands", {"type": "start_broadcast"})
+    await eventually(lambda: phone.is_visible("#broadcasting"), bool, 3, "broadcast shown on the phone")
     for size, name in [(PHONE_390, "390x844"), (PHONE, "360"), (PHONE_LANDSCAPE, "844x390")]:
         await phone.set_viewport_size(size)
         await phone.evaluate("window.scrollTo(0, 0)")

@@ -300,6 +300,7 @@ export const TABLE = {
     "clerk.rendering": "成片生成中 {percent}%",
     "clerk.no_program_render": "尚无成片（见“详情”）",
     "clerk.time_left": "约剩 {left}",
+    "live.on_air": "● 直播中",
   },
   en: {
     "index.title": "Remote consultation",
@@ -593,6 +594,7 @@ export const TABLE = {
     "clerk.rendering": "Rendering {percent}%",
     "clerk.no_program_render": "No render yet (see Details)",
     "clerk.time_left": "about {left} left",
+    "live.on_air": "● Live to the public",
   },
 };
 

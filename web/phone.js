@@ -64,6 +64,7 @@ async function main() {
     const holder = mirror?.floor;
     $("member-name").textContent = client.you?.name || claims.name || "";
     $("recording").hidden = !mirror?.recording?.active;
+    $("broadcasting").hidden = !mirror?.broadcast?.active; // the public sees this meeting live
     // Said once: the floor line names who speaks ("you" when it is the member).
     const floor = $("floor");
     floor.textContent =

@@ -131,6 +131,7 @@ async function main() {
     floor.hidden = !mirror?.floor;
     $("floor-name").textContent = mirror?.floor ? displayName(client, mirror.floor) : "";
     $("recording").hidden = !mirror?.recording?.active;
+    $("broadcasting").hidden = !mirror?.broadcast?.active; // the public sees this meeting live
     $("unmute-request").hidden = !(mic.unmuteRequested && mic.wantMuted && !mic.chairMuted);
     const nothingOn = !!mirror && mirror.program.slots.every((s) => !s);
     $("waiting").hidden = !nothingOn;
