@@ -20,6 +20,7 @@ import hmac
 import io
 import re
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ MAX_CONCURRENT_LIVE = 64
 VIEWER_TTL_S = 70.0  # the page says it is watching every 30 s
 MAX_VIEWERS_TRACKED = 100_000
 COUNT_INTERVAL_S = 5.0
+MAX_COUNTED_FILES = 500
 VIEWER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 PATCH_FIELDS = {"title", "topic", "starts_at", "background", "auto_broadcast"}
 
@@ -74,6 +76,16 @@ class PublicSite:
         self.viewers: dict[str, dict[str, float]] = {}  # room -> viewer id -> last heartbeat
         self._counted: dict[str, tuple[float, int]] = {}  # room -> (when, viewers)
         self._live_busy = 0
+        # Requests the server itself answered per live file (the last few hundred): what a caching
+        # proxy in front saves shows here (tests/test_live_nginx.py).
+        self.origin_requests: OrderedDict[str, int] = OrderedDict()
+
+    def count_origin(self, path: str) -> None:
+        counts = self.origin_requests
+        counts[path] = counts.get(path, 0) + 1
+        counts.move_to_end(path)
+        while len(counts) > MAX_COUNTED_FILES:
+            counts.popitem(last=False)
 
     def code(self, room: str) -> str:
         code = public_code(self.secret, room)
@@ -143,6 +155,7 @@ async def live_file(request: web.Request) -> web.StreamResponse:
     if site._live_busy >= MAX_CONCURRENT_LIVE:
         raise web.HTTPServiceUnavailable(headers={**headers, "Retry-After": "1", "Cache-Control": "no-store"})
     site._live_busy += 1
+    site.count_origin(f"{room}/{name}")
     try:
         if name == "index.m3u8":
             try:

@@ -74,6 +74,13 @@ if ! command -v baresip >/dev/null || ! command -v espeak-ng >/dev/null; then
     apt_install baresip espeak-ng || echo "!! could not install baresip/espeak-ng: the phone tests will be skipped"
 fi
 
+# The live stream through a caching reverse proxy (tests/test_live_nginx.py): Debian's nginx, run by
+# the test itself with its own configuration (the package's own service is not needed).
+if [ ! -x /usr/sbin/nginx ]; then
+    echo "== installing nginx (the live stream behind a caching proxy)"
+    apt_install nginx-light || apt_install nginx || echo "!! could not install nginx: the nginx test will fail"
+fi
+
 # A second WebRTC stack (tests/test_gstreamer.py): GStreamer's webrtcbin, driven by Debian's python3.
 gst_ready() {
     /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0')

@@ -108,10 +108,22 @@ function play() {
     engine = "hls.js";
     // No worker: it would need a blob: worker-src in the page's content security policy.
     hls = new Hls({ enableWorker: false, liveSyncDurationCount: 2, lowLatencyMode: false });
+    const player = hls;
     hls.on(Hls.Events.ERROR, (_, data) => {
       if (!data.fatal) return;
-      if (data.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
-      else setTimeout(() => hls && hls.startLoad(), 3000);
+      if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+        hls.recoverMediaError();
+        return;
+      }
+      // The playlist is not there yet (the compositor is starting, or restarting after a failure),
+      // or the network went away: start over in a moment, for as long as the room broadcasts.
+      setTimeout(() => {
+        if (hls !== player || !info?.broadcasting) return;
+        hls.destroy();
+        hls = null;
+        engine = "";
+        play();
+      }, 2000);
     });
     hls.loadSource(url);
     hls.attachMedia(video);
