@@ -165,8 +165,9 @@ async def test_through_nginx_the_page_plays_and_the_origin_serves_a_segment_at_m
                     )
                 except AssertionError:
                     state = await page.evaluate(
-                        "() => { const v = document.getElementById('player'); return {engine: v.dataset.engine,"
-                        " ready: v.readyState, err: v.error && v.error.message, hidden: v.hidden,"
+                        "() => { const v = document.getElementById('player');"
+                        " return {engine: v.dataset.engine, ready: v.readyState,"
+                        " err: v.error && v.error.message, hidden: v.hidden,"
                         " status: document.getElementById('status').textContent}; }"
                     )
                     raise AssertionError(f"{state} {console[-20:]}") from None
