@@ -487,8 +487,8 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
-    from . import public  # it uses this module's helpers: imported once they exist
     screens.setup(app)
+    from . import public  # it uses this module's helpers: imported once they exist
 
     public.setup(app)
 
