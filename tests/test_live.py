@@ -146,3 +146,36 @@ async def test_a_worker_that_cannot_start_does_not_disturb_the_room(
     finally:
         await broadcasts.close()
         await meeting.close()
+
+
+async def test_a_server_restart_resumes_the_broadcast_on_its_playlist(tmp_path: Path) -> None:
+    """The process restarts (here: a new Broadcasts on the same store and data directory, as the
+    server's start does with the rooms it finds): the broadcast goes on after a discontinuity."""
+    meeting = Meeting()
+    await meeting.start()
+    settings = Settings(data_dir=tmp_path, room_store="memory", live_size="320x180", live_fps=10)
+    broadcasts = Broadcasts(settings, meeting.store, meeting.backend)
+    directory = live_dir(settings, meeting.room)
+    second = None
+    try:
+        await meeting.add("hall-a", 2)
+        await meeting.command(set_program, "single", ["hall-a"])
+        await meeting.command(start_broadcast)
+        await wait_for(lambda: len(segments(playlist(directory))) >= 2, 40, "two segments")
+        await broadcasts.close()  # the server stops: its compositor goes with it
+        before = [n for _, n in segments(playlist(directory))]
+        second = Broadcasts(settings, meeting.store, meeting.backend)
+        await second.restore()
+        assert meeting.room in second.streams
+        await wait_for(
+            lambda: any(n not in before for _, n in segments(playlist(directory))), 40, "a new segment"
+        )
+        text = playlist(directory)
+        assert "#EXT-X-DISCONTINUITY" in text.split(before[-1])[1], text  # between old and new
+        name = segments(text)[-1][1]
+        assert read_segment(directory / name)["colour"] == 2
+    finally:
+        if second is not None:
+            await second.close()
+        await broadcasts.close()
+        await meeting.close()

@@ -3,6 +3,7 @@ code, the public page's data, PATCH of what it shows, and the HLS files with the
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -184,3 +185,29 @@ async def test_hls_files_carry_cache_headers_and_nothing_else_is_served(
     ):
         async with http.get(server.make_url(path)) as resp:
             assert resp.status == 404, path
+
+
+async def test_auto_broadcast_starts_the_broadcast_with_the_first_join(
+    signaling_server, http, mint, connect
+) -> None:
+    server = await signaling_server()
+    await call(http, "POST", server.make_url("/api/rooms"), ADMIN, json={"room": "council"})
+    room_url = server.make_url("/api/rooms/council")
+    status, _ = await call(http, "PATCH", room_url, ADMIN, json={"auto_broadcast": True})
+    assert status == 200
+    status, room = await call(http, "GET", room_url, ADMIN)
+    assert room["auto_broadcast"] is True and room["broadcast"]["active"] is False
+    venue = await connect(server, mint("council", "hall-a", "venue"))
+    await venue.ok("join")
+    event = await venue.wait_for(lambda m: m.get("type") == "event" and m["event"]["kind"] == "broadcast")
+    assert event["event"]["active"] is True
+    # Stopped by the chair, it stays stopped when the next one joins.
+    status, _ = await call(
+        http, "POST", server.make_url("/api/rooms/council/commands"), ADMIN, json={"type": "stop_broadcast"}
+    )
+    assert status == 200
+    other = await connect(server, mint("council", "hall-b", "venue"))
+    await other.ok("join")
+    await asyncio.sleep(0.5)  # an auto-start would be a task of its own: give it its chance
+    status, room = await call(http, "GET", room_url, ADMIN)
+    assert room["broadcast"]["active"] is False and room["broadcast"]["stopped_at"]
