@@ -140,6 +140,9 @@ async def test_console_announces_hands_confirms_stop_and_logs_in_the_current_lan
     chair = await open_page(
         browser, server, "chair", "chair", "chair", "主持人", {"width": 1366, "height": 768}, errors
     )
+    # An empty room says how to invite venues.
+    await eventually(lambda: chair.is_visible("#tiles-empty"), bool, 3, "the empty room's hint")
+    assert "conference token" in await chair.text_content("#tiles-empty")
     hall = await open_page(browser, server, "venue", "hall-a", "venue", "第一分会场", VENUE_SCREEN, errors)
     phone = await open_page(browser, server, "phone", "m1", "member", "王委员", errors=errors)
 

@@ -3,17 +3,16 @@
 // recording and the room's log. Frequent actions have keys (see the help dialog).
 
 import { RoomClient } from "./client.js";
-import { lang, t } from "./i18n.js";
+import { logMethods } from "./chair-log.js";
+import { tileMethods } from "./chair-tiles.js";
+import { t } from "./i18n.js";
 import { SoundOutput } from "./media.js";
 import { bindFatal, openPage, showFatal } from "./page.js";
 import { attachTrack, fit16x9, ProgramStage } from "./stage.js";
-import { bindConnectionState, deviceLabel, displayName, el, errorText, formatElapsed, loadLayouts, notify } from "./ui.js";
+import { bindConnectionState, displayName, el, errorText, formatElapsed, loadLayouts, notify } from "./ui.js";
 
-const LOG_LIMIT = 300;
 const METER_EVERY_MS = 200;
 const QUALITY_EVERY_MS = 2000;
-const CONFIRM_MS = 4000;
-const ANNOUNCE_MS = 6000;
 const CHIME_KEY = "conference.chair.chime";
 const ORDER_KEY = "conference.chair.order";
 
@@ -252,50 +251,6 @@ class Console {
 
   // --- endpoints ------------------------------------------------------------------------
 
-  participants() {
-    const all = [...(this.client.mirror?.participants.values() ?? [])].filter(
-      (p) => p.identity !== this.client.you?.identity && p.role !== "clerk",
-    );
-    // The console itself is not a feed. Venues first, then phones, each in the order this console
-    // first saw them (join order), kept across reconnects so tiles never move under the pointer.
-    for (const p of [...all].sort((a, b) => a.joined_at - b.joined_at)) {
-      if (!this.order.includes(p.identity)) this.order.push(p.identity);
-    }
-    if (this.orderKey) localStorage.setItem(this.orderKey, JSON.stringify(this.order.slice(-500)));
-    const rank = (p) => this.order.indexOf(p.identity);
-    return all.sort((a, b) => (a.device === b.device ? rank(a) - rank(b) : a.device === "venue" ? -1 : 1));
-  }
-
-  /** A raised hand: a short sound (unless turned off) and a highlight on its tile and queue row. */
-  announce(identity) {
-    this.announced.set(identity, Date.now());
-    setTimeout(() => {
-      this.announced.delete(identity);
-      this.renderTiles();
-      this.renderFloor();
-    }, ANNOUNCE_MS);
-    if (!this.chimeOn) return;
-    try {
-      this.audio ??= new AudioContext();
-      const ctx = this.audio;
-      const gain = ctx.createGain();
-      gain.connect(ctx.destination);
-      gain.gain.setValueAtTime(0.0001, ctx.currentTime);
-      gain.gain.exponentialRampToValueAtTime(0.25, ctx.currentTime + 0.02);
-      gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.5);
-      for (const [hz, at] of [[880, 0], [1320, 0.12]]) {
-        const tone = ctx.createOscillator();
-        tone.frequency.value = hz;
-        tone.connect(gain);
-        tone.start(ctx.currentTime + at);
-        tone.stop(ctx.currentTime + at + 0.35);
-      }
-      this.chimes += 1;
-    } catch (err) {
-      console.warn("chime", err);
-    }
-  }
-
   renderChime() {
     const button = $("chime-toggle");
     button.textContent = t(this.chimeOn ? "chair.chime_on" : "chair.chime_off");
@@ -316,168 +271,6 @@ class Console {
     $("preview-card").hidden = !!(track && !track.muted);
     $("preview-card").textContent = identity ? displayName(this.client, identity) : t("chair.no_preview");
     $("preview-name").textContent = identity ? displayName(this.client, identity) : "";
-  }
-
-  tile(p) {
-    let parts = this.tiles.get(p.identity);
-    if (parts) return parts;
-    const video = el("video", { autoplay: true, playsinline: true, muted: true });
-    video.muted = true;
-    const card = el("div", { class: "slot-card" });
-    const meter = el("span", { class: "meter-fill" });
-    const name = el("strong", { class: "tile-name" });
-    const device = el("span", { class: "tile-device" });
-    const badges = el("span", { class: "tile-badges" });
-    const mute = el("button", { class: "tile-mute" });
-    const ask = el("button", { class: "tile-ask" });
-    const grant = el("button", { class: "tile-grant" });
-    const remove = el("button", { class: "tile-remove danger" });
-    const node = el(
-      "div",
-      { class: "tile", draggable: "true", tabindex: "0", dataset: { identity: p.identity } },
-      el("div", { class: "tile-picture" }, video, card),
-      el("div", { class: "tile-line" }, name, device),
-      el("div", { class: "meter", "aria-hidden": "true" }, meter),
-      badges,
-      el("div", { class: "tile-actions" }, mute, ask, grant, remove),
-    );
-    node.addEventListener("click", (ev) => {
-      if (!(ev.target instanceof HTMLButtonElement)) this.preview(p.identity);
-    });
-    node.addEventListener("dragstart", (ev) => {
-      ev.dataTransfer.setData("text/x-identity", p.identity);
-      ev.dataTransfer.effectAllowed = "copy";
-    });
-    mute.addEventListener("click", () => {
-      const now = this.client.mirror.participant(p.identity);
-      if (now) this.command("mute", { identity: p.identity, muted: !now.muted });
-    });
-    ask.addEventListener("click", () => this.command("request_unmute", { identity: p.identity }));
-    grant.addEventListener("click", () => this.command("grant_floor", { identity: p.identity }));
-    remove.addEventListener("click", () => this.confirmRemove(p.identity, remove));
-    parts = { node, video, card, meter, name, device, badges, mute, ask, grant, remove };
-    this.tiles.set(p.identity, parts);
-    return parts;
-  }
-
-  confirmRemove(identity, button) {
-    // Two presses: removing a venue by accident in a live meeting is costly.
-    if (this.confirming === identity) {
-      this.confirming = null;
-      this.command("remove", { identity });
-      return;
-    }
-    this.confirming = identity;
-    button.textContent = t("chair.remove_confirm");
-    setTimeout(() => {
-      if (this.confirming === identity) this.confirming = null;
-      this.renderTiles();
-    }, CONFIRM_MS);
-  }
-
-  renderTiles() {
-    const c = this.client;
-    const mirror = c.mirror;
-    if (!mirror) return;
-    const box = $("tiles");
-    const present = this.participants();
-    const keep = new Set(present.map((p) => p.identity));
-    for (const [identity, parts] of this.tiles) {
-      if (!keep.has(identity)) {
-        parts.node.remove();
-        this.tiles.delete(identity);
-      }
-    }
-    const onAir = new Set(mirror.program.slots.filter(Boolean));
-    present.forEach((p, index) => {
-      const parts = this.tile(p);
-      if (box.children[index] !== parts.node) box.insertBefore(parts.node, box.children[index] ?? null);
-      const track = c.previewTrack(p.identity);
-      attachTrack(parts.video, track);
-      parts.card.textContent = p.name;
-      parts.card.hidden = !!(track && !track.muted && p.publish_video);
-      parts.name.textContent = p.name;
-      parts.device.textContent = deviceLabel(p);
-      const quality = p.connected ? (this.quality.get(p.identity) ?? "unknown") : "offline";
-      const place = mirror.floorQueue.indexOf(p.identity) + 1;
-      const badges = [];
-      if (p.muted) badges.push(["muted", t("tile.muted_by_chair")]);
-      else if (p.self_muted) badges.push(["self-muted", t("tile.self_muted")]);
-      else if (!p.publish_audio) badges.push(["no-mic", t("tile.no_mic")]);
-      if (p.unmute_requested) badges.push(["asked", t("tile.unmute_asked")]);
-      if (place) badges.push(["hand", t("tile.hand", { place })]);
-      if (mirror.floor === p.identity) badges.push(["floor", t("tile.floor")]);
-      if (onAir.has(p.identity)) badges.push(["on-air", t("tile.on_air")]);
-      badges.push([`quality-${quality}`, t(`quality.${quality}`)]);
-      parts.badges.replaceChildren(...badges.map(([cls, text]) => el("span", { class: `badge badge-${cls}` }, text)));
-      parts.node.dataset.muted = String(p.muted);
-      parts.node.dataset.hand = String(!!place);
-      parts.node.dataset.quality = quality;
-      parts.node.classList.toggle("previewed", this.previewed === p.identity);
-      parts.node.classList.toggle("speaking", c.speakers.includes(p.identity));
-      parts.node.classList.toggle("offline", !p.connected);
-      parts.mute.textContent = p.muted ? t("tile.unmute") : t("tile.mute");
-      parts.ask.textContent = t("tile.ask_unmute");
-      // Buttons that do not apply are invisible but keep their place: the tile never changes height.
-      parts.ask.classList.toggle("gone", !(p.muted || p.self_muted) || !p.publish_audio);
-      parts.grant.textContent = t("tile.grant");
-      parts.grant.classList.toggle("gone", mirror.floor === p.identity);
-      parts.node.classList.toggle("announced", this.announced.has(p.identity));
-      if (this.confirming !== p.identity) parts.remove.textContent = t("tile.remove");
-    });
-    $("count").textContent = t("chair.count", { n: present.length });
-    $("tiles-empty").hidden = present.length > 0;
-    this.renderPreview();
-  }
-
-  async pollLevels() {
-    const c = this.client;
-    if (!c.pc) return;
-    const levels = new Map();
-    for (const { mid, identity } of c.audioTracks()) {
-      if (!identity) continue;
-      const source = c.receiver(mid)?.getSynchronizationSources?.()[0];
-      if (source && performance.timeOrigin + performance.now() - source.timestamp < 1000) {
-        levels.set(identity, source.audioLevel ?? 0);
-      }
-    }
-    for (const [identity, parts] of this.tiles) {
-      // audioLevel is linear 0..1; a square root makes quiet speech visible on the meter.
-      const level = Math.sqrt(levels.get(identity) ?? 0);
-      parts.meter.style.width = `${Math.round(level * 100)}%`;
-    }
-  }
-
-  async pollQuality() {
-    const c = this.client;
-    if (!c.pc) return;
-    // One getStats for the whole connection: per-receiver calls each walk every stream (~60 here).
-    let report;
-    try {
-      report = await c.pc.getStats();
-    } catch {
-      return;
-    }
-    const inboundByMid = new Map();
-    for (const stat of report.values()) {
-      if (stat.type === "inbound-rtp" && stat.kind === "video" && stat.mid != null) inboundByMid.set(stat.mid, stat);
-    }
-    for (const [mid, identity] of c.previewOccupants) {
-      if (!identity) continue;
-      const inbound = inboundByMid.get(mid);
-      if (!inbound) continue;
-      const prev = this.qualityPrev.get(mid) ?? { lost: 0, received: 0 };
-      const lost = (inbound.packetsLost ?? 0) - prev.lost;
-      const received = (inbound.packetsReceived ?? 0) - prev.received;
-      this.qualityPrev.set(mid, { lost: inbound.packetsLost ?? 0, received: inbound.packetsReceived ?? 0 });
-      const lossRate = lost + received > 0 ? lost / (lost + received) : 0;
-      const fps = inbound.framesPerSecond ?? 0;
-      this.quality.set(
-        identity,
-        received === 0 ? "poor" : lossRate > 0.08 || fps < 8 ? "poor" : lossRate > 0.02 || fps < 15 ? "fair" : "good",
-      );
-    }
-    this.renderTiles();
   }
 
   // --- floor, recording, log ------------------------------------------------------------
@@ -545,49 +338,6 @@ class Console {
     }
   }
 
-  /** Keep a room event as data; its line is written in the current language when drawn. */
-  log(e) {
-    this.logEntries.unshift({ e, at: e.at ?? Date.now() / 1000 });
-    if (this.logEntries.length > LOG_LIMIT) this.logEntries.length = LOG_LIMIT;
-    const list = $("event-log");
-    list.prepend(this.logItem(this.logEntries[0]));
-    while (list.children.length > LOG_LIMIT) list.lastElementChild.remove();
-  }
-
-  renderLog() {
-    $("event-log").replaceChildren(...this.logEntries.map((entry) => this.logItem(entry)));
-  }
-
-  logItem({ e, at }) {
-    const when = new Date(at * 1000).toLocaleTimeString(lang(), { hour12: false });
-    return el("li", { dataset: { version: e.version ?? "", kind: e.kind } }, el("time", {}, when), " ", this.logText(e));
-  }
-
-  /** One event in words, with display names (also of people who have left since). */
-  logText(e) {
-    const name = (id) => (id ? displayName(this.client, id) : "");
-    const params = {
-      name: e.kind === "participant_left" && e.name ? e.name : name(e.identity ?? e.participant?.identity ?? e.floor),
-      by: name(e.by),
-      layout: e.program ? t(`layouts.${e.program.layout}`) : "",
-      reason: e.reason ? t(`reasons.${e.reason}`) : "",
-      title: e.title ?? "",
-    };
-    let key = `log.${e.kind}`;
-    if (e.kind === "mute") key = e.muted ? "log.mute_on" : e.self_muted ? "log.self_mute_on" : "log.mute_off";
-    if (e.kind === "hand") key = e.raised ? "log.hand_up" : "log.hand_down";
-    if (e.kind === "floor") {
-      const byChair = e.by === this.client.you?.identity || this.client.mirror?.participant(e.by)?.role === "chair";
-      const ended = !e.floor && e.by && !byChair; // the speaker ended it (release_floor)
-      key = e.floor ? "log.floor_granted" : ended ? "log.floor_ended" : "log.floor_revoked";
-    }
-    if (e.kind === "recording") key = e.active ? "log.recording_started" : "log.recording_stopped";
-    if (e.kind === "broadcast") key = e.active ? "log.broadcast_started" : "log.broadcast_stopped";
-    if (e.kind === "participant_connection") key = e.connected ? "log.reconnected" : "log.disconnected";
-    const text = t(key, params);
-    return text === key ? e.kind : text;
-  }
-
   render() {
     this.renderLayoutPicker();
     this.renderDraft();
@@ -632,6 +382,8 @@ class Console {
     ev.preventDefault();
   }
 }
+
+Object.assign(Console.prototype, tileMethods, logMethods);
 
 async function main() {
   const opened = await openPage("chair");

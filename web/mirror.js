@@ -1,0 +1,96 @@
+// The room as a page knows it: the join reply's snapshot, kept up to date by applying the
+// server's versioned events (docs/protocol.md, "Room events") in order.
+
+/** The room as this page knows it, kept up to date from the server's events. */
+export class RoomMirror {
+  constructor(snapshot) {
+    this.load(snapshot);
+  }
+
+  load(s) {
+    this.room = s.room;
+    this.title = s.title ?? "";
+    // Names of everyone seen in this room, kept after they leave: logs and captions name them.
+    this.knownNames ??= new Map();
+    for (const p of s.participants) this.knownNames.set(p.identity, p.name);
+    this.version = s.version;
+    this.program = { layout: s.program.layout, slots: [...s.program.slots] };
+    this.participants = new Map(s.participants.map((p) => [p.identity, { ...p }]));
+    this.floor = s.floor ?? null;
+    this.floorQueue = [...(s.floor_queue || [])];
+    this.recording = { ...(s.recording || { active: false }) };
+    this.broadcast = { ...(s.broadcast || { active: false }) };
+  }
+
+  participant(identity) {
+    return identity == null ? undefined : this.participants.get(identity);
+  }
+
+  name(identity) {
+    return this.participant(identity)?.name ?? this.knownNames.get(identity) ?? identity ?? "";
+  }
+
+  /** Apply one event; returns false when it is unknown (nothing changed but the version). */
+  apply(e) {
+    const p = this.participants.get(e.identity);
+    switch (e.kind) {
+      case "participant_joined":
+      case "participant_rejoined":
+        this.participants.set(e.participant.identity, { ...e.participant });
+        this.knownNames.set(e.participant.identity, e.participant.name);
+        break;
+      case "participant_connection":
+        if (p) p.connected = e.connected;
+        break;
+      case "participant_left":
+        if (e.name) this.knownNames.set(e.identity, e.name);
+        this.participants.delete(e.identity);
+        this.floorQueue = this.floorQueue.filter((id) => id !== e.identity);
+        break;
+      case "publishing":
+        if (p) Object.assign(p, { publish_audio: e.audio, publish_video: e.video });
+        break;
+      case "program":
+        this.program = { layout: e.program.layout, slots: [...e.program.slots] };
+        break;
+      case "mute":
+        if (p) {
+          p.muted = e.muted;
+          p.self_muted = e.self_muted;
+          if (e.muted || !e.self_muted) p.unmute_requested = false;
+        }
+        break;
+      case "unmute_requested":
+        if (p) Object.assign(p, { muted: false, unmute_requested: true });
+        break;
+      case "hand":
+        if (p) p.hand_raised_at = e.raised ? (p.hand_raised_at ?? e.at ?? Date.now() / 1000) : null;
+        this.floorQueue = [...e.floor_queue];
+        break;
+      case "floor":
+        if (e.floor && this.participants.has(e.floor)) {
+          const holder = this.participants.get(e.floor);
+          holder.hand_raised_at = null;
+          holder.muted = false;
+          holder.unmute_requested = holder.self_muted;
+        }
+        this.floor = e.floor ?? null;
+        this.floorQueue = [...(e.floor_queue || [])];
+        break;
+      case "title":
+        this.title = e.title ?? "";
+        break;
+      case "recording":
+        this.recording = { active: e.active, recording_id: e.recording_id, started_at: e.started_at };
+        break;
+      case "broadcast":
+        this.broadcast = { active: e.active, started_at: e.started_at, stopped_at: e.stopped_at };
+        break;
+      default:
+        this.version = e.version ?? this.version;
+        return false;
+    }
+    this.version = e.version ?? this.version;
+    return true;
+  }
+}
