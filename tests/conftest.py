@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,17 @@ async def connect() -> Callable[..., Awaitable[SignalingClient]]:
     for client in clients:
         await client.close()
     await session.close()
+
+
+@pytest.fixture
+async def meeting() -> AsyncIterator[Any]:
+    """A room in a MemoryRoomStore with the SFU listening to its events (tests/test_sfu_support.py),
+    closed with every endpoint added to it when the test ends."""
+    from test_sfu_support import Meeting
+
+    room = Meeting()
+    await room.start()
+    try:
+        yield room
+    finally:
+        await room.close()

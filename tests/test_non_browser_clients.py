@@ -79,47 +79,37 @@ def speakers_named(meeting: Meeting) -> set[str]:
     return {s for _, _, m in meeting.messages if m["type"] == "speakers" for s in m["speakers"]}
 
 
-async def test_an_answer_with_extension_attributes_is_accepted_and_its_levels_used() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await add_edited(meeting, "gst-venue", 0, with_vad_attribute, speaking=True)
-        listener = await meeting.add("hall-b", 1)
-        producer = meeting.backend.rooms["hall"].transports["gst-venue"].producers["audio"]
-        assert producer.level_ext, "the audio-level extension was not negotiated"
-        await wait_for(lambda: listener.heard() == {0}, 10, "hall-b hears the venue")
-        assert "gst-venue" in speakers_named(meeting)
-        # Chosen from the extension it sends: nothing was decoded on the server.
-        assert producer.meter is None and meeting.backend.stats()["levels_decoded"] == 0
-    finally:
-        await meeting.close()
+async def test_an_answer_with_extension_attributes_is_accepted_and_its_levels_used(meeting: Meeting) -> None:
+    await add_edited(meeting, "gst-venue", 0, with_vad_attribute, speaking=True)
+    listener = await meeting.add("hall-b", 1)
+    producer = meeting.backend.rooms["hall"].transports["gst-venue"].producers["audio"]
+    assert producer.level_ext, "the audio-level extension was not negotiated"
+    await wait_for(lambda: listener.heard() == {0}, 10, "hall-b hears the venue")
+    assert "gst-venue" in speakers_named(meeting)
+    # Chosen from the extension it sends: nothing was decoded on the server.
+    assert producer.meter is None and meeting.backend.stats()["levels_decoded"] == 0
 
 
-async def test_a_publisher_without_the_audio_level_extension_is_heard() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await add_edited(meeting, "gst-venue", 0, without_audio_level, speaking=True)
-        await add_edited(meeting, "gst-quiet", 2, without_audio_level, speaking=False)
-        listener = await meeting.add("hall-b", 1)
-        room = meeting.backend.rooms["hall"]
-        assert room.transports["gst-venue"].producers["audio"].level_ext == 0
-        # Nobody has the floor: only a level can put the venue in hall-b's audio slots.
-        assert room.state.floor is None
-        await wait_for(lambda: listener.heard() == {0}, 10, "hall-b hears the venue")
-        await wait_for(lambda: "gst-venue" in room.speakers, 5, "the venue among the speakers")
-        assert "gst-venue" in speakers_named(meeting)
-        loud = room.transports["gst-venue"].producers["audio"]
-        quiet = room.transports["gst-quiet"].producers["audio"]
-        # Measured from the decoded Opus: a tone of amplitude 8000/32768 is -15 dBov; silence is 127.
-        assert loud.meter is not None and 12 <= loud.meter.level <= 18, loud.meter.level
-        assert quiet.meter is not None and quiet.meter.level == 127
-        assert "gst-quiet" not in room.speakers and "gst-quiet" not in speakers_named(meeting)
-        assert meeting.backend.stats()["levels_decoded"] > 0
-        # hall-b sends the extension: its level is never decoded.
-        assert room.transports["hall-b"].producers["audio"].meter is None
-    finally:
-        await meeting.close()
+async def test_a_publisher_without_the_audio_level_extension_is_heard(meeting: Meeting) -> None:
+    await add_edited(meeting, "gst-venue", 0, without_audio_level, speaking=True)
+    await add_edited(meeting, "gst-quiet", 2, without_audio_level, speaking=False)
+    listener = await meeting.add("hall-b", 1)
+    room = meeting.backend.rooms["hall"]
+    assert room.transports["gst-venue"].producers["audio"].level_ext == 0
+    # Nobody has the floor: only a level can put the venue in hall-b's audio slots.
+    assert room.state.floor is None
+    await wait_for(lambda: listener.heard() == {0}, 10, "hall-b hears the venue")
+    await wait_for(lambda: "gst-venue" in room.speakers, 5, "the venue among the speakers")
+    assert "gst-venue" in speakers_named(meeting)
+    loud = room.transports["gst-venue"].producers["audio"]
+    quiet = room.transports["gst-quiet"].producers["audio"]
+    # Measured from the decoded Opus: a tone of amplitude 8000/32768 is -15 dBov; silence is 127.
+    assert loud.meter is not None and 12 <= loud.meter.level <= 18, loud.meter.level
+    assert quiet.meter is not None and quiet.meter.level == 127
+    assert "gst-quiet" not in room.speakers and "gst-quiet" not in speakers_named(meeting)
+    assert meeting.backend.stats()["levels_decoded"] > 0
+    # hall-b sends the extension: its level is never decoded.
+    assert room.transports["hall-b"].producers["audio"].meter is None
 
 
 def test_dbov_level_follows_rfc_6464() -> None:

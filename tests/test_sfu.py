@@ -102,175 +102,141 @@ async def test_three_endpoints_program_change_switches_every_subscriber(
         await meeting.close()
 
 
-async def test_muted_participant_is_dropped_at_the_server_and_the_floor_is_always_heard() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await meeting.add("hall-a", 0, speaking=True)
-        b = await meeting.add("expert-b", 1)
-        c = await meeting.add("member-c", 2)
-        await wait_for(lambda: b.heard() == {0} and c.heard() == {0}, 10, "b and c hear a")
-        await meeting.command(mute, "hall-a", True, by="chair")
-        await wait_for(lambda: b.heard() == set() and c.heard() == set(), 3, "a's voice stops everywhere")
-        dropped = meeting.backend.stats()["packets_dropped_muted"]
-        await asyncio.sleep(0.5)
-        assert meeting.backend.stats()["packets_dropped_muted"] > dropped
-        assert all(s["identity"] != "hall-a" for s in meeting.slot_messages("expert-b")[-1]["audio"])
-        # A silent floor holder still gets an audio slot at everyone else (the chair gave the floor).
-        await meeting.command(grant_floor, "member-c", by="chair")
-        await wait_for(
-            lambda: any(s["identity"] == "member-c" for s in meeting.slot_messages("expert-b")[-1]["audio"]),
-            3,
-            "member-c's slot at expert-b",
-        )
-        assert all(s["identity"] != "member-c" for s in meeting.slot_messages("member-c")[-1]["audio"])
-        # Granting the floor lifts the chair's mute on hall-a? No: hall-a stays muted.
-        assert b.heard() == set()
-    finally:
-        await meeting.close()
+async def test_muted_participant_is_dropped_at_the_server_and_the_floor_is_always_heard(
+    meeting: Meeting,
+) -> None:
+    await meeting.add("hall-a", 0, speaking=True)
+    b = await meeting.add("expert-b", 1)
+    c = await meeting.add("member-c", 2)
+    await wait_for(lambda: b.heard() == {0} and c.heard() == {0}, 10, "b and c hear a")
+    await meeting.command(mute, "hall-a", True, by="chair")
+    await wait_for(lambda: b.heard() == set() and c.heard() == set(), 3, "a's voice stops everywhere")
+    dropped = meeting.backend.stats()["packets_dropped_muted"]
+    await asyncio.sleep(0.5)
+    assert meeting.backend.stats()["packets_dropped_muted"] > dropped
+    assert all(s["identity"] != "hall-a" for s in meeting.slot_messages("expert-b")[-1]["audio"])
+    # A silent floor holder still gets an audio slot at everyone else (the chair gave the floor).
+    await meeting.command(grant_floor, "member-c", by="chair")
+    await wait_for(
+        lambda: any(s["identity"] == "member-c" for s in meeting.slot_messages("expert-b")[-1]["audio"]),
+        3,
+        "member-c's slot at expert-b",
+    )
+    assert all(s["identity"] != "member-c" for s in meeting.slot_messages("member-c")[-1]["audio"])
+    # Granting the floor lifts the chair's mute on hall-a? No: hall-a stays muted.
+    assert b.heard() == set()
 
 
-async def test_dropped_endpoint_reconnects_into_its_slots() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        a = await meeting.add("hall-a", 0)
-        b = await meeting.add("expert-b", 1)
-        await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
-        await wait_for(lambda: a.video(1).colour == 1 and b.video(0).colour == 0, 10, "program")
-        # b's connection drops: signaling closes its media session and keeps the participant.
-        await b.session.close()
-        await b.close()
-        await meeting.command(set_connected, "expert-b", False)
-        frames = a.video(1).frames
-        await asyncio.sleep(0.5)
-        stalled = a.video(1).frames
-        await asyncio.sleep(0.5)
-        assert a.video(1).frames == stalled, "the slot of a gone publisher sends nothing"
-        assert a.video(0).colour == 0 and a.video(0).frames > frames  # the other slot is unaffected
-        # b comes back (a new session, a new peer connection) into the same program slots.
-        b2 = await meeting.add("expert-b", 1)
-        await wait_for(lambda: b2.video(0).colour == 0 and b2.video(1).colour == 1, 10, "b2 sees the program")
-        await wait_for(
-            lambda: a.video(1).frames > stalled + 5 and a.video(1).colour == 1, 10, "a sees b again"
-        )
-        assert meeting.backend.stats()["sessions"] == 2
-    finally:
-        await meeting.close()
+async def test_dropped_endpoint_reconnects_into_its_slots(meeting: Meeting) -> None:
+    a = await meeting.add("hall-a", 0)
+    b = await meeting.add("expert-b", 1)
+    await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
+    await wait_for(lambda: a.video(1).colour == 1 and b.video(0).colour == 0, 10, "program")
+    # b's connection drops: signaling closes its media session and keeps the participant.
+    await b.session.close()
+    await b.close()
+    await meeting.command(set_connected, "expert-b", False)
+    frames = a.video(1).frames
+    await asyncio.sleep(0.5)
+    stalled = a.video(1).frames
+    await asyncio.sleep(0.5)
+    assert a.video(1).frames == stalled, "the slot of a gone publisher sends nothing"
+    assert a.video(0).colour == 0 and a.video(0).frames > frames  # the other slot is unaffected
+    # b comes back (a new session, a new peer connection) into the same program slots.
+    b2 = await meeting.add("expert-b", 1)
+    await wait_for(lambda: b2.video(0).colour == 0 and b2.video(1).colour == 1, 10, "b2 sees the program")
+    await wait_for(lambda: a.video(1).frames > stalled + 5 and a.video(1).colour == 1, 10, "a sees b again")
+    assert meeting.backend.stats()["sessions"] == 2
 
 
-async def test_a_phone_with_one_slot_gets_the_main_feed() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await meeting.add("hall-a", 0)
-        await meeting.add("expert-b", 1)
-        phone = await meeting.add("member-p", 2, video_slots=1, audio_slots=1, publish=False)
-        assert len(phone.slots["video"]) == 1 and len(phone.slots["audio"]) == 1
-        assert phone.slots["publish"] == {}
-        await meeting.command(set_program, "pip", ["expert-b", "hall-a"])
-        await wait_for(lambda: phone.video(0).colour == 1, 10, "the phone sees the main slot")
-    finally:
-        await meeting.close()
+async def test_a_phone_with_one_slot_gets_the_main_feed(meeting: Meeting) -> None:
+    await meeting.add("hall-a", 0)
+    await meeting.add("expert-b", 1)
+    phone = await meeting.add("member-p", 2, video_slots=1, audio_slots=1, publish=False)
+    assert len(phone.slots["video"]) == 1 and len(phone.slots["audio"]) == 1
+    assert phone.slots["publish"] == {}
+    await meeting.command(set_program, "pip", ["expert-b", "hall-a"])
+    await wait_for(lambda: phone.video(0).colour == 1, 10, "the phone sees the main slot")
 
 
-async def test_subscriber_pli_is_relayed_upstream_rate_limited() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        a = await meeting.add("hall-a", 0)
-        b = await meeting.add("expert-b", 1)
-        await meeting.command(set_program, "single", ["hall-a"])
-        await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
-        publisher_sender = next(
-            t.sender for t in a.pc.getTransceivers() if t.mid == a.slots["publish"]["video"]
-        )
-        requests: list[float] = []
-        original = publisher_sender._send_keyframe
+async def test_subscriber_pli_is_relayed_upstream_rate_limited(meeting: Meeting) -> None:
+    a = await meeting.add("hall-a", 0)
+    b = await meeting.add("expert-b", 1)
+    await meeting.command(set_program, "single", ["hall-a"])
+    await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
+    publisher_sender = next(t.sender for t in a.pc.getTransceivers() if t.mid == a.slots["publish"]["video"])
+    requests: list[float] = []
+    original = publisher_sender._send_keyframe
 
-        def record() -> None:
-            requests.append(time.monotonic())
-            original()
+    def record() -> None:
+        requests.append(time.monotonic())
+        original()
 
-        publisher_sender._send_keyframe = record  # type: ignore[method-assign]
-        receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
-        slot_ssrc = meeting.backend.rooms["hall"].transports["expert-b"].video[0].rewriter.ssrc
-        stats = meeting.backend.stats
-        relayed = stats()["keyframe_requests_relayed"]
-        # A burst of PLIs from the subscriber reaches the publisher, as keyframe requests spaced by
-        # the server's rate limit (300 ms; other requests, e.g. after a loss, share the budget).
-        for _ in range(5):
-            await receiver._send_rtcp_pli(slot_ssrc)
-        await wait_for(lambda: stats()["keyframe_requests_relayed"] >= relayed + 5, 3, "relay")
-        await wait_for(lambda: len(requests) >= 1, 3, "PLI at the publisher")
-        await asyncio.sleep(0.7)
-        gaps = [b - a for a, b in itertools.pairwise(requests)]
-        assert len(requests) <= 3 and all(gap > 0.2 for gap in gaps), requests
-    finally:
-        await meeting.close()
+    publisher_sender._send_keyframe = record  # type: ignore[method-assign]
+    receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
+    slot_ssrc = meeting.backend.rooms["hall"].transports["expert-b"].video[0].rewriter.ssrc
+    stats = meeting.backend.stats
+    relayed = stats()["keyframe_requests_relayed"]
+    # A burst of PLIs from the subscriber reaches the publisher, as keyframe requests spaced by
+    # the server's rate limit (300 ms; other requests, e.g. after a loss, share the budget).
+    for _ in range(5):
+        await receiver._send_rtcp_pli(slot_ssrc)
+    await wait_for(lambda: stats()["keyframe_requests_relayed"] >= relayed + 5, 3, "relay")
+    await wait_for(lambda: len(requests) >= 1, 3, "PLI at the publisher")
+    await asyncio.sleep(0.7)
+    gaps = [b - a for a, b in itertools.pairwise(requests)]
+    assert len(requests) <= 3 and all(gap > 0.2 for gap in gaps), requests
 
 
-async def test_nack_is_answered_from_the_publishers_cache() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await meeting.add("hall-a", 0)
-        b = await meeting.add("expert-b", 1)
-        await meeting.command(set_program, "single", ["hall-a"])
-        await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
-        track = meeting.backend.rooms["hall"].transports["expert-b"].video[0]
-        receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
-        last = track.rewriter.last_sequence
-        before = meeting.backend.stats()
-        sent_before = track.packets
-        await receiver._send_rtcp_nack(track.rewriter.ssrc, [(last - 1) & 0xFFFF, last])
-        await wait_for(
-            lambda: meeting.backend.stats()["nacks_answered"] >= before["nacks_answered"] + 2, 3, "NACK"
-        )
-        assert meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 2
-        assert track.packets >= sent_before  # retransmissions go out on the same leg
-        # A sequence number never sent cannot be answered.
-        answered = meeting.backend.stats()["nacks_answered"]
-        await receiver._send_rtcp_nack(track.rewriter.ssrc, [(last + 30000) & 0xFFFF])
-        await wait_for(
-            lambda: meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 3, 3, "N"
-        )
-        assert meeting.backend.stats()["nacks_answered"] == answered
-    finally:
-        await meeting.close()
+async def test_nack_is_answered_from_the_publishers_cache(meeting: Meeting) -> None:
+    await meeting.add("hall-a", 0)
+    b = await meeting.add("expert-b", 1)
+    await meeting.command(set_program, "single", ["hall-a"])
+    await wait_for(lambda: b.video(0).colour == 0, 10, "b sees a")
+    track = meeting.backend.rooms["hall"].transports["expert-b"].video[0]
+    receiver = next(t.receiver for t in b.pc.getTransceivers() if t.mid == b.slots["video"][0])
+    last = track.rewriter.last_sequence
+    before = meeting.backend.stats()
+    sent_before = track.packets
+    await receiver._send_rtcp_nack(track.rewriter.ssrc, [(last - 1) & 0xFFFF, last])
+    await wait_for(
+        lambda: meeting.backend.stats()["nacks_answered"] >= before["nacks_answered"] + 2, 3, "NACK"
+    )
+    assert meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 2
+    assert track.packets >= sent_before  # retransmissions go out on the same leg
+    # A sequence number never sent cannot be answered.
+    answered = meeting.backend.stats()["nacks_answered"]
+    await receiver._send_rtcp_nack(track.rewriter.ssrc, [(last + 30000) & 0xFFFF])
+    await wait_for(lambda: meeting.backend.stats()["nacks_received"] >= before["nacks_received"] + 3, 3, "N")
+    assert meeting.backend.stats()["nacks_answered"] == answered
 
 
-async def test_bad_answers_are_refused_and_change_nothing() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        a = await meeting.add("hall-a", 0)
-        session = await meeting.backend.open_session(
-            "hall",
-            "expert-b",
-            meeting.backend.rooms["hall"].transports["hall-a"].options,
-            meeting.store._rooms["hall"],
-        )
-        with pytest.raises(MediaError) as excinfo:
-            await session.set_answer("v=0\r\n")
-        assert excinfo.value.code == "conflict"  # no offer yet
-        offer = await session.create_offer()
-        assert await session.create_offer() is offer
-        with pytest.raises(MediaError) as excinfo:
-            await session.set_answer("this is not SDP")
-        assert excinfo.value.code == "bad_sdp"
-        with pytest.raises(MediaError):
-            await session.add_candidate({"candidate": "candidate:garbage", "sdpMid": "0"})
-        # The room is unaffected: a still publishes and the session can still be answered properly.
-        endpoint = Endpoint("expert-b", 1)
-        meeting.endpoints["expert-b"] = endpoint
-        endpoint.session = session
-        await meeting.command(set_program, "single", ["hall-a"])
-        await _answer(endpoint, session, offer)
-        await wait_for(lambda: endpoint.video(0).colour == 0, 10, "b sees a after the bad answers")
-        assert a.pc.connectionState == "connected"
-    finally:
-        await meeting.close()
+async def test_bad_answers_are_refused_and_change_nothing(meeting: Meeting) -> None:
+    a = await meeting.add("hall-a", 0)
+    session = await meeting.backend.open_session(
+        "hall",
+        "expert-b",
+        meeting.backend.rooms["hall"].transports["hall-a"].options,
+        meeting.store._rooms["hall"],
+    )
+    with pytest.raises(MediaError) as excinfo:
+        await session.set_answer("v=0\r\n")
+    assert excinfo.value.code == "conflict"  # no offer yet
+    offer = await session.create_offer()
+    assert await session.create_offer() is offer
+    with pytest.raises(MediaError) as excinfo:
+        await session.set_answer("this is not SDP")
+    assert excinfo.value.code == "bad_sdp"
+    with pytest.raises(MediaError):
+        await session.add_candidate({"candidate": "candidate:garbage", "sdpMid": "0"})
+    # The room is unaffected: a still publishes and the session can still be answered properly.
+    endpoint = Endpoint("expert-b", 1)
+    meeting.endpoints["expert-b"] = endpoint
+    endpoint.session = session
+    await meeting.command(set_program, "single", ["hall-a"])
+    await _answer(endpoint, session, offer)
+    await wait_for(lambda: endpoint.video(0).colour == 0, 10, "b sees a after the bad answers")
+    assert a.pc.connectionState == "connected"
 
 
 async def _answer(endpoint: Endpoint, session: object, offer: dict) -> None:
@@ -350,86 +316,69 @@ class MemorySink:
         self.speaker_updates.append(identities)
 
 
-async def test_recorder_gets_every_track_but_not_muted_audio() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await meeting.add("hall-a", 0, speaking=True)
-        await meeting.add("expert-b", 1)
-        await wait_for(lambda: meeting.backend.stats()["producers"] == 4, 10, "both publishing")
-        sink = MemorySink()
-        meeting.backend.set_recorder("hall", sink)
-        kinds = {(t["identity"], t["kind"]) for t in sink.tracks}
-        assert kinds == {
-            ("hall-a", "audio"),
-            ("hall-a", "video"),
-            ("expert-b", "audio"),
-            ("expert-b", "video"),
-        }
-        video = next(t for t in sink.tracks if t == {**t, "identity": "hall-a", "kind": "video"})
-        assert video["codec"] == "vp8" and video["clock_rate"] == 90_000
-        audio = next(t for t in sink.tracks if t == {**t, "identity": "hall-a", "kind": "audio"})
-        assert audio["codec"] == "opus" and audio["extensions"]["urn:ietf:params:rtp-hdrext:ssrc-audio-level"]
-        await wait_for(
-            lambda: len(video["packets"]) > 10 and len(audio["packets"]) > 20, 10, "packets recorded"
-        )
-        first = video["packets"][0][1]
-        assert first[0] >> 6 == 2 and struct.unpack_from("!I", first, 8)[0] == video["ssrc"]  # decrypted RTP
-        await wait_for(lambda: ["hall-a"] in sink.speaker_updates, 5, "speakers reach the recorder")
-        # Muted audio is not recorded either.
-        await meeting.command(mute, "hall-a", True, by="chair")
-        await asyncio.sleep(0.3)
-        count = len(audio["packets"])
-        await asyncio.sleep(0.6)
-        assert len(audio["packets"]) == count
-        meeting.backend.set_recorder("hall", None)
-        assert all(t["closed"] for t in sink.tracks)
-        frozen = len(video["packets"])
-        await asyncio.sleep(0.3)
-        assert len(video["packets"]) == frozen
-    finally:
-        await meeting.close()
+async def test_recorder_gets_every_track_but_not_muted_audio(meeting: Meeting) -> None:
+    await meeting.add("hall-a", 0, speaking=True)
+    await meeting.add("expert-b", 1)
+    await wait_for(lambda: meeting.backend.stats()["producers"] == 4, 10, "both publishing")
+    sink = MemorySink()
+    meeting.backend.set_recorder("hall", sink)
+    kinds = {(t["identity"], t["kind"]) for t in sink.tracks}
+    assert kinds == {
+        ("hall-a", "audio"),
+        ("hall-a", "video"),
+        ("expert-b", "audio"),
+        ("expert-b", "video"),
+    }
+    video = next(t for t in sink.tracks if t == {**t, "identity": "hall-a", "kind": "video"})
+    assert video["codec"] == "vp8" and video["clock_rate"] == 90_000
+    audio = next(t for t in sink.tracks if t == {**t, "identity": "hall-a", "kind": "audio"})
+    assert audio["codec"] == "opus" and audio["extensions"]["urn:ietf:params:rtp-hdrext:ssrc-audio-level"]
+    await wait_for(lambda: len(video["packets"]) > 10 and len(audio["packets"]) > 20, 10, "packets recorded")
+    first = video["packets"][0][1]
+    assert first[0] >> 6 == 2 and struct.unpack_from("!I", first, 8)[0] == video["ssrc"]  # decrypted RTP
+    await wait_for(lambda: ["hall-a"] in sink.speaker_updates, 5, "speakers reach the recorder")
+    # Muted audio is not recorded either.
+    await meeting.command(mute, "hall-a", True, by="chair")
+    await asyncio.sleep(0.3)
+    count = len(audio["packets"])
+    await asyncio.sleep(0.6)
+    assert len(audio["packets"]) == count
+    meeting.backend.set_recorder("hall", None)
+    assert all(t["closed"] for t in sink.tracks)
+    frozen = len(video["packets"])
+    await asyncio.sleep(0.3)
+    assert len(video["packets"]) == frozen
 
 
-async def test_a_second_session_of_the_same_identity_replaces_the_first() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        a = await meeting.add("hall-a", 0)
-        b = await meeting.add("expert-b", 1)
-        await meeting.command(set_program, "single", ["expert-b"])
-        await wait_for(lambda: a.video(0).colour == 1, 10, "a sees b")
-        old = meeting.backend.rooms["hall"].transports["expert-b"]
-        b2 = await meeting.add("expert-b", 1)  # b's old connection is still up
-        assert old.closed and meeting.backend.rooms["hall"].transports["expert-b"] is not old
-        frames = a.video(0).frames
-        await wait_for(lambda: a.video(0).frames > frames + 5 and a.video(0).colour == 1, 10, "a sees b2")
-        await wait_for(lambda: b2.video(0).colour == 1, 10, "b2 sees itself in the program")
-        assert meeting.backend.stats()["sessions"] == 2
-        await b.close()
-    finally:
-        await meeting.close()
+async def test_a_second_session_of_the_same_identity_replaces_the_first(meeting: Meeting) -> None:
+    a = await meeting.add("hall-a", 0)
+    b = await meeting.add("expert-b", 1)
+    await meeting.command(set_program, "single", ["expert-b"])
+    await wait_for(lambda: a.video(0).colour == 1, 10, "a sees b")
+    old = meeting.backend.rooms["hall"].transports["expert-b"]
+    b2 = await meeting.add("expert-b", 1)  # b's old connection is still up
+    assert old.closed and meeting.backend.rooms["hall"].transports["expert-b"] is not old
+    frames = a.video(0).frames
+    await wait_for(lambda: a.video(0).frames > frames + 5 and a.video(0).colour == 1, 10, "a sees b2")
+    await wait_for(lambda: b2.video(0).colour == 1, 10, "b2 sees itself in the program")
+    assert meeting.backend.stats()["sessions"] == 2
+    await b.close()
 
 
-async def test_a_removed_participant_loses_its_session_and_its_slots_empty() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        a = await meeting.add("hall-a", 0)
-        await meeting.add("expert-b", 1)
-        await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
-        await wait_for(lambda: a.video(1).colour == 1, 10, "a sees b")
-        await meeting.command(remove, "expert-b")
-        room = meeting.backend.rooms["hall"]
-        assert "expert-b" not in room.transports
-        assert meeting.backend.stats()["sessions"] == 1
-        assert room.transports["hall-a"].video[1].source is None
-        frames = a.video(1).frames
-        await asyncio.sleep(0.5)
-        assert a.video(1).frames <= frames + 1  # at most a frame in flight, then nothing
-        assert a.video(0).colour == 0
-    finally:
-        await meeting.close()
+async def test_a_removed_participant_loses_its_session_and_its_slots_empty(meeting: Meeting) -> None:
+    a = await meeting.add("hall-a", 0)
+    await meeting.add("expert-b", 1)
+    await meeting.command(set_program, "side-by-side", ["hall-a", "expert-b"])
+    await wait_for(lambda: a.video(1).colour == 1, 10, "a sees b")
+    await meeting.command(remove, "expert-b")
+    room = meeting.backend.rooms["hall"]
+    assert "expert-b" not in room.transports
+    assert meeting.backend.stats()["sessions"] == 1
+    assert room.transports["hall-a"].video[1].source is None
+    frames = a.video(1).frames
+    await asyncio.sleep(0.5)
+    assert a.video(1).frames <= frames + 1  # at most a frame in flight, then nothing
+    assert a.video(0).colour == 0
 
 
 async def test_publishers_get_receiver_reports_remb_and_nacks_for_what_was_lost() -> None:

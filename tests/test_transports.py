@@ -79,75 +79,65 @@ def vp8_frames(packets: list[bytes]) -> list[bytes]:
     return frames
 
 
-async def test_a_clip_fed_in_process_fills_a_program_slot_and_hears_keyframe_requests() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        viewer = await meeting.add("expert-b", 1, publish=False)
-        state = await join_participant(meeting, "clip", publish_video=True)
-        requests: list[str] = []
-        publisher: RawPublisher | None = None
+async def test_a_clip_fed_in_process_fills_a_program_slot_and_hears_keyframe_requests(
+    meeting: Meeting,
+) -> None:
+    viewer = await meeting.add("expert-b", 1, publish=False)
+    state = await join_participant(meeting, "clip", publish_video=True)
+    requests: list[str] = []
+    publisher: RawPublisher | None = None
 
-        def keyframe_wanted(kind: str) -> None:
-            requests.append(kind)
-            if publisher is not None:
-                publisher.request_keyframe()  # restart at the clip's keyframe, as an encoder would
+    def keyframe_wanted(kind: str) -> None:
+        requests.append(kind)
+        if publisher is not None:
+            publisher.request_keyframe()  # restart at the clip's keyframe, as an encoder would
 
-        transport = await meeting.backend.open_direct(
-            meeting.room, "clip", state, publish={"video": [VP8]}, on_keyframe_request=keyframe_wanted
-        )
-        stream = RawStream(ssrc=random.getrandbits(32), payload_type=VP8.payload_type, mid_ext=0, mid=b"")
-        publisher = RawPublisher(colour_clip(5), transport, stream, None)
-        transport.start()
-        publisher.start()
-        await meeting.command(set_program, "single", ["clip"])
-        await wait_for(lambda: viewer.video(0).colour == 5, 15, "the viewer decodes the clip's colour")
-        assert transport.producers["video"].packets > 0
-        assert requests and set(requests) == {"video"}  # the switch asked the feeder for a keyframe
+    transport = await meeting.backend.open_direct(
+        meeting.room, "clip", state, publish={"video": [VP8]}, on_keyframe_request=keyframe_wanted
+    )
+    stream = RawStream(ssrc=random.getrandbits(32), payload_type=VP8.payload_type, mid_ext=0, mid=b"")
+    publisher = RawPublisher(colour_clip(5), transport, stream, None)
+    transport.start()
+    publisher.start()
+    await meeting.command(set_program, "single", ["clip"])
+    await wait_for(lambda: viewer.video(0).colour == 5, 15, "the viewer decodes the clip's colour")
+    assert transport.producers["video"].packets > 0
+    assert requests and set(requests) == {"video"}  # the switch asked the feeder for a keyframe
 
-        # A subscriber's PLI reaches the feeder (coalesced, so at most one per 300 ms).
-        await asyncio.sleep(0.5)
-        before = len(requests)
-        receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.mid == viewer.slots["video"][0])
-        slot = meeting.backend.rooms[meeting.room].transports["expert-b"].video[0]
-        await receiver._send_rtcp_pli(slot.rewriter.ssrc)
-        await wait_for(
-            lambda: len(requests) > before, 5, "the feeder hears the subscriber's keyframe request"
-        )
-        publisher.pause()
-    finally:
-        await meeting.close()
+    # A subscriber's PLI reaches the feeder (coalesced, so at most one per 300 ms).
+    await asyncio.sleep(0.5)
+    before = len(requests)
+    receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.mid == viewer.slots["video"][0])
+    slot = meeting.backend.rooms[meeting.room].transports["expert-b"].video[0]
+    await receiver._send_rtcp_pli(slot.rewriter.ssrc)
+    await wait_for(lambda: len(requests) > before, 5, "the feeder hears the subscriber's keyframe request")
+    publisher.pause()
 
 
-async def test_a_direct_consumer_receives_a_venue_camera() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        await meeting.add("hall-a", 2)
-        state = await join_participant(meeting, "monitor", publish_video=False)
-        received: list[bytes] = []
-        transport = await meeting.backend.open_direct(
-            meeting.room, "monitor", state, video_slots=1, on_packet=lambda track, data: received.append(data)
-        )
-        transport.start()
-        await meeting.command(set_program, "single", ["hall-a"])
+async def test_a_direct_consumer_receives_a_venue_camera(meeting: Meeting) -> None:
+    await meeting.add("hall-a", 2)
+    state = await join_participant(meeting, "monitor", publish_video=False)
+    received: list[bytes] = []
+    transport = await meeting.backend.open_direct(
+        meeting.room, "monitor", state, video_slots=1, on_packet=lambda track, data: received.append(data)
+    )
+    transport.start()
+    await meeting.command(set_program, "single", ["hall-a"])
 
-        def decoded_colours() -> list[int]:
-            decoder = av.CodecContext.create("vp8", "r")
-            colours = []
-            for frame in vp8_frames(list(received)):
-                for picture in decoder.decode(av.Packet(frame)):
-                    rgb = picture.to_ndarray(format="rgb24")
-                    colours.append(nearest_colour(tuple(rgb.reshape(-1, 3).mean(axis=0))))
-            return colours
+    def decoded_colours() -> list[int]:
+        decoder = av.CodecContext.create("vp8", "r")
+        colours = []
+        for frame in vp8_frames(list(received)):
+            for picture in decoder.decode(av.Packet(frame)):
+                rgb = picture.to_ndarray(format="rgb24")
+                colours.append(nearest_colour(tuple(rgb.reshape(-1, 3).mean(axis=0))))
+        return colours
 
-        await wait_for(lambda: len(received) > 30, 15, "the direct consumer gets the venue's packets")
-        colours = decoded_colours()
-        assert colours and colours[-1] == 2, colours
-        ssrcs = {parse_header(p).ssrc for p in received}  # type: ignore[union-attr]
-        assert ssrcs == {transport.video[0].rewriter.ssrc}  # rewritten to the slot's own stream
-    finally:
-        await meeting.close()
+    await wait_for(lambda: len(received) > 30, 15, "the direct consumer gets the venue's packets")
+    colours = decoded_colours()
+    assert colours and colours[-1] == 2, colours
+    ssrcs = {parse_header(p).ssrc for p in received}  # type: ignore[union-attr]
+    assert ssrcs == {transport.video[0].rewriter.ssrc}  # rewritten to the slot's own stream
 
 
 async def test_a_plain_rtp_worker_in_another_process_decodes_a_venue_camera() -> None:
@@ -195,40 +185,32 @@ async def test_a_plain_rtp_worker_in_another_process_decodes_a_venue_camera() ->
         await meeting.close()
 
 
-async def test_a_plain_transport_ignores_other_senders_and_serves_only_this_machine() -> None:
-    meeting = Meeting()
-    await meeting.start()
-    try:
-        state = await join_participant(meeting, "worker", publish_video=True)
-        with pytest.raises(MediaError) as refused:
-            await meeting.backend.open_plain(
-                meeting.room, "worker", state, PlainOffer.from_json({"address": ["192.0.2.7", 5004]})
-            )
-        assert refused.value.code == "bad_request"
-        for bad in ({"address": ["127.0.0.1"]}, {"address": ["nowhere", 1]}, {"address": ["127.0.0.1", 0]}):
-            with pytest.raises(MediaError):
-                PlainOffer.from_json(bad)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        listener.bind(("127.0.0.1", 0))
-        offer = PlainOffer.from_json(
-            {
-                "address": ["127.0.0.1", listener.getsockname()[1]],
-                "publish": {"video": [{"name": "VP8", "payload_type": 96, "clock_rate": 90000}]},
-            }
+async def test_a_plain_transport_ignores_other_senders_and_serves_only_this_machine(meeting: Meeting) -> None:
+    state = await join_participant(meeting, "worker", publish_video=True)
+    with pytest.raises(MediaError) as refused:
+        await meeting.backend.open_plain(
+            meeting.room, "worker", state, PlainOffer.from_json({"address": ["192.0.2.7", 5004]})
         )
-        transport = await meeting.backend.open_plain(meeting.room, "worker", state, offer)
-        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        packet = (
-            bytes([0x80, 96, 0, 1])
-            + (1234).to_bytes(4, "big")
-            + (99).to_bytes(4, "big")
-            + b"\x90\x80\x01\x10"
-        )
-        for _ in range(5):
-            stranger.sendto(packet, tuple(transport.answer()["address"]))
-        await wait_for(lambda: transport.dropped_foreign == 5, 5, "the stranger's datagrams are dropped")
-        assert transport.producers["video"].packets == 0
-        stranger.close()
-        listener.close()
-    finally:
-        await meeting.close()
+    assert refused.value.code == "bad_request"
+    for bad in ({"address": ["127.0.0.1"]}, {"address": ["nowhere", 1]}, {"address": ["127.0.0.1", 0]}):
+        with pytest.raises(MediaError):
+            PlainOffer.from_json(bad)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    offer = PlainOffer.from_json(
+        {
+            "address": ["127.0.0.1", listener.getsockname()[1]],
+            "publish": {"video": [{"name": "VP8", "payload_type": 96, "clock_rate": 90000}]},
+        }
+    )
+    transport = await meeting.backend.open_plain(meeting.room, "worker", state, offer)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    packet = (
+        bytes([0x80, 96, 0, 1]) + (1234).to_bytes(4, "big") + (99).to_bytes(4, "big") + b"\x90\x80\x01\x10"
+    )
+    for _ in range(5):
+        stranger.sendto(packet, tuple(transport.answer()["address"]))
+    await wait_for(lambda: transport.dropped_foreign == 5, 5, "the stranger's datagrams are dropped")
+    assert transport.producers["video"].packets == 0
+    stranger.close()
+    listener.close()
