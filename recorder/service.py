@@ -55,6 +55,7 @@ class RecorderService:
         running = sum(w.flusher_cpu_s for w in self._writers.values())
         return {
             "recording": len(self._writers),
+            "rendering": len(self.jobs.running),  # render jobs queued or running
             "archive_thread_cpu_s": round(running + self._finished_flusher_cpu_s, 4),
         }
 

@@ -11,6 +11,8 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -246,8 +248,27 @@ async def get_stats(request: web.Request) -> web.Response:
             "connections": len(rooms.sockets),
             "media": app[MEDIA_KEY].stats(),
             "recorder": recorder.stats() if recorder is not None else None,
+            "process": process_stats(),
         }
     )
+
+
+def process_stats() -> dict[str, Any]:
+    """What the server process holds (Linux /proc): to see that a meeting gives back what it took
+    (tests/test_leak.py, the soak in docs/performance.md)."""
+    names = [t.name for t in threading.enumerate()]
+    out: dict[str, Any] = {
+        "tasks": len(asyncio.all_tasks()),
+        "python_threads": len(names),
+        # Idle workers of the loop's default executor (asyncio.to_thread) stay, up to its bound.
+        "pool_threads": sum(name.startswith("asyncio_") for name in names),
+    }
+    with contextlib.suppress(OSError):
+        out["fds"] = len(os.listdir("/proc/self/fd"))
+        out["threads"] = len(os.listdir("/proc/self/task"))
+        with open("/proc/self/statm") as statm:
+            out["rss_mb"] = round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    return out
 
 
 async def list_rooms(request: web.Request) -> web.Response:
@@ -487,10 +508,10 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
-    screens.setup(app)
     from . import public  # it uses this module's helpers: imported once they exist
 
     public.setup(app)
+    screens.setup(app)
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
     # Before the cleanup contexts end: clients are told and their sockets closed first.
