@@ -136,3 +136,32 @@ async def test_a_room_that_cannot_be_read_is_skipped_and_kept(tmp_path: Path) ->
         await again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM rooms").fetchone()[0] == 2
+
+
+async def test_a_change_that_cannot_be_written_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """The disk goes away under the store (here its database connection is closed): the command
+    fails with a clear error, the room stays as it was, in memory and in the file."""
+    from conference.room import CommandError
+
+    path = tmp_path / "rooms.sqlite3"
+    store = SqliteRoomStore(path)
+    await store.create("council", max_endpoints=5)
+    await store.update("council", lambda s: commands.join(s, venue("hall-a")))
+    heard: list[object] = []
+    store.subscribe(lambda room, events, state: heard.append(events))
+    assert store._db is not None
+    store._db.close()
+    with pytest.raises(CommandError) as info:
+        await store.update("council", lambda s: commands.set_program(s, "single", ["hall-a"]))
+    assert info.value.code == "internal" and "cannot write" in info.value.message
+    state = await store.get("council")
+    assert state is not None and state.version == 1 and state.program.slots == [None]
+    assert heard == []
+    store._db = None
+    await store.close()
+    again = SqliteRoomStore(path)
+    try:
+        state = await again.get("council")
+        assert state is not None and state.version == 1 and "hall-a" in state.participants
+    finally:
+        await again.close()
