@@ -261,6 +261,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default 12 h)")
     parser.add_argument("--admin", action="store_true", help="clerk of every room's recordings")
     parser.add_argument("--url", action="store_true", help="print the page URL with the token instead")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="with --url: the address people open (https://meet.example.org behind a proxy); "
+        "default: built from the server's settings (host, port, TLS), as serve listens",
+    )
     add_settings_arguments(parser, server=False)
 
 
@@ -281,8 +287,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"conference token: {exc}", file=sys.stderr)
         return 2
+    base = (args.base_url or settings.public_url).rstrip("/")
+    if args.base_url and not args.base_url.startswith(("http://", "https://")):
+        print("conference token: --base-url must start with http:// or https://", file=sys.stderr)
+        return 2
     if args.url:
-        print(f"{settings.public_url}/{PAGE_FOR_ROLE[Role(args.role)]}?token={token}")
+        print(f"{base}/{PAGE_FOR_ROLE[Role(args.role)]}?token={token}")
     else:
         print(token)
     return 0

@@ -185,3 +185,34 @@ def test_token_command_uses_the_same_secret_as_the_server(tmp_path: Path) -> Non
     )
     assert url.stdout.startswith("http://127.0.0.1:8080/phone?token=")
     verify_token(SECRET, url.stdout.strip().split("token=")[1])
+    # The link follows the server's settings (here its port from the environment, as serve reads
+    # it), and --base-url names the address behind a proxy.
+    args = [
+        *cmd,
+        "--secret",
+        SECRET,
+        "--room",
+        "r",
+        "--role",
+        "venue",
+        "--identity",
+        "v",
+        "--name",
+        "V",
+        "--url",
+    ]
+    env = {**os.environ, "CONFERENCE_PORT": "9443", "CONFERENCE_HOST": "0.0.0.0"}
+    moved = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=60, check=True, env=env)
+    assert moved.stdout.startswith("http://127.0.0.1:9443/venue?token="), moved.stdout
+    proxied = subprocess.run(
+        [*args, "--base-url", "https://meet.example.org/"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proxied.returncode == 0 and proxied.stdout.startswith("https://meet.example.org/venue?token=")
+    bad_base = subprocess.run(
+        [*args, "--base-url", "meet.example.org"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert bad_base.returncode == 2 and "--base-url" in bad_base.stderr
