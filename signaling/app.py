@@ -135,7 +135,8 @@ async def authorize(
     try:
         claims = verify_token(request.app[SECRET_KEY], token)
     except TokenError as exc:
-        request.app[GUARD_KEY].failed(request)
+        if exc.guess:
+            request.app[GUARD_KEY].failed(request)
         raise json_error(401, "unauthorized", exc.reason) from None
     if room is not None and claims.room != room:
         raise json_error(403, "forbidden", "token is for another room")
@@ -157,8 +158,9 @@ def require_admin(request: web.Request) -> None:
             raise json_error(401, "unauthorized", "needs the admin key")
         try:
             verify_token(request.app[SECRET_KEY], given)
-        except TokenError:  # neither the admin key nor a token: a guess
-            request.app[GUARD_KEY].failed(request)
+        except TokenError as exc:  # neither the admin key nor a token: a guess
+            if exc.guess:
+                request.app[GUARD_KEY].failed(request)
         raise json_error(403, "forbidden", "needs the admin key")
 
 

@@ -118,7 +118,8 @@ async def authorize(request: web.Request) -> Access:
     try:
         claims = verify_token(request.app[SECRET_KEY], token)
     except TokenError as exc:
-        request.config_dict[GUARD_KEY].failed(request)
+        if exc.guess:
+            request.config_dict[GUARD_KEY].failed(request)
         raise json_error(401, "unauthorized", exc.reason) from None
     try:
         await check_not_removed(request.app[STORE_KEY], claims)
@@ -170,9 +171,11 @@ def _check_signed(request: web.Request, file: str) -> None:
     try:
         expires = int(request.query.get("expires", ""))
     except ValueError:
+        request.config_dict[GUARD_KEY].failed(request)
         raise json_error(403, "forbidden", "the link has no valid expiry") from None
     expected = link_signature(_secret(request), recording_id, render, file, expires)
     if not hmac.compare_digest(expected, request.query.get("sig", "")):
+        request.config_dict[GUARD_KEY].failed(request)  # a forged or tampered link: a guess
         raise json_error(403, "forbidden", "the link's signature does not match")
     # Checked after the signature, so a forged link learns nothing about expiry.
     if expires < time.time():
@@ -183,11 +186,7 @@ async def _access_or_link(request: web.Request, file: str) -> Access:
     """A signed link when the request carries one (no header needed), else the bearer credential."""
     if "sig" in request.query:
         check_throttle(request)
-        try:
-            _check_signed(request, file)
-        except web.HTTPForbidden:
-            request.config_dict[GUARD_KEY].failed(request)  # a forged or stale link: a guess
-            raise
+        _check_signed(request, file)
         return SIGNED
     return await authorize(request)
 

@@ -52,6 +52,13 @@ class TokenError(Exception):
     def close_code(self) -> int:
         return 4401 if self.status == 401 else 4403
 
+    @property
+    def guess(self) -> bool:
+        """Whether this refusal counts against the sender's address (``signaling.guard``): a forged,
+        malformed or tampered token does; an expired one (its signature held) or none at all does not,
+        so a page left open past its token's expiry cannot lock out its neighbours behind one NAT."""
+        return self.status == 401 and self.reason not in ("token expired", "missing token")
+
 
 @dataclass(frozen=True, slots=True)
 class Claims:

@@ -55,7 +55,8 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
     try:
         claims = verify_token(secret, request.query.get("token"))
     except TokenError as exc:
-        guard.failed(request)
+        if exc.guess:
+            guard.failed(request)
         await ws.close(code=exc.close_code, message=close_reason(exc.reason))
         return ws
     try:

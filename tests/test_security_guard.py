@@ -245,3 +245,25 @@ async def test_pages_carry_security_headers_and_no_library_version(signaling_ser
     for path in ("/healthz", "/api/config", "/static/client.js", "/nothing-here"):
         _, _, headers = await call("GET", server.make_url(path))
         assert "aiohttp" not in headers.get("Server", ""), path
+
+
+async def test_expired_tokens_do_not_throttle_an_address(signaling_server) -> None:
+    """A page left open past its token's expiry retries with a token whose signature holds: not a
+    guess, so it cannot lock out the other devices behind the same address."""
+    from tests.conftest import TEST_SECRET
+
+    server = await signaling_server()
+    expired = mint_token(TEST_SECRET, "council", "hall-a", "Hall A", "venue", 1, now=1000)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(FAILURE_BURST + 5):
+            ws = await http.ws_connect(server.make_url("/ws"), params={"token": expired})
+            frame = await ws.receive(timeout=5)
+            assert frame.data == 4401 and frame.extra == "token expired"
+            await ws.close()
+    for _ in range(FAILURE_BURST + 5):
+        status, body, _ = await call(
+            "GET", server.make_url("/api/rooms"), {"Authorization": f"Bearer {expired}"}
+        )
+        assert status == 401 and body["message"] == "token expired"
+    status, _, _ = await call("GET", server.make_url("/api/stats"), ADMIN)
+    assert status == 200
