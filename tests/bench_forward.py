@@ -1,0 +1,159 @@
+"""The forwarding hot path on its own, for a before/after comparison that a busy machine cannot blur.
+
+One VP8 publisher's packets go through ``Producer.receive`` to ``--tracks`` down-tracks whose
+outputs only count (no sockets): the parse, the reception statistics, the keyframe check, the packet
+cache and each slot's rewrite, exactly the per-packet work of the server minus SRTP and ``sendto``.
+
+    python tests/bench_forward.py --packets 20000 --tracks 10     # timing (process CPU, best of 5)
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python tests/bench_forward.py --packets 0
+    valgrind --tool=callgrind ... --packets 4000                  # instructions: the difference / 4000
+
+Runs against the media core of the tree it is started in: the package layout of this session
+(``conference/sfu/``) or the single module of earlier ones (``conference/sfu.py``), so the same
+script measures both sides of the restructure (figures in docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+import time
+from types import SimpleNamespace
+from typing import Any
+
+HEADER = struct.Struct("!BBHII")
+
+
+def packets(count: int, payload_size: int = 1100) -> list[bytes]:
+    """A VP8 stream: two one-packet keyframes (the stream starts; the slots switch), then delta
+    frames of 3 packets each, 15-bit picture ids."""
+    out = []
+    seq, ts, pid = 1000, 90_000, 100
+    for n in range(count + 2):
+        key = n < 2
+        position = 0 if key else (n - 2) % 3
+        first, last = position == 0, key or position == 2
+        if first:
+            pid = (pid + 1) & 0x7FFF
+            ts = (ts + 3600) & 0xFFFFFFFF
+        descriptor = bytes((0x90 if first else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
+        # RFC 6386 9.1: the frame tag (P bit clear on a keyframe), then the keyframe start code.
+        vp8 = (b"\x00\x00\x00\x9d\x01\x2a" if key else b"\x01\x00\x00") + bytes(payload_size)
+        out.append(HEADER.pack(0x80, (0x80 if last else 0) | 96, seq, ts, 0x1234) + descriptor + vp8)
+        seq = (seq + 1) & 0xFFFF
+    return out
+
+
+class CountingOutput:
+    packets = 0
+
+    def send(self, data: bytes) -> bool:
+        self.packets += 1
+        return True
+
+    def send_rtcp(self, data: bytes) -> bool:
+        return True
+
+
+def build_package_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
+    from conference.sfu.consumer import DownTrack
+    from conference.sfu.packet import CodecInfo
+    from conference.sfu.producer import Producer
+    from conference.sfu.stats import Counters
+
+    vp8 = CodecInfo("vp8", 96, 90_000)
+    counters = Counters()
+    out = CountingOutput()
+    upstream = SimpleNamespace(
+        closed=False, send_rtcp=out.send_rtcp, send_pli=lambda ssrc: None, last_sender_report=lambda s: None
+    )
+    listener = SimpleNamespace(sink=None, producer_started=lambda p: None)
+    producer = Producer("pub", "video", [vp8], {}, upstream, listener, counters)  # type: ignore[arg-type]
+    down = []
+    for i in range(tracks):
+        track = DownTrack("video", "video", i, out, counters)
+        track.configure(5000 + i, [vp8], {}, str(i))
+        down.append(track)
+    return producer, down, out
+
+
+def build_module_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from conference.rtp import ExtensionMap, StreamRewriter
+
+    from conference import sfu
+
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96)
+    out = CountingOutput()
+    backend = SimpleNamespace(counters=sfu.Counters(), publish_max_bitrate=1_500_000, closed=False)
+    room_media = SimpleNamespace(sink=None, producer_started=lambda p: None)
+    session = SimpleNamespace(
+        identity="pub", backend=backend, backend_closed=False, room_media=room_media, output=out
+    )
+    receiver = SimpleNamespace()
+    producer = sfu.Producer(session, "video", receiver, [vp8], {})  # type: ignore[arg-type]
+    down = []
+    for i in range(tracks):
+        sender = SimpleNamespace(_ssrc=5000 + i)
+        track = sfu.DownTrack(session, "video", "video", i, SimpleNamespace(sender=sender, mid=str(i)))  # type: ignore[arg-type]
+        track.rewriter = StreamRewriter(5000 + i, 96, "video", 90_000, "vp8", ExtensionMap(), str(i).encode())
+        track.codecs = {"vp8": vp8}
+        track.payload_types = {96: vp8}
+        down.append(track)
+    return producer, down, out
+
+
+async def run(count: int, tracks: int, repeats: int) -> None:
+    try:
+        import conference.sfu.producer  # noqa: F401
+
+        producer, down, out = build_package_layout(tracks)
+        layout = "conference/sfu/ package"
+    except ModuleNotFoundError:
+        producer, down, out = build_module_layout(tracks)
+        layout = "conference/sfu.py module"
+    parse = _parser()
+    stream = packets(count * repeats)
+    producer.receive(stream[0], parse(stream[0]))  # the stream starts: the producer knows its SSRC
+    for track in down:
+        track.set_want("pub", producer)  # waiting for a keyframe ...
+    producer.receive(stream[1], parse(stream[1]))  # ... which switches every slot
+    assert all(t.source is producer for t in down), "the slots did not switch"
+    rest = stream[2:]
+    headers = [parse(p) for p in rest]
+    best = float("inf")
+    for r in range(repeats):
+        sent = out.packets
+        started = time.process_time()
+        for i in range(r * count, (r + 1) * count):
+            producer.receive(rest[i], headers[i])
+        elapsed = time.process_time() - started
+        assert out.packets - sent == count * tracks, (out.packets - sent, count * tracks)
+        best = min(best, elapsed)
+    if count:
+        print(
+            f"{layout}: {count} packets x {tracks} slots, best of {repeats}: {best / count * 1e6:.2f} us"
+            f" per incoming packet, {best / (count * tracks) * 1e6:.2f} us per forwarded copy"
+        )
+
+
+def _parser() -> Any:
+    try:
+        from conference.sfu.packet import parse_header
+    except ModuleNotFoundError:
+        from conference.rtp import parse_header
+    return parse_header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--packets", type=int, default=20_000)
+    parser.add_argument("--tracks", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(run(args.packets, args.tracks, args.repeats if args.packets else 1))
+
+
+if __name__ == "__main__":
+    main()
