@@ -172,3 +172,40 @@ def test_session_lifetime_is_bounded(ttl: int, settings) -> None:
 
     with pytest.raises(ConfigError, match="session_ttl_s"):
         replace(settings, session_ttl_s=ttl)
+
+
+@pytest.mark.redis
+async def test_a_link_revoked_on_one_server_closes_its_screen_on_another(
+    signaling_server, connect, mint, settings
+) -> None:
+    """Two processes sharing rooms through Redis: the link and its revocation are room state, and
+    the process holding the screen's socket closes it when the other one revokes the link."""
+    import os
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from conference.media import NullMedia
+    from conference.store import RedisRoomStore
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    url = os.environ.get("CONFERENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    stores = [RedisRoomStore(url, prefix=prefix), RedisRoomStore(url, prefix=prefix)]
+    try:
+        one = await signaling_server(replace(settings, redis_url=url), media=NullMedia(), store=stores[0])
+        two = await signaling_server(replace(settings, redis_url=url), media=NullMedia(), store=stores[1])
+        chair = await connect(one, mint("shared", "chair", "chair"))
+        await chair.ok("join")
+        created = await chair.ok("create_screen_link", identity="hall-a")
+        screen = await connect(two, created["token"])
+        await screen.ok("join")
+        await chair.ok("revoke_screen_link", link_id=created["link"]["id"])
+        assert await screen.closed() == 4403
+        refused = await connect(two, created["token"])
+        assert await refused.closed() == 4403
+    finally:
+        r = aioredis.from_url(url)
+        keys = [k async for k in r.scan_iter(f"{prefix}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
