@@ -246,6 +246,10 @@ class Broadcasts:
         if not self.available:
             log.warning("room %s broadcasts, but this server has no media core to stream from", room)
             return
+        if getattr(self.store, "shared", False) and room not in getattr(self.media, "rooms", {}):
+            # Rooms shared between processes (Redis): the process that carries the room's media
+            # streams it; two compositors must never write one playlist.
+            return
         if old is not None:
             self._spawn(old.kill())
         if fresh:

@@ -44,15 +44,20 @@ from .app import (
 )
 from .broadcast import live_dir
 from .guard import PAGE_HEADERS, content_security_policy
+from .protocol import TokenBucket
 
 CODE_LENGTH = 10
 LIVE_FILE = re.compile(r"index\.m3u8|seg-\d{5,9}\.ts")
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PLAYLIST_CACHE = "public, max-age=1"
 SEGMENT_CACHE = "public, max-age=31536000, immutable"
-# Live files served at once at most; beyond it a viewer is refused (503, retry in a second) rather
-# than the loop falling behind the meeting's signaling.
-MAX_CONCURRENT_LIVE = 64
+# Live-file requests a second the server answers itself, and the burst; beyond it a viewer is
+# refused (503, retry in a second) rather than the loop falling behind the meeting. A crowd belongs
+# behind nginx or a CDN (docs/live.md), which asks for each file once.
+LIVE_RATE = 300.0
+LIVE_BURST = 600
+PLAYLIST_REREAD_S = 0.5
+MAX_CACHED_FILES = 48  # a few rooms' sliding windows of segments (~0.6 MB each at 1280x720)
 VIEWER_TTL_S = 70.0  # the page says it is watching every 30 s
 MAX_VIEWERS_TRACKED = 100_000
 COUNT_INTERVAL_S = 5.0
@@ -75,10 +80,29 @@ class PublicSite:
         self._rooms: dict[str, str] = {}  # code -> room
         self.viewers: dict[str, dict[str, float]] = {}  # room -> viewer id -> last heartbeat
         self._counted: dict[str, tuple[float, int]] = {}  # room -> (when, viewers)
-        self._live_busy = 0
+        # Live files in memory: a segment never changes (read once), the playlist is read again at
+        # most every PLAYLIST_REREAD_S. No disk read per viewer, none in the loop for a cached file.
+        self._files: OrderedDict[Path, tuple[float, bytes]] = OrderedDict()
+        self.live_rate = TokenBucket(LIVE_RATE, LIVE_BURST)
         # Requests the server itself answered per live file (the last few hundred): what a caching
         # proxy in front saves shows here (tests/test_live_nginx.py).
         self.origin_requests: OrderedDict[str, int] = OrderedDict()
+
+    def live_bytes(self, path: Path, now: float) -> bytes | None:
+        cached = self._files.get(path)
+        playlist = path.name == "index.m3u8"
+        if cached is not None and (not playlist or now - cached[0] < PLAYLIST_REREAD_S):
+            self._files.move_to_end(path)
+            return cached[1]
+        try:
+            body = path.read_bytes()
+        except OSError:  # not written yet, or deleted from the sliding window
+            self._files.pop(path, None)
+            return None
+        self._files[path] = (now, body)
+        while len(self._files) > MAX_CACHED_FILES:
+            self._files.popitem(last=False)
+        return body
 
     def count_origin(self, path: str) -> None:
         counts = self.origin_requests
@@ -150,28 +174,19 @@ async def live_file(request: web.Request) -> web.StreamResponse:
     headers = {"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=1"}
     if not ROOM_NAME.fullmatch(room) or not LIVE_FILE.fullmatch(name):
         raise web.HTTPNotFound(headers=headers)
-    path: Path = live_dir(request.app[SETTINGS_KEY], room) / name
     site = _site(request)
-    if site._live_busy >= MAX_CONCURRENT_LIVE:
+    if site.live_rate.take() > 0:
+        # Over the origin's budget: refusing costs the loop a fraction of serving (players retry).
         raise web.HTTPServiceUnavailable(headers={**headers, "Retry-After": "1", "Cache-Control": "no-store"})
-    site._live_busy += 1
     site.count_origin(f"{room}/{name}")
-    try:
-        if name == "index.m3u8":
-            try:
-                body = path.read_bytes()  # a few hundred bytes, replaced atomically by the muxer
-            except FileNotFoundError:
-                raise web.HTTPNotFound(headers=headers) from None
-            headers["Cache-Control"] = PLAYLIST_CACHE
-            return web.Response(body=body, content_type="application/vnd.apple.mpegurl", headers=headers)
-        if not path.is_file():
-            raise web.HTTPNotFound(headers=headers)
-        headers["Cache-Control"] = SEGMENT_CACHE
-        response = web.FileResponse(path, headers={**headers, "Content-Type": "video/mp2t"})
-        await response.prepare(request)
-        return response
-    finally:
-        site._live_busy -= 1
+    body = site.live_bytes(live_dir(request.app[SETTINGS_KEY], room) / name, time.monotonic())
+    if body is None:
+        raise web.HTTPNotFound(headers=headers)
+    if name == "index.m3u8":
+        headers["Cache-Control"] = PLAYLIST_CACHE
+        return web.Response(body=body, content_type="application/vnd.apple.mpegurl", headers=headers)
+    headers["Cache-Control"] = SEGMENT_CACHE
+    return web.Response(body=body, content_type="video/mp2t", headers=headers)
 
 
 # --- the page and its data -------------------------------------------------------------------------
