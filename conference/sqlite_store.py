@@ -41,7 +41,11 @@ DB_FILE = "rooms.sqlite3"
 SCHEMA_VERSION = 1
 
 
-class StoreLocked(RuntimeError):
+class StoreError(RuntimeError):
+    """The room store cannot be opened (the message says why)."""
+
+
+class StoreLocked(StoreError):
     """Another server process already uses this data directory's room store."""
 
 
@@ -78,6 +82,7 @@ class SqliteRoomStore(MemoryRoomStore):
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._started = False
             raise
         for room, text in rows:
             try:
@@ -102,17 +107,31 @@ class SqliteRoomStore(MemoryRoomStore):
                 f"{self.path} is used by another server process; give each process its own "
                 "--data-dir, or share rooms through Redis (--redis-url)"
             ) from None
+        try:
+            rows = self._open_db()
+        except BaseException:
+            os.close(lock_fd)  # nothing was opened: the next attempt may take the file
+            raise
         self._lock_fd = lock_fd
+        return rows
+
+    def _open_db(self) -> list[tuple[str, str]]:
         # The file holds dial-in PIN hashes: readable by the server's user only.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            return self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+
+    def _prepare(self, db: sqlite3.Connection) -> list[tuple[str, str]]:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            db.close()
-            raise RuntimeError(f"{self.path} was written by a newer version (schema {version})")
+            raise StoreError(f"{self.path} was written by a newer version (schema {version})")
         db.execute(
             "CREATE TABLE IF NOT EXISTS rooms ("
             " room TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at REAL NOT NULL,"
@@ -302,4 +321,4 @@ async def _finish(coro: Any) -> Any:
         return result
 
 
-__all__ = ["DB_FILE", "SqliteRoomStore", "StoreLocked"]
+__all__ = ["DB_FILE", "SqliteRoomStore", "StoreError", "StoreLocked"]

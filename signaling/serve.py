@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
-from conference.sqlite_store import StoreLocked
+from conference.sqlite_store import StoreError
 
 from .app import create_app
 from .tokens import ADMIN_KEY_FILE, resolve_admin_key, resolve_secret
@@ -136,7 +136,7 @@ async def serve(settings: Settings) -> int:
     )
     try:
         await runner.setup()  # opens the room store: refused when another server holds it
-    except (StoreLocked, OSError, sqlite3.Error) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         print(f"conference serve: cannot open the room store: {exc}", file=sys.stderr)
         return 2
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)

@@ -165,3 +165,22 @@ async def test_a_change_that_cannot_be_written_is_refused_and_changes_nothing(tm
         assert state is not None and state.version == 1 and "hall-a" in state.participants
     finally:
         await again.close()
+
+
+async def test_a_file_from_a_newer_version_or_not_a_database_is_refused_clearly(tmp_path: Path) -> None:
+    from conference.sqlite_store import StoreError
+
+    newer = tmp_path / "newer.sqlite3"
+    with sqlite3.connect(newer) as db:
+        db.execute("PRAGMA user_version=99")
+    with pytest.raises(StoreError, match="newer version"):
+        await SqliteRoomStore(newer).start()
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError):
+        await SqliteRoomStore(garbage).start()
+    # Refusing released the file: once it is fixed, the store opens.
+    garbage.unlink()
+    store = SqliteRoomStore(garbage)
+    await store.start()
+    await store.close()
