@@ -1,12 +1,13 @@
 """Throttles and limits that keep one client from costing the others: failed credentials per source
 address, REST requests per credential, unjoined sockets per token, and the response headers of
-the pages. Limits are documented in README.md (Security).
+the pages. Limits are documented in README.md ("Secrets and throttles").
 
-Failed credentials: every refused admin key or token (401) from an address takes one from that
-address's bucket (``FAILURE_BURST``, refilled one per ``FAILURE_REFILL_S``). An empty bucket means
-429 for every request from that address that presents a credential, checked or not (a correct guess
-must not get through a throttle), until it refills. Successes give nothing back, so valid requests
-cannot be interleaved to keep guessing.
+Failed credentials: every refused admin key, forged token or tampered link from an address (not
+an expired one: ``TokenError.guess``) takes one from that address's bucket (``FAILURE_BURST``,
+refilled one per ``FAILURE_REFILL_S``). An empty bucket means 429 for every request from that
+address that presents a credential, checked or not (a correct guess must not get through a
+throttle), until it refills. Successes give nothing back, so valid requests cannot be interleaved
+to keep guessing.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ class KeyedBuckets:
         return 0.0
 
     def _prune(self, now: float) -> None:
-        # Drop the keys that have refilled (they are as if never seen), then the least recent.
+        # Drop the keys that have refilled (they are as if never seen), then the least recent, down
+        # to 90%: a flood of new keys then pays for a prune once per thousand, not on every request.
         for key in [k for k in self._buckets if self._tokens(k, now) >= self.burst]:
             del self._buckets[key]
-        while len(self._buckets) > MAX_TRACKED:
+        while len(self._buckets) > MAX_TRACKED * 9 // 10:
             del self._buckets[next(iter(self._buckets))]
 
 

@@ -267,3 +267,15 @@ async def test_expired_tokens_do_not_throttle_an_address(signaling_server) -> No
         assert status == 401 and body["message"] == "token expired"
     status, _, _ = await call("GET", server.make_url("/api/stats"), ADMIN)
     assert status == 200
+
+
+def test_the_limiters_memory_stays_bounded_under_a_flood_of_keys() -> None:
+    from signaling.guard import MAX_TRACKED, KeyedBuckets
+
+    now = [0.0]
+    buckets = KeyedBuckets(1.0, 2, clock=lambda: now[0])
+    for i in range(5 * MAX_TRACKED):
+        buckets.take(f"key-{i}")
+    assert len(buckets._buckets) <= MAX_TRACKED
+    assert buckets.take("steady") == 0.0 and buckets.take("steady") == 0.0
+    assert buckets.take("steady") > 0  # the newest keys are kept and still limited
