@@ -145,3 +145,24 @@ async def test_redis_shares_rooms_between_processes() -> None:
         await a.delete("hall")
         await a.close()
         await b.close()
+
+
+async def test_sqlite_commits_a_burst_of_changes_together_and_keeps_every_one(tmp_path: Path) -> None:
+    """50 joins at once are not 50 commits one after the other (each waiting in the room's lock):
+    their writes queue while one is committed and go in together; every join is on disk."""
+    path = tmp_path / "rooms.sqlite3"
+    store = SqliteRoomStore(path)
+    await store.start()
+    await store.create("council", max_endpoints=60)
+    before = len(store.write_seconds)
+    await asyncio.gather(
+        *(store.update("council", lambda s, i=i: commands.join(s, venue(f"v{i}"))) for i in range(50))
+    )
+    commits = len(store.write_seconds) - before
+    assert commits < 25, commits
+    await store.close()
+    reopened = SqliteRoomStore(path)
+    await reopened.start()
+    state = await reopened.get("council")
+    assert state is not None and len(state.participants) == 50 and state.version == 50
+    await reopened.close()
