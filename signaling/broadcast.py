@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,26 @@ AUDIO_SLOTS = 3
 START_TIMEOUT_S = 20.0
 END_TIMEOUT_S = 20.0  # the closing slate plus the last segment, then it is killed
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0)
+# How long before its scheduled start a meeting's stream shows the slate (viewers who come early
+# already play the stream; the meeting appears in it when the chair starts the broadcast).
+STANDBY_S = 30 * 60
 
 
 def live_dir(settings: Settings, room: str) -> Path:
     return Path(settings.data_dir) / "live" / room
+
+
+def standby_wanted(state: RoomState, now: float | None = None) -> bool:
+    """A meeting about to begin streams its slate before the broadcast: it has a scheduled start
+    at most STANDBY_S away, people in the room, and has not broadcast yet."""
+    now = time.time() if now is None else now
+    return (
+        not state.broadcast.active
+        and state.broadcast.started_at is None
+        and state.starts_at is not None
+        and now >= state.starts_at - STANDBY_S
+        and bool(state.participants)
+    )
 
 
 def program_message(state: RoomState) -> dict[str, Any]:
@@ -73,6 +90,8 @@ class LiveStream:
         self.process: asyncio.subprocess.Process | None = None
         self.ending = False
         self.restarts = 0
+        self.standby = False  # showing the slate before the broadcast starts
+        self.answered = False
         self.stats: dict[str, Any] = {}
         self.last_program: dict[str, Any] | None = None
         self.started = asyncio.Event()
@@ -126,6 +145,7 @@ class LiveStream:
             stdout=asyncio.subprocess.PIPE,
         )
         self.process = process
+        self.answered = False  # nothing but the answer may reach the worker first
         transport = None
         assert process.stdin is not None and process.stdout is not None
         try:
@@ -136,9 +156,11 @@ class LiveStream:
             if state is None:
                 raise MediaError("not_found", f"room {self.room} is gone")
             transport = await media.open_plain(self.room, IDENTITY, state, offer)  # type: ignore[attr-defined]
+            state = await self.owner.store.get(self.room) or state  # what changed while it opened
             self.last_program = program_message(state)
             process.stdin.write((json.dumps(transport.answer()) + "\n").encode())
             process.stdin.write((json.dumps(self.last_program) + "\n").encode())
+            self.answered = True
             if self.ending:
                 process.stdin.write(b'{"type": "end"}\n')
             await process.stdin.drain()
@@ -163,8 +185,8 @@ class LiveStream:
 
     def send(self, message: dict[str, Any]) -> None:
         process = self.process
-        if process is None or process.stdin is None or process.stdin.is_closing():
-            return
+        if process is None or not self.answered or process.stdin is None or process.stdin.is_closing():
+            return  # before the answer: the program goes with it (last_program)
         with contextlib.suppress(ConnectionError, RuntimeError):
             process.stdin.write((json.dumps(message) + "\n").encode())
 
@@ -232,7 +254,13 @@ class Broadcasts:
             ):
                 self._spawn(self._auto_start(room))
         stream = self.streams.get(room)
+        if stream is None and self.available and standby_wanted(state):
+            self._start(room, fresh=True)  # the slate, until the chair starts the broadcast
+        elif stream is not None and stream.standby and not state.broadcast.active and not state.participants:
+            self._end(room)  # the room emptied before its broadcast began
+        stream = self.streams.get(room)
         if stream is not None and not stream.ending:
+            stream.standby = not state.broadcast.active
             stream.update(state)
 
     async def _auto_start(self, room: str) -> None:

@@ -232,7 +232,13 @@ async def public_info(request: web.Request) -> web.Response:
     state = await site.room_of(request.match_info["code"])
     if state is None:
         raise json_error(404, "not_found", "no such meeting")
-    body = {**public_json(state), "viewers": site.watching(state.room, None, time.time())}
+    stream = request.app[BROADCASTS_KEY].streams.get(state.room)
+    body = {
+        **public_json(state),
+        "viewers": site.watching(state.room, None, time.time()),
+        # The stream runs and shows the slate: the page plays it, and the meeting appears in it.
+        "standby": bool(stream and stream.standby and not stream.ending),
+    }
     return web.json_response(body, headers={"Cache-Control": "public, max-age=2"})
 
 

@@ -15,7 +15,7 @@ import pytest
 from test_sfu_support import TONES, Meeting, nearest_colour, wait_for
 
 from conference.config import Settings
-from conference.room import set_program, start_broadcast, stop_broadcast
+from conference.room import set_program, set_public, start_broadcast, stop_broadcast
 from signaling.broadcast import Broadcasts, LiveStream, live_dir
 
 pytestmark = pytest.mark.media
@@ -177,5 +177,45 @@ async def test_a_server_restart_resumes_the_broadcast_on_its_playlist(tmp_path: 
     finally:
         if second is not None:
             await second.close()
+        await broadcasts.close()
+        await meeting.close()
+
+
+async def test_a_meeting_about_to_begin_streams_its_slate_and_the_broadcast_follows_on(
+    tmp_path: Path,
+) -> None:
+    """A scheduled start and people in the room: the stream shows the slate before the chair starts
+    the broadcast; the start turns the same playlist to the program (no new playlist, no gap)."""
+    meeting = Meeting()
+    await meeting.start()
+    settings = Settings(data_dir=tmp_path, room_store="memory", live_size="320x180", live_fps=10)
+    broadcasts = Broadcasts(settings, meeting.store, meeting.backend)
+    directory = live_dir(settings, meeting.room)
+    try:
+        await meeting.command(set_public, starts_at=time.time() + 600)
+        assert not broadcasts.streams  # nobody there yet
+        await meeting.add("hall-a", 2)
+        await meeting.command(set_program, "single", ["hall-a"])
+        stream = broadcasts.streams[meeting.room]
+        assert stream.standby
+        await wait_for(lambda: len(segments(playlist(directory))) >= 2, 40, "slate segments")
+        slate = segments(playlist(directory))
+        assert read_segment(directory / slate[-1][1])["colour"] != 2  # the slate, not the venue
+        await meeting.command(start_broadcast)
+        assert broadcasts.streams[meeting.room] is stream and not stream.standby
+        colour = None
+        seen = {n for _, n in slate}
+        deadline = time.monotonic() + 20
+        while colour != 2 and time.monotonic() < deadline:
+            name = await newest_segment(directory, seen, 10)
+            seen.add(name)
+            colour = read_segment(directory / name)["colour"]
+        assert colour == 2, "the broadcast did not follow on from the slate"
+        text = playlist(directory)
+        number = lambda name: int(re.sub(r"\D", "", name))  # noqa: E731
+        # The same playlist went on: numbering continues after the slate's, nothing was restarted.
+        assert number(name) > max(number(n) for _, n in slate)
+        assert "#EXT-X-DISCONTINUITY" not in text and stream.restarts == 0
+    finally:
         await broadcasts.close()
         await meeting.close()

@@ -118,7 +118,7 @@ function play() {
       // The playlist is not there yet (the compositor is starting, or restarting after a failure),
       // or the network went away: start over in a moment, for as long as the room broadcasts.
       setTimeout(() => {
-        if (hls !== player || !info?.broadcasting) return;
+        if (hls !== player || !(info?.broadcasting || info?.standby)) return;
         hls.destroy();
         hls = null;
         engine = "";
@@ -161,7 +161,7 @@ async function poll() {
     return;
   }
   render();
-  if (info.broadcasting) play();
+  if (info.broadcasting || info.standby) play();
   else if (engine && (info.ended ? $("player").ended : true)) stop();
 }
 
@@ -182,7 +182,7 @@ $("unmute").addEventListener("click", () => {
   $("unmute").hidden = true;
 });
 $("player").addEventListener("ended", () => {
-  if (info && !info.broadcasting) stop();
+  if (info && !info.broadcasting && !info.standby) stop();
 });
 $("language").addEventListener("click", () => {
   setLang(lang() === "zh-CN" ? "en" : "zh-CN");
