@@ -119,6 +119,15 @@ async def open_page(
     tab = await context.new_page()
     if errors is not None:
         tab.on("pageerror", lambda exc: errors.append(f"{identity}: {exc}"))
+        # The pages are served with a strict Content-Security-Policy: anything it blocks is an error.
+        tab.on(
+            "console",
+            lambda msg: (
+                errors.append(f"{identity}: {msg.text}")
+                if msg.type == "error" and "Content Security Policy" in msg.text
+                else None
+            ),
+        )
     await tab.goto(server.page_url(page, server.token("council", identity, role, name)))
     await eventually(
         lambda: tab.evaluate("window.conference?.client?.state ?? null"),
