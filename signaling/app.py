@@ -250,6 +250,7 @@ async def get_stats(request: web.Request) -> web.Response:
             "connections": len(rooms.sockets),
             "media": app[MEDIA_KEY].stats(),
             "recorder": recorder.stats() if recorder is not None else None,
+            "live": app[BROADCASTS_KEY].stats(),
             "process": process_stats(),
         }
     )

@@ -78,6 +78,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--room", default="bench")
     parser.add_argument("--record", action="store_true", help="record the meeting (server auto_record)")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="broadcast the meeting (the live-stream compositor, docs/live.md) and measure its CPU",
+    )
     parser.add_argument("--data-dir", help="the started server's data directory (default: a temporary one)")
     parser.add_argument("--cache-dir", help="pre-encoded media cache (default ~/.cache/conference-testmedia)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between joins and the window")
@@ -182,6 +187,20 @@ class Worker:
             if message.get("event") == event:
                 return message
             self.log.append(line.decode(errors="replace").rstrip())
+
+
+def _live_figures(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    wall = float(last.get("wall_s", 0)) - float(first.get("wall_s", 0))
+    if not first or not last or wall <= 0:
+        return {"measured": False}
+    return {
+        "measured": True,
+        "cores": round((last["cpu_s"] - first["cpu_s"]) / wall, 3),
+        "fps_out": round((last["frames"] - first["frames"]) / wall, 1),
+        "late_frames": last["late_frames"] - first["late_frames"],
+        "restarts": last.get("restarts", 0),
+        "window_s": round(wall, 1),
+    }
 
 
 def _free_port() -> int:
@@ -437,9 +456,12 @@ class Bench:
             return filled + [None] * (size - len(filled))
 
         await self.set_program(next_program())
+        if args.live:
+            await self._start_live()
         await asyncio.sleep(args.settle)
 
         # The measured window.
+        live0 = await self._live()
         stats0, cpu0, marks0 = await self.stats(), self._server_cpu(), await self._mark()
         t0 = time.monotonic()
         end = t0 + args.duration
@@ -453,6 +475,7 @@ class Bench:
                 await self.set_program(next_program())
         cpu1, marks1 = self._server_cpu(), await self._mark()
         stats1 = await self.stats()
+        live1 = await self._live()
         window = time.monotonic() - t0
         rss = _peak_rss_mb(self.server_pid) if self.server_pid else None
 
@@ -462,7 +485,7 @@ class Bench:
         stats2 = await self.stats()
         reports = await self.command_all({"cmd": "report"}, "report", 30)
         results = [r for rep in reports for r in rep["endpoints"]]
-        return build_report(
+        report = build_report(
             args=vars(args),
             endpoints=self.n,
             window=window,
@@ -476,6 +499,32 @@ class Bench:
             worker_cpu=(marks0, marks1),
             program_changes=len(self.program_changes),
         )
+        if args.live:
+            report["live"] = _live_figures(live0, live1)
+        return report
+
+    async def _start_live(self) -> None:
+        """start_broadcast as the chair would, then wait for the compositor's first figures."""
+        assert self.http is not None
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        url = f"{self.url}/api/rooms/{self.args.room}/commands"
+        async with self.http.post(url, json={"type": "start_broadcast"}, headers=headers) as response:
+            if response.status != 200:
+                raise BenchError(f"start_broadcast: HTTP {response.status}: {await response.text()}")
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if (await self._live()).get("wall_s", 0) > 5:
+                return
+            await asyncio.sleep(1)
+        raise BenchError("the live-stream compositor did not report within 40 s")
+
+    async def _live(self) -> dict[str, Any]:
+        """The room's compositor figures from /api/stats (its CPU is its own process's)."""
+        assert self.http is not None
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        async with self.http.get(f"{self.url}/api/stats", headers=headers) as response:
+            data = await response.json() if response.status == 200 else {}
+        return dict((data.get("live") or {}).get(self.args.room) or {})
 
     def _server_cpu(self) -> float | None:
         return _process_cpu_seconds(self.server_pid) if self.server_pid else None

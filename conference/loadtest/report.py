@@ -198,6 +198,8 @@ def _command_args(args: dict[str, Any]) -> list[str]:
             shown.append(f"--{key.replace('_', '-')} {args[key]}")
     if args.get("record"):
         shown.append("--record")
+    if args.get("live"):
+        shown.append("--live")
     return shown
 
 
@@ -238,6 +240,17 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(("switch time p50", f"{report['switch_ms']['p50']} ms ({report['switch_ms']['count']})", ""))
     if report.get("archive_thread_cpu_cores") is not None and "--record" in report["command"]:
         rows.append(("server CPU of the archive threads", f"{report['archive_thread_cpu_cores']} cores", ""))
+    live = report.get("live")
+    if live and live.get("measured"):
+        rows.append(
+            (
+                "live-stream compositor (own process)",
+                f"{live['cores']} cores, {live['fps_out']} fps out, {live['late_frames']} late frames",
+                "",
+            )
+        )
+    elif live is not None:
+        rows.append(("live-stream compositor", "not measured (no figures from the server)", ""))
     wait = report.get("server_switch_wait_ms") or {}
     if wait.get("p50") is not None:
         rows.append(("  keyframe wait in server p50/p95", f"{wait['p50']} / {wait['p95']} ms", ""))
