@@ -57,6 +57,8 @@ async def test_venue_screen_at_1280x720(server, browser: Browser) -> None:
     assert await hall.text_content("#meeting-title") == TITLE
     assert await hall.text_content("#venue-name") == "第一分会场"
     assert "council" not in await hall.text_content("header")
+    # The waiting screen is not the program: the self-view has its corner there.
+    assert (await hall.evaluate(GEOMETRY_JS))["placement"] == "free"
     await hall.screenshot(path=screenshot_path("venue-1280x720-waiting"))
 
     # Every layout: the self-view is labelled and covers no slot (nor the camera picker); where

@@ -69,7 +69,9 @@ async function main() {
       toggle.textContent = t(wanted() ? "venue.selfview_auto" : "venue.selfview_off");
       return;
     }
-    const taken = [...frame.querySelectorAll(".slot:not([hidden])")].map((n) => n.getBoundingClientRect());
+    // The waiting screen is not the program: over it the self-view may take its corner.
+    const slots = $("waiting").hidden ? [...frame.querySelectorAll(".slot:not([hidden])")] : [];
+    const taken = slots.map((n) => n.getBoundingClientRect());
     for (const id of ["floor", "unmute-request"]) if (!$(id).hidden) taken.push($(id).getBoundingClientRect());
     const area = {
       left: MARGIN,
