@@ -2,12 +2,14 @@
 
     python tests/bench_phone.py [--calls 10] [--duration 30]
 
-1. Real calls: runs `conference serve --no-media` and `conference phone` as their own processes,
-   starts N baresip callers (Debian's package) on the loopback, each enters the meeting ID and PIN
-   and stays in the meeting for --duration seconds; prints the gateway process's CPU seconds per
-   call-second over that window (from /proc), with the machine's load.
-2. The media path a call will have once the room's plain-RTP transport exists (caller G.711 in ->
-   Opus to the room; three Opus slots in -> mix -> G.711 out), timed in process per 20 ms frame.
+1. Real calls: runs `conference serve` (with its media core) and `conference phone` as their own
+   processes, starts N baresip callers (Debian's package) on the loopback, each enters the meeting
+   ID and PIN and stays in the meeting for --duration seconds, every caller playing a tone: each
+   caller's voice goes to the room over its plain-RTP session, and each hears the three loudest of
+   the others (three Opus slots decoded and mixed). Prints the gateway's and the server's CPU
+   seconds per call-second over that window (from /proc), with the machine's load.
+2. The media path of one call (caller G.711 in -> Opus to the room; three Opus slots in -> mix ->
+   G.711 out), timed in process per 20 ms frame.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ async def real_calls(calls: int, duration: float) -> None:
         [
             CONFERENCE,
             "serve",
-            "--no-media",
             "--port",
             str(http_port),
             "--data-dir",
@@ -79,7 +80,7 @@ async def real_calls(calls: int, duration: float) -> None:
             ADMIN_KEY,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp / "server.log", "w"),  # noqa: SIM115 (closed with the process)
     )
     gateway = None
     phones: list[Baresip] = []
@@ -105,14 +106,16 @@ async def real_calls(calls: int, duration: float) -> None:
                     "--prompts-dir",
                     str(tmp / "prompts"),
                 ],
-                stdout=subprocess.PIPE,
+                stdout=open(tmp / "gateway.log", "w"),  # noqa: SIM115 (closed with the process)
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-            assert gateway.stdout is not None
-            while "SIP on" not in (line := gateway.stdout.readline()):
-                if not line:
-                    raise RuntimeError("gateway did not start")
+            for _ in range(600):
+                if "SIP on" in (tmp / "gateway.log").read_text():
+                    break
+                if gateway.poll() is not None:
+                    raise RuntimeError("gateway did not start: " + (tmp / "gateway.log").read_text())
+                await asyncio.sleep(0.1)
             source = tmp / "tone.wav"
             write_wav(source, sine(1000, duration + 60, 8000), 8000)
             for i in range(calls):
@@ -132,17 +135,35 @@ async def real_calls(calls: int, duration: float) -> None:
                     break
                 await asyncio.sleep(0.2)
             if inside < calls:
-                print(f"only {inside} of {calls} callers got in; measuring those")
+                print(f"only {inside} of {calls} callers got in; measuring those (logs in {tmp})")
             await asyncio.sleep(6)  # the "joined" prompt ends
             print(f"load before: {os.getloadavg()}")
             before, t0 = cpu_seconds(gateway.pid), time.monotonic()
+            server_before = cpu_seconds(server.pid)
+            async with http.get(f"{url}/api/stats") as r:
+                stats_before = (await r.json())["media"]
             await asyncio.sleep(duration)
             used, elapsed = cpu_seconds(gateway.pid) - before, time.monotonic() - t0
+            server_used = cpu_seconds(server.pid) - server_before
+            async with http.get(f"{url}/api/stats") as r:
+                stats = (await r.json())["media"]
             print(f"load after:  {os.getloadavg()}")
             print(
                 f"real calls: {inside} calls in the meeting for {elapsed:.1f} s: gateway CPU {used:.2f} s = "
                 f"{100 * used / elapsed:.1f} % of one core, "
-                f"{100 * used / elapsed / max(1, inside):.2f} % per call"
+                f"{100 * used / elapsed / max(1, inside):.2f} % per call; server CPU "
+                f"{100 * server_used / elapsed:.1f} % of one core"
+            )
+            plain = [s for s in stats["per_session"].values() if s["transport"] == "plain"]
+            packets_in = stats["packets_in"] - stats_before["packets_in"]
+            packets_out = stats["packets_out"] - stats_before["packets_out"]
+            # A gateway that keeps up sends 50 packets/s per audible caller: less means it was
+            # starved of CPU (the figures above are then too low).
+            print(
+                f"server: {len(plain)} plain-RTP sessions, {packets_in / elapsed:.0f} packets/s in "
+                f"(a gateway that keeps up: {50 * inside}), "
+                f"{packets_out / elapsed:.0f} packets/s out, levels decoded "
+                f"{stats['levels_decoded'] - stats_before['levels_decoded']}"
             )
     finally:
         for phone in phones:
