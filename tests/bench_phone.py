@@ -126,7 +126,7 @@ async def real_calls(calls: int, duration: float) -> None:
                 await phone.dial(f"sip:dialin@127.0.0.1:{sip_port}")
             for phone in phones:
                 await phone.wait_event("CALL_ESTABLISHED", 20)
-            await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.15) for p in phones))
+            await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.3) for p in phones))
             inside = 0
             for _ in range(150):
                 async with http.get(f"{url}/api/rooms/bench") as r:

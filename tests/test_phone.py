@@ -207,6 +207,9 @@ def test_rfc4733_reports_each_key_once() -> None:
     packets = [(bytes([5, 10, 0, 160]), 1000)] * 3 + [(bytes([5, 0x80 | 10, 1, 64]), 1000)] * 3
     packets += [(bytes([11, 10, 0, 160]), 3000)]
     assert [k for k in (events.packet(p, ts) for p, ts in packets) if k] == ["5", "#"]
+    # A phone whose clock stalled gives the next key the same timestamp: still a new key.
+    assert events.packet(bytes([4, 10, 0, 160]), 3000) == "4"
+    assert events.packet(bytes([4, 0x80 | 10, 0, 160]), 3000) is None
 
 
 def test_mixer_sums_slots_and_leaves_out_the_callers_own_voice() -> None:
@@ -236,6 +239,7 @@ def test_ivr_meeting_id_then_pin_three_tries_then_hang_up() -> None:
     assert ivr.start() == Prompt("welcome")
     actions = [ivr.digit(k) for k in "12*345#"]
     assert actions[-1] == Prompt("pin") and ivr.meeting_id == "345"
+    assert ivr.digit("#") == Prompt("pin")  # an empty PIN is asked for again, not looked up
     actions = [ivr.digit(k) for k in "99#"]
     assert actions[-1] == Check("345", "99")
     assert ivr.digit("1") is None  # ignored while the server is asked

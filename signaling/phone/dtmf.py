@@ -16,16 +16,19 @@ class Rfc4733:
     """Digits from telephone-event payloads; each key press once, however often it is repeated."""
 
     def __init__(self) -> None:
-        self._last_timestamp: int | None = None
+        self._last: tuple[int, int] | None = None
 
     def packet(self, payload: bytes, timestamp: int) -> str | None:
         if len(payload) < 4 or payload[0] >= len(EVENTS):
             return None
         # Every packet of one event (start, updates, the three end packets) has the event's
-        # start timestamp: report the digit on the first one seen.
-        if timestamp == self._last_timestamp:
+        # start timestamp: report the digit on the first one seen. The key is part of what makes
+        # an event: a phone whose audio clock stalls (baresip on a loaded machine) gives the next
+        # key the same timestamp, and that key must not be lost.
+        event = (timestamp, payload[0])
+        if event == self._last:
             return None
-        self._last_timestamp = timestamp
+        self._last = event
         return EVENTS[payload[0]]
 
 

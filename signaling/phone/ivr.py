@@ -59,6 +59,8 @@ class Ivr:
             self.meeting_id = typed
             self.field = "pin"
             return Prompt("pin")
+        if not typed:  # `#` alone: ask again rather than ask the server about an empty PIN
+            return Prompt("pin")
         self.field = "checking"
         return Check(self.meeting_id, typed)
 
