@@ -85,6 +85,7 @@ async def measure(slots: int, seconds: float, size: str, fps: int, data_dir: Pat
         return {
             "slots": slots,
             "cores": cpu / wall,
+            "ms_per_frame": 1000 * cpu / frames if frames else 0.0,
             "fps_out": frames / wall,
             "decoded_fps": decoded / wall,
             "late_frames": last["late_frames"] - first["late_frames"],
@@ -253,7 +254,8 @@ async def main() -> int:
             started = time.monotonic()
             r = await measure(slots, args.seconds, args.size, args.fps, Path(tmp) / str(slots))
             print(
-                f"{slots} slots ({LAYOUT_FOR[slots]}): {r['cores']:.2f} core, {r['fps_out']:.1f} fps out, "
+                f"{slots} slots ({LAYOUT_FOR[slots]}): {r['cores']:.2f} core, {r['fps_out']:.1f} fps out "
+                f"({r['ms_per_frame']:.1f} ms CPU a frame), "
                 f"{r['decoded_fps']:.0f} frames/s decoded, {r['late_frames']} late frames "
                 f"over {r['wall_s']:.0f} s ({time.monotonic() - started:.0f} s in all)"
             )
