@@ -7,6 +7,7 @@ The page at 360 px goes to the artifacts as a screenshot."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
@@ -114,17 +115,23 @@ async def test_the_public_page_plays_the_program_with_hls_js_and_follows_the_tak
             )
             log(f"public page: tone {tone['hz']:.0f} Hz at {tone['db']:.0f} dB")
 
-            # The chair's take: the player follows (latency measured to the new picture).
-            taken = time.monotonic()
-            await rest(
-                http, url, "PUT", f"/api/rooms/{ROOM}/program", {"layout": "single", "slots": ["hall-b"]}
-            )
-            await eventually(
-                lambda: page.evaluate(PLAYER_JS), showing(4), 30, "the player follows the take to hall-b"
-            )
-            latency = time.monotonic() - taken
-            log(f"public page: take to picture {latency:.1f} s")
-            assert latency <= 15, latency
+            # The chair's takes: the player follows each (latency measured to the new picture).
+            latencies = []
+            for identity, colour in (("hall-b", 4), ("hall-a", 2), ("hall-b", 4), ("hall-a", 2)):
+                taken = time.monotonic()
+                await rest(
+                    http, url, "PUT", f"/api/rooms/{ROOM}/program", {"layout": "single", "slots": [identity]}
+                )
+                await eventually(
+                    lambda colour=colour: page.evaluate(PLAYER_JS),
+                    showing(colour),
+                    30,
+                    f"the player follows the take to {identity}",
+                )
+                latencies.append(time.monotonic() - taken)
+                await asyncio.sleep(random.uniform(0, 2))  # takes fall anywhere in a segment
+            log(f"public page: take to picture {', '.join(f'{x:.1f}' for x in latencies)} s")
+            assert max(latencies) <= 15, latencies
         finally:
             await browser.close()
 
