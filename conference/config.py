@@ -90,6 +90,9 @@ class Settings:
     # Where the public reaches the server (https://live.example.org), for the short link and its QR
     # code; None: the address the request came to.
     public_base_url: str | None = None
+    # Live-stream file requests a second the server answers itself (bursts of twice that); beyond it
+    # 503. One viewer makes about one a second; an audience of thousands belongs behind nginx or a CDN.
+    live_requests_per_s: float = 1200.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -149,6 +152,8 @@ class Settings:
             _check_ice_server(server)
         if not re.fullmatch(r"\d{2,4}x\d{2,4}", self.live_size):
             raise ConfigError(f"live_size must be WIDTHxHEIGHT, got {self.live_size!r}")
+        if self.live_requests_per_s <= 0:
+            raise ConfigError("live_requests_per_s must be positive")
         if not 1 <= self.live_fps <= 60 or self.live_threads < 0:
             raise ConfigError("live_fps must be 1-60 and live_threads at least 0")
 
@@ -227,6 +232,7 @@ _FIELD_TYPES: dict[str, str] = {
     "live_threads": "int",
     "live_preset": "str",
     "public_base_url": "str?",
+    "live_requests_per_s": "float",
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
 

@@ -51,11 +51,6 @@ LIVE_FILE = re.compile(r"index\.m3u8|seg-\d{5,9}\.ts")
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PLAYLIST_CACHE = "public, max-age=1"
 SEGMENT_CACHE = "public, max-age=31536000, immutable"
-# Live-file requests a second the server answers itself, and the burst; beyond it a viewer is
-# refused (503, retry in a second) rather than the loop falling behind the meeting. A crowd belongs
-# behind nginx or a CDN (docs/live.md), which asks for each file once.
-LIVE_RATE = 300.0
-LIVE_BURST = 600
 PLAYLIST_REREAD_S = 0.5
 MAX_CACHED_FILES = 48  # a few rooms' sliding windows of segments (~0.6 MB each at 1280x720)
 VIEWER_TTL_S = 70.0  # the page says it is watching every 30 s
@@ -74,7 +69,7 @@ def public_code(secret: str, room: str) -> str:
 
 
 class PublicSite:
-    def __init__(self, store: RoomStore, secret: str) -> None:
+    def __init__(self, store: RoomStore, secret: str, live_requests_per_s: float = 1200.0) -> None:
         self.store = store
         self.secret = secret
         self._rooms: dict[str, str] = {}  # code -> room
@@ -83,7 +78,10 @@ class PublicSite:
         # Live files in memory: a segment never changes (read once), the playlist is read again at
         # most every PLAYLIST_REREAD_S. No disk read per viewer, none in the loop for a cached file.
         self._files: OrderedDict[Path, tuple[float, bytes]] = OrderedDict()
-        self.live_rate = TokenBucket(LIVE_RATE, LIVE_BURST)
+        # Live-file requests the server answers itself (setting live_requests_per_s, bursts of twice
+        # that); beyond it a viewer is refused (503, retry in a second) rather than the loop falling
+        # behind the meeting. A crowd belongs behind nginx or a CDN, which asks for each file once.
+        self.live_rate = TokenBucket(live_requests_per_s, max(1, int(2 * live_requests_per_s)))
         # Requests the server itself answered per live file (the last few hundred): what a caching
         # proxy in front saves shows here (tests/test_live_nginx.py).
         self.origin_requests: OrderedDict[str, int] = OrderedDict()
@@ -322,7 +320,7 @@ async def patch_room(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[SITE_KEY] = PublicSite(app[STORE_KEY], app[SECRET_KEY])
+    app[SITE_KEY] = PublicSite(app[STORE_KEY], app[SECRET_KEY], app[SETTINGS_KEY].live_requests_per_s)
     app.router.add_get("/live/{room}/{name}", live_file)
     app.router.add_get("/w/{code}", watch_page)
     app.router.add_get(r"/w/{code}/qr.{kind:svg|png}", qr_image)
