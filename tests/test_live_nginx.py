@@ -199,3 +199,74 @@ async def test_through_nginx_the_page_plays_and_the_origin_serves_a_segment_at_m
                 f"origin: {len(segments)} segments, at most {max(segments.values())} request each, "
                 f"{playlist} playlists"
             )
+
+
+def test_nginx_serves_the_live_files_straight_from_the_data_directory(tmp_path: Path) -> None:
+    """The locations docs/live.md gives for nginx serving /live/ without the server, as written
+    there (only the root changed): the right types and cache headers, nothing else served."""
+    import urllib.error
+    import urllib.request
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "live.md").read_text(encoding="utf-8")
+    block = re.search(r"```nginx\n(location ~ \^/live/.*?)```", doc, re.S)
+    assert block, "docs/live.md lost its nginx locations for /live/"
+    data = tmp_path / "data"
+    live = data / "live" / "council"
+    live.mkdir(parents=True)
+    (live / "index.m3u8").write_text("#EXTM3U\n#EXTINF:2.0,\nseg-00001.ts\n")
+    (live / "seg-00001.ts").write_bytes(b"G" + bytes(187))
+    (live / "notes.txt").write_text("private")
+    locations = block.group(1).replace("/var/lib/conference", str(data))
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    port = free_port()
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        f"""worker_processes 1;
+user root;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        {locations}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+    )
+    process = subprocess.Popen([str(NGINX), "-c", str(conf), "-p", str(directory), "-g", "daemon off;"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}/live/council"
+        with urllib.request.urlopen(f"{base}/index.m3u8") as resp:
+            assert resp.headers["Content-Type"] == "application/vnd.apple.mpegurl"
+            assert resp.headers["Cache-Control"] == "public, max-age=1"
+            assert resp.read().startswith(b"#EXTM3U")
+        with urllib.request.urlopen(f"{base}/seg-00001.ts") as resp:
+            assert resp.headers["Content-Type"] == "video/mp2t"
+            assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            assert len(resp.read()) == 188
+        for path in ("notes.txt", "../../secret", "seg-x.ts"):
+            try:
+                urllib.request.urlopen(f"{base}/{path}")
+                raise AssertionError(f"{path} was served")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 404, path
+    finally:
+        process.terminate()
+        process.wait(10)
