@@ -219,3 +219,29 @@ async def test_a_meeting_about_to_begin_streams_its_slate_and_the_broadcast_foll
     finally:
         await broadcasts.close()
         await meeting.close()
+
+
+def test_what_the_compositor_is_told_and_when_a_meeting_streams_its_slate() -> None:
+    from conference.roles import Role
+    from conference.room import Participant, RoomState, join
+    from signaling.broadcast import STANDBY_S, program_message, standby_wanted
+
+    state = RoomState(room="council", title="Budget")
+    join(state, Participant("hall-a", "第一分会场", Role.VENUE, publish_video=True), now=100.0)
+    set_program(state, "pip", ["hall-a"])
+    message = program_message(state)
+    assert message["layout"] == "pip" and message["slots"] == ["hall-a", None]
+    assert message["names"] == {"hall-a": "第一分会场"} and message["live"] is False
+    assert message["title"] == "Budget" and message["starts_at"] is None
+    start_broadcast(state, now=200.0)
+    assert program_message(state)["live"] is True
+
+    soon = RoomState(room="r", starts_at=10_000.0)
+    assert not standby_wanted(soon, now=10_000.0)  # nobody there
+    join(soon, Participant("hall-a", "A", Role.VENUE), now=1.0)
+    assert standby_wanted(soon, now=10_000.0 - STANDBY_S)
+    assert not standby_wanted(soon, now=10_000.0 - STANDBY_S - 1)  # too early
+    start_broadcast(soon, now=10_000.0)
+    assert not standby_wanted(soon, now=10_000.0)  # broadcasting
+    stop_broadcast(soon, now=10_500.0)
+    assert not standby_wanted(soon, now=10_600.0)  # over: no second slate

@@ -211,3 +211,18 @@ async def test_auto_broadcast_starts_the_broadcast_with_the_first_join(
     await asyncio.sleep(0.5)  # an auto-start would be a task of its own: give it its chance
     status, room = await call(http, "GET", room_url, ADMIN)
     assert room["broadcast"]["active"] is False and room["broadcast"]["stopped_at"]
+
+
+def test_public_codes_and_the_viewer_count() -> None:
+    from signaling.public import VIEWER_TTL_S, PublicSite, public_code
+
+    a, b = public_code("s" * 40, "council"), public_code("s" * 40, "council-2")
+    assert a != b and len(a) == len(b) == 10 and a == public_code("s" * 40, "council")
+    assert public_code("t" * 40, "council") != a  # another server's secret, another link
+    site = PublicSite(store=None, secret="s" * 40)  # type: ignore[arg-type]
+    assert site.watching("council", "viewer-001", 0.0) == 1
+    assert site.watching("council", "viewer-002", 1.0) == 2
+    assert site.watching("council", "viewer-001", 2.0) == 2  # the same viewer again
+    assert site.watching("council", None, 10.0) == 2  # recounted after a few seconds
+    assert site.watching("council", "viewer-002", 60.0) == 2
+    assert site.watching("council", None, 2.0 + VIEWER_TTL_S + 1) == 1  # viewer-001 went quiet

@@ -461,7 +461,7 @@ class Bench:
         await asyncio.sleep(args.settle)
 
         # The measured window.
-        live0 = await self._live()
+        live0 = await self._live() if args.live else {}
         stats0, cpu0, marks0 = await self.stats(), self._server_cpu(), await self._mark()
         t0 = time.monotonic()
         end = t0 + args.duration
@@ -475,7 +475,7 @@ class Bench:
                 await self.set_program(next_program())
         cpu1, marks1 = self._server_cpu(), await self._mark()
         stats1 = await self.stats()
-        live1 = await self._live()
+        live1 = await self._live() if args.live else {}
         window = time.monotonic() - t0
         rss = _peak_rss_mb(self.server_pid) if self.server_pid else None
 
