@@ -1,6 +1,7 @@
 """The venue page outlives its token: opened with a token that expires while it is connected, it
-comes back by itself after the server restarts (with the session credential it was handed), and a
-screen link the chair revokes leaves the page on a final error instead of reconnecting."""
+comes back by itself after the server restarts (with the session credential it was handed) and
+after a reload of the page, and a screen link the chair revokes leaves the page on a final error
+instead of reconnecting."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ async def test_a_venue_page_reconnects_after_its_token_expired_and_a_revoked_lin
                         raise AssertionError(f"{exc}; page history: {history}") from None
                 history = await hall.evaluate("window.conference.client.history.join('\\n')")
                 assert "token expired" not in history, history
+                # A reload (a kiosk's watchdog) opens the page with its expired token in the
+                # address: it comes back with the credential the tab kept.
+                await hall.reload()
+                await eventually(
+                    lambda: state(hall), lambda s: s == "joined", 30, "hall-a back after a reload"
+                )
                 room = await rest(server, "GET", "/api/rooms/council")
                 people = {p["identity"]: p["connected"] for p in room["participants"]}
                 assert people == {"hall-a": True, "hall-b": True}, people

@@ -43,6 +43,23 @@ export function decodeToken(token) {
   }
 }
 
+// Per token (its issue time): a page opened with a new token never reuses an older one's credential.
+function sessionKey(token) {
+  const claims = decodeToken(token || "");
+  return claims ? `conference.session:${claims.room}/${claims.sub}/${claims.iat}` : null;
+}
+
+/** The session credential this tab kept for `token` ({token, expiresAt}), while it is valid. */
+export function storedSession(token) {
+  const key = sessionKey(token);
+  try {
+    const s = key ? JSON.parse(sessionStorage.getItem(key)) : null;
+    return s && s.expiresAt * 1000 - Date.now() > 5000 ? s : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The token from `?token=`, or null. */
 export function tokenFromUrl() {
   return new URLSearchParams(location.search).get("token");
@@ -95,8 +112,10 @@ export class RoomClient extends EventTarget {
     this._syncing = false;
     this._timers = new Set();
     // The newest session credential the server handed this connection ({token, expiresAt} or
-    // null): reconnects use it while it is valid, so the page outlives its own token.
-    this._session = null;
+    // null): reconnects use it while it is valid, so the page outlives its own token. Kept in
+    // sessionStorage (this tab only) so a reloaded page comes back with it too.
+    this._sessionKey = sessionKey(this.options.token);
+    this._session = storedSession(this.options.token);
     this._pingTimer = null;
     this._mediaDownTimer = null;
     this.history = [];
@@ -157,8 +176,19 @@ export class RoomClient extends EventTarget {
   _credential() {
     const s = this._session;
     if (s && s.expiresAt * 1000 - Date.now() > 5000) return s.token;
-    this._session = null;
+    this._keepSession(null);
     return this.options.token;
+  }
+
+  _keepSession(session) {
+    this._session = session;
+    if (!this._sessionKey) return;
+    try {
+      if (session) sessionStorage.setItem(this._sessionKey, JSON.stringify(session));
+      else sessionStorage.removeItem(this._sessionKey);
+    } catch {
+      // Storage refused (private mode, quota): the credential still works until a reload.
+    }
   }
 
   _open() {
@@ -221,12 +251,13 @@ export class RoomClient extends EventTarget {
     this._stopPing();
     if (ev.code === 4401 && this._session) {
       // The session credential was refused (e.g. the server's secret changed): try the page's token.
-      this._session = null;
+      this._keepSession(null);
       this._scheduleReconnect(0);
       return;
     }
     const final = FINAL_CLOSE[ev.code];
     if (final) {
+      this._keepSession(null);
       this._stopped = true;
       this._closePc();
       this._emit("fatal", { code: final, reason: ev.reason });
@@ -347,7 +378,7 @@ export class RoomClient extends EventTarget {
         return;
       case "session":
         // Its lifetime counted on this clock (the screen's clock may be off the server's).
-        this._session = { token: msg.token, expiresAt: Date.now() / 1000 + (msg.ttl_s ?? 0) };
+        this._keepSession({ token: msg.token, expiresAt: Date.now() / 1000 + (msg.ttl_s ?? 0) });
         return;
       case "removed":
       case "replaced":

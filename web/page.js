@@ -4,7 +4,7 @@
 // join. Camera and microphone open only after the server let the endpoint in, and every track
 // stops when the page is removed, refused or closed.
 
-import { decodeToken, rememberTokenInUrl, RoomClient, tokenFromUrl } from "./client.js";
+import { decodeToken, rememberTokenInUrl, RoomClient, storedSession, tokenFromUrl } from "./client.js";
 import { applyI18n, languageSwitch, t } from "./i18n.js";
 import { LocalMedia, MicSwitch, SoundOutput } from "./media.js";
 import { fit16x9, ProgramStage } from "./stage.js";
@@ -71,7 +71,9 @@ export function obtainToken({ titleKey, submitKey = "join.submit" }) {
   const form = joinForm(titleKey, submitKey);
   const error = form.querySelector("[data-form-error]");
   const fromUrl = tokenFromUrl();
-  const problem = fromUrl ? tokenProblem(decodeToken(fromUrl)) : null;
+  let problem = fromUrl ? tokenProblem(decodeToken(fromUrl)) : null;
+  // Reloaded after its token expired, while the tab still holds a session credential for it.
+  if (problem === "join.expired_token" && storedSession(fromUrl)) problem = null;
   if (fromUrl && !problem) return Promise.resolve(fromUrl);
   form.hidden = false;
   if (problem) error.textContent = t(problem);
