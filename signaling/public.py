@@ -275,6 +275,7 @@ async def room_public(request: web.Request) -> web.Response:
             "playlist": f"{base}/live/{room}/index.m3u8",
             "viewers": site.watching(room, None, time.time()),
             "compositor": {"running": room in streams and streams[room].process is not None},
+            "auto_broadcast": state.auto_broadcast,
             **{k: v for k, v in public_json(state).items() if k not in ("playlist", "broadcasting")},
         }
     )

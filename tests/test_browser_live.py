@@ -171,8 +171,24 @@ async def test_the_chair_console_starts_the_broadcast_and_shows_the_public_link(
             link = await page.inner_text("#live-url")
             public = await rest(http, server.url, "GET", f"/api/rooms/{ROOM}/public")
             assert link == public["url"] and "/w/" in link, (link, qr)
+            # What the public page shows, set from the same dialog.
+            await page.fill("#live-topic", "Parks and public spaces")
+            await page.fill("#live-background", "Draft: https://example.org/draft")
+            await page.check("#live-auto")
+            await page.click("#live-save")
+
+            async def public_details() -> tuple:
+                room = await rest(http, server.url, "GET", f"/api/rooms/{ROOM}")
+                return room["topic"], room["background"], room["auto_broadcast"]
+
+            await eventually(
+                public_details,
+                lambda v: v == ("Parks and public spaces", "Draft: https://example.org/draft", True),
+                10,
+                "the console saved the public details",
+            )
             await page.screenshot(path=str(screenshot_path("chair-public-link")))
-            await page.click("#live-dialog button")
+            await page.click("#live-dialog form[method=dialog] button")
             await toggle.click()
             await eventually(broadcasting, lambda on: not on, 10, "the broadcast stops")
         finally:

@@ -103,6 +103,10 @@ class Console {
       ),
     );
     $("live-link").addEventListener("click", () => this.showPublicLink());
+    $("live-public").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.savePublic();
+    });
     $("help-toggle").addEventListener("click", () => $("help").showModal());
     document.addEventListener("keydown", (ev) => this.onKey(ev));
 
@@ -309,6 +313,30 @@ class Console {
     if (document.activeElement !== title && this.client.mirror) title.value = this.client.mirror.title;
   }
 
+  /** What the public page shows (PATCH /api/rooms/{room}): topic, scheduled start, background. */
+  async savePublic() {
+    const room = this.client.mirror?.room;
+    if (!room) return;
+    const starts = $("live-starts").value;
+    const body = {
+      topic: $("live-topic").value,
+      background: $("live-background").value,
+      auto_broadcast: $("live-auto").checked,
+      starts_at: starts ? new Date(starts).getTime() / 1000 : null,
+    };
+    try {
+      const resp = await fetch(`/api/rooms/${encodeURIComponent(room)}`, {
+        method: "PATCH",
+        headers: { Authorization: `Bearer ${this.client.options.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      if (!resp.ok) throw new Error(String(resp.status));
+      notify(t("live.saved"), "info");
+    } catch (err) {
+      notify(t("live.save_failed"), "error");
+    }
+  }
+
   // The public broadcast (docs/live.md): its own button, apart from recording, and the link + QR.
   renderBroadcast() {
     const live = this.client.mirror?.broadcast;
@@ -332,6 +360,10 @@ class Console {
       $("live-url").textContent = info.url;
       $("live-qr-png").href = `${info.qr_png}?download=1`;
       $("live-qr-svg").href = `${info.qr_svg}?download=1`;
+      $("live-topic").value = info.topic || "";
+      $("live-background").value = info.background || "";
+      $("live-auto").checked = !!info.auto_broadcast;
+      $("live-starts").value = info.starts_at ? localInput(info.starts_at) : "";
       $("live-dialog").showModal();
     } catch (err) {
       notify(t("live.link_failed"), "error");
@@ -420,3 +452,10 @@ main().catch((err) => {
   console.error(err);
   notify(String(err), "error", 30000);
 });
+
+/** Unix seconds as a datetime-local input's value (the browser's local time). */
+function localInput(seconds) {
+  const d = new Date(seconds * 1000);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}

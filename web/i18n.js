@@ -105,6 +105,13 @@ export const TABLE = {
     "live.download_png": "下载二维码 (PNG)",
     "live.download_svg": "下载二维码 (SVG)",
     "live.link_failed": "无法获取公开链接",
+    "live.topic": "议题",
+    "live.starts_at": "计划开始时间",
+    "live.background": "背景材料（文字与链接）",
+    "live.auto": "会议开始时自动直播",
+    "live.save": "保存公开信息",
+    "live.saved": "公开信息已保存",
+    "live.save_failed": "公开信息保存失败",
 
     "venue.title": "会场屏幕",
     "venue.selfview_toggle": "显示/隐藏自视画面",
@@ -196,6 +203,7 @@ export const TABLE = {
     "log.recording_stopped": "停止录制",
     "log.broadcast_started": "开始公开直播",
     "log.broadcast_stopped": "结束公开直播",
+    "log.public": "更新公开信息（议题、时间、背景材料）",
     "log.resynced": "已与服务器重新同步",
 
     "clerk.title": "会议录像",
@@ -399,6 +407,13 @@ export const TABLE = {
     "live.download_png": "Download QR code (PNG)",
     "live.download_svg": "Download QR code (SVG)",
     "live.link_failed": "Could not get the public link",
+    "live.topic": "Topic",
+    "live.starts_at": "Scheduled start",
+    "live.background": "Background material (text and links)",
+    "live.auto": "Broadcast automatically when the meeting starts",
+    "live.save": "Save public details",
+    "live.saved": "Public details saved",
+    "live.save_failed": "Could not save the public details",
 
     "venue.title": "Venue screen",
     "venue.selfview_toggle": "Show / hide self-view",
@@ -490,6 +505,7 @@ export const TABLE = {
     "log.recording_stopped": "Recording stopped",
     "log.broadcast_started": "Public broadcast started",
     "log.broadcast_stopped": "Public broadcast ended",
+    "log.public": "Public details updated (topic, time, background)",
     "log.resynced": "Resynchronised with the server",
 
     "clerk.title": "Recordings",
