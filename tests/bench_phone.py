@@ -154,7 +154,7 @@ async def real_calls(calls: int, duration: float) -> None:
             server_used = cpu_seconds(server.pid) - server_before
             async with http.get(f"{url}/api/stats") as r:
                 stats = (await r.json())["media"]
-            print(f"load after:  {os.getloadavg()}")
+            print(f"load after:  {os.getloadavg()} (logs in {tmp})")
             print(
                 f"real calls: {inside} calls in the meeting for {elapsed:.1f} s: gateway CPU {used:.2f} s = "
                 f"{100 * used / elapsed:.1f} % of one core, "

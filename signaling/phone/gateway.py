@@ -401,7 +401,19 @@ class Gateway:
         self.finished.append((call, reason))
         del self.finished[:-100]
         self._spawn(call.close(reason))
-        log.info("phone: call from %s ended: %s", call.caller, reason)
+        audio = call.link.audio if call.link is not None else None
+        log.info(
+            "phone: call from %s ended: %s (%.0f s; RTP from the caller %d, to the caller %d,"
+            " from elsewhere %d; to the room %d, from the room %d)",
+            call.caller,
+            reason,
+            time.monotonic() - call.started,
+            call.rtp.packets_in,
+            call.rtp.packets_out,
+            call.rtp.dropped_wrong_source,
+            getattr(audio, "packets_out", 0),
+            getattr(audio, "packets_in", 0),
+        )
 
     async def _send_bye(self, dialog: Dialog) -> None:
         dialog.local_cseq = max(dialog.local_cseq, dialog.invite.request.cseq[0]) + 1
