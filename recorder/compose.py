@@ -12,6 +12,7 @@ from typing import Protocol
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from conference.layouts import Rect
 
@@ -25,6 +26,7 @@ BLACK = (16, 128, 128)
 CARD = (48, 128, 128)
 
 Arrangement = tuple[tuple[Rect, ...], list[str | None]]
+MAX_SCALERS = 64
 
 
 class Names(Protocol):
@@ -119,6 +121,18 @@ class Compositor:
         self.canvas = Canvas(width, height)
         self.captions = captions
         self._scaled: dict[tuple[int, int, int, int], tuple[int, int, tuple[np.ndarray, ...]]] = {}
+        # One scaler per (source size and format, tile size), kept: ``VideoFrame.reformat`` sets up
+        # a new swscale context for every new frame, which cost 3.6 times the scaling itself.
+        self._scalers: dict[tuple[int, int, str, int, int], VideoReformatter] = {}
+
+    def _scaler(self, frame: av.VideoFrame, width: int, height: int) -> VideoReformatter:
+        key = (frame.width, frame.height, frame.format.name, width, height)
+        scaler = self._scalers.get(key)
+        if scaler is None:
+            if len(self._scalers) >= MAX_SCALERS:  # layouts and sources changed many times
+                self._scalers.clear()
+            scaler = self._scalers[key] = VideoReformatter()
+        return scaler
 
     def _caption_scale(self, tile_h: int) -> int:
         return max(1, min(4, tile_h // 120))
@@ -153,7 +167,7 @@ class Compositor:
             key = (id(frame), serial, fw, fh)
             scaled = self._scaled.get(key)
             if scaled is None:
-                small = frame.reformat(width=fw, height=fh, format="yuv420p")
+                small = self._scaler(frame, fw, fh).reformat(frame, width=fw, height=fh, format="yuv420p")
                 scaled = (fw, fh, _planes(small))
             used[key] = scaled
             ox, oy = (x + (w - fw) // 2) & ~1, (y + (h - fh) // 2) & ~1
