@@ -304,3 +304,23 @@ async def test_invite_from_an_address_not_allowed_is_refused(rig: Rig) -> None:
     finally:
         await phone.stop()
         await strict.close()
+
+
+async def test_chair_removes_the_caller_the_gateway_hangs_up_and_the_media_goes(rig: Rig) -> None:
+    phone = await rig.baresip("removed")
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port}")
+        await phone.wait_event("CALL_ESTABLISHED")
+        await phone.send_digits(f"{rig.meeting_id}#4321#", gap=0.12)
+        room = await rig.wait_room(lambda r: len(rig.callers(r)) == 1)
+        identity = rig.callers(room)[0]["identity"]
+        media = rig.server.app[MEDIA_KEY]
+        await until(lambda: f"council/{identity}" in media.stats()["per_session"], timeout=5.0)
+        await rig.command(type="remove", identity=identity)
+        # The gateway says "the meeting connection has ended" and sends BYE; the room is empty.
+        closed = await phone.wait_event("CALL_CLOSED", timeout=15.0)
+        assert [reason for _, reason in rig.gateway.finished] == ["room_removed"], closed
+        assert rig.callers(await rig.room()) == []
+        assert f"council/{identity}" not in media.stats()["per_session"]
+    finally:
+        await phone.stop()
