@@ -79,6 +79,8 @@ _METHODS: list[tuple[type, str, tuple[str, ...], bool]] = [
     (RTCRtpSender, "_retransmit", ("sequence_number",), True),
     (RTCRtpSender, "_handle_rtcp_packet", ("packet",), True),
     (RTCRtpReceiver, "_send_rtcp_pli", ("media_ssrc",), True),
+    # Used by the tests (a subscriber's NACK, sent as a browser would): checked here all the same.
+    (RTCRtpReceiver, "_send_rtcp_nack", ("media_ssrc", "lost"), True),
     (RTCRtpReceiver, "receive", ("parameters",), True),
     (RTCRtpReceiver, _RECEIVER_STOP_DECODER, (), False),
     (aioice.ice.Connection, "get_component_candidates", ("component", "addresses", "timeout"), True),
@@ -137,14 +139,18 @@ def check_instances(pc: RTCPeerConnection) -> None:
         for name in _SENDER_COUNTERS:
             if not hasattr(transceiver.sender, name):
                 raise _fail(f"RTCRtpSender has no attribute {name}")
-        for name in (*_RECEIVER_DECODER, *_RECEIVER_LSR):
+        # The encoder and remote streams: names the tests reach (tests/test_sfu_support.py and
+        # tests/test_endpoint.py), checked here so a changed aiortc fails here first.
+        if not hasattr(transceiver.sender, "_RTCRtpSender__encoder"):
+            raise _fail("RTCRtpSender has no attribute _RTCRtpSender__encoder")
+        for name in (*_RECEIVER_DECODER, *_RECEIVER_LSR, "_RTCRtpReceiver__remote_streams"):
             if not hasattr(transceiver.receiver, name):
                 raise _fail(f"RTCRtpReceiver has no attribute {name}")
         for name in ("_codecs", "_headerExtensions"):
             if not hasattr(transceiver, name):
                 raise _fail(f"RTCRtpTransceiver has no attribute {name}")
         dtls = transceiver.receiver.transport
-        for name in ("_rx_srtp", "_tx_srtp"):
+        for name in ("_rx_srtp", "_tx_srtp", "_rtp_header_extensions_map"):
             if not hasattr(dtls, name):
                 raise _fail(f"RTCDtlsTransport has no attribute {name}")
         if not hasattr(dtls.transport, "_connection"):
