@@ -235,12 +235,15 @@ async def test_sender_reports_carry_the_forwarders_counters() -> None:
                     return {"packets": item.packetsSent, "bytes": item.bytesSent}
             return None
 
+        # A sender report that left before the update carries the old counters: wait for the next
+        # ones (aiortc sends one about every second), bounded.
+        expected = {"packets": 4321, "bytes": 987_654}
         seen: dict[str, Any] | None = None
-        deadline = time.monotonic() + 5
-        while seen is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 8
+        while seen != expected and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             seen = await remote_outbound()
-        assert seen == {"packets": 4321, "bytes": 987_654}
+        assert seen == expected
     finally:
         await pair.close()
 
