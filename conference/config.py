@@ -93,6 +93,14 @@ class Settings:
     # Live-stream file requests a second the server answers itself (bursts of twice that); beyond it
     # 503. One viewer makes about one a second; an audience of thousands belongs behind nginx or a CDN.
     live_requests_per_s: float = 1200.0
+    # The public's comments and likes (signaling.comments): token buckets per browser (signed cookie)
+    # and per address; an address may hold a venue's or a mobile network's many phones.
+    comment_posts_per_min: float = 6.0
+    comment_posts_per_min_ip: float = 60.0
+    like_posts_per_s: float = 2.0  # the page sends one a second at most
+    like_posts_per_s_ip: float = 100.0
+    # A comment containing one of these (case, spacing and punctuation ignored) waits for a moderator.
+    comment_blocked_words: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -154,6 +162,14 @@ class Settings:
             raise ConfigError(f"live_size must be WIDTHxHEIGHT, got {self.live_size!r}")
         if self.live_requests_per_s <= 0:
             raise ConfigError("live_requests_per_s must be positive")
+        for name in (
+            "comment_posts_per_min",
+            "comment_posts_per_min_ip",
+            "like_posts_per_s",
+            "like_posts_per_s_ip",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if not 1 <= self.live_fps <= 60 or self.live_threads < 0:
             raise ConfigError("live_fps must be 1-60 and live_threads at least 0")
 
@@ -233,6 +249,11 @@ _FIELD_TYPES: dict[str, str] = {
     "live_preset": "str",
     "public_base_url": "str?",
     "live_requests_per_s": "float",
+    "comment_posts_per_min": "float",
+    "comment_posts_per_min_ip": "float",
+    "like_posts_per_s": "float",
+    "like_posts_per_s_ip": "float",
+    "comment_blocked_words": "strlist",
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
 

@@ -121,6 +121,20 @@ def _recording(state: RoomState, e: Event) -> None:
         state.recording = model.Recording()
 
 
+def _comment_shown(state: RoomState, e: Event) -> None:
+    state.on_screen = dict(e["comment"]) if e.get("comment") else None
+
+
+def _comment_answered(state: RoomState, e: Event) -> None:
+    # The answer's moment is a chapter of the recording (recorder.replay); the caption says who.
+    if state.on_screen is not None and state.on_screen.get("id") == e["comment"]:
+        state.on_screen = {**state.on_screen, "answered_by": e["by"]}
+
+
+def _comment_moderation(state: RoomState, e: Event) -> None:
+    state.comment_moderation = bool(e["on"])
+
+
 _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "participant_joined": _joined,
     "participant_rejoined": _joined,
@@ -137,4 +151,7 @@ _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "floor": _floor,
     "dial_in": _dial_in,
     "recording": _recording,
+    "comment_on_screen": _comment_shown,
+    "comment_answered": _comment_answered,
+    "comment_moderation": _comment_moderation,
 }

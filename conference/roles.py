@@ -11,6 +11,7 @@ class Role(StrEnum):
     MEMBER = "member"
     CLERK = "clerk"
     VIEWER = "viewer"
+    MODERATOR = "moderator"  # the committee's staff: the public's comments (the chair may do the same)
 
 
 class Permission(StrEnum):
@@ -29,6 +30,7 @@ class Permission(StrEnum):
     SCREEN_LINKS = "screen_links"  # issue and revoke long-lived links for venue screens
     LIST_RECORDINGS = "list_recordings"
     DOWNLOAD_RECORDINGS = "download_recordings"
+    MODERATE_COMMENTS = "moderate_comments"  # approve, reject, pin, answer, put on screen
 
 
 P = Permission
@@ -40,6 +42,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.MEMBER: frozenset({P.PUBLISH_AUDIO, P.PUBLISH_VIDEO, P.RECEIVE_PROGRAM, P.REQUEST_FLOOR}),
     Role.CLERK: frozenset({P.LIST_RECORDINGS, P.DOWNLOAD_RECORDINGS}),
     Role.VIEWER: frozenset({P.RECEIVE_PROGRAM}),
+    Role.MODERATOR: frozenset({P.MODERATE_COMMENTS}),
 }
 
 
@@ -54,3 +57,8 @@ def can(role: Role, permission: Permission) -> bool:
 def publishes(role: Role) -> bool:
     perms = ROLE_PERMISSIONS[role]
     return P.PUBLISH_AUDIO in perms or P.PUBLISH_VIDEO in perms
+
+
+def sends_no_media(role: Role) -> bool:
+    """Roles whose pages neither publish nor receive media (the clerk's, the moderator's)."""
+    return role in (Role.CLERK, Role.MODERATOR)

@@ -157,6 +157,10 @@ class RoomState:
     background: str = ""  # background material: plain text, links written out
     # The chair's long-lived links for venue screens, by link id (conference.screen_links).
     screen_links: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The public's comment on every screen's lower third (conference.comments.on_screen_json), or None;
+    # the comments themselves live in their own store (signaling.comments), not in the room.
+    on_screen: dict[str, Any] | None = None
+    comment_moderation: bool = True  # the public's comments wait for a moderator
 
     def is_removed(self, identity: str, issued_at: float) -> bool:
         """Whether a token of ``identity`` issued at ``issued_at`` predates its removal. Token
@@ -192,6 +196,8 @@ class RoomState:
             "starts_at": self.starts_at,
             "background": self.background,
             "screen_links": {i: dict(link) for i, link in self.screen_links.items()},
+            "on_screen": None if self.on_screen is None else dict(self.on_screen),
+            "comment_moderation": self.comment_moderation,
         }
 
     def client_json(self) -> dict[str, Any]:
@@ -222,6 +228,8 @@ class RoomState:
             starts_at=data.get("starts_at"),
             background=data.get("background", ""),
             screen_links={i: dict(link) for i, link in (data.get("screen_links") or {}).items()},
+            on_screen=dict(data["on_screen"]) if data.get("on_screen") else None,
+            comment_moderation=bool(data.get("comment_moderation", True)),
         )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from conference import __version__, sfu
+from conference.comments import ACTIONS as COMMENT_ACTIONS
 from conference.config import Settings
 from conference.layouts import catalogue_json
 from conference.loadtest import relay_baseline
@@ -86,6 +87,7 @@ MAX_BODY = 64 * 1024
 REST_COMMANDS = frozenset(
     {"set_program", "set_title", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
     | {"start_recording", "stop_recording", "set_dial_in", "start_broadcast", "stop_broadcast"}
+    | set(COMMENT_ACTIONS)
 )
 
 
@@ -511,9 +513,10 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
-    from . import public  # it uses this module's helpers: imported once they exist
+    from . import comments, public  # they use this module's helpers: imported once they exist
 
     public.setup(app)
+    comments.setup(app)
     screens.setup(app)
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))

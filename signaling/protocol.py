@@ -14,6 +14,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from conference.comments import ACTIONS as COMMENT_ACTIONS
 from conference.layouts import MAX_SLOTS
 
 PROTOCOL_VERSION = 1
@@ -170,6 +171,19 @@ MESSAGES: dict[str, dict[str, Any]] = {
     ),
     "revoke_screen_link": _message(
         "revoke_screen_link", {"link_id": {"type": "string", "minLength": 1, "maxLength": 64}}, ["link_id"]
+    ),
+    **{
+        action: _message(action, {"comment": {"type": "integer", "minimum": 1}}, ["comment"])
+        for action in COMMENT_ACTIONS
+        if action != "answer_comment"
+    },
+    "answer_comment": _message(
+        "answer_comment",
+        {
+            "comment": {"type": "integer", "minimum": 1},
+            "by": {"type": "string", "minLength": 1, "maxLength": 100},
+        },
+        ["comment", "by"],
     ),
     "start_recording": _message("start_recording"),
     "stop_recording": _message("stop_recording"),

@@ -27,7 +27,8 @@ from typing import Any
 import segno
 from aiohttp import web
 
-from conference.roles import Permission
+from conference.comments import set_moderation
+from conference.roles import Permission, can
 from conference.room import CommandError, Event, RoomState, set_public, set_title
 from conference.store import RoomStore
 
@@ -58,7 +59,7 @@ MAX_VIEWERS_TRACKED = 100_000
 COUNT_INTERVAL_S = 5.0
 MAX_COUNTED_FILES = 500
 VIEWER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
-PATCH_FIELDS = {"title", "topic", "starts_at", "background", "auto_broadcast"}
+PATCH_FIELDS = {"title", "topic", "starts_at", "background", "auto_broadcast", "comment_moderation"}
 
 SITE_KEY = web.AppKey("public_site", object)
 
@@ -85,6 +86,7 @@ class PublicSite:
         # Requests the server itself answered per live file (the last few hundred): what a caching
         # proxy in front saves shows here (tests/test_live_nginx.py).
         self.origin_requests: OrderedDict[str, int] = OrderedDict()
+        self.audience: Any = None  # signaling.audience.Audience, set by signaling.comments
 
     def live_bytes(self, path: Path, now: float) -> bytes | None:
         cached = self._files.get(path)
@@ -191,9 +193,12 @@ async def live_file(request: web.Request) -> web.StreamResponse:
 
 
 async def watch_page(request: web.Request) -> web.StreamResponse:
-    state = await _site(request).room_of(request.match_info["code"])
+    site = _site(request)
+    state = await site.room_of(request.match_info["code"])
     if state is None:
         raise web.HTTPNotFound(text="no such meeting")
+    if site.audience is not None:
+        site.audience.seen(state.room, None, visit=True)
     path = web_dir() / "watch.html"
     headers = {
         "Cache-Control": "public, max-age=60",
@@ -257,7 +262,11 @@ async def post_watching(request: web.Request) -> web.Response:
 
 async def room_public(request: web.Request) -> web.Response:
     room = request.match_info["room"]
-    await authorize(request, room, Permission.BROADCAST_CONTROL)
+    _, claims = await authorize(request, room)
+    if claims is not None and not (
+        can(claims.role, Permission.BROADCAST_CONTROL) or can(claims.role, Permission.MODERATE_COMMENTS)
+    ):
+        raise json_error(403, "forbidden", f"role {claims.role} may not see the public link")
     state = await request.app[STORE_KEY].get(room)
     if state is None:
         raise json_error(404, "not_found", f"no room {room!r}")
@@ -274,6 +283,9 @@ async def room_public(request: web.Request) -> web.Response:
             "code": code,
             "playlist": f"{base}/live/{room}/index.m3u8",
             "viewers": site.watching(room, None, time.time()),
+            "likes": 0 if site.audience is None else await site.audience.likes(room),
+            "figures": None if site.audience is None else site.audience.figures(room),
+            "comment_moderation": state.comment_moderation,
             "compositor": {"running": room in streams and streams[room].process is not None},
             "auto_broadcast": state.auto_broadcast,
             **{k: v for k, v in public_json(state).items() if k not in ("playlist", "broadcasting")},
@@ -292,8 +304,9 @@ async def patch_room(request: web.Request) -> web.Response:
     for key in ("title", "topic", "background"):
         if key in body and not isinstance(body[key], str):
             raise json_error(400, "bad_request", f"{key} must be a string")
-    if "auto_broadcast" in body and not isinstance(body["auto_broadcast"], bool):
-        raise json_error(400, "bad_request", "auto_broadcast must be true or false")
+    for key in ("auto_broadcast", "comment_moderation"):
+        if key in body and not isinstance(body[key], bool):
+            raise json_error(400, "bad_request", f"{key} must be true or false")
     starts_at = body.get("starts_at", False)
     if isinstance(starts_at, bool) and "starts_at" in body:
         raise json_error(400, "bad_request", "starts_at must be a time in Unix seconds or null")
@@ -302,7 +315,9 @@ async def patch_room(request: web.Request) -> web.Response:
         events: list[Event] = []
         if "title" in body:
             events += set_title(state, body["title"], by=actor.identity)
-        if set(body) - {"title"}:
+        if "comment_moderation" in body:
+            events += set_moderation(state, body["comment_moderation"], by=actor.identity)
+        if set(body) - {"title", "comment_moderation"}:
             events += set_public(
                 state,
                 topic=body.get("topic"),

@@ -14,17 +14,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode
 
 from conference import room as room_commands
+from conference.comments import ACTIONS as COMMENT_ACTIONS
 from conference.config import Settings
 from conference.layouts import MAX_SLOTS, catalogue_json
 from conference.media import MediaBackend, NullMedia, SessionOptions
-from conference.roles import Permission, Role, can, permissions, publishes
+from conference.roles import Permission, Role, can, permissions, publishes, sends_no_media
 from conference.room import CommandError, Event, Participant, Removed, RoomState
 from conference.store import RoomStore
 
@@ -59,6 +60,8 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "release_floor": P.REQUEST_FLOOR,
     "self_mute": None,
     "publish": None,
+    # The public's comments (signaling.comments, run through Rooms.extensions).
+    **dict.fromkeys(COMMENT_ACTIONS, P.MODERATE_COMMENTS),
 }
 # The ones that act on the sender itself: only a participant in the room can send them.
 SELF_COMMANDS = frozenset({"raise_hand", "lower_hand", "release_floor", "self_mute", "publish"})
@@ -142,6 +145,8 @@ class Rooms:
         self.last_speakers: dict[str, dict[str, Any]] = {}
         self._grace: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Commands another module carries out (room, actor, message) -> result, checked here first.
+        self.extensions: dict[str, Callable[[str, Actor, dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         self.shutting_down = False
         self.started_at = time.time()
         store.subscribe(self._on_events)
@@ -267,7 +272,7 @@ class Rooms:
             "room": state.client_json(),
             "ice_servers": self.settings.ice_servers,
             "layouts": catalogue_json(),
-            "media": self.has_media and role is not Role.CLERK,
+            "media": self.has_media and not sends_no_media(role),
             "limits": {
                 "max_message_bytes": self.settings.ws_max_message_bytes,
                 "rate": self.settings.ws_rate,
@@ -284,7 +289,7 @@ class Rooms:
     async def open_media(self, conn: Connection, msg: dict[str, Any]) -> None:
         """After the join reply: start the endpoint's media session and push the server's offer."""
         role = conn.claims.role
-        if not self.has_media or role is Role.CLERK or not conn.joined:
+        if not self.has_media or sends_no_media(role) or not conn.joined:
             return
         if (plain := plain_media.plain_offer(self, conn.claims, msg)) is not None:
             await plain_media.open_plain(self, conn, plain)
@@ -379,6 +384,8 @@ class Rooms:
             and current.is_removed(actor.identity, actor.issued_at)
         ):
             raise Removed()
+        if (extension := self.extensions.get(command)) is not None:
+            return await extension(room, actor, msg)
         if command == "start_recording":
             state, recording_id = await self.recording.start(room)
             return {"version": state.version, "recording_id": recording_id}

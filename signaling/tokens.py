@@ -283,6 +283,7 @@ PAGE_FOR_ROLE = {
     Role.MEMBER: "phone",
     Role.CLERK: "clerk",
     Role.VIEWER: "venue",
+    Role.MODERATOR: "moderate",
 }
 
 

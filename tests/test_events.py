@@ -8,13 +8,17 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from conference import events
+from conference import comments, events
 from conference import room as r
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
 from recorder.replay import MeetingState
 
 PEOPLE = ["chair", "hall-a", "hall-b", "member-c", "member-d"]
+
+
+def _comment(rng: random.Random, **fields: Any) -> comments.Comment:
+    return comments.Comment(rng.randint(1, 3), "council", "public", "张三", "何时开工", "approved", **fields)
 
 
 def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
@@ -45,6 +49,9 @@ def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
         lambda: r.start_broadcast(state, now=now),
         lambda: r.stop_broadcast(state, now=now),
         lambda: r.set_public(state, topic=rng.choice(["", "transport"]), starts_at=now + 60),
+        lambda: comments.show_on_screen(state, rng.choice([None, _comment(rng)])),
+        lambda: comments.answered(state, _comment(rng, answered_by=rng.choice(["交通局", "Li"]))),
+        lambda: comments.set_moderation(state, rng.random() < 0.5),
     ]
     return rng.choice(choices)()
 

@@ -20,6 +20,7 @@ export class RoomMirror {
     this.floorQueue = [...(s.floor_queue || [])];
     this.recording = { ...(s.recording || { active: false }) };
     this.broadcast = { ...(s.broadcast || { active: false }) };
+    this.onScreen = s.on_screen ? { ...s.on_screen } : null; // the public's comment on the lower third
   }
 
   participant(identity) {
@@ -85,6 +86,14 @@ export class RoomMirror {
         break;
       case "broadcast":
         this.broadcast = { active: e.active, started_at: e.started_at, stopped_at: e.stopped_at };
+        break;
+      case "comment_on_screen":
+        this.onScreen = e.comment ? { ...e.comment } : null;
+        break;
+      case "comment_answered":
+        if (this.onScreen?.id === e.comment) this.onScreen = { ...this.onScreen, answered_by: e.by };
+        break;
+      case "comment_moderation":
         break;
       default:
         this.version = e.version ?? this.version;

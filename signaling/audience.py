@@ -1,0 +1,176 @@
+"""The public pages' live pushes: Server-Sent Events (``aiohttp-sse``) at ``GET /w/{code}/events``.
+
+Every viewer's stream gets ``comment`` (an approved comment, new or changed, or one taken back:
+``{"id", "status": "rejected"}``), ``likes`` (``{"likes": total}``) and ``viewers``
+(``{"viewers": n}``). Likes arrive batched by the pages (``POST /w/{code}/likes``, one a second at
+most); the server adds them up in memory and once a second writes the sum to the comment store and
+pushes the new total to every viewer, so a room's likes cost one store write and one message per
+viewer a second however many taps there are. Each message is serialised once per room, not per viewer.
+
+A viewer whose queue is full (a stalled connection) is dropped: its page reconnects (EventSource
+does so by itself) or falls back to polling ``GET /w/{code}/comments``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from conference.comment_store import CommentStore
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+QUEUE = 64  # messages waiting for one viewer before it is dropped
+PING_S = 15.0  # keeps proxies from closing an idle stream
+MAX_UNIQUE = 200_000
+
+
+@dataclass(eq=False, slots=True)
+class Viewer:
+    viewer: str | None
+    queue: asyncio.Queue[tuple[str, str] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE))
+
+
+@dataclass(slots=True)
+class RoomAudience:
+    streams: set[Viewer] = field(default_factory=set)
+    pending_likes: int = 0
+    comment_likes: dict[int, int] = field(default_factory=dict)
+    likes: int | None = None  # the total last pushed (None: not read yet)
+    viewers: int = 0
+    peak: int = 0
+    visits: int = 0
+    unique: set[str] = field(default_factory=set)
+
+
+class Audience:
+    def __init__(
+        self, store: CommentStore, shared: bool, count_viewers: Callable[[str, list[str]], int]
+    ) -> None:
+        self.store = store
+        self.shared = shared  # Redis: other processes add likes too, so the total is read every tick
+        self.count_viewers = count_viewers  # (room, connected viewer ids) -> viewers now
+        self.rooms: dict[str, RoomAudience] = {}
+        self.pushed = 0  # messages queued to viewers (for the benchmark)
+        self.dropped = 0
+
+    def room(self, room: str) -> RoomAudience:
+        audience = self.rooms.get(room)
+        if audience is None:
+            audience = self.rooms[room] = RoomAudience()
+        return audience
+
+    def push(self, room: str, event: str, data: dict[str, Any]) -> None:
+        audience = self.rooms.get(room)
+        if audience is None or not audience.streams:
+            return
+        message = (event, json.dumps(data, ensure_ascii=False))
+        for viewer in list(audience.streams):
+            try:
+                viewer.queue.put_nowait(message)
+                self.pushed += 1
+            except asyncio.QueueFull:
+                audience.streams.discard(viewer)
+                self.dropped += 1
+                with contextlib.suppress(asyncio.QueueFull):
+                    viewer.queue.get_nowait()
+                    viewer.queue.put_nowait(None)
+
+    def like(self, room: str, count: int, comment: int | None) -> None:
+        audience = self.room(room)
+        audience.pending_likes += count
+        if comment is not None:
+            audience.comment_likes[comment] = audience.comment_likes.get(comment, 0) + count
+
+    def seen(self, room: str, viewer: str | None, visit: bool = False) -> None:
+        audience = self.room(room)
+        audience.visits += int(visit)
+        if viewer is not None and len(audience.unique) < MAX_UNIQUE:
+            audience.unique.add(viewer)
+
+    def figures(self, room: str) -> dict[str, int]:
+        a = self.rooms.get(room) or RoomAudience()
+        return {
+            "visits": a.visits,
+            "unique_viewers": len(a.unique),
+            "peak_viewers": a.peak,
+            "viewers": a.viewers,
+            "likes": (a.likes or 0) + a.pending_likes,
+        }
+
+    async def likes(self, room: str) -> int:
+        audience = self.room(room)
+        if audience.likes is None:
+            audience.likes = await self.store.add_likes(room, 0, {})
+        return audience.likes + audience.pending_likes
+
+    async def tick(self) -> None:
+        for room, audience in list(self.rooms.items()):
+            pending, per_comment = audience.pending_likes, audience.comment_likes
+            if pending or self.shared or audience.likes is None:
+                audience.pending_likes, audience.comment_likes = 0, {}
+                try:
+                    total = await self.store.add_likes(room, pending, per_comment)
+                except Exception:  # kept for the next tick: a store hiccup loses no like
+                    log.exception("likes of room %s could not be written", room)
+                    audience.pending_likes += pending
+                    continue
+                if total != audience.likes:
+                    audience.likes = total
+                    self.push(room, "likes", {"likes": total})
+            ids = [v.viewer for v in audience.streams if v.viewer]
+            viewers = self.count_viewers(room, ids)
+            audience.peak = max(audience.peak, viewers)
+            if viewers != audience.viewers:
+                audience.viewers = viewers
+                self.push(room, "viewers", {"viewers": viewers})
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("audience tick failed")
+            await asyncio.sleep(max(0.05, TICK_S - (time.monotonic() - started)))
+
+    async def stream(
+        self, request: web.Request, room: str, viewer: str | None, hello: dict[str, Any]
+    ) -> web.StreamResponse:
+        """One viewer's event stream, until it goes away or the server shuts down."""
+        me = Viewer(viewer)
+        audience = self.room(room)
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        response = EventSourceResponse(headers=headers, ping_interval=PING_S)
+        await response.prepare(request)
+        audience.streams.add(me)
+        try:
+            await response.send(json.dumps(hello, ensure_ascii=False), event="hello", retry=3000)
+            while True:
+                message = await me.queue.get()
+                if message is None:
+                    break
+                await response.send(message[1], event=message[0])
+        except ConnectionResetError:
+            pass
+        finally:
+            audience.streams.discard(me)
+            response.stop_streaming()
+        return response
+
+    def close_all(self) -> None:
+        for audience in self.rooms.values():
+            for viewer in list(audience.streams):
+                with contextlib.suppress(asyncio.QueueFull):
+                    viewer.queue.put_nowait(None)
+            audience.streams.clear()
