@@ -101,6 +101,8 @@ class Settings:
     like_posts_per_s_ip: float = 100.0
     # A comment containing one of these (case, spacing and punctuation ignored) waits for a moderator.
     comment_blocked_words: list[str] = field(default_factory=list)
+    # The largest film a chair may upload as a prepared clip (bytes); 0 refuses every upload.
+    clip_max_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         self.validate()
@@ -160,6 +162,8 @@ class Settings:
             _check_ice_server(server)
         if not re.fullmatch(r"\d{2,4}x\d{2,4}", self.live_size):
             raise ConfigError(f"live_size must be WIDTHxHEIGHT, got {self.live_size!r}")
+        if self.clip_max_bytes < 0:
+            raise ConfigError("clip_max_bytes must not be negative")
         if self.live_requests_per_s <= 0:
             raise ConfigError("live_requests_per_s must be positive")
         for name in (
@@ -254,6 +258,7 @@ _FIELD_TYPES: dict[str, str] = {
     "like_posts_per_s": "float",
     "like_posts_per_s_ip": "float",
     "comment_blocked_words": "strlist",
+    "clip_max_bytes": "int",
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(Settings)}
 

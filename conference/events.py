@@ -135,6 +135,10 @@ def _comment_moderation(state: RoomState, e: Event) -> None:
     state.comment_moderation = bool(e["on"])
 
 
+def _clip(state: RoomState, e: Event) -> None:
+    state.clip = dict(e["clip"]) if e["clip"] else None
+
+
 _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "participant_joined": _joined,
     "participant_rejoined": _joined,
@@ -154,4 +158,5 @@ _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "comment_on_screen": _comment_shown,
     "comment_answered": _comment_answered,
     "comment_moderation": _comment_moderation,
+    "clip": _clip,
 }

@@ -18,7 +18,7 @@ from . import events as reducer
 from .layouts import DEFAULT_LAYOUT, UnknownLayout, get_layout
 from .roles import Role, publishes
 
-Device = Literal["venue", "phone"]
+Device = Literal["venue", "phone", "clip"]  # "clip": the prepared-clip player (conference.clip_cue)
 DEFAULT_MAX_ENDPOINTS = 50
 # A removal refuses every token of that identity issued up to the moment of removal. No such token
 # outlives the longest token lifetime (signaling.tokens.MAX_TTL_S, 366 days), so an entry is
@@ -161,6 +161,8 @@ class RoomState:
     # the comments themselves live in their own store (signaling.comments), not in the room.
     on_screen: dict[str, Any] | None = None
     comment_moderation: bool = True  # the public's comments wait for a moderator
+    # The prepared clip cued or playing (conference.clip_cue), None when none is.
+    clip: dict[str, Any] | None = None
 
     def is_removed(self, identity: str, issued_at: float) -> bool:
         """Whether a token of ``identity`` issued at ``issued_at`` predates its removal. Token
@@ -198,6 +200,7 @@ class RoomState:
             "screen_links": {i: dict(link) for i, link in self.screen_links.items()},
             "on_screen": None if self.on_screen is None else dict(self.on_screen),
             "comment_moderation": self.comment_moderation,
+            "clip": dict(self.clip) if self.clip else None,
         }
 
     def client_json(self) -> dict[str, Any]:
@@ -230,6 +233,7 @@ class RoomState:
             screen_links={i: dict(link) for i, link in (data.get("screen_links") or {}).items()},
             on_screen=dict(data["on_screen"]) if data.get("on_screen") else None,
             comment_moderation=bool(data.get("comment_moderation", True)),
+            clip=dict(data["clip"]) if data.get("clip") else None,
         )
 
 

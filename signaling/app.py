@@ -30,7 +30,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import dialin, screens
+from . import clip_control, clips, dialin, screens
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -88,6 +88,7 @@ REST_COMMANDS = frozenset(
     {"set_program", "set_title", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
     | {"start_recording", "stop_recording", "set_dial_in", "start_broadcast", "stop_broadcast"}
     | set(COMMENT_ACTIONS)
+    | {"play_clip", "pause_clip", "seek_clip", "stop_clip"}
 )
 
 
@@ -518,11 +519,13 @@ def create_app(
     public.setup(app)
     comments.setup(app)
     screens.setup(app)
+    deck = clip_control.ClipDeck(rooms, clips.setup(app))
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
     # Before the cleanup contexts end: clients are told and their sockets closed first.
 
     async def tell_clients(app: web.Application) -> None:
+        await deck.close()
         await rooms.shutdown()
 
     app.on_shutdown.append(tell_clients)

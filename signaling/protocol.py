@@ -194,6 +194,18 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "release_floor": _message("release_floor"),
     "self_mute": _message("self_mute", {"muted": _BOOL}, ["muted"]),
     "publish": _message("publish", {"audio": _BOOL, "video": _BOOL}, ["audio", "video"]),
+    "play_clip": _message(
+        "play_clip",
+        {
+            "clip": {"type": "string", "pattern": "^[0-9a-f]{16}(?!\n)$"},
+            "slot": {"type": "integer", "minimum": 0, "maximum": MAX_SLOTS - 1},
+            "at_s": {"type": "number", "minimum": 0},
+        },
+        ["clip"],
+    ),
+    "pause_clip": _message("pause_clip"),
+    "seek_clip": _message("seek_clip", {"at_s": {"type": "number", "minimum": 0}}, ["at_s"]),
+    "stop_clip": _message("stop_clip"),
     "sync": _message("sync", {"since": {"type": "integer", "minimum": 0}}, ["since"]),
     "ping": _message("ping"),
     "leave": _message("leave"),

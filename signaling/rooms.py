@@ -62,6 +62,11 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "publish": None,
     # The public's comments (signaling.comments, run through Rooms.extensions).
     **dict.fromkeys(COMMENT_ACTIONS, P.MODERATE_COMMENTS),
+    # The clip player's (signaling.clip_control, through Rooms.extensions).
+    "play_clip": P.SET_PROGRAM,
+    "pause_clip": P.SET_PROGRAM,
+    "seek_clip": P.SET_PROGRAM,
+    "stop_clip": P.SET_PROGRAM,
 }
 # The ones that act on the sender itself: only a participant in the room can send them.
 SELF_COMMANDS = frozenset({"raise_hand", "lower_hand", "release_floor", "self_mute", "publish"})

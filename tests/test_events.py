@@ -8,13 +8,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from conference import comments, events
+from conference import clip_cue, comments, events
 from conference import room as r
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
 from recorder.replay import MeetingState
 
 PEOPLE = ["chair", "hall-a", "hall-b", "member-c", "member-d"]
+FILM = {"id": "0123456789abcdef", "name": "pilot district.mp4", "duration_s": 60.0, "has_audio": True}
 
 
 def _comment(rng: random.Random, **fields: Any) -> comments.Comment:
@@ -52,6 +53,9 @@ def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
         lambda: comments.show_on_screen(state, rng.choice([None, _comment(rng)])),
         lambda: comments.answered(state, _comment(rng, answered_by=rng.choice(["交通局", "Li"]))),
         lambda: comments.set_moderation(state, rng.random() < 0.5),
+        lambda: clip_cue.play_clip(state, FILM, rng.choice([0, 1]), rng.random() * 60, now=now),
+        lambda: clip_cue.clip_moved(state, rng.random() < 0.5, rng.random() * 60, now=now),
+        lambda: clip_cue.stop_clip(state),
     ]
     return rng.choice(choices)()
 

@@ -21,6 +21,7 @@ export class RoomMirror {
     this.recording = { ...(s.recording || { active: false }) };
     this.broadcast = { ...(s.broadcast || { active: false }) };
     this.onScreen = s.on_screen ? { ...s.on_screen } : null; // the public's comment on the lower third
+    this.clip = s.clip ? { ...s.clip } : null;
   }
 
   participant(identity) {
@@ -94,6 +95,9 @@ export class RoomMirror {
         if (this.onScreen?.id === e.comment) this.onScreen = { ...this.onScreen, answered_by: e.by };
         break;
       case "comment_moderation":
+        break;
+      case "clip":
+        this.clip = e.clip ? { ...e.clip } : null;
         break;
       default:
         this.version = e.version ?? this.version;
