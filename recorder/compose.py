@@ -8,7 +8,7 @@ fills each) and the decoded pictures; only where the pictures come from differs.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -17,7 +17,7 @@ from av.video.reformatter import VideoReformatter
 from conference.layouts import Rect
 
 from .font import caption, fit_text, text_mask
-from .titles import caption_mask, caption_px
+from .titles import DEFAULT_LANGUAGE, caption_mask, caption_px, comment_lines, lower_third_masks
 
 AUDIO_RATE = 48000
 AAC_FRAME = 1024
@@ -142,7 +142,10 @@ class Compositor:
         arrangement: Arrangement,
         state: Names,
         pictures: dict[str, tuple[int, av.VideoFrame] | None],
+        comment: dict[str, Any] | None = None,
+        language: str = DEFAULT_LANGUAGE,
     ) -> av.VideoFrame:
+        """The program; ``comment``: the public's comment on the lower third (``RoomState.on_screen``)."""
         c = self.canvas
         c.fill((0, 0, c.width, c.height), BLACK)
         rects, slots = arrangement
@@ -178,4 +181,26 @@ class Compositor:
                 mask = caption_mask(state.name(identity), identity, h, w - 3 * margin)
                 c.text(x + margin, y + h - mask.shape[0] - margin, mask, box)
         self._scaled = used
+        if comment:
+            self.lower_third(comment, language)
         return c.frame()
+
+    def lower_third(self, comment: dict[str, Any], language: str) -> None:
+        """A dark band across the bottom with who wrote the comment (and who answered) and its text."""
+        c = self.canvas
+        margin = max(8, c.height // 40) & ~1
+        masks = lower_third_masks(*comment_lines(comment, language), c.height, c.width - 2 * margin)
+        if not masks:
+            return
+        gap = max(2, masks[0].shape[0] // 3)
+        height = sum(m.shape[0] for m in masks) + gap * (len(masks) + 1)
+        top = max(0, c.height - margin - height) & ~1
+        band = c.y[top : c.height - margin // 2, :]
+        band[:] = (band.astype(np.uint16) * 2 // 7).astype(np.uint8)
+        c.u[top // 2 : (c.height - margin // 2) // 2, :] = 128
+        c.v[top // 2 : (c.height - margin // 2) // 2, :] = 128
+        y = top + gap
+        for mask in masks:
+            h, w = mask.shape
+            c.y[y : y + h, margin : margin + w][mask] = 235
+            y += h + gap

@@ -36,6 +36,7 @@ import numpy as np
 from conference.config import ConfigError, add_settings_arguments, settings_from_args
 from conference.layouts import LAYOUTS, Layout, Rect, UnknownLayout, get_layout
 
+from . import titles
 from .archive import (
     FILE_MODE,
     ArchiveError,
@@ -404,6 +405,7 @@ def render(
     fps = options.fps
     frame_count = max(1, round(duration * fps))
     chapters = chapters_of(recording, t0, t0 + duration)
+    language = titles.recording_language(recording.meta)
 
     cursor = TimelineCursor(recording.timeline)
     tracks = recording.tracks
@@ -463,7 +465,7 @@ def render(
                 if identity is None or identity in pictures:
                     continue
                 pictures[identity] = _picture_for(videos.get(identity, []), state, identity, t)
-            frame = compositor.draw(arrangement, state, pictures)
+            frame = compositor.draw(arrangement, state, pictures, state.room.on_screen, language)
             frame.pts = k
             frame.time_base = Fraction(1, fps)
             for packet in vstream.encode(frame):

@@ -144,8 +144,9 @@ class TimelineCursor:
 
 
 def chapters_of(recording: Recording, t0: float, t1: float, language: str | None = None) -> list[Chapter]:
-    """A chapter for every program change and floor grant between ``t0`` and ``t1``, titled in
-    ``language`` (default: the recording's, recorder/titles.py) with display names."""
+    """A chapter for every program change, floor grant and answered comment (named after who
+    answered it) between ``t0`` and ``t1``, titled in ``language`` (default: the recording's,
+    recorder/titles.py) with display names."""
     cursor = TimelineCursor(recording.timeline)
     chapters: list[Chapter] = []
     language = language or titles.recording_language(recording.meta)
@@ -164,6 +165,8 @@ def chapters_of(recording: Recording, t0: float, t1: float, language: str | None
             title = program_title(cursor.state)
         elif e.get("kind") == "floor" and e.get("floor"):
             title = titles.floor_title(cursor.state.name(str(e["floor"])), language)
+        elif e.get("kind") == "comment_answered" and e.get("by"):
+            title = titles.answered_title(str(e["by"]), language)
         else:
             continue
         if chapters and abs(chapters[-1].at - (at - t0)) < 1e-3:

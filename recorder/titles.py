@@ -118,3 +118,69 @@ def caption_mask(name: str, identity: str, tile_h: int, max_w: int) -> np.ndarra
         text = text[:-1]
         mask = _cjk_mask(text + "…", px)
     return mask
+
+
+# --- the public's comment on the lower third ------------------------------------------------------
+
+_COMMENT_WORDS = {
+    "zh-CN": {"answered": "答复：{by}", "sep": " · "},  # noqa: RUF001
+    "en": {"answered": "Answered: {by}", "sep": " · "},
+}
+LOWER_THIRD_SHARE = 0.045  # text height as a share of the picture's height
+MAX_COMMENT_LINES = 2
+
+
+def answered_title(by: str, language: str) -> str:
+    """The chapter (and the caption's note) for a comment answered by ``by``."""
+    return _COMMENT_WORDS[language_of(language)]["answered"].format(by=by)
+
+
+def comment_lines(comment: dict[str, Any], language: str) -> tuple[str, str]:
+    """(who, what) of the comment on screen: the name with the sector and who answered, then the text."""
+    words = _COMMENT_WORDS[language_of(language)]
+    who = str(comment.get("name") or "")
+    if comment.get("sector"):
+        who += words["sep"] + str(comment["sector"])
+    if comment.get("answered_by"):
+        who += words["sep"] + answered_title(str(comment["answered_by"]), language)
+    return who, " ".join(str(comment.get("text") or "").split())
+
+
+def _line_mask(text: str, px: int, max_w: int) -> tuple[np.ndarray, str]:
+    """The mask of the longest start of ``text`` that fits ``max_w`` (and what is left over)."""
+    if _font_path() is None:
+        scale = max(1, px // 7)
+        fitted = fit_text(caption(text, ""), max_w, scale)
+        return text_mask(fitted, scale), ""
+    mask = _cjk_mask(text, px)
+    if mask.shape[1] <= max_w:
+        return mask, ""
+    low, high = 1, len(text)  # the longest prefix that fits: ~log2(500) renders, cached by the caller
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _cjk_mask(text[:mid], px).shape[1] <= max_w:
+            low = mid
+        else:
+            high = mid - 1
+    return _cjk_mask(text[:low], px), text[low:]
+
+
+@lru_cache(maxsize=8)
+def lower_third_masks(who: str, what: str, height: int, max_w: int) -> tuple[np.ndarray, ...]:
+    """The caption's lines as masks: who, then the text over at most MAX_COMMENT_LINES lines (the
+    last one ending in an ellipsis when the text goes on). Cached: the same every frame."""
+    px = max(MIN_CAPTION_PX, round(height * LOWER_THIRD_SHARE))
+    masks = [_line_mask(who, px, max_w)[0]] if who else []
+    rest = what
+    for line in range(MAX_COMMENT_LINES):
+        if not rest:
+            break
+        mask, left = _line_mask(rest, px, max_w)
+        if left and line == MAX_COMMENT_LINES - 1 and _font_path() is not None:
+            cut = rest[: len(rest) - len(left)]
+            while cut and _cjk_mask(cut + "…", px).shape[1] > max_w:
+                cut = cut[:-1]
+            mask = _cjk_mask(cut + "…", px)
+        masks.append(mask)
+        rest = left.lstrip()
+    return tuple(masks)

@@ -77,6 +77,7 @@ def program_message(state: RoomState) -> dict[str, Any]:
         "title": state.title,
         "topic": state.topic,
         "starts_at": state.starts_at,
+        "on_screen": state.on_screen,  # the public's comment on the lower third
     }
 
 

@@ -56,6 +56,8 @@ class Script:
     first_program: tuple[str, list[str | None]] = ("single", [None])
     # Add moving noise to the lower quarter of each picture (for render benchmarks).
     textured: bool = False
+    # Any other room events, as the room's reducer takes them: (seconds, event without "at").
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
 
 def _participant_json(p: Speaker, at: float) -> dict[str, Any]:
@@ -174,6 +176,8 @@ def write_meeting(
         )
     for at, ids in script.speakers:
         writer.speakers(started_at + at, ids)
+    for at, event in script.events:
+        writer.add_entry({**event, "at": started_at + at})
 
     senders = [_Sender(writer, p, i, script) for i, p in enumerate(script.people)]
     key_every = max(1, round(script.keyframe_interval * script.fps))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from test_sfu_support import TONES, Meeting, nearest_colour, wait_for
 
+from conference.comments import Comment, show_on_screen
 from conference.config import Settings
 from conference.room import set_program, set_public, start_broadcast, stop_broadcast
 from signaling.broadcast import Broadcasts, LiveStream, live_dir
@@ -47,7 +48,15 @@ def read_segment(path: Path) -> dict:
     h, w = rgb.shape[:2]
     centre = rgb[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].reshape(-1, 3).mean(axis=0)
     samples = np.concatenate(audio) if audio else np.zeros(0)
-    return {"colour": nearest_colour(tuple(centre)), "pts": video_pts, "audio": samples}
+    bottom = rgb[h - h // 5 :, w // 20 : w - w // 20]
+    return {
+        "colour": nearest_colour(tuple(centre)),
+        "pts": video_pts,
+        "audio": samples,
+        # The lower third: how much white writing (a comment on screen) and how dark behind it.
+        "writing": int((bottom > 200).all(axis=2).sum()),
+        "bottom_luma": float(np.median(bottom.mean(axis=2))),
+    }
 
 
 def pitch(samples: np.ndarray, rate: int = 48000) -> float | None:
@@ -102,6 +111,19 @@ async def test_the_compositor_streams_the_program_as_hls_and_follows_it(tmp_path
             seen.add(name)
             colour = read_segment(directory / name)["colour"]
         assert colour == 4, "the stream did not follow the program to hall-b"
+
+        # The public's comment on the lower third, until it is taken off.
+        comment = Comment(3, meeting.room, "public", "Li", "When will bus line 12 return?", "approved")
+        await meeting.command(show_on_screen, comment)
+        shown = read_segment(directory / await newest_segment(directory, seen, 10))
+        for _ in range(3):
+            if shown["writing"] > 50:
+                break
+            name = await newest_segment(directory, seen, 10)
+            seen.add(name)
+            shown = read_segment(directory / name)
+        assert shown["writing"] > 50 and shown["colour"] == 4, shown["writing"]
+        await meeting.command(show_on_screen, None)
 
         # A compositor that dies comes back on the same playlist, after a discontinuity.
         assert stream.process is not None

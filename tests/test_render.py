@@ -208,6 +208,40 @@ def test_participant_without_video_gets_a_name_card(tmp_path: Path) -> None:
     assert (middle > 200).all(axis=2).sum() > 50
 
 
+def test_the_comment_on_screen_and_its_answer_as_a_chapter(tmp_path: Path) -> None:
+    comment = {"id": 7, "name": "张三", "sector": None, "text": "公交线路何时调整", "answered_by": None}
+    script = Script(
+        [Speaker("a", "Alice", RED, 440.0)],
+        duration=4.0,
+        first_program=("single", ["a"]),
+        events=[
+            (1.0, {"kind": "comment_on_screen", "comment": comment}),
+            (
+                2.0,
+                {"kind": "comment_answered", "comment": 7, "by": "市交通局", "name": "张三", "text": "..."},
+            ),
+            (3.0, {"kind": "comment_on_screen", "comment": None}),
+        ],
+    )
+    write_meeting(tmp_path, "asked", script)
+    out = tmp_path / "asked.mp4"
+    # No name captions: the white in the bottom band is the comment's alone.
+    result = render(Recording.open(tmp_path, "asked"), out, RenderOptions(width=W, height=H, captions=False))
+    assert [(round(c.at, 2), c.title) for c in result.chapters][1:] == [(2.0, "答复：市交通局")]  # noqa: RUF001
+    with av.open(str(out)) as c:
+        assert [ch["metadata"]["title"] for ch in c.chapters()][1] == "答复：市交通局"  # noqa: RUF001
+    pics = frames_at(out, [0.5, 1.5, 2.5, 3.5])
+    band = (slice(H - H // 6, H - 12), slice(8, W - 8))
+    for t in (1.5, 2.5):  # a dark band across the red picture, white writing in it
+        bottom = pics[t][band]
+        assert np.median(bottom[..., 0]) < 110, t
+        assert (bottom > 200).all(axis=2).sum() > 100, t
+    for t in (0.5, 3.5):  # before it is shown, after it is taken off: the picture only
+        assert_colour(tile_colour(pics[t], (0.1, 0.85, 0.8, 0.1)), RED, f"bottom at {t}s")
+        assert (pics[t][band] > 200).all(axis=2).sum() == 0
+    assert (pics[2.5][band] > 200).all(axis=2).sum() > (pics[1.5][band] > 200).all(axis=2).sum()  # 答复
+
+
 def test_damaged_and_truncated_chunks_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     script = Script([Speaker("a", "Alice", RED, 440.0)], duration=6.0, first_program=("single", ["a"]))
     # One chunk a second per track.

@@ -5,6 +5,7 @@
 // slot of the current layout is, empty slots show the meeting's title, a room with nothing on
 // the program shows a waiting screen, an outage says so over the frozen picture.
 
+import { showComment } from "./comment-caption.js";
 import { lang, t } from "./i18n.js";
 import { bindDeviceSelect, bindMicControl } from "./media.js";
 import { bindMeetingTitle, bindOutage, joinAsEndpoint, meetingTitle } from "./page.js";
@@ -134,6 +135,7 @@ async function main() {
     $("floor-name").textContent = mirror?.floor ? displayName(client, mirror.floor) : "";
     $("recording").hidden = !mirror?.recording?.active;
     $("broadcasting").hidden = !mirror?.broadcast?.active; // the public sees this meeting live
+    showComment($("public-comment"), mirror?.onScreen ?? null);
     $("unmute-request").hidden = !(mic.unmuteRequested && mic.wantMuted && !mic.chairMuted);
     const nothingOn = !!mirror && mirror.program.slots.every((s) => !s);
     $("waiting").hidden = !nothingOn;

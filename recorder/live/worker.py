@@ -72,6 +72,7 @@ class Program:
         self.topic = ""
         self.starts_at: float | None = None
         self.ended = False
+        self.on_screen: dict[str, Any] | None = None
 
     def name(self, identity: str) -> str:
         return self.names.get(identity) or identity
@@ -87,6 +88,9 @@ class Program:
         for key in ("room", "title", "topic"):
             if key in message:
                 setattr(self, key, str(message[key] or ""))
+        if "on_screen" in message:
+            value = message["on_screen"]
+            self.on_screen = value if isinstance(value, dict) else None
         if "starts_at" in message:
             value = message["starts_at"]
             self.starts_at = float(value) if isinstance(value, int | float) else None
@@ -230,7 +234,7 @@ class LiveWorker:
             slot = self.video_order[i]
             picture = slot.current(now)
             pictures[identity] = None if picture is None else (slot.picture_serial, picture)
-        return self.compositor.draw((layout.slots, slots), program, pictures)
+        return self.compositor.draw((layout.slots, slots), program, pictures, program.on_screen)
 
     def run(self) -> int:
         threading.Thread(target=self.read_control, daemon=True).start()
