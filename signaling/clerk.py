@@ -9,6 +9,8 @@
   default), with HTTP Range;
 - ``POST /api/recordings/{id}/download-url`` ``{"render", "file"}``: a signed, short-lived link to
   one file (``mp4``, ``vtt``, or ``events`` for the progress stream);
+- ``GET /api/recordings/{id}/speaking-time.csv`` and ``.xlsx``: the speaking-time figures
+  (``speaking_time`` in the recording's view) as a CSV and an Excel sheet;
 - ``DELETE /api/recordings/{id}``.
 
 Signed links: a browser can only put a token in a header with ``fetch``, which holds the whole file
@@ -55,6 +57,9 @@ from recorder.jobs import (
 from recorder.render import RenderOptions
 from recorder.replay import chapters_of
 from recorder.service import RecorderService
+from recorder.speaking_levels import speaking_time
+from recorder.speaking_sheets import to_csv, to_xlsx
+from recorder.titles import language_of, recording_language
 
 from .admission import check_not_removed
 from .errors import STATUS_FOR_CODE, json_error
@@ -301,6 +306,7 @@ async def detail_view(request: web.Request) -> web.Response:
         data["renders"] = [
             _job_view(request, access, recording.id, j) for j in list_jobs(service.data_dir, recording.id)
         ]
+        data["speaking_time"] = speaking_time(recording)
         return data
 
     return web.json_response(await asyncio.to_thread(collect))
@@ -434,6 +440,29 @@ async def create_link(request: web.Request) -> web.Response:
     return web.json_response({"url": url, "expires": expires})
 
 
+async def speaking_sheet(request: web.Request) -> web.Response:
+    """The speaking-time figures as ``speaking-time.csv`` or ``speaking-time.xlsx`` (an attachment:
+    small enough for the page to fetch with its header and save)."""
+    access = await authorize(request)
+    recording = _recording(request, access)
+    kind = "csv" if request.path.endswith(".csv") else "xlsx"
+    language = language_of(request.query.get("lang") or recording_language(recording.meta))
+    data = await asyncio.to_thread(speaking_time, recording)
+    if kind == "csv":
+        body, content_type = to_csv(data).encode(), "text/csv; charset=utf-8"
+    else:
+        body = await asyncio.to_thread(to_xlsx, data, language)
+        content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": content_type,
+            "Content-Disposition": f'attachment; filename="{recording.id}-speaking-time.{kind}"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
 async def delete_view(request: web.Request) -> web.Response:
     access = await authorize(request)
     recording = _recording(request, access)
@@ -466,6 +495,8 @@ def create_clerk_app(
     app.router.add_get("/{id}/renders/{job}/events", job_events)
     app.router.add_get("/{id}/download", download)
     app.router.add_post("/{id}/download-url", create_link)
+    app.router.add_get("/{id}/speaking-time.csv", speaking_sheet)
+    app.router.add_get("/{id}/speaking-time.xlsx", speaking_sheet)
 
     return app
 

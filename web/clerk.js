@@ -2,6 +2,7 @@
 // downloads. It speaks the recorder's REST API (docs/recordings.md); an endpoint the server does
 // not have yet (404) is reported as such, and the rest of the page keeps working.
 
+import { showSpeakingTime } from "./clerk-speaking.js";
 import { lang, t } from "./i18n.js";
 import { openPage } from "./page.js";
 import { el, formatElapsed, loadLayouts, notify } from "./ui.js";
@@ -99,6 +100,7 @@ function normalise(r) {
     people: Array.isArray(r.participants) ? r.participants : [],
     renders: r.renders ?? [],
     timeline: r.timeline ?? r.timeline_summary ?? r.chapters ?? [],
+    speakingTime: r.speaking_time ?? null,
     // Who sent video (a single-participant render of someone without video would be black).
     video: new Set((r.tracks ?? []).filter((tr) => tr.kind === "video").map((tr) => tr.identity)),
   };
@@ -272,6 +274,7 @@ class ClerkPage {
             ),
       ),
     );
+    showSpeakingTime($("speaking-time"), r.speakingTime, (ext) => this.saveSheet(id, ext));
     this.renderLayoutChoices(r);
     this.showRenders(id, r.renders, r.people);
     this.follow(id);
@@ -402,6 +405,22 @@ class ClerkPage {
       this.download(id, render, file);
     });
     return link;
+  }
+
+  /** The speaking-time CSV or workbook: small, so fetched with the header and saved from memory. */
+  async saveSheet(id, ext) {
+    try {
+      const res = await this.api.fetch(`/api/recordings/${encodeURIComponent(id)}/speaking-time.${ext}?lang=${encodeURIComponent(lang())}`);
+      const url = URL.createObjectURL(await res.blob());
+      const link = el("a", { href: url, download: `${id}-speaking-time.${ext}` });
+      link.hidden = true;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) {
+      notify(apiErrorText(err), "error");
+    }
   }
 
   /** Ask for a fresh signed link to a file (program render when `render` is null) and save it. */
