@@ -439,7 +439,18 @@ async def test_publishers_get_receiver_reports_remb_and_nacks_for_what_was_lost(
         await wait_for(lambda: bool(dropped) and seen.count(dropped[0]) >= 2, 5, "the retransmission")
         stats = meeting.backend.stats()
         assert stats["nacks_sent"] >= 1 and stats["reports_sent"] >= 2
-        assert dropped[0] not in producer.reception.missing  # the late packet filled the gap
+        assert dropped[0] not in producer.reception.nack.missing  # the late packet filled the gap
+        assert producer.reception.repaired >= 1
+
+        # Our next receiver report says the packet was lost on the wire, repaired or not.
+        async def reported_lost() -> int:
+            stats = [s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp"]
+            return stats[0].packetsLost if stats else 0
+
+        deadline = time.monotonic() + 5
+        while await reported_lost() < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert await reported_lost() >= 1
         assert stats["srtp_unprotect_errors"] == 0
     finally:
         await meeting.close()

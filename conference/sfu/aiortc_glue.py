@@ -62,6 +62,8 @@ _SENDER_COUNTERS = (
     "_RTCRtpSender__octet_count",
     "_RTCRtpSender__packet_count",
 )
+# The round trip aiortc's sender measures from receiver reports of its sender reports (seconds).
+_SENDER_RTT = "_RTCRtpSender__rtt"
 _RECEIVER_DECODER = (
     "_RTCRtpReceiver__decoder_queue",
     "_RTCRtpReceiver__decoder_thread",
@@ -136,7 +138,7 @@ def check_aiortc() -> None:
 def check_instances(pc: RTCPeerConnection) -> None:
     """Verify the per-instance private attributes on a real peer connection's objects."""
     for transceiver in pc.getTransceivers():
-        for name in _SENDER_COUNTERS:
+        for name in (*_SENDER_COUNTERS, _SENDER_RTT):
             if not hasattr(transceiver.sender, name):
                 raise _fail(f"RTCRtpSender has no attribute {name}")
         # The encoder and remote streams: names the tests reach (tests/test_sfu_support.py and
@@ -408,6 +410,13 @@ def update_sender_counters(
     sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
     sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
     sender._RTCRtpSender__ntp_timestamp = ntp_time(sent_at)  # type: ignore[attr-defined]
+
+
+def sender_round_trip(sender: RTCRtpSender) -> float | None:
+    """The round trip the endpoint's receiver reports of this sender's reports show (smoothed by
+    aiortc), or None before one came."""
+    rtt = getattr(sender, _SENDER_RTT, None)
+    return rtt if isinstance(rtt, float) else None
 
 
 def sender_counters(sender: RTCRtpSender) -> tuple[int, int, int, int]:

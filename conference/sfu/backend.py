@@ -231,6 +231,7 @@ class SfuBackend:
             "nacks_received": c.nacks_received,
             "nacks_answered": c.nacks_answered,
             "nacks_sent": c.nacks_sent,
+            "nacks_given_up": c.nacks_given_up,
             "reports_sent": c.reports_sent,
             "levels_decoded": c.levels_decoded,
             "stream_changes_refused": c.stream_changes_refused,

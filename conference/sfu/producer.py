@@ -8,6 +8,7 @@ register with it through ``add_consumer`` / ``add_waiting``, they do not edit it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -58,6 +59,10 @@ class Upstream(Protocol):
         """(NTP middle 32 bits, time.time() of arrival) of the publisher's last sender report."""
         ...
 
+    def round_trip(self) -> float | None:
+        """The transport's round trip from RTCP (seconds), if it has one."""
+        ...
+
 
 class ProducerListener(Protocol):
     """The room a producer belongs to, as the producer needs it (``Router``)."""
@@ -104,6 +109,8 @@ class Producer:
         self.reception = ReceptionStats(self.clock_rate, track_missing=kind == "video")
         self.last_report = 0.0
         self.keyframes = KeyFrameRequestManager(self._send_pli)
+        self._nack_timer: asyncio.TimerHandle | None = None
+        self._nack_timer_at = float("inf")
         self.keyframe_wanted = False
         self.packets = 0
         self.octets = 0
@@ -169,15 +176,17 @@ class Producer:
             return
         now = time.time()
         self.last_packet_at = now
-        gap = self.reception.add(header.sequence, header.timestamp, now)
-        if gap is not None:
-            self._send_nack(gap)
+        if self.reception.add(header.sequence, header.timestamp, now):
+            self._arm_nack_timer(now)
         level = None
         if self.cache is not None:
             keyframe = is_keyframe(self.codec, data, header)
             self.cache.put(header.sequence, data)
             if keyframe:
                 self.keyframe_wanted = False
+                nack = self.reception.nack
+                if nack is not None and nack.missing:
+                    nack.keyframe(header.sequence)
                 if self.pending:
                     self._switch_pending(header.ssrc)
         else:
@@ -251,6 +260,7 @@ class Producer:
         first = self.ssrc is None
         self.ssrc = header.ssrc
         self.reception = ReceptionStats(self.clock_rate, track_missing=self.kind == "video")
+        self._cancel_nack_timer()
         if self.upstream.closed:
             return False
         if self.sink is not None:
@@ -276,14 +286,58 @@ class Producer:
         if self.upstream.send_rtcp(rtcp_nack(self.rtcp_ssrc, self.ssrc, lost)):
             self.counters.nacks_sent += len(lost)
 
+    def _arm_nack_timer(self, now: float) -> None:
+        """NACKs run on their own timer (``nack.NackScheduler``), not the room's tick."""
+        nack = self.reception.nack
+        if nack is None or nack.next_due >= self._nack_timer_at:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a benchmark): the tick polls
+        if self._nack_timer is not None:
+            self._nack_timer.cancel()
+        self._nack_timer_at = nack.next_due
+        self._nack_timer = loop.call_later(max(0.0, nack.next_due - now), self._nack_due)
+
+    def _cancel_nack_timer(self) -> None:
+        if self._nack_timer is not None:
+            self._nack_timer.cancel()
+            self._nack_timer = None
+        self._nack_timer_at = float("inf")
+
+    def _nack_due(self) -> None:
+        self._nack_timer = None
+        self._nack_timer_at = float("inf")
+        self.poll_nacks(time.time())
+
+    def poll_nacks(self, now: float) -> None:
+        """Ask for what is due; a packet given up (repair cannot succeed) costs a keyframe."""
+        nack = self.reception.nack
+        if nack is None or self.ssrc is None or self.upstream.closed:
+            return
+        if nack.next_due <= now:
+            due, given_up = nack.poll(now)
+            if due:
+                self._send_nack(due)
+            if given_up:
+                self.counters.nacks_given_up += given_up
+                self.request_keyframe()
+        if nack.next_due != float("inf"):
+            self._arm_nack_timer(now)
+
     def feedback(self, now: float) -> None:
-        """Per tick: NACKs still due; every REPORT_INTERVAL a receiver report, and for video a REMB
+        """Per tick: the transport's round trip for the NACK timer (and NACKs due, should the
+        timer have had no loop); every REPORT_INTERVAL a receiver report, and for video a REMB
         with the room's bitrate cap."""
         if self.ssrc is None:
             return
-        due = self.reception.nacks_due(now) if self.reception.missing else None
-        if due:
-            self._send_nack(due)
+        nack = self.reception.nack
+        if nack is not None:
+            rtt = self.upstream.round_trip()
+            if rtt is not None:
+                nack.set_round_trip(rtt)
+            self.poll_nacks(now)
         if now - self.last_report < REPORT_INTERVAL:
             return
         self.last_report = now
@@ -364,6 +418,7 @@ class Producer:
     def stop(self) -> None:
         """The publisher is gone: its down-tracks keep their wish and wait for a new producer."""
         self.keyframes.stop()
+        self._cancel_nack_timer()
         for track in [*self.down_tracks, *self.pending]:
             track.lose_source(self)
         self.down_tracks.clear()

@@ -1,10 +1,12 @@
 """What the server keeps of each incoming stream: RFC 3550 reception statistics (for receiver
-reports), the sequence numbers still missing (NACK scheduling) and the packet cache that answers
+reports; which packets are missing is ``nack.NackScheduler``) and the packet cache that answers
 subscribers' NACKs."""
 
 from __future__ import annotations
 
 import struct
+
+from .nack import REORDERED, NackScheduler
 
 _REPORT_BLOCK = struct.Struct("!IIIIII")  # RFC 3550 6.4.1 report block
 
@@ -37,14 +39,15 @@ class PacketCache:
 # --- reception statistics and feedback to a publisher -----------------------------------------------
 
 MAX_DROPOUT = 3000  # RFC 3550 A.1: a jump further ahead than this is a restart, not loss
-NACK_WINDOW = 200  # sequence numbers a gap may span and still be asked for again
-NACK_RETRY_S = 0.1
-NACK_GIVE_UP_S = 1.0
 
 
 class ReceptionStats:
     """RFC 3550 reception statistics of one incoming stream (A.1 sequence tracking, A.3 loss, A.8
-    jitter) for receiver reports, and, for video, the sequence numbers still missing (for NACKs).
+    jitter) for receiver reports, and, for video, the sequence numbers still missing (``nack``).
+
+    Loss is reported as it happened on the wire: a packet that arrives only after it was asked for
+    again (a retransmission: aiortc's peers and browsers here resend on the media SSRC) or twice
+    does not count as received, so a publisher's loss-based estimate sees the loss its repairs hide.
 
     ``add`` runs per packet: a few integer operations, no allocation unless a packet is missing."""
 
@@ -58,40 +61,41 @@ class ReceptionStats:
         "clock_rate",
         "cycles",
         "max_seq",
-        "missing",
+        "nack",
         "received",
-        "track_missing",
+        "repaired",
     )
 
     def __init__(self, clock_rate: int, track_missing: bool) -> None:
         self.clock_rate = clock_rate
-        self.track_missing = track_missing
+        self.nack = NackScheduler() if track_missing else None
         self.base_seq = -1
         self.max_seq = -1
         self.cycles = 0
-        self.received = 0
+        self.received = 0  # on the wire in time (RFC 3550's count minus repairs and duplicates)
+        self.repaired = 0  # arrived only after a NACK, or duplicates
         self._expected_prior = 0
         self._received_prior = 0
         self._jitter_q4 = 0
         self._last_arrival = 0
         self._last_timestamp = -1
-        # sequence -> [first noticed, last asked] (seconds, on the clock ``add`` is given)
-        self.missing: dict[int, list[float]] = {}
 
-    def add(self, seq: int, timestamp: int, now: float) -> list[int] | None:
-        """Count one packet; returns the sequence numbers it shows missing (a gap), if any."""
+    def add(self, seq: int, timestamp: int, now: float) -> bool:
+        """Count one packet; True if it shows packets missing (the NACK timer is due sooner)."""
         self.received += 1
         max_seq = self.max_seq
         if max_seq < 0:
             self.base_seq = self.max_seq = seq
             self._last_timestamp = timestamp
             self._last_arrival = int(now * self.clock_rate)
-            return None
+            return False
         delta = (seq - max_seq) & 0xFFFF
         if delta == 0 or delta >= 0x8000:  # duplicate or late (maybe a retransmission)
-            if self.missing:
-                self.missing.pop(seq, None)
-            return None
+            nack = self.nack
+            if nack is not None and nack.arrived(seq, now) != REORDERED:
+                self.received -= 1
+                self.repaired += 1
+            return False
         if seq < max_seq:
             self.cycles += 0x10000
         self.max_seq = seq
@@ -102,29 +106,16 @@ class ReceptionStats:
                 self._jitter_q4 += diff - ((self._jitter_q4 + 8) >> 4)
             self._last_arrival = arrival
             self._last_timestamp = timestamp
-        if delta == 1 or not self.track_missing:
-            return None
+        if delta == 1:
+            return False
+        nack = self.nack
+        if nack is None:
+            return False
         if delta > MAX_DROPOUT:
-            self.missing.clear()
-            return None
-        gap = [(max_seq + i) & 0xFFFF for i in range(1, min(delta, NACK_WINDOW))]
-        for lost in gap:
-            self.missing[lost] = [now, now]
-        if len(self.missing) > NACK_WINDOW:
-            for old in list(self.missing)[: len(self.missing) - NACK_WINDOW]:
-                del self.missing[old]
-        return gap
-
-    def nacks_due(self, now: float) -> list[int]:
-        """Missing sequence numbers to ask for again now; forgets those asked for too long."""
-        due = []
-        for seq, times in list(self.missing.items()):
-            if now - times[0] > NACK_GIVE_UP_S:
-                del self.missing[seq]
-            elif now - times[1] >= NACK_RETRY_S:
-                times[1] = now
-                due.append(seq)
-        return due
+            nack.reset()
+            return False
+        nack.lost((max_seq + 1) & 0xFFFF, delta - 1, now)
+        return True
 
     @property
     def extended_max(self) -> int:

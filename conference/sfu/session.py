@@ -93,6 +93,16 @@ class Session(Transport):
                 return last
         return None
 
+    def round_trip(self) -> float | None:
+        """The smallest round trip the endpoint's receiver reports show on any of its slots (one
+        BUNDLEd transport: they share the path); None if it receives nothing yet."""
+        best = None
+        for transceiver in self.transceivers.values():
+            rtt = glue.sender_round_trip(transceiver.sender)
+            if rtt is not None and (best is None or rtt < best):
+                best = rtt
+        return best
+
     async def create_offer(self) -> dict[str, Any]:
         if self.offer is not None:
             return self.offer

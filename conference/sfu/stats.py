@@ -96,7 +96,8 @@ class Counters:
     keyframe_requests_sent: int = 0  # PLI sent to publishers
     nacks_received: int = 0
     nacks_answered: int = 0
-    nacks_sent: int = 0  # sequence numbers asked for again from publishers
+    nacks_sent: int = 0  # sequence numbers asked for again from publishers (retries included)
+    nacks_given_up: int = 0  # missing packets no longer asked for (each costs a keyframe request)
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
     levels_decoded: int = 0  # audio packets without a level extension, decoded to measure one
     # Packets of a new stream (SSRC or payload type) refused: too many streams or changes too fast.

@@ -60,6 +60,10 @@ class Transport:
                 max_bitrate=max_bitrate,
             )
 
+    def round_trip(self) -> float | None:
+        """The round trip to the endpoint from RTCP, if the transport measures one."""
+        return None
+
     def down_tracks(self) -> list[DownTrack]:
         return [*self.video, *self.audio, *self.previews]
 

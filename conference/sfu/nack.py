@@ -1,0 +1,170 @@
+"""When to ask a publisher to resend a missing video packet (RFC 4585 generic NACK), on its own
+timer rather than the room's tick (as libwebrtc's ``NackRequester`` and mediasoup's
+``NackGenerator`` do).
+
+- A gap is not asked for at once: a packet that is only reordered arrives a moment later. The first
+  request waits a *reordering allowance*: the longest recent reordering seen on this stream (a
+  packet that turned up after it was missing and before it was asked for), at least
+  ``REORDER_MIN_S``, at most half the round trip and ``REORDER_MAX_S``.
+- A request is repeated only when its answer is overdue: after the publisher's round trip plus
+  twice its variation (TCP's retransmission timer, RFC 6298, with a smaller multiplier: a late
+  repair is a freeze). The round trip is measured on repairs (a packet asked for once and then
+  received), seeded by the transport's RTCP round trip (``set_round_trip``) until there are some.
+- A packet is given up after ``MAX_TRIES`` requests or ``MAX_AGE_S``, or when more than ``WINDOW``
+  are missing; only then is a keyframe worth asking for (``poll`` reports how many were given up).
+  A keyframe that arrives makes everything missing before it moot (``keyframe``).
+
+Pure code on a clock it is given: unit-tested with a fake one (``tests/test_nack.py``).
+"""
+
+from __future__ import annotations
+
+REORDER_MIN_S = 0.01
+REORDER_MAX_S = 0.08
+REORDER_HALF_LIFE_S = 4.0  # the reordering allowance forgets a burst of reordering this fast
+DEFAULT_RTT_S = 0.1  # until the transport or a repair says otherwise
+MIN_RETRY_S = 0.02
+MAX_TRIES = 5
+MAX_AGE_S = 1.5
+WINDOW = 256  # sequence numbers missing at once; more is a burst a keyframe repairs better
+
+# What ``arrived`` found the packet to be.
+UNKNOWN = 0  # not missing: a duplicate, or one given up on already
+REORDERED = 1  # missing, not asked for yet: it was only late
+REPAIRED = 2  # asked for: a retransmission (or an original later than a request)
+
+_DETECTED, _DUE, _ASKED, _TRIES = range(4)
+
+
+class NackScheduler:
+    """The missing sequence numbers of one stream and when each is due to be asked for."""
+
+    __slots__ = (
+        "_dropped",
+        "_reorder",
+        "_reorder_at",
+        "given_up",
+        "missing",
+        "next_due",
+        "repairs",
+        "requests",
+        "rtt",
+        "rtt_measured",
+        "rttvar",
+    )
+
+    def __init__(self) -> None:
+        # sequence -> [detected, due, last asked (0: never), tries]
+        self.missing: dict[int, list[float]] = {}
+        self.next_due = float("inf")
+        self.rtt = DEFAULT_RTT_S
+        self.rttvar = DEFAULT_RTT_S / 2
+        self.rtt_measured = False  # from repairs (else the transport's RTCP round trip, or the default)
+        self._reorder = 0.0
+        self._reorder_at = 0.0
+        self.requests = 0  # sequence numbers asked for, retries included
+        self.repairs = 0
+        self.given_up = 0
+        self._dropped = 0  # pushed out of the window since the last poll
+
+    # -- what arrives ---------------------------------------------------------------------------
+
+    def lost(self, first: int, count: int, now: float) -> None:
+        """``count`` sequence numbers from ``first`` (mod 2^16) found missing at ``now``."""
+        count = min(count, WINDOW)
+        due = now + self.reorder_allowance(now)
+        missing = self.missing
+        for i in range(count):
+            missing[(first + i) & 0xFFFF] = [now, due, 0.0, 0]
+        if len(missing) > WINDOW:
+            for old in list(missing)[: len(missing) - WINDOW]:
+                del missing[old]
+                self._dropped += 1
+            due = now  # poll soon: what was pushed out is given up
+        if due < self.next_due:
+            self.next_due = due
+
+    def arrived(self, seq: int, now: float) -> int:
+        """A packet older than the newest arrived: REORDERED, REPAIRED or UNKNOWN."""
+        entry = self.missing.pop(seq, None)
+        if entry is None:
+            return UNKNOWN
+        if not entry[_TRIES]:
+            late = now - entry[_DETECTED]
+            if late > self._decayed_reorder(now):
+                self._reorder, self._reorder_at = late, now
+            return REORDERED
+        self.repairs += 1
+        if entry[_TRIES] == 1:  # Karn: a repair after a retry does not say which request it answers
+            self._rtt_sample(now - entry[_ASKED])
+        return REPAIRED
+
+    def keyframe(self, seq: int) -> None:
+        """A keyframe starts at ``seq``: what is missing before it no longer matters."""
+        missing = self.missing
+        if missing:
+            for old in [s for s in missing if 0 < (seq - s) & 0xFFFF < 0x8000]:
+                del missing[old]
+
+    def reset(self) -> None:
+        """A new stream (SSRC) or a restart: nothing of the old one is missing any more."""
+        self.missing.clear()
+        self.next_due = float("inf")
+        self._dropped = 0
+
+    # -- the round trip ---------------------------------------------------------------------------
+
+    def set_round_trip(self, rtt: float) -> None:
+        """The transport's RTCP round trip, used until repairs have been timed."""
+        if not self.rtt_measured and 0.0 < rtt < 10.0:
+            self.rtt = rtt
+            self.rttvar = rtt / 2
+
+    def _rtt_sample(self, sample: float) -> None:
+        if sample <= 0.0:
+            return
+        if not self.rtt_measured:
+            self.rtt_measured = True
+            self.rtt, self.rttvar = sample, sample / 2
+            return
+        self.rttvar += (abs(self.rtt - sample) - self.rttvar) / 4  # RFC 6298 beta = 1/4
+        self.rtt += (sample - self.rtt) / 8  # alpha = 1/8
+
+    @property
+    def retry_interval(self) -> float:
+        return max(MIN_RETRY_S, self.rtt + 2 * self.rttvar)
+
+    def _decayed_reorder(self, now: float) -> float:
+        if not self._reorder:
+            return 0.0
+        return self._reorder * 0.5 ** ((now - self._reorder_at) / REORDER_HALF_LIFE_S)
+
+    def reorder_allowance(self, now: float) -> float:
+        cap = min(REORDER_MAX_S, max(REORDER_MIN_S, self.rtt / 2))
+        return min(cap, max(REORDER_MIN_S, self._decayed_reorder(now) * 1.25))
+
+    # -- the timer --------------------------------------------------------------------------------
+
+    def poll(self, now: float) -> tuple[list[int], int]:
+        """(the sequence numbers to ask for now, how many were given up now); sets ``next_due``."""
+        due: list[int] = []
+        given_up, self._dropped = self._dropped, 0
+        next_due = float("inf")
+        retry = self.retry_interval
+        missing = self.missing
+        for seq, entry in list(missing.items()):
+            if now - entry[_DETECTED] > MAX_AGE_S or (entry[_TRIES] >= MAX_TRIES and now >= entry[_DUE]):
+                del missing[seq]
+                given_up += 1
+                continue
+            if now >= entry[_DUE]:
+                entry[_ASKED] = now
+                entry[_TRIES] += 1
+                entry[_DUE] = now + retry
+                due.append(seq)
+            if entry[_DUE] < next_due:
+                next_due = entry[_DUE]
+        self.next_due = next_due
+        self.requests += len(due)
+        self.given_up += given_up
+        return due, given_up
