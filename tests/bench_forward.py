@@ -25,9 +25,13 @@ from typing import Any
 HEADER = struct.Struct("!BBHII")
 
 
-def packets(count: int, payload_size: int = 1100) -> list[bytes]:
+TRANSPORT_CC_ID = 5
+
+
+def packets(count: int, payload_size: int = 1100, transport_cc: bool = False) -> list[bytes]:
     """A VP8 stream: two one-packet keyframes (the stream starts; the slots switch), then delta
-    frames of 3 packets each, 15-bit picture ids."""
+    frames of 3 packets each, 15-bit picture ids; with ``transport_cc`` each packet carries a
+    transport-wide sequence number (a one-byte header extension block, as Chromium sends)."""
     out = []
     seq, ts, pid = 1000, 90_000, 100
     for n in range(count + 2):
@@ -40,7 +44,12 @@ def packets(count: int, payload_size: int = 1100) -> list[bytes]:
         descriptor = bytes((0x90 if first else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
         # RFC 6386 9.1: the frame tag (P bit clear on a keyframe), then the keyframe start code.
         vp8 = (b"\x00\x00\x00\x9d\x01\x2a" if key else b"\x01\x00\x00") + bytes(payload_size)
-        out.append(HEADER.pack(0x80, (0x80 if last else 0) | 96, seq, ts, 0x1234) + descriptor + vp8)
+        if transport_cc:
+            ext = struct.pack("!HHBHB", 0xBEDE, 1, (TRANSPORT_CC_ID << 4) | 1, n & 0xFFFF, 0)
+            head = HEADER.pack(0x90, (0x80 if last else 0) | 96, seq, ts, 0x1234) + ext
+        else:
+            head = HEADER.pack(0x80, (0x80 if last else 0) | 96, seq, ts, 0x1234)
+        out.append(head + descriptor + vp8)
         seq = (seq + 1) & 0xFFFF
     return out
 
@@ -104,7 +113,7 @@ def build_module_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
     return producer, down, out
 
 
-async def run(count: int, tracks: int, repeats: int) -> None:
+async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False) -> None:
     try:
         import conference.sfu.producer  # noqa: F401
 
@@ -114,7 +123,19 @@ async def run(count: int, tracks: int, repeats: int) -> None:
         producer, down, out = build_module_layout(tracks)
         layout = "conference/sfu.py module"
     parse = _parser()
-    stream = packets(count * repeats)
+    stream = packets(count * repeats, transport_cc=transport_cc)
+    receive = producer.receive
+    if transport_cc:  # what Session.on_rtp_packet adds before the producer
+        from conference.sfu.twcc import TransportCcReceiver
+
+        twcc = TransportCcReceiver(TRANSPORT_CC_ID)
+        plain_receive = receive
+
+        def receive(data: bytes, header: Any) -> None:
+            twcc.add(data, header)
+            plain_receive(data, header)
+
+        layout += " + transport-cc"
     producer.receive(stream[0], parse(stream[0]))  # the stream starts: the producer knows its SSRC
     for track in down:
         track.set_want("pub", producer)  # waiting for a keyframe ...
@@ -127,7 +148,7 @@ async def run(count: int, tracks: int, repeats: int) -> None:
         sent = out.packets
         started = time.process_time()
         for i in range(r * count, (r + 1) * count):
-            producer.receive(rest[i], headers[i])
+            receive(rest[i], headers[i])
         elapsed = time.process_time() - started
         assert out.packets - sent == count * tracks, (out.packets - sent, count * tracks)
         best = min(best, elapsed)
@@ -151,8 +172,9 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=20_000)
     parser.add_argument("--tracks", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--transport-cc", action="store_true", help="packets carry transport-wide seq")
     args = parser.parse_args()
-    asyncio.run(run(args.packets, args.tracks, args.repeats if args.packets else 1))
+    asyncio.run(run(args.packets, args.tracks, args.repeats if args.packets else 1, args.transport_cc))
 
 
 if __name__ == "__main__":

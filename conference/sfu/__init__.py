@@ -4,7 +4,7 @@ receiver. One module per object, in mediasoup's and LiveKit's vocabulary:
 - ``packet``: RTP header and header extensions; ``payload``: the one VP8/H.264 payload parser;
   ``rewriter``: a slot's continuous stream (sequence numbers, timestamps, picture ids);
   ``reception``: reception statistics, the packet cache; ``nack``: NACK scheduling on its own
-  timer; ``rtcp``: RTCP builders;
+  timer; ``twcc``: transport-wide congestion control feedback; ``rtcp``: RTCP builders;
   ``stats``: counters and the delay histogram;
 - ``producer``: one published track; ``keyframes``: coalesced keyframe requests;
   ``consumer``: a down-track (one receive slot of one subscriber);

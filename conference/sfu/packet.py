@@ -128,6 +128,9 @@ def _find_extension(data: bytes, header: RtpHeader, ext_id: int) -> tuple[int, i
     return -1, 0
 
 
+find_extension = _find_extension  # for the transport-cc receiver: (offset, length) of one element
+
+
 def parse_extensions(data: bytes, header: RtpHeader) -> dict[int, bytes]:
     """All header extension elements (RFC 8285 one-byte and two-byte forms) by id."""
     out: dict[int, bytes] = {}

@@ -32,6 +32,7 @@ from .packet import FORWARDED_CODECS, CodecInfo, parse_header
 from .producer import Producer
 from .rewriter import StreamRewriter
 from .transport import Kind, Transport
+from .twcc import INTERVAL_S, TransportCcReceiver, answered_transport_cc, offer_transport_cc
 
 if TYPE_CHECKING:
     from .router import Router
@@ -74,6 +75,9 @@ class Session(Transport):
         self.decode_counters: list[glue.DecodeCounter] = []
         self.offer: dict[str, Any] | None = None
         self.answer_refused: str | None = None  # why the last answer could not be applied
+        # Transport-wide congestion control feedback, when the endpoint accepted it (browsers do).
+        self.transport_cc: TransportCcReceiver | None = None
+        self._feedback_timer: asyncio.TimerHandle | None = None
 
     # Upstream, for this session's producers
     def send_rtcp(self, data: bytes) -> bool:
@@ -156,6 +160,8 @@ class Session(Transport):
         # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
         self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet)
         sdp = _add_fir_feedback(pc.localDescription.sdp)
+        if self.publish:
+            sdp, _ = offer_transport_cc(sdp, self._publish_mids())
         self.offer = {
             "sdp": sdp,
             "type": "offer",
@@ -227,6 +233,10 @@ class Session(Transport):
         self.video = [t for t in self.video if t.configured]
         self.audio = [t for t in self.audio if t.configured]
         self.previews = [t for t in self.previews if t.configured]
+        ext_id = answered_transport_cc(sdp, self._publish_mids()) if self.producers else 0
+        if ext_id:
+            self.transport_cc = TransportCcReceiver(ext_id)
+            self._feedback_timer = asyncio.get_running_loop().call_later(INTERVAL_S, self._send_feedback)
         self.ready = True
         self.router.transport_ready(self)
 
@@ -264,7 +274,27 @@ class Session(Transport):
         """One decrypted RTP packet from this endpoint."""
         header = parse_header(data)
         if header is not None:
+            transport_cc = self.transport_cc
+            if transport_cc is not None:
+                transport_cc.add(data, header)
             self.route(data, header)
+
+    def _publish_mids(self) -> set[str]:
+        return {t.mid for t in self.publish.values() if t.mid is not None}
+
+    def _send_feedback(self) -> None:
+        """Every INTERVAL_S: transport-cc feedback for what arrived since the last one."""
+        transport_cc = self.transport_cc
+        if transport_cc is None or self.closed:
+            self._feedback_timer = None
+            return
+        self._feedback_timer = asyncio.get_running_loop().call_later(INTERVAL_S, self._send_feedback)
+        video, audio = self.producers.get("video"), self.producers.get("audio")
+        source = video if video is not None and video.ssrc is not None else audio
+        if source is None or source.ssrc is None:
+            return
+        for packet in transport_cc.feedback(source.rtcp_ssrc, source.ssrc):
+            self.send_rtcp(packet)
 
     def packets_out(self) -> tuple[int, int]:
         if self.output is None:
@@ -277,6 +307,9 @@ class Session(Transport):
     async def close(self) -> None:
         if self._closed:
             return
+        if self._feedback_timer is not None:
+            self._feedback_timer.cancel()
+            self._feedback_timer = None
         self._close_media()
         try:
             await self.pc.close()
