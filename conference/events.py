@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 # A module reference, not names: conference.room applies its events here, so each imports the other.
 from . import room as model
+from .order_state import copy_item, copy_preset
 
 if TYPE_CHECKING:
     from .room import RoomState
@@ -139,6 +140,46 @@ def _clip(state: RoomState, e: Event) -> None:
     state.clip = dict(e["clip"]) if e["clip"] else None
 
 
+# --- the running order (conference.roster, conference.agenda) ---
+
+
+def _roster(state: RoomState, e: Event) -> None:
+    state.roster = {entry["identity"]: dict(entry) for entry in e["entries"]}
+    state.allow_guests = bool(e["allow_guests"])
+    # Who is present is now on the roster, or a guest (the chair and clerks never are).
+    for p in state.participants.values():
+        entry = state.roster.get(p.identity)
+        if entry is not None:
+            p.kind, p.sector, p.organisation = entry["kind"], entry["sector"], entry["organisation"]
+        # A playing clip (device "clip", conference.clip_cue) is a source, not a person.
+        p.guest = (
+            entry is None and bool(state.roster) and p.role not in ("chair", "clerk") and p.device != "clip"
+        )
+
+
+def _guests(state: RoomState, e: Event) -> None:
+    state.allow_guests = bool(e["allowed"])
+
+
+def _agenda(state: RoomState, e: Event) -> None:
+    state.agenda = [copy_item(item) for item in e["items"]]
+    state.agenda_index = e["current"]
+    if state.agenda_index is None:
+        state.agenda_started_at = None
+
+
+def _agenda_item(state: RoomState, e: Event) -> None:
+    state.agenda_index = int(e["index"])
+    state.agenda_started_at = e["started_at"]
+
+
+def _preset(state: RoomState, e: Event) -> None:
+    if e["preset"] is None:
+        state.presets.pop(e["name"], None)
+    else:
+        state.presets[e["name"]] = copy_preset(e["preset"])
+
+
 _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "participant_joined": _joined,
     "participant_rejoined": _joined,
@@ -159,4 +200,9 @@ _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "comment_answered": _comment_answered,
     "comment_moderation": _comment_moderation,
     "clip": _clip,
+    "roster": _roster,
+    "guests": _guests,
+    "agenda": _agenda,
+    "agenda_item": _agenda_item,
+    "preset": _preset,
 }

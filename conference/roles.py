@@ -28,6 +28,8 @@ class Permission(StrEnum):
     BROADCAST_CONTROL = "broadcast_control"  # the public live stream, and what its page shows
     DIAL_IN = "dial_in"  # set the telephone dial-in PIN
     SCREEN_LINKS = "screen_links"  # issue and revoke long-lived links for venue screens
+    ROSTER = "roster"  # import and export the roster, its invitations, whether guests may join
+    AGENDA = "agenda"  # edit the agenda, advance through it, save program presets
     LIST_RECORDINGS = "list_recordings"
     DOWNLOAD_RECORDINGS = "download_recordings"
     MODERATE_COMMENTS = "moderate_comments"  # approve, reject, pin, answer, put on screen

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from . import events as reducer
 from .layouts import DEFAULT_LAYOUT, UnknownLayout, get_layout
+from .order_state import copy_item, copy_preset, running_order_json
 from .roles import Role, publishes
 
 Device = Literal["venue", "phone", "clip"]  # "clip": the prepared-clip player (conference.clip_cue)
@@ -58,6 +59,11 @@ class Participant:
     hand_raised_at: float | None = None
     connected: bool = True
     joined_at: float = 0.0
+    # From the roster (conference.roster) or the invitation's token: shown in the console.
+    kind: str = ""
+    sector: str = ""
+    organisation: str = ""
+    guest: bool = False  # not on the room's roster, admitted because the room allows guests
 
     @property
     def audible(self) -> bool:
@@ -163,6 +169,14 @@ class RoomState:
     comment_moderation: bool = True  # the public's comments wait for a moderator
     # The prepared clip cued or playing (conference.clip_cue), None when none is.
     clip: dict[str, Any] | None = None
+    # The running order: the roster by identity (conference.roster), whether people not on it may
+    # join, the agenda and its current item, program presets by name (conference.agenda).
+    roster: dict[str, dict[str, str]] = field(default_factory=dict)
+    allow_guests: bool = True
+    agenda: list[dict[str, Any]] = field(default_factory=list)
+    agenda_index: int | None = None
+    agenda_started_at: float | None = None
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def is_removed(self, identity: str, issued_at: float) -> bool:
         """Whether a token of ``identity`` issued at ``issued_at`` predates its removal. Token
@@ -201,6 +215,7 @@ class RoomState:
             "on_screen": None if self.on_screen is None else dict(self.on_screen),
             "comment_moderation": self.comment_moderation,
             "clip": dict(self.clip) if self.clip else None,
+            **running_order_json(self),
         }
 
     def client_json(self) -> dict[str, Any]:
@@ -234,6 +249,12 @@ class RoomState:
             on_screen=dict(data["on_screen"]) if data.get("on_screen") else None,
             comment_moderation=bool(data.get("comment_moderation", True)),
             clip=dict(data["clip"]) if data.get("clip") else None,
+            roster={e["identity"]: dict(e) for e in data.get("roster") or []},
+            allow_guests=bool(data.get("allow_guests", True)),
+            agenda=[copy_item(item) for item in data.get("agenda") or []],
+            agenda_index=data.get("agenda_index"),
+            agenda_started_at=data.get("agenda_started_at"),
+            presets={n: copy_preset(p) for n, p in (data.get("presets") or {}).items()},
         )
 
 

@@ -144,11 +144,13 @@ class TimelineCursor:
 
 
 def chapters_of(recording: Recording, t0: float, t1: float, language: str | None = None) -> list[Chapter]:
-    """A chapter for every program change, floor grant and answered comment (named after who
-    answered it) between ``t0`` and ``t1``, titled in ``language`` (default: the recording's,
-    recorder/titles.py) with display names."""
+    """A chapter for every agenda item, program change, floor grant and answered comment (named
+    after who answered it) between ``t0`` and ``t1``, titled in ``language`` (default: the
+    recording's, recorder/titles.py) with display names. An item taken with its preset at once is
+    one chapter, the item's."""
     cursor = TimelineCursor(recording.timeline)
     chapters: list[Chapter] = []
+    item_at: float | None = None
     language = language or titles.recording_language(recording.meta)
 
     def program_title(state: MeetingState) -> str:
@@ -161,7 +163,12 @@ def chapters_of(recording: Recording, t0: float, t1: float, language: str | None
         if at <= t0 or at >= t1:
             continue
         cursor.advance(at)
-        if e.get("kind") == "program":
+        if e.get("kind") == "agenda_item":
+            title = titles.item_title(int(e.get("index", 0)), str(e.get("title", "")), language)
+            item_at = at
+        elif e.get("kind") == "program":
+            if item_at is not None and abs(item_at - at) < 1e-3:
+                continue  # the item's own take: its chapter is the item's
             title = program_title(cursor.state)
         elif e.get("kind") == "floor" and e.get("floor"):
             title = titles.floor_title(cursor.state.name(str(e["floor"])), language)

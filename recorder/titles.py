@@ -36,8 +36,20 @@ LAYOUT_NAMES: dict[str, dict[str, str]] = {
     },
 }
 _WORDS = {
-    "zh-CN": {"program": "画面：{layout}", "people": "（{names}）", "sep": "、", "floor": "发言：{name}"},  # noqa: RUF001
-    "en": {"program": "Program: {layout}", "people": " ({names})", "sep": ", ", "floor": "Floor: {name}"},
+    "zh-CN": {
+        "program": "画面：{layout}",  # noqa: RUF001
+        "people": "（{names}）",  # noqa: RUF001
+        "sep": "、",
+        "floor": "发言：{name}",  # noqa: RUF001
+        "item": "议程{n}：{title}",  # noqa: RUF001
+    },
+    "en": {
+        "program": "Program: {layout}",
+        "people": " ({names})",
+        "sep": ", ",
+        "floor": "Floor: {name}",
+        "item": "Item {n}: {title}",
+    },
 }
 
 # Fonts that write Chinese, in order of preference (Debian's fonts-wqy-microhei, fonts-noto-cjk).
@@ -75,6 +87,11 @@ def program_title(layout: str, names: list[str], language: str) -> str:
 
 def floor_title(name: str, language: str) -> str:
     return _WORDS[language_of(language)]["floor"].format(name=name)
+
+
+def item_title(index: int, title: str, language: str) -> str:
+    """An agenda item's chapter: its number from 1 and its title."""
+    return _WORDS[language_of(language)]["item"].format(n=index + 1, title=title)
 
 
 # --- captions ------------------------------------------------------------------------------------

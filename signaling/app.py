@@ -30,7 +30,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import clip_control, clips, dialin, screens
+from . import clip_control, clips, dialin, running_order, screens
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -89,6 +89,7 @@ REST_COMMANDS = frozenset(
     | {"start_recording", "stop_recording", "set_dial_in", "start_broadcast", "stop_broadcast"}
     | set(COMMENT_ACTIONS)
     | {"play_clip", "pause_clip", "seek_clip", "stop_clip"}
+    | {"set_agenda", "next_item", "goto_item", "save_preset", "delete_preset", "allow_guests"}
 )
 
 
@@ -520,6 +521,7 @@ def create_app(
     comments.setup(app)
     screens.setup(app)
     deck = clip_control.ClipDeck(rooms, clips.setup(app))
+    running_order.setup(app)
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
     # Before the cleanup contexts end: clients are told and their sockets closed first.

@@ -13,13 +13,14 @@ from recorder import cli as recordings
 from recorder import render
 from recorder.live import worker as live
 
-from . import serve, tokens
+from . import roster_cli, serve, tokens
 from .phone import cli as phone
 
 # (name, module, help)
 SUBCOMMANDS: list[tuple[str, ModuleType, str]] = [
     ("serve", serve, "run the conferencing server"),
     ("token", tokens, "mint a signed access token for a room"),
+    ("roster", roster_cli, "import or export a room's roster, print its invitation links"),
     ("bench", bench, "benchmark the media core with N real endpoints"),
     ("render", render, "render a recording to MP4 in a chosen layout"),
     ("recordings", recordings, "list, show or delete recordings"),

@@ -185,6 +185,31 @@ MESSAGES: dict[str, dict[str, Any]] = {
         },
         ["comment", "by"],
     ),
+    # The running order (conference.agenda): items are checked by the command, which names the item.
+    "set_agenda": _message(
+        "set_agenda", {"items": {"type": "array", "maxItems": 100, "items": {"type": "object"}}}, ["items"]
+    ),
+    "next_item": _message("next_item", {"take": _BOOL}),
+    "goto_item": _message(
+        "goto_item", {"index": {"type": "integer", "minimum": 0, "maximum": 99}, "take": _BOOL}, ["index"]
+    ),
+    "save_preset": _message(
+        "save_preset",
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 40},
+            "layout": {"type": "string", "minLength": 1, "maxLength": 64},
+            "slots": {
+                "type": "array",
+                "maxItems": MAX_SLOTS,
+                "items": {"anyOf": [_IDENTITY, {"type": "null"}]},
+            },
+        },
+        ["name", "layout"],
+    ),
+    "delete_preset": _message(
+        "delete_preset", {"name": {"type": "string", "minLength": 1, "maxLength": 40}}, ["name"]
+    ),
+    "allow_guests": _message("allow_guests", {"allowed": _BOOL}, ["allowed"]),
     "start_recording": _message("start_recording"),
     "stop_recording": _message("stop_recording"),
     "start_broadcast": _message("start_broadcast"),

@@ -162,7 +162,9 @@ def public_json(state: RoomState, now: float | None = None) -> dict[str, Any]:
         "ended": not broadcast.active and broadcast.stopped_at is not None,
         "started_at": broadcast.started_at,
         "playlist": f"/live/{state.room}/index.m3u8",
-        "agenda": [],
+        # The running order as the public sees it: titles, kinds and planned times, the current item.
+        "agenda": [{k: item[k] for k in ("title", "kind", "planned_s")} for item in state.agenda],
+        "current_item": state.agenda_index,
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode
 
+from conference import agenda, roster
 from conference import room as room_commands
 from conference.comments import ACTIONS as COMMENT_ACTIONS
 from conference.config import Settings
@@ -55,6 +56,12 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "start_broadcast": P.BROADCAST_CONTROL,
     "stop_broadcast": P.BROADCAST_CONTROL,
     "set_dial_in": P.DIAL_IN,
+    "set_agenda": P.AGENDA,
+    "next_item": P.AGENDA,
+    "goto_item": P.AGENDA,
+    "save_preset": P.AGENDA,
+    "delete_preset": P.AGENDA,
+    "allow_guests": P.ROSTER,
     "raise_hand": P.REQUEST_FLOOR,
     "lower_hand": P.REQUEST_FLOOR,
     "release_floor": P.REQUEST_FLOOR,
@@ -128,6 +135,20 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
             return lambda s: room_commands.set_dial_in(
                 s, msg["meeting_id"], msg["pin_hash"], msg.get("members")
             )
+        # The running order (conference.agenda, conference.roster; docs/protocol.md).
+        case "set_agenda":
+            return lambda s: agenda.set_agenda(s, msg["items"], by=by)
+        case "next_item":
+            return lambda s: agenda.next_item(s, bool(msg.get("take")), by=by)
+        case "goto_item":
+            return lambda s: agenda.goto_item(s, msg["index"], bool(msg.get("take")), by=by)
+        case "save_preset":
+            preset = {"layout": msg["layout"], "slots": msg.get("slots", [])}
+            return lambda s: agenda.save_preset(s, msg["name"], preset, by=by)
+        case "delete_preset":
+            return lambda s: agenda.delete_preset(s, msg["name"], by=by)
+        case "allow_guests":
+            return lambda s: roster.set_allow_guests(s, msg["allowed"], by=by)
     raise CommandError("unknown_type", f"unknown command {command!r}")
 
 
@@ -241,15 +262,20 @@ class Rooms:
             device=device,
             publish_audio=publish_audio,
             publish_video=publish_video,
+            kind=claims.kind,
+            sector=claims.sector,
         )
+
+        def admit_and_join(s: RoomState) -> list[Event]:
+            roster.admit(s, participant)  # the roster's say (or a guest mark, or a refusal)
+            return room_commands.join(s, participant, issued_at=claims.issued_at)
+
         # Register before the join so this socket gets every event from the join on: no gap.
         room_conns = self.connections.setdefault(claims.room, {})
         old = room_conns.get(claims.identity)
         room_conns[claims.identity] = conn
         try:
-            state, _ = await self.store.update(
-                claims.room, lambda s: room_commands.join(s, participant, issued_at=claims.issued_at)
-            )
+            state, _ = await self.store.update(claims.room, admit_and_join)
         except BaseException:
             if room_conns.get(claims.identity) is conn:
                 if old is not None:
@@ -415,6 +441,15 @@ class Rooms:
             result["dial_in"] = state.dial_in.public_json()
         elif command in ("start_broadcast", "stop_broadcast"):
             result["broadcast"] = state.to_json()["broadcast"]
+        elif command in ("next_item", "goto_item"):
+            item = state.agenda[state.agenda_index or 0]
+            preset = item.get("preset")
+            result |= {
+                "index": state.agenda_index,
+                "title": item["title"],
+                "program": state.program.to_json(),
+            }
+            result["next_program"] = None if preset is None else agenda.resolve(state, preset)
         return result
 
     async def sync(self, room: str, since: int) -> dict[str, Any]:

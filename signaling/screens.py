@@ -58,6 +58,8 @@ def session_credential(secret: str, claims: Claims, ttl_s: int, now: int | None 
         now=now,
         gateway=claims.gateway,
         link=claims.link,
+        kind=claims.kind,
+        sector=claims.sector,
     )
     issued = int(time.time()) if now is None else now
     return {

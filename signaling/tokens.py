@@ -75,6 +75,13 @@ class Claims:
     # The screen link (conference.screen_links) the token was issued under: a link's own token or
     # a session credential handed to a screen that joined with one. Revoking the link refuses both.
     link: str | None = None
+    # An invitation from the roster (signaling.running_order): what the console shows of the person.
+    kind: str = ""
+    sector: str = ""
+
+
+# The longest kind and sector a token carries (conference.roster's limits).
+MAX_KIND, MAX_SECTOR = 32, 64
 
 
 def check_name(kind: str, value: str) -> str:
@@ -98,6 +105,8 @@ def mint_token(
     gateway: bool = False,
     now: int | None = None,
     link: str | None = None,
+    kind: str = "",
+    sector: str = "",
 ) -> str:
     check_name("room", room)
     check_name("identity", identity)
@@ -117,6 +126,9 @@ def mint_token(
         raise ValueError(f"gateway must be true or false; got {gateway!r}")
     if gateway and role is not Role.MEMBER:
         raise ValueError("gateway (a telephone caller's plain-RTP media) is only for member tokens")
+    for label, value, limit in (("kind", kind, MAX_KIND), ("sector", sector, MAX_SECTOR)):
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"{label} must be text of at most {limit} characters")
     issued = int(time.time()) if now is None else now
     payload: dict[str, Any] = {
         "room": room,
@@ -132,6 +144,10 @@ def mint_token(
         payload["gateway"] = True
     if link is not None:
         payload["lnk"] = link
+    if kind:
+        payload["kind"] = kind
+    if sector:
+        payload["sector"] = sector
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
@@ -174,6 +190,9 @@ def verify_token(secret: str, token: str | None) -> Claims:
         link = payload.get("lnk")
         if link is not None and (not isinstance(link, str) or not 1 <= len(link) <= 64):
             raise ValueError("lnk must be a link id")
+        kind, sector = payload.get("kind", ""), payload.get("sector", "")
+        if not isinstance(kind, str) or not isinstance(sector, str):
+            raise ValueError("kind and sector must be text")
     except (ValueError, TypeError) as exc:
         raise TokenError(401, f"invalid claims: {exc}") from None
     return Claims(
@@ -186,6 +205,8 @@ def verify_token(secret: str, token: str | None) -> Claims:
         admin=admin,
         gateway=gateway,
         link=link,
+        kind=kind[:MAX_KIND],
+        sector=sector[:MAX_SECTOR],
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from conference import clip_cue, comments, events
+from conference import agenda, clip_cue, comments, events, roster
 from conference import room as r
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
@@ -20,6 +20,15 @@ FILM = {"id": "0123456789abcdef", "name": "pilot district.mp4", "duration_s": 60
 
 def _comment(rng: random.Random, **fields: Any) -> comments.Comment:
     return comments.Comment(rng.randint(1, 3), "council", "public", "张三", "何时开工", "approved", **fields)
+ROSTER = [
+    roster.RosterEntry("hall-a", "第一分会场", "venue", "venue"),
+    roster.RosterEntry("member-c", "王委员", sector="教育界"),
+]
+AGENDA = [
+    {"title": "开幕", "preset": {"layout": "single", "slots": ["hall-a"]}},
+    {"title": "短片", "kind": "film", "clip": "c1"},
+    {"title": "答复", "preset": {"layout": "grid-2x2", "slots": ["hall-b", "member-c", "@floor"]}},
+]
 
 
 def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
@@ -56,6 +65,15 @@ def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
         lambda: clip_cue.play_clip(state, FILM, rng.choice([0, 1]), rng.random() * 60, now=now),
         lambda: clip_cue.clip_moved(state, rng.random() < 0.5, rng.random() * 60, now=now),
         lambda: clip_cue.stop_clip(state),
+        lambda: roster.set_roster(state, rng.choice([[], ROSTER]), allow_guests=rng.random() < 0.5),
+        lambda: roster.set_allow_guests(state, rng.random() < 0.5),
+        lambda: agenda.set_agenda(state, rng.choice([AGENDA, AGENDA[:1], []])),
+        lambda: agenda.next_item(state, take=rng.random() < 0.5, now=now),
+        lambda: agenda.goto_item(state, rng.randrange(3), take=rng.random() < 0.5, now=now),
+        lambda: agenda.save_preset(
+            state, rng.choice(["a", "b"]), {"layout": "pip", "slots": [who, "@floor"]}
+        ),
+        lambda: agenda.delete_preset(state, rng.choice(["a", "b"])),
     ]
     return rng.choice(choices)()
 
