@@ -136,7 +136,12 @@ export const tileMethods = {
       parts.card.textContent = p.name;
       parts.card.hidden = !!(track && !track.muted && p.publish_video);
       parts.name.textContent = p.name;
-      parts.device.textContent = deviceLabel(p);
+      // What the roster (or the invitation) says: the kind and sector show with the device.
+      const kindKey = `people_kinds.${p.kind}`;
+      const kind = p.kind && t(kindKey) !== kindKey ? t(kindKey) : p.kind; // free text unless known
+      parts.device.textContent = [deviceLabel(p), p.sector, kind].filter(Boolean).join(" · ");
+      parts.node.dataset.sector = p.sector ?? "";
+      parts.node.dataset.guest = String(!!p.guest);
       const quality = p.connected ? (this.quality.get(p.identity) ?? "unknown") : "offline";
       const place = mirror.floorQueue.indexOf(p.identity) + 1;
       const badges = [];
@@ -147,6 +152,7 @@ export const tileMethods = {
       if (place) badges.push(["hand", t("tile.hand", { place })]);
       if (mirror.floor === p.identity) badges.push(["floor", t("tile.floor")]);
       if (onAir.has(p.identity)) badges.push(["on-air", t("tile.on_air")]);
+      if (p.guest) badges.push(["guest", t("tile.guest")]);
       badges.push([`quality-${quality}`, t(`quality.${quality}`)]);
       parts.badges.replaceChildren(...badges.map(([cls, text]) => el("span", { class: `badge badge-${cls}` }, text)));
       parts.node.dataset.muted = String(p.muted);

@@ -4,6 +4,7 @@
 
 import { RoomClient } from "./client.js";
 import { logMethods } from "./chair-log.js";
+import { orderMethods } from "./chair-order.js";
 import { tileMethods } from "./chair-tiles.js";
 import { t } from "./i18n.js";
 import { SoundOutput } from "./media.js";
@@ -24,6 +25,7 @@ class Console {
     this.previewed = null; // identity in the preview monitor
     this.draft = null; // {layout, slots}: the next program
     this.dirty = false; // the draft differs from what is on air because the chair edited it
+    this.staged = null; // the preset (an agenda item's or a recalled one) the draft was made from
     this.tiles = new Map(); // identity -> tile parts
     this.levels = new Map(); // identity -> 0..1
     this.quality = new Map(); // identity -> good | fair | poor
@@ -60,12 +62,16 @@ class Console {
       this.syncDraft(true);
     });
     c.addEventListener("room", (ev) => {
+      let item = null;
       for (const e of ev.detail.events) {
         this.log(e);
         if (e.kind === "hand" && e.raised) this.announce(e.identity);
+        if (e.kind === "agenda_item") item = c.mirror.agenda[e.index];
+        if (e.kind === "program") this.staged = null; // taken (here or on another console)
       }
       if (ev.detail.resynced) this.log({ kind: "resynced", at: Date.now() / 1000 });
       this.syncDraft(false);
+      if (item?.preset) this.stagePreset(item.preset); // the item's program, ready to take
       this.render();
     });
     for (const type of ["tracks", "slots", "speakers"]) c.addEventListener(type, () => this.renderTiles());
@@ -108,6 +114,7 @@ class Console {
       this.savePublic();
     });
     $("help-toggle").addEventListener("click", () => $("help").showModal());
+    this.startOrder();
     document.addEventListener("keydown", (ev) => this.onKey(ev));
 
     setInterval(() => this.renderRecording(), 1000);
@@ -133,6 +140,9 @@ class Console {
     if (force || !this.dirty) {
       this.draft = { layout: program.layout, slots: [...program.slots] };
       this.dirty = false;
+      this.staged = null;
+    } else if (this.staged) {
+      this.draft = this.resolvePreset(this.staged); // who it names may have come or gone
     } else {
       // Someone left: never keep them in the next program.
       this.draft.slots = this.draft.slots.map((id) => (id && this.client.mirror.participant(id) ? id : null));
@@ -151,6 +161,7 @@ class Console {
     while (slots.length < spec.slots.length) slots.push(null);
     this.draft = { layout: name, slots };
     this.dirty = true;
+    this.staged = null;
     this.renderDraft();
   }
 
@@ -164,6 +175,7 @@ class Console {
     this.draft.slots = this.draft.slots.map((id) => (id === identity ? null : id));
     this.draft.slots[i] = identity;
     this.dirty = true;
+    this.staged = null;
     this.renderDraft();
   }
 
@@ -171,6 +183,7 @@ class Console {
     if (!this.draft) return;
     this.draft.slots[i] = null;
     this.dirty = true;
+    this.staged = null;
     this.renderDraft();
   }
 
@@ -179,6 +192,7 @@ class Console {
     const result = await this.command("set_program", { layout: this.draft.layout, slots: this.draft.slots });
     if (result) {
       this.dirty = false;
+      this.staged = null;
       this.renderDraft();
     }
   }
@@ -377,6 +391,7 @@ class Console {
     this.renderFloor();
     this.renderRecording();
     this.renderChime();
+    this.renderOrder();
   }
 
   // --- keyboard -------------------------------------------------------------------------
@@ -388,7 +403,13 @@ class Console {
     if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || target instanceof HTMLSelectElement) return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const key = ev.key;
-    if (/^[1-9]$/.test(key)) {
+    if (ev.shiftKey && /^Digit[1-9]$/.test(ev.code)) {
+      this.recallPreset(Number(ev.code.slice(5)) - 1); // Shift+1..9: the saved presets in order
+    } else if (key === "PageDown") {
+      this.nextItem(); // what a presentation remote sends
+    } else if (key === "PageUp") {
+      this.previousItem();
+    } else if (/^[1-9]$/.test(key)) {
       const layout = this.client.layouts[Number(key) - 1];
       if (layout) this.chooseLayout(layout.name);
     } else if (key === "Enter" || key === "t" || key === "T") {
@@ -415,7 +436,7 @@ class Console {
   }
 }
 
-Object.assign(Console.prototype, tileMethods, logMethods);
+Object.assign(Console.prototype, tileMethods, logMethods, orderMethods);
 
 async function main() {
   const opened = await openPage("chair");

@@ -22,6 +22,18 @@ export class RoomMirror {
     this.broadcast = { ...(s.broadcast || { active: false }) };
     this.onScreen = s.on_screen ? { ...s.on_screen } : null; // the public's comment on the lower third
     this.clip = s.clip ? { ...s.clip } : null;
+    // The running order (conference/roster.py, conference/agenda.py).
+    this.roster = (s.roster || []).map((e) => ({ ...e }));
+    this.allowGuests = s.allow_guests ?? true;
+    this.agenda = (s.agenda || []).map(copyItem);
+    this.agendaIndex = s.agenda_index ?? null;
+    this.agendaStartedAt = s.agenda_started_at ?? null;
+    this.presets = copyPresets(s.presets || {});
+  }
+
+  /** The current agenda item, or null. */
+  get currentItem() {
+    return this.agendaIndex == null ? null : (this.agenda[this.agendaIndex] ?? null);
   }
 
   participant(identity) {
@@ -99,6 +111,33 @@ export class RoomMirror {
       case "clip":
         this.clip = e.clip ? { ...e.clip } : null;
         break;
+      case "roster": {
+        this.roster = e.entries.map((entry) => ({ ...entry }));
+        this.allowGuests = e.allow_guests;
+        const byId = new Map(this.roster.map((entry) => [entry.identity, entry]));
+        for (const person of this.participants.values()) {
+          const entry = byId.get(person.identity);
+          if (entry) Object.assign(person, { kind: entry.kind, sector: entry.sector, organisation: entry.organisation });
+          person.guest = !entry && this.roster.length > 0 && !["chair", "clerk"].includes(person.role) && person.device !== "clip";
+        }
+        break;
+      }
+      case "guests":
+        this.allowGuests = e.allowed;
+        break;
+      case "agenda":
+        this.agenda = e.items.map(copyItem);
+        this.agendaIndex = e.current ?? null;
+        if (this.agendaIndex == null) this.agendaStartedAt = null;
+        break;
+      case "agenda_item":
+        this.agendaIndex = e.index;
+        this.agendaStartedAt = e.started_at;
+        break;
+      case "preset":
+        if (e.preset) this.presets[e.name] = { layout: e.preset.layout, slots: [...e.preset.slots] };
+        else delete this.presets[e.name];
+        break;
       default:
         this.version = e.version ?? this.version;
         return false;
@@ -106,4 +145,12 @@ export class RoomMirror {
     this.version = e.version ?? this.version;
     return true;
   }
+}
+
+function copyItem(item) {
+  return { ...item, speakers: [...(item.speakers || [])], preset: item.preset ? { layout: item.preset.layout, slots: [...item.preset.slots] } : null };
+}
+
+function copyPresets(presets) {
+  return Object.fromEntries(Object.entries(presets).map(([name, p]) => [name, { layout: p.layout, slots: [...p.slots] }]));
 }

@@ -214,6 +214,21 @@ export function bindMeetingTitle(client, claims, node) {
   render();
 }
 
+/** Keep an element showing the current agenda item ("议程2：…"), hidden when there is none. */
+export function bindAgendaItem(client, node) {
+  const render = () => {
+    const mirror = client.mirror;
+    const item = mirror?.currentItem;
+    node.hidden = !item;
+    node.textContent = item ? t("agenda.item", { n: mirror.agendaIndex + 1, title: item.title }) : "";
+    node.dataset.index = item ? String(mirror.agendaIndex) : "";
+  };
+  client.addEventListener("room", render);
+  client.addEventListener("joined", render);
+  window.addEventListener("languagechange-app", render);
+  render();
+}
+
 /**
  * What the venue screen and the phone share up to joining: the token, the room client, the
  * program stage, sound, the microphone switch and the status lines. Camera and microphone open

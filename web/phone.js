@@ -6,7 +6,7 @@
 
 import { t } from "./i18n.js";
 import { bindMicControl } from "./media.js";
-import { bindMeetingTitle, bindOutage, joinAsEndpoint } from "./page.js";
+import { bindAgendaItem, bindMeetingTitle, bindOutage, joinAsEndpoint } from "./page.js";
 import { attachTrack } from "./stage.js";
 import { displayName, errorText, floorPlace, notify, speakControl } from "./ui.js";
 
@@ -29,6 +29,7 @@ async function main() {
   const { client, claims, media, mic, frame, start } = endpoint;
 
   bindMeetingTitle(client, claims, $("meeting-title"));
+  bindAgendaItem(client, $("agenda-item"));
   bindOutage(client, $("outage"));
   bindMicControl($("mic"), mic);
   const hand = speakControl($("hand"), client);

@@ -8,7 +8,7 @@
 import { showComment } from "./comment-caption.js";
 import { lang, t } from "./i18n.js";
 import { bindDeviceSelect, bindMicControl } from "./media.js";
-import { bindMeetingTitle, bindOutage, joinAsEndpoint, meetingTitle } from "./page.js";
+import { bindAgendaItem, bindMeetingTitle, bindOutage, joinAsEndpoint, meetingTitle } from "./page.js";
 import { attachTrack } from "./stage.js";
 import { displayName, notify, speakControl } from "./ui.js";
 
@@ -52,6 +52,7 @@ async function main() {
   const venueName = () => client.you?.name || claims.name || "";
 
   bindMeetingTitle(client, claims, $("meeting-title"));
+  bindAgendaItem(client, $("agenda-item"));
   bindOutage(client, $("outage"));
   bindMicControl($("mic"), mic);
 

@@ -78,7 +78,18 @@ function render() {
   renderText($("background"), info.background);
   const agenda = info.agenda || [];
   $("agenda-box").hidden = agenda.length === 0;
-  $("agenda").replaceChildren(...agenda.map((item) => Object.assign(document.createElement("li"), { textContent: item.title ?? item })));
+  const current = info.current_item ?? null;
+  $("agenda").replaceChildren(
+    ...agenda.map((item, i) => {
+      const li = Object.assign(document.createElement("li"), { textContent: item.title ?? item });
+      if (i === current) li.className = "current";
+      return li;
+    }),
+  );
+  // The current agenda item, under the title (polled with the rest of the page's data).
+  const now = current != null ? agenda[current] : null;
+  $("now-item").hidden = !now;
+  $("now-item").textContent = now ? tw("agenda.now", { title: now.title }) : "";
   const s = state();
   const status = $("status");
   status.dataset.state = s;

@@ -1,0 +1,193 @@
+// The chair console's running order: the agenda (advance, jump, edit), program presets (recalled
+// with one click or Shift+1…9) and the roster (import/export as CSV, invitation sheets, guests).
+// An item's preset, or a recalled preset, is staged as the next program, ready to take; someone it
+// names who is not here leaves that slot empty (docs/protocol.md, "The running order").
+// Methods of the console (web/chair.js).
+
+import { t } from "./i18n.js";
+import { el, errorText, notify } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const KINDS = ["speech", "film", "remote_link", "department_answers", "open_discussion", "vote", "other"];
+const FLOOR = "@floor";
+
+export const orderMethods = {
+  startOrder() {
+    $("agenda-next").addEventListener("click", () => this.nextItem());
+    $("agenda-prev").addEventListener("click", () => this.previousItem());
+    const kind = $("agenda-new-kind");
+    kind.replaceChildren(...KINDS.map((k) => el("option", { value: k, dataset: { i18nKind: k } }, t(`kinds.${k}`))));
+    $("agenda-add").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const title = $("agenda-new-title").value.trim();
+      if (!title) return;
+      const minutes = Number($("agenda-new-minutes").value || 0);
+      const item = { title, kind: kind.value, planned_s: Math.max(0, Math.round(minutes * 60)) };
+      this.sendAgenda([...this.agendaItems(), item]).then((ok) => {
+        if (ok) $("agenda-new-title").value = "";
+      });
+    });
+    $("preset-save").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const name = $("preset-name").value.trim();
+      if (!name || !this.draft) return;
+      this.command("save_preset", { name, layout: this.draft.layout, slots: this.draft.slots }).then((r) => {
+        if (r) $("preset-name").value = "";
+      });
+    });
+    $("roster-import").addEventListener("click", () => $("roster-file").click());
+    $("roster-file").addEventListener("change", () => this.importRoster($("roster-file")));
+    $("roster-export").addEventListener("click", () => this.download("roster", "text/csv", "roster"));
+    $("links-csv").addEventListener("click", () => this.download("roster/links?format=csv", "text/csv", "invitations"));
+    $("links-html").addEventListener("click", () => this.download("roster/links?format=html", "text/html", "invitations"));
+    $("allow-guests").addEventListener("change", (ev) => this.command("allow_guests", { allowed: ev.target.checked }));
+  },
+
+  /** The agenda as the API takes it back (for an edit). */
+  agendaItems() {
+    return (this.client.mirror?.agenda ?? []).map((item) => {
+      const out = { title: item.title, kind: item.kind, planned_s: item.planned_s, speakers: [...item.speakers] };
+      if (item.preset) out.preset = { layout: item.preset.layout, slots: [...item.preset.slots] };
+      if (item.clip != null) out.clip = item.clip;
+      return out;
+    });
+  },
+
+  async sendAgenda(items) {
+    return (await this.command("set_agenda", { items })) !== null;
+  },
+
+  nextItem() {
+    const mirror = this.client.mirror;
+    if (!mirror?.agenda.length) return;
+    if (mirror.agendaIndex == null) this.command("goto_item", { index: 0 });
+    else if (mirror.agendaIndex + 1 < mirror.agenda.length) this.command("next_item", {});
+  },
+
+  previousItem() {
+    const index = this.client.mirror?.agendaIndex;
+    if (index) this.command("goto_item", { index: index - 1 });
+  },
+
+  /** A preset as a program now: "@floor" is the floor holder; anyone absent leaves an empty slot. */
+  resolvePreset(preset) {
+    const mirror = this.client.mirror;
+    const slots = [];
+    for (const slot of preset.slots) {
+      const who = slot === FLOOR ? mirror.floor : slot;
+      slots.push(who && mirror.participant(who) && !slots.includes(who) ? who : null);
+    }
+    return { layout: preset.layout, slots };
+  },
+
+  /** Make `preset` the next program, ready to take (kept resolved as people come and go). */
+  stagePreset(preset) {
+    if (!preset || !this.layoutSpec(preset.layout)) return;
+    this.staged = { layout: preset.layout, slots: [...preset.slots] };
+    this.draft = this.resolvePreset(this.staged);
+    this.dirty = true;
+    this.renderDraft();
+  },
+
+  recallPreset(index) {
+    const names = Object.keys(this.client.mirror?.presets ?? {});
+    if (names[index] !== undefined) this.stagePreset(this.client.mirror.presets[names[index]]);
+  },
+
+  renderOrder() {
+    const mirror = this.client.mirror;
+    if (!mirror) return;
+    const current = mirror.agendaIndex;
+    const list = $("agenda-list");
+    list.replaceChildren(
+      ...mirror.agenda.map((item, index) =>
+        el(
+          "li",
+          { class: index === current ? "current" : null, dataset: { index: String(index) }, "aria-current": index === current ? "step" : null },
+          el("button", { class: "agenda-goto", title: t("order.goto"), onclick: () => this.command("goto_item", { index }) }, item.title),
+          el(
+            "span",
+            { class: "agenda-meta" },
+            [t(`kinds.${item.kind}`), item.planned_s ? t("order.planned", { m: Math.round(item.planned_s / 60) }) : "", item.preset ? "▣" : ""]
+              .filter(Boolean)
+              .join(" · "),
+          ),
+          el("button", { class: "agenda-preset ghost", title: t("order.set_preset"), "aria-label": t("order.set_preset"), onclick: () => this.itemPresetFromDraft(index) }, "▣"),
+          el("button", { class: "agenda-delete ghost", title: t("order.delete_item"), "aria-label": t("order.delete_item"), onclick: () => this.deleteItem(index) }, "×"),
+        ),
+      ),
+    );
+    if (!mirror.agenda.length) list.append(el("li", { class: "empty" }, t("order.none")));
+    $("agenda-next").disabled = !mirror.agenda.length || (current != null && current + 1 >= mirror.agenda.length);
+    $("agenda-prev").disabled = !current;
+    const presets = Object.entries(mirror.presets);
+    $("preset-list").replaceChildren(
+      ...presets.map(([name, preset], index) =>
+        el(
+          "li",
+          { dataset: { preset: name } },
+          el("button", { class: "preset-recall", title: `${t(`layouts.${preset.layout}`)} (Shift+${index + 1})`, onclick: () => this.stagePreset(preset) }, name, index < 9 ? el("kbd", {}, `⇧${index + 1}`) : null),
+          el("button", { class: "preset-delete ghost", "aria-label": t("order.delete_preset"), title: t("order.delete_preset"), onclick: () => this.command("delete_preset", { name }) }, "×"),
+        ),
+      ),
+    );
+    if (!presets.length) $("preset-list").append(el("li", { class: "empty" }, t("order.no_presets")));
+    $("roster-count").textContent = t("order.roster_count", { n: mirror.roster.length });
+    $("allow-guests").checked = mirror.allowGuests;
+    for (const option of $("agenda-new-kind").options) option.textContent = t(`kinds.${option.value}`);
+  },
+
+  itemPresetFromDraft(index) {
+    if (!this.draft) return;
+    const items = this.agendaItems();
+    items[index].preset = { layout: this.draft.layout, slots: [...this.draft.slots] };
+    this.sendAgenda(items);
+  },
+
+  deleteItem(index) {
+    const items = this.agendaItems();
+    items.splice(index, 1);
+    this.sendAgenda(items);
+  },
+
+  async api(path, init = {}) {
+    const room = encodeURIComponent(this.client.mirror.room);
+    const headers = { Authorization: `Bearer ${this.client.options.token}`, ...(init.headers || {}) };
+    const resp = await fetch(`/api/rooms/${room}/${path}`, { ...init, headers });
+    if (!resp.ok) {
+      let message = String(resp.status);
+      try {
+        message = (await resp.json()).message || message;
+      } catch {
+        // not JSON: the status says enough
+      }
+      throw new Error(message);
+    }
+    return resp;
+  },
+
+  async importRoster(input) {
+    const file = input.files?.[0];
+    input.value = "";
+    if (!file) return;
+    try {
+      const resp = await this.api("roster", { method: "PUT", headers: { "Content-Type": "text/csv" }, body: file });
+      notify(t("order.imported", { n: (await resp.json()).entries }), "info");
+    } catch (err) {
+      notify(t("order.import_failed", { message: err.message }), "error", 15000);
+    }
+  },
+
+  async download(path, type, stem) {
+    try {
+      const blob = new Blob([await (await this.api(path)).arrayBuffer()], { type });
+      const link = el("a", { href: URL.createObjectURL(blob), download: `${stem}-${this.client.mirror.room}.${type === "text/html" ? "html" : "csv"}` });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    } catch (err) {
+      notify(errorText(err), "error");
+    }
+  },
+};
