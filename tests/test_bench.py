@@ -94,6 +94,14 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
             str(report_file),
             "--cache-dir",
             str(tmp_path / "media"),
+            # The soak's parts: a venue leaves and joins again, delivery per interval, the render.
+            "--churn",
+            "1",
+            "--churn-every",
+            "2.5",
+            "--interval",
+            "2",
+            "--render",
             # Recorded into a directory that does not exist yet.
             "--record",
             "--data-dir",
@@ -138,6 +146,22 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
     assert report["server_rtcp"]["reports_sent"] > 0
     # Recording on: its archive threads' CPU is measured, a part of the server's.
     assert 0 < report["archive_thread_cpu_cores"] < report["server_cpu_cores"]
+    # Delivery per interval; the churned venues rejoined and were left out only where they churned.
+    intervals = report["intervals"]
+    assert len(intervals) >= 2 and intervals[0]["from_s"] == 0
+    assert all(i["packets_sent"] > 0 and 0.9 < i["delivery_ratio"] <= 1.01 for i in intervals), intervals
+    churn = report["churn"]
+    assert (
+        churn["churns"] >= 1 and churn["endpoints_rejoined"] == churn["churns"] and not churn["rejoin_failed"]
+    )
+    assert any(i["left_out"] for i in intervals)  # a rejoined session is not compared with the old one
+    # The server's resources: the sessions' tasks and descriptors go when everyone has left.
+    process = report["server_process"]
+    assert process["window_start"]["tasks"] > process["after_leaving"]["tasks"]
+    assert process["window_start"]["fds"] > process["after_leaving"]["fds"]
+    # The recording stopped when the room emptied and its default render finished.
+    render = report["render"]
+    assert render["render_state"] == "done" and render["recording_s"] > 4, render
     # The meeting was recorded into --data-dir.
     listed = subprocess.run(
         [

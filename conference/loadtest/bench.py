@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from typing import Any
 
 import aiohttp
 
+from conference.loadtest import soak
 from conference.loadtest.report import build_report, format_table, layout_size
 
 ENDPOINTS_PER_WORKER = 13
@@ -83,6 +85,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="broadcast the meeting (the live-stream compositor, docs/live.md) and measure its CPU",
     )
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="endpoints that leave and join again every --churn-every seconds (the soak: 5)",
+    )
+    parser.add_argument("--churn-every", type=float, default=60.0, help="seconds between churns (default 60)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        help="seconds per delivery interval reported (default 60)",
+    )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="with --record: after everyone left, wait for the recording's render and report it",
+    )
     parser.add_argument("--data-dir", help="the started server's data directory (default: a temporary one)")
     parser.add_argument("--cache-dir", help="pre-encoded media cache (default ~/.cache/conference-testmedia)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between joins and the window")
@@ -123,6 +143,12 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--switch-every must be positive"
     if args.url and not args.admin_key:
         return "--url needs --admin-key (tokens are minted through POST /api/tokens)"
+    if args.churn < 0 or args.churn >= args.endpoints:
+        return "--churn must be between 0 and the number of endpoints less one (never the chair)"
+    if args.churn_every <= 0 or args.interval <= 0:
+        return "--churn-every and --interval must be positive"
+    if args.render and not args.record:
+        return "--render needs --record"
     if args.workers is not None and args.workers < 1:
         return "--workers must be at least 1"
     if args.server_pid is not None:
@@ -148,6 +174,47 @@ class BenchError(Exception):
     pass
 
 
+class _Churner:
+    """``--churn``: N endpoints (never the chair), taken in turn, leave and join again; each churn
+    runs in the background of the window and its rejoin time is reported."""
+
+    def __init__(self, bench: Bench, pool: list[str], count: int) -> None:
+        self.bench = bench
+        self.pool = pool
+        self.count = count
+        self.turn = 0
+        self.tasks: list[asyncio.Task[list[dict[str, Any]]]] = []
+
+    async def start(self) -> None:
+        chosen = {self.pool[(self.turn + k) % len(self.pool)] for k in range(min(self.count, len(self.pool)))}
+        self.turn += self.count
+        involved = []
+        for worker in self.bench.workers:
+            mine = [e["identity"] for e in worker.endpoints if e["identity"] in chosen]
+            if mine:
+                await worker.send({"cmd": "churn", "identities": mine})
+                involved.append(worker)
+        timeout = 30.0 + 10 * self.count
+        self.tasks.append(asyncio.create_task(self._collect(involved, timeout)))
+
+    @staticmethod
+    async def _collect(workers: list[Worker], timeout: float) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(w.expect("churned", timeout) for w in workers)))
+
+    async def wait(self) -> None:
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def figures(self) -> dict[str, Any]:
+        done = [m for t in self.tasks if t.done() and not t.exception() for m in t.result()]
+        seconds = [m["seconds"] for m in done]
+        return {
+            "churns": len(self.tasks),
+            "endpoints_rejoined": sum(len(m["identities"]) - len(m["failed"]) for m in done),
+            "rejoin_failed": {k: v for m in done for k, v in m["failed"].items()},
+            "worker_churn_s_max": max(seconds) if seconds else None,
+        }
+
+
 # --- the parent ------------------------------------------------------------------------------
 
 
@@ -157,6 +224,39 @@ class Worker:
     process: asyncio.subprocess.Process
     endpoints: list[dict[str, Any]]
     log: list[str] = field(default_factory=list)
+    # One reader per worker sorts its answers by kind, so that a churn in progress and the chair's
+    # program change can each wait for their own answer.
+    inbox: dict[str, asyncio.Queue[dict[str, Any] | None]] = field(default_factory=dict)
+    ended: str | None = None
+    reader: asyncio.Task[None] | None = None
+
+    def start_reading(self) -> None:
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while True:
+            line = await self.process.stdout.readline()
+            if not line:
+                self._end(f"worker {self.number} exited (code {await self.process.wait()})")
+                return
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.log.append(line.decode(errors="replace").rstrip())
+                continue
+            if message.get("event") == "error":
+                self._end(f"worker {self.number}: {message.get('message')}")
+                return
+            self._queue(str(message.get("event"))).put_nowait(message)
+
+    def _end(self, why: str) -> None:
+        self.ended = why
+        for queue in self.inbox.values():
+            queue.put_nowait(None)
+
+    def _queue(self, event: str) -> asyncio.Queue[dict[str, Any] | None]:
+        return self.inbox.setdefault(event, asyncio.Queue())
 
     async def send(self, command: dict[str, Any]) -> None:
         assert self.process.stdin is not None
@@ -164,29 +264,17 @@ class Worker:
         await self.process.stdin.drain()
 
     async def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        """The next message of this kind from the worker (other lines are kept for the log)."""
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"worker {self.number}: no {event!r} within {timeout:.0f} s")
-            try:
-                line = await asyncio.wait_for(self.process.stdout.readline(), remaining)
-            except TimeoutError:
-                raise BenchError(f"worker {self.number}: no {event!r} within {timeout:.0f} s") from None
-            if not line:
-                raise BenchError(f"worker {self.number} exited (code {await self.process.wait()})")
-            try:
-                message = json.loads(line)
-            except ValueError:
-                self.log.append(line.decode(errors="replace").rstrip())
-                continue
-            if message.get("event") == "error":
-                raise BenchError(f"worker {self.number}: {message.get('message')}")
-            if message.get("event") == event:
-                return message
-            self.log.append(line.decode(errors="replace").rstrip())
+        """The next answer of this kind from the worker."""
+        queue = self._queue(event)
+        if self.ended is not None and queue.empty():
+            raise BenchError(self.ended)
+        try:
+            message = await asyncio.wait_for(queue.get(), timeout)
+        except TimeoutError:
+            raise BenchError(f"worker {self.number}: no {event!r} within {timeout:.0f} s") from None
+        if message is None:
+            raise BenchError(self.ended or f"worker {self.number} ended")
+        return message
 
 
 def _live_figures(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
@@ -334,13 +422,16 @@ class Bench:
             self.server.kill()
             await self.server.wait()
 
-    async def stats(self) -> dict[str, Any]:
+    async def server_stats(self) -> dict[str, Any]:
         assert self.http is not None
         headers = {"Authorization": f"Bearer {self.admin_key}"}
         async with self.http.get(f"{self.url}/api/stats", headers=headers) as response:
             if response.status != 200:
                 raise BenchError(f"GET /api/stats: HTTP {response.status}")
-            data = await response.json()
+            return dict(await response.json())
+
+    async def stats(self) -> dict[str, Any]:
+        data = await self.server_stats()
         media = dict(data.get("media") or {})
         # The recorder's own figures ride along (the archive threads' CPU for --record).
         media["recorder"] = data.get("recorder") or {}
@@ -382,6 +473,7 @@ class Bench:
                 cwd=os.getcwd(),
             )
             worker = Worker(number, process, group)
+            worker.start_reading()
             spec = {
                 "url": self.url,
                 "endpoints": group,
@@ -404,6 +496,8 @@ class Bench:
             except TimeoutError:
                 worker.process.kill()
                 await worker.process.wait()
+            if worker.reader is not None:
+                worker.reader.cancel()
 
     async def command_all(self, command: dict[str, Any], event: str, timeout: float) -> list[dict[str, Any]]:
         for worker in self.workers:
@@ -460,29 +554,46 @@ class Bench:
             await self._start_live()
         await asyncio.sleep(args.settle)
 
-        # The measured window.
+        # The measured window: program changes, churns and interval samples, each when it is due.
         live0 = await self._live() if args.live else {}
         stats0, cpu0, marks0 = await self.stats(), self._server_cpu(), await self._mark()
         t0 = time.monotonic()
         end = t0 + args.duration
+        samples = [await self._sample(t0)]
+        churner = _Churner(self, [i for i in pool if i != "chair"], args.churn)
+        due = {"program": t0 + args.switch_every, "sample": t0 + args.interval}
+        if args.churn:
+            due["churn"] = t0 + args.churn_every / 2  # mid-interval: the interval's sessions settle first
         while True:
-            wait = min(args.switch_every, end - time.monotonic())
-            if wait <= 0.05:
+            kind, at = min(due.items(), key=lambda item: item[1])
+            if at >= end - 0.05:
                 break
-            await asyncio.sleep(wait)
-            # No change in the window's last seconds: its switches would be cut off by the drain.
-            if time.monotonic() < end - min(args.switch_every, 3.0):
-                await self.set_program(next_program())
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            if kind == "program":
+                due["program"] += args.switch_every
+                # No change in the window's last seconds: its switches would be cut off by the drain.
+                if time.monotonic() < end - min(args.switch_every, 3.0):
+                    await self.set_program(next_program())
+            elif kind == "churn":
+                due["churn"] += args.churn_every
+                await churner.start()
+            else:
+                due["sample"] += args.interval
+                samples.append(await self._sample(t0))
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
         cpu1, marks1 = self._server_cpu(), await self._mark()
         stats1 = await self.stats()
         live1 = await self._live() if args.live else {}
         window = time.monotonic() - t0
         rss = _peak_rss_mb(self.server_pid) if self.server_pid else None
+        await churner.wait()
 
         # Drain: nobody sends, whatever is in flight arrives, then count delivery.
         await self.command_all({"cmd": "pause"}, "paused", 15)
         await asyncio.sleep(1.5)
         stats2 = await self.stats()
+        # The last interval ends after the drain: nothing is in flight, its count is exact.
+        samples.append(await self._sample(t0))
         reports = await self.command_all({"cmd": "report"}, "report", 30)
         results = [r for rep in reports for r in rep["endpoints"]]
         report = build_report(
@@ -501,7 +612,61 @@ class Bench:
         )
         if args.live:
             report["live"] = _live_figures(live0, live1)
+        report["intervals"] = [soak.interval_delivery(a, b) for a, b in itertools.pairwise(samples)]
+        report["churn"] = churner.figures()
+        report["server_process"] = {
+            "window_start": soak.resources(samples[0].process),
+            "window_end": soak.resources(samples[-1].process),
+        }
+        await self.command_all({"cmd": "leave"}, "left", 30)
+        report["server_process"]["after_leaving"] = await self._settled_resources(samples[0].process)
+        if args.render:
+            report["render"] = await self._render()
         return report
+
+    async def _sample(self, t0: float) -> soak.Sample:
+        counts = await self.command_all({"cmd": "counts"}, "counts", 15)
+        data = await self.server_stats()
+        return soak.Sample(
+            at_s=time.monotonic() - t0,
+            received=soak.endpoint_counts(counts),
+            sent=soak.server_sent(data.get("media") or {}),
+            process=data.get("process") or {},
+        )
+
+    async def _settled_resources(self, during: dict[str, Any]) -> dict[str, Any]:
+        """The server's resources once everyone has left: tasks and descriptors of the sessions go
+        away within a few seconds (polled for up to 20 s, the last reading taken)."""
+        figures: dict[str, Any] = {}
+        for _ in range(40):
+            figures = soak.resources((await self.server_stats()).get("process") or {})
+            if (figures.get("tasks") or 0) <= 10:
+                break
+            await asyncio.sleep(0.5)
+        figures["tasks_during"] = during.get("tasks")
+        return figures
+
+    async def _render(self) -> dict[str, Any]:
+        """Everyone has left, so the recording stopped and its default render started: wait for it
+        (bounded by the recording's length) and report it."""
+        assert self.http is not None
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        started = time.monotonic()
+        deadline = started + 120 + 3 * self.args.duration
+        recording: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            async with self.http.get(f"{self.url}/api/recordings", headers=headers) as response:
+                listed = await response.json() if response.status == 200 else []
+            mine = [r for r in listed if r.get("room") == self.args.room]
+            if mine:
+                rid = mine[-1]["id"]
+                async with self.http.get(f"{self.url}/api/recordings/{rid}", headers=headers) as response:
+                    recording = await response.json() if response.status == 200 else {}
+                states = [j.get("state") for j in recording.get("renders") or []]
+                if states and all(state in ("done", "failed") for state in states):
+                    return soak.render_figures(recording, started, time.monotonic())
+            await asyncio.sleep(2.0)
+        return soak.render_figures(recording, started, None)
 
     async def _start_live(self) -> None:
         """start_broadcast as the chair would, then wait for the compositor's first figures."""

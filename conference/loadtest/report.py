@@ -263,8 +263,55 @@ def format_table(report: dict[str, Any]) -> str:
             "",
         )
     )
+    rows += _soak_rows(report)
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{report['command']}  (backend {report['backend']})"]
     lines += [f"  {a.ljust(width)}  {b.ljust(value_width)}  {c}".rstrip() for a, b, c in rows]
     return "\n".join(lines)
+
+
+def _soak_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Interval delivery, churn, the server's resources and the render (conference/loadtest/soak.py)."""
+    rows: list[tuple[str, str, str]] = []
+    intervals = report.get("intervals") or []
+    if len(intervals) > 1:
+        ratios = [i["delivery_ratio"] for i in intervals if i["delivery_ratio"] is not None]
+        worst = min(ratios) if ratios else None
+        verdict = "" if worst is None else ("ok" if worst >= 0.995 else "MISSED") + " (target >= 0.995)"
+        rows.append((f"delivery per interval ({len(intervals)})", f"worst {worst}", verdict))
+        for i in intervals:
+            rows.append((f"  {i['from_s']:.0f}-{i['to_s']:.0f} s", f"{i['delivery_ratio']}", ""))
+    churn = report.get("churn") or {}
+    if churn.get("churns"):
+        rows.append(
+            (
+                "churn (left and joined again)",
+                f"{churn['endpoints_rejoined']} endpoints in {churn['churns']} churns, "
+                f"{len(churn['rejoin_failed'])} failed",
+                "",
+            )
+        )
+    process = report.get("server_process") or {}
+    for key in ("window_start", "window_end", "after_leaving"):
+        figures = process.get(key)
+        if figures:
+            rows.append(
+                (
+                    f"server {key.replace('_', ' ')}",
+                    f"RSS {figures.get('rss_mb')} MB, {figures.get('fds')} fds, "
+                    f"{figures.get('tasks')} tasks, {figures.get('threads')} threads",
+                    "",
+                )
+            )
+    render = report.get("render")
+    if render:
+        rows.append(
+            (
+                "recording render",
+                f"{render['render_state']} in {render['render_s']} s "
+                f"({render['recording_s']} s recorded, {render['tracks']} tracks)",
+                "",
+            )
+        )
+    return rows

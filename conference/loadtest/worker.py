@@ -31,6 +31,9 @@ async def _worker(spec: dict[str, Any]) -> None:
 
     cache_dir = Path(spec["cache_dir"]) if spec.get("cache_dir") else None
     endpoints: list[Endpoint] = []
+    configs: dict[str, EndpointConfig] = {}
+    # How often each endpoint has rejoined (--churn): counters restart with every new session.
+    generation: dict[str, int] = {}
     decode_modes: dict[str, str] = {}
     for item in spec["endpoints"]:
         load_clip(item["index"], cache_dir=cache_dir)  # encode now (or read the cache), not at join
@@ -49,6 +52,8 @@ async def _worker(spec: dict[str, Any]) -> None:
             join_timeout=spec["join_timeout"],
         )
         endpoints.append(Endpoint(config))
+        configs[item["identity"]] = config
+        generation[item["identity"]] = 0
         decode_modes[item["identity"]] = item["decode"]
     _emit({"event": "ready"})
     chair = next((e for e in endpoints if e.identity == "chair"), None)
@@ -61,6 +66,28 @@ async def _worker(spec: dict[str, Any]) -> None:
             await endpoint.join()
         except Exception as exc:
             failed[endpoint.identity] = f"{type(exc).__name__}: {exc}"
+
+    background: set[asyncio.Task[None]] = set()
+
+    async def churn(identities: list[str]) -> None:
+        """Leave and join again with new sessions, as venues whose network dropped would."""
+        started_at = time.monotonic()
+        leaving = [e for e in endpoints if e.identity in set(identities)]
+        for endpoint in leaving:
+            await endpoint.close(leave=True)
+            fresh = Endpoint(configs[endpoint.identity])
+            endpoints[endpoints.index(endpoint)] = fresh
+            generation[fresh.identity] += 1
+            failed.pop(fresh.identity, None)
+            await join(fresh)
+        _emit(
+            {
+                "event": "churned",
+                "identities": [e.identity for e in leaving],
+                "failed": {e.identity: failed[e.identity] for e in leaving if e.identity in failed},
+                "seconds": round(time.monotonic() - started_at, 2),
+            }
+        )
 
     try:
         while True:
@@ -91,6 +118,26 @@ async def _worker(spec: dict[str, Any]) -> None:
                     _emit({"event": "error", "message": f"set_program failed: {exc}"})
                     return
                 _emit({"event": "program", "sent": sent, "version": result.get("version")})
+            elif cmd == "churn":
+                # In the background: the chair's program changes go on meanwhile.
+                task = asyncio.create_task(churn(command["identities"]))
+                background.add(task)
+                task.add_done_callback(background.discard)
+            elif cmd == "counts":
+                # Packets received so far per slot: the parent's per-interval delivery.
+                counts = [
+                    {
+                        "identity": e.identity,
+                        "generation": generation[e.identity],
+                        "slots": {s.mid: s.packets for s in e.slots.values()},
+                    }
+                    for e in endpoints
+                    if e.identity not in failed
+                ]
+                _emit({"event": "counts", "endpoints": counts})
+            elif cmd == "leave":
+                await asyncio.gather(*(e.close(leave=True) for e in endpoints), return_exceptions=True)
+                _emit({"event": "left"})
             elif cmd == "mark":
                 times = os.times()
                 _emit({"event": "mark", "cpu_s": times.user + times.system})
@@ -108,6 +155,9 @@ async def _worker(spec: dict[str, Any]) -> None:
             elif cmd == "stop":
                 return
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await asyncio.gather(*(e.close() for e in endpoints), return_exceptions=True)
 
 
