@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 # A module reference, not names: conference.room applies its events here, so each imports the other.
 from . import room as model
+from . import speaking
 from .order_state import copy_item, copy_preset
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ def _hand(state: RoomState, e: Event) -> None:
 def _floor(state: RoomState, e: Event) -> None:
     identity = e["floor"]
     state.floor = identity
+    granted_at = e.get("granted_at")
+    state.floor_timer = None if granted_at is None else speaking.FloorTimer(granted_at, e.get("limit_s"))
     if identity is not None:
         # The floor holder leaves the queue, and the chair's mute lifts; a microphone still off
         # is asked to switch on.
@@ -109,6 +112,16 @@ def _floor(state: RoomState, e: Event) -> None:
         p.hand_raised_at = None
         p.muted = False
         p.unmute_requested = p.self_muted
+
+
+def _floor_limits(state: RoomState, e: Event) -> None:
+    state.floor_limits = speaking.FloorLimits(**e["limits"])
+
+
+def _floor_timer(state: RoomState, e: Event) -> None:
+    if state.floor_timer is not None:
+        state.floor_timer.limit_s = e["limit_s"]
+        state.floor_timer.muted = bool(e["muted"])
 
 
 def _dial_in(state: RoomState, e: Event) -> None:
@@ -194,6 +207,8 @@ _HANDLERS: dict[str, Callable[[RoomState, Event], None]] = {
     "unmute_requested": _unmute_requested,
     "hand": _hand,
     "floor": _floor,
+    "floor_limits": _floor_limits,
+    "floor_timer": _floor_timer,
     "dial_in": _dial_in,
     "recording": _recording,
     "comment_on_screen": _comment_shown,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from . import events as reducer
+from . import speaking
 from .layouts import DEFAULT_LAYOUT, UnknownLayout, get_layout
 from .order_state import copy_item, copy_preset, running_order_json
 from .roles import Role, publishes
@@ -150,6 +151,9 @@ class RoomState:
     program: Program = field(default_factory=Program)
     participants: dict[str, Participant] = field(default_factory=dict)
     floor: str | None = None
+    # The running floor's speaking timer, and the room's rules for it (conference.speaking).
+    floor_timer: speaking.FloorTimer | None = None
+    floor_limits: speaking.FloorLimits = field(default_factory=speaking.FloorLimits)
     recording: Recording = field(default_factory=Recording)
     dial_in: DialIn = field(default_factory=DialIn)
     # Removed identities and when (Unix seconds): their tokens issued until then are refused.
@@ -203,6 +207,8 @@ class RoomState:
             "participants": [p.to_json() for p in self.participants.values()],
             "floor": self.floor,
             "floor_queue": self.floor_queue,
+            "floor_timer": None if self.floor_timer is None else asdict(self.floor_timer),
+            "floor_limits": asdict(self.floor_limits),
             "recording": asdict(self.recording),
             "dial_in": self.dial_in.to_json(),
             "removed": dict(self.removed),
@@ -237,6 +243,8 @@ class RoomState:
             program=Program(**data["program"]),
             participants={p["identity"]: Participant.from_json(p) for p in data["participants"]},
             floor=data["floor"],
+            floor_timer=speaking.FloorTimer.from_json(data.get("floor_timer")),
+            floor_limits=speaking.FloorLimits.from_json(data.get("floor_limits")),
             recording=Recording(**data["recording"]),
             dial_in=DialIn.from_json(data.get("dial_in")),
             removed=dict(data.get("removed") or {}),
@@ -489,19 +497,33 @@ def lower_hand(state: RoomState, identity: str) -> list[Event]:
     return _hand(state, identity, None)
 
 
-def grant_floor(state: RoomState, identity: str | None = None, by: str | None = None) -> list[Event]:
-    """Give the floor to ``identity``, or to the first raised hand when none is named."""
+def grant_floor(
+    state: RoomState,
+    identity: str | None = None,
+    by: str | None = None,
+    limit_s: float | None = None,
+    now: float | None = None,
+) -> list[Event]:
+    """Give the floor to ``identity``, or to the first raised hand when none is named; with a
+    speaking limit (``limit_s``, else the room's default: conference.speaking)."""
     if identity is None:
         queue = state.floor_queue
         if not queue:
             raise CommandError("floor_queue_empty", "no raised hands to give the floor to")
         identity = queue[0]
     _participant(state, identity)
-    return _floor(state, identity, by)
+    return _floor(state, identity, by, limit_s, now)
 
 
-def _floor(state: RoomState, identity: str | None, by: str | None) -> list[Event]:
-    event: Event = {"kind": "floor", "floor": identity, "by": by}
+def _floor(
+    state: RoomState,
+    identity: str | None,
+    by: str | None,
+    limit_s: float | None = None,
+    now: float | None = None,
+) -> list[Event]:
+    timer = speaking.floor_fields(state, identity, limit_s, now)
+    event: Event = {"kind": "floor", "floor": identity, "by": by, **timer}
     reducer.apply(state, event)
     event["floor_queue"] = state.floor_queue
     return [event]

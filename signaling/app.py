@@ -30,7 +30,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import clip_control, clips, dialin, running_order, screens
+from . import clip_control, clips, dialin, floor_timers, running_order, screens
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -86,6 +86,7 @@ MAX_BODY = 64 * 1024
 # Commands the REST API offers to integrations (the chair's; the others act on a live endpoint).
 REST_COMMANDS = frozenset(
     {"set_program", "set_title", "mute", "request_unmute", "remove", "grant_floor", "revoke_floor"}
+    | {"extend_floor", "set_floor_limits"}
     | {"start_recording", "stop_recording", "set_dial_in", "start_broadcast", "stop_broadcast"}
     | set(COMMENT_ACTIONS)
     | {"play_clip", "pause_clip", "seek_clip", "stop_clip"}
@@ -524,6 +525,7 @@ def create_app(
     running_order.setup(app)
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
+    floor_timers.setup(app, store)
     # Before the cleanup contexts end: clients are told and their sockets closed first.
 
     async def tell_clients(app: web.Application) -> None:

@@ -40,6 +40,9 @@ def _message(type_: str, props: dict[str, Any] | None = None, required: list[str
 
 
 _BOOL = {"type": "boolean"}
+# Speaking limits (conference.speaking): up to four hours.
+_SECONDS = {"type": "number", "exclusiveMinimum": 0, "maximum": 4 * 3600}
+_SECONDS_OR_NULL = {"anyOf": [_SECONDS, {"type": "null"}]}
 _CODECS = {
     "type": "array",
     "maxItems": 4,
@@ -136,8 +139,20 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "mute": _message("mute", {"identity": _IDENTITY, "muted": _BOOL}, ["identity", "muted"]),
     "request_unmute": _message("request_unmute", {"identity": _IDENTITY}, ["identity"]),
     "remove": _message("remove", {"identity": _IDENTITY}, ["identity"]),
-    "grant_floor": _message("grant_floor", {"identity": {"anyOf": [_IDENTITY, {"type": "null"}]}}),
+    "grant_floor": _message(
+        "grant_floor",
+        {"identity": {"anyOf": [_IDENTITY, {"type": "null"}]}, "limit_s": _SECONDS_OR_NULL},
+    ),
     "revoke_floor": _message("revoke_floor"),
+    "extend_floor": _message("extend_floor", {"by_s": _SECONDS}, ["by_s"]),
+    "set_floor_limits": _message(
+        "set_floor_limits",
+        {
+            "default_s": _SECONDS_OR_NULL,
+            "action": {"enum": ["none", "chime", "mute"]},
+            "grace_s": {"type": "number", "minimum": 0, "maximum": 600},
+        },
+    ),
     "set_dial_in": _message(
         "set_dial_in",
         {

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode
 
-from conference import agenda, roster
+from conference import agenda, roster, speaking
 from conference import room as room_commands
 from conference.comments import ACTIONS as COMMENT_ACTIONS
 from conference.config import Settings
@@ -51,6 +51,8 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "remove": P.REMOVE,
     "grant_floor": P.FLOOR_CONTROL,
     "revoke_floor": P.FLOOR_CONTROL,
+    "extend_floor": P.FLOOR_CONTROL,
+    "set_floor_limits": P.FLOOR_CONTROL,
     "start_recording": P.RECORDING_CONTROL,
     "stop_recording": P.RECORDING_CONTROL,
     "start_broadcast": P.BROADCAST_CONTROL,
@@ -114,9 +116,17 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
         case "remove":
             return lambda s: room_commands.remove(s, msg["identity"])
         case "grant_floor":
-            return lambda s: room_commands.grant_floor(s, msg.get("identity"), by=by)
+            return lambda s: room_commands.grant_floor(
+                s, msg.get("identity"), by=by, limit_s=msg.get("limit_s")
+            )
         case "revoke_floor":
             return lambda s: room_commands.revoke_floor(s, by=by)
+        case "extend_floor":
+            return lambda s: speaking.extend_floor(s, msg["by_s"], by=by)
+        case "set_floor_limits":
+            return lambda s: speaking.set_floor_limits(
+                s, msg.get("default_s"), msg.get("action", "none"), msg.get("grace_s", 10), by=by
+            )
         case "raise_hand":
             return lambda s: room_commands.raise_hand(s, me)
         case "lower_hand":
@@ -300,6 +310,8 @@ class Rooms:
             "protocol": PROTOCOL_VERSION,
             "you": me.to_json() if me else participant.to_json(),
             "permissions": sorted(str(p) for p in permissions(role)),
+            # The server's clock, so a page shows the speaking timer's remaining time rightly.
+            "server_time": time.time(),
             "room": state.client_json(),
             "ice_servers": self.settings.ice_servers,
             "layouts": catalogue_json(),
@@ -435,6 +447,10 @@ class Rooms:
             result["program"] = state.program.to_json()
         elif command == "grant_floor":
             result["floor"] = state.floor
+        if command in ("grant_floor", "extend_floor"):
+            result["floor_timer"] = state.to_json()["floor_timer"]
+        elif command == "set_floor_limits":
+            result["floor_limits"] = state.to_json()["floor_limits"]
         elif command in ("raise_hand", "lower_hand"):
             result["floor_queue"] = state.floor_queue
         elif command == "set_dial_in":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from conference import agenda, clip_cue, comments, events, roster
+from conference import agenda, clip_cue, comments, events, roster, speaking
 from conference import room as r
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
@@ -52,6 +52,12 @@ def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
         lambda: r.raise_hand(state, who, now=now),
         lambda: r.lower_hand(state, who),
         lambda: r.grant_floor(state, None if rng.random() < 0.3 else who),
+        lambda: r.grant_floor(state, who, limit_s=rng.choice([None, 30, 90]), now=now),
+        lambda: speaking.set_floor_limits(state, rng.choice([None, 60]), rng.choice(speaking.ACTIONS), 5),
+        lambda: speaking.extend_floor(state, 30),
+        lambda: speaking.time_up(
+            state, who, state.floor_timer.granted_at if state.floor_timer else 0, now + 500
+        ),
         lambda: r.revoke_floor(state),
         lambda: r.release_floor(state, who),
         lambda: r.start_recording(state, f"rec-{int(now)}", now=now),

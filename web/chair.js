@@ -6,6 +6,7 @@ import { RoomClient } from "./client.js";
 import { logMethods } from "./chair-log.js";
 import { orderMethods } from "./chair-order.js";
 import { tileMethods } from "./chair-tiles.js";
+import { mountChairTimer } from "./chair-timer.js";
 import { t } from "./i18n.js";
 import { SoundOutput } from "./media.js";
 import { bindFatal, openPage, showFatal } from "./page.js";
@@ -84,6 +85,7 @@ class Console {
     $("reset-draft").addEventListener("click", () => this.syncDraft(true));
     $("grant-next").addEventListener("click", () => this.command("grant_floor", {}));
     $("revoke").addEventListener("click", () => this.command("revoke_floor", {}));
+    mountChairTimer(c, (type, fields) => this.command(type, fields));
     // Stopping ends the meeting's record: it asks first. Starting is one click.
     $("rec-toggle").addEventListener("click", () => {
       if (c.mirror?.recording.active) $("confirm-stop").showModal();

@@ -91,6 +91,7 @@ export class RoomClient extends EventTarget {
     this.state = "idle";
     this.you = null;
     this.permissions = [];
+    this.clockOffset = 0;
     this.layouts = [];
     this.mirror = null;
     this.iceServers = [];
@@ -222,6 +223,8 @@ export class RoomClient extends EventTarget {
       this.iceServers = result.ice_servers || [];
       if (result.layouts) this.layouts = result.layouts;
       this.mirror = new RoomMirror(result.room);
+      // Server clock minus ours (seconds): the speaking timer counts on the server's clock.
+      if (typeof result.server_time === "number") this.clockOffset = result.server_time - Date.now() / 1000;
       this._setState("joined");
       this._emit("joined", { you: this.you, room: this.mirror });
       this._emit("room", { events: [] });

@@ -18,6 +18,9 @@ export class RoomMirror {
     this.participants = new Map(s.participants.map((p) => [p.identity, { ...p }]));
     this.floor = s.floor ?? null;
     this.floorQueue = [...(s.floor_queue || [])];
+    // The speaking timer: {granted_at, limit_s, muted} while someone has the floor, and the rules.
+    this.floorTimer = s.floor_timer ? { ...s.floor_timer } : null;
+    this.floorLimits = { action: "none", default_s: null, grace_s: 10, ...(s.floor_limits || {}) };
     this.recording = { ...(s.recording || { active: false }) };
     this.broadcast = { ...(s.broadcast || { active: false }) };
     this.onScreen = s.on_screen ? { ...s.on_screen } : null; // the public's comment on the lower third
@@ -90,6 +93,13 @@ export class RoomMirror {
         }
         this.floor = e.floor ?? null;
         this.floorQueue = [...(e.floor_queue || [])];
+        this.floorTimer = e.granted_at != null ? { granted_at: e.granted_at, limit_s: e.limit_s ?? null, muted: false } : null;
+        break;
+      case "floor_timer":
+        if (this.floorTimer) Object.assign(this.floorTimer, { limit_s: e.limit_s, muted: !!e.muted });
+        break;
+      case "floor_limits":
+        this.floorLimits = { ...e.limits };
         break;
       case "title":
         this.title = e.title ?? "";

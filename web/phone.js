@@ -8,6 +8,7 @@ import { t } from "./i18n.js";
 import { bindMicControl } from "./media.js";
 import { bindAgendaItem, bindMeetingTitle, bindOutage, joinAsEndpoint } from "./page.js";
 import { attachTrack } from "./stage.js";
+import { mountFloorTimer } from "./floor-timer.js";
 import { displayName, errorText, floorPlace, notify, speakControl } from "./ui.js";
 
 const DATA_SAVING_KEY = "conference.phone.dataSaving";
@@ -59,6 +60,7 @@ async function main() {
     render();
   });
 
+  mountFloorTimer($("floor-timer"), client);
   const render = () => {
     const mirror = client.mirror;
     const place = floorPlace(client);

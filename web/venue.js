@@ -7,6 +7,7 @@
 
 import { showComment } from "./comment-caption.js";
 import { lang, t } from "./i18n.js";
+import { mountFloorTimer } from "./floor-timer.js";
 import { bindDeviceSelect, bindMicControl } from "./media.js";
 import { bindAgendaItem, bindMeetingTitle, bindOutage, joinAsEndpoint, meetingTitle } from "./page.js";
 import { attachTrack } from "./stage.js";
@@ -112,6 +113,7 @@ async function main() {
 
   $("accept-unmute").addEventListener("click", () => mic.set(false));
   const hand = speakControl($("hand"), client);
+  mountFloorTimer($("floor-timer"), client, { sound: true });
   $("fullscreen").addEventListener("click", () => {
     if (document.fullscreenElement) document.exitFullscreen();
     else document.documentElement.requestFullscreen?.().catch(() => {});

@@ -1,0 +1,145 @@
+"""Speaking timers (conference/speaking.py): the limit that goes with the floor, the room's rules,
+extending, and the server muting the speaker once limit and grace have passed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from conference import room as model
+from conference import speaking
+from conference.events import apply_all
+from conference.roles import Role
+from conference.room import CommandError, RoomState
+from tests.conftest import TEST_ADMIN_KEY
+
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+
+
+def _room() -> RoomState:
+    state = RoomState("council")
+    model.join(state, model.Participant("chair", "Chair", Role.CHAIR))
+    model.join(state, model.Participant("m-1", "王委员", Role.MEMBER, device="phone"))
+    return state
+
+
+def test_grant_carries_its_time_and_limit_and_a_new_grant_restarts_the_clock() -> None:
+    state = _room()
+    event = model.grant_floor(state, "m-1", by="chair", limit_s=90, now=1000.0)[0]
+    assert (event["granted_at"], event["limit_s"]) == (1000.0, 90.0)
+    assert state.floor_timer == speaking.FloorTimer(1000.0, 90.0)
+    model.revoke_floor(state, by="chair")
+    assert state.floor_timer is None
+    # The room's default applies when the grant names no limit.
+    speaking.set_floor_limits(state, 120, "mute", 5)
+    model.grant_floor(state, "m-1", now=2000.0)
+    assert state.floor_timer == speaking.FloorTimer(2000.0, 120.0)
+    assert state.floor_timer.deadline(state.floor_limits.grace_s) == 2125.0
+
+
+@pytest.mark.parametrize("bad", [0, -5, "60", True, float("inf"), 5 * 3600])
+def test_bad_limits_are_refused_and_change_nothing(bad: object) -> None:
+    state = _room()
+    before = state.to_json()
+    with pytest.raises(CommandError) as err:
+        model.grant_floor(state, "m-1", limit_s=bad)  # type: ignore[arg-type]
+    assert err.value.code == "bad_request"
+    with pytest.raises(CommandError):
+        speaking.set_floor_limits(state, bad, "none", 10)  # type: ignore[arg-type]
+    with pytest.raises(CommandError):
+        speaking.set_floor_limits(state, 60, "explode", 10)
+    assert state.to_json() == before
+
+
+def test_time_up_mutes_only_the_same_floor_past_limit_and_grace_and_extend_gives_the_mic_back() -> None:
+    state = _room()
+    speaking.set_floor_limits(state, None, "mute", 2)
+    model.grant_floor(state, "m-1", limit_s=10, now=100.0)
+    assert speaking.time_up(state, "m-1", 100.0, now=111.0) == []  # within the grace
+    assert speaking.time_up(state, "m-1", 99.0, now=200.0) == []  # another grant's timer
+    events = speaking.time_up(state, "m-1", 100.0, now=112.5)
+    assert [e["kind"] for e in events] == ["floor_timer", "mute"]
+    assert state.participants["m-1"].muted and state.floor_timer.muted
+    assert speaking.time_up(state, "m-1", 100.0, now=113.0) == []  # once
+    events = speaking.extend_floor(state, 60, by="chair")
+    assert [e["kind"] for e in events] == ["floor_timer", "mute"]
+    assert state.floor_timer == speaking.FloorTimer(100.0, 70.0, False)
+    assert not state.participants["m-1"].muted
+    # The other actions never mute.
+    speaking.set_floor_limits(state, None, "chime", 0)
+    assert speaking.time_up(state, "m-1", 100.0, now=10_000.0) == []
+
+
+def test_extend_without_a_limit_starts_one_and_needs_a_floor() -> None:
+    state = _room()
+    with pytest.raises(CommandError) as err:
+        speaking.extend_floor(state, 60)
+    assert err.value.code == "conflict"
+    model.grant_floor(state, "m-1", now=time.time() - 30)
+    speaking.extend_floor(state, 60)
+    assert state.floor_timer is not None and 89 < state.floor_timer.limit_s < 91
+
+
+def test_a_state_rebuilt_from_snapshot_and_events_keeps_the_timer() -> None:
+    live = _room()
+    snapshot = RoomState.from_json(live.to_json())
+    events = speaking.set_floor_limits(live, 300, "chime", 10)
+    events += model.grant_floor(live, "m-1", limit_s=45, now=50.0)
+    events += speaking.extend_floor(live, 30)
+    apply_all(snapshot, events)
+    assert snapshot.to_json() == live.to_json()
+    assert RoomState.from_json(live.to_json()).to_json() == live.to_json()
+
+
+async def test_the_server_mutes_the_speaker_when_limit_and_grace_are_over(
+    signaling_server, connect, mint
+) -> None:
+    server = await signaling_server()
+    member = await connect(server, mint("council", "m-1", "member"))
+    await member.ok("join")
+    chair = await connect(server, mint("council", "chair", "chair"))
+    await chair.ok("join")
+    await chair.ok("set_floor_limits", default_s=None, action="mute", grace_s=0.5)
+    granted = await chair.ok("grant_floor", identity="m-1", limit_s=1.0)
+    assert granted["floor"] == "m-1" and granted["floor_timer"]["limit_s"] == 1.0
+    started = time.monotonic()
+    event = await member.wait_for(
+        lambda m: m["type"] == "event" and m["event"]["kind"] == "mute" and m["event"]["identity"] == "m-1",
+        timeout=10,
+    )
+    assert event["event"]["muted"] is True
+    assert 1.3 < time.monotonic() - started < 5  # limit + grace, not before
+    url = server.make_url("/api/rooms/council")
+    async with aiohttp.ClientSession() as http, http.get(url, headers=ADMIN) as response:
+        state = await response.json()
+    assert state["floor"] == "m-1" and state["floor_timer"]["muted"] is True
+    member_state = next(p for p in state["participants"] if p["identity"] == "m-1")
+    assert member_state["muted"] is True
+    # The chair extends: the speaker's microphone is free again; a member cannot extend.
+    await chair.ok("extend_floor", by_s=60)
+    event = await member.wait_for(
+        lambda m: m["type"] == "event" and m["event"]["kind"] == "mute" and not m["event"]["muted"], timeout=5
+    )
+    assert event["event"]["by"] == "chair"
+    refused = await member.request("extend_floor", by_s=60)
+    assert refused["type"] == "error" and refused["code"] == "forbidden"
+
+
+async def test_a_revoked_floor_is_not_muted_later(signaling_server, connect, mint) -> None:
+    server = await signaling_server()
+    member = await connect(server, mint("council", "m-1", "member"))
+    await member.ok("join")
+    chair = await connect(server, mint("council", "chair", "chair"))
+    await chair.ok("join")
+    await chair.ok("set_floor_limits", action="mute", grace_s=0)
+    await chair.ok("grant_floor", identity="m-1", limit_s=0.5)
+    await chair.ok("revoke_floor")
+    await asyncio.sleep(1.2)
+    url = server.make_url("/api/rooms/council")
+    async with aiohttp.ClientSession() as http, http.get(url, headers=ADMIN) as response:
+        state = await response.json()
+    assert state["floor"] is None
+    assert not next(p for p in state["participants"] if p["identity"] == "m-1")["muted"]
