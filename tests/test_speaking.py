@@ -143,3 +143,42 @@ async def test_a_revoked_floor_is_not_muted_later(signaling_server, connect, min
         state = await response.json()
     assert state["floor"] is None
     assert not next(p for p in state["participants"] if p["identity"] == "m-1")["muted"]
+
+
+async def test_a_killed_server_started_again_still_mutes_when_the_time_is_up(tmp_path) -> None:
+    """The deadline is in the room's state: a server killed while someone speaks sets the timer
+    again when it starts and mutes the speaker at the same moment."""
+    import signal
+    from urllib.parse import urlparse
+
+    from browser_util import rest, server_process
+    from conftest import SignalingClient
+
+    data = tmp_path / "data"
+    async with aiohttp.ClientSession() as http:
+        async with server_process(data, media=False) as first:
+            port = urlparse(first.url).port
+            ws_url = f"{first.url.replace('http', 'ws', 1)}/ws"
+            clients = []
+            for identity, role in (("m-1", "member"), ("chair", "chair")):
+                ws = await http.ws_connect(ws_url, params={"token": first.token("council", identity, role)})
+                clients.append(SignalingClient(ws))
+                await clients[-1].ok("join")
+            chair = clients[-1]
+            await chair.ok("set_floor_limits", action="mute", grace_s=1)
+            granted = await chair.ok("grant_floor", identity="m-1", limit_s=7)
+            deadline = granted["floor_timer"]["granted_at"] + 8
+            first.process.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(first.process.wait(), 15)
+        async with server_process(data, media=False, port=port) as second:
+            state = await rest(second, "GET", "/api/rooms/council")
+            assert state["floor"] == "m-1" and not state["floor_timer"]["muted"]
+            assert time.time() < deadline, "the restart took longer than the speaking limit"
+            while time.time() < deadline + 3:
+                state = await rest(second, "GET", "/api/rooms/council")
+                if state["floor_timer"]["muted"]:
+                    break
+                await asyncio.sleep(0.2)
+            assert state["floor_timer"]["muted"], state["floor_timer"]
+            assert time.time() >= deadline - 0.1  # not before its time
+            assert next(p for p in state["participants"] if p["identity"] == "m-1")["muted"]
