@@ -155,6 +155,7 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
         churn["churns"] >= 1 and churn["endpoints_rejoined"] == churn["churns"] and not churn["rejoin_failed"]
     )
     assert any(i["left_out"] for i in intervals)  # a rejoined session is not compared with the old one
+    assert report["rejoin_ms"]["count"] + report["rejoin_ms"]["pending"] >= 1
     # The server's resources: the sessions' tasks and descriptors go when everyone has left.
     process = report["server_process"]
     assert process["window_start"]["tasks"] > process["after_leaving"]["tasks"]

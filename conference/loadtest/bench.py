@@ -184,10 +184,12 @@ class _Churner:
         self.count = count
         self.turn = 0
         self.tasks: list[asyncio.Task[list[dict[str, Any]]]] = []
+        self.busy: set[str] = set()  # leaving or joining again now
 
     async def start(self) -> None:
         chosen = {self.pool[(self.turn + k) % len(self.pool)] for k in range(min(self.count, len(self.pool)))}
         self.turn += self.count
+        self.busy |= chosen
         involved = []
         for worker in self.bench.workers:
             mine = [e["identity"] for e in worker.endpoints if e["identity"] in chosen]
@@ -195,11 +197,13 @@ class _Churner:
                 await worker.send({"cmd": "churn", "identities": mine})
                 involved.append(worker)
         timeout = 30.0 + 10 * self.count
-        self.tasks.append(asyncio.create_task(self._collect(involved, timeout)))
+        self.tasks.append(asyncio.create_task(self._collect(involved, timeout, chosen)))
 
-    @staticmethod
-    async def _collect(workers: list[Worker], timeout: float) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(w.expect("churned", timeout) for w in workers)))
+    async def _collect(self, workers: list[Worker], timeout: float, chosen: set[str]) -> list[dict[str, Any]]:
+        try:
+            return list(await asyncio.gather(*(w.expect("churned", timeout) for w in workers)))
+        finally:
+            self.busy -= chosen
 
     async def wait(self) -> None:
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -543,10 +547,14 @@ class Bench:
         size = layout_size(args.layout)
         rotation = 0
 
+        churner = _Churner(self, [i for i in pool if i != "chair"], args.churn)
+
         def next_program() -> list[str | None]:
             nonlocal rotation
             rotation += 1
-            filled = [pool[(rotation + j) % len(pool)] for j in range(min(size, len(pool)))]
+            # Not an endpoint that is leaving or joining again: the room refuses absent sources.
+            present = [i for i in pool if i not in churner.busy] or pool
+            filled = [present[(rotation + j) % len(present)] for j in range(min(size, len(present)))]
             return filled + [None] * (size - len(filled))
 
         await self.set_program(next_program())
@@ -560,7 +568,6 @@ class Bench:
         t0 = time.monotonic()
         end = t0 + args.duration
         samples = [await self._sample(t0)]
-        churner = _Churner(self, [i for i in pool if i != "chair"], args.churn)
         due = {"program": t0 + args.switch_every, "sample": t0 + args.interval}
         if args.churn:
             due["churn"] = t0 + args.churn_every / 2  # mid-interval: the interval's sessions settle first

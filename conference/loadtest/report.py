@@ -115,6 +115,7 @@ def build_report(
             worst.append((ratio, result["identity"], slot["mid"], slot["role"], slot["packets"], server_sent))
     worst.sort()
     join = [r["join_s"] for r in results if r["join_s"] is not None]
+    rejoin = [r["rejoin_s"] for r in results if r.get("rejoin_s") is not None]
     switches = [s for r in results for s in r["switch_s"]]
     sampled = [r for r in results if r.get("decode") == "all"]
     video_slots = [s for r in sampled for s in r["slots"] if s["kind"] == "video"]
@@ -158,6 +159,13 @@ def build_report(
             "audio_frames_decoded": sum(r["audio_frames_decoded"] for r in sampled),
         },
         "join_ms": {"p50": _ms(percentile(join, 50)), "p95": _ms(percentile(join, 95)), "count": len(join)},
+        # --churn: the last rejoin of each endpoint that left and joined again.
+        "rejoin_ms": {
+            "p50": _ms(percentile(rejoin, 50)),
+            "p95": _ms(percentile(rejoin, 95)),
+            "count": len(rejoin),
+            "pending": sum(1 for r in results if "rejoin_s" in r and r["rejoin_s"] is None),
+        },
         "switch_ms": {
             "p50": _ms(percentile(switches, 50)),
             "p95": _ms(percentile(switches, 95)),
@@ -288,7 +296,8 @@ def _soak_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "churn (left and joined again)",
                 f"{churn['endpoints_rejoined']} endpoints in {churn['churns']} churns, "
-                f"{len(churn['rejoin_failed'])} failed",
+                f"{len(churn['rejoin_failed'])} failed; rejoin to first frame p95 "
+                f"{(report.get('rejoin_ms') or {}).get('p95')} ms",
                 "",
             )
         )

@@ -68,12 +68,14 @@ async def _worker(spec: dict[str, Any]) -> None:
             failed[endpoint.identity] = f"{type(exc).__name__}: {exc}"
 
     background: set[asyncio.Task[None]] = set()
+    first_join: dict[str, float | None] = {}  # of endpoints that left and joined again
 
     async def churn(identities: list[str]) -> None:
         """Leave and join again with new sessions, as venues whose network dropped would."""
         started_at = time.monotonic()
         leaving = [e for e in endpoints if e.identity in set(identities)]
         for endpoint in leaving:
+            first_join.setdefault(endpoint.identity, endpoint.join_time)
             await endpoint.close(leave=True)
             fresh = Endpoint(configs[endpoint.identity])
             endpoints[endpoints.index(endpoint)] = fresh
@@ -150,7 +152,10 @@ async def _worker(spec: dict[str, Any]) -> None:
                 for endpoint in endpoints:
                     if endpoint.identity in failed:
                         continue
-                    reports.append({**endpoint.report(), "decode": decode_modes[endpoint.identity]})
+                    report = {**endpoint.report(), "decode": decode_modes[endpoint.identity]}
+                    if endpoint.identity in first_join:  # it rejoined: the join figure is the first one
+                        report["rejoin_s"], report["join_s"] = report["join_s"], first_join[endpoint.identity]
+                    reports.append(report)
                 _emit({"event": "report", "endpoints": reports})
             elif cmd == "stop":
                 return
