@@ -81,6 +81,7 @@ PAGES = {
     "/phone": "phone.html",
     "/chair": "chair.html",
     "/clerk": "clerk.html",
+    "/moderate": "moderate.html",
 }
 MAX_BODY = 64 * 1024
 # Commands the REST API offers to integrations (the chair's; the others act on a live endpoint).

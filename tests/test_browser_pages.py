@@ -65,7 +65,7 @@ def test_translation_table_covers_every_string() -> None:
 def test_pages_reference_only_files_that_exist() -> None:
     from signaling.pages import compose_page
 
-    for html in ("index.html", "venue.html", "phone.html", "chair.html", "clerk.html"):
+    for html in ("index.html", "venue.html", "phone.html", "chair.html", "clerk.html", "moderate.html"):
         text = compose_page(WEB, html)
         for ref in re.findall(r'(?:src|href)="/static/([^"]+)"', text):
             assert (WEB / ref).is_file(), f"{html} refers to missing /static/{ref}"

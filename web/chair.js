@@ -9,6 +9,7 @@ import { tileMethods } from "./chair-tiles.js";
 import { mountChairTimer } from "./chair-timer.js";
 import { t } from "./i18n.js";
 import { SoundOutput } from "./media.js";
+import { CommentsPanel, renderFigures } from "./comments-panel.js";
 import { bindFatal, openPage, showFatal } from "./page.js";
 import { attachTrack, fit16x9, ProgramStage } from "./stage.js";
 import { bindConnectionState, displayName, el, errorText, formatElapsed, loadLayouts, notify } from "./ui.js";
@@ -456,6 +457,9 @@ async function main() {
   window.conference = { client };
   const console_ = new Console(client);
   window.conference.console = console_;
+  window.conference.comments = new CommentsPanel($("chair-comments"), client, {
+    onFigures: (figures) => renderFigures($("chair-figures"), figures),
+  });
   bindConnectionState(client, $("conn"));
   bindFatal(client, titleKey);
   console_.start();

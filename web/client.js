@@ -383,6 +383,9 @@ export class RoomClient extends EventTarget {
         // Its lifetime counted on this clock (the screen's clock may be off the server's).
         this._keepSession({ token: msg.token, expiresAt: Date.now() / 1000 + (msg.ttl_s ?? 0) });
         return;
+      case "comment": // moderators' and the chair's sockets: a comment of the public, new or changed
+        this._emit("comment", { comment: msg.comment });
+        return;
       case "removed":
       case "replaced":
       case "shutdown":

@@ -24,6 +24,7 @@ export class RoomMirror {
     this.recording = { ...(s.recording || { active: false }) };
     this.broadcast = { ...(s.broadcast || { active: false }) };
     this.onScreen = s.on_screen ? { ...s.on_screen } : null; // the public's comment on the lower third
+    this.commentModeration = s.comment_moderation ?? true;
     this.clip = s.clip ? { ...s.clip } : null;
     // The running order (conference/roster.py, conference/agenda.py).
     this.roster = (s.roster || []).map((e) => ({ ...e }));
@@ -117,6 +118,7 @@ export class RoomMirror {
         if (this.onScreen?.id === e.comment) this.onScreen = { ...this.onScreen, answered_by: e.by };
         break;
       case "comment_moderation":
+        this.commentModeration = e.on;
         break;
       case "clip":
         this.clip = e.clip ? { ...e.clip } : null;

@@ -11,7 +11,7 @@ import { fit16x9, ProgramStage } from "./stage.js";
 import { bindConnectionState, el, loadLayouts, notify } from "./ui.js";
 
 /** The page each role's link opens: a page refuses the other roles and names this one. */
-export const ROLE_PAGE = { chair: "chair", venue: "venue", viewer: "venue", member: "phone", clerk: "clerk" };
+export const ROLE_PAGE = { chair: "chair", venue: "venue", viewer: "venue", member: "phone", clerk: "clerk", moderator: "moderate" };
 
 const $ = (id) => document.getElementById(id);
 

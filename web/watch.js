@@ -5,6 +5,7 @@
 // turns the sound on. Before the broadcast and after it, a slate shows the title, time and topic.
 
 import { lang, setLang, t as translate } from "./i18n.js";
+import { PublicComments } from "./watch-comments.js";
 
 const POLL_S = 10;
 const HEARTBEAT_S = 30;
@@ -195,9 +196,15 @@ $("unmute").addEventListener("click", () => {
 $("player").addEventListener("ended", () => {
   if (info && !info.broadcasting && !info.standby) stop();
 });
+const comments = new PublicComments(code, viewerId(), (viewers) => {
+  if (!info) return;
+  info.viewers = viewers;
+  render();
+});
 $("language").addEventListener("click", () => {
   setLang(lang() === "zh-CN" ? "en" : "zh-CN");
   render();
+  comments.render();
 });
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden) poll();
@@ -205,6 +212,7 @@ document.addEventListener("visibilitychange", () => {
 
 render();
 poll();
+comments.start();
 setInterval(poll, POLL_S * 1000);
 setInterval(heartbeat, HEARTBEAT_S * 1000);
 setTimeout(heartbeat, 3000);
