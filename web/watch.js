@@ -79,16 +79,16 @@ function render() {
   renderText($("background"), info.background);
   const agenda = info.agenda || [];
   $("agenda-box").hidden = agenda.length === 0;
-  const current = info.current_item ?? null;
+  const currentItem = info.current_item ?? null;
   $("agenda").replaceChildren(
     ...agenda.map((item, i) => {
       const li = Object.assign(document.createElement("li"), { textContent: item.title ?? item });
-      if (i === current) li.className = "current";
+      if (i === currentItem) li.className = "current";
       return li;
     }),
   );
   // The current agenda item, under the title (polled with the rest of the page's data).
-  const now = current != null ? agenda[current] : null;
+  const now = currentItem != null ? agenda[currentItem] : null;
   $("now-item").hidden = !now;
   $("now-item").textContent = now ? tw("agenda.now", { title: now.title }) : "";
   const s = state();
