@@ -223,12 +223,15 @@ export class RoomClient extends EventTarget {
       this.iceServers = result.ice_servers || [];
       if (result.layouts) this.layouts = result.layouts;
       this.mirror = new RoomMirror(result.room);
-      // Server clock minus ours (seconds): the speaking timer counts on the server's clock.
+      // Server clock minus ours (seconds): the speaking timer counts on the server's clock. The join
+      // reply gives a first value; pings refine it (the one with the shortest round trip counts).
       if (typeof result.server_time === "number") this.clockOffset = result.server_time - Date.now() / 1000;
+      this._clockRtt = Infinity;
       this._setState("joined");
       this._emit("joined", { you: this.you, room: this.mirror });
       this._emit("room", { events: [] });
       this._startPing(ws);
+      this._ping().catch(() => {});
     } catch (err) {
       if (ws !== this._ws) return;
       if (err instanceof RequestError && err.code === "timeout") {
@@ -290,11 +293,21 @@ export class RoomClient extends EventTarget {
     this._closePc();
   }
 
+  async _ping() {
+    const sent = Date.now();
+    const pong = await this.request("ping", {}, 5000);
+    const rtt = Date.now() - sent;
+    if (typeof pong?.time === "number" && rtt < this._clockRtt) {
+      this._clockRtt = rtt;
+      this.clockOffset = pong.time - (sent + rtt / 2) / 1000;
+    }
+  }
+
   _startPing(ws) {
     this._stopPing();
     this._pingTimer = setInterval(async () => {
       try {
-        await this.request("ping", {}, 5000);
+        await this._ping();
       } catch (err) {
         // No answer: the network is gone even if the socket has not noticed yet.
         if (ws === this._ws) {

@@ -13,7 +13,8 @@ export function timerState(client) {
   const timer = client.mirror?.floorTimer;
   if (!client.mirror?.floor || !timer || timer.limit_s == null) return null;
   const now = Date.now() / 1000 + (client.clockOffset || 0);
-  const remaining = timer.granted_at + timer.limit_s - now;
+  // Never more than the limit: a clock estimate a little behind the server's must not add time.
+  const remaining = Math.min(timer.limit_s, timer.granted_at + timer.limit_s - now);
   const phase = remaining <= 0 ? "over" : remaining <= WARN_BEFORE_S ? "warn" : "ok";
   return { remaining, phase, muted: !!timer.muted };
 }
