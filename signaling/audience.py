@@ -27,6 +27,8 @@ from aiohttp_sse import EventSourceResponse
 
 from conference.comment_store import CommentStore
 
+from .abuse import COOKIE, COOKIE_MAX_AGE
+
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
@@ -145,13 +147,17 @@ class Audience:
             await asyncio.sleep(max(0.05, TICK_S - (time.monotonic() - started)))
 
     async def stream(
-        self, request: web.Request, room: str, viewer: str | None, hello: dict[str, Any]
+        self, request: web.Request, room: str, viewer: str | None, hello: dict[str, Any], cookie: str | None
     ) -> web.StreamResponse:
         """One viewer's event stream, until it goes away or the server shuts down."""
         me = Viewer(viewer)
         audience = self.room(room)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         response = EventSourceResponse(headers=headers, ping_interval=PING_S)
+        if cookie is not None:
+            response.set_cookie(
+                COOKIE, cookie, max_age=COOKIE_MAX_AGE, path="/w/", httponly=True, samesite="Lax"
+            )
         await response.prepare(request)
         audience.streams.add(me)
         try:

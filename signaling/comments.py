@@ -59,6 +59,7 @@ from .rooms import Actor, Rooms
 COMMENTS_KEY = web.AppKey("comments", object)
 DUPLICATE_S = 600.0
 MAX_LIKES_PER_POST = 50  # a second's taps of one person, generously
+FRESH_PER_S = 5.0  # posts a second from one address without a browser cookie
 PUBLIC_LISTED = 200
 POSTING_ROLES = (Role.CHAIR, Role.VENUE, Role.MEMBER, Role.MODERATOR)
 
@@ -162,8 +163,15 @@ class Comments:
         state, _ = await self.rooms.store.update(room, change)
         return {"version": state.version, "comment": comment.to_json(), "on_screen": state.on_screen}
 
-    async def limit(self, kind: str, browser: str, address: str) -> None:
+    async def limit(self, kind: str, browser: str, address: str, fresh: bool = False) -> None:
+        """The token buckets; ``fresh``: the request came without a valid browser cookie (a new
+        visitor, or a client that drops cookies to dodge the per-browser bucket): such requests
+        also share one small bucket per address."""
         s = self.settings
+        if fresh:
+            wait = await self.limits.take(f"fresh:{address}", FRESH_PER_S, 10 * FRESH_PER_S)
+            if wait > 0:
+                raise too_many("too many new visitors from this address; try again later", wait)
         if kind == "post":
             per_browser, per_ip = s.comment_posts_per_min / 60, s.comment_posts_per_min_ip / 60
             bursts = (max(3.0, s.comment_posts_per_min / 2), max(5.0, s.comment_posts_per_min_ip / 6))
@@ -195,7 +203,7 @@ def _browser(request: web.Request) -> tuple[str, str | None]:
     return browser_cookie(request.app[server.SECRET_KEY], request.cookies.get(COOKIE))
 
 
-def _with_cookie(response: web.Response, cookie: str | None) -> web.Response:
+def _with_cookie(response: web.StreamResponse, cookie: str | None) -> web.StreamResponse:
     if cookie is not None:
         response.set_cookie(
             COOKIE, cookie, max_age=COOKIE_MAX_AGE, path="/w/", httponly=True, samesite="Lax",
@@ -217,7 +225,7 @@ async def post_public_comment(request: web.Request) -> web.Response:
     state = await _public_room(request)
     browser, cookie = _browser(request)
     address = request.app[server.GUARD_KEY].source(request)
-    await comments.limit("post", browser, address)
+    await comments.limit("post", browser, address, fresh=cookie is not None)
     body = await server.json_body(request)
     if set(body) - {"nickname", "text"}:
         raise server.json_error(400, "bad_request", "give nickname and text only")
@@ -249,7 +257,9 @@ async def post_likes(request: web.Request) -> web.Response:
     comments = _comments(request)
     state = await _public_room(request)
     browser, cookie = _browser(request)
-    await comments.limit("like", browser, request.app[server.GUARD_KEY].source(request))
+    await comments.limit(
+        "like", browser, request.app[server.GUARD_KEY].source(request), fresh=cookie is not None
+    )
     body = await server.json_body(request)
     count, comment = body.get("count"), body.get("comment")
     if set(body) - {"count", "comment"} or isinstance(count, bool) or not isinstance(count, int):
@@ -274,7 +284,8 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     audience = comments.audience
     audience.seen(state.room, viewer)
     hello = {"likes": await audience.likes(state.room), "viewers": audience.room(state.room).viewers}
-    return await audience.stream(request, state.room, viewer, hello)
+    _, cookie = _browser(request)  # the page's first post then already names its browser
+    return await audience.stream(request, state.room, viewer, hello, cookie)
 
 
 # --- members and moderators -----------------------------------------------------------------------

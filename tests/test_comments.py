@@ -236,6 +236,11 @@ async def test_limits_answer_429_with_retry_after(signaling_server, settings, mi
         likes = server.make_url(f"/w/{code}/likes")
         answers = [(await call(b, "POST", likes, json={"count": 2}))[0] for _ in range(6)]
         assert answers[0] == 200 and 429 in answers
+        # A client that drops its cookie gets a new browser each time: those share one bucket
+        # per address (bursts of 50 at 5 a second).
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as bot:
+            answers = [(await call(bot, "POST", likes, json={"count": 1}))[0] for _ in range(60)]
+        assert answers[:40] == [200] * 40 and answers[-1] == 429
         assert (await call(a, "POST", likes, json={"count": 0}))[0] == 400
         assert (await call(a, "POST", likes, json={"count": 51}))[0] == 400
 

@@ -1,0 +1,241 @@
+"""Benchmark of the public's side: viewers with an event stream each, posting likes and comments
+(not collected by pytest).
+
+    python tests/bench_comments.py [--viewers 1000] [--seconds 20] [--abusers 50]
+
+One server (signaling only, the default SQLite stores in a temporary data directory) in this
+process; the crowd in a child process so the clients do not share the server's loop. Every
+simulated viewer opens ``GET /w/{code}/events`` and stays on it. Two phases of ``--seconds``:
+
+- realistic: each viewer taps likes in bursts (a POST of 1-5 every 3-10 s) and a few post a
+  comment (one in 20 viewers, once);
+- abusive: the same viewers, plus ``--abusers`` clients behind one address posting comments and
+  likes as fast as they get answers (refused with 429 by the limits).
+
+A prober posts one like every 2 s and notes the total the server answered; each viewer notes when
+its stream first shows a total at least that: the push delay. Viewers' addresses are distinct
+X-Forwarded-For values (the server trusts the header here, as behind a proxy); all traffic goes to
+127.0.0.1. Prints the server's CPU, its loop's lag (what a packet in the media core would wait),
+requests answered and refused, and the push delays; docs/performance.md has the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ADMIN = "a" * 40
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))] if ordered else 0.0
+
+
+# --- the crowd (child process) -------------------------------------------------------------------
+
+
+async def crowd(base: str, code: str, viewers: int, seconds: float, abusers: int) -> dict[str, Any]:
+    import aiohttp
+
+    stats: dict[str, Any] = {"status": {}, "delays": [], "events": 0, "streams": 0, "stream_errors": 0}
+    seen_at: list[list[tuple[int, float]]] = [[] for _ in range(viewers)]  # per viewer: (likes, when)
+    probes: list[tuple[int, float]] = []
+    until = time.monotonic() + seconds
+
+    def count(status: int) -> None:
+        stats["status"][str(status)] = stats["status"].get(str(status), 0) + 1
+
+    async def stream(http: aiohttp.ClientSession, i: int, ready: asyncio.Event) -> None:
+        headers = {"X-Forwarded-For": f"10.{i // 250}.{i % 250}.7"}
+        try:
+            async with http.get(
+                f"{base}/w/{code}/events", params={"viewer": f"bench-viewer-{i:05d}"}, headers=headers
+            ) as resp:
+                stats["streams"] += 1
+                ready.set()
+                event = ""
+                while time.monotonic() < until + 3:
+                    line = await asyncio.wait_for(resp.content.readline(), until + 3 - time.monotonic())
+                    if not line:
+                        break
+                    text = line.decode().strip()
+                    if text.startswith("event:"):
+                        event = text[6:].strip()
+                    elif text.startswith("data:") and event in ("likes", "hello"):
+                        stats["events"] += 1
+                        likes = json.loads(text[5:]).get("likes")
+                        if isinstance(likes, int):
+                            seen_at[i].append((likes, time.monotonic()))
+        except TimeoutError:
+            pass  # the phase is over
+        except aiohttp.ClientError:
+            stats["stream_errors"] += 1
+        finally:
+            ready.set()
+
+    async def viewer(http: aiohttp.ClientSession, i: int) -> None:
+        headers = {"X-Forwarded-For": f"10.{i // 250}.{i % 250}.7"}
+        comment_at = time.monotonic() + random.uniform(0, seconds) if i % 20 == 0 else None
+        while time.monotonic() < until:
+            await asyncio.sleep(random.uniform(3, 10))
+            if time.monotonic() >= until:
+                break
+            try:
+                async with http.post(
+                    f"{base}/w/{code}/likes", json={"count": random.randint(1, 5)}, headers=headers
+                ) as resp:
+                    count(resp.status)
+                if comment_at is not None and time.monotonic() >= comment_at:
+                    comment_at = None
+                    body = {"nickname": f"viewer {i}", "text": f"question {i}: when does the bus return?"}
+                    async with http.post(f"{base}/w/{code}/comments", json=body, headers=headers) as resp:
+                        count(resp.status)
+            except aiohttp.ClientError:
+                count(0)
+
+    async def abuser(http: aiohttp.ClientSession, n: int) -> None:
+        headers = {"X-Forwarded-For": "198.51.100.66"}
+        k = 0
+        while time.monotonic() < until:
+            k += 1
+            try:
+                body = {"nickname": "spam", "text": f"buy now {n}-{k}"}
+                async with http.post(f"{base}/w/{code}/comments", json=body, headers=headers) as resp:
+                    count(resp.status)
+                async with http.post(f"{base}/w/{code}/likes", json={"count": 50}, headers=headers) as resp:
+                    count(resp.status)
+            except aiohttp.ClientError:
+                count(0)
+
+    async def prober(http: aiohttp.ClientSession) -> None:
+        while time.monotonic() < until - 2:
+            await asyncio.sleep(2)
+            async with http.post(
+                f"{base}/w/{code}/likes", json={"count": 1}, headers={"X-Forwarded-For": "192.0.2.1"}
+            ) as resp:
+                if resp.status == 200:
+                    probes.append(((await resp.json())["likes"], time.monotonic()))
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        readies = [asyncio.Event() for _ in range(viewers)]
+        streams = [asyncio.create_task(stream(http, i, readies[i])) for i in range(viewers)]
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+        until = time.monotonic() + seconds
+        await asyncio.gather(
+            *(viewer(http, i) for i in range(viewers)),
+            *(abuser(http, n) for n in range(abusers)),
+            prober(http),
+        )
+        await asyncio.gather(*streams)
+    for total, sent in probes:
+        for seen in seen_at:
+            when = next((t for likes, t in seen if likes >= total), None)
+            stats["delays"].append(float("inf") if when is None else max(0.0, when - sent))
+    stats["probes"] = len(probes)
+    return stats
+
+
+# --- the server (this process) ---------------------------------------------------------------------
+
+
+async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(0.005)
+        samples.append(time.perf_counter() - started - 0.005)
+
+
+async def run(viewers: int, seconds: float, abusers: int, data_dir: Path) -> None:
+    import aiohttp
+    from aiohttp import web
+    from browser_util import free_port
+
+    from conference.config import Settings
+    from signaling.app import create_app
+
+    settings = Settings(
+        data_dir=data_dir, secret="b" * 40, admin_key=ADMIN, media=False, trust_forwarded_for=True
+    )
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"{base}/api/rooms", json={"room": "council"}, headers=auth)
+            async with http.get(f"{base}/api/rooms/council/public", headers=auth) as resp:
+                code = (await resp.json())["code"]
+        for phase, bad in (("realistic", 0), ("abusive", abusers)):
+            samples: list[float] = []
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(loop_lag(samples, stop))
+            cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--crowd", base, code, str(viewers), str(seconds), str(bad),
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await child.communicate()
+            cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            stop.set()
+            await sampler
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+            delays = [d for d in result["delays"] if d != float("inf")]
+            missed = len(result["delays"]) - len(delays)
+            statuses = result["status"]
+            answered = sum(statuses.values())
+            print(
+                f"{phase}: {viewers} viewers ({result['streams']} streams, "
+                f"{result['stream_errors']} broken), "
+                f"{bad} abusers; {answered / seconds:.0f} posts/s answered "
+                f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}); "
+                f"server CPU {cpu / (wall1 - wall0):.2f} core (incl. stream set-up); "
+                f"loop lag p99 {pct(samples, 0.99) * 1000:.1f} ms, max {max(samples) * 1000:.0f} ms; "
+                f"likes pushed to every viewer: p50 {pct(delays, 0.5):.2f} s, p99 {pct(delays, 0.99):.2f} s, "
+                f"max {max(delays, default=0):.2f} s over {result['probes']} probes x {viewers} viewers"
+                f" ({missed} not seen)",
+                flush=True,
+            )
+    finally:
+        await runner.cleanup()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--viewers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--abusers", type=int, default=50)
+    parser.add_argument("--crowd", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.crowd:
+        base, code, viewers, seconds, abusers = args.crowd
+        print(json.dumps(await crowd(base, code, int(viewers), float(seconds), int(abusers))))
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    print(f"public side: load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        await run(args.viewers, args.seconds, args.abusers, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
