@@ -88,5 +88,5 @@ def stop_clip(state: RoomState, by: str | None = None) -> list[Event]:
     events = reducer.apply_all(state, [{"kind": "clip", "clip": None, "by": by}])
     clip = state.participants.get(CLIP_IDENTITY)
     if clip is not None and clip.device == "clip":
-        events += leave(state, CLIP_IDENTITY, "clip stopped")
+        events += leave(state, CLIP_IDENTITY, "clip_stopped")
     return events

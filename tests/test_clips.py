@@ -293,7 +293,7 @@ async def test_a_clip_plays_into_program_slot_0_and_pauses_seeks_and_stops(
                 and m["event"]["identity"] == "clip"
             )
         )
-        assert left["event"]["reason"] == "clip stopped"
+        assert left["event"]["reason"] == "clip_stopped"
     finally:
         await viewer.close()
 

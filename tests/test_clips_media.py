@@ -151,3 +151,75 @@ async def test_a_chromium_venue_shows_the_clip_in_program_slot_0(tmp_path: Path)
                 assert len(seen) >= 3 and " ".join(seen) in " ".join(n or "-" for n in names), (seen, names)
             finally:
                 await browser.close()
+
+
+@pytest.mark.browser
+async def test_the_console_uploads_cues_plays_pauses_and_stops_a_clip(tmp_path: Path) -> None:
+    if ensure_chromium() is None:
+        pytest.fail("chromium is not installed")
+    film = tmp_path / "pilot district.mp4"
+    make_film(film, seconds=8)
+    async with server_process(tmp_path / "data", media=True) as server, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(ensure_chromium()), args=chromium_args())
+        try:
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(server.page_url("chair", server.token("council", "chair", "chair", "主持人")))
+            await eventually(
+                lambda: page.evaluate("window.conference?.client?.state"),
+                lambda s: s == "joined",
+                30,
+                "joined",
+            )
+            await page.set_input_files("#clip-file", str(film))
+            item = "#clip-list .clip-item[data-state='ready']"
+            await page.wait_for_selector(item, timeout=60_000)
+            assert await page.text_content(f"{item} .clip-name") == "pilot district.mp4"
+            assert await page.text_content(f"{item} .clip-duration") == "0:08"
+            await eventually(
+                lambda: page.evaluate(f'document.querySelector("{item} img")?.naturalWidth'),
+                lambda w: w == 320,
+                10,
+                "the thumbnail loads",
+            )
+            await page.click(f"{item} .clip-cue")
+            await eventually(
+                lambda: page.evaluate("document.getElementById('clip-preview').readyState"),
+                lambda r: r >= 2,
+                10,
+                "the preview loads",
+            )
+            await page.click("#clip-play")
+            await eventually(
+                lambda: page.evaluate("window.conference.client.mirror.clip?.playing"), bool, 10, "playing"
+            )
+
+            async def remaining() -> float:
+                return float(await page.get_attribute("#clip-remaining", "data-remaining") or "0")
+
+            first = await remaining()
+            await asyncio.sleep(1.5)
+            second = await remaining()
+            assert 0.8 < first - second < 2.5 and 4.0 < second < 8.0, (first, second)
+            assert "clip" in await page.evaluate("window.conference.client.mirror.program.slots")
+            await page.click("#clip-pause")
+            await eventually(
+                lambda: page.evaluate("window.conference.client.mirror.clip?.playing"),
+                lambda p: p is False,
+                10,
+                "paused",
+            )
+            held = await remaining()
+            await asyncio.sleep(1.0)
+            assert await remaining() == held
+            await page.click("#clip-stop")
+            await eventually(
+                lambda: page.evaluate("window.conference.client.mirror.clip"),
+                lambda c: c is None,
+                10,
+                "stopped",
+            )
+            assert errors == []
+        finally:
+            await browser.close()

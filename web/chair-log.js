@@ -48,6 +48,10 @@ export const logMethods = {
     }
     if (e.kind === "recording") key = e.active ? "log.recording_started" : "log.recording_stopped";
     if (e.kind === "broadcast") key = e.active ? "log.broadcast_started" : "log.broadcast_stopped";
+    if (e.kind === "clip") {
+      key = !e.clip ? "log.clip_stopped" : e.clip.playing ? "log.clip_playing" : "log.clip_paused";
+      params.title = e.clip?.name ?? "";
+    }
     if (e.kind === "participant_connection") key = e.connected ? "log.reconnected" : "log.disconnected";
     const text = t(key, params);
     return text === key ? e.kind : text;

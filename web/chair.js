@@ -3,6 +3,7 @@
 // recording and the room's log. Frequent actions have keys (see the help dialog).
 
 import { RoomClient } from "./client.js";
+import { ClipPanel } from "./chair-clips.js";
 import { logMethods } from "./chair-log.js";
 import { orderMethods } from "./chair-order.js";
 import { tileMethods } from "./chair-tiles.js";
@@ -463,6 +464,8 @@ async function main() {
   bindConnectionState(client, $("conn"));
   bindFatal(client, titleKey);
   console_.start();
+  window.conference.clips = new ClipPanel(client, (type, fields) => console_.command(type, fields));
+  window.conference.clips.start();
   client.addEventListener("joined", () => {
     if (!client.can("set_program")) showFatal(t("chair.not_chair"));
     console_.render();
