@@ -183,7 +183,23 @@ async def test_the_console_uploads_cues_plays_pauses_and_stops_a_clip(tmp_path: 
                 10,
                 "the thumbnail loads",
             )
-            await page.click(f"{item} .clip-cue")
+            # A film agenda item that names the clip cues it when the chair advances to it.
+            clip_id = await page.get_attribute(item, "data-clip")
+            agenda = {
+                "items": [{"title": "近视防控试点区短片", "kind": "film", "planned_s": 60, "clip": clip_id}]
+            }
+            async with aiohttp.ClientSession() as http:
+                headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+                async with http.put(
+                    f"{server.url}/api/rooms/council/agenda", json=agenda, headers=headers
+                ) as r:
+                    assert r.status == 200, await r.text()
+                body = {"type": "next_item"}
+                async with http.post(
+                    f"{server.url}/api/rooms/council/commands", json=body, headers=headers
+                ) as r:
+                    assert r.status == 200, await r.text()
+            await page.wait_for_selector(f"#clip-list .clip-item.cued[data-clip='{clip_id}']", timeout=10_000)
             await eventually(
                 lambda: page.evaluate("document.getElementById('clip-preview').readyState"),
                 lambda r: r >= 2,
@@ -210,6 +226,7 @@ async def test_the_console_uploads_cues_plays_pauses_and_stops_a_clip(tmp_path: 
                 10,
                 "paused",
             )
+            await asyncio.sleep(0.5)  # the console's next redraw after the pause
             held = await remaining()
             await asyncio.sleep(1.0)
             assert await remaining() == held

@@ -32,6 +32,13 @@ export class ClipPanel {
       else $("clip-preview").currentTime = at;
     });
     this.client.addEventListener("joined", () => this.refresh());
+    // A film agenda item names its clip: advancing to it cues the clip here (issue 16).
+    this.client.addEventListener("room", (ev) => {
+      for (const e of ev.detail.events) {
+        const clip = e.kind === "agenda_item" && e.clip ? this.clips.find((c) => c.id === e.clip) : null;
+        if (clip?.state === "ready") this.cue(clip);
+      }
+    });
     setInterval(() => this.renderStatus(), 250);
     setInterval(() => {
       if (this.clips.some((c) => c.state === "processing")) this.refresh();
