@@ -333,6 +333,7 @@ class Bench:
         self.http: aiohttp.ClientSession | None = None
         self._tmp: str | None = None
         self.program_changes: list[dict[str, Any]] = []
+        self.program_failures: list[str] = []  # changes the room refused or that failed
 
     # -- plan --
 
@@ -511,7 +512,10 @@ class Bench:
     async def set_program(self, slots: list[str | None]) -> dict[str, Any]:
         chair_worker = self.workers[0]
         await chair_worker.send({"cmd": "program", "layout": self.args.layout, "slots": slots})
-        message = await chair_worker.expect("program", 15)
+        message = await chair_worker.expect("program", 30)
+        if "error" in message:
+            self.program_failures.append(message["error"])
+            return message
         self.program_changes.append(message)
         return message
 
@@ -621,6 +625,10 @@ class Bench:
             report["live"] = _live_figures(live0, live1)
         report["intervals"] = [soak.interval_delivery(a, b) for a, b in itertools.pairwise(samples)]
         report["churn"] = churner.figures()
+        report["program_changes_failed"] = {
+            "count": len(self.program_failures),
+            "first": self.program_failures[:3],
+        }
         report["server_process"] = {
             "window_start": soak.resources(samples[0].process),
             "window_end": soak.resources(samples[-1].process),

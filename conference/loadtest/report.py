@@ -301,6 +301,9 @@ def _soak_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "",
             )
         )
+    failed = report.get("program_changes_failed") or {}
+    if failed.get("count"):
+        rows.append(("program changes failed", f"{failed['count']}: {failed['first'][0]}", "MISSED"))
     process = report.get("server_process") or {}
     for key in ("window_start", "window_end", "after_leaving"):
         figures = process.get(key)

@@ -116,9 +116,9 @@ async def _worker(spec: dict[str, Any]) -> None:
                 sent = time.time()
                 try:
                     result = await chair.set_program(command["layout"], command["slots"])
-                except Exception as exc:
-                    _emit({"event": "error", "message": f"set_program failed: {exc}"})
-                    return
+                except Exception as exc:  # reported and counted: one refused change does not end a soak
+                    _emit({"event": "program", "sent": sent, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 _emit({"event": "program", "sent": sent, "version": result.get("version")})
             elif cmd == "churn":
                 # In the background: the chair's program changes go on meanwhile.
