@@ -139,7 +139,8 @@ export const tileMethods = {
       // What the roster (or the invitation) says: the kind and sector show with the device.
       const kindKey = `people_kinds.${p.kind}`;
       const kind = p.kind && t(kindKey) !== kindKey ? t(kindKey) : p.kind; // free text unless known
-      parts.device.textContent = [deviceLabel(p), p.sector, kind].filter(Boolean).join(" · ");
+      const device = deviceLabel(p);
+      parts.device.textContent = [device, p.sector, kind === device ? "" : kind].filter(Boolean).join(" · ");
       parts.node.dataset.sector = p.sector ?? "";
       parts.node.dataset.guest = String(!!p.guest);
       const quality = p.connected ? (this.quality.get(p.identity) ?? "unknown") : "offline";
