@@ -307,6 +307,11 @@ async def detail_view(request: web.Request) -> web.Response:
             _job_view(request, access, recording.id, j) for j in list_jobs(service.data_dir, recording.id)
         ]
         data["speaking_time"] = speaking_time(recording)
+        # The public's figures (signaling.comments): the last the meeting wrote into the timeline.
+        data["public"] = next(
+            (e.get("figures") for e in reversed(recording.timeline) if e.get("kind") == "public_figures"),
+            None,
+        )
         return data
 
     return web.json_response(await asyncio.to_thread(collect))

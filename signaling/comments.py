@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -56,9 +57,12 @@ from .protocol import PROTOCOL_VERSION
 from .public import SITE_KEY, PublicSite
 from .rooms import Actor, Rooms
 
+log = logging.getLogger(__name__)
+
 COMMENTS_KEY = web.AppKey("comments", object)
 DUPLICATE_S = 600.0
 MAX_LIKES_PER_POST = 50  # a second's taps of one person, generously
+FIGURES_EVERY_S = 30.0
 FRESH_PER_S = 5.0  # posts a second from one address without a browser cookie
 PUBLIC_LISTED = 200
 POSTING_ROLES = (Role.CHAIR, Role.VENUE, Role.MEMBER, Role.MODERATOR)
@@ -81,6 +85,8 @@ class Comments:
         for action in ACTIONS:
             self.rooms.extensions[action] = self.command
         self.site.audience = self.audience
+        self.recording = app[server.RECORDING_KEY]
+        self.recording.before_stop.append(self.write_figures)
 
     def _count_viewers(self, room: str, connected: list[str]) -> int:
         now = time.time()
@@ -98,6 +104,35 @@ class Comments:
         for conn in list(self.rooms.connections.get(room, {}).values()):
             if can(conn.claims.role, Permission.MODERATE_COMMENTS):
                 conn.send(message)
+
+    async def figures(self, room: str) -> dict[str, int]:
+        """What the organisers report: visits, unique and peak viewers, comments by members and by
+        the public, replies, answered, likes."""
+        return {**await self.store.figures(room), **self.audience.figures(room)}
+
+    async def write_figures(self, room: str) -> None:
+        """The figures into a recording's timeline (``public_figures``, which the reducer ignores):
+        every FIGURES_EVERY_S while it records and once more as it stops, so the recording keeps them
+        (``GET /api/recordings/{id}`` answers the last) even after a crash."""
+        state = await self.rooms.store.get(room)
+        if state is None or not state.recording.active:
+            return
+        entry = {
+            "kind": "public_figures",
+            "at": time.time(),
+            "room": room,
+            "figures": await self.figures(room),
+        }
+        await self.recording.on_events(room, [entry], state)
+
+    async def keep_figures(self) -> None:
+        while True:
+            await asyncio.sleep(FIGURES_EVERY_S)
+            for room in list(self.audience.rooms):
+                try:
+                    await self.write_figures(room)
+                except Exception:
+                    log.exception("figures of room %s could not be written", room)
 
     async def public_listing(self, room: str, order: str) -> list[dict[str, Any]]:
         """Approved comments, cached a second: a crowd's polls cost one store read a second."""
@@ -333,7 +368,7 @@ async def get_room_comments(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "comments": [c.to_json() for c in sort_comments(listed, order)],
-            "figures": {**await comments.store.figures(room), **comments.audience.figures(room)},
+            "figures": await comments.figures(room),
         }
     )
 
@@ -344,11 +379,13 @@ async def get_room_comments(request: web.Request) -> web.Response:
 def _lifecycle(comments: Comments) -> Any:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await comments.store.start()
-        ticker = asyncio.get_running_loop().create_task(comments.audience.run())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(comments.audience.run()), loop.create_task(comments.keep_figures())]
         yield
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         comments.audience.close_all()
         await comments.store.close()
         await comments.limits.close()

@@ -11,6 +11,7 @@ import inspect
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 from conference import room as room_commands
 from conference.config import Settings
@@ -34,6 +35,7 @@ class RecordingControl:
         self.store = store
         self.media = media
         self.service: RecorderService | None = RecorderService(settings)
+        self.before_stop: list[Callable[[str], Awaitable[None]]] = []
 
     @property
     def stores_recordings(self) -> bool:
@@ -60,6 +62,11 @@ class RecordingControl:
         return state, recording_id
 
     async def stop(self, room: str) -> tuple[RoomState, str | None]:
+        for hook in self.before_stop:  # last entries of the timeline (signaling.comments: figures)
+            try:
+                await hook(room)
+            except Exception:
+                log.exception("a recording's closing entry failed for room %s", room)
         stopped: list[str | None] = [None]
 
         def stop(state: RoomState) -> list[Event]:

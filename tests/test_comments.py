@@ -359,3 +359,39 @@ async def test_redis_shares_comments_likes_and_limits_between_processes(settings
             await a._redis.delete(*keys)
         await a.close()
         await b.close()
+
+
+async def test_the_figures_go_with_the_recording_and_answered_is_a_chapter(
+    signaling_server, settings, mint, connect
+) -> None:
+    custom = dataclasses.replace(settings, recording_auto_render=False)
+    server = await signaling_server(custom)
+    async with browser() as a:
+        code = await public_code(a, server, mint)
+        chair = await connect(server, mint("council", "chair", "chair"))
+        await chair.ok("join")
+        recording_id = (await chair.ok("start_recording"))["recording_id"]
+        await call(a, "GET", server.make_url(f"/w/{code}"))  # a visit
+        _, posted, _ = await call(
+            a, "POST", server.make_url(f"/w/{code}/comments"), json={"nickname": "Li", "text": "Route 12?"}
+        )
+        await call(
+            a,
+            "POST",
+            server.make_url("/api/rooms/council/comments"),
+            bearer(mint("council", "m1", "member")),
+            json={"text": "agreed", "reply_to": posted["id"]},
+        )
+        await chair.ok("answer_comment", comment=posted["id"], by="Transport Bureau")
+        await call(a, "POST", server.make_url(f"/w/{code}/likes"), json={"count": 4})
+        await chair.ok("stop_recording")
+        clerk = bearer(mint("council", "clerk", "clerk"))
+        status, detail, _ = await call(
+            a, "GET", server.make_url(f"/api/recordings/{recording_id}?lang=en"), clerk
+        )
+        assert status == 200
+        figures = detail["public"]
+        assert figures["comments_public"] == 1 and figures["comments_members"] == 1
+        assert figures["replies"] == 1 and figures["answered"] == 1
+        assert figures["likes"] == 4 and figures["visits"] == 1
+        assert "Answered: Transport Bureau" in [c["title"] for c in detail["timeline"]]

@@ -2,6 +2,7 @@
 // downloads. It speaks the recorder's REST API (docs/recordings.md); an endpoint the server does
 // not have yet (404) is reported as such, and the rest of the page keeps working.
 
+import { renderFigures } from "./comments-panel.js";
 import { showSpeakingTime } from "./clerk-speaking.js";
 import { lang, t } from "./i18n.js";
 import { openPage } from "./page.js";
@@ -101,6 +102,7 @@ function normalise(r) {
     renders: r.renders ?? [],
     timeline: r.timeline ?? r.timeline_summary ?? r.chapters ?? [],
     speakingTime: r.speaking_time ?? null,
+    publicFigures: r.public ?? null, // the public's comments, likes, viewers (signaling/comments.py)
     // Who sent video (a single-participant render of someone without video would be black).
     video: new Set((r.tracks ?? []).filter((tr) => tr.kind === "video").map((tr) => tr.identity)),
   };
@@ -275,6 +277,8 @@ class ClerkPage {
       ),
     );
     showSpeakingTime($("speaking-time"), r.speakingTime, (ext) => this.saveSheet(id, ext));
+    $("detail-public-box").hidden = !r.publicFigures;
+    if (r.publicFigures) renderFigures($("detail-public"), r.publicFigures);
     this.renderLayoutChoices(r);
     this.showRenders(id, r.renders, r.people);
     this.follow(id);

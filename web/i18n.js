@@ -277,6 +277,7 @@ export const TABLE = {
     "log.resynced": "已与服务器重新同步",
 
     "clerk.title": "会议录像",
+    "clerk.public_figures": "公众参与",
     "clerk.open": "查看录像",
     "clerk.all_rooms": "全部会议室",
     "clerk.date": "日期",
@@ -726,6 +727,7 @@ export const TABLE = {
     "log.resynced": "Resynchronised with the server",
 
     "clerk.title": "Recordings",
+    "clerk.public_figures": "The public",
     "clerk.open": "Show recordings",
     "clerk.all_rooms": "All rooms",
     "clerk.date": "Date",
