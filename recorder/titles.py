@@ -163,7 +163,7 @@ def comment_lines(comment: dict[str, Any], language: str) -> tuple[str, str]:
     return who, " ".join(str(comment.get("text") or "").split())
 
 
-def _line_mask(text: str, px: int, max_w: int) -> tuple[np.ndarray, str]:
+def line_mask(text: str, px: int, max_w: int) -> tuple[np.ndarray, str]:
     """The mask of the longest start of ``text`` that fits ``max_w`` (and what is left over)."""
     if _font_path() is None:
         scale = max(1, px // 7)
@@ -187,12 +187,12 @@ def lower_third_masks(who: str, what: str, height: int, max_w: int) -> tuple[np.
     """The caption's lines as masks: who, then the text over at most MAX_COMMENT_LINES lines (the
     last one ending in an ellipsis when the text goes on). Cached: the same every frame."""
     px = max(MIN_CAPTION_PX, round(height * LOWER_THIRD_SHARE))
-    masks = [_line_mask(who, px, max_w)[0]] if who else []
+    masks = [line_mask(who, px, max_w)[0]] if who else []
     rest = what
     for line in range(MAX_COMMENT_LINES):
         if not rest:
             break
-        mask, left = _line_mask(rest, px, max_w)
+        mask, left = line_mask(rest, px, max_w)
         if left and line == MAX_COMMENT_LINES - 1 and _font_path() is not None:
             cut = rest[: len(rest) - len(left)]
             while cut and _cjk_mask(cut + "…", px).shape[1] > max_w:

@@ -267,3 +267,35 @@ def test_what_the_compositor_is_told_and_when_a_meeting_streams_its_slate() -> N
     assert not standby_wanted(soon, now=10_000.0)  # broadcasting
     stop_broadcast(soon, now=10_500.0)
     assert not standby_wanted(soon, now=10_600.0)  # over: no second slate
+
+
+def test_the_slate_writes_the_meetings_chinese_title_and_topic() -> None:
+    """The slate shows the title as the captions do, in the CJK font: two Chinese titles give two
+    different cards (the bitmap font wrote only ASCII: both came out as the room id), and the
+    title's pixels are the title's own mask."""
+    from recorder.compose import Compositor
+    from recorder.live.worker import Program, Slate
+    from recorder.titles import _font_path, line_mask
+
+    if _font_path() is None:
+        pytest.fail("no CJK font installed (tests/run.sh installs one)")
+
+    def card(title: str, topic: str = "") -> np.ndarray:
+        program = Program()
+        program.update({"room": "council", "title": title, "topic": topic, "starts_at": 1_800_000_000})
+        frame = Slate(640, 360).draw(Compositor(640, 360, captions=True), program, time.time())
+        return frame.to_ndarray(format="gray")
+
+    first, second = card("第十二届委员会第三次会议"), card("城市交通专题协商会")
+    rows = slice(360 // 4, 360 // 4 + 40)  # the title's band
+    assert (np.abs(first[rows].astype(int) - second[rows].astype(int)) > 60).sum() > 200
+    # The bright pixels of the title band are where the title's mask is, centred.
+    mask, _ = line_mask("城市交通专题协商会", round(360 * 0.075), 640 - 32)
+    band = second[360 // 4 : 360 // 4 + mask.shape[0]] > 128
+    x = (640 - mask.shape[1]) // 2
+    drawn = band[:, x : x + mask.shape[1]]
+    assert mask.sum() > 100 and (drawn == mask).mean() > 0.97
+    # The topic has its own line: a card with a topic differs below the title.
+    assert (
+        np.abs(card("城市交通专题协商会", "地铁票价")[200:].astype(int) - second[200:].astype(int)) > 60
+    ).sum() > 50

@@ -37,8 +37,8 @@ from conference.layouts import LAYOUTS, MAX_SLOTS, get_layout
 from conference.sfu.packet import parse_header
 
 from ..compose import AUDIO_RATE, CARD, Compositor
-from ..font import caption, fit_text, text_mask
 from ..render import RenderError, parse_size
+from ..titles import line_mask
 from .hls import HlsOutput
 from .receive import AudioSlot, VideoSlot
 
@@ -105,23 +105,31 @@ class Slate:
     def draw(self, compositor: Compositor, program: Program, now: float) -> av.VideoFrame:
         c = compositor.canvas
         c.fill((0, 0, c.width, c.height), CARD)
-        title = caption(program.title, program.room) if program.title else program.room
+        words = SLATE_WORDS["ended" if program.ended else "soon"]
         when = program.starts_at if program.starts_at and not program.ended else now
+        # In the meeting's own words and script (the CJK font of the captions; the bitmap font,
+        # which writes only ASCII, where none is installed).
         lines = [
-            (title, max(2, self.height // 90)),
-            (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when)), max(1, self.height // 180)),
-            ("The broadcast has ended" if program.ended else "The broadcast starts soon", 1),
+            (program.title or program.room, 0.075),
+            (time.strftime("%Y-%m-%d %H:%M", time.localtime(when)), 0.045),
+            (program.topic, 0.045),
+            (words, 0.04),
         ]
-        if program.topic:
-            lines.insert(2, (caption(program.topic, ""), max(1, self.height // 180)))
         y = self.height // 4
-        for text, scale in lines:
+        for text, share in lines:
             if not text:
                 continue
-            mask = text_mask(fit_text(text, self.width - 16, scale), scale)
+            mask, _ = line_mask(text, max(12, round(self.height * share)), self.width - 32)
             c.text((self.width - mask.shape[1]) // 2, y, mask)
             y += mask.shape[0] + self.height // 20
         return c.frame()
+
+
+# What the slate says under the title (zh-CN, then English: the audience is mostly Chinese-reading).
+SLATE_WORDS = {
+    "soon": "直播即将开始 · The broadcast starts soon",
+    "ended": "直播已结束 · The broadcast has ended",
+}
 
 
 class LiveWorker:
