@@ -51,6 +51,12 @@ async def test_venue_screen_at_1280x720(server, browser: Browser) -> None:
     await eventually(lambda: hall.is_visible("#waiting"), bool, 3, "waiting screen")
     waiting = await hall.text_content("#waiting")
     assert TITLE in waiting and "第一分会场" in waiting, waiting
+    # The topic and scheduled start the chair sets for the public show on the waiting card too.
+    await rest(server, "PATCH", "/api/rooms/council", {"topic": "城市交通专题", "starts_at": 1_893_456_000})
+    waiting = await eventually(
+        lambda: hall.text_content("#waiting"), lambda w: "城市交通专题" in w, 3, "topic on the card"
+    )
+    assert "计划开始" in waiting and "2030" in waiting, waiting
     text = await visible_texts(hall)
     assert "空位" not in text, text
     # The top bar names the meeting and this venue, not the room id.

@@ -23,6 +23,9 @@ export class RoomMirror {
     this.floorLimits = { action: "none", default_s: null, grace_s: 10, ...(s.floor_limits || {}) };
     this.recording = { ...(s.recording || { active: false }) };
     this.broadcast = { ...(s.broadcast || { active: false }) };
+    // What the public page shows of the meeting, also on the venue screens' waiting card.
+    this.topic = s.topic ?? "";
+    this.startsAt = s.starts_at ?? null;
     this.onScreen = s.on_screen ? { ...s.on_screen } : null; // the public's comment on the lower third
     this.commentModeration = s.comment_moderation ?? true;
     this.clip = s.clip ? { ...s.clip } : null;
@@ -104,6 +107,10 @@ export class RoomMirror {
         break;
       case "title":
         this.title = e.title ?? "";
+        break;
+      case "public":
+        this.topic = e.topic ?? "";
+        this.startsAt = e.starts_at ?? null;
         break;
       case "recording":
         this.recording = { active: e.active, recording_id: e.recording_id, started_at: e.started_at };

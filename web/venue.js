@@ -143,6 +143,16 @@ async function main() {
     const nothingOn = !!mirror && mirror.program.slots.every((s) => !s);
     $("waiting").hidden = !nothingOn;
     $("waiting-title").textContent = meetingTitle(client, claims);
+    // The topic and the scheduled start the chair set for the public page (set_public).
+    $("waiting-topic").textContent = mirror?.topic || "";
+    $("waiting-topic").hidden = !mirror?.topic;
+    const starts = mirror?.startsAt;
+    $("waiting-starts").hidden = !starts;
+    $("waiting-starts").textContent = starts
+      ? t("venue.starts_at", {
+          time: new Date(starts * 1000).toLocaleString(lang(), { dateStyle: "long", timeStyle: "short", hour12: false }),
+        })
+      : "";
     $("waiting-venue").textContent = venueName();
     hand();
     placeSelf();
