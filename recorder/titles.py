@@ -201,3 +201,8 @@ def lower_third_masks(who: str, what: str, height: int, max_w: int) -> tuple[np.
         masks.append(mask)
         rest = left.lstrip()
     return tuple(masks)
+
+
+def cjk_font() -> str | None:
+    """The CJK font the captions use (None without Pillow or such a font): also the poster's."""
+    return _font_path()

@@ -32,6 +32,7 @@ from conference.roles import Permission, can
 from conference.room import CommandError, Event, RoomState, set_public, set_title
 from conference.store import RoomStore
 
+from . import poster
 from .app import (
     BROADCASTS_KEY,
     SECRET_KEY,
@@ -281,6 +282,7 @@ async def room_public(request: web.Request) -> web.Response:
             "url": f"{base}/w/{code}",
             "qr_svg": f"{base}/w/{code}/qr.svg",
             "qr_png": f"{base}/w/{code}/qr.png",
+            "poster": f"{base}/w/{code}/poster.png",
             "broadcasting": state.broadcast.active,
             "code": code,
             "playlist": f"{base}/live/{room}/index.m3u8",
@@ -342,6 +344,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/live/{room}/{name}", live_file)
     app.router.add_get("/w/{code}", watch_page)
     app.router.add_get(r"/w/{code}/qr.{kind:svg|png}", qr_image)
+    app.router.add_get("/w/{code}/poster.png", poster.poster)
     app.router.add_get("/api/public/{code}", public_info)
     app.router.add_post("/api/public/{code}/watching", post_watching)
     app.router.add_get("/api/rooms/{room}/public", room_public)

@@ -315,6 +315,8 @@ class Rooms:
             "room": state.client_json(),
             "ice_servers": self.settings.ice_servers,
             "layouts": catalogue_json(),
+            # The public page's short link: venue screens show its QR code between sessions.
+            "public_url": self.public_path(claims.room),
             "media": self.has_media and not sends_no_media(role),
             "limits": {
                 "max_message_bytes": self.settings.ws_max_message_bytes,
@@ -324,6 +326,11 @@ class Rooms:
                 "reconnect_grace_s": self.settings.reconnect_grace_s,
             },
         }
+
+    def public_path(self, room: str) -> str:
+        from .public import public_code  # it imports the application, which imports this module
+
+        return f"/w/{public_code(resolve_secret(self.settings), room)}"
 
     @property
     def has_media(self) -> bool:

@@ -48,6 +48,11 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
     venue = await open_page(browser, server, "venue", "hall-a", "venue", "第一分会场", errors=errors)
     moderator = await open_page(browser, server, "moderate", "mod", "moderator", "审核员", DESKTOP, errors)
     info = await rest(server, "GET", "/api/rooms/council/public")
+    # Between sessions (nothing on the program) the venue screen shows the public page's QR code.
+    assert await venue.get_attribute("#waiting-qr-img", "src") == f"/w/{info['code']}/qr.svg"
+    await eventually(
+        lambda: venue.evaluate("document.getElementById('waiting-qr-img').naturalWidth"), bool, 3, "the QR"
+    )
     page_a = await public_page(browser, info["url"], errors)
     page_b = await public_page(browser, info["url"], errors)
 

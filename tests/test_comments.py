@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -395,3 +396,34 @@ async def test_the_figures_go_with_the_recording_and_answered_is_a_chapter(
         assert figures["replies"] == 1 and figures["answered"] == 1
         assert figures["likes"] == 4 and figures["visits"] == 1
         assert "Answered: Transport Bureau" in [c["title"] for c in detail["timeline"]]
+
+
+async def test_the_poster_and_the_link_a_venue_screen_shows(signaling_server, mint, connect) -> None:
+    from PIL import Image
+
+    server = await signaling_server()
+    async with browser() as a:
+        await call(
+            a, "POST", server.make_url("/api/rooms"), ADMIN, json={"room": "council", "title": "Budget"}
+        )
+        chair = bearer(mint("council", "chair", "chair"))
+        await call(a, "PATCH", server.make_url("/api/rooms/council"), chair, json={"starts_at": 1764568800})
+        _, info, _ = await call(a, "GET", server.make_url("/api/rooms/council/public"), chair)
+        status, body, headers = await call(a, "GET", info["poster"] + "?tz=Asia/Shanghai&download=1")
+        assert (
+            status == 200
+            and headers["Content-Type"] == "image/png"
+            and "attachment" in headers["Content-Disposition"]
+        )
+        image = Image.open(io.BytesIO(body))
+        assert image.size == (1080, 1350)
+        # The QR code: a white square with black modules in the lower half.
+        lower = image.convert("L").crop((0, 675, 1080, 1350))
+        histogram = lower.histogram()
+        assert sum(histogram[:40]) > 20_000 and sum(histogram[230:]) > 50_000
+        again = await call(a, "GET", info["poster"] + "?tz=Asia/Shanghai")
+        assert again[1] == body  # made once, then handed out again
+        assert (await call(a, "GET", server.make_url("/w/nope/poster.png")))[0] == 404
+        venue = await connect(server, mint("council", "hall-a", "venue"))
+        joined = await venue.ok("join")
+        assert joined["public_url"] == f"/w/{info['code']}"

@@ -8,7 +8,7 @@ import { logMethods } from "./chair-log.js";
 import { orderMethods } from "./chair-order.js";
 import { tileMethods } from "./chair-tiles.js";
 import { mountChairTimer } from "./chair-timer.js";
-import { t } from "./i18n.js";
+import { lang, t } from "./i18n.js";
 import { SoundOutput } from "./media.js";
 import { CommentsPanel, renderFigures } from "./comments-panel.js";
 import { bindFatal, openPage, showFatal } from "./page.js";
@@ -378,6 +378,9 @@ class Console {
       $("live-url").textContent = info.url;
       $("live-qr-png").href = `${info.qr_png}?download=1`;
       $("live-qr-svg").href = `${info.qr_svg}?download=1`;
+      // The poster writes the start in this browser's time zone and the page's language.
+      const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+      $("live-poster").href = `${info.poster}?download=1&tz=${encodeURIComponent(tz)}&lang=${encodeURIComponent(lang())}`;
       $("live-topic").value = info.topic || "";
       $("live-background").value = info.background || "";
       $("live-auto").checked = !!info.auto_broadcast;

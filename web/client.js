@@ -222,6 +222,7 @@ export class RoomClient extends EventTarget {
       this.permissions = result.permissions || [];
       this.iceServers = result.ice_servers || [];
       if (result.layouts) this.layouts = result.layouts;
+      this.publicUrl = result.public_url ?? null; // the public page's short link (/w/{code})
       this.mirror = new RoomMirror(result.room);
       // Server clock minus ours (seconds): the speaking timer counts on the server's clock. The join
       // reply gives a first value; pings refine it (the one with the shortest round trip counts).

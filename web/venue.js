@@ -142,6 +142,10 @@ async function main() {
     $("unmute-request").hidden = !(mic.unmuteRequested && mic.wantMuted && !mic.chairMuted);
     const nothingOn = !!mirror && mirror.program.slots.every((s) => !s);
     $("waiting").hidden = !nothingOn;
+    // Between sessions the public page's QR code: the hall's audience can follow and comment.
+    const qr = client.publicUrl ? `${client.publicUrl}/qr.svg` : "";
+    $("waiting-qr").hidden = !qr;
+    if (qr && $("waiting-qr-img").getAttribute("src") !== qr) $("waiting-qr-img").src = qr;
     $("waiting-title").textContent = meetingTitle(client, claims);
     // The topic and the scheduled start the chair set for the public page (set_public).
     $("waiting-topic").textContent = mirror?.topic || "";
