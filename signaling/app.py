@@ -30,7 +30,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import clip_control, clips, dialin, floor_timers, running_order, screens
+from . import clip_control, clips, dialin, floor_timers, running_order, screens, speaking
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -522,6 +522,7 @@ def create_app(
     public.setup(app)
     comments.setup(app)
     screens.setup(app)
+    speaking.setup(app)
     deck = clip_control.ClipDeck(rooms, clips.setup(app))
     running_order.setup(app)
 

@@ -47,18 +47,42 @@ async def get(url: str, path: str) -> tuple[str, bytes]:
 async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(tmp_path: Path) -> None:
     chromium = ensure_chromium()
     assert chromium is not None, "chromium is not installed"
-    async with server_process(tmp_path / "data", media=True) as server:
+    from playwright.async_api import async_playwright
+
+    async with server_process(tmp_path / "data", media=True) as server, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=chromium_args())
+        errors: list[str] = []
         chair = await join(server.url, "chair", 0, "chair", publish_audio=False, publish_video=False)
         hall = await join(server.url, "hall-a", 1, "venue", speaking=True, video_slots=1)
         expert = await join(server.url, "expert-b", 2, "venue", speaking=False, video_slots=1)
         leaving = False
+        console_page = None
         try:
+            # The chair's console in Chromium, with its running figures.
+            console_page = await (await browser.new_context(viewport=CLERK_SCREEN, locale="zh-CN")).new_page()
+            console_page.on("pageerror", lambda exc: errors.append(f"console: {exc}"))
+            console_token = mint_token(SECRET, ROOM, "console", "主持台", "chair", 600)
+            await console_page.goto(f"{server.url}/chair?token={console_token}")
+            await console_page.locator("#speaking-panel .hint").wait_for()
+            assert (await console_page.text_content("#speaking-panel .hint")) == "开始录制后统计发言时间"
+            live = json.loads((await get(server.url, f"/api/rooms/{ROOM}/speaking-time"))[1])
+            assert live["recording_id"] is None and live["speaking_time"] is None
             recording_id = (await chair.request("start_recording"))["recording_id"]
             start = time.time()
             await asyncio.sleep(1.0)
             t1 = time.time()
             await chair.request("grant_floor", identity="hall-a")
-            await asyncio.sleep(4.0)
+            await asyncio.sleep(3.0)
+            # Live: the REST figures and the console's panel count hall-a's floor as it runs.
+            live = json.loads((await get(server.url, f"/api/rooms/{ROOM}/speaking-time"))[1])
+            assert live["recording_id"] == recording_id and live["floor"] == "hall-a"
+            running = {p["identity"]: p for p in live["speaking_time"]["by_person"]}
+            assert running["hall-a"]["floor_s"] == pytest.approx(time.time() - t1, abs=1.0)
+            assert running["expert-b"]["floor_s"] == 0.0
+            bar = console_page.locator('#speaking-panel [data-identity="hall-a"] [data-measure="floor"]')
+            shown = float(await bar.get_attribute("data-seconds") or 0)
+            assert shown == pytest.approx(time.time() - t1, abs=1.5)
+            await asyncio.sleep(1.0)
             t2 = time.time()
             await chair.request("revoke_floor")
             await asyncio.sleep(0.5)
@@ -76,6 +100,8 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
         finally:
             for e in (chair, hall) if leaving else (chair, hall, expert):
                 await e.close()
+            if console_page is not None:
+                await console_page.close()
 
         _, body = await get(server.url, f"/api/recordings/{recording_id}")
         figures = json.loads(body)["speaking_time"]
@@ -117,30 +143,25 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
 
         # The clerk's page draws the figures: one floor and one voiced bar per person, as long as
         # their share of the longest.
-        from playwright.async_api import async_playwright
-
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=str(chromium), args=chromium_args())
-            try:
-                context = await browser.new_context(viewport=CLERK_SCREEN, locale="zh-CN")
-                context.set_default_timeout(8000)
-                page = await context.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                token = mint_token(SECRET, ROOM, "clerk-1", "书记员", "clerk", 600)
-                await page.goto(f"{server.url}/clerk?token={token}")
-                await page.locator(f'#recordings tr[data-recording="{recording_id}"] button').first.click()
-                bars = page.locator('#speaking-time [data-chart="person"] .speaking-bar')
-                await bars.first.wait_for()
-                drawn = await bars.evaluate_all(
-                    """bs => bs.map(b => ({identity: b.closest('[data-identity]').dataset.identity,
-                        measure: b.dataset.measure, seconds: Number(b.dataset.seconds),
-                        width: b.getBoundingClientRect().width,
-                        track: b.parentElement.getBoundingClientRect().width}))"""
-                )
-                assert "未知界别" in (await page.text_content("#speaking-time") or "")
-            finally:
-                await browser.close()
+        try:
+            context = await browser.new_context(viewport=CLERK_SCREEN, locale="zh-CN")
+            context.set_default_timeout(8000)
+            page = await context.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            token = mint_token(SECRET, ROOM, "clerk-1", "书记员", "clerk", 600)
+            await page.goto(f"{server.url}/clerk?token={token}")
+            await page.locator(f'#recordings tr[data-recording="{recording_id}"] button').first.click()
+            bars = page.locator('#speaking-time [data-chart="person"] .speaking-bar')
+            await bars.first.wait_for()
+            drawn = await bars.evaluate_all(
+                """bs => bs.map(b => ({identity: b.closest('[data-identity]').dataset.identity,
+                    measure: b.dataset.measure, seconds: Number(b.dataset.seconds),
+                    width: b.getBoundingClientRect().width,
+                    track: b.parentElement.getBoundingClientRect().width}))"""
+            )
+            assert "未知界别" in (await page.text_content("#speaking-time") or "")
+        finally:
+            await browser.close()
         assert errors == []
         longest = max(max(p["floor_s"], p["voiced_s"]) for p in people.values())
         assert {(d["identity"], d["measure"]) for d in drawn} == {

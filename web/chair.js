@@ -6,6 +6,7 @@ import { RoomClient } from "./client.js";
 import { ClipPanel } from "./chair-clips.js";
 import { logMethods } from "./chair-log.js";
 import { orderMethods } from "./chair-order.js";
+import { startSpeakingPanel } from "./chair-speaking.js";
 import { tileMethods } from "./chair-tiles.js";
 import { mountChairTimer } from "./chair-timer.js";
 import { lang, t } from "./i18n.js";
@@ -469,6 +470,7 @@ async function main() {
   console_.start();
   window.conference.clips = new ClipPanel(client, (type, fields) => console_.command(type, fields));
   window.conference.clips.start();
+  window.conference.speaking = startSpeakingPanel(client, $("speaking-panel"));
   client.addEventListener("joined", () => {
     if (!client.can("set_program")) showFatal(t("chair.not_chair"));
     console_.render();

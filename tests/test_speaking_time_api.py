@@ -1,0 +1,90 @@
+"""The speaking-time routes on a real server (media off): who may read them, what a room that does
+not record answers, and the sheets of a recording written through the real archive writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import openpyxl
+from aiohttp.test_utils import TestServer
+from recording_script import Script, Speaker, write_meeting
+
+from conference.config import Settings
+
+ADMIN = "test-admin-key-not-for-production-0123456789"  # tests/conftest.py
+STARTED = 1_790_000_000.0
+
+
+async def call(server: TestServer, path: str, token: str | None) -> tuple[int, Any, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.get(server.make_url(path), headers=headers) as res:
+        body = await res.read()
+        ctype = res.headers.get("Content-Type", "")
+        return res.status, (await res.json() if ctype.startswith("application/json") else body), ctype
+
+
+async def test_running_figures_of_a_room(
+    signaling_server: Callable[..., Awaitable[TestServer]], mint: Callable[..., str]
+) -> None:
+    server = await signaling_server()
+    status, _, _ = await call(server, "/api/rooms/assembly/speaking-time", mint("assembly", "c", "chair"))
+    assert status == 404  # no such room yet
+    async with aiohttp.ClientSession() as http:
+        create = {"Authorization": f"Bearer {ADMIN}"}
+        async with http.post(server.make_url("/api/rooms"), json={"room": "assembly"}, headers=create) as res:
+            assert res.status in (200, 201)
+    status, data, _ = await call(server, "/api/rooms/assembly/speaking-time", mint("assembly", "c", "chair"))
+    assert status == 200
+    assert data["recording_id"] is None and data["speaking_time"] is None and data["floor"] is None
+    status, data, _ = await call(server, "/api/rooms/assembly/speaking-time", mint("assembly", "v", "venue"))
+    assert status == 403 and data["error"] == "forbidden"
+    status, data, _ = await call(server, "/api/rooms/assembly/speaking-time", mint("other", "c", "chair"))
+    assert status == 403
+    status, data, _ = await call(server, "/api/rooms/assembly/speaking-time", None)
+    assert status == 401
+
+
+async def test_the_sheets_of_a_recording(
+    settings: Settings, signaling_server: Callable[..., Awaitable[TestServer]], mint: Callable[..., str]
+) -> None:
+    script = Script(
+        [
+            Speaker("a", "Alice", (255, 0, 0), None, role="chair", video=False),
+            Speaker("b", "鲍勃", (0, 255, 0), 660.0),
+        ],
+        duration=3.0,
+        floors=[(0.5, "b"), (2.5, None)],
+    )
+    write_meeting(settings.data_dir, "assembly-1", script, started_at=STARTED, room="assembly")
+    write_meeting(settings.data_dir, "other-1", script, started_at=STARTED, room="other")
+    server = await signaling_server()
+    clerk = mint("assembly", "clerk1", "clerk")
+    status, detail, _ = await call(server, "/api/recordings/assembly-1", clerk)
+    assert status == 200
+    people = {p["identity"]: p for p in detail["speaking_time"]["by_person"]}
+    assert people["b"]["floor_s"] == 2.0 and people["b"]["turns"] == 1
+
+    status, body, ctype = await call(server, "/api/recordings/assembly-1/speaking-time.csv", clerk)
+    assert status == 200 and ctype.startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(body.decode("utf-8-sig"))))
+    assert next(r for r in rows if r["identity"] == "b")["name"] == "鲍勃"
+    assert float(next(r for r in rows if r["identity"] == "b")["floor_s"]) == 2.0
+    status, body, _ = await call(server, "/api/recordings/assembly-1/speaking-time.xlsx", clerk)
+    assert status == 200
+    sheet = openpyxl.load_workbook(io.BytesIO(body)).worksheets[0]
+    assert sheet.title == "按人员" and sheet["A1"].value == "标识"
+    assert next(r[:2] for r in sheet.iter_rows(min_row=2, values_only=True)) == ("b", "鲍勃")
+
+    for path in ("/api/recordings/other-1/speaking-time.csv", "/api/recordings/other-1/speaking-time.xlsx"):
+        status, _, _ = await call(server, path, clerk)
+        assert status == 403, path
+    status, data, _ = await call(
+        server, "/api/recordings/assembly-1/speaking-time.csv", mint("assembly", "v", "venue")
+    )
+    assert status == 403 and "may not see recordings" in data["message"]
+    status, _, _ = await call(server, "/api/recordings/nothing-here/speaking-time.csv", clerk)
+    assert status == 404
