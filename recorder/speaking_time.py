@@ -32,7 +32,8 @@ from conference import policy
 
 from .replay import MeetingState
 
-# Roles that never speak in a meeting: left out of the figures unless they held the floor.
+# Roles that never speak in a meeting: left out of the figures unless they held the floor or were
+# heard (as is anyone who never sent audio, e.g. the chair's console).
 SILENT_ROLES = ("clerk", "viewer")
 ROUND = 1  # seconds are given to a tenth
 
@@ -45,6 +46,7 @@ class PersonInfo:
     kind: str = ""
     sector: str = ""
     organisation: str = ""
+    audio: bool = False  # sent audio at some point (a console that never does is no speaker)
 
 
 @dataclass(slots=True)
@@ -104,6 +106,7 @@ def _learn_people(state: MeetingState, people: dict[str, PersonInfo]) -> None:
         info = people.setdefault(identity, PersonInfo(identity))
         info.name = p.name or info.name or identity
         info.role = str(p.role)
+        info.audio = info.audio or p.publish_audio
         for name in ("kind", "sector", "organisation"):
             value = _text(getattr(p, name, ""))
             if value:
@@ -253,7 +256,9 @@ def figures(result: Walk, voiced: Mapping[str, list[Span]]) -> dict[str, Any]:
     counted = [
         info
         for info in people.values()
-        if info.role not in SILENT_ROLES or floor.get(info.identity) or voiced.get(info.identity)
+        if (info.audio and info.role not in SILENT_ROLES)
+        or floor.get(info.identity)
+        or voiced.get(info.identity)
     ]
 
     by_person = []

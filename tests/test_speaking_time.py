@@ -11,7 +11,9 @@ import openpyxl
 import pytest
 from recording_script import Script, Speaker, write_meeting
 
+from conference import agenda
 from conference import room as model
+from conference import roster as rosters
 from conference.roles import Role
 from recorder.archive import Recording, recording_dir
 from recorder.speaking_levels import CACHE_NAME, speaking_time
@@ -162,6 +164,58 @@ def test_voiced_time_from_the_servers_speaker_announcements() -> None:
     assert [(s.start - T0, s.end - T0) for s in spans["edu"]] == [(4, 10)]
 
 
+def test_by_sector_organisation_and_agenda_item_from_the_running_order() -> None:
+    """The roster (sector, kind, organisation) and the agenda items through the room's reducer; an
+    item the chair comes back to adds up; time before the first item is listed when someone spoke."""
+    tl = meeting()
+    s = tl.state
+    roster = rosters.parse_csv(
+        "identity,name,role,kind,sector,organisation\n"
+        "wang,王委员,member,member,教育界,第一中学\n"
+        "edu,教育局,venue,department,,市教育局\n"
+        "li,李委员,member,member,教育界,第二中学\n".encode()
+    )
+    tl.at(0, rosters.set_roster(s, roster))
+    tl.at(
+        0, agenda.set_agenda(s, [{"title": "近视防控"}, {"title": "部门答复", "kind": "department_answers"}])
+    )
+    model.join(s, model.Participant("li", "李委员", Role.MEMBER, publish_audio=True), now=T0 + 1)
+    tl.entries.append(
+        {"kind": "participant_joined", "at": T0 + 1, "participant": s.participants["li"].to_json()}
+    )
+    tl.at(2, model.grant_floor(s, "wang"))  # before the first item
+    tl.at(5, agenda.next_item(s, now=T0 + 5))
+    tl.at(15, model.grant_floor(s, "li"))
+    tl.at(20, agenda.next_item(s, now=T0 + 20))
+    tl.at(20, model.grant_floor(s, "edu"))
+    tl.at(30, agenda.goto_item(s, 0, now=T0 + 30))
+    tl.at(30, model.grant_floor(s, "wang"))
+    tl.at(34, model.revoke_floor(s))
+    voiced = {"wang": [Span(T0 + 3, T0 + 12)], "li": [Span(T0 + 10, T0 + 18)]}
+    fig = figures(walk(tl.entries, T0, T0 + 40), voiced)
+
+    wang = tl.person(fig, "wang")
+    assert (wang["sector"], wang["kind"], wang["organisation"]) == ("教育界", "member", "第一中学")
+    assert wang["floor_s"] == 13.0 + 4.0 and wang["turns"] == 2
+    sectors = {g["sector"]: g for g in fig["by_sector"]}
+    assert sectors["教育界"] == {"sector": "教育界", "floor_s": 22.0, "voiced_s": 15.0, "people": 2}  # 3..18
+    assert sectors[None]["floor_s"] == 10.0 and sectors[None]["people"] == 2  # edu and the chair
+    assert [g["sector"] for g in fig["by_sector"]] == ["教育界", None]  # unknown last
+    assert {g["organisation"]: g["floor_s"] for g in fig["by_organisation"]}["市教育局"] == 10.0
+    assert {g["kind"]: g["floor_s"] for g in fig["by_kind"]}["department"] == 10.0
+
+    items = {i["index"]: i for i in fig["by_item"]}
+    assert [i["index"] for i in fig["by_item"]] == [0, 1, None]
+    assert items[0]["title"] == "近视防控" and items[0]["duration_s"] == 15.0 + 10.0
+    assert items[0]["floor_s"] == 10.0 + 5.0 + 4.0  # wang 5..15, li 15..20, wang again 30..34
+    assert items[0]["voiced_s"] == 13.0  # 5..18, wang and li overlapping once
+    assert {p["identity"]: p["floor_s"] for p in items[0]["by_person"]} == {"wang": 14.0, "li": 5.0}
+    assert items[1]["floor_s"] == 10.0 and items[1]["by_person"] == [
+        {"identity": "edu", "floor_s": 10.0, "voiced_s": 0.0}
+    ]
+    assert items[None]["floor_s"] == 3.0 and items[None]["voiced_s"] == 2.0  # 2..5, voiced 3..5
+
+
 def test_the_csv_and_the_workbook_carry_the_same_numbers() -> None:
     tl = meeting()
     tl.at(10, model.grant_floor(tl.state, "wang"))
@@ -208,7 +262,7 @@ def test_voiced_time_measured_from_opus_without_level_extension(tmp_path: Any) -
     assert people["b"]["floor_s"] == 1.5
     assert people["a"]["voiced_s"] == pytest.approx(5.0, abs=0.6)
     assert people["b"]["voiced_s"] == pytest.approx(3.0, abs=0.6)
-    assert people["c"]["voiced_s"] == 0.0  # no microphone
+    assert "c" not in people  # no microphone and never the floor: no speaker
     cache = recording.directory / CACHE_NAME
     assert cache.is_file()
     assert oct(cache.stat().st_mode & 0o777) == "0o640"

@@ -35,6 +35,19 @@ async def join(url: str, identity: str, index: int, role: str, **kw: Any) -> End
     return endpoint
 
 
+async def put(url: str, path: str, **kw: Any) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", **kw.pop("headers", {})}
+    async with aiohttp.ClientSession() as http, http.put(url + path, headers=headers, **kw) as res:
+        assert res.status == 200, f"{path}: {res.status} {await res.text()}"
+
+
+ROSTER = (
+    "identity,name,role,kind,sector,organisation\n"
+    "hall-a,第一分会场,venue,venue,教育界,市一中\n"
+    "expert-b,卫生专家,venue,expert,医卫界,疾控中心\n"
+)
+
+
 async def get(url: str, path: str) -> tuple[str, bytes]:
     async with (
         aiohttp.ClientSession() as http,
@@ -52,6 +65,18 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
     async with server_process(tmp_path / "data", media=True) as server, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(chromium), args=chromium_args())
         errors: list[str] = []
+        # The running order: who is in which sector, and a two-item agenda.
+        await put(
+            server.url,
+            f"/api/rooms/{ROOM}/roster",
+            data=ROSTER.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        items = [
+            {"title": "试点区情况", "kind": "speech"},
+            {"title": "专家答复", "kind": "department_answers"},
+        ]
+        await put(server.url, f"/api/rooms/{ROOM}/agenda", json={"items": items})
         chair = await join(server.url, "chair", 0, "chair", publish_audio=False, publish_video=False)
         hall = await join(server.url, "hall-a", 1, "venue", speaking=True, video_slots=1)
         expert = await join(server.url, "expert-b", 2, "venue", speaking=False, video_slots=1)
@@ -70,6 +95,7 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             recording_id = (await chair.request("start_recording"))["recording_id"]
             start = time.time()
             await asyncio.sleep(1.0)
+            await chair.request("next_item")
             t1 = time.time()
             await chair.request("grant_floor", identity="hall-a")
             await asyncio.sleep(3.0)
@@ -77,7 +103,7 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             live = json.loads((await get(server.url, f"/api/rooms/{ROOM}/speaking-time"))[1])
             assert live["recording_id"] == recording_id and live["floor"] == "hall-a"
             running = {p["identity"]: p for p in live["speaking_time"]["by_person"]}
-            assert running["hall-a"]["floor_s"] == pytest.approx(time.time() - t1, abs=1.0)
+            assert running["hall-a"]["floor_s"] == pytest.approx(live["at"] - t1, abs=1.0)
             assert running["expert-b"]["floor_s"] == 0.0
             bar = console_page.locator('#speaking-panel [data-identity="hall-a"] [data-measure="floor"]')
             shown = float(await bar.get_attribute("data-seconds") or 0)
@@ -86,6 +112,7 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             t2 = time.time()
             await chair.request("revoke_floor")
             await asyncio.sleep(0.5)
+            await chair.request("next_item")
             t3 = time.time()
             await chair.request("grant_floor", identity="expert-b")
             assert expert.audio_track is not None
@@ -106,22 +133,28 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
         _, body = await get(server.url, f"/api/recordings/{recording_id}")
         figures = json.loads(body)["speaking_time"]
         people = {p["identity"]: p for p in figures["by_person"]}
-        print("grants", round(t2 - t1, 2), round(t4 - t3, 2), "recording", round(stop - start, 2), people)
         assert people["hall-a"]["floor_s"] == pytest.approx(t2 - t1, abs=1.0)
         assert people["expert-b"]["floor_s"] == pytest.approx(t4 - t3, abs=1.0)
         assert people["hall-a"]["turns"] == people["expert-b"]["turns"] == 1
-        assert people["chair"]["floor_s"] == 0.0
+        assert set(people) == {"hall-a", "expert-b"}  # not the consoles, which send no audio
         # Voiced time, from the recorded audio levels: hall-a's tone ran the whole recording,
         # expert-b's from their grant until they left.
         assert figures["voiced_from"] == "audio"
-        assert people["hall-a"]["voiced_s"] == pytest.approx(stop - start, abs=1.5)
-        assert people["expert-b"]["voiced_s"] == pytest.approx(t4 - t3, abs=1.0)
-        assert people["chair"]["voiced_s"] == 0.0
-        sectors = figures["by_sector"]
-        assert [s["sector"] for s in sectors] == [None]  # no roster: the unknown sector
-        assert sectors[0]["floor_s"] == pytest.approx(
-            people["hall-a"]["floor_s"] + people["expert-b"]["floor_s"]
-        )
+        # On this shared machine an endpoint's audio may stall for a moment under load; the voice
+        # detector bridges short stalls only, hence the wider margins below.
+        assert stop - start - 2.5 <= people["hall-a"]["voiced_s"] <= stop - start
+        assert t4 - t3 - 1.5 <= people["expert-b"]["voiced_s"] <= t4 - t3 + 0.5  # silent before its grant
+        # By sector, from the roster, and by agenda item.
+        sectors = {g["sector"]: g for g in figures["by_sector"]}
+        assert sectors["教育界"]["floor_s"] == people["hall-a"]["floor_s"]
+        assert sectors["医卫界"]["floor_s"] == people["expert-b"]["floor_s"]
+        assert people["expert-b"]["organisation"] == "疾控中心" and people["expert-b"]["kind"] == "expert"
+        assert set(sectors) == {"教育界", "医卫界"}
+        by_item = {i["index"]: i for i in figures["by_item"]}
+        assert by_item[0]["title"] == "试点区情况" and by_item[1]["title"] == "专家答复"
+        assert by_item[0]["by_person"][0]["identity"] == "hall-a"
+        assert by_item[0]["floor_s"] == people["hall-a"]["floor_s"]
+        assert by_item[1]["floor_s"] == people["expert-b"]["floor_s"]
 
         # The CSV and the workbook carry the same numbers.
         ctype, body = await get(server.url, f"/api/recordings/{recording_id}/speaking-time.csv")
@@ -159,7 +192,15 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
                     width: b.getBoundingClientRect().width,
                     track: b.parentElement.getBoundingClientRect().width}))"""
             )
-            assert "未知界别" in (await page.text_content("#speaking-time") or "")
+            groups = await page.locator(
+                '#speaking-time [data-chart="person"] .speaking-group h5'
+            ).all_text_contents()
+            assert groups == ["教育界", "医卫界"], groups
+            sector_rows = page.locator('#speaking-time [data-chart="sector"] .speaking-row')
+            assert await sector_rows.count() == 2
+            # The items, and the time before the first (hall-a was heard then).
+            item_labels = page.locator('#speaking-time [data-chart="item"] .speaking-label')
+            assert await item_labels.all_text_contents() == ["1. 试点区情况", "2. 专家答复", "议程外"]
         finally:
             await browser.close()
         assert errors == []
