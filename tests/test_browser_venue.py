@@ -26,7 +26,10 @@ GEOMETRY_JS = """() => {
   return {slots, selfview: shown(self) ? box(self) : null, placement: self.dataset.placement,
           cam: box(document.getElementById('cam-select')), floor: shown(document.getElementById('floor'))
           ? box(document.getElementById('floor')) : null,
-          caption: self.querySelector('figcaption').textContent};
+          caption: self.querySelector('figcaption').textContent,
+          names: [...document.querySelectorAll('#program .slot:not([hidden]) .slot-caption:not([hidden])')]
+                 .map(box),
+          bar: box(document.querySelector('.overlay-bar.bottom'))};
 }"""
 
 
@@ -91,6 +94,10 @@ async def test_venue_screen_at_1280x720(server, browser: Browser) -> None:
         placements[layout] = geometry["placement"]
         assert not await hall.is_visible("#waiting")
         assert geometry["caption"] == "本会场"
+        # The controls show (just woken): no slot's name is under them.
+        assert geometry["names"], (layout, geometry)
+        for rect in geometry["names"]:
+            assert not overlap(rect, geometry["bar"]), (layout, rect, geometry["bar"])
         if geometry["selfview"]:
             for rect in geometry["slots"]:
                 assert not overlap(geometry["selfview"], rect), (layout, geometry)
@@ -118,9 +125,11 @@ async def test_venue_screen_at_1280x720(server, browser: Browser) -> None:
         " return [s.backgroundColor, parseFloat(s.fontSize)]; })()"
     )
     assert style[0].startswith("rgb(") and style[1] >= 24, style  # rgb(): opaque, no alpha
+    await wake(hall)
     geometry = await hall.evaluate(GEOMETRY_JS)
     if geometry["selfview"]:
         assert not overlap(geometry["selfview"], geometry["floor"]), geometry
+    assert not overlap(geometry["floor"], geometry["bar"]), geometry
     await hall.screenshot(path=screenshot_path("venue-1280x720-floor"))
 
     # One microphone control that says the true state: muted by the chair, and a press asks for the floor.

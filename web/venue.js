@@ -167,12 +167,31 @@ async function main() {
   window.addEventListener("languagechange-app", renderStatus);
   renderStatus();
 
+  // While the controls show, the names of the slots along the bottom edge move up above them
+  // (the controls cover the program's bottom strip); once the controls fade they go back.
+  const liftCaptions = () => {
+    const shown = !document.body.classList.contains("idle");
+    const top = document.querySelector(".overlay-bar.bottom").getBoundingClientRect().top - 4;
+    for (const caption of frame.querySelectorAll(".slot-caption")) {
+      caption.style.transform = "";
+      if (!shown || caption.hidden) continue;
+      const over = caption.getBoundingClientRect().bottom - top;
+      if (over > 0) caption.style.transform = `translateY(${-Math.ceil(over)}px)`;
+    }
+  };
+  frame.addEventListener("stage-render", liftCaptions);
+  window.addEventListener("resize", liftCaptions);
+
   // Controls fade out on an unattended screen and come back on any movement.
   let idleTimer = null;
   const wake = () => {
     document.body.classList.remove("idle");
+    liftCaptions();
     clearTimeout(idleTimer);
-    idleTimer = setTimeout(() => document.body.classList.add("idle"), CONTROLS_IDLE_MS);
+    idleTimer = setTimeout(() => {
+      document.body.classList.add("idle");
+      liftCaptions();
+    }, CONTROLS_IDLE_MS);
   };
   for (const type of ["pointermove", "pointerdown", "keydown"]) document.addEventListener(type, wake);
   wake();
