@@ -23,9 +23,11 @@ def copy_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def running_order_json(state: RoomState) -> dict[str, Any]:
-    # The roster goes out as a list (its CSV's order): dicts keep insertion order.
+    # The roster goes out as a list (its CSV's order: dicts keep insertion order). Its entries are
+    # never changed in place (an import replaces them all), so copies of the room share them: a
+    # store copies the room on every change, and copying 1,000 entries cost ~1 ms each time.
     return {
-        "roster": [dict(e) for e in state.roster.values()],
+        "roster": list(state.roster.values()),
         "allow_guests": state.allow_guests,
         "agenda": [copy_item(item) for item in state.agenda],
         "agenda_index": state.agenda_index,

@@ -257,7 +257,7 @@ class RoomState:
             on_screen=dict(data["on_screen"]) if data.get("on_screen") else None,
             comment_moderation=bool(data.get("comment_moderation", True)),
             clip=dict(data["clip"]) if data.get("clip") else None,
-            roster={e["identity"]: dict(e) for e in data.get("roster") or []},
+            roster={e["identity"]: e for e in data.get("roster") or []},  # shared: see order_state
             allow_guests=bool(data.get("allow_guests", True)),
             agenda=[copy_item(item) for item in data.get("agenda") or []],
             agenda_index=data.get("agenda_index"),
