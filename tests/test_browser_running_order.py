@@ -200,8 +200,48 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
                 30,
                 "the recalled preset",
             )
+            # The console edits the running order: a roster imported from a file (a bad one is refused
+            # naming its line, nothing changes), an agenda item added during the meeting.
+            bad = "identity,name\nhall-a,第一分会场\nhall-a,重复\n".encode()
+            await chair.set_input_files(
+                "#roster-file", {"name": "bad.csv", "mimeType": "text/csv", "buffer": bad}
+            )
+            await eventually(
+                lambda: chair.text_content("#notices"),
+                lambda t: "line 3: identity 'hall-a' again" in (t or ""),
+                10,
+                "refusal",
+            )
+            full = ROSTER + "hall-c,第三分会场,expert,新闻界\n".encode()
+            await chair.set_input_files(
+                "#roster-file", {"name": "名单.csv", "mimeType": "text/csv", "buffer": full}
+            )
+            await eventually(
+                lambda: chair.evaluate("window.conference.client.mirror.roster.length"),
+                lambda n: n == 3,
+                10,
+                "import",
+            )
+            await eventually(
+                lambda: chair.get_attribute("#tiles .tile[data-identity='hall-c']", "data-guest"),
+                lambda v: v == "false",
+                10,
+                "hall-c on the roster now",
+            )
+            await chair.fill("#agenda-new-title", "自由讨论")
+            await chair.select_option("#agenda-new-kind", "open_discussion")
+            await chair.fill("#agenda-new-minutes", "15")
+            await chair.click("#agenda-add button[type=submit]", force=True)
+            await eventually(
+                lambda: chair.eval_on_selector_all(
+                    "#agenda-list .agenda-goto", "ns => ns.map(n => n.textContent)"
+                ),
+                lambda titles: titles == [*(i["title"] for i in AGENDA), "自由讨论"],
+                10,
+                "the added item",
+            )
             state = await rest(server, "GET", "/api/rooms/council")
-            assert state["agenda_index"] == 2
+            assert state["agenda_index"] == 2 and state["agenda"][3]["planned_s"] == 900
             assert state["program"] == {"layout": "pip", "slots": ["hall-c", "hall-a"]}
             assert errors == []
         finally:

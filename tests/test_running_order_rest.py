@@ -220,6 +220,13 @@ async def test_agenda_over_rest_and_the_socket(signaling_server, connect, mint) 
     assert status == 200 and body["current"] == 2 and body["started_at"] > 0
     status, body, _ = await call(server, "POST", "/api/rooms/council/commands", json={"type": "next_item"})
     assert status == 409  # the last item is current
+    # The public page's data: the agenda's titles and the current item (no login).
+    status, public, _ = await call(server, "GET", "/api/rooms/council/public", chair_token)
+    status, page, _ = await call(server, "GET", f"/api/public/{public['code']}", "")
+    assert status == 200 and page["current_item"] == 2
+    assert page["agenda"] == [
+        {k: i.get(k, 0) for k in ("title", "kind", "planned_s")} for i in AGENDA["items"]
+    ]
 
     assert (await venue.request("next_item"))["code"] == "forbidden"
     assert (await venue.request("goto_item", index=0))["code"] == "forbidden"
