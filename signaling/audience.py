@@ -35,6 +35,14 @@ TICK_S = 1.0
 QUEUE = 64  # messages waiting for one viewer before it is dropped
 PING_S = 15.0  # keeps proxies from closing an idle stream
 MAX_UNIQUE = 200_000
+# Open streams this process keeps: per address (a venue's or a mobile network's many phones behind
+# one), and in all; beyond them 503 with Retry-After, and the page polls instead.
+MAX_STREAMS_PER_ADDRESS = 500
+MAX_STREAMS = 20_000
+
+
+class TooManyStreams(Exception):
+    pass
 
 
 @dataclass(eq=False, slots=True)
@@ -65,6 +73,8 @@ class Audience:
         self.rooms: dict[str, RoomAudience] = {}
         self.pushed = 0  # messages queued to viewers (for the benchmark)
         self.dropped = 0
+        self.open_streams = 0
+        self.by_address: dict[str, int] = {}
 
     def room(self, room: str) -> RoomAudience:
         audience = self.rooms.get(room)
@@ -147,9 +157,31 @@ class Audience:
             await asyncio.sleep(max(0.05, TICK_S - (time.monotonic() - started)))
 
     async def stream(
-        self, request: web.Request, room: str, viewer: str | None, hello: dict[str, Any], cookie: str | None
+        self,
+        request: web.Request,
+        room: str,
+        viewer: str | None,
+        hello: dict[str, Any],
+        cookie: str | None,
+        address: str,
     ) -> web.StreamResponse:
         """One viewer's event stream, until it goes away or the server shuts down."""
+        held = self.by_address.get(address, 0)
+        if self.open_streams >= MAX_STREAMS or held >= MAX_STREAMS_PER_ADDRESS:
+            raise TooManyStreams()
+        self.open_streams += 1
+        self.by_address[address] = held + 1
+        try:
+            return await self._stream(request, room, viewer, hello, cookie)
+        finally:
+            self.open_streams -= 1
+            left = self.by_address.pop(address, 1) - 1
+            if left > 0:
+                self.by_address[address] = left
+
+    async def _stream(
+        self, request: web.Request, room: str, viewer: str | None, hello: dict[str, Any], cookie: str | None
+    ) -> web.StreamResponse:
         me = Viewer(viewer)
         audience = self.room(room)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}

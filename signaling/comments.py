@@ -51,7 +51,7 @@ from conference.room import CommandError, Event, RoomState
 
 from . import app as server
 from .abuse import COOKIE, COOKIE_MAX_AGE, Limits, browser_cookie
-from .audience import Audience
+from .audience import Audience, TooManyStreams
 from .guard import too_many
 from .protocol import PROTOCOL_VERSION
 from .public import SITE_KEY, PublicSite
@@ -320,7 +320,15 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     audience.seen(state.room, viewer)
     hello = {"likes": await audience.likes(state.room), "viewers": audience.room(state.room).viewers}
     _, cookie = _browser(request)  # the page's first post then already names its browser
-    return await audience.stream(request, state.room, viewer, hello, cookie)
+    address = request.app[server.GUARD_KEY].source(request)
+    try:
+        return await audience.stream(request, state.room, viewer, hello, cookie, address)
+    except TooManyStreams:
+        raise web.HTTPServiceUnavailable(
+            text='{"error": "busy", "message": "too many open event streams; poll the comments"}',
+            content_type="application/json",
+            headers={"Retry-After": "30"},
+        ) from None
 
 
 # --- members and moderators -----------------------------------------------------------------------

@@ -16,9 +16,11 @@ NICK = "<script>window.owned=1</script>"
 TEXT = '<img src=x onerror="window.owned=2">公交12路何时恢复'
 
 
-async def public_page(browser: Browser, url: str, errors: list[str]) -> Page:  # noqa: F811
+async def public_page(browser: Browser, url: str, errors: list[str], sse: bool = True) -> Page:  # noqa: F811
     context = await browser.new_context(viewport=PHONE, locale="zh-CN")
     context.set_default_timeout(5000)
+    if not sse:  # a browser (or a proxy) where Server-Sent Events do not get through: the page polls
+        await context.add_init_script("delete window.EventSource")
     tab = await context.new_page()
     tab.on("pageerror", lambda exc: errors.append(f"public: {exc}"))
     await tab.goto(url)
@@ -55,6 +57,7 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
     )
     page_a = await public_page(browser, info["url"], errors)
     page_b = await public_page(browser, info["url"], errors)
+    page_c = await public_page(browser, info["url"], errors, sse=False)
 
     # Posted on page A: it waits for the moderator, page B does not show it yet.
     await page_a.fill("#nickname", NICK)
@@ -73,6 +76,8 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
         lambda: texts(page_b, "#comment-list .comment-body"), lambda t: t == [TEXT], 3, "on page B"
     )
     assert (await texts(page_b, "#comment-list .comment-meta strong")) == [NICK]
+    # Without EventSource the page polls GET /w/{code}/comments every 5 s.
+    await eventually(lambda: texts(page_c, "#comment-list .comment-body"), lambda t: t == [TEXT], 7, "polled")
     await eventually(
         lambda: texts(chair, "#chair-comments .comment-body"), lambda t: t == [TEXT], 3, "console"
     )
@@ -107,6 +112,17 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
     for _ in range(3):
         await page_a.click("#like")
     await eventually(lambda: page_b.text_content("#likes"), lambda t: t == "3", 4, "page B's likes")
+
+    # The moderator replies under its own name: the reply shows on the public page, naming whom.
+    await moderator.fill(".comments-list .reply-text", "下月起恢复")
+    await moderator.click(".comments-list .act-reply")
+    await eventually(
+        lambda: texts(page_b, "#comment-list .comment-body"),
+        lambda t: t == ["下月起恢复", TEXT],
+        3,
+        "the reply",
+    )
+    assert f"回复 {NICK}" in await texts(page_b, "#comment-list .tag")
 
     await moderator.click(".comments-list .act-hide_comment")
     await eventually(lambda: venue.is_visible("#public-comment"), lambda v: not v, 3, "caption off")

@@ -427,3 +427,22 @@ async def test_the_poster_and_the_link_a_venue_screen_shows(signaling_server, mi
         venue = await connect(server, mint("council", "hall-a", "venue"))
         joined = await venue.ok("join")
         assert joined["public_url"] == f"/w/{info['code']}"
+
+
+async def test_open_event_streams_are_bounded_per_address(signaling_server, mint, monkeypatch) -> None:
+    from signaling import audience
+
+    monkeypatch.setattr(audience, "MAX_STREAMS_PER_ADDRESS", 2)
+    server = await signaling_server()
+    async with browser() as a:
+        code = await public_code(a, server, mint)
+        url = server.make_url(f"/w/{code}/events")
+        first, second = await a.get(url), await a.get(url)
+        assert first.status == second.status == 200
+        async with a.get(url) as third:
+            assert third.status == 503 and third.headers["Retry-After"] == "30"
+        first.close()
+        await asyncio.sleep(0.3)  # the server notices the closed stream
+        async with a.get(url) as again:
+            assert again.status == 200
+        second.close()

@@ -106,6 +106,7 @@ export class CommentsPanel {
     meta.append(" ", el("span", "comment-time", time));
     meta.append(" ", el("span", "tag", t(`comments.status_${c.status}`)));
     if (c.author === "member") meta.append(" ", el("span", "tag", t("comments.member")));
+    if (c.reply_to) meta.append(" ", el("span", "tag", t("comments.reply_to", { name: this.comments.get(c.reply_to)?.name ?? `#${c.reply_to}` })));
     if (c.held) meta.append(" ", el("span", "tag warn", t("comments.held")));
     if (c.pinned) meta.append(" ", el("span", "tag", t("comments.pinned")));
     if (c.likes) meta.append(" ", el("span", "tag", t("comments.likes", { n: c.likes })));
@@ -137,8 +138,34 @@ export class CommentsPanel {
         answer.disabled = !by.value.trim();
       });
     }
+    if (c.status === "approved") {
+      // A reply under the moderator's (or chair's) own name, approved at once.
+      const reply = el("input", "reply-text");
+      reply.placeholder = t("comments.reply_placeholder");
+      reply.maxLength = 500;
+      const send = el("button", "act-reply", t("comments.reply"));
+      send.type = "button";
+      send.addEventListener("click", () => this.reply(c, reply.value.trim()));
+      actions.append(reply, send);
+    }
     li.append(actions);
     return li;
+  }
+
+  async reply(comment, text) {
+    if (!text || !this.room) return;
+    const resp = await fetch(`/api/rooms/${encodeURIComponent(this.room)}/comments`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${this.client.options.token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ text, reply_to: comment.id }),
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      this.root.querySelector(".comments-error")?.replaceChildren(body.message || String(resp.status));
+      return;
+    }
+    this.comments.set(body.id, body);
+    this.render();
   }
 }
 

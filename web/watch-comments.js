@@ -181,6 +181,10 @@ export class PublicComments {
       head.append(name);
       if (c.author === "member") head.append(" ", Object.assign(document.createElement("span"), { className: "tag", textContent: tw("comments.member") }));
       if (c.pinned) head.append(" ", Object.assign(document.createElement("span"), { className: "tag", textContent: tw("comments.pinned") }));
+      if (c.reply_to) {
+        const to = this.comments.get(c.reply_to)?.name ?? `#${c.reply_to}`;
+        head.append(" ", Object.assign(document.createElement("span"), { className: "tag", textContent: tw("comments.reply_to", { name: to }) }));
+      }
       if (c.answered_by) head.append(" ", Object.assign(document.createElement("span"), { className: "tag answered", textContent: tw("comments.answered", { by: c.answered_by }) }));
       const body = document.createElement("p");
       body.className = "comment-body";
