@@ -228,6 +228,11 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
                 10,
                 "hall-c on the roster now",
             )
+            # The invitations as a printable sheet: a QR code per person, their sector on the card.
+            async with chair.expect_download() as download:
+                await chair.click("#links-html", force=True)
+            sheet = Path(await (await download.value).path()).read_text(encoding="utf-8")
+            assert sheet.count("<svg") == 3 and "第二分会场" in sheet and "department · 教育界" in sheet
             await chair.fill("#agenda-new-title", "自由讨论")
             await chair.select_option("#agenda-new-kind", "open_discussion")
             await chair.fill("#agenda-new-minutes", "15")
