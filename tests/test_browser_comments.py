@@ -124,6 +124,16 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
     )
     assert f"回复 {NICK}" in await texts(page_b, "#comment-list .tag")
 
+    # A member writes from the phone: under the member's name, approved at once.
+    phone = await open_page(browser, server, "phone", "m1", "member", "王委员", PHONE, errors)
+    await phone.click(".member-comment summary")
+    await phone.fill(".member-comment-text", "建议增加夜班车")
+    await phone.click(".member-comment-send")
+    await eventually(
+        lambda: texts(page_b, "#comment-list .comment-body"), lambda t: "建议增加夜班车" in t, 3, "member's"
+    )
+    assert "王委员" in await texts(page_b, "#comment-list .comment-meta strong")
+
     await moderator.click(".comments-list .act-hide_comment")
     await eventually(lambda: venue.is_visible("#public-comment"), lambda v: not v, 3, "caption off")
     assert errors == []

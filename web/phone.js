@@ -9,6 +9,7 @@ import { bindMicControl } from "./media.js";
 import { bindAgendaItem, bindMeetingTitle, bindOutage, joinAsEndpoint } from "./page.js";
 import { attachTrack } from "./stage.js";
 import { mountFloorTimer } from "./floor-timer.js";
+import { bindMemberComment } from "./member-comment.js";
 import { displayName, errorText, floorPlace, notify, speakControl } from "./ui.js";
 
 const DATA_SAVING_KEY = "conference.phone.dataSaving";
@@ -30,6 +31,7 @@ async function main() {
   const { client, claims, media, mic, frame, start } = endpoint;
 
   bindMeetingTitle(client, claims, $("meeting-title"));
+  bindMemberComment($("member-comment"), client);
   bindAgendaItem(client, $("agenda-item"));
   bindOutage(client, $("outage"));
   bindMicControl($("mic"), mic);
