@@ -79,6 +79,12 @@ _PLAIN_OFFER = {
         "receive": _KINDS,
         "video_slots": {"type": "integer", "minimum": 0, "maximum": MAX_SLOTS},
         "audio_slots": {"type": "integer", "minimum": 0, "maximum": MAX_AUDIO_SLOTS},
+        # RTP header extensions (RFC 8285 one-byte ids) on what the worker publishes, by URI.
+        "extensions": {
+            "type": "object",
+            "maxProperties": 4,
+            "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 14},
+        },
     },
     "required": ["address"],
     "additionalProperties": False,

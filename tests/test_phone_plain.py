@@ -17,10 +17,11 @@ from conftest import TEST_ADMIN_KEY, TEST_SECRET
 from phone_util import WsSession, dominant, hears, sine
 from test_sfu_support import TONES, Endpoint, wait_for
 
+from conference.sfu.packet import URI_AUDIO_LEVEL, audio_level, parse_header
 from signaling.app import build_media
 from signaling.phone.cli import on_this_machine
 from signaling.phone.codecs import FRAME, OpusDecoder, OpusEncoder
-from signaling.phone.link import Admission, PlainRoomAudio, SignalingLink
+from signaling.phone.link import LEVEL_EXT_ID, Admission, PlainRoomAudio, SignalingLink
 from signaling.phone.rtp import parse_rtp
 from signaling.tokens import TokenError, mint_token, verify_token
 
@@ -255,9 +256,16 @@ async def test_room_audio_takes_only_the_servers_datagrams_and_follows_the_clock
         audio.send(b"x")
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.5)
-    audio.send(b"y")
+    audio.send(b"y", level=30)
     await wait_for(lambda: len(server_end.received) == 3, 2, "three packets at the server end")
     packets = [parse_rtp(data) for data, _ in server_end.received]
+    # The level travels as RFC 6464 in the one-byte header extension the offer declared.
+    assert offer["extensions"] == {URI_AUDIO_LEVEL: LEVEL_EXT_ID}
+    last = server_end.received[-1][0]
+    assert audio_level(last, parse_header(last), LEVEL_EXT_ID) == 30 and packets[-1].payload == b"y"
+    assert (
+        audio_level(server_end.received[0][0], parse_header(server_end.received[0][0]), LEVEL_EXT_ID) is None
+    )
     assert all(p is not None and p.ssrc == audio.ssrc and p.payload_type == 111 for p in packets)
     first, second, third = packets  # type: ignore[misc]
     assert (second.sequence - first.sequence) % 65536 == 1 and (third.sequence - second.sequence) % 65536 == 1
@@ -267,3 +275,50 @@ async def test_room_audio_takes_only_the_servers_datagrams_and_follows_the_clock
     await audio.close()
     for end in (server_end, stranger):
         end.transport.close()  # type: ignore[union-attr]
+
+
+async def test_a_caller_whose_level_comes_with_its_packets_is_heard_without_decoding(
+    signaling_server, connect, mint, settings
+) -> None:
+    """The gateway declares the RFC 6464 audio level in its plain offer and sends it with each
+    packet: the server chooses the caller as a speaker from it and decodes nothing; an offer with a
+    header extension the server does not know is refused."""
+    media_settings = replace(settings, media=True)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
+    gateway_socket = await open_socket()
+    try:
+        phone = await connect(server, mint("council", "tel-5678-cd", "member", gateway=True))
+        bad = plain_join(gateway_socket.port)
+        bad["plain"]["extensions"] = {"urn:example:unknown": 3}
+        refused = await phone.request("join", **bad)
+        assert refused["type"] == "error" and refused["code"] == "bad_request", refused
+        good = plain_join(gateway_socket.port)
+        good["plain"]["extensions"] = {URI_AUDIO_LEVEL: LEVEL_EXT_ID}
+        await phone.ok("join", **good)
+        answer = await phone.wait_for(lambda m: m["type"] == "transport", timeout=5)
+        server_address = (answer["address"][0], int(answer["address"][1]))
+        listener = await connect(server, mint("council", "chair", "chair"))
+        await listener.ok("join")
+        encoder, tone = OpusEncoder(), sine(1000.0, 4.0, 48000, level=8000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert gateway_socket.transport is not None
+        for i in range(len(tone) // FRAME):
+            header = struct.pack("!BBHII", 0x90, 111 | (0x80 if i == 0 else 0), i, i * FRAME, 0xCA12)
+            header += struct.pack("!HHBBxx", 0xBEDE, 1, LEVEL_EXT_ID << 4, 20)  # -20 dBov: speaking
+            gateway_socket.transport.sendto(
+                header + encoder.encode(tone[i * FRAME : (i + 1) * FRAME]), server_address
+            )
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+            if any(m["type"] == "speakers" and "tel-5678-cd" in m["speakers"] for m in listener.messages):
+                break
+        spoke = await listener.wait_for(
+            lambda m: m["type"] == "speakers" and "tel-5678-cd" in m["speakers"], timeout=2
+        )
+        assert spoke["speakers"][0] == "tel-5678-cd"
+        async with aiohttp.ClientSession(headers=ADMIN) as http, http.get(server.make_url("/api/stats")) as r:
+            stats = await r.json()
+        assert stats["media"]["levels_decoded"] == 0  # the level came with the packets
+    finally:
+        assert gateway_socket.transport is not None
+        gateway_socket.transport.close()

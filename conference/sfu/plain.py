@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..media import MediaError
 from .consumer import DownTrack
 from .direct import DEFAULT_RECEIVE
-from .packet import FORWARDED_CODECS, CodecInfo, parse_header
+from .packet import FORWARDED_CODECS, URI_AUDIO_LEVEL, CodecInfo, parse_header
 from .rtcp import parse_feedback, rtcp_pli
 from .transport import Kind, Transport
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .router import Router
 
 MAX_SLOTS = 9
+KNOWN_EXTENSIONS = frozenset({URI_AUDIO_LEVEL})
 
 
 @dataclass(slots=True)
@@ -40,6 +41,9 @@ class PlainOffer:
     video_slots: int = 0
     audio_slots: int = 0
     receive: dict[Kind, list[CodecInfo]] = field(default_factory=lambda: dict(DEFAULT_RECEIVE))
+    # RTP header extensions on what the worker publishes (URI -> one-byte id): a gateway sends the
+    # RFC 6464 audio level it measured, so the server need not decode its Opus to hear it speak.
+    extensions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Any) -> PlainOffer:
@@ -57,6 +61,7 @@ class PlainOffer:
                 int(data.get("video_slots", 0)),
                 int(data.get("audio_slots", 0)),
                 {**DEFAULT_RECEIVE, **receive},  # type: ignore[dict-item]
+                _extensions(data.get("extensions") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MediaError("bad_request", f"bad plain-RTP offer: {exc}") from None
@@ -65,6 +70,15 @@ class PlainOffer:
         if not 0 <= offer.video_slots <= MAX_SLOTS or not 0 <= offer.audio_slots <= 8:
             raise MediaError("bad_request", "video_slots must be 0..9 and audio_slots 0..8")
         return offer
+
+
+def _extensions(entries: Any) -> dict[str, int]:
+    out = {str(uri): int(ext_id) for uri, ext_id in dict(entries).items()}
+    if set(out) - KNOWN_EXTENSIONS:
+        raise ValueError(f"header extensions understood: {', '.join(sorted(KNOWN_EXTENSIONS))}")
+    if any(not 1 <= i <= 14 for i in out.values()) or len(set(out.values())) != len(out):
+        raise ValueError("header extension ids must be distinct, 1..14 (RFC 8285 one-byte)")
+    return out
 
 
 def _codecs(entries: Any) -> list[CodecInfo]:
@@ -104,7 +118,7 @@ class PlainTransport(Transport):
         self.octets_sent = 0
         self.rtcp_ssrc = random.getrandbits(32)
         backend = router.backend
-        self.add_producers(offer.publish, self.rtcp_ssrc, backend.publish_max_bitrate)
+        self.add_producers(offer.publish, self.rtcp_ssrc, backend.publish_max_bitrate, offer.extensions)
         self._by_ssrc: dict[int, DownTrack] = {}
         for tracks, kind, count in (
             (self.video, "video", offer.video_slots),

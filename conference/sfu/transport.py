@@ -43,16 +43,21 @@ class Transport:
         return f"{type(self).__name__}({self.router.room}/{self.identity})"
 
     def add_producers(
-        self, publish: dict[Kind, list[CodecInfo]], rtcp_ssrc: int, max_bitrate: int = 0
+        self,
+        publish: dict[Kind, list[CodecInfo]],
+        rtcp_ssrc: int,
+        max_bitrate: int = 0,
+        extensions: dict[str, int] | None = None,
     ) -> None:
-        """A producer per published kind, fed by this transport (which is its ``Upstream``)."""
+        """A producer per published kind, fed by this transport (which is its ``Upstream``), with
+        the header extensions (URI -> id) its packets carry."""
         backend = self.router.backend
         for kind, codecs in publish.items():
             self.producers[kind] = Producer(
                 self.identity,
                 kind,
                 codecs,
-                {},
+                dict(extensions or {}),
                 self,  # type: ignore[arg-type]
                 self.router,
                 backend.counters,

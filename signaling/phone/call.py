@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
+from conference.sfu.audiolevel import dbov_level
+
 from .codecs import G711, CallCodec, OpusEncoder, Pcm, call_codec
 from .dtmf import Goertzel, Rfc4733
 from .ivr import Check, HangUp, Ivr, Prompt, Throttle
@@ -143,7 +145,7 @@ class Call:
         link = self.link
         if link is None or link.audio is None or self._uplink is None or not link.state.audible:
             return
-        link.audio.send(self._uplink.encode(pcm))
+        link.audio.send(self._uplink.encode(pcm), dbov_level(pcm.astype(np.float32) / 32768.0))
 
     def _digit(self, key: str) -> None:
         self.digits.append(key)

@@ -26,10 +26,14 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from conference.sfu.packet import URI_AUDIO_LEVEL
+
 from .rtp import parse_rtp
 
 log = logging.getLogger(__name__)
 _RTP = struct.Struct("!BBHII")
+_LEVEL_EXT = struct.Struct("!HHBBxx")
+LEVEL_EXT_ID = 1
 
 
 class DirectoryError(Exception):
@@ -86,8 +90,8 @@ class RoomAudio(Protocol):
     def slot_of(self, mid: str) -> int | None:
         """The index of the audio slot a ``slots`` message names."""
 
-    def send(self, opus: bytes) -> None:
-        """One 20 ms Opus packet of the caller's voice."""
+    def send(self, opus: bytes, level: int | None = None) -> None:
+        """One 20 ms Opus packet of the caller's voice, with its RFC 6464 level when known."""
 
     def set_receiver(self, receiver: Callable[[int, bytes], None]) -> None:
         """``receiver(slot, opus)`` for every packet of the room's audio slots."""
@@ -140,6 +144,9 @@ class PlainRoomAudio:
             "address": [host, port],
             "publish": {"audio": [{"name": "opus", "payload_type": OPUS_PT, "clock_rate": 48000}]},
             "audio_slots": self.slots,
+            # The caller's level goes with each packet (RFC 6464): the server hears who speaks
+            # without decoding the gateway's Opus.
+            "extensions": {URI_AUDIO_LEVEL: LEVEL_EXT_ID},
         }
 
     def connect(self, answer: dict[str, Any]) -> None:
@@ -158,7 +165,8 @@ class PlainRoomAudio:
     def set_receiver(self, receiver: Callable[[int, bytes], None]) -> None:
         self._receiver = receiver
 
-    def send(self, opus: bytes) -> None:
+    def send(self, opus: bytes, level: int | None = None) -> None:
+        """One 20 ms Opus packet; ``level``: its RFC 6464 audio level (0 loudest .. 127 silence)."""
         socket, server = self._socket, self.server
         if socket is None or server is None or socket.is_closing():
             return
@@ -171,7 +179,10 @@ class PlainRoomAudio:
         marker = frame != self._last_frame + 1 or self._last_frame < 0
         self._last_frame = frame
         timestamp = (self._ts0 + frame * OPUS_STEP) & 0xFFFFFFFF
-        header = _RTP.pack(0x80, (0x80 if marker else 0) | OPUS_PT, self._seq, timestamp, self.ssrc)
+        first = 0x80 if level is None else 0x90  # X: a header extension follows
+        header = _RTP.pack(first, (0x80 if marker else 0) | OPUS_PT, self._seq, timestamp, self.ssrc)
+        if level is not None:  # one-byte profile, one word: the level element and two padding bytes
+            header += _LEVEL_EXT.pack(0xBEDE, 1, LEVEL_EXT_ID << 4, min(127, max(0, level)))
         self._seq = (self._seq + 1) & 0xFFFF
         socket.sendto(header + opus, server)
         self.packets_out += 1
