@@ -7,16 +7,21 @@ measured from the decoded Opus (``conference.sfu.audiolevel.dbov_level``, the me
 measure) here, offline, never on the media path. A chair-muted or self-muted microphone's packets
 are dropped before the recorder, so muted time is never voiced.
 
-Reading every audio packet of a long meeting takes a while (about a second per person-hour with
-the extension, more when Opus must be decoded), so a finished recording's figures are written to
-``speaking_time.json`` in its directory once and read from there afterwards.
+Reading every audio packet of a long meeting takes a while (0.2 s of CPU per person-hour with the
+extension, about 4 s when Opus must be decoded: docs/performance.md), so a finished recording's
+figures are written to ``speaking_time.json`` in its directory once and read from there afterwards;
+the server counts in its own low-priority process (``python -m recorder.speaking_levels DIR``), so
+the media loop never waits on it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import av
@@ -24,7 +29,7 @@ import av
 from conference.sfu.audiolevel import SILENCE, dbov_level
 from conference.sfu.packet import URI_AUDIO_LEVEL, audio_level, parse_header
 
-from .archive import Recording, TrackInfo, write_private_text
+from .archive import ArchiveError, Recording, TrackInfo, write_private_text
 from .speaking_time import Span, figures, union, voiced_from_loudness, voiced_from_speakers, walk
 
 log = logging.getLogger(__name__)
@@ -84,20 +89,52 @@ def count_live(recording: Recording, end: float) -> dict[str, Any]:
     return {**figures(result, voiced_from_speakers(recording.timeline, end)), "voiced_from": "speakers"}
 
 
+def finished(recording: Recording) -> bool:
+    return recording.complete or bool(recording.meta.get("interrupted"))
+
+
+def cached(recording: Recording) -> dict[str, Any] | None:
+    """A finished recording's figures as counted before, or None."""
+    try:
+        data = json.loads((recording.directory / CACHE_NAME).read_text())
+        if data.get("format") == CACHE_FORMAT and isinstance(data.get("figures"), dict):
+            return dict(data["figures"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def speaking_time(recording: Recording) -> dict[str, Any]:
     """The figures, from the cache when the recording is finished and was counted before."""
+    if not finished(recording):
+        return count_live(recording, recording.stopped_at)
+    found = cached(recording)
+    if found is not None:
+        return found
+    data = count(recording)
     path = recording.directory / CACHE_NAME
-    if recording.complete or recording.meta.get("interrupted"):
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("format") == CACHE_FORMAT:
-                return dict(cached["figures"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
-        data = count(recording)
-        try:
-            write_private_text(path, json.dumps({"format": CACHE_FORMAT, "figures": data}))
-        except OSError as exc:
-            log.warning("%s: speaking-time figures not cached: %s", path, exc)
-        return data
-    return count_live(recording, recording.stopped_at)
+    try:
+        write_private_text(path, json.dumps({"format": CACHE_FORMAT, "figures": data}))
+    except OSError as exc:
+        log.warning("%s: speaking-time figures not cached: %s", path, exc)
+    return data
+
+
+def main(argv: list[str]) -> int:
+    """``python -m recorder.speaking_levels RECORDING_DIR [NICE]``: count and cache the figures."""
+    if len(argv) not in (2, 3):
+        print("usage: python -m recorder.speaking_levels RECORDING_DIR [NICE]", file=sys.stderr)
+        return 2
+    if len(argv) == 3:
+        os.nice(int(argv[2]))  # behind the media, which has to run in real time
+    try:
+        recording = Recording(Path(argv[1]))
+    except ArchiveError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    speaking_time(recording)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

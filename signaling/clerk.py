@@ -57,13 +57,13 @@ from recorder.jobs import (
 from recorder.render import RenderOptions
 from recorder.replay import chapters_of
 from recorder.service import RecorderService
-from recorder.speaking_levels import speaking_time
 from recorder.speaking_sheets import to_csv, to_xlsx
 from recorder.titles import language_of, recording_language
 
 from .admission import check_not_removed
 from .errors import STATUS_FOR_CODE, json_error
 from .guard import GUARD_KEY, check_throttle
+from .speaking import recording_figures
 from .tokens import TokenError, admin_key_matches, verify_token
 
 # The clerk sub-application's own keys: what it needs is passed in when it is built.
@@ -306,7 +306,6 @@ async def detail_view(request: web.Request) -> web.Response:
         data["renders"] = [
             _job_view(request, access, recording.id, j) for j in list_jobs(service.data_dir, recording.id)
         ]
-        data["speaking_time"] = speaking_time(recording)
         # The public's figures (signaling.comments): the last the meeting wrote into the timeline.
         data["public"] = next(
             (e.get("figures") for e in reversed(recording.timeline) if e.get("kind") == "public_figures"),
@@ -314,7 +313,10 @@ async def detail_view(request: web.Request) -> web.Response:
         )
         return data
 
-    return web.json_response(await asyncio.to_thread(collect))
+    data = await asyncio.to_thread(collect)
+    # None while a long meeting's first count goes on (docs/recordings.md).
+    data["speaking_time"] = await recording_figures(recording)
+    return web.json_response(data)
 
 
 async def create_render(request: web.Request) -> web.Response:
@@ -452,7 +454,9 @@ async def speaking_sheet(request: web.Request) -> web.Response:
     recording = _recording(request, access)
     kind = "csv" if request.path.endswith(".csv") else "xlsx"
     language = language_of(request.query.get("lang") or recording_language(recording.meta))
-    data = await asyncio.to_thread(speaking_time, recording)
+    data = await recording_figures(recording)
+    if data is None:
+        raise json_error(409, "conflict", "the speaking time is still being counted: ask again shortly")
     if kind == "csv":
         body, content_type = to_csv(data).encode(), "text/csv; charset=utf-8"
     else:

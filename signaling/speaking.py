@@ -1,4 +1,6 @@
-"""The running speaking-time figures of a room: ``GET /api/rooms/{room}/speaking-time``.
+"""Speaking-time figures for the REST API: a room's running figures, ``GET
+/api/rooms/{room}/speaking-time``, and a finished recording's (``recording_figures``, for the clerk
+API), counted in a low-priority process of their own the first time.
 
 The chair's console shows them live (web/chair-speaking.js). They are counted, as the recording's
 report is, from the room's current recording (``recorder.speaking_levels.count_live``): floor time
@@ -11,17 +13,70 @@ null). Several consoles asking at once share one count while the timeline has no
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from conference.roles import Permission
 from recorder.archive import ArchiveError, Recording, recording_dir
-from recorder.speaking_levels import count_live
+from recorder.speaking_levels import cached, count_live, finished
+
+log = logging.getLogger(__name__)
 
 # Re-counted at most this often for the same timeline size (the consoles poll every few seconds).
 FRESH_S = 1.0
+# How long a request waits for a first count (a long meeting's is given later: the count goes on).
+COUNT_WAIT_S = 30.0
+COUNT_NICE = 10
+_counting: dict[Path, asyncio.Task[None]] = {}
+
+
+async def recording_figures(recording: Recording, wait_s: float = COUNT_WAIT_S) -> dict[str, Any] | None:
+    """The figures of a recording: counted now from the timeline while it is still written (cheap);
+    once finished from its cache, else counted by ``python -m recorder.speaking_levels`` in its own
+    low-priority process (reading every audio packet in this one would hold the interpreter the
+    media path needs), waiting at most ``wait_s``; None while that count goes on."""
+    if not finished(recording):
+        return await asyncio.to_thread(count_live, recording, recording.stopped_at)
+    found = await asyncio.to_thread(cached, recording)
+    if found is not None:
+        return found
+    key = recording.directory
+    task = _counting.get(key)
+    if task is None:
+        task = _counting[key] = asyncio.create_task(_count_in_process(key))
+        task.add_done_callback(lambda done: _counting.pop(key, None) if _counting.get(key) is done else None)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), wait_s)
+    return await asyncio.to_thread(cached, recording)
+
+
+async def _count_in_process(directory: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "recorder.speaking_levels",
+        str(directory),
+        str(COUNT_NICE),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    try:
+        _, err = await proc.communicate()
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
+        log.warning("%s: counting the speaking time failed (%s): %s", directory, proc.returncode, tail)
 
 
 def setup(app: web.Application) -> None:

@@ -14,6 +14,9 @@ from aiohttp.test_utils import TestServer
 from recording_script import Script, Speaker, write_meeting
 
 from conference.config import Settings
+from recorder.archive import Recording, recording_dir
+from recorder.speaking_levels import CACHE_NAME
+from signaling.speaking import recording_figures
 
 ADMIN = "test-admin-key-not-for-production-0123456789"  # tests/conftest.py
 STARTED = 1_790_000_000.0
@@ -65,6 +68,7 @@ async def test_the_sheets_of_a_recording(
     clerk = mint("assembly", "clerk1", "clerk")
     status, detail, _ = await call(server, "/api/recordings/assembly-1", clerk)
     assert status == 200
+    assert (recording_dir(settings.data_dir, "assembly-1") / CACHE_NAME).is_file()  # counted once
     people = {p["identity"]: p for p in detail["speaking_time"]["by_person"]}
     assert people["b"]["floor_s"] == 2.0 and people["b"]["turns"] == 1
 
@@ -88,3 +92,15 @@ async def test_the_sheets_of_a_recording(
     assert status == 403 and "may not see recordings" in data["message"]
     status, _, _ = await call(server, "/api/recordings/nothing-here/speaking-time.csv", clerk)
     assert status == 404
+
+
+async def test_a_first_count_runs_in_its_own_process_and_is_kept(settings: Settings) -> None:
+    script = Script([Speaker("b", "Bob", (0, 255, 0), 660.0, video=False)], duration=2.0, floors=[(0.5, "b")])
+    write_meeting(settings.data_dir, "assembly-2", script, started_at=STARTED, room="assembly")
+    recording = Recording(recording_dir(settings.data_dir, "assembly-2"))
+    # Not waiting: nothing yet, the count goes on in its process.
+    assert await recording_figures(recording, wait_s=0.0) is None
+    figures = await recording_figures(recording, wait_s=30.0)
+    assert figures is not None and figures["by_person"][0]["floor_s"] == 1.5
+    assert figures["by_person"][0]["voiced_s"] > 1.0
+    assert (recording.directory / CACHE_NAME).is_file()

@@ -47,11 +47,12 @@ function longest(rows) {
 }
 
 /**
- * Fill `box` with the chart of `figures`; `download(ext)` saves the CSV or the workbook.
+ * Fill `box` with the chart of `figures`; `download(ext)` saves the CSV or the workbook. No figures
+ * yet with `counting`: the server is still counting a long meeting's first time.
  */
-export function showSpeakingTime(box, figures, download) {
+export function showSpeakingTime(box, figures, download, counting = false) {
   if (!figures) {
-    box.replaceChildren(el("p", { class: "empty" }, t("speaking.none")));
+    box.replaceChildren(el("p", { class: "empty" }, t(counting ? "speaking.counting" : "speaking.none")));
     return;
   }
   const people = figures.by_person ?? [];

@@ -13,6 +13,8 @@ const POLL_MS = 1000;
 const LIST_EVERY_MS = 5000;
 // A signed link from a view is renewed on click when it has less than this left (seconds).
 const LINK_MARGIN_S = 30;
+// Asked again this often while the server counts a long meeting's speaking time the first time.
+const COUNT_RETRY_MS = 5000;
 const RUNNING = new Set(["queued", "pending", "running", "rendering", "started"]);
 
 const $ = (id) => document.getElementById(id);
@@ -276,7 +278,11 @@ class ClerkPage {
             ),
       ),
     );
-    showSpeakingTime($("speaking-time"), r.speakingTime, (ext) => this.saveSheet(id, ext));
+    const counting = !r.speakingTime && r.state !== "recording";
+    showSpeakingTime($("speaking-time"), r.speakingTime, (ext) => this.saveSheet(id, ext), counting);
+    clearTimeout(this.speakingTimer);
+    // A long meeting's first count: the details ask again until the figures are there.
+    if (counting) this.speakingTimer = setTimeout(() => this.selected === id && this.open(id), COUNT_RETRY_MS);
     $("detail-public-box").hidden = !r.publicFigures;
     if (r.publicFigures) renderFigures($("detail-public"), r.publicFigures);
     this.renderLayoutChoices(r);
