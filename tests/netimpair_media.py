@@ -32,6 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_util import chromium_args, ensure_chromium, rest, server_process
 
 IMPAIR = Path("/work/shared/netimpair/impair")
+SERVER_COUNTERS = (
+    "keyframe_requests_relayed",
+    "keyframe_requests_sent",
+    "nacks_received",
+    "nacks_answered",
+    "nacks_sent",
+    "nacks_given_up",
+    "srtp_unprotect_errors",
+)
+_servers: list[Any] = []  # the server of the venues being measured (sfu mode)
 HOST_ADDRESS, NS_ADDRESS, NAMESPACE = "10.77.0.1", "10.77.0.2", "imp"
 
 
@@ -85,6 +95,7 @@ STATS_JS = """async (wantSsrcFrom) => {
       ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, freezeCount: s.freezeCount || 0,
       totalFreezesDuration: s.totalFreezesDuration || 0, jitterBufferDelay: s.jitterBufferDelay || 0,
       jitterBufferTargetDelay: s.jitterBufferTargetDelay || 0,
+      jitterBufferMinimumDelay: s.jitterBufferMinimumDelay || 0,
       jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0,
       packetsLost: s.packetsLost || 0, nackCount: s.nackCount || 0, pliCount: s.pliCount || 0,
       bytesReceived: s.bytesReceived || 0, framesPerSecond: s.framesPerSecond || 0});
@@ -144,6 +155,9 @@ async def two_venues(mode: str, tmp: Path) -> AsyncIterator[tuple[Any, Any]]:
             )
         )
         port = server.url.rsplit(":", 1)[1]
+        if mode == "sfu":
+            _servers.append(server)
+            stack.callback(_servers.remove, server)
         pw = await stack.enter_async_context(async_playwright())
         browser_a = await _browser(pw, namespace_chromium(tmp), camera_a, port)
         stack.push_async_callback(browser_a.close)
@@ -208,8 +222,17 @@ def _inbound_of_a(stats: dict[str, Any]) -> dict[str, Any]:
     return max(stats["inbound"], key=lambda s: s["bytesReceived"])
 
 
+async def _server_counters() -> dict[str, int]:
+    if not _servers:
+        return {}
+    stats = await rest(_servers[-1], "GET", "/api/stats")
+    media = stats.get("media", stats)
+    return {k: int(media.get(k, 0)) for k in SERVER_COUNTERS}
+
+
 async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
     """One window: B's freezes and jitter buffer for A's video; A's estimate and sending."""
+    server0 = await _server_counters()
     b0, a0 = await b.evaluate(STATS_JS, None), await a.evaluate(STATS_JS, None)
     estimates: list[float] = []
     started = time.monotonic()
@@ -219,6 +242,7 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         if now and now["pair"]:
             estimates.append(now["pair"]["availableOutgoingBitrate"])
     b1, a1 = await b.evaluate(STATS_JS, None), await a.evaluate(STATS_JS, None)
+    server1 = await _server_counters()
     elapsed = time.monotonic() - started
     i0, i1 = _inbound_of_a(b0), _inbound_of_a(b1)
     o0 = max(a0["outbound"], key=lambda s: s["bytesSent"])
@@ -250,6 +274,12 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         "nacks_at_a": o1["nackCount"] - o0["nackCount"],
         "estimate_kbit_s_second_half": [round(min(tail) / 1000), round(max(tail) / 1000)],
         "estimate_kbit_s_end": round(estimates[-1] / 1000) if estimates else None,
+        "jitter_buffer_minimum_ms": round(
+            1000 * (i1["jitterBufferMinimumDelay"] - i0["jitterBufferMinimumDelay"]) / emitted, 1
+        )
+        if emitted
+        else None,
+        "server": {k: server1[k] - server0.get(k, 0) for k in server1},
     }
 
 

@@ -47,7 +47,7 @@ def test_retries_are_spaced_by_the_measured_round_trip() -> None:
     assert s.poll(0.01) == ([10], 0)
     assert s.arrived(10, 0.13) == REPAIRED
     assert s.rtt_measured and s.rtt == pytest.approx(0.12)
-    s.set_round_trip(0.5)  # RTCP no longer overrides measured repairs
+    s.set_round_trip(0.05)  # RTCP does not override measured repairs (it is only a floor)
     assert s.rtt == pytest.approx(0.12)
     for i in range(30):  # a steady 120 ms: the variation shrinks, the retry tightens
         t = 1.0 + i
@@ -56,16 +56,50 @@ def test_retries_are_spaced_by_the_measured_round_trip() -> None:
         s.arrived(20 + i, t + 0.13)
     assert s.rtt == pytest.approx(0.12, abs=1e-6)
     assert 0.12 < s.retry_interval < 0.13
-    # A second request waits one retry interval after the first, not a room tick.
+    # A second request waits one retry interval after the first, not a room tick; then the
+    # interval doubles per unanswered request, up to BACKOFF_MAX times.
     s.lost(100, 1, 50.0)
     assert s.poll(50.01) == ([100], 0)
     retry = s.retry_interval
     assert s.poll(50.01 + retry - 0.001) == ([], 0)
     assert s.next_due == pytest.approx(50.01 + retry)
     assert s.poll(50.01 + retry) == ([100], 0)
-    # Karn: a repair after two requests says nothing about the round trip.
+    assert s.next_due == pytest.approx(50.01 + 3 * retry)
+    # Karn: a repair after two requests that either could have caused leaves the estimate alone...
     rtt = s.rtt
-    assert s.arrived(100, 50.5) == REPAIRED and s.rtt == rtt
+    assert s.arrived(100, 50.01 + retry + rtt / 2) == REPAIRED and s.rtt == rtt
+    # ... but one later than the last request by more than the estimate raises it.
+    s.lost(200, 1, 60.0)
+    s.poll(60.01)
+    s.poll(60.01 + retry)
+    s.arrived(200, 60.01 + retry + 0.3)
+    assert s.rtt > rtt
+
+
+def test_a_round_trip_estimate_that_is_too_small_recovers() -> None:
+    """Seeded with 1 ms (RTCP measured before the path got longer, 100 ms now): the backoff lets
+    every answer come back (nothing is given up), their lower bounds pull the estimate up, and the
+    RTCP figure, once it follows the path, is a floor."""
+    s = NackScheduler()
+    s.set_round_trip(0.001)
+    for n in range(30):
+        t0 = n * 2.0
+        s.lost(n, 1, t0)
+        first_ask = None
+        while True:  # events in time order: the polls, then the answer to the first request
+            t = s.next_due
+            if first_ask is not None and first_ask + 0.1 <= t:
+                break
+            due, given_up = s.poll(t)
+            assert not given_up, n
+            if due and first_ask is None:
+                first_ask = t
+        assert s.arrived(n, first_ask + 0.1) == REPAIRED
+    assert 0.03 < s.rtt <= 0.1 and s.given_up == 0
+    s.set_round_trip(0.1)
+    assert s.rtt == pytest.approx(0.1) and s.retry_interval > 0.1
+    s.set_round_trip(0.05)  # a floor only: repairs measured more
+    assert s.rtt == pytest.approx(0.1)
 
 
 def test_gives_up_after_max_tries_and_only_then_reports_it() -> None:

@@ -23,6 +23,29 @@ if TYPE_CHECKING:
 Kind = Literal["audio", "video"]
 Role = Literal["video", "audio", "preview"]
 
+# Playout delay (http://www.webrtc.org/experiments/rtp-hdrext/playout-delay) on video slots: the
+# subscriber's buffer sized to its source's repair time (its publisher's round trip, not the
+# subscriber's), so a retransmission lands before the frame is due. Bounded: a minimum of at most
+# PLAYOUT_MIN_CAP_MS and a maximum of PLAYOUT_MAX_MS keep the meeting conversational; a publisher
+# near the server (repair under PLAYOUT_FLOOR_MS) gets no element: the browser sizes its own buffer.
+PLAYOUT_MAX_MS = 400
+PLAYOUT_MIN_CAP_MS = 300
+PLAYOUT_FLOOR_MS = 40
+PLAYOUT_MARGIN_MS = 20  # a frame's decode and render on top of the repair
+PLAYOUT_HYSTERESIS = 2  # in 10 ms units: smaller changes are not worth a rebuilt extension block
+
+
+def playout_delay_for(repair_s: float | None) -> tuple[int, int] | None:
+    """(min, max) in the extension's 10 ms units for a source whose losses take ``repair_s`` to
+    repair (None: unknown), or None for no element."""
+    if repair_s is None:
+        return None
+    ms = repair_s * 1000 + PLAYOUT_MARGIN_MS
+    if ms < PLAYOUT_FLOOR_MS:
+        return None
+    low = min(PLAYOUT_MIN_CAP_MS, -(-int(ms) // 10) * 10)
+    return (low // 10, PLAYOUT_MAX_MS // 10)
+
 
 class Output(Protocol):
     """Where a down-track's packets go: a WebRTC leg, a plain-RTP socket, Python code."""
@@ -167,6 +190,19 @@ class DownTrack:
         out = self.rewriter.rewrite(data, header, abs_send_time(now), None, False, now)
         if out is not None and self.output.send(out):
             counters.nacks_answered += 1
+
+    def update_playout_delay(self) -> None:
+        """Per tick: the playout delay this slot's packets carry, from its source's repair time."""
+        rewriter, source = self.rewriter, self.source
+        if rewriter is None or not rewriter.sends_playout_delay or self.kind != "video":
+            return
+        nack = source.reception.nack if source is not None else None
+        want = playout_delay_for(nack.repair_time() if nack is not None and nack.rtt_known else None)
+        have = rewriter.playout_delay
+        if (want is None) != (have is None) or (
+            want is not None and have is not None and abs(want[0] - have[0]) >= PLAYOUT_HYSTERESIS
+        ):
+            rewriter.set_playout_delay(want)
 
     def update_sender_report(self) -> None:
         rewriter = self.rewriter

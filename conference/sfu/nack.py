@@ -8,8 +8,12 @@ timer rather than the room's tick (as libwebrtc's ``NackRequester`` and mediasou
   ``REORDER_MIN_S``, at most half the round trip and ``REORDER_MAX_S``.
 - A request is repeated only when its answer is overdue: after the publisher's round trip plus
   twice its variation (TCP's retransmission timer, RFC 6298, with a smaller multiplier: a late
-  repair is a freeze). The round trip is measured on repairs (a packet asked for once and then
-  received), seeded by the transport's RTCP round trip (``set_round_trip``) until there are some.
+  repair is a freeze), doubled after each unanswered request up to 4x (an estimate that is too
+  small, e.g. measured before the path got longer, still lets an answer come back). The round trip
+  is measured on repairs: a packet asked for once gives a sample; one asked for several times
+  (Karn: which request did it answer?) only bounds it (later than the last request: at least
+  that; sooner than the first: at most that). The transport's RTCP round trip
+  (``set_round_trip``) seeds it until repairs say more.
 - A packet is given up after ``MAX_TRIES`` requests or ``MAX_AGE_S``, or when more than ``WINDOW``
   are missing; only then is a keyframe worth asking for (``poll`` reports how many were given up).
   A keyframe that arrives makes everything missing before it moot (``keyframe``).
@@ -33,7 +37,8 @@ UNKNOWN = 0  # not missing: a duplicate, or one given up on already
 REORDERED = 1  # missing, not asked for yet: it was only late
 REPAIRED = 2  # asked for: a retransmission (or an original later than a request)
 
-_DETECTED, _DUE, _ASKED, _TRIES = range(4)
+BACKOFF_MAX = 4  # the retry interval doubles per unanswered request, up to this factor
+_DETECTED, _DUE, _ASKED, _TRIES, _FIRST_ASKED = range(5)
 
 
 class NackScheduler:
@@ -43,6 +48,7 @@ class NackScheduler:
         "_dropped",
         "_reorder",
         "_reorder_at",
+        "_rtt_given",
         "given_up",
         "missing",
         "next_due",
@@ -54,12 +60,13 @@ class NackScheduler:
     )
 
     def __init__(self) -> None:
-        # sequence -> [detected, due, last asked (0: never), tries]
+        # sequence -> [detected, due, last asked (0: never), tries, first asked]
         self.missing: dict[int, list[float]] = {}
         self.next_due = float("inf")
         self.rtt = DEFAULT_RTT_S
         self.rttvar = DEFAULT_RTT_S / 2
         self.rtt_measured = False  # from repairs (else the transport's RTCP round trip, or the default)
+        self._rtt_given = False
         self._reorder = 0.0
         self._reorder_at = 0.0
         self.requests = 0  # sequence numbers asked for, retries included
@@ -75,7 +82,7 @@ class NackScheduler:
         due = now + self.reorder_allowance(now)
         missing = self.missing
         for i in range(count):
-            missing[(first + i) & 0xFFFF] = [now, due, 0.0, 0]
+            missing[(first + i) & 0xFFFF] = [now, due, 0.0, 0, 0.0]
         if len(missing) > WINDOW:
             for old in list(missing)[: len(missing) - WINDOW]:
                 del missing[old]
@@ -95,8 +102,14 @@ class NackScheduler:
                 self._reorder, self._reorder_at = late, now
             return REORDERED
         self.repairs += 1
-        if entry[_TRIES] == 1:  # Karn: a repair after a retry does not say which request it answers
+        if entry[_TRIES] == 1:
             self._rtt_sample(now - entry[_ASKED])
+        else:  # Karn: which request it answers is unknown, but the bounds are certain
+            at_least, at_most = now - entry[_ASKED], now - entry[_FIRST_ASKED]
+            if at_least > self.rtt:
+                self._rtt_sample(at_least)
+            elif at_most < self.rtt:
+                self._rtt_sample(at_most)
         return REPAIRED
 
     def keyframe(self, seq: int) -> None:
@@ -115,10 +128,17 @@ class NackScheduler:
     # -- the round trip ---------------------------------------------------------------------------
 
     def set_round_trip(self, rtt: float) -> None:
-        """The transport's RTCP round trip, used until repairs have been timed."""
-        if not self.rtt_measured and 0.0 < rtt < 10.0:
+        """The transport's RTCP round trip: the estimate until repairs have been timed, and a floor
+        after (a repair cannot come back sooner; ambiguous repairs can leave the estimate low)."""
+        if not 0.0 < rtt < 10.0:
+            return
+        self._rtt_given = True
+        if not self.rtt_measured:
             self.rtt = rtt
             self.rttvar = rtt / 2
+        elif rtt > self.rtt:
+            self.rttvar = max(self.rttvar, (rtt - self.rtt) / 2)
+            self.rtt = rtt
 
     def _rtt_sample(self, sample: float) -> None:
         if sample <= 0.0:
@@ -129,6 +149,16 @@ class NackScheduler:
             return
         self.rttvar += (abs(self.rtt - sample) - self.rttvar) / 4  # RFC 6298 beta = 1/4
         self.rtt += (sample - self.rtt) / 8  # alpha = 1/8
+
+    @property
+    def rtt_known(self) -> bool:
+        """Whether ``rtt`` was measured (repairs) or given (RTCP), not the default."""
+        return self.rtt_measured or self._rtt_given
+
+    def repair_time(self) -> float:
+        """How long a lost packet takes to be repaired by one request: the reordering allowance,
+        then the round trip and its variation (what a subscriber's buffer must cover)."""
+        return self.reorder_allowance(self._reorder_at) + self.rtt + 2 * self.rttvar
 
     @property
     def retry_interval(self) -> float:
@@ -158,9 +188,11 @@ class NackScheduler:
                 given_up += 1
                 continue
             if now >= entry[_DUE]:
+                if not entry[_TRIES]:
+                    entry[_FIRST_ASKED] = now
                 entry[_ASKED] = now
                 entry[_TRIES] += 1
-                entry[_DUE] = now + retry
+                entry[_DUE] = now + retry * min(BACKOFF_MAX, 1 << (int(entry[_TRIES]) - 1))
                 due.append(seq)
             if entry[_DUE] < next_due:
                 next_due = entry[_DUE]

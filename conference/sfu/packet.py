@@ -18,6 +18,7 @@ _RTP_EXT_HEADER = struct.Struct("!BBHIIHH")
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+URI_PLAYOUT_DELAY = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 
 PROFILE_ONE_BYTE = 0xBEDE
 PROFILE_TWO_BYTE = 0x1000  # the low 4 bits ("appbits") may be anything
@@ -197,10 +198,16 @@ class ExtensionMap(NamedTuple):
     mid: int = 0
     abs_send_time: int = 0
     audio_level: int = 0
+    playout_delay: int = 0
 
     @classmethod
     def from_uris(cls, ids: Mapping[str, int]) -> ExtensionMap:
-        return cls(ids.get(URI_MID, 0), ids.get(URI_ABS_SEND_TIME, 0), ids.get(URI_AUDIO_LEVEL, 0))
+        return cls(
+            ids.get(URI_MID, 0),
+            ids.get(URI_ABS_SEND_TIME, 0),
+            ids.get(URI_AUDIO_LEVEL, 0),
+            ids.get(URI_PLAYOUT_DELAY, 0),
+        )
 
 
 class _ExtensionBlock(NamedTuple):
@@ -212,18 +219,22 @@ class _ExtensionBlock(NamedTuple):
     suffix: bytes  # the mid element and padding
 
 
-def _extension_block(ext: ExtensionMap, mid: bytes, with_level: bool) -> _ExtensionBlock:
+def _extension_block(
+    ext: ExtensionMap, mid: bytes, with_level: bool, playout_delay: tuple[int, int] | None = None
+) -> _ExtensionBlock:
     """Precompute a down-track's header extension block.
 
     The per-packet part (audio level and abs-send-time) is one 64-bit word, so each packet costs an
     OR: ``tag | level << shift | abs_send_time``. An element that is not negotiated becomes zero
-    padding, which RFC 8285 allows between elements in both forms. The mid is constant per slot.
+    padding, which RFC 8285 allows between elements in both forms. The mid is constant per slot,
+    and so is the playout delay (``(min, max)`` in 10 ms units, 12 bits each) between changes.
     """
     for value in ext:
         if not 0 <= value <= 255:
             raise ValueError(f"header extension ids must be 0..255: {ext}")
     level_id = ext.audio_level if with_level else 0
-    ids = [x for x in (ext.mid, ext.abs_send_time, level_id) if x]
+    delay_id = ext.playout_delay if playout_delay is not None else 0
+    ids = [x for x in (ext.mid, ext.abs_send_time, level_id, delay_id) if x]
     if len(ids) != len(set(ids)):
         raise ValueError(f"header extension ids collide: {ext}")
     if ext.mid and not 1 <= len(mid) <= 255:
@@ -252,6 +263,12 @@ def _extension_block(ext: ExtensionMap, mid: bytes, with_level: bool) -> _Extens
             tag |= (ext.abs_send_time << 32) | (3 << 24)
             abs_mask = 0xFFFFFF
         suffix = bytes([ext.mid, len(mid)]) + mid if ext.mid else b""
+    if playout_delay is not None and delay_id:
+        low, high = playout_delay
+        if not (0 <= low <= high <= 0xFFF):
+            raise ValueError(f"playout delay out of range: {playout_delay}")
+        value = ((low << 12) | high).to_bytes(3, "big")
+        suffix += (bytes([(delay_id << 4) | 2]) if one_byte else bytes([delay_id, 3])) + value
     suffix += b"\x00" * (-(8 + len(suffix)) % 4)
     words = (8 + len(suffix)) // 4
     return _ExtensionBlock(_EXT_HEADER.pack(profile, words), tag, abs_mask, level_mask, level_shift, suffix)

@@ -54,9 +54,11 @@ class StreamRewriter:
 
     __slots__ = (
         "_abs_mask",
+        "_ext",
         "_level_mask",
         "_level_shift",
         "_live",
+        "_mid",
         "_min_step",
         "_pack",
         "_pack_vp8",
@@ -86,6 +88,7 @@ class StreamRewriter:
         "packets_dropped",
         "packets_sent",
         "payload_type",
+        "playout_delay",
         "seq_offset",
         "source_ssrc",
         "ssrc",
@@ -120,18 +123,10 @@ class StreamRewriter:
         self._vp8 = codec == "vp8"
         # A switch never moves the clock back and, for audio, never overlaps the previous frame.
         self._min_step = clock_rate // 50 if kind == "audio" else 1
-        block = _extension_block(ext, mid, kind == "audio")
-        self._prefix = block.prefix
-        self._suffix = block.suffix
-        self._tag = block.tag
-        self._abs_mask = block.abs_mask
-        self._level_mask = block.level_mask
-        self._level_shift = block.level_shift
-        # RTP header + extension profile/length + variable word + mid and padding: one pack call;
-        # the VP8 variant adds the descriptor browsers send (X, I with a 15-bit picture id).
-        head = f"!BBHII4sQ{len(block.suffix)}s"
-        self._pack = struct.Struct(head).pack
-        self._pack_vp8 = struct.Struct(head + "BBH").pack
+        self._ext = ext
+        self._mid = mid
+        self.playout_delay: tuple[int, int] | None = None
+        self._build_extensions()
         # The output stream so far ("last" values are what the next packet continues from).
         start_seq = random.getrandbits(16) if first_sequence is None else first_sequence
         self.last_timestamp = random.getrandbits(32) if first_timestamp is None else first_timestamp & TS_MASK
@@ -162,6 +157,31 @@ class StreamRewriter:
         self._pending_payload_type: int | None = None
 
     # -- control (rare) ---------------------------------------------------------------------------
+
+    def _build_extensions(self) -> None:
+        block = _extension_block(self._ext, self._mid, self.kind == "audio", self.playout_delay)
+        self._prefix = block.prefix
+        self._suffix = block.suffix
+        self._tag = block.tag
+        self._abs_mask = block.abs_mask
+        self._level_mask = block.level_mask
+        self._level_shift = block.level_shift
+        # RTP header + extension profile/length + variable word + mid and padding: one pack call;
+        # the VP8 variant adds the descriptor browsers send (X, I with a 15-bit picture id).
+        head = f"!BBHII4sQ{len(block.suffix)}s"
+        self._pack = struct.Struct(head).pack
+        self._pack_vp8 = struct.Struct(head + "BBH").pack
+
+    @property
+    def sends_playout_delay(self) -> bool:
+        return bool(self._ext.playout_delay)
+
+    def set_playout_delay(self, delay: tuple[int, int] | None) -> None:
+        """The playout-delay element every packet carries from now on ((min, max) in 10 ms units;
+        None: none). Only if the subscriber negotiated the extension."""
+        if delay != self.playout_delay and self._ext.playout_delay:
+            self.playout_delay = delay
+            self._build_extensions()
 
     def switch(
         self, ssrc: int | None = None, *, codec: Codec | None = None, payload_type: int | None = None

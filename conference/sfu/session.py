@@ -28,7 +28,8 @@ from ..media import MediaError, SessionOptions
 from ..sdp_bounds import SdpBounds, SdpTooComplex, check_sdp
 from . import aiortc_glue as glue
 from .consumer import DownTrack, Role
-from .packet import FORWARDED_CODECS, CodecInfo, parse_header
+from .extmap import answered_extension, offer_extension
+from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, parse_header
 from .producer import Producer
 from .rewriter import StreamRewriter
 from .transport import Kind, Transport
@@ -162,6 +163,9 @@ class Session(Transport):
         sdp = _add_fir_feedback(pc.localDescription.sdp)
         if self.publish:
             sdp, _ = offer_transport_cc(sdp, self._publish_mids())
+        video_slots = {self.transceivers[t].mid for t in (*self.video, *self.previews)}
+        if video_slots:
+            sdp, _ = offer_extension(sdp, {m for m in video_slots if m is not None}, URI_PLAYOUT_DELAY)
         self.offer = {
             "sdp": sdp,
             "type": "offer",
@@ -208,8 +212,11 @@ class Session(Transport):
         except Exception as exc:
             self.answer_refused = str(exc)
             raise MediaError("bad_sdp", f"cannot apply the answer: {exc}") from None
+        playout_delay = answered_extension(sdp, URI_PLAYOUT_DELAY)
         for track, transceiver in self.transceivers.items():
             ids = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
+            if track.kind == "video" and transceiver.mid in playout_delay:
+                ids[URI_PLAYOUT_DELAY] = playout_delay[transceiver.mid]
             codecs = codec_info(glue.negotiated_codecs(transceiver))
             if not track.configure(glue.sender_ssrc(transceiver.sender), codecs, ids, transceiver.mid or ""):
                 logger.info("%s: slot %s negotiated no codec we forward", self, transceiver.mid)

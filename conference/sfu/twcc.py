@@ -17,11 +17,11 @@ RTCP transport feedback (PT 205, FMT 15) with each packet's arrival delta or its
 
 from __future__ import annotations
 
-import re
 import struct
 import time
 from collections.abc import Sequence
 
+from .extmap import answered_extension, offer_extension
 from .packet import RtpHeader, find_extension
 
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -233,55 +233,14 @@ class TransportCcReceiver:
 
 # --- SDP ----------------------------------------------------------------------------------------
 
-_EXTMAP = re.compile(r"^a=extmap:(\d+)(?:/\w+)? (\S+)")
-
 
 def offer_transport_cc(sdp: str, mids: set[str]) -> tuple[str, int]:
     """Our offer with the transport-cc extension and ``a=rtcp-fb:<pt> transport-cc`` added to the
     m-sections ``mids`` (what endpoints publish); returns (sdp, the extension id)."""
-    lines = sdp.split("\r\n")
-    used = {int(m.group(1)) for line in lines if (m := _EXTMAP.match(line))}
-    ext_id = next(i for i in range(1, 15) if i not in used)
-    sections: list[list[str]] = [[]]
-    for line in lines:
-        if line.startswith("m="):
-            sections.append([])
-        sections[-1].append(line)
-    out = sections[0]
-    for section in sections[1:]:
-        mid = next((line[6:] for line in section if line.startswith("a=mid:")), None)
-        if mid not in mids:
-            out += section
-            continue
-        payload_types = [line[9:].split(" ", 1)[0] for line in section if line.startswith("a=rtpmap:")]
-        added: list[str] = []
-        for line in section:
-            added.append(line)
-            if line.startswith("a=rtpmap:"):
-                pt = line[9:].split(" ", 1)[0]
-                if pt in payload_types:
-                    added.append(f"a=rtcp-fb:{pt} transport-cc")
-        last_extmap = max((i for i, line in enumerate(added) if line.startswith("a=extmap:")), default=-1)
-        at = (
-            last_extmap + 1
-            if last_extmap >= 0
-            else next(i + 1 for i, line in enumerate(added) if line.startswith("a=mid:"))
-        )
-        added.insert(at, f"a=extmap:{ext_id} {URI_TRANSPORT_CC}")
-        out += added
-    return "\r\n".join(out), ext_id
+    return offer_extension(sdp, mids, URI_TRANSPORT_CC, "transport-cc")
 
 
 def answered_transport_cc(sdp: str, mids: set[str]) -> int:
     """The transport-cc extension id the answer accepted in any of the m-sections ``mids`` (0:
     none: the endpoint does not do transport-cc and gets REMB only)."""
-    for section in sdp.replace("\r\n", "\n").split("\nm=")[1:]:
-        lines = section.split("\n")
-        mid = next((line[6:].strip() for line in lines if line.startswith("a=mid:")), None)
-        if mid not in mids:
-            continue
-        for line in lines:
-            m = _EXTMAP.match(line.strip())
-            if m and m.group(2) == URI_TRANSPORT_CC:
-                return int(m.group(1))
-    return 0
+    return next((i for mid, i in answered_extension(sdp, URI_TRANSPORT_CC).items() if mid in mids), 0)
