@@ -1,10 +1,12 @@
 """Benchmark of the public's side: viewers with an event stream each, posting likes and comments
 (not collected by pytest).
 
-    python tests/bench_comments.py [--viewers 1000] [--seconds 20] [--abusers 50]
+    python tests/bench_comments.py [--viewers 1000] [--seconds 20] [--abusers 50] [--venues 4]
 
-One server (signaling only, the default SQLite stores in a temporary data directory) in this
-process; the crowd in a child process so the clients do not share the server's loop. Every
+One server (the default SQLite stores in a temporary data directory) in this process, with a small
+meeting in its media core (``--venues`` publishers fed in-process, as in tests/bench_live.py, and
+one screen receiving the 2x2 program; 0: signaling only); the crowd in a child process so the
+clients do not share the server's loop. A first phase measures the meeting alone. Every
 simulated viewer opens ``GET /w/{code}/events`` and stays on it. Two phases of ``--seconds``:
 
 - realistic: each viewer taps likes in bursts (a POST of 1-5 every 3-10 s) and a few post a
@@ -160,18 +162,54 @@ async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
         samples.append(time.perf_counter() - started - 0.005)
 
 
-async def run(viewers: int, seconds: float, abusers: int, data_dir: Path) -> None:
+async def meeting_of(venues: int) -> tuple[Any, list[Any], dict[str, int]]:
+    """``venues`` in-process publishers (the live benchmark's clips) and one screen receiving the
+    program: the media core forwards while the public side is under load."""
+    from bench_live import publish
+    from test_sfu_support import Meeting
+
+    from conference.roles import Role
+    from conference.room import Participant, join, set_program
+
+    meeting = Meeting(max_endpoints=venues + 2)
+    await meeting.start()
+    publishers = await publish(meeting, venues)
+    received = {"packets": 0}
+    screen = Participant("screen", "screen", Role.VIEWER)
+    state, _ = await meeting.store.update(meeting.room, lambda s: join(s, screen))
+    transport = await meeting.backend.open_direct(
+        meeting.room,
+        "screen",
+        state,
+        video_slots=4,
+        audio_slots=3,
+        on_packet=lambda *a: received.__setitem__("packets", received["packets"] + 1),
+    )
+    transport.start()
+    await meeting.command(set_program, "grid-2x2", [f"hall-{i}" for i in range(min(4, venues))])
+    return meeting, publishers, received
+
+
+async def run(viewers: int, seconds: float, abusers: int, venues: int, data_dir: Path) -> None:
     import aiohttp
     from aiohttp import web
     from browser_util import free_port
 
     from conference.config import Settings
+    from conference.sfu.stats import window_percentile
     from signaling.app import create_app
 
     settings = Settings(
-        data_dir=data_dir, secret="b" * 40, admin_key=ADMIN, media=False, trust_forwarded_for=True
+        data_dir=data_dir, secret="b" * 40, admin_key=ADMIN, media=venues > 0, trust_forwarded_for=True
     )
-    app = create_app(settings)
+    meeting: Any = None
+    publishers: list[Any] = []
+    received = {"packets": 0}
+    if venues:
+        meeting, publishers, received = await meeting_of(venues)
+        app = create_app(settings, media=meeting.backend, store=meeting.store)
+    else:
+        app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -179,43 +217,68 @@ async def run(viewers: int, seconds: float, abusers: int, data_dir: Path) -> Non
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {ADMIN}"}
     try:
+        room = meeting.room if meeting is not None else "council"
         async with aiohttp.ClientSession() as http:
-            await http.post(f"{base}/api/rooms", json={"room": "council"}, headers=auth)
-            async with http.get(f"{base}/api/rooms/council/public", headers=auth) as resp:
+            await http.post(f"{base}/api/rooms", json={"room": room}, headers=auth)
+            async with http.get(f"{base}/api/rooms/{room}/public", headers=auth) as resp:
                 code = (await resp.json())["code"]
-        for phase, bad in (("realistic", 0), ("abusive", abusers)):
+        phases = [("realistic", 0), ("abusive", abusers)]
+        if venues:
+            phases.insert(0, ("meeting alone", -1))
+        for phase, bad in phases:
+            before = meeting.backend.stats()["forward_delay_us"]["histogram"] if meeting else {}
+            packets0 = received["packets"]
             samples: list[float] = []
             stop = asyncio.Event()
             sampler = asyncio.create_task(loop_lag(samples, stop))
             cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            child = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--crowd", base, code, str(viewers), str(seconds), str(bad),
-                stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await child.communicate()
+            if bad < 0:  # the meeting without the public
+                await asyncio.sleep(seconds)
+                out = json.dumps({"status": {}, "delays": [], "streams": 0, "stream_errors": 0, "probes": 0})
+            else:
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "--crowd", base, code, str(viewers), str(seconds), str(bad),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out = (await child.communicate())[0].decode()
             cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
             stop.set()
             await sampler
-            result = json.loads(out.decode().strip().splitlines()[-1])
+            result = json.loads(out.strip().splitlines()[-1])
+            media = ""
+            if meeting is not None:
+                after = meeting.backend.stats()["forward_delay_us"]["histogram"]
+                media = (
+                    f"; meeting: forwarding p99 {window_percentile(before, after, 99)} us, "
+                    f"screen got {(received['packets'] - packets0) / (wall1 - wall0):.0f} packets/s"
+                )
             cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
             delays = [d for d in result["delays"] if d != float("inf")]
             missed = len(result["delays"]) - len(delays)
             statuses = result["status"]
             answered = sum(statuses.values())
+            lag = f"loop lag p99 {pct(samples, 0.99) * 1000:.1f} ms, max {max(samples) * 1000:.0f} ms"
+            cores = f"server CPU {cpu / (wall1 - wall0):.2f} core"
+            if bad < 0:
+                print(f"{phase}: {cores}; {lag}{media}", flush=True)
+                continue
             print(
                 f"{phase}: {viewers} viewers ({result['streams']} streams, "
                 f"{result['stream_errors']} broken), "
                 f"{bad} abusers; {answered / seconds:.0f} posts/s answered "
                 f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}); "
-                f"server CPU {cpu / (wall1 - wall0):.2f} core (incl. stream set-up); "
-                f"loop lag p99 {pct(samples, 0.99) * 1000:.1f} ms, max {max(samples) * 1000:.0f} ms; "
+                f"{cores} (incl. stream set-up); {lag}; "
                 f"likes pushed to every viewer: p50 {pct(delays, 0.5):.2f} s, p99 {pct(delays, 0.99):.2f} s, "
                 f"max {max(delays, default=0):.2f} s over {result['probes']} probes x {viewers} viewers"
-                f" ({missed} not seen)",
+                f" ({missed} not seen){media}",
                 flush=True,
             )
     finally:
+        for publisher in publishers:
+            publisher.pause()
         await runner.cleanup()
+        if meeting is not None:
+            await meeting.close()
 
 
 async def main() -> int:
@@ -223,6 +286,7 @@ async def main() -> int:
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--abusers", type=int, default=50)
+    parser.add_argument("--venues", type=int, default=4, help="in-process publishers of a meeting (0: none)")
     parser.add_argument("--crowd", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.crowd:
@@ -233,7 +297,7 @@ async def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     print(f"public side: load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        await run(args.viewers, args.seconds, args.abusers, Path(tmp))
+        await run(args.viewers, args.seconds, args.abusers, args.venues, Path(tmp))
     return 0
 
 
