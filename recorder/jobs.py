@@ -21,6 +21,7 @@ from typing import Any
 
 from .archive import Recording, make_private_dir, recording_dir, write_private_text
 from .render import RenderError, RenderOptions, check_layout_spec, parse_size, parse_time, render
+from .titles import LANGUAGES
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,17 @@ def job_id_for(options: RenderOptions) -> str:
         parts.append(f"{options.start or 0:g}-{'end' if options.end is None else format(options.end, 'g')}")
     if not options.captions:
         parts.append("nocaptions")
+    if options.language is not None:
+        parts.append(options.language.lower())
     return "-".join(parts)
 
 
 def options_from_request(data: dict[str, Any]) -> RenderOptions:
-    """Render options from a request body (``layout``, ``size``, ``from``, ``to``, ``captions``)."""
+    """Render options from a request body (``layout``, ``size``, ``from``, ``to``, ``captions``,
+    ``language``)."""
     if not isinstance(data, dict):
         raise JobError("bad_request", "expected a JSON object")
-    unknown = set(data) - {"layout", "size", "from", "to", "captions"}
+    unknown = set(data) - {"layout", "size", "from", "to", "captions", "language"}
     if unknown:
         raise JobError("bad_request", f"unknown fields: {', '.join(sorted(unknown))}")
     layout = data.get("layout", "program")
@@ -64,6 +68,9 @@ def options_from_request(data: dict[str, Any]) -> RenderOptions:
     captions = data.get("captions", True)
     if not isinstance(size, str) or not isinstance(captions, bool):
         raise JobError("bad_request", "size must be a string like 1280x720 and captions true or false")
+    language = data.get("language")
+    if language is not None and language not in LANGUAGES:
+        raise JobError("bad_request", f"language must be one of {', '.join(LANGUAGES)}")
     try:
         check_layout_spec(layout)
         width, height = parse_size(size)
@@ -78,6 +85,7 @@ def options_from_request(data: dict[str, Any]) -> RenderOptions:
             start=parse_time(start),
             end=parse_time(end),
             captions=captions,
+            language=language,
         )
     except RenderError as exc:
         code = "unknown_layout" if "unknown layout" in str(exc) else "bad_request"
@@ -96,6 +104,7 @@ def options_from_job(job: dict[str, Any]) -> RenderOptions:
         start=job.get("from"),
         end=job.get("to"),
         captions=bool(job.get("captions", True)),
+        language=job.get("language"),
     )
 
 

@@ -88,6 +88,8 @@ class RenderOptions:
     threads: int = 0
     crf: int = 23
     vtt: bool = True
+    # The chapters' and the comment caption's language (zh-CN, en); None: the recording's own.
+    language: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class RenderOptions:
             "from": self.start,
             "to": self.end,
             "captions": self.captions,
+            "language": self.language,
         }
 
 
@@ -404,8 +407,8 @@ def render(
     duration = end - start
     fps = options.fps
     frame_count = max(1, round(duration * fps))
-    chapters = chapters_of(recording, t0, t0 + duration)
-    language = titles.recording_language(recording.meta)
+    language = options.language or titles.recording_language(recording.meta)
+    chapters = chapters_of(recording, t0, t0 + duration, language)
 
     cursor = TimelineCursor(recording.timeline)
     tracks = recording.tracks

@@ -15,6 +15,7 @@ import numpy as np
 from .font import caption, fit_text, text_mask
 
 DEFAULT_LANGUAGE = "zh-CN"
+LANGUAGES = ("zh-CN", "en")  # what titles, chapters and captions can be written in
 
 # The pages' names for the layouts (web/i18n.js, layouts.*), for titles outside a browser.
 LAYOUT_NAMES: dict[str, dict[str, str]] = {

@@ -331,6 +331,8 @@ async def create_render(request: web.Request) -> web.Response:
         options = options_from_request(body)
     except JobError as exc:
         raise json_error(STATUS_FOR_CODE.get(exc.code, 400), exc.code, exc.message) from None
+    if options.language == recording_language(recording.meta):
+        options.language = None  # the recording's own: the same job as the default render's
     _layout, _, arg = options.layout.partition(":")
     if arg:
         known = {p["identity"] for p in recording.participants()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -138,6 +139,7 @@ async def test_render_job_progress_and_range_download(
         ({"layout": "single:zed"}, "bad_request"),
         ({"layout": "grid", "colour": "red"}, "bad_request"),
         ({"layout": "grid", "from": 5, "to": 1}, "bad_request"),
+        ({"layout": "grid", "language": "fr"}, "bad_request"),
     ):
         status, data, _ = await call(server, "POST", f"{base}/renders", clerk, json=body)
         assert status == 400 and data["error"] == code, (body, data)
@@ -200,6 +202,29 @@ async def test_render_job_progress_and_range_download(
     status, vtt, resp = await call(server, "GET", url + "&file=vtt", clerk)
     assert status == 200 and resp.headers["Content-Type"].startswith("text/vtt")
     assert "发言：Bob".encode() in vtt  # noqa: RUF001
+
+    # Asking in the recording's own language is the same render; in English it is another, with
+    # its chapters in English (the clerk page asks in its own language).
+    status, same, _ = await call(
+        server,
+        "POST",
+        f"{base}/renders",
+        clerk,
+        json={"layout": "grid", "size": "320x180", "language": "zh-CN"},
+    )
+    assert status == 200 and same["id"] == "grid-320x180", same
+    status, job, _ = await call(
+        server, "POST", f"{base}/renders", clerk, json={"layout": "grid", "size": "320x180", "language": "en"}
+    )
+    assert status == 202 and job["id"] == "grid-320x180-en" and job["language"] == "en", job
+    for _ in range(300):
+        status, job, _ = await call(server, "GET", f"{base}/renders/grid-320x180-en", clerk)
+        if job["state"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    assert job["state"] == "done", job
+    status, vtt_en, _ = await call(server, "GET", f"{base}/download?render=grid-320x180-en&file=vtt", clerk)
+    assert status == 200 and b"Floor: Bob" in vtt_en and "发言".encode() not in vtt_en
 
     # A venue may not download; a clerk of another room may not either.
     status, _, _ = await call(server, "GET", url, mint("assembly", "v", "venue"))

@@ -394,7 +394,8 @@ class ClerkPage {
     try {
       await this.api.json(`/api/recordings/${encodeURIComponent(this.selected)}/renders`, {
         method: "POST",
-        body: JSON.stringify({ layout: form.get("layout"), size: form.get("size") }),
+        // Chapters and subtitles in the page's language (the recording's own by default).
+        body: JSON.stringify({ layout: form.get("layout"), size: form.get("size"), language: lang() }),
       });
       notify(t("clerk.render_started"), "info");
     } catch (err) {
