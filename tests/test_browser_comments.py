@@ -112,6 +112,15 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
     for _ in range(3):
         await page_a.click("#like")
     await eventually(lambda: page_b.text_content("#likes"), lambda t: t == "3", 4, "page B's likes")
+    # A like of a comment counts for that comment (the panels' "by likes") and for the meeting.
+    await page_a.click("#comment-list li[data-id='1'] .comment-like")
+    await eventually(lambda: page_b.text_content("#likes"), lambda t: t == "4", 4, "page B's likes again")
+
+    async def likes_of_first() -> int:
+        listed = (await rest(server, "GET", "/api/rooms/council/comments"))["comments"]
+        return next(c["likes"] for c in listed if c["id"] == 1)
+
+    await eventually(likes_of_first, lambda n: n == 1, 3, "the comment's like")
 
     # The moderator replies under its own name: the reply shows on the public page, naming whom.
     await moderator.fill(".comments-list .reply-text", "下月起恢复")

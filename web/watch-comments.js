@@ -21,6 +21,7 @@ export class PublicComments {
     this.comments = new Map(); // id -> approved comment
     this.likes = 0;
     this.unsent = 0; // taps not sent yet
+    this.unsentFor = new Map(); // comment id -> taps on that comment not sent yet
     this.sending = false;
     this.source = null;
     this.pollTimer = null;
@@ -87,7 +88,8 @@ export class PublicComments {
   }
 
   apply(comment) {
-    if (comment.status === "approved") this.comments.set(comment.id, comment);
+    const mine = this.unsentFor.get(comment.id) || 0; // taps this page has not sent yet
+    if (comment.status === "approved") this.comments.set(comment.id, { ...comment, likes: (comment.likes || 0) + mine });
     else this.comments.delete(comment.id);
     this.render();
   }
@@ -107,20 +109,36 @@ export class PublicComments {
     $("like").classList.add("pop");
   }
 
+  tapComment(comment) {
+    this.unsentFor.set(comment.id, (this.unsentFor.get(comment.id) || 0) + 1);
+    comment.likes = (comment.likes || 0) + 1; // shown at once; a like of a comment counts for the meeting too
+    this.likes += 1;
+    this.render();
+  }
+
+  /** At most one POST a second: a comment's taps first (one comment a post), else the meeting's. */
   async flushLikes() {
-    if (!this.unsent || this.sending) return;
-    const count = Math.min(this.unsent, 50);
-    this.unsent -= count;
+    if (this.sending) return;
+    const [comment, taps] = this.unsentFor.entries().next().value ?? [null, 0];
+    if (!taps && !this.unsent) return;
+    const count = Math.min(comment != null ? taps : this.unsent, 50);
+    const keep = (n) => {
+      if (comment != null) this.unsentFor.set(comment, (this.unsentFor.get(comment) || 0) + n);
+      else this.unsent += n;
+    };
+    if (comment != null) this.unsentFor.delete(comment);
+    else this.unsent -= count;
+    if (comment != null && taps > count) keep(taps - count);
     this.sending = true;
     try {
       const resp = await fetch(`/w/${this.code}/likes`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ count }),
+        body: JSON.stringify(comment != null ? { count, comment } : { count }),
       });
-      if (resp.status === 429) this.unsent += count; // sent again after the wait, nothing lost
+      if (resp.status === 429) keep(count); // sent again after the wait, nothing lost
     } catch (err) {
-      this.unsent += count;
+      keep(count);
     } finally {
       this.sending = false;
     }
@@ -189,7 +207,13 @@ export class PublicComments {
       const body = document.createElement("p");
       body.className = "comment-body";
       body.textContent = c.text;
-      li.append(head, body);
+      const like = Object.assign(document.createElement("button"), {
+        type: "button",
+        className: "comment-like",
+        textContent: tw("comments.like", { n: c.likes || 0 }),
+      });
+      like.addEventListener("click", () => this.tapComment(c));
+      li.append(head, body, like);
       return li;
     });
     $("comment-list").replaceChildren(...items);
