@@ -200,6 +200,21 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
                 30,
                 "the recalled preset",
             )
+            # "The speaker full screen": whoever has the floor when it is taken.
+            await rest(
+                server, "POST", "/api/rooms/council/commands", {"type": "grant_floor", "identity": "hall-b"}
+            )
+            await eventually(
+                lambda: chair.evaluate("window.conference.client.mirror.floor"),
+                lambda f: f == "hall-b",
+                10,
+                "floor",
+            )
+            await chair.click("#preset-list li[data-preset='@floor'] .preset-recall", force=True)
+            await chair.keyboard.press("Enter")
+            await eventually(
+                lambda: slot_colours(tabs["hall-a"]), lambda c: c == {0: "green"}, 30, "the speaker"
+            )
             # The console edits the running order: a roster imported from a file (a bad one is refused
             # naming its line, nothing changes), an agenda item added during the meeting.
             bad = "identity,name\nhall-a,第一分会场\nhall-a,重复\n".encode()
@@ -245,9 +260,21 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
                 10,
                 "the added item",
             )
+            # The public page shows the current item under the title, marked in the agenda.
+            public = await rest(server, "GET", "/api/rooms/council/public")
+            watch = await chair.context.new_page()
+            await watch.goto(public["url"])
+            await eventually(
+                lambda: watch.text_content("#now-item"),
+                lambda text: text == f"正在进行：{AGENDA[2]['title']}",  # noqa: RUF001
+                15,
+                "the public page's current item",
+            )
+            assert await watch.text_content("#agenda li.current") == AGENDA[2]["title"]
+            await watch.close()
             state = await rest(server, "GET", "/api/rooms/council")
             assert state["agenda_index"] == 2 and state["agenda"][3]["planned_s"] == 900
-            assert state["program"] == {"layout": "pip", "slots": ["hall-c", "hall-a"]}
+            assert state["program"] == {"layout": "single", "slots": ["hall-b"]}
             assert errors == []
         finally:
             for browser in browsers:

@@ -10,6 +10,8 @@ import { el, errorText, notify } from "./ui.js";
 const $ = (id) => document.getElementById(id);
 const KINDS = ["speech", "film", "remote_link", "department_answers", "open_discussion", "vote", "other"];
 const FLOOR = "@floor";
+// "The speaker full screen": whoever has the floor when it is taken.
+const SPEAKER_FULL_SCREEN = { layout: "single", slots: [FLOOR] };
 
 export const orderMethods = {
   startOrder() {
@@ -23,6 +25,9 @@ export const orderMethods = {
       if (!title) return;
       const minutes = Number($("agenda-new-minutes").value || 0);
       const item = { title, kind: kind.value, planned_s: Math.max(0, Math.round(minutes * 60)) };
+      const preset = $("agenda-new-preset").value;
+      if (preset === "floor") item.preset = SPEAKER_FULL_SCREEN;
+      else if (preset === "draft" && this.draft) item.preset = { layout: this.draft.layout, slots: [...this.draft.slots] };
       this.sendAgenda([...this.agendaItems(), item]).then((ok) => {
         if (ok) $("agenda-new-title").value = "";
       });
@@ -89,6 +94,12 @@ export const orderMethods = {
     this.renderDraft();
   },
 
+  /** A preset button pressed: staged, and the keyboard back to the console (Enter takes it). */
+  recallFrom(ev, preset) {
+    ev.currentTarget.blur();
+    this.stagePreset(preset);
+  },
+
   recallPreset(index) {
     const names = Object.keys(this.client.mirror?.presets ?? {});
     if (names[index] !== undefined) this.stagePreset(this.client.mirror.presets[names[index]]);
@@ -103,8 +114,17 @@ export const orderMethods = {
       ...mirror.agenda.map((item, index) =>
         el(
           "li",
-          { class: index === current ? "current" : null, dataset: { index: String(index) }, "aria-current": index === current ? "step" : null },
-          el("button", { class: "agenda-goto", title: t("order.goto"), onclick: () => this.command("goto_item", { index }) }, item.title),
+          {
+            class: index === current ? "current" : null,
+            dataset: { index: String(index) },
+            "aria-current": index === current ? "step" : null,
+            // Who is expected to speak, by display name.
+            title: item.speakers.length ? t("order.speakers", { names: item.speakers.map((id) => mirror.name(id)).join("、") }) : null,
+          },
+          el("button", { class: "agenda-goto", title: t("order.goto"), onclick: (ev) => {
+            ev.currentTarget.blur(); // Enter then takes the staged program, not this button again
+            this.command("goto_item", { index });
+          } }, item.title),
           el(
             "span",
             { class: "agenda-meta" },
@@ -126,12 +146,18 @@ export const orderMethods = {
         el(
           "li",
           { dataset: { preset: name } },
-          el("button", { class: "preset-recall", title: `${t(`layouts.${preset.layout}`)} (Shift+${index + 1})`, onclick: () => this.stagePreset(preset) }, name, index < 9 ? el("kbd", {}, `⇧${index + 1}`) : null),
+          el("button", { class: "preset-recall", title: `${t(`layouts.${preset.layout}`)} (Shift+${index + 1})`, onclick: (ev) => this.recallFrom(ev, preset) }, name, index < 9 ? el("kbd", {}, `⇧${index + 1}`) : null),
           el("button", { class: "preset-delete ghost", "aria-label": t("order.delete_preset"), title: t("order.delete_preset"), onclick: () => this.command("delete_preset", { name }) }, "×"),
         ),
       ),
     );
-    if (!presets.length) $("preset-list").append(el("li", { class: "empty" }, t("order.no_presets")));
+    $("preset-list").prepend(
+      el(
+        "li",
+        { dataset: { preset: FLOOR } },
+        el("button", { class: "preset-recall", title: t("order.preset_floor_hint"), onclick: (ev) => this.recallFrom(ev, SPEAKER_FULL_SCREEN) }, t("order.preset_floor")),
+      ),
+    );
     $("roster-count").textContent = t("order.roster_count", { n: mirror.roster.length });
     $("allow-guests").checked = mirror.allowGuests;
     for (const option of $("agenda-new-kind").options) option.textContent = t(`kinds.${option.value}`);
