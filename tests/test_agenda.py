@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_store import store  # noqa: F401  (the fixture: memory, SQLite, a real Redis)
 
 from conference import agenda
 from conference import room as r
 from conference.roles import Role
 from conference.room import CommandError, Participant, RoomState
+from conference.sqlite_store import SqliteRoomStore
 from conference.store import MemoryRoomStore
 from recorder.archive import Recording, RecordingWriter, recording_dir
 from recorder.replay import chapters_of
@@ -134,14 +136,14 @@ def test_presets_by_name_saved_replaced_deleted() -> None:
 
 
 async def test_through_the_store_a_failed_command_changes_nothing_and_versions_count() -> None:
-    store = MemoryRoomStore()
-    await store.create("council", max_endpoints=10)
-    await store.update("council", lambda s: agenda.set_agenda(s, ITEMS))
-    state, events = await store.update("council", lambda s: agenda.next_item(s, take=True))
+    memory = MemoryRoomStore()
+    await memory.create("council", max_endpoints=10)
+    await memory.update("council", lambda s: agenda.set_agenda(s, ITEMS))
+    state, events = await memory.update("council", lambda s: agenda.next_item(s, take=True))
     assert [e["version"] for e in events] == [2, 3] and state.program.slots == [None]  # nobody here yet
     with pytest.raises(CommandError):
-        await store.update("council", lambda s: agenda.goto_item(s, 9))
-    assert (await store.get("council")).version == 3
+        await memory.update("council", lambda s: agenda.goto_item(s, 9))
+    assert (await memory.get("council")).version == 3
 
 
 def test_the_recording_gets_a_chapter_per_item(tmp_path: Path) -> None:
@@ -171,3 +173,30 @@ def test_the_recording_gets_a_chapter_per_item(tmp_path: Path) -> None:
         (200.0, "议程3：教育、卫生、体育部门答复"),  # noqa: RUF001
     ]
     assert chapters_of(Recording.open(tmp_path, "r1"), t0, t0 + 300, "en")[1].title == "Item 1: 开幕"
+
+
+async def test_every_store_keeps_the_roster_agenda_and_presets(store, tmp_path: Path) -> None:  # noqa: F811
+    """Every store keeps the running order as part of the room (SQLite: also after a restart)."""
+    from conference import roster
+
+    entries = [roster.RosterEntry("wang", "王委员", "member", "member", "教育界", "第一中学")]
+    await store.create("council", max_endpoints=10)
+    await store.update("council", lambda s: roster.set_roster(s, entries, allow_guests=False))
+    await store.update("council", lambda s: agenda.set_agenda(s, ITEMS))
+    await store.update("council", lambda s: agenda.goto_item(s, 1, now=42.0))
+    await store.update(
+        "council", lambda s: agenda.save_preset(s, "发言人", {"layout": "single", "slots": ["@floor"]})
+    )
+    state = await store.get("council")
+    assert state.roster == {"wang": entries[0].to_json()} and state.allow_guests is False
+    assert [i["title"] for i in state.agenda] == [i["title"] for i in ITEMS]
+    assert (state.agenda_index, state.agenda_started_at) == (1, 42.0)
+    assert state.presets == {"发言人": {"layout": "single", "slots": ["@floor"]}}
+    if isinstance(store, SqliteRoomStore):  # and after a restart: read back from the file
+        await store.close()  # the file is one server's at a time
+        again = SqliteRoomStore(store.path)
+        await again.start()
+        try:
+            assert (await again.get("council")).to_json() == state.to_json()
+        finally:
+            await again.close()
