@@ -1,4 +1,4 @@
-"""``conference recordings list|show|delete|purge``: the archive from the command line."""
+"""``conference recordings list|show|speaking-time|delete|purge``: the archive from the command line."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from .archive import ArchiveError, Recording, list_recordings, recording_dir, wr
 from .jobs import list_jobs
 from .replay import chapters_of
 from .service import purge
+from .speaking_levels import speaking_time
+from .speaking_sheets import to_csv, to_xlsx
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +31,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("recording", metavar="RECORDING")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_settings_arguments(p, server=False)
+    p = sub.add_parser(
+        "speaking-time", help="who spoke how long (floor and voiced time), as in the clerk's report"
+    )
+    p.add_argument("recording", metavar="RECORDING")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the figures as JSON")
+    out.add_argument("--csv", action="store_true", help="print the CSV (docs/recordings.md)")
+    out.add_argument("--xlsx", metavar="FILE", help="write the Excel workbook to FILE")
+    p.add_argument("--lang", choices=("zh-CN", "en"), default="zh-CN", help="the workbook's headings")
+    add_settings_arguments(p, server=False)
+
     p = sub.add_parser("delete", help="delete a recording and its renders")
     p.add_argument("recording", metavar="RECORDING", nargs="+")
     p.add_argument("--force", action="store_true", help="also a recording that is not finished")
@@ -60,6 +73,34 @@ def _show(rec: Recording, data_dir: Any) -> dict[str, Any]:
         "renders": list_jobs(data_dir, rec.id),
         "path": str(rec.directory),
     }
+
+
+def _speaking_time(args: argparse.Namespace, data_dir: Any) -> int:
+    try:
+        rec = Recording(recording_dir(data_dir, args.recording))
+    except ArchiveError as exc:
+        print(f"conference recordings: no recording {args.recording!r} ({exc})", file=sys.stderr)
+        return 2
+    data = speaking_time(rec)
+    if args.json:
+        print(json.dumps(data, indent=1, ensure_ascii=False))
+    elif args.csv:
+        sys.stdout.write(to_csv(data))
+    elif args.xlsx:
+        with open(args.xlsx, "wb") as f:
+            f.write(to_xlsx(data, args.lang))
+        print(f"wrote {args.xlsx}")
+    else:
+        print(f"{'WHO':<28} {'SECTOR':<16} {'FLOOR':>9} {'VOICED':>9}  TURNS")
+        for p in data["by_person"]:
+            sector = p["sector"] or "-"
+            print(
+                f"{p['name'][:28]:<28} {sector[:16]:<16} {_duration(p['floor_s']):>9} "
+                f"{_duration(p['voiced_s']):>9}  {p['turns']}"
+            )
+        total = data["total"]
+        print(f"{'total':<45} {_duration(total['floor_s']):>9} {_duration(total['voiced_s']):>9}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         for job in info["renders"]:
             print(f"  render {job['id']}: {job.get('state')} {round(100 * (job.get('progress') or 0))}%")
         return 0
+    if args.action == "speaking-time":
+        return _speaking_time(args, data_dir)
     if args.action == "delete":
         code = 0
         for recording_id in args.recording:

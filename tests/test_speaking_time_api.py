@@ -104,3 +104,29 @@ async def test_a_first_count_runs_in_its_own_process_and_is_kept(settings: Setti
     assert figures is not None and figures["by_person"][0]["floor_s"] == 1.5
     assert figures["by_person"][0]["voiced_s"] > 1.0
     assert (recording.directory / CACHE_NAME).is_file()
+
+
+def test_the_command_line_prints_and_writes_the_same_figures(tmp_path: Any, capsys: Any) -> None:
+    """``conference recordings speaking-time`` (the command's own entry point, in this process)."""
+    from signaling.cli import main
+
+    script = Script(
+        [Speaker("b", "鲍勃", (0, 255, 0), 660.0, video=False)], duration=2.0, floors=[(0.5, "b")]
+    )
+    write_meeting(tmp_path, "assembly-3", script, started_at=STARTED, room="assembly")
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["recordings", "speaking-time", *args, "--data-dir", str(tmp_path)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cli("assembly-3")
+    assert code == 0 and "鲍勃" in out and "0:00:02" in out  # 1.5 s of floor, as h:mm:ss
+    code, out, _ = cli("assembly-3", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out.lstrip("\ufeff"))))
+    assert float(next(r for r in rows if r["identity"] == "b")["floor_s"]) == 1.5
+    assert cli("assembly-3", "--xlsx", str(tmp_path / "figures.xlsx"), "--lang", "en")[0] == 0
+    sheet = openpyxl.load_workbook(tmp_path / "figures.xlsx")["By person"]
+    assert next(sheet.iter_rows(min_row=2, values_only=True))[6] == 1.5
+    code, _, err = cli("no-such-recording")
+    assert code == 2 and "no recording" in err

@@ -17,7 +17,15 @@ from typing import Any
 import aiohttp
 import openpyxl
 import pytest
-from browser_util import ADMIN_KEY, CLERK_SCREEN, SECRET, chromium_args, ensure_chromium, server_process
+from browser_util import (
+    ADMIN_KEY,
+    CLERK_SCREEN,
+    SECRET,
+    chromium_args,
+    ensure_chromium,
+    screenshot_path,
+    server_process,
+)
 
 from conference.loadtest.endpoint import Endpoint, EndpointConfig
 from signaling.tokens import mint_token
@@ -108,6 +116,9 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             bar = console_page.locator('#speaking-panel [data-identity="hall-a"] [data-measure="floor"]')
             shown = float(await bar.get_attribute("data-seconds") or 0)
             assert shown == pytest.approx(time.time() - t1, abs=1.5)
+            await console_page.locator("#speaking-panel").screenshot(
+                path=screenshot_path("chair-speaking-time")
+            )
             await asyncio.sleep(1.0)
             t2 = time.time()
             await chair.request("revoke_floor")
@@ -199,6 +210,7 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             sector_rows = page.locator('#speaking-time [data-chart="sector"] .speaking-row')
             assert await sector_rows.count() == 2
             # The items, and the time before the first (hall-a was heard then).
+            await page.locator("#speaking-time").screenshot(path=screenshot_path("clerk-speaking-time"))
             item_labels = page.locator('#speaking-time [data-chart="item"] .speaking-label')
             assert await item_labels.all_text_contents() == ["1. 试点区情况", "2. 专家答复", "议程外"]
         finally:

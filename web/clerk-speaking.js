@@ -8,6 +8,12 @@ import { el, formatElapsed } from "./ui.js";
 
 const MEASURES = ["floor_s", "voiced_s"];
 
+/** Seconds as a figure: "12.5 秒" under a minute (a short answer matters), else "m:ss" or "h:mm:ss". */
+export function formatSeconds(seconds) {
+  const s = Math.max(0, seconds ?? 0);
+  return s < 60 ? t("speaking.seconds", { s: s.toFixed(1) }) : formatElapsed(Math.round(s));
+}
+
 function sectorName(sector) {
   return sector ?? t("speaking.unknown_sector");
 }
@@ -32,10 +38,10 @@ export function barRow(label, row, max, data) {
               class: `speaking-bar speaking-${measure === "floor_s" ? "floor" : "voiced"}`,
               dataset: { measure: measure === "floor_s" ? "floor" : "voiced", seconds: String(row[measure]) },
               style: { width: `${max > 0 ? (100 * row[measure]) / max : 0}%` },
-              title: `${t(`speaking.${measure}`)}: ${formatElapsed(row[measure])}`,
+              title: `${t(`speaking.${measure}`)}: ${formatSeconds(row[measure])}`,
             }),
           ),
-          el("span", { class: "speaking-value" }, formatElapsed(row[measure])),
+          el("span", { class: "speaking-value" }, formatSeconds(row[measure])),
         ),
       ),
     ),
@@ -112,7 +118,7 @@ export function showSpeakingTime(box, figures, download, counting = false) {
     el(
       "p",
       { class: "speaking-total" },
-      t("speaking.total", { floor: formatElapsed(total.floor_s ?? 0), voiced: formatElapsed(total.voiced_s ?? 0) }),
+      t("speaking.total", { floor: formatSeconds(total.floor_s), voiced: formatSeconds(total.voiced_s) }),
     ),
     el(
       "p",
