@@ -158,7 +158,8 @@ export const orderMethods = {
         el("button", { class: "preset-recall", title: t("order.preset_floor_hint"), onclick: (ev) => this.recallFrom(ev, SPEAKER_FULL_SCREEN) }, t("order.preset_floor")),
       ),
     );
-    $("roster-count").textContent = t("order.roster_count", { n: mirror.roster.length });
+    const arrived = mirror.roster.filter((e) => mirror.participant(e.identity)).length;
+    $("roster-count").textContent = mirror.roster.length ? t("order.roster_count", { n: mirror.roster.length, here: arrived }) : "";
     $("allow-guests").checked = mirror.allowGuests;
     for (const option of $("agenda-new-kind").options) option.textContent = t(`kinds.${option.value}`);
   },
