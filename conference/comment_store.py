@@ -330,9 +330,11 @@ class RedisCommentStore:
         await self._redis.aclose()
 
 
-def create_comment_store(settings: Any) -> CommentStore:
+def create_comment_store(settings: Any, prefix: str = "conference") -> CommentStore:
+    """Redis when a URL is configured (keys under ``prefix``, the room store's), else as the room
+    store: the SQLite file in the data directory, or memory."""
     if settings.redis_url:
-        return RedisCommentStore(settings.redis_url)
+        return RedisCommentStore(settings.redis_url, prefix=prefix)
     if settings.room_store == "memory":
         return MemoryCommentStore()
     return SqliteCommentStore(Path(settings.data_dir) / DB_FILE)

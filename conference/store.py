@@ -171,6 +171,7 @@ class RedisRoomStore:
     def __init__(self, url: str, *, prefix: str = "conference") -> None:
         self._redis = aioredis.from_url(url, decode_responses=True)
         self._prefix = prefix
+        self.prefix = prefix  # what other keys of this deployment start with (comments, limits)
         self._channel = f"{prefix}:events"
         self._origin = uuid.uuid4().hex
         self._listeners: list[Listener] = []

@@ -76,8 +76,9 @@ class Comments:
         self.settings = settings
         self.rooms: Rooms = app[server.ROOMS_KEY]
         self.site: PublicSite = app[SITE_KEY]  # type: ignore[assignment]
-        self.store: CommentStore = create_comment_store(settings)
-        self.limits = Limits(settings.redis_url)
+        prefix = getattr(self.rooms.store, "prefix", "conference")  # the Redis room store's
+        self.store: CommentStore = create_comment_store(settings, prefix)
+        self.limits = Limits(settings.redis_url, prefix)
         self.blocked = parse_blocked_words(settings.comment_blocked_words)
         self.audience = Audience(self.store, bool(settings.redis_url), self._count_viewers)
         self._listing_cache: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}

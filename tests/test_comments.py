@@ -446,3 +446,48 @@ async def test_open_event_streams_are_bounded_per_address(signaling_server, mint
         async with a.get(url) as again:
             assert again.status == 200
         second.close()
+
+
+@pytest.mark.redis
+async def test_two_servers_sharing_redis_share_comments_and_pushes(
+    signaling_server, settings, mint, connect
+) -> None:
+    """A comment posted through one process and approved through another reaches an event stream
+    open on the first; likes posted to both add up."""
+    import os
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from conference.media import NullMedia
+    from conference.store import RedisRoomStore
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    url = os.environ.get("CONFERENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    stores = [RedisRoomStore(url, prefix=prefix), RedisRoomStore(url, prefix=prefix)]
+    shared = dataclasses.replace(settings, redis_url=url)
+    try:
+        one = await signaling_server(shared, media=NullMedia(), store=stores[0])
+        two = await signaling_server(shared, media=NullMedia(), store=stores[1])
+        async with browser() as a, browser() as b:
+            code = await public_code(a, one, mint)
+            async with b.get(one.make_url(f"/w/{code}/events"), params={"viewer": "viewer-one-0001"}) as sse:
+                events = Events(sse)
+                await events.next("hello")
+                _, posted, _ = await call(
+                    a, "POST", two.make_url(f"/w/{code}/comments"), json={"nickname": "Li", "text": "hi"}
+                )
+                moderator = await connect(two, mint("council", "mod", "moderator"))
+                await moderator.ok("join")
+                await moderator.ok("approve_comment", comment=posted["id"])
+                pushed = await events.next("comment")
+                assert pushed["id"] == posted["id"] and pushed["status"] == "approved"
+                await call(a, "POST", one.make_url(f"/w/{code}/likes"), json={"count": 2})
+                await call(b, "POST", two.make_url(f"/w/{code}/likes"), json={"count": 3})
+                await events.next("likes", timeout=4.0, where=lambda d: d["likes"] == 5)
+    finally:
+        r = aioredis.from_url(url)
+        keys = [k async for k in r.scan_iter(f"{prefix}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
