@@ -352,8 +352,10 @@ async def post_member_comment(request: web.Request) -> web.Response:
         raise server.json_error(400, "bad_request", "reply_to must be a comment id")
     if reply_to is not None and await comments.store.get(room, reply_to) is None:
         raise server.json_error(404, "not_found", f"no comment {reply_to}")
+    # The sector as the room knows it: the participant's (from the roster or the token), else the roster's.
     participant = state.participants.get(claims.identity)
-    sector = getattr(participant, "sector", None)  # from the roster, where it says
+    entry = state.roster.get(claims.identity) or {}
+    sector = (participant.sector if participant is not None else "") or entry.get("sector") or None
     try:
         comment, repeat = await comments.post(
             state, "member", claims.name, body.get("text"), browser=claims.identity,

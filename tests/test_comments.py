@@ -150,10 +150,15 @@ async def test_members_post_under_their_name_approved_and_replies_count(signalin
     server = await signaling_server()
     code = await public_code(http, server, mint)
     url = server.make_url("/api/rooms/council/comments")
+    from conference.roster import RosterEntry, set_roster
+    from signaling.app import STORE_KEY
+
+    entry = RosterEntry("m1", "王委员", "member", "member", "教育界")  # the roster knows the sector
+    await server.app[STORE_KEY].update("council", lambda s: set_roster(s, [entry], allow_guests=True))
     member = bearer(mint("council", "m1", "member", name="王委员"))
     status, comment, _ = await call(http, "POST", url, member, json={"text": "支持草案第三条"})
     assert status == 201 and comment["status"] == "approved" and comment["author"] == "member"
-    assert comment["name"] == "王委员"
+    assert comment["name"] == "王委员" and comment["sector"] == "教育界"
     status, reply, _ = await call(
         http, "POST", url, bearer(mint("council", "mod", "moderator")), json={"text": "谢谢", "reply_to": 1}
     )
