@@ -10,6 +10,7 @@ import io
 import sys
 import time
 from asyncio.subprocess import PIPE
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -281,3 +282,24 @@ async def test_the_roster_command_imports_exports_and_prints_the_links(signaling
     csv_file.write_bytes(ROSTER + b"wang,dup\n")
     code, _, err = await cli("import", "council", str(csv_file), *where)
     assert code == 1 and "line 5: 2 fields where the header has 6" in err
+
+
+async def test_the_recording_has_a_chapter_per_agenda_item(signaling_server, connect, mint, settings) -> None:
+    server = await signaling_server(replace(settings, recording_auto_render=False))
+    chair_token = mint("council", "chair", "chair", "主持人")
+    assert (await call(server, "PUT", "/api/rooms/council/agenda", chair_token, json=AGENDA))[0] == 200
+    chair = await connect(server, chair_token)
+    await chair.ok("join")
+    recording = (await chair.ok("start_recording"))["recording_id"]
+    for _ in AGENDA["items"]:
+        await asyncio.sleep(0.3)
+        await chair.ok("next_item", take=True)
+    await asyncio.sleep(0.3)
+    await chair.ok("stop_recording")
+    status, body, _ = await call(server, "GET", f"/api/recordings/{recording}?lang=en", chair_token)
+    assert status == 200
+    titles = [c["title"] for c in body["timeline"]]
+    assert titles[1:] == ["Item 1: 开幕", "Item 2: 短片", "Item 3: 答复"], titles
+    assert [round(c["t"], 1) for c in body["timeline"][1:]] == sorted(
+        round(c["t"], 1) for c in body["timeline"][1:]
+    )
