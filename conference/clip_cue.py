@@ -81,6 +81,14 @@ def clip_moved(
     return reducer.apply_all(state, [{"kind": "clip", "clip": cue, "by": by}])
 
 
+def clip_gone(state: RoomState) -> list[Event]:
+    """The participant ``clip`` left another way (the chair removed it, or after a restart it timed
+    out with nothing playing it): the player's state goes too."""
+    if state.clip is None or CLIP_IDENTITY in state.participants:
+        return []
+    return reducer.apply_all(state, [{"kind": "clip", "clip": None, "by": None}])
+
+
 def stop_clip(state: RoomState, by: str | None = None) -> list[Event]:
     """The clip leaves the program (its slot empties) and the room."""
     if state.clip is None and CLIP_IDENTITY not in state.participants:

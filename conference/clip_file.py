@@ -3,7 +3,8 @@ it into a meeting costs no encoding (``conference.clip_player``). Written once a
 transcoder (``recorder.clips``), read here and nowhere else.
 
 Layout of ``packets.bin``: ``PCL1``, a u32 length and a JSON header (codecs, clocks, picture size,
-duration), then records in play order (by time): kind (0 video, 1 audio), flags (``FRAME_START``,
+duration), then records in play order (by time): kind (0 video, 1 audio; for audio the upper 7 bits
+are the frame's RFC 6464 level, -dBov, measured before encoding), flags (``FRAME_START``,
 ``FRAME_END``, ``KEYFRAME``), the timestamp in the kind's clock from the clip's start (u32), the
 payload length (u16) and the payload (a VP8 partition chunk without its RTP descriptor, or one
 Opus frame).
@@ -62,14 +63,15 @@ class ClipWriter:
             flags = (FRAME_START if n == 0 else 0) | (FRAME_END if n == last else 0)
             self._write(VIDEO, flags | (KEYFRAME if keyframe else 0), timestamp, chunk)
 
-    def audio_frame(self, timestamp: int, frame: bytes) -> None:
-        self._write(AUDIO, FRAME_START | FRAME_END, timestamp, frame)
+    def audio_frame(self, timestamp: int, frame: bytes, level: int = 127) -> None:
+        self._write(AUDIO, FRAME_START | FRAME_END, timestamp, frame, level)
 
-    def _write(self, kind: int, flags: int, timestamp: int, payload: bytes) -> None:
+    def _write(self, kind: int, flags: int, timestamp: int, payload: bytes, level: int = 127) -> None:
         if timestamp < self._last[kind]:
             raise ValueError("frames of one kind must come in time order")
         self._last[kind] = timestamp
-        self._spools[kind].write(_RECORD.pack(kind, flags, timestamp, len(payload)) + payload)
+        kind_byte = kind | (min(127, max(0, level)) << 1) if kind == AUDIO else kind
+        self._spools[kind].write(_RECORD.pack(kind_byte, flags, timestamp, len(payload)) + payload)
 
     def finish(self) -> None:
         """Merge both kinds by time into ``path`` (written aside, then renamed)."""
@@ -115,6 +117,7 @@ class PreparedClip:
     data: mmap.mmap | bytes
     times: array  # float seconds
     kinds: bytes
+    levels: bytes  # audio: RFC 6464 level; video: 127
     flags: bytes
     timestamps: array  # in the kind's clock
     offsets: array
@@ -158,7 +161,7 @@ class PreparedClip:
         except ValueError:
             raise ClipFileError(f"{path} has a damaged header") from None
         times, timestamps, offsets, lengths = array("d"), array("I"), array("Q"), array("I")
-        kinds, flags = bytearray(), bytearray()
+        kinds, levels, flags = bytearray(), bytearray(), bytearray()
         key_times: list[float] = []
         key_records: list[int] = []
         pos = 8 + head_len
@@ -166,9 +169,10 @@ class PreparedClip:
         while pos < size:
             if pos + _RECORD.size > size:
                 raise ClipFileError(f"{path} is truncated")
-            kind, flag, timestamp, length = _RECORD.unpack_from(data, pos)
+            kind_byte, flag, timestamp, length = _RECORD.unpack_from(data, pos)
+            kind, level = kind_byte & 1, (kind_byte >> 1 if kind_byte & 1 else 127)
             pos += _RECORD.size
-            if kind > AUDIO or pos + length > size:
+            if (kind == VIDEO and kind_byte) or pos + length > size:
                 raise ClipFileError(f"{path} is damaged at byte {pos}")
             t = timestamp / clocks[kind]
             if kind == VIDEO and flag & KEYFRAME and flag & FRAME_START:
@@ -179,6 +183,7 @@ class PreparedClip:
             offsets.append(pos)
             lengths.append(length)
             kinds.append(kind)
+            levels.append(level)
             flags.append(flag)
             pos += length
         if not key_records:
@@ -188,6 +193,7 @@ class PreparedClip:
             data,
             times,
             bytes(kinds),
+            bytes(levels),
             bytes(flags),
             timestamps,
             offsets,

@@ -20,6 +20,9 @@ from collections.abc import Callable
 from .clip_file import AUDIO, AUDIO_CLOCK, FRAME_END, FRAME_START, VIDEO, VIDEO_CLOCK, PreparedClip
 
 _RTP_HEADER = struct.Struct("!BBHII")
+AUDIO_LEVEL_EXT = 1  # the header extension id of the audio level in the clip's audio packets
+# RFC 8285 one-byte block with the audio level (RFC 6464) element, per level: built once.
+_LEVEL_BLOCKS = [struct.pack("!HHBBH", 0xBEDE, 1, AUDIO_LEVEL_EXT << 4, level, 0) for level in range(128)]
 TICK_S = 0.01  # how often due packets go out: video frames land within 10 ms of their time
 KEYFRAME_WAIT_S = 0.5
 VIDEO_PT, AUDIO_PT = 96, 111
@@ -137,6 +140,7 @@ class ClipPlayer:
         now = loop.time()
         clip = self.clip
         times, kinds, flags, timestamps = clip.times, clip.kinds, clip.flags, clip.timestamps
+        levels = clip.levels
         due = self._segment_clip + now - self._segment_wall
         # RTP time zero is the first play; a run started at clip time c at wall time w sends clip
         # time t at RTP time (w - origin) + (t - c).
@@ -161,8 +165,8 @@ class ClipPlayer:
                 head = pack(0x80, self.payload_types[VIDEO] | marker, sequence, rtp_time, self.ssrcs[VIDEO])
                 packet = head + descriptor + clip.payload(i)
             else:
-                head = pack(0x80, self.payload_types[AUDIO], sequence, rtp_time, self.ssrcs[AUDIO])
-                packet = head + clip.payload(i)
+                head = pack(0x90, self.payload_types[AUDIO], sequence, rtp_time, self.ssrcs[AUDIO])
+                packet = head + _LEVEL_BLOCKS[levels[i]] + clip.payload(i)
             if send(packet):
                 self.packets_sent += 1
             i += 1

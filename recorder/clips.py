@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import fractions
 import json
+import math
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import av
 import av.error
+import numpy as np
 
 from conference.clip_file import AUDIO_CLOCK, VIDEO_CLOCK, ClipWriter
 
@@ -113,7 +116,18 @@ def _transcode(
     video_out.bit_rate = int(1_200_000 * width * height / (MAX_WIDTH * MAX_HEIGHT)) + 200_000
     video_out.gop_size = fps  # a keyframe every second: a switch or a seek waits at most that
     video_out.codec_context.time_base = fractions.Fraction(1, fps)
-    video_out.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "threads": "1"}
+    rate = str(video_out.bit_rate)
+    # Capped like a venue's camera (the room's REMB cap is 1.5 Mbit/s): a busy film stays in budget.
+    video_out.options = {
+        "deadline": "realtime",
+        "cpu-used": "8",
+        "lag-in-frames": "0",
+        "threads": "1",
+        "maxrate": rate,
+        "bufsize": str(2 * video_out.bit_rate),
+        "undershoot-pct": "95",
+        "overshoot-pct": "15",
+    }
     audio_out = None
     if info.has_audio:
         audio_out = preview.add_stream("libopus", rate=AUDIO_CLOCK)
@@ -126,6 +140,7 @@ def _transcode(
     audio_pts = 0
     last_video_s = 0.0
     next_pts = 0
+    levels: deque[int] = deque()  # levels of the frames in the encoder (one packet per frame, in order)
     try:
         with av.open(str(source), metadata_errors="ignore") as container:
             streams = [container.streams.video[0]]
@@ -160,15 +175,17 @@ def _transcode(
                         frame.pts = None
                         for pcm in resampler.resample(frame):
                             fifo.write(pcm)
-                        audio_pts = _drain_audio(fifo, audio_out, writer, preview, audio_pts, AUDIO_FRAME)
+                        audio_pts = _drain_audio(
+                            fifo, audio_out, writer, preview, audio_pts, AUDIO_FRAME, levels
+                        )
         for out in video_out.encode(None):
             _video_packet(writer, preview, out, fps)
         if audio_out is not None and fifo is not None and resampler is not None:
             for pcm in resampler.resample(None):
                 fifo.write(pcm)
-            audio_pts = _drain_audio(fifo, audio_out, writer, preview, audio_pts, AUDIO_FRAME)
+            audio_pts = _drain_audio(fifo, audio_out, writer, preview, audio_pts, AUDIO_FRAME, levels)
             for out in audio_out.encode(None):
-                _audio_packet(writer, preview, out)
+                _audio_packet(writer, preview, out, levels)
         if frames == 0:
             raise ClipError("the file's video has no picture that decodes")
         if not thumb_written:
@@ -199,22 +216,34 @@ def _video_packet(writer: ClipWriter, preview: Any, packet: av.Packet, fps: int)
     preview.mux(packet)
 
 
-def _audio_packet(writer: ClipWriter, preview: Any, packet: av.Packet) -> None:
+def _audio_packet(writer: ClipWriter, preview: Any, packet: av.Packet, levels: deque[int]) -> None:
     if packet.pts is None:
         return
-    writer.audio_frame(max(0, int(packet.pts)), bytes(packet))
+    writer.audio_frame(max(0, int(packet.pts)), bytes(packet), levels.popleft() if levels else 127)
     preview.mux(packet)
 
 
-def _drain_audio(fifo: Any, audio_out: Any, writer: ClipWriter, preview: Any, pts: int, size: int) -> int:
+def _drain_audio(
+    fifo: Any, audio_out: Any, writer: ClipWriter, preview: Any, pts: int, size: int, levels: deque[int]
+) -> int:
     while fifo.samples >= size:
         pcm = fifo.read(size)
+        levels.append(rfc6464_level(pcm.to_ndarray()))
         pcm.pts = pts
         pcm.time_base = fractions.Fraction(1, AUDIO_CLOCK)
         pts += size
         for out in audio_out.encode(pcm):
-            _audio_packet(writer, preview, out)
+            _audio_packet(writer, preview, out, levels)
     return pts
+
+
+def rfc6464_level(samples: np.ndarray) -> int:
+    """The RFC 6464 level of s16 samples: -dBov of their RMS, 0 (loudest) to 127 (silence), the
+    level a browser sends with each frame; the media core's speaker detection reads it."""
+    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) if samples.size else 0.0
+    if rms < 1.0:
+        return 127
+    return int(min(127, max(0, round(-20 * math.log10(rms / 32768)))))
 
 
 def _thumbnail(picture: av.VideoFrame, path: Path) -> None:

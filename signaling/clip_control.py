@@ -20,9 +20,9 @@ from typing import Any
 
 from conference import clip_cue
 from conference.clip_file import ClipFileError, PreparedClip
-from conference.clip_player import AUDIO_PT, VIDEO_PT, ClipPlayer
+from conference.clip_player import AUDIO_LEVEL_EXT, AUDIO_PT, VIDEO_PT, ClipPlayer
 from conference.room import CommandError, Event, RoomState
-from conference.sfu.packet import CodecInfo
+from conference.sfu.packet import URI_AUDIO_LEVEL, CodecInfo
 
 from .clips import ClipLibrary
 from .rooms import Actor, Rooms
@@ -113,6 +113,8 @@ class ClipDeck:
                 state,
                 publish=publish,
                 on_keyframe_request=lambda kind: player.keyframe_wanted(),
+                # Levels measured at upload: speaker detection needs no Opus decoding.
+                extensions={URI_AUDIO_LEVEL: AUDIO_LEVEL_EXT},
             )
             player.send = transport.send
             transport.start()
@@ -167,8 +169,16 @@ class ClipDeck:
 
     async def _on_events(self, room: str, events: list[Event], state: RoomState) -> None:
         # The clip left (stopped from another process, removed by the chair, a restart's timeout).
-        if room in self.playing and clip_cue.CLIP_IDENTITY not in state.participants:
+        if clip_cue.CLIP_IDENTITY in state.participants:
+            return
+        if room in self.playing:
             await self._release(room)
+        if state.clip is not None:
+            self._spawn(self._forget(room))
+
+    async def _forget(self, room: str) -> None:
+        with contextlib.suppress(CommandError):
+            await self.rooms.store.update(room, clip_cue.clip_gone)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -22,10 +22,19 @@ TONE_HZ = 660.0
 
 
 def make_film(
-    path: Path, seconds: int = 6, width: int = 320, height: int = 180, fps: int = 25, tone_hz: float = TONE_HZ
+    path: Path,
+    seconds: int = 6,
+    width: int = 320,
+    height: int = 180,
+    fps: int = 25,
+    tone_hz: float = TONE_HZ,
+    noise: bool = False,
 ) -> list[tuple[int, int, int]]:
-    """Write the film; returns the colour of each second."""
+    """Write the film; returns the colour of each second. ``noise``: a band of moving noise in the
+    lower third, so the picture costs a film's bitrate (for benchmarks)."""
     colours = [CLIP_COLOURS[i % len(CLIP_COLOURS)] for i in range(seconds)]
+    rng = np.random.default_rng(7)
+    band = rng.integers(60, 200, (height * 2, width, 3), dtype=np.uint8) if noise else None
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
@@ -35,6 +44,10 @@ def make_film(
         image = np.zeros((height, width, 3), np.uint8)
         for n in range(seconds * fps):
             image[:, :] = colours[n // fps]
+            if band is not None:
+                rows = height // 3
+                offset = (n * 5) % (band.shape[0] - rows)
+                image[height - rows :] = band[offset : offset + rows]
             frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
             frame.pts = n
             frame.time_base = fractions.Fraction(1, fps)

@@ -20,8 +20,9 @@ from aiortc.mediastreams import MediaStreamError
 from clip_util import CLIP_COLOURS, TONE_HZ, make_film
 from conftest import TEST_ADMIN_KEY
 
+from conference.clip_file import AUDIO, PreparedClip
 from conference.sfu import aiortc_glue as glue
-from signaling.app import build_media
+from signaling.app import STORE_KEY, build_media
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
@@ -123,6 +124,17 @@ async def test_an_upload_is_transcoded_once_and_listed_with_duration_and_thumbna
     # The source is gone once transcoded; the prepared packets stay.
     directory = settings.data_dir / "clips" / "council" / answer["id"]
     assert not (directory / "source").exists() and (directory / "packets.bin").stat().st_size > 10_000
+    # Every second starts with a keyframe; the audio frames carry the tone's level (0.3 of full
+    # scale: -13.5 dBov, -16.5 once the mono film is spread over two channels), measured before
+    # encoding, for the media core's speaker detection.
+    prepared = PreparedClip.load(directory / "packets.bin")
+    try:
+        assert prepared.keyframe_times == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        audio = [prepared.levels[i] for i in range(len(prepared.kinds)) if prepared.kinds[i] == AUDIO]
+        assert len(audio) == pytest.approx(6.0 / 0.02, abs=5)
+        assert 14 <= float(np.median(audio)) <= 18, sorted(set(audio))
+    finally:
+        prepared.close()
 
 
 class Viewer:
@@ -195,6 +207,16 @@ class Viewer:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.pc.close()
+
+
+async def eventually_async(
+    probe: Callable[[], Any], accept: Callable[[Any], bool], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not accept(await probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {what}")
+        await asyncio.sleep(0.05)
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -306,6 +328,14 @@ async def test_clip_commands_are_refused_clearly(signaling_server, settings, con
     assert (missing["type"], missing["code"]) == ("error", "not_found")
     assert (await chair.request("play_clip", clip="../../etc", slot=0))["code"] == "bad_request"
     assert (await chair.request("pause_clip"))["code"] == "conflict"
+    # A clip removed by the chair takes the player's state with it (no player runs here: media off).
+    from conference import clip_cue
+
+    film = {"id": "0123456789abcdef", "name": "film.mp4", "duration_s": 8.0, "has_audio": True}
+    store = server.app[STORE_KEY]
+    await store.update("council", lambda s: clip_cue.play_clip(s, film, 0))
+    await chair.ok("remove", identity="clip")
+    await eventually_async(lambda: store.get("council"), lambda s: s.clip is None, 5, "the clip state goes")
     venue = await connect(server, mint("council", "hall-a", "venue"))
     await venue.ok("join")
     assert (await venue.request("stop_clip"))["code"] == "forbidden"

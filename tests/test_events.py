@@ -20,6 +20,8 @@ FILM = {"id": "0123456789abcdef", "name": "pilot district.mp4", "duration_s": 60
 
 def _comment(rng: random.Random, **fields: Any) -> comments.Comment:
     return comments.Comment(rng.randint(1, 3), "council", "public", "张三", "何时开工", "approved", **fields)
+
+
 ROSTER = [
     roster.RosterEntry("hall-a", "第一分会场", "venue", "venue"),
     roster.RosterEntry("member-c", "王委员", sector="教育界"),
@@ -71,6 +73,7 @@ def random_command(rng: random.Random, state: RoomState, now: float) -> Any:
         lambda: clip_cue.play_clip(state, FILM, rng.choice([0, 1]), rng.random() * 60, now=now),
         lambda: clip_cue.clip_moved(state, rng.random() < 0.5, rng.random() * 60, now=now),
         lambda: clip_cue.stop_clip(state),
+        lambda: clip_cue.clip_gone(state),
         lambda: roster.set_roster(state, rng.choice([[], ROSTER]), allow_guests=rng.random() < 0.5),
         lambda: roster.set_allow_guests(state, rng.random() < 0.5),
         lambda: agenda.set_agenda(state, rng.choice([AGENDA, AGENDA[:1], []])),

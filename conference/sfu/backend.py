@@ -118,6 +118,7 @@ class SfuBackend:
         audio_slots: int = 0,
         on_keyframe_request: KeyframeCallback | None = None,
         on_packet: PacketCallback | None = None,
+        extensions: dict[str, int] | None = None,
     ) -> DirectTransport:
         """Media from and to Python code in this process (a clip player, a test source); call
         ``start()`` on it to take part."""
@@ -132,6 +133,7 @@ class SfuBackend:
             audio_slots=audio_slots,
             on_keyframe_request=on_keyframe_request,
             on_packet=on_packet,
+            extensions=extensions,
         )
         router.add_transport(transport)
         return transport

@@ -2,7 +2,8 @@
 clip, a test source) and forwarded packets handed to Python code, through the same producers,
 down-tracks, rewriting, keyframe requests and recording as a browser's.
 
-A feeder calls ``send(packet)`` with complete RTP packets (its payload types, SSRCs, timestamps);
+A feeder calls ``send(packet)`` with complete RTP packets (its payload types, SSRCs, timestamps, and
+the header extensions it declared in ``extensions``, e.g. the audio level);
 a keyframe wanted by any subscriber reaches it as ``on_keyframe_request(kind)``. A consumer slot's
 packets (already rewritten to the slot's SSRC and numbering) reach ``on_packet(track, packet)``.
 """
@@ -62,12 +63,13 @@ class DirectTransport(Transport):
         audio_slots: int = 0,
         on_keyframe_request: KeyframeCallback | None = None,
         on_packet: PacketCallback | None = None,
+        extensions: dict[str, int] | None = None,
     ) -> None:
         super().__init__(router, identity)
         self.on_keyframe_request = on_keyframe_request
         self.outputs: list[DirectOutput] = []
         backend = router.backend
-        self.add_producers(publish or {}, random.getrandbits(32))
+        self.add_producers(publish or {}, random.getrandbits(32), extensions=extensions)
         if (video_slots or audio_slots) and on_packet is None:
             raise ValueError("a direct transport that receives needs on_packet")
         for tracks, kind, count in ((self.video, "video", video_slots), (self.audio, "audio", audio_slots)):
