@@ -147,8 +147,10 @@ async def test_a_chromium_venue_shows_the_clip_in_program_slot_0(tmp_path: Path)
                     if name is not None and (not seen or seen[-1] != name):
                         seen.append(name)
                     await asyncio.sleep(0.1)
-                # The first colour may be missed while the screen waits for the first keyframe.
-                assert len(seen) >= 3 and " ".join(seen) in " ".join(n or "-" for n in names), (seen, names)
+                # In the film's order; one may be missed (the first while the screen waits for a
+                # keyframe, or one a loaded machine's page did not sample within its second).
+                order = iter(n for n in names if n is not None)
+                assert len(set(seen)) >= 3 and all(c in order for c in seen), (seen, names)
             finally:
                 await browser.close()
 
