@@ -50,6 +50,9 @@ async def test_a_comment_through_moderation_to_the_public_the_console_and_a_venu
     venue = await open_page(browser, server, "venue", "hall-a", "venue", "第一分会场", errors=errors)
     moderator = await open_page(browser, server, "moderate", "mod", "moderator", "审核员", DESKTOP, errors)
     info = await rest(server, "GET", "/api/rooms/council/public")
+    # The moderator's page is no endpoint: the console shows the venue's tile only.
+    tiles = "[...document.querySelectorAll('#tiles .tile')].map(n => n.dataset.identity)"
+    await eventually(lambda: chair.evaluate(tiles), lambda ids: ids == ["hall-a"], 3, "the console's tiles")
     # Between sessions (nothing on the program) the venue screen shows the public page's QR code.
     assert await venue.get_attribute("#waiting-qr-img", "src") == f"/w/{info['code']}/qr.svg"
     await eventually(

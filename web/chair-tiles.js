@@ -15,7 +15,8 @@ const $ = (id) => document.getElementById(id);
 export const tileMethods = {
   participants() {
     const all = [...(this.client.mirror?.participants.values() ?? [])].filter(
-      (p) => p.identity !== this.client.you?.identity && p.role !== "clerk",
+      // Neither the clerk's page nor a moderator's sends or receives media: no tile.
+      (p) => p.identity !== this.client.you?.identity && p.role !== "clerk" && p.role !== "moderator",
     );
     // The console itself is not a feed. Venues first, then phones, each in the order this console
     // first saw them (join order), kept across reconnects so tiles never move under the pointer.
