@@ -47,6 +47,7 @@ class PersonInfo:
     sector: str = ""
     organisation: str = ""
     audio: bool = False  # sent audio at some point (a console that never does is no speaker)
+    device: str = ""
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ def _learn_people(state: MeetingState, people: dict[str, PersonInfo]) -> None:
         info.name = p.name or info.name or identity
         info.role = str(p.role)
         info.audio = info.audio or p.publish_audio
+        info.device = str(p.device)
         for name in ("kind", "sector", "organisation"):
             value = _text(getattr(p, name, ""))
             if value:
@@ -248,9 +250,11 @@ def _row(floor: list[Span], voiced: list[Span]) -> dict[str, float]:
 def figures(result: Walk, voiced: Mapping[str, list[Span]]) -> dict[str, Any]:
     """The report: ``by_person``, ``by_sector``, ``by_organisation``, ``by_kind``, ``by_item`` and
     ``total``, seconds (docs/recordings.md). ``voiced`` is per identity, any overlaps allowed."""
-    voiced = {i: union(clip(s, result.start, result.end)) for i, s in voiced.items()}
-    floor = result.floor
-    people = dict(result.people)
+    # A prepared film (the clip player, device "clip") is heard, but its sound is nobody's speech.
+    films = {i for i, info in result.people.items() if info.device == "clip"}
+    voiced = {i: union(clip(s, result.start, result.end)) for i, s in voiced.items() if i not in films}
+    floor = {i: s for i, s in result.floor.items() if i not in films}
+    people = {i: info for i, info in result.people.items() if i not in films}
     for identity in (*floor, *voiced):
         people.setdefault(identity, PersonInfo(identity, identity))
     counted = [

@@ -120,6 +120,18 @@ def test_overlapping_voiced_intervals_count_once_per_person_and_per_group() -> N
     assert tl.person(fig, "wang")["voiced_s"] == 10.0
 
 
+def test_a_film_played_into_the_meeting_is_nobodys_speaking_time() -> None:
+    tl = meeting()
+    film = model.Participant("clip", "试点区短片", Role.VENUE, device="clip", publish_audio=True)
+    tl.at(5, model.join(tl.state, film, now=T0 + 5))
+    fig = figures(
+        walk(tl.entries, T0, T0 + 60), {"clip": [Span(T0 + 5, T0 + 50)], "wang": [Span(T0, T0 + 3)]}
+    )
+    assert "clip" not in {p["identity"] for p in fig["by_person"]}
+    assert fig["total"]["voiced_s"] == 3.0
+    assert sum(g["people"] for g in fig["by_sector"]) == 3  # chair, wang, edu
+
+
 def test_union_merges_overlaps_and_touching_spans() -> None:
     merged = union([Span(5, 7), Span(0, 2), Span(2, 3), Span(6, 9), Span(4, 4)])
     assert [(s.start, s.end) for s in merged] == [(0, 3), (5, 9)]

@@ -23,6 +23,7 @@ from browser_util import (
     SECRET,
     chromium_args,
     ensure_chromium,
+    eventually,
     screenshot_path,
     server_process,
 )
@@ -114,8 +115,13 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             assert running["hall-a"]["floor_s"] == pytest.approx(live["at"] - t1, abs=1.0)
             assert running["expert-b"]["floor_s"] == 0.0
             bar = console_page.locator('#speaking-panel [data-identity="hall-a"] [data-measure="floor"]')
-            shown = float(await bar.get_attribute("data-seconds") or 0)
-            assert shown == pytest.approx(time.time() - t1, abs=1.5)
+            # It redraws every second and asks the server every few; a loaded machine may lag a draw.
+            await eventually(
+                lambda: bar.get_attribute("data-seconds"),
+                lambda v: v is not None and abs(float(v) - (time.time() - t1)) < 1.5,
+                5,
+                "the console's panel counting the floor holder's time",
+            )
             await console_page.locator("#speaking-panel").screenshot(
                 path=screenshot_path("chair-speaking-time")
             )
