@@ -64,6 +64,11 @@ class Settings:
     session_ttl_s: int = 600
     auto_record: bool = False
     redis_url: str | None = None
+    # This server process's name among several (metrics; rooms placed on nodes): default host name.
+    node_id: str | None = None
+    # Where /metrics is also served without the admin key ("host:port"), e.g. an address only the
+    # Prometheus host reaches; on the main port it always needs the admin key.
+    metrics_listen: str | None = None
     # Without redis_url: "sqlite" (<data_dir>/rooms.sqlite3, survives restarts) or "memory".
     room_store: str = "sqlite"
     ws_max_message_bytes: int = 262144  # a chair's answer has ~64 m-lines
@@ -243,6 +248,8 @@ _FIELD_TYPES: dict[str, str] = {
     "trust_forwarded_for": "bool",
     "media": "bool",
     "media_backend": "str",
+    "node_id": "str?",
+    "metrics_listen": "str?",
     "recording_retention_days": "int?",
     "recording_auto_render": "bool",
     "recording_fsync": "bool",
@@ -401,6 +408,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
         "--auto-record", action="store_true", default=None, help="record every room from its first join"
     )
     parser.add_argument("--redis-url", help="share rooms between processes through Redis")
+    parser.add_argument("--node-id", help="this server's name among several (default: the host name)")
+    parser.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help="also serve /metrics here, without the admin key"
+    )
     parser.add_argument(
         "--room-store",
         choices=["sqlite", "memory"],
@@ -434,6 +445,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
             reconnect_grace_s=args.reconnect_grace,
             auto_record=args.auto_record,
             redis_url=args.redis_url,
+            node_id=args.node_id,
+            metrics_listen=args.metrics_listen,
             room_store=args.room_store,
             media=False if args.no_media else None,
             media_backend=args.media_backend,

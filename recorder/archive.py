@@ -118,7 +118,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 class TrackWriter:
     """One published track's file; ``write`` is called on the media hot path."""
 
-    __slots__ = ("_fd", "_owner", "_pending", "closed", "number", "packets")
+    __slots__ = ("_fd", "_owner", "_pending", "bytes_written", "closed", "number", "packets")
 
     def __init__(self, owner: RecordingWriter, number: int, path: Path) -> None:
         self._owner = owner
@@ -126,6 +126,7 @@ class TrackWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._pending: list[tuple[float, bytes]] = []
         self.packets = 0
+        self.bytes_written = 0
         self.closed = False
 
     def write(self, arrival: float, packet: bytes) -> None:
@@ -153,6 +154,7 @@ class TrackWriter:
         body = b"".join(parts)
         _write_all(self._fd, _CHUNK.pack(CHUNK_MAGIC, len(body), zlib.crc32(body)) + body)
         self.packets += count
+        self.bytes_written += CHUNK_HEADER_SIZE + len(body)
 
     def close(self) -> None:
         if self.closed:
@@ -220,6 +222,11 @@ class RecordingWriter:
         self.flusher_cpu_s = 0.0
         self._flusher = threading.Thread(target=self._run, name=f"recorder-{recording_id}", daemon=True)
         self._flusher.start()
+
+    @property
+    def bytes_written(self) -> int:
+        """Media bytes written to the track files so far (the metrics' recording bytes)."""
+        return sum(track.bytes_written for track in list(self._tracks))
 
     # RecordingSink -----------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class RecorderService:
         self.jobs = RenderJobs(self.data_dir)
         self._recovered = False
         self._finished_flusher_cpu_s = 0.0  # of the recordings already stopped
+        self._finished_bytes = 0
 
     def stats(self) -> dict[str, Any]:
         """Recordings running, and the CPU seconds their archive threads used since the start."""
@@ -57,6 +58,7 @@ class RecorderService:
             "recording": len(self._writers),
             "rendering": len(self.jobs.running),  # render jobs queued or running
             "archive_thread_cpu_s": round(running + self._finished_flusher_cpu_s, 4),
+            "bytes_written": self._finished_bytes + sum(w.bytes_written for w in self._writers.values()),
         }
 
     # --- recording -----------------------------------------------------------------------------
@@ -98,6 +100,7 @@ class RecorderService:
             return None
         await asyncio.to_thread(writer.close)
         self._finished_flusher_cpu_s += writer.flusher_cpu_s
+        self._finished_bytes += writer.bytes_written
         log.info("recording %s of room %s stopped", recording_id, room)
         if self.auto_render:
             return self.jobs.submit(recording_id, RenderOptions())

@@ -30,7 +30,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import clip_control, clips, dialin, floor_timers, running_order, screens, speaking
+from . import clip_control, clips, dialin, floor_timers, metrics, running_order, screens, speaking
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -528,6 +528,7 @@ def create_app(
 
     app.cleanup_ctx.append(_lifecycle(store, media, recording, rooms, broadcasts))
     floor_timers.setup(app, store)
+    metrics.setup(app)
     # Before the cleanup contexts end: clients are told and their sockets closed first.
 
     async def tell_clients(app: web.Application) -> None:

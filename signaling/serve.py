@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
 from conference.sqlite_store import StoreError
 
+from . import metrics
 from .app import create_app
 from .tokens import ADMIN_KEY_FILE, resolve_admin_key, resolve_secret
 
@@ -119,6 +120,23 @@ def _rooms_where(settings: Settings) -> str:
     return f"{settings.data_dir / 'rooms.sqlite3'} (kept across restarts)"
 
 
+async def _open_metrics(app: web.Application, settings: Settings) -> web.AppRunner | bool | None:
+    """``/metrics`` without the admin key on ``metrics_listen`` (None: not configured; False: it
+    could not listen there)."""
+    if not settings.metrics_listen:
+        return None
+    host, _, port_text = settings.metrics_listen.rpartition(":")
+    runner = web.AppRunner(metrics.open_metrics_app(app), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port_text)).start()
+    except (OSError, ValueError) as exc:
+        print(f"conference serve: cannot serve metrics on {settings.metrics_listen}: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return False
+    return runner
+
+
 async def serve(settings: Settings) -> int:
     try:
         ssl_context = _ssl_context(settings)
@@ -149,8 +167,14 @@ async def serve(settings: Settings) -> int:
     port = settings.port
     if port == 0 and runner.addresses:
         port = runner.addresses[0][1]
+    metrics_runner = await _open_metrics(app, settings)
+    if metrics_runner is False:
+        await runner.cleanup()
+        return 1
     print(_banner(settings, port), flush=True)
     await stop.wait()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     print("conference: shutting down", flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
