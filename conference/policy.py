@@ -85,14 +85,24 @@ def assign_previews(order: dict[str, int], present: set[str], slots: int) -> dic
 
 
 def wanted_voices(
-    own: str, floor: str | None, speakers: Sequence[str], audible: Callable[[str], bool]
+    own: str,
+    floor: str | None,
+    speakers: Sequence[str],
+    audible: Callable[[str], bool],
+    always: Sequence[str] = (),
 ) -> list[str]:
-    """The voices a listener should hear, most important first: the floor holder, then the
-    speakers loudest first; never the listener's own voice, never an inaudible one."""
+    """The voices a listener should hear, most important first: the floor holder, the sources
+    heard even when quiet (``always``: a film playing, whose soft passages must not lose their
+    slot), then the speakers loudest first; never the listener's own voice, never an inaudible one."""
     wanted: list[str] = []
     if floor is not None and floor != own and audible(floor):
         wanted.append(floor)
+    for identity in always:
+        if identity not in (own, floor) and audible(identity):
+            wanted.append(identity)
     for identity in speakers:
+        if identity in always:
+            continue
         if identity not in (own, floor) and audible(identity):
             wanted.append(identity)
     return wanted

@@ -77,6 +77,11 @@ def test_a_listener_hears_the_floor_first_and_never_itself() -> None:
     # The floor holder hears the speakers, not themself.
     assert policy.wanted_voices("floor", "floor", ["x"], audible) == ["x"]
     assert policy.wanted_voices("me", "muted", ["x"], audible) == ["x"]
+    # A playing clip is wanted even in its quiet passages (not among the speakers), after the
+    # floor holder, once; muted by the chair, it is not.
+    assert policy.wanted_voices("me", "floor", ["x", "clip"], audible, ("clip",)) == ["floor", "clip", "x"]
+    assert policy.wanted_voices("me", None, [], audible, ("clip",)) == ["clip"]
+    assert policy.wanted_voices("me", None, ["x"], audible, ("muted",)) == ["x"]
 
 
 def test_audio_slots_keep_their_voices_and_fill_free_slots_first() -> None:

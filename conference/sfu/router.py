@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import policy
+from ..clip_cue import CLIP_IDENTITY
 from ..media import RecordingSink
 from ..room import RoomState
 from .producer import Producer
@@ -150,7 +151,9 @@ class Router:
         if not transport.audio:
             return
         floor = self.state.floor
-        wanted = policy.wanted_voices(transport.identity, floor, self.speakers, self._audible)
+        clip = self.state.participants.get(CLIP_IDENTITY)
+        always = (CLIP_IDENTITY,) if clip is not None and clip.device == "clip" else ()
+        wanted = policy.wanted_voices(transport.identity, floor, self.speakers, self._audible, always)
         plan = policy.plan_audio_slots([t.want for t in transport.audio], wanted, floor, self._score)
         for track, identity in zip(transport.audio, plan, strict=True):
             track.set_want(identity, self.producer(identity, "audio"))
