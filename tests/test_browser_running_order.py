@@ -245,6 +245,7 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
             )
             assert await chair.text_content("#roster-count") == "（已到 3 / 3 人）"  # noqa: RUF001
             # The invitations as a printable sheet: a QR code per person, their sector on the card.
+            await chair.click("#roster-box summary", force=True)  # the roster's tools fold away
             async with chair.expect_download() as download:
                 await chair.click("#links-html", force=True)
             sheet = Path(await (await download.value).path()).read_text(encoding="utf-8")
