@@ -30,7 +30,7 @@ from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, create_store
 
-from . import clip_control, clips, dialin, floor_timers, metrics, running_order, screens, speaking
+from . import clip_control, clips, dialin, floor_timers, logs, metrics, running_order, screens, speaking
 from .admission import check_not_removed
 from .bodies import body_error
 from .broadcast import Broadcasts
@@ -476,7 +476,7 @@ def _lifecycle(
 def create_app(
     settings: Settings, *, media: MediaBackend | None = None, store: RoomStore | None = None
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[rest_rate_limit])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[logs.room_context, rest_rate_limit])
     app[GUARD_KEY] = Guard(settings)
     app.on_response_prepare.append(on_response_prepare)
     store = store if store is not None else create_store(settings)

@@ -306,6 +306,7 @@ class Rooms:
             with contextlib.suppress(CommandError):  # another join may have started it just now
                 state, _ = await self.recording.start(claims.room)
         me = state.participants.get(claims.identity)
+        log.info("joined as %s on a %s device", role, (me or participant).device)
         return {
             "protocol": PROTOCOL_VERSION,
             "you": me.to_json() if me else participant.to_json(),
@@ -377,6 +378,7 @@ class Rooms:
         if self.connections.get(conn.room, {}).get(conn.identity) is conn:
             del self.connections[conn.room][conn.identity]
         await conn.close_session()
+        log.info("left")
         with contextlib.suppress(CommandError):
             await self.store.update(conn.room, lambda s: room_commands.leave(s, conn.identity, "left"))
 
@@ -390,6 +392,7 @@ class Rooms:
         if self.connections.get(room, {}).get(identity) is not conn:
             return  # already replaced by a newer connection
         del self.connections[room][identity]
+        log.info("disconnected: the place is kept for %.0f s", self.settings.reconnect_grace_s)
         with contextlib.suppress(CommandError):
             await self.store.update(room, lambda s: room_commands.set_connected(s, identity, False))
         self.keep_place(room, identity)

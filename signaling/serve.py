@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sqlite3
 import ssl
 import sys
@@ -17,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
 from conference.sqlite_store import StoreError
 
-from . import metrics
+from . import logs, metrics
 from .app import create_app
 from .tokens import ADMIN_KEY_FILE, resolve_admin_key, resolve_secret
 
@@ -28,6 +29,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, server=True)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line, with node, room and identity (docs/deploy.md)",
+    )
+    parser.add_argument(
         "--event-loop",
         default="uvloop",
         choices=["uvloop", "asyncio"],
@@ -36,9 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format, socket.gethostname())
     try:
         settings = settings_from_args(args)
+        logs.configure(args.log_level, args.log_format, settings.node_id or socket.gethostname())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         resolve_secret(settings)
         resolve_admin_key(settings)

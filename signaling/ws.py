@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 from conference.media import MediaError
 from conference.room import CommandError, Removed
 
-from . import screens
+from . import logs, screens
 from .admission import REMOVED_REASON, check_not_removed
 from .guard import CLOSE_THROTTLED, GUARD_KEY, MAX_UNJOINED_PER_TOKEN
 from .protocol import ProtocolError, TokenBucket, close_reason, error, parse_message, reply
@@ -74,6 +74,7 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
     if rooms.shutting_down:
         await ws.close(code=1001, message=b"server shutting down")
         return ws
+    logs.set_context(claims.room, claims.identity)  # every line this socket's handling logs names them
     conn = Connection(ws, claims, max_queued_bytes=settings.ws_max_queued_bytes, transport=request.transport)
     rooms.sockets.add(conn)
     bucket = TokenBucket(settings.ws_rate, settings.ws_burst)
