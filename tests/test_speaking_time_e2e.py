@@ -97,6 +97,10 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             console_page.on("pageerror", lambda exc: errors.append(f"console: {exc}"))
             console_token = mint_token(SECRET, ROOM, "console", "主持台", "chair", 600)
             await console_page.goto(f"{server.url}/chair?token={console_token}")
+            # Closed at first (the side column is full); the chair opens it.
+            await console_page.wait_for_function("() => window.conference && window.conference.speaking")
+            assert not await console_page.eval_on_selector("#speaking-panel", "d => d.open")
+            await console_page.click("#speaking-panel summary")
             await console_page.locator("#speaking-panel .hint").wait_for()
             assert (await console_page.text_content("#speaking-panel .hint")) == "开始录制后统计发言时间"
             live = json.loads((await get(server.url, f"/api/rooms/{ROOM}/speaking-time"))[1])
@@ -215,6 +219,8 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             assert groups == ["教育界", "医卫界"], groups
             sector_rows = page.locator('#speaking-time [data-chart="sector"] .speaking-row')
             assert await sector_rows.count() == 2
+            organisations = page.locator('#speaking-time [data-chart="organisation"] .speaking-label')
+            assert sorted(await organisations.all_text_contents()) == ["市一中", "疾控中心"]
             # The items, and the time before the first (hall-a was heard then).
             await page.locator("#speaking-time").screenshot(path=screenshot_path("clerk-speaking-time"))
             item_labels = page.locator('#speaking-time [data-chart="item"] .speaking-label')

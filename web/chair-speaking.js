@@ -1,8 +1,9 @@
 // The chair console's running speaking-time figures: a small panel of bars (floor time and voiced
 // time per person, and per sector), from GET /api/rooms/{room}/speaking-time, counted by the server
 // from the room's current recording (so a reloaded console shows the same). Asked again every few
-// seconds while the meeting records and the panel is open, and soon after each floor change; the
-// floor holder's bar grows every second in between. Self-contained: the console only starts it.
+// seconds while the meeting records and the panel is open (the chair opens it; the console
+// remembers), and soon after each floor change; the floor holder's bar grows every second in
+// between. Self-contained: the console only starts it.
 
 import { barRow } from "./clerk-speaking.js";
 import { t } from "./i18n.js";
@@ -11,6 +12,8 @@ import { el } from "./ui.js";
 const POLL_MS = 5000;
 // After a floor or recording event: the recorder writes its timeline every 0.25 s.
 const AFTER_EVENT_MS = 700;
+// Whether the chair keeps the panel open (closed by default: the console's side column is full).
+const OPEN_KEY = "conference.chair.speaking";
 
 export class SpeakingPanel {
   constructor(client, box) {
@@ -28,7 +31,11 @@ export class SpeakingPanel {
       if (ev.detail.events.some((e) => e.kind === "floor" || e.kind === "recording")) this.soon(AFTER_EVENT_MS);
     });
     this.client.addEventListener("joined", () => this.soon(0));
-    this.box.addEventListener("toggle", () => this.box.open && this.soon(0));
+    if (localStorage.getItem(OPEN_KEY) === "open") this.box.open = true;
+    this.box.addEventListener("toggle", () => {
+      localStorage.setItem(OPEN_KEY, this.box.open ? "open" : "closed");
+      if (this.box.open) this.soon(0);
+    });
     window.addEventListener("languagechange-app", () => this.render());
     setInterval(() => this.render(), 1000);
     setInterval(() => this.ask(), POLL_MS);

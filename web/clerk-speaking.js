@@ -92,6 +92,18 @@ export function showSpeakingTime(box, figures, download, counting = false) {
       ),
     ),
   );
+  // Per venue or department: shown once the roster names organisations.
+  const organisations = (figures.by_organisation ?? []).filter((o) => o.organisation != null);
+  const byOrganisation = organisations.length
+    ? [
+        el("h4", {}, t("speaking.by_organisation")),
+        el(
+          "div",
+          { class: "speaking-chart", dataset: { chart: "organisation" } },
+          organisations.map((o) => barRow(o.organisation, o, longest(organisations), { organisation: o.organisation })),
+        ),
+      ]
+    : [];
   const items = (figures.by_item ?? []).filter((i) => i.index != null || i.floor_s || i.voiced_s);
   const byItem = items.length
     ? [
@@ -114,6 +126,7 @@ export function showSpeakingTime(box, figures, download, counting = false) {
     bySector,
     el("h4", {}, t("speaking.by_person")),
     byPerson,
+    ...byOrganisation,
     ...byItem,
     el(
       "p",
