@@ -242,3 +242,60 @@ async def test_the_console_uploads_cues_plays_pauses_and_stops_a_clip(tmp_path: 
             assert errors == []
         finally:
             await browser.close()
+
+
+async def test_the_public_live_stream_carries_the_clip(
+    signaling_server, settings, connect, mint, tmp_path
+) -> None:
+    film = tmp_path / "film.mp4"
+    expected = [CLIP_COLOURS.index(c) for c in make_film(film, seconds=8)]
+    media_settings = replace(settings, media=True, live_size="320x180", live_fps=10)
+    server = await signaling_server(media_settings, media=build_media(media_settings))
+    status, answer = await upload(server, "council", film.read_bytes(), "film.mp4")
+    assert status == 202
+    clip = await until_ready(server, "council", answer["id"])
+    chair = await connect(server, mint("council", "chair", "chair"))
+    await chair.ok("join", publish={"audio": False, "video": False})
+    await chair.ok("start_broadcast")
+    directory = settings.data_dir / "live" / "council"
+    playlist = directory / "index.m3u8"
+    deadline = time.monotonic() + 40
+    while not (playlist.exists() and playlist.read_text().count("#EXTINF") >= 2):
+        assert time.monotonic() < deadline, "the live stream did not start"
+        await asyncio.sleep(0.2)
+    status, result = await command(server, "council", {"type": "play_clip", "clip": clip["id"], "slot": 0})
+    assert status == 200, result
+    await chair.wait_for(
+        lambda m: (
+            m["type"] == "event"
+            and m["event"]["kind"] == "clip"
+            and m["event"]["clip"]
+            and not m["event"]["clip"]["playing"]
+        ),
+        timeout=20,
+    )
+    await asyncio.sleep(5)  # the segments with the clip's end are written
+    runs: list[int] = []
+    audio: list[np.ndarray] = []
+    for name in [line for line in playlist.read_text().splitlines() if line and not line.startswith("#")]:
+        with av.open(str(directory / name)) as container:
+            for frame in container.decode(video=0, audio=0):
+                if isinstance(frame, av.AudioFrame):
+                    pcm = frame.to_ndarray()  # one channel: planar rows, or every n-th packed sample
+                    channels = len(frame.layout.channels)
+                    audio.append(pcm[0] if frame.format.is_planar else pcm.reshape(-1)[::channels])
+                    continue
+                rgb = frame.to_ndarray(format="rgb24")
+                h, w = rgb.shape[:2]
+                centre = rgb[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].reshape(-1, 3).mean(axis=0)
+                colour = nearest(centre)
+                if np.abs(centre - np.array(CLIP_COLOURS[colour])).max() > 40:
+                    continue
+                if not runs or runs[-1] != colour:
+                    runs.append(colour)
+    assert runs == expected, (runs, expected)
+    samples = np.concatenate(audio)
+    start = max(0, int(np.argmax(np.abs(samples))) - 24_000)
+    window = samples[start : start + 48_000]
+    spectrum = np.abs(np.fft.rfft(window * np.hanning(len(window))))
+    assert abs(float(np.argmax(spectrum)) * 48_000 / len(window) - TONE_HZ) < 10
