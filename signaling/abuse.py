@@ -55,6 +55,7 @@ class Limits:
 
     def __init__(self, redis_url: str | None = None, prefix: str = "conference") -> None:
         self._redis = aioredis.from_url(redis_url, decode_responses=True) if redis_url else None
+        self.redis = self._redis  # shared with signaling.audience's figures (one client)
         self._prefix = prefix
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._marks: OrderedDict[str, tuple[float, str]] = OrderedDict()

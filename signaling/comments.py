@@ -51,7 +51,7 @@ from conference.room import CommandError, Event, RoomState
 
 from . import app as server
 from .abuse import COOKIE, COOKIE_MAX_AGE, Limits, browser_cookie
-from .audience import Audience, TooManyStreams
+from .audience import Audience, SharedFigures, TooManyStreams
 from .guard import too_many
 from .protocol import PROTOCOL_VERSION
 from .public import SITE_KEY, PublicSite
@@ -81,6 +81,8 @@ class Comments:
         self.limits = Limits(settings.redis_url, prefix)
         self.blocked = parse_blocked_words(settings.comment_blocked_words)
         self.audience = Audience(self.store, bool(settings.redis_url), self._count_viewers)
+        if self.limits.redis is not None:  # every process's viewers in the figures
+            self.audience.shared_figures = SharedFigures(self.limits.redis, prefix)
         self._listing_cache: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
         self.store.subscribe(self._changed)
         for action in ACTIONS:

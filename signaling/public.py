@@ -286,7 +286,10 @@ async def room_public(request: web.Request) -> web.Response:
             "broadcasting": state.broadcast.active,
             "code": code,
             "playlist": f"{base}/live/{room}/index.m3u8",
-            "viewers": site.watching(room, None, time.time()),
+            # Every process's, with Redis (signaling.audience.SharedFigures), else this one's.
+            "viewers": site.audience.figures(room)["viewers"]
+            if site.audience is not None and site.audience.room(room).shared is not None
+            else site.watching(room, None, time.time()),
             "likes": 0 if site.audience is None else await site.audience.likes(room),
             "figures": None if site.audience is None else site.audience.figures(room),
             "comment_moderation": state.comment_moderation,

@@ -490,6 +490,15 @@ async def test_two_servers_sharing_redis_share_comments_and_pushes(
                 await call(a, "POST", one.make_url(f"/w/{code}/likes"), json={"count": 2})
                 await call(b, "POST", two.make_url(f"/w/{code}/likes"), json={"count": 3})
                 await events.next("likes", timeout=4.0, where=lambda d: d["likes"] == 5)
+                # A viewer on the other process: both count in the viewers and the figures.
+                async with b.get(two.make_url(f"/w/{code}/events"), params={"viewer": "viewer-two-0002"}):
+                    await events.next("viewers", timeout=5.0, where=lambda d: d["viewers"] == 2)
+                    for server in (one, two):
+                        _, listing, _ = await call(
+                            a, "GET", server.make_url("/api/rooms/council/comments"), ADMIN
+                        )
+                        server_figures = listing["figures"]
+                        assert server_figures["unique_viewers"] == 2 and server_figures["peak_viewers"] == 2
     finally:
         r = aioredis.from_url(url)
         keys = [k async for k in r.scan_iter(f"{prefix}:*")]
