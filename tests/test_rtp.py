@@ -977,3 +977,35 @@ def test_feedback_parser_reads_pli_fir_and_nack_and_survives_garbage() -> None:
     for garbage in (b"", b"\x81\xce", compound[:-3], b"\x00" * 40, bytes(range(256))):
         parse_feedback(garbage)  # never raises
     assert parse_feedback(compound[:-3])[:2] == [Feedback("pli", 0x111), Feedback("pli", 0xABC)]
+
+
+def test_rtx_original_matches_aiortc_unwrap() -> None:
+    """RFC 4588: the original packet back out of a retransmission (aiortc's wrap_rtx builds it),
+    extensions kept; RTX padding (a bandwidth probe) has no packet inside."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
+
+    from conference.sfu.packet import rtx_original
+
+    extensions = HeaderExtensionsMap()
+    extensions.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid")
+            ]
+        )
+    )
+    original = RtpPacket(payload_type=96, marker=1, sequence_number=4242, timestamp=90_000, ssrc=0xAAAA)
+    original.payload = b"\x90\x80\x81\x23vp8 payload"
+    original.extensions.mid = "1"
+    rtx = wrap_rtx(original, payload_type=97, sequence_number=17, ssrc=0xBBBB)
+    data = rtx.serialize(extensions)
+    got = rtx_original(data, header(data), 96, 0xAAAA)
+    assert got is not None
+    packet, parsed = got
+    assert packet == original.serialize(extensions)
+    assert (parsed.payload_type, parsed.sequence, parsed.ssrc, parsed.marker) == (96, 4242, 0xAAAA, 1)
+    padding = RtpPacket(payload_type=97, sequence_number=18, timestamp=1, ssrc=0xBBBB)
+    padding.padding_size = 200
+    probe = padding.serialize(extensions)
+    assert rtx_original(probe, header(probe), 96, 0xAAAA) is None

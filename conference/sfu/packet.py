@@ -187,6 +187,22 @@ def audio_level(data: bytes, header: RtpHeader, ext_id: int) -> int | None:
     return data[pos] & 0x7F
 
 
+def rtx_original(
+    data: bytes, header: RtpHeader, payload_type: int, ssrc: int
+) -> tuple[bytes, RtpHeader] | None:
+    """The packet an RTX packet (RFC 4588) retransmits: its original sequence number (the first two
+    payload bytes), ``payload_type`` and ``ssrc``, the same timestamp, marker and header extensions;
+    None for padding (a bandwidth probe with no packet inside)."""
+    pos, end = header.payload_offset, header.payload_end
+    if end - pos < 3:
+        return None
+    osn = (data[pos] << 8) | data[pos + 1]
+    fixed = bytes((data[0] & 0xDF, (header.marker << 7) | payload_type)) + osn.to_bytes(2, "big")
+    packet = fixed + data[4:8] + ssrc.to_bytes(4, "big") + data[12:pos] + data[pos + 2 : end]
+    parsed = parse_header(packet)
+    return None if parsed is None else (packet, parsed)
+
+
 def abs_send_time(now: float) -> int:
     """abs-send-time: seconds in 6.18 fixed point, 24 bits (wraps every 64 s)."""
     return int(now * 262144.0) & 0xFFFFFF

@@ -29,7 +29,7 @@ from ..sdp_bounds import SdpBounds, SdpTooComplex, check_sdp
 from . import aiortc_glue as glue
 from .consumer import DownTrack, Role
 from .extmap import answered_extension, offer_extension
-from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, parse_header
+from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, RtpHeader, parse_header, rtx_original
 from .producer import Producer
 from .rewriter import StreamRewriter
 from .transport import Kind, Transport
@@ -78,6 +78,7 @@ class Session(Transport):
         self.answer_refused: str | None = None  # why the last answer could not be applied
         # Transport-wide congestion control feedback, when the endpoint accepted it (browsers do).
         self.transport_cc: TransportCcReceiver | None = None
+        self.rtx: dict[int, int] = {}  # the publisher's RTX payload type -> the one it repairs
         self._feedback_timer: asyncio.TimerHandle | None = None
 
     # Upstream, for this session's producers
@@ -186,10 +187,15 @@ class Session(Transport):
         wanted = VIDEO_CODECS if kind == "video" else AUDIO_CODECS
         capabilities = RTCRtpReceiver.getCapabilities(kind)
         assert capabilities is not None
-        # Order by preference and leave RTX out: retransmissions are answered on the main SSRC.
-        transceiver.setCodecPreferences(
-            [c for mime in wanted for c in capabilities.codecs if c.mimeType.lower() == mime.lower()]
-        )
+        preferences = [
+            c for mime in wanted for c in capabilities.codecs if c.mimeType.lower() == mime.lower()
+        ]
+        if kind == "video" and direction == "recvonly":
+            # Publishers retransmit on RTX (RFC 4588): the repair is its own stream, so it does not
+            # hide loss, and a browser can probe its uplink with RTX padding (transport-cc needs
+            # that to find the rate on a lossy link). Our slots answer NACKs on the main SSRC.
+            preferences += [c for c in capabilities.codecs if c.mimeType.lower() == "video/rtx"]
+        transceiver.setCodecPreferences(preferences)
         return transceiver
 
     async def set_answer(self, sdp: str) -> None:
@@ -226,6 +232,8 @@ class Session(Transport):
             if not codecs or transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 continue
             extensions = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
+            if kind == "video":
+                self.rtx = rtx_payload_types(glue.negotiated_codecs(transceiver))
             self.producers[kind] = Producer(
                 self.identity,
                 kind,
@@ -284,7 +292,24 @@ class Session(Transport):
             transport_cc = self.transport_cc
             if transport_cc is not None:
                 transport_cc.add(data, header)
+            if header.payload_type in self.rtx:
+                self._on_rtx(data, header)
+                return
             self.route(data, header)
+
+    def _on_rtx(self, data: bytes, header: RtpHeader) -> None:
+        """A retransmission (or RTX padding, a bandwidth probe): the original packet goes on to the
+        producer only if it is still missing there (probes resend packets that arrived)."""
+        video = self.producers.get("video")
+        if video is None or video.ssrc is None:
+            return
+        nack = video.reception.nack
+        original = rtx_original(data, header, self.rtx[header.payload_type], video.ssrc)
+        if original is None or nack is None:
+            return
+        packet, original_header = original
+        if original_header.sequence in nack.missing:
+            self.route(packet, original_header)
 
     def _publish_mids(self) -> set[str]:
         return {t.mid for t in self.publish.values() if t.mid is not None}
@@ -322,6 +347,16 @@ class Session(Transport):
             await self.pc.close()
         except Exception:
             logger.exception("closing %s failed", self)
+
+
+def rtx_payload_types(codecs: list[RTCRtpCodecParameters]) -> dict[int, int]:
+    """RTX payload type -> the payload type it retransmits (its ``apt``)."""
+    out = {}
+    for c in codecs:
+        apt = c.parameters.get("apt") if c.name.lower() == "rtx" else None
+        if apt is not None:
+            out[c.payloadType] = int(apt)
+    return out
 
 
 def _sender_reporter(sender: Any) -> Any:
