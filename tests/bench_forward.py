@@ -125,14 +125,18 @@ async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False)
     parse = _parser()
     stream = packets(count * repeats, transport_cc=transport_cc)
     receive = producer.receive
-    if transport_cc:  # what Session.on_rtp_packet adds before the producer
+    if transport_cc:  # what Session.on_rtp_packet adds before the producer (transport-cc, RTX)
         from conference.sfu.twcc import TransportCcReceiver
 
         twcc = TransportCcReceiver(TRANSPORT_CC_ID)
         plain_receive = receive
 
+        rtx = {97: 96}  # the publisher's RTX payload type: one lookup per packet in the session
+
         def receive(data: bytes, header: Any) -> None:
-            twcc.add(data, header)
+            twcc.add(data, header, int(time.time() * 1e6))
+            if header.payload_type in rtx:
+                return
             plain_receive(data, header)
 
         layout += " + transport-cc"

@@ -439,6 +439,12 @@ async def test_publishers_get_receiver_reports_remb_and_nacks_for_what_was_lost(
         # The publisher answers on RTX (negotiated with publishers): the producer counts a repair.
         await wait_for(lambda: bool(dropped) and producer.reception.repaired >= 1, 5, "the retransmission")
         assert session.rtx, "RTX was not negotiated with the publisher"
+        # The kernel's receive time of each datagram (what transport-cc reports), on the wall clock.
+        hook = session.datagram_hook
+        assert hook is not None and hook.arrival_us == 0 and session.transport_cc is None  # aiortc: no tcc
+        hook.kernel_timestamps = True
+        await wait_for(lambda: hook.arrival_us > 0, 5, "a kernel timestamp")
+        assert hook.kernel_timestamps and abs(hook.arrival_us / 1e6 - time.time()) < 1.0
         stats = meeting.backend.stats()
         assert stats["nacks_sent"] >= 1 and stats["reports_sent"] >= 2
         assert dropped[0] not in producer.reception.nack.missing  # the late packet filled the gap

@@ -143,7 +143,7 @@ def test_receiver_reports_arrivals_and_losses_across_the_wrap() -> None:
         data = _rtp(100 + i, tseq, 5)
         header = parse_header(data)
         assert header is not None
-        receiver.add(data, header)
+        receiver.add(data, header, 1_000_000 + 1000 * i)
     packets = receiver.feedback(0xAA, 0xBB)
     assert len(packets) == 1
     sender, media, base, count, arrivals = decode(packets[0])
@@ -152,15 +152,15 @@ def test_receiver_reports_arrivals_and_losses_across_the_wrap() -> None:
     # Nothing new: no feedback; a packet already reported is not reported again.
     assert receiver.feedback(0xAA, 0xBB) == []
     data = _rtp(200, 4, 5)
-    receiver.add(data, parse_header(data))  # type: ignore[arg-type]
+    receiver.add(data, parse_header(data), 2_000_000)  # type: ignore[arg-type]
     assert receiver.feedback(0xAA, 0xBB) == []
     data = _rtp(201, 6, 5)
-    receiver.add(data, parse_header(data))  # type: ignore[arg-type]
+    receiver.add(data, parse_header(data), 2_000_000)  # type: ignore[arg-type]
     (packet,) = receiver.feedback(0xAA, 0xBB)
     assert decode(packet)[2:4] == (6, 1)  # next base, feedback count 1
     # Packets without the extension (or another id) are ignored.
     data = _rtp(202, 7, 9)
-    receiver.add(data, parse_header(data))  # type: ignore[arg-type]
+    receiver.add(data, parse_header(data), 2_000_000)  # type: ignore[arg-type]
     assert receiver.feedback(0xAA, 0xBB) == [] and receiver.packets == 9  # 8, then 6 (4 came too late)
 
 

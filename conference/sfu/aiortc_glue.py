@@ -28,12 +28,14 @@ the name that moved. aiortc and aioice are pinned exactly in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import inspect
 import ipaddress
 import queue
 import random
 import re
 import socket
+import struct
 from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
@@ -54,6 +56,8 @@ from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+_SIOCGSTAMP = 0x8906  # linux/sockios.h: the kernel's receive time of the last datagram read
+_TIMEVAL = struct.Struct("@ll")
 
 # Name-mangled instance attributes: created in __init__, checked on a real instance.
 _SENDER_COUNTERS = (
@@ -218,7 +222,17 @@ class SrtpDatagramHook:
     handshake has produced the SRTP keys. Only aioice's own host/reflexive sockets are hooked: data
     relayed through TURN arrives wrapped and takes aiortc's path (``hook_incoming_rtp``)."""
 
-    __slots__ = ("_dtls", "_on_rtp", "handler_errors", "packets", "protocols", "unprotect_errors")
+    __slots__ = (
+        "_dtls",
+        "_on_rtp",
+        "_stamp",
+        "arrival_us",
+        "handler_errors",
+        "kernel_timestamps",
+        "packets",
+        "protocols",
+        "unprotect_errors",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> None:
         self._dtls = dtls
@@ -227,19 +241,29 @@ class SrtpDatagramHook:
         self.unprotect_errors = 0
         self.handler_errors = 0
         self.protocols = 0
+        # With kernel_timestamps, arrival_us is when the kernel received the datagram being handed
+        # to on_rtp (SIOCGSTAMP, wall clock): transport-cc must not see the event loop's delays.
+        self.kernel_timestamps = False
+        self.arrival_us = 0
+        self._stamp = bytearray(16)
 
     def install(self) -> int:
         """Hook every gathered socket of the leg not hooked yet; returns how many are hooked."""
         for protocol in self._dtls.transport._connection._protocols:
             if type(protocol) is aioice.ice.StunProtocol and "datagram_received" not in vars(protocol):
-                protocol.datagram_received = self._wrap(protocol.datagram_received)  # type: ignore[method-assign]
+                sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+                fd = sock.fileno() if sock is not None else -1
+                protocol.datagram_received = self._wrap(protocol.datagram_received, fd)  # type: ignore[method-assign]
                 self.protocols += 1
         return self.protocols
 
-    def _wrap(self, original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    def _wrap(self, original: Callable[[Any, Any], None], fd: int) -> Callable[[Any, Any], None]:
         dtls = self._dtls
         on_rtp = self._on_rtp
         srtp_error = pylibsrtp.Error
+        stamp = self._stamp
+        ioctl = fcntl.ioctl
+        unpack = _TIMEVAL.unpack_from
 
         def datagram_received(data: bytes, addr: Any) -> None:
             # SRTP first byte 128-191; RTCP as aiortc tells it (second byte 192-208) keeps its path.
@@ -252,6 +276,13 @@ class SrtpDatagramHook:
                         self.unprotect_errors += 1
                         return
                     self.packets += 1
+                    if self.kernel_timestamps and fd >= 0:
+                        try:
+                            ioctl(fd, _SIOCGSTAMP, stamp, True)
+                            seconds, micros = unpack(stamp)
+                            self.arrival_us = seconds * 1_000_000 + micros
+                        except OSError:
+                            self.kernel_timestamps = False  # not Linux: the caller's clock it is
                     try:
                         on_rtp(packet)
                     except Exception:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiortc import (
@@ -251,6 +252,8 @@ class Session(Transport):
         ext_id = answered_transport_cc(sdp, self._publish_mids()) if self.producers else 0
         if ext_id:
             self.transport_cc = TransportCcReceiver(ext_id)
+            if self.datagram_hook is not None:
+                self.datagram_hook.kernel_timestamps = True
             self._feedback_timer = asyncio.get_running_loop().call_later(INTERVAL_S, self._send_feedback)
         self.ready = True
         self.router.transport_ready(self)
@@ -283,15 +286,19 @@ class Session(Transport):
             raise MediaError("bad_request", f"cannot add ICE candidate: {exc}") from None
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
-        self.on_rtp_packet(data)
+        self.on_rtp_packet(data, from_socket=False)  # aiortc's path (TURN)
 
-    def on_rtp_packet(self, data: bytes) -> None:
+    def on_rtp_packet(self, data: bytes, from_socket: bool = True) -> None:
         """One decrypted RTP packet from this endpoint."""
         header = parse_header(data)
         if header is not None:
             transport_cc = self.transport_cc
             if transport_cc is not None:
-                transport_cc.add(data, header)
+                hook = self.datagram_hook
+                if from_socket and hook is not None and hook.kernel_timestamps:
+                    transport_cc.add(data, header, hook.arrival_us)
+                else:
+                    transport_cc.add(data, header, int(time.time() * 1e6))
             if header.payload_type in self.rtx:
                 self._on_rtx(data, header)
                 return

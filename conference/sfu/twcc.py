@@ -18,7 +18,6 @@ RTCP transport feedback (PT 205, FMT 15) with each packet's arrival delta or its
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Sequence
 
 from .extmap import answered_extension, offer_extension
@@ -179,8 +178,9 @@ class TransportCcReceiver:
         self.packets = 0
         self.feedback_sent = 0
 
-    def add(self, data: bytes, header: RtpHeader) -> None:
-        """Per incoming packet: note when its transport-wide sequence number arrived."""
+    def add(self, data: bytes, header: RtpHeader, arrival_us: int) -> None:
+        """Per incoming packet: note when (microseconds, one clock for the whole transport; best the
+        kernel's receive time) its transport-wide sequence number arrived."""
         if not header.ext_length:
             return
         pos, size = find_extension(data, header, self.ext_id)
@@ -199,7 +199,7 @@ class TransportCcReceiver:
                 unwrapped = highest + delta - 0x10000
                 if unwrapped < self._start:
                     return  # already reported as lost: libwebrtc does not report it again either
-        self._arrivals[unwrapped & (_RING - 1)] = int(time.monotonic() * 1e6)
+        self._arrivals[unwrapped & (_RING - 1)] = arrival_us
         self.packets += 1
 
     def feedback(self, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
