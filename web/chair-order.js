@@ -138,6 +138,11 @@ export const orderMethods = {
       ),
     );
     if (!mirror.agenda.length) list.append(el("li", { class: "empty" }, t("order.none")));
+    if (current !== this.shownItem) {
+      // The panel scrolls in its share of the column: keep the current item in sight when it changes.
+      this.shownItem = current;
+      list.querySelector("li.current")?.scrollIntoView({ block: "nearest" });
+    }
     $("agenda-next").disabled = !mirror.agenda.length || (current != null && current + 1 >= mirror.agenda.length);
     $("agenda-prev").disabled = !current;
     const presets = Object.entries(mirror.presets);
