@@ -36,6 +36,8 @@ from .replay import MeetingState
 # heard (as is anyone who never sent audio, e.g. the chair's console).
 SILENT_ROLES = ("clerk", "viewer")
 ROUND = 1  # seconds are given to a tenth
+# Timeline entries the recorder writes about media: they change neither the floor nor who is who.
+MEDIA_ENTRIES = frozenset({"speakers", "track", "track_end", "recording_end"})
 
 
 @dataclass(slots=True)
@@ -136,6 +138,8 @@ def walk(entries: Iterable[Mapping[str, Any]], start: float, end: float) -> Walk
         at = float(entry.get("at") or 0.0)
         if at > end:
             break
+        if entry.get("kind") in MEDIA_ENTRIES:
+            continue  # the recorder's own entries: nothing of the room changes
         state.apply(dict(entry))
         _learn_people(state, result.people)
         now = max(at, start)

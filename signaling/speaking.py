@@ -28,7 +28,8 @@ from recorder.speaking_levels import cached, count_live, finished
 
 log = logging.getLogger(__name__)
 
-# Re-counted at most this often for the same timeline size (the consoles poll every few seconds).
+# A room's running figures are counted at most once this often, however many consoles ask, and
+# not again while its timeline has not grown.
 FRESH_S = 1.0
 # How long a request waits for a first count (a long meeting's is given later: the count goes on).
 COUNT_WAIT_S = 30.0
@@ -85,7 +86,8 @@ def setup(app: web.Application) -> None:
     recording = app[server.RECORDING_KEY]
     counted: dict[str, tuple[int, float, dict[str, Any]]] = {}  # recording id -> (size, at, figures)
 
-    def count(recording_id: str, now: float) -> dict[str, Any] | None:
+    def count(recording_id: str, now: float) -> tuple[float, dict[str, Any]] | None:
+        """(when counted, figures): a count of the last second, or of the same timeline, is reused."""
         assert recording.service is not None
         try:
             rec = Recording(recording_dir(recording.service.data_dir, recording_id))
@@ -93,13 +95,13 @@ def setup(app: web.Application) -> None:
         except (ArchiveError, OSError):
             return None
         cached = counted.get(recording_id)
-        if cached is not None and cached[0] == size and now - cached[1] < FRESH_S:
-            return cached[2]
+        if cached is not None and (cached[0] == size or now - cached[1] < FRESH_S):
+            return cached[1], cached[2]
         figures = count_live(rec, now)
         for old in [k for k, (_, at, _) in counted.items() if now - at > 60.0]:
             del counted[old]  # recordings that stopped
         counted[recording_id] = (size, now, figures)
-        return figures
+        return now, figures
 
     async def speaking_time(request: web.Request) -> web.Response:
         room = request.match_info["room"]
@@ -111,7 +113,9 @@ def setup(app: web.Application) -> None:
         now = time.time()
         figures = None
         if recording_id is not None and recording.service is not None:
-            figures = await asyncio.to_thread(count, recording_id, now)
+            found = await asyncio.to_thread(count, recording_id, now)
+            if found is not None:
+                now, figures = found
         return web.json_response(
             {
                 "room": room,

@@ -21,7 +21,6 @@ export class SpeakingPanel {
     this.box = box; // a <details> with a .speaking-body inside
     this.body = box.querySelector(".speaking-body");
     this.data = null; // the last answer
-    this.receivedAt = 0; // performance.now() when it came
     this.timer = null;
     this.asking = false;
   }
@@ -56,7 +55,6 @@ export class SpeakingPanel {
       });
       if (res.ok) {
         this.data = await res.json();
-        this.receivedAt = performance.now();
         this.render();
       }
     } catch {
@@ -71,7 +69,9 @@ export class SpeakingPanel {
     const figures = this.data?.speaking_time;
     if (!figures) return null;
     const holder = this.client.mirror?.floor;
-    const extra = holder && holder === this.data.floor ? (performance.now() - this.receivedAt) / 1000 : 0;
+    // Counted up to `at` on the server's clock (the page knows its offset from the join).
+    const now = Date.now() / 1000 + (this.client.clockOffset || 0);
+    const extra = holder && holder === this.data.floor ? now - this.data.at : 0;
     const grow = (row, yes) => (yes && extra > 0 ? { ...row, floor_s: row.floor_s + extra } : row);
     const holderSector = figures.by_person.find((p) => p.identity === holder)?.sector ?? null;
     return {
