@@ -64,6 +64,7 @@ def frame_starts(video: list[tuple[float, object, bytes]]) -> list[tuple[float, 
 async def test_packets_are_paced_on_one_clock_and_numbered_on_across_pause_and_seek(prepared) -> None:
     sent = Sent()
     player = ClipPlayer(prepared, sent)
+    started = time.monotonic()
     player.play()
     await asyncio.sleep(1.5)
     player.pause()
@@ -80,16 +81,19 @@ async def test_packets_are_paced_on_one_clock_and_numbered_on_across_pause_and_s
     for packets in (video, audio):
         sequences = [h.sequence for _, h, _ in packets]
         assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(sequences))
-    # Paced: 1.5 s of play sent ~1.5 s of media, not a burst.
+    # Paced: the first run sent as much audio (20 ms frames) as it played, not a burst (a loaded
+    # machine may oversleep; what counts is the time that really passed).
     first_run = [p for p in audio if p[0] < paused_at]
-    assert 70 <= len(first_run) <= 80, len(first_run)
+    assert abs(len(first_run) - (paused_at - started) / 0.02) <= 4, (len(first_run), paused_at - started)
     # Audio and video timestamps follow the wall clock from one origin: a packet's timestamp, read
     # in seconds from the stream's first, matches when it was sent (within a frame's pacing).
     for packets, clock in ((video, 90_000), (audio, 48_000)):
         t0, h0, _ = packets[0]
         for at, header, _ in packets:
             media = ((header.timestamp - h0.timestamp) & 0xFFFFFFFF) / clock
-            assert abs(media - (at - t0)) < 0.08, (clock, media, at - t0)
+            # Never early (a packet goes at its time, give or take the 10 ms tick); late only by
+            # the loop's scheduling on a loaded machine.
+            assert -0.03 < (at - t0) - media < 0.3, (clock, media, at - t0)
     assert abs(video[0][0] - audio[0][0]) < 0.05
     # After the seek the video starts at the keyframe of second 3, its picture ids running on.
     starts = frame_starts(video)
@@ -100,19 +104,35 @@ async def test_packets_are_paced_on_one_clock_and_numbered_on_across_pause_and_s
     assert player.position_s == 0.0 and not player.playing
 
 
+async def within_second(player: ClipPlayer, low: float, high: float) -> float:
+    """Wait until the clip is between ``low`` and ``high`` into one of its seconds (keyframes come
+    every second); a loaded machine that jumps past the window catches the next one."""
+    deadline = time.monotonic() + 10
+    while True:
+        position = player.position_s
+        if low <= position % 1.0 < high and position < player.clip.duration_s - 1:
+            return position
+        assert time.monotonic() < deadline, position
+        await asyncio.sleep(0.005)
+
+
 async def test_a_keyframe_request_gets_the_next_keyframe_or_a_restart_at_the_last(prepared) -> None:
     sent = Sent()
     player = ClipPlayer(prepared, sent)
     player.play()
-    await asyncio.sleep(1.7)  # 0.3 s before the keyframe of second 2: it is near, nothing changes
+    # Just started: the first keyframe is the next packet, nothing to do.
     player.keyframe_wanted()
     assert player.keyframe_restarts == 0
-    await asyncio.sleep(0.6)  # at 2.3 s: the next keyframe is 0.7 s away, the clip restarts at 2.0
+    # The next keyframe under half a second away: it is waited for.
+    await within_second(player, 0.6, 0.95)
+    player.keyframe_wanted()
+    assert player.keyframe_restarts == 0
+    # Further: the clip restarts at the last keyframe (the second's start).
+    position = await within_second(player, 0.15, 0.4)
     asked = time.monotonic()
-    position = player.position_s
     player.keyframe_wanted()
     assert player.keyframe_restarts == 1
-    assert player.position_s == pytest.approx(2.0, abs=0.01) and position > 2.2
+    assert player.position_s == pytest.approx(float(int(position)), abs=0.05), position
     await asyncio.sleep(0.3)
     player.stop()
     after = frame_starts(sent.of(VIDEO_PT, since=asked))
