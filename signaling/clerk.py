@@ -63,7 +63,7 @@ from recorder.titles import language_of, recording_language
 from .admission import check_not_removed
 from .errors import STATUS_FOR_CODE, json_error
 from .guard import GUARD_KEY, check_throttle
-from .speaking import recording_figures
+from .speaking import VIEW_WAIT_S, recording_figures
 from .tokens import TokenError, admin_key_matches, verify_token
 
 # The clerk sub-application's own keys: what it needs is passed in when it is built.
@@ -315,7 +315,7 @@ async def detail_view(request: web.Request) -> web.Response:
 
     data = await asyncio.to_thread(collect)
     # None while a long meeting's first count goes on (docs/recordings.md).
-    data["speaking_time"] = await recording_figures(recording)
+    data["speaking_time"] = await recording_figures(recording, VIEW_WAIT_S)
     return web.json_response(data)
 
 

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 # A room's running figures are counted at most once this often, however many consoles ask, and
 # not again while its timeline has not grown.
 FRESH_S = 1.0
-# How long a request waits for a first count (a long meeting's is given later: the count goes on).
+# How long a request waits for a first count (a long meeting's is given later: the count goes on):
+# the recording's view briefly (it carries much else, and the clerk page asks again), the sheets
+# longer (they are nothing else).
+VIEW_WAIT_S = 2.0
 COUNT_WAIT_S = 30.0
 COUNT_NICE = 10
 _counting: dict[Path, asyncio.Task[None]] = {}

@@ -66,9 +66,12 @@ async def test_the_sheets_of_a_recording(
     write_meeting(settings.data_dir, "other-1", script, started_at=STARTED, room="other")
     server = await signaling_server()
     clerk = mint("assembly", "clerk1", "clerk")
+    # The sheets wait for the first count (in its own process), then the view has it at once.
+    status, body, ctype = await call(server, "/api/recordings/assembly-1/speaking-time.csv", clerk)
+    assert status == 200 and ctype.startswith("text/csv")
+    assert (recording_dir(settings.data_dir, "assembly-1") / CACHE_NAME).is_file()  # counted once
     status, detail, _ = await call(server, "/api/recordings/assembly-1", clerk)
     assert status == 200
-    assert (recording_dir(settings.data_dir, "assembly-1") / CACHE_NAME).is_file()  # counted once
     people = {p["identity"]: p for p in detail["speaking_time"]["by_person"]}
     assert people["b"]["floor_s"] == 2.0 and people["b"]["turns"] == 1
 

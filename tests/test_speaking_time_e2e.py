@@ -151,8 +151,12 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             if console_page is not None:
                 await console_page.close()
 
-        _, body = await get(server.url, f"/api/recordings/{recording_id}")
-        figures = json.loads(body)["speaking_time"]
+        # The first view may come before the count (its own process) is done: ask again, as a
+        # client does.
+        async def report() -> Any:
+            return json.loads((await get(server.url, f"/api/recordings/{recording_id}"))[1])["speaking_time"]
+
+        figures = await eventually(report, lambda f: f is not None, 30, "the speaking-time figures")
         people = {p["identity"]: p for p in figures["by_person"]}
         assert people["hall-a"]["floor_s"] == pytest.approx(t2 - t1, abs=1.0)
         assert people["expert-b"]["floor_s"] == pytest.approx(t4 - t3, abs=1.0)
