@@ -25,11 +25,11 @@ def test_delay_follows_the_repair_time_within_its_bounds() -> None:
     s = NackScheduler()
     assert not s.rtt_known
     s.set_round_trip(0.1)  # 50 ms each way
-    assert s.rtt_known and s.repair_time() == pytest.approx(0.01 + 0.1 + 0.1)
+    assert s.rtt_known and s.repair_time() == pytest.approx(0.01 + 0.1 + (0.1 + 0.1))  # two requests
     s.lost(1, 1, 0.0)
     s.poll(0.01)
     s.arrived(1, 0.11)  # measured: 100 ms, variation 50 ms until more repairs
-    assert s.repair_time() == pytest.approx(0.01 + 0.1 + 0.1)
+    assert s.repair_time() == pytest.approx(0.01 + 0.1 + (0.1 + 0.1))
 
 
 @pytest.mark.parametrize(
@@ -70,10 +70,13 @@ def test_a_slot_follows_its_sources_round_trip_with_hysteresis() -> None:
     assert track.rewriter.playout_delay is None  # round trip unknown
     nack.set_round_trip(0.1)
     track.update_playout_delay()
-    assert track.rewriter.playout_delay == (23, 40)  # 10 + 100 + 100 + 20 ms
-    nack.set_round_trip(0.105)  # 10 ms more repair time: within the hysteresis
+    assert track.rewriter.playout_delay == (30, 40)  # 10 + 100 + 200 + 20 ms, capped at 300
+    nack.set_round_trip(0.05)  # 10 + 50 + 100 + 20 ms
     track.update_playout_delay()
-    assert track.rewriter.playout_delay == (23, 40)
+    assert track.rewriter.playout_delay == (18, 40)
+    nack.set_round_trip(0.0525)  # 5 ms more repair time: within the hysteresis
+    track.update_playout_delay()
+    assert track.rewriter.playout_delay == (18, 40)
     nack.set_round_trip(0.002)  # the publisher moved next to the server
     track.update_playout_delay()
     assert track.rewriter.playout_delay is None

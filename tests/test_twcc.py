@@ -149,19 +149,22 @@ def test_receiver_reports_arrivals_and_losses_across_the_wrap() -> None:
     sender, media, base, count, arrivals = decode(packets[0])
     assert (sender, media, base, count) == (0xAA, 0xBB, 65533, 0)
     assert [a is not None for a in arrivals] == [True] * 7 + [False, True]
-    # Nothing new: no feedback; a packet already reported is not reported again.
+    # Nothing new: no feedback. A packet reported lost that turns up (reordered) is reported again,
+    # from it on, as libwebrtc's receiver does.
     assert receiver.feedback(0xAA, 0xBB) == []
     data = _rtp(200, 4, 5)
     receiver.add(data, parse_header(data), 2_000_000)  # type: ignore[arg-type]
-    assert receiver.feedback(0xAA, 0xBB) == []
+    (packet,) = receiver.feedback(0xAA, 0xBB)
+    base, count, arrivals = decode(packet)[2], decode(packet)[3], decode(packet)[4]
+    assert (base, count) == (4, 1) and arrivals[0] is not None and arrivals[1] is not None  # 4, 5
     data = _rtp(201, 6, 5)
     receiver.add(data, parse_header(data), 2_000_000)  # type: ignore[arg-type]
     (packet,) = receiver.feedback(0xAA, 0xBB)
-    assert decode(packet)[2:4] == (6, 1)  # next base, feedback count 1
+    assert decode(packet)[2:4] == (6, 2)  # next base, feedback count 2
     # Packets without the extension (or another id) are ignored.
     data = _rtp(202, 7, 9)
     receiver.add(data, parse_header(data), 2_000_000)  # type: ignore[arg-type]
-    assert receiver.feedback(0xAA, 0xBB) == [] and receiver.packets == 9  # 8, then 6 (4 came too late)
+    assert receiver.feedback(0xAA, 0xBB) == [] and receiver.packets == 10
 
 
 OFFER = "\r\n".join(

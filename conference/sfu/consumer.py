@@ -27,10 +27,10 @@ Role = Literal["video", "audio", "preview"]
 # subscriber's buffer sized to its source's repair time (its publisher's round trip, not the
 # subscriber's), so a retransmission lands before the frame is due. Bounded: a minimum of at most
 # PLAYOUT_MIN_CAP_MS and a maximum of PLAYOUT_MAX_MS keep the meeting conversational; a publisher
-# near the server (repair under PLAYOUT_FLOOR_MS) gets no element: the browser sizes its own buffer.
+# near the server (repair + margin under PLAYOUT_FLOOR_MS) gets no element: the browser sizes its own buffer.
 PLAYOUT_MAX_MS = 400
 PLAYOUT_MIN_CAP_MS = 300
-PLAYOUT_FLOOR_MS = 40
+PLAYOUT_FLOOR_MS = 60  # a publisher on the LAN: 10 + 2 + 20 (the minimum retry) + 20 ms
 PLAYOUT_MARGIN_MS = 20  # a frame's decode and render on top of the repair
 PLAYOUT_HYSTERESIS = 2  # in 10 ms units: smaller changes are not worth a rebuilt extension block
 

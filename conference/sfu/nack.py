@@ -156,9 +156,10 @@ class NackScheduler:
         return self.rtt_measured or self._rtt_given
 
     def repair_time(self) -> float:
-        """How long a lost packet takes to be repaired by one request: the reordering allowance,
-        then the round trip and its variation (what a subscriber's buffer must cover)."""
-        return self.reorder_allowance(self._reorder_at) + self.rtt + 2 * self.rttvar
+        """How long a lost packet takes to be repaired within two requests (what a subscriber's
+        buffer should cover: at 5 % loss each way a tenth of first requests or their answers are
+        lost too): the reordering allowance, the first round trip, then one retry interval."""
+        return self.reorder_allowance(self._reorder_at) + self.rtt + self.retry_interval
 
     @property
     def retry_interval(self) -> float:

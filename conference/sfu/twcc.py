@@ -28,6 +28,7 @@ URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 INTERVAL_S = 0.05  # feedback every 50 ms while packets arrive (libwebrtc adapts 50-250 ms)
 MAX_STATUS_PER_PACKET = 1000  # sequence numbers one feedback packet covers at most
 _RING = 1 << 14  # arrival times kept (a feedback interval is a few hundred packets)
+REREPORT_WINDOW = 1000  # a packet this far behind the reported ones is not reported again
 
 _HEAD = struct.Struct("!BBHIIHHI")  # RTCP header, sender SSRC, media SSRC, base, count, ref|fb count
 _DELTA_US = 250
@@ -167,11 +168,12 @@ class TransportCcReceiver:
     """Arrival times of one transport's packets by transport-wide sequence number, and the
     feedback packets that report them (``feedback``, every INTERVAL_S)."""
 
-    __slots__ = ("_arrivals", "_count", "_highest", "_start", "ext_id", "feedback_sent", "packets")
+    __slots__ = ("_arrivals", "_count", "_highest", "_seqs", "_start", "ext_id", "feedback_sent", "packets")
 
     def __init__(self, ext_id: int) -> None:
         self.ext_id = ext_id
-        self._arrivals: list[int] = [-1] * _RING
+        self._arrivals: list[int] = [0] * _RING
+        self._seqs: list[int] = [-1] * _RING  # which sequence number each arrival slot holds
         self._highest = -1  # unwrapped (offset by 2^16 so a packet just before the first stays >= 0)
         self._start = -1  # the first sequence number not reported yet
         self._count = 0  # feedback packet count (8 bits on the wire)
@@ -198,8 +200,14 @@ class TransportCcReceiver:
             else:
                 unwrapped = highest + delta - 0x10000
                 if unwrapped < self._start:
-                    return  # already reported as lost: libwebrtc does not report it again either
-        self._arrivals[unwrapped & (_RING - 1)] = arrival_us
+                    # Reported lost already (reordering): report again from it, as libwebrtc's
+                    # RemoteEstimatorProxy does, or the sender's estimator counts it lost.
+                    if self._start - unwrapped > REREPORT_WINDOW:
+                        return
+                    self._start = unwrapped
+        i = unwrapped & (_RING - 1)
+        self._arrivals[i] = arrival_us
+        self._seqs[i] = unwrapped
         self.packets += 1
 
     def feedback(self, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
@@ -209,14 +217,12 @@ class TransportCcReceiver:
             return []
         if highest - start >= _RING:
             start = highest - _RING + 1  # a stall longer than the ring: report what it still holds
-        arrivals = self._arrivals
+        arrivals, seqs = self._arrivals, self._seqs
         mask = _RING - 1
         window: list[int | None] = []
         for seq in range(start, highest + 1):
             i = seq & mask
-            t = arrivals[i]
-            arrivals[i] = -1
-            window.append(t if t >= 0 else None)
+            window.append(arrivals[i] if seqs[i] == seq else None)
         self._start = highest + 1
         packets = []
         offset = 0
