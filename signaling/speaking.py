@@ -24,7 +24,7 @@ from aiohttp import web
 
 from conference.roles import Permission
 from recorder.archive import ArchiveError, Recording, recording_dir
-from recorder.speaking_levels import cached, count_live, finished
+from recorder.speaking_levels import cached, count_live, finished, speaking_time
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +37,48 @@ FRESH_S = 1.0
 VIEW_WAIT_S = 2.0
 COUNT_WAIT_S = 30.0
 COUNT_NICE = 10
-_counting: dict[Path, asyncio.Task[None]] = {}
+# Audio this small (about seven person-minutes of Opus) is counted in a thread of this process: well
+# under 0.1 s with the level extension, 0.3 s at most decoding Opus; more goes to its own process.
+SMALL_AUDIO_BYTES = 1_000_000
+# After a stop, how long to wait for the writer to finish the recording before counting it.
+STOP_WAIT_S = 30.0
+_counting: dict[Path, asyncio.Future[None]] = {}
+_stop_counts: set[asyncio.Future[None]] = set()  # kept referenced while they run
+
+
+def _audio_bytes(recording: Recording) -> int:
+    total = 0
+    for track in recording.tracks:
+        if track.media == "audio":
+            with contextlib.suppress(OSError):
+                total += recording.track_path(track.number).stat().st_size
+    return total
+
+
+def _count_in_thread(recording: Recording) -> None:
+    try:
+        speaking_time(recording)  # writes the cache
+    except Exception:  # a damaged archive must not fail the clerk's view
+        log.exception("%s: counting the speaking time failed", recording.directory)
 
 
 async def recording_figures(recording: Recording, wait_s: float = COUNT_WAIT_S) -> dict[str, Any] | None:
     """The figures of a recording: counted now from the timeline while it is still written (cheap);
-    once finished from its cache, else counted by ``python -m recorder.speaking_levels`` in its own
-    low-priority process (reading every audio packet in this one would hold the interpreter the
-    media path needs), waiting at most ``wait_s``; None while that count goes on."""
+    once finished from its cache, else counted once: a short recording's audio in a thread here, a
+    longer one by ``python -m recorder.speaking_levels`` in its own low-priority process (reading
+    every audio packet in this one would hold the interpreter the media path needs), waiting at
+    most ``wait_s``; None while that count goes on."""
     if not finished(recording):
         return await asyncio.to_thread(count_live, recording, recording.stopped_at)
     found = await asyncio.to_thread(cached, recording)
     if found is not None:
         return found
     key = recording.directory
-    task = _counting.get(key)
+    small = await asyncio.to_thread(_audio_bytes, recording) <= SMALL_AUDIO_BYTES
+    task = _counting.get(key)  # no await from here to its creation: one count per recording
     if task is None:
-        task = _counting[key] = asyncio.create_task(_count_in_process(key))
+        counting = asyncio.to_thread(_count_in_thread, recording) if small else _count_in_process(key)
+        task = _counting[key] = asyncio.ensure_future(counting)
         task.add_done_callback(lambda done: _counting.pop(key, None) if _counting.get(key) is done else None)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), wait_s)
@@ -106,7 +131,7 @@ def setup(app: web.Application) -> None:
         counted[recording_id] = (size, now, figures)
         return now, figures
 
-    async def speaking_time(request: web.Request) -> web.Response:
+    async def running_figures(request: web.Request) -> web.Response:
         room = request.match_info["room"]
         await server.authorize(request, room, Permission.FLOOR_CONTROL)
         state = await app[server.STORE_KEY].get(room)
@@ -130,4 +155,35 @@ def setup(app: web.Application) -> None:
             }
         )
 
-    app.router.add_get("/api/rooms/{room}/speaking-time", speaking_time)
+    app.router.add_get("/api/rooms/{room}/speaking-time", running_figures)
+
+    # A recording this process wrote is counted as soon as it stops: the figures are ready when
+    # the clerk opens it (in the same low-priority way as on request).
+    writing: dict[str, str] = {}  # room -> the recording this process writes for it
+
+    async def count_when_finished(recording_id: str) -> None:
+        assert recording.service is not None
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                rec = Recording(recording_dir(recording.service.data_dir, recording_id))
+            except ArchiveError:
+                return
+            if finished(rec):
+                await recording_figures(rec, wait_s=STOP_WAIT_S)
+                return
+            await asyncio.sleep(0.5)
+
+    def on_room(room: str, events: list[dict[str, Any]], state: Any) -> None:
+        service = recording.service
+        if service is None:
+            return
+        current = state.recording.recording_id if state.recording.active else None
+        if current is not None and service.active(current):
+            writing[room] = current
+        elif current is None and room in writing:
+            task = asyncio.ensure_future(count_when_finished(writing.pop(room)))
+            _stop_counts.add(task)
+            task.add_done_callback(_stop_counts.discard)
+
+    app[server.STORE_KEY].subscribe(on_room)

@@ -97,16 +97,25 @@ async def test_the_sheets_of_a_recording(
     assert status == 404
 
 
-async def test_a_first_count_runs_in_its_own_process_and_is_kept(settings: Settings) -> None:
+async def test_a_first_count_runs_once_in_a_thread_or_its_own_process_and_is_kept(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """A short recording is counted in a thread; a longer one (here: any, the threshold set to 0)
+    by ``python -m recorder.speaking_levels`` in a process of its own. Either way once, then cached."""
+    from signaling import speaking
+
     script = Script([Speaker("b", "Bob", (0, 255, 0), 660.0, video=False)], duration=2.0, floors=[(0.5, "b")])
-    write_meeting(settings.data_dir, "assembly-2", script, started_at=STARTED, room="assembly")
-    recording = Recording(recording_dir(settings.data_dir, "assembly-2"))
-    # Not waiting: nothing yet, the count goes on in its process.
-    assert await recording_figures(recording, wait_s=0.0) is None
-    figures = await recording_figures(recording, wait_s=30.0)
-    assert figures is not None and figures["by_person"][0]["floor_s"] == 1.5
-    assert figures["by_person"][0]["voiced_s"] > 1.0
-    assert (recording.directory / CACHE_NAME).is_file()
+    for recording_id, small in (("assembly-2", True), ("assembly-4", False)):
+        write_meeting(settings.data_dir, recording_id, script, started_at=STARTED, room="assembly")
+        recording = Recording(recording_dir(settings.data_dir, recording_id))
+        monkeypatch.setattr(speaking, "SMALL_AUDIO_BYTES", 1_000_000 if small else 0)
+        # Not waiting: nothing yet, the count goes on.
+        assert await recording_figures(recording, wait_s=0.0) is None
+        figures = await recording_figures(recording, wait_s=30.0)
+        assert figures is not None and figures["by_person"][0]["floor_s"] == 1.5, recording_id
+        assert figures["by_person"][0]["voiced_s"] > 1.0
+        assert (recording.directory / CACHE_NAME).is_file()
+        assert not speaking._counting  # done, and forgotten
 
 
 def test_the_command_line_prints_and_writes_the_same_figures(tmp_path: Any, capsys: Any) -> None:

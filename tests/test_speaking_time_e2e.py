@@ -151,8 +151,15 @@ async def test_figures_match_the_grants_in_the_report_the_sheets_and_the_chart(t
             if console_page is not None:
                 await console_page.close()
 
-        # The first view may come before the count (its own process) is done: ask again, as a
-        # client does.
+        # The server counts a recording it wrote as soon as it stops, before anyone asks.
+        cache = tmp_path / "data" / "recordings" / recording_id / "speaking_time.json"
+
+        async def cached() -> bool:
+            return cache.is_file()
+
+        await eventually(cached, bool, 15, "the figures counted after the stop")
+
+        # A first view may still come before a count is done: ask again, as a client does.
         async def report() -> Any:
             return json.loads((await get(server.url, f"/api/recordings/{recording_id}"))[1])["speaking_time"]
 
