@@ -208,6 +208,19 @@ async def test_the_console_uploads_cues_plays_pauses_and_stops_a_clip(tmp_path: 
                 10,
                 "the preview loads",
             )
+            # The slot choice follows the program's layout; the clip goes into the second slot.
+            async with aiohttp.ClientSession() as http:
+                program = {"layout": "side-by-side", "slots": [None, None]}
+                url = f"{server.url}/api/rooms/council/program"
+                async with http.put(url, json=program, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+                    assert r.status == 200, await r.text()
+            await eventually(
+                lambda: page.evaluate("document.getElementById('clip-slot').options.length"),
+                lambda n: n == 2,
+                10,
+                "a choice per slot of the layout",
+            )
+            await page.evaluate("document.getElementById('clip-slot').value = '1'")
             await page.click("#clip-play")
             await eventually(
                 lambda: page.evaluate("window.conference.client.mirror.clip?.playing"), bool, 10, "playing"
@@ -220,7 +233,7 @@ async def test_the_console_uploads_cues_plays_pauses_and_stops_a_clip(tmp_path: 
             await asyncio.sleep(1.5)
             second = await remaining()
             assert 0.8 < first - second < 2.5 and 4.0 < second < 8.0, (first, second)
-            assert "clip" in await page.evaluate("window.conference.client.mirror.program.slots")
+            assert await page.evaluate("window.conference.client.mirror.program.slots") == [None, "clip"]
             await page.click("#clip-pause")
             await eventually(
                 lambda: page.evaluate("window.conference.client.mirror.clip?.playing"),

@@ -123,6 +123,17 @@ export class ClipPanel {
     );
   }
 
+  /** One choice per slot of the program's layout (the clip goes into the program as it is). */
+  renderSlots() {
+    const layout = this.client.layouts?.find((l) => l.name === this.client.mirror?.program.layout);
+    const count = layout ? layout.slots.length : 1;
+    const select = $("clip-slot");
+    if (select.options.length === count) return;
+    const chosen = Math.min(Number(select.value) || 0, count - 1);
+    select.replaceChildren(...Array.from({ length: count }, (_, i) => el("option", { value: String(i) }, String(i + 1))));
+    select.value = String(chosen);
+  }
+
   /** The player's state from the room (position counted from `at`), or the cued preview's. */
   renderStatus() {
     const cue = this.client.mirror?.clip;
@@ -146,6 +157,7 @@ export class ClipPanel {
     $("clip-remaining").dataset.remaining = String(Math.max(0, duration - position).toFixed(1));
     seek.max = String(duration || 0);
     if (!this.seeking) seek.value = String(position);
+    this.renderSlots();
     $("clip-pause").disabled = !cue?.playing;
     $("clip-stop").disabled = !cue;
   }
