@@ -46,6 +46,15 @@ class Settings:
     # Handed to every client in the join reply and used by the server's own peer connections.
     # Empty by default: aiortc would otherwise ask a public STUN server.
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    # A TURN server with time-limited credentials (coturn's use-auth-secret, the "TURN REST API"):
+    # every join gets its own username ("expiry:identity") and HMAC credential, valid turn_ttl_s;
+    # no fixed password in any page. docs/deploy.md has the coturn side.
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str | None = None
+    turn_ttl_s: int = 12 * 3600
+    # "relay": the pages use only TURN relay candidates (a venue whose network allows nothing else,
+    # or to check the relay); "all" (default) lets ICE choose.
+    ice_transport_policy: str = "all"
     rtc_port_min: int | None = None
     rtc_port_max: int | None = None
     rtc_interfaces: list[str] = field(default_factory=list)
@@ -165,6 +174,14 @@ class Settings:
             raise ConfigError("recording_retention_days must be at least 1 (or unset to keep forever)")
         for server in self.ice_servers:
             _check_ice_server(server)
+        if bool(self.turn_urls) != bool(self.turn_secret):
+            raise ConfigError("turn_urls and turn_secret go together (coturn's static-auth-secret)")
+        if any(not u.startswith(("turn:", "turns:")) for u in self.turn_urls):
+            raise ConfigError(f"turn_urls must be turn: or turns: URLs, got {self.turn_urls}")
+        if self.ice_transport_policy not in ("all", "relay"):
+            raise ConfigError("ice_transport_policy must be all or relay")
+        if self.turn_ttl_s < 60:
+            raise ConfigError("turn_ttl_s must be at least 60")
         if not re.fullmatch(r"\d{2,4}x\d{2,4}", self.live_size):
             raise ConfigError(f"live_size must be WIDTHxHEIGHT, got {self.live_size!r}")
         if self.clip_max_bytes < 0:
@@ -226,6 +243,10 @@ _FIELD_TYPES: dict[str, str] = {
     "tls_cert": "path?",
     "tls_key": "path?",
     "ice_servers": "ice",
+    "turn_urls": "strlist",
+    "turn_secret": "str?",
+    "turn_ttl_s": "int",
+    "ice_transport_policy": "str",
     "rtc_port_min": "int?",
     "rtc_port_max": "int?",
     "rtc_interfaces": "strlist",
@@ -408,6 +429,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
         "--auto-record", action="store_true", default=None, help="record every room from its first join"
     )
     parser.add_argument("--redis-url", help="share rooms between processes through Redis")
+    parser.add_argument(
+        "--turn-url", action="append", metavar="URL", help="TURN server (repeatable) for per-join credentials"
+    )
+    parser.add_argument("--turn-secret", help="the TURN server's static-auth-secret (coturn use-auth-secret)")
+    parser.add_argument(
+        "--ice-transport-policy", choices=["all", "relay"], help="relay: pages use TURN relay candidates only"
+    )
     parser.add_argument("--node-id", help="this server's name among several (default: the host name)")
     parser.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help="also serve /metrics here, without the admin key"
@@ -446,6 +474,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
             auto_record=args.auto_record,
             redis_url=args.redis_url,
             node_id=args.node_id,
+            turn_urls=args.turn_url,
+            turn_secret=args.turn_secret,
+            ice_transport_policy=args.ice_transport_policy,
             metrics_listen=args.metrics_listen,
             room_store=args.room_store,
             media=False if args.no_media else None,

@@ -35,6 +35,7 @@ from .connection import Connection
 from .protocol import MAX_AUDIO_SLOTS, PROTOCOL_VERSION, error
 from .recording import RecordingControl
 from .tokens import Claims, TokenError, resolve_secret
+from .turn import ice_servers_for
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,8 @@ class Rooms:
             # The server's clock, so a page shows the speaking timer's remaining time rightly.
             "server_time": time.time(),
             "room": state.client_json(),
-            "ice_servers": self.settings.ice_servers,
+            "ice_servers": ice_servers_for(self.settings, claims.identity),
+            "ice_transport_policy": self.settings.ice_transport_policy,
             "layouts": catalogue_json(),
             # The public page's short link: venue screens show its QR code between sessions.
             "public_url": self.public_path(claims.room),

@@ -221,6 +221,7 @@ export class RoomClient extends EventTarget {
       this.you = result.you;
       this.permissions = result.permissions || [];
       this.iceServers = result.ice_servers || [];
+      this.iceTransportPolicy = result.ice_transport_policy === "relay" ? "relay" : "all";
       if (result.layouts) this.layouts = result.layouts;
       this.publicUrl = result.public_url ?? null; // the public page's short link (/w/{code})
       this.mirror = new RoomMirror(result.room);
@@ -480,7 +481,11 @@ export class RoomClient extends EventTarget {
     this.previewMids = slots.previews || [];
     if (!msg.sdp) return; // a server without media (NullMedia): room events only
     const ws = this._ws;
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy || "all",
+      bundlePolicy: "max-bundle",
+    });
     this.pc = pc;
     this._setMediaState("connecting");
     const early = [];
