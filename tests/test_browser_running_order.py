@@ -262,6 +262,20 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
                 10,
                 "the added item",
             )
+            # Edited in place: the title and time change, the item keeps its place.
+            await chair.click("#agenda-list li[data-index='3'] .agenda-edit", force=True)
+            assert await chair.input_value("#agenda-new-title") == "自由讨论"
+            await chair.fill("#agenda-new-title", "自由讨论（延长）")  # noqa: RUF001
+            await chair.fill("#agenda-new-minutes", "20")
+            await chair.click("#agenda-add-submit", force=True)
+            await eventually(
+                lambda: chair.eval_on_selector_all(
+                    "#agenda-list .agenda-goto", "ns => ns.map(n => n.textContent)"
+                ),
+                lambda titles: titles == [*(i["title"] for i in AGENDA), "自由讨论（延长）"],  # noqa: RUF001
+                10,
+                "the edited item",
+            )
             # The public page shows the current item under the title, marked in the agenda.
             public = await rest(server, "GET", "/api/rooms/council/public")
             watch = await chair.context.new_page()
@@ -275,7 +289,7 @@ async def test_the_chair_goes_through_the_agenda_and_every_venue_follows(tmp_pat
             assert await watch.text_content("#agenda li.current") == AGENDA[2]["title"]
             await watch.close()
             state = await rest(server, "GET", "/api/rooms/council")
-            assert state["agenda_index"] == 2 and state["agenda"][3]["planned_s"] == 900
+            assert state["agenda_index"] == 2 and state["agenda"][3]["planned_s"] == 1200
             assert state["program"] == {"layout": "single", "slots": ["hall-b"]}
             assert errors == []
         finally:

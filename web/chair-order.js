@@ -26,10 +26,18 @@ export const orderMethods = {
       const minutes = Number($("agenda-new-minutes").value || 0);
       const item = { title, kind: kind.value, planned_s: Math.max(0, Math.round(minutes * 60)) };
       const preset = $("agenda-new-preset").value;
+      const items = this.agendaItems();
+      const editing = this.editing != null && this.editing < items.length ? this.editing : null;
       if (preset === "floor") item.preset = SPEAKER_FULL_SCREEN;
       else if (preset === "draft" && this.draft) item.preset = { layout: this.draft.layout, slots: [...this.draft.slots] };
-      this.sendAgenda([...this.agendaItems(), item]).then((ok) => {
-        if (ok) $("agenda-new-title").value = "";
+      else if (preset === "keep" && editing != null && items[editing].preset) item.preset = items[editing].preset;
+      if (editing != null) {
+        // An edit keeps what the form does not show: the expected speakers and the clip.
+        items[editing] = { ...items[editing], ...item };
+        if (!item.preset) delete items[editing].preset;
+      } else items.push(item);
+      this.sendAgenda(items).then((ok) => {
+        if (ok) this.endEdit();
       });
     });
     $("preset-save").addEventListener("submit", (ev) => {
@@ -133,6 +141,7 @@ export const orderMethods = {
               .join(" · "),
           ),
           el("button", { class: "agenda-preset ghost", title: t("order.set_preset"), "aria-label": t("order.set_preset"), onclick: () => this.itemPresetFromDraft(index) }, "▣"),
+          el("button", { class: "agenda-edit ghost", title: t("order.edit_item"), "aria-label": t("order.edit_item"), onclick: () => this.editItem(index) }, "✎"),
           el("button", { class: "agenda-delete ghost", title: t("order.delete_item"), "aria-label": t("order.delete_item"), onclick: () => this.deleteItem(index) }, "×"),
         ),
       ),
@@ -174,6 +183,30 @@ export const orderMethods = {
     const items = this.agendaItems();
     items[index].preset = { layout: this.draft.layout, slots: [...this.draft.slots] };
     this.sendAgenda(items);
+  },
+
+  /** Fill the form with an item to change it; "保存" then replaces it in place. */
+  editItem(index) {
+    const item = this.client.mirror?.agenda[index];
+    if (!item) return;
+    this.editing = index;
+    $("agenda-new-title").value = item.title;
+    $("agenda-new-kind").value = item.kind;
+    $("agenda-new-minutes").value = item.planned_s ? String(Math.round(item.planned_s / 60)) : "";
+    const keep = $("agenda-new-preset").querySelector("option[value='keep']");
+    keep.hidden = !item.preset;
+    $("agenda-new-preset").value = item.preset ? "keep" : "";
+    $("agenda-add-submit").textContent = t("order.save_item");
+    $("agenda-new-title").focus();
+  },
+
+  endEdit() {
+    this.editing = null;
+    $("agenda-new-title").value = "";
+    $("agenda-new-minutes").value = "";
+    $("agenda-new-preset").value = "";
+    $("agenda-new-preset").querySelector("option[value='keep']").hidden = true;
+    $("agenda-add-submit").textContent = t("order.add");
   },
 
   deleteItem(index) {
