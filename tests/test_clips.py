@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -78,8 +79,16 @@ async def test_bad_uploads_are_refused_and_change_nothing(signaling_server, sett
     path, _ = film
     data = path.read_bytes()
     server = await signaling_server(replace(settings, clip_max_bytes=len(data) - 1))
+    sound = tmp_path / "speech.m4a"  # sound without a picture is not a film
+    with av.open(str(sound), "w") as out:
+        stream = out.add_stream("aac", rate=48_000)
+        pcm = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        pcm.sample_rate, pcm.pts = 48_000, 0
+        out.mux(stream.encode(pcm))
+        out.mux(stream.encode(None))
     refused = [
         (b"Minutes of the 3rd session\n" * 100, "minutes.mp4", 400, "bad_clip"),
+        (sound.read_bytes(), "speech.m4a", 400, "bad_clip"),
         (data[: len(data) // 2], "truncated.mp4", 400, "bad_clip"),
         (b"", "empty.mov", 400, "bad_clip"),
         (data, "too big.mp4", 413, "too_large"),
