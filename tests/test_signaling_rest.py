@@ -218,7 +218,7 @@ def test_openapi_document_lists_every_rest_route(settings) -> None:
         r.resource.canonical
         for r in app.router.routes()
         if r.resource is not None
-        and r.resource.canonical.startswith(("/api/", "/healthz", "/w/{code}/"))
+        and r.resource.canonical.startswith(("/api/", "/healthz", "/metrics", "/w/{code}/"))
         and "qr" not in r.resource.canonical
     }
     assert routes == documented
