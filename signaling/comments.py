@@ -237,6 +237,13 @@ async def _public_room(request: web.Request) -> RoomState:
     return state
 
 
+def _json_only(request: web.Request) -> None:
+    """Public posts are JSON only: another site's page cannot send that without a CORS preflight
+    (which this server never grants), so it cannot make its visitors' browsers post here."""
+    if request.content_type != "application/json":
+        raise server.json_error(400, "bad_request", "send Content-Type: application/json")
+
+
 def _browser(request: web.Request) -> tuple[str, str | None]:
     return browser_cookie(request.app[server.SECRET_KEY], request.cookies.get(COOKIE))
 
@@ -261,6 +268,7 @@ def _command_error(exc: CommandError) -> web.HTTPException:
 async def post_public_comment(request: web.Request) -> web.Response:
     comments = _comments(request)
     state = await _public_room(request)
+    _json_only(request)
     browser, cookie = _browser(request)
     address = request.app[server.GUARD_KEY].source(request)
     await comments.limit("post", browser, address, fresh=cookie is not None)
@@ -294,6 +302,7 @@ async def get_public_comments(request: web.Request) -> web.Response:
 async def post_likes(request: web.Request) -> web.Response:
     comments = _comments(request)
     state = await _public_room(request)
+    _json_only(request)
     browser, cookie = _browser(request)
     await comments.limit(
         "like", browser, request.app[server.GUARD_KEY].source(request), fresh=cookie is not None

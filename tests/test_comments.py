@@ -210,6 +210,13 @@ async def test_the_room_setting_blocked_words_and_duplicates(signaling_server, s
             a, "POST", comments, json={"nickname": "Li", "text": "buy SPAM-word now"}
         )
         assert status == 201 and held["status"] == "pending"
+        # Another site's form can post text/plain without a preflight: refused, nothing stored.
+        form = '{"nickname": "x", "text": "from a form elsewhere"}'
+        plain = {"Content-Type": "text/plain"}
+        assert (await call(a, "POST", comments, plain, data=form))[0] == 400
+        assert (await call(a, "POST", server.make_url(f"/w/{code}/likes"), plain, data='{"count": 5}'))[
+            0
+        ] == 400
         for body in (
             {"nickname": "", "text": "x"},
             {"nickname": "n" * 41, "text": "x"},
@@ -219,6 +226,9 @@ async def test_the_room_setting_blocked_words_and_duplicates(signaling_server, s
             assert (await call(a, "POST", comments, json=body))[0] == 400, body
         _, room, _ = await call(a, "GET", server.make_url("/api/rooms/council/public"), chair)
         assert room["comment_moderation"] is False
+        _, listing, _ = await call(a, "GET", server.make_url("/api/rooms/council/comments"), chair)
+        assert [c["text"] for c in listing["comments"]] == ["buy SPAM-word now", "When does it start?"]
+        assert listing["comments"][0]["held"] == "blocked_word"
 
 
 async def test_limits_answer_429_with_retry_after(signaling_server, settings, mint, monkeypatch) -> None:
