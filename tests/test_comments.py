@@ -343,12 +343,15 @@ async def test_on_screen_and_answered_change_the_room_for_every_screen(
 
 @pytest.mark.redis
 async def test_redis_shares_comments_likes_and_limits_between_processes(settings, tmp_path) -> None:
+    import uuid
+
     from conference.comment_store import RedisCommentStore
     from conference.comments import Comment
     from signaling.abuse import Limits
     from tests.test_store import REDIS_URL
 
-    prefix = f"test-comments-{tmp_path.name}"
+    # Unique: other sessions' suites may run this very test against the same Redis at the same time.
+    prefix = f"test-comments-{uuid.uuid4().hex[:8]}"
     a, b = RedisCommentStore(REDIS_URL, prefix=prefix), RedisCommentStore(REDIS_URL, prefix=prefix)
     heard: list[Comment] = []
     b.subscribe(lambda room, comment: heard.append(comment))
