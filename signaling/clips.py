@@ -157,7 +157,6 @@ class ClipLibrary:
                 str(directory),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
-                preexec_fn=_lower_priority,
             )
             try:
                 assert process.stdout is not None
@@ -196,10 +195,6 @@ class ClipLibrary:
             task.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
-
-
-def _lower_priority() -> None:
-    os.nice(10)  # the transcoder yields to the meeting's media
 
 
 async def _receive(part: BodyPartReader, path: Path, limit: int) -> int:
