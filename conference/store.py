@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from .room import CommandError, Event, RoomState
@@ -33,6 +35,33 @@ Listener = Callable[[str, list[Event], RoomState], Awaitable[None] | None]
 
 class RoomExists(Exception):
     pass
+
+
+class StoreUnavailable(CommandError):
+    """The shared store (Redis) cannot be reached: the command changed nothing; try again."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "unavailable",
+            "the shared room store (Redis) cannot be reached: nothing changed, try again shortly",
+        )
+
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _reachable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Redis being away is one clear error (``unavailable``), not whatever the client library raised."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except _UNREACHABLE:
+            raise StoreUnavailable() from None
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
 
 
 class RoomStore(Protocol):
@@ -169,13 +198,22 @@ class RedisRoomStore:
     shared = True  # other processes hold connections of these rooms
 
     def __init__(self, url: str, *, prefix: str = "conference") -> None:
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        # Short timeouts: while Redis is away a command fails in about a second, it does not hang.
+        self._redis = aioredis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0
+        )
+        # The subscription waits for messages for as long as it takes: no read timeout there, a
+        # health check finds a dead connection instead.
+        self._subscriber = aioredis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0, health_check_interval=5
+        )
         self._prefix = prefix
         self.prefix = prefix  # what other keys of this deployment start with (comments, limits)
         self._channel = f"{prefix}:events"
         self._origin = uuid.uuid4().hex
         self._listeners: list[Listener] = []
         self._pubsub_task: asyncio.Task[None] | None = None
+        self._seen: dict[str, int] = {}  # room -> the last version handed to the listeners
 
     def _key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}"
@@ -183,6 +221,7 @@ class RedisRoomStore:
     def _log_key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}:log"
 
+    @_reachable
     async def create(
         self, room: str, *, max_endpoints: int, auto_record: bool = False, exist_ok: bool = False
     ) -> RoomState:
@@ -199,14 +238,23 @@ class RedisRoomStore:
         await self._redis.sadd(f"{self._prefix}:rooms", room)
         return state
 
+    @_reachable
     async def get(self, room: str) -> RoomState | None:
         raw = await self._redis.get(self._key(room))
         return None if raw is None else RoomState.from_json(json.loads(raw))
 
+    @_reachable
     async def list_rooms(self) -> list[str]:
         return sorted(await self._redis.smembers(f"{self._prefix}:rooms"))
 
     async def update(self, room: str, command: Command) -> tuple[RoomState, list[Event]]:
+        state, events = await self._commit(room, command)
+        if events:  # the listeners (media core, sockets) only once Redis has it
+            await self._notify(room, events, state)
+        return state, events
+
+    @_reachable
+    async def _commit(self, room: str, command: Command) -> tuple[RoomState, list[Event]]:
         key = self._key(room)
         for _ in range(100):  # bounded: contention is between a handful of processes
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -234,10 +282,10 @@ class RedisRoomStore:
                     await pipe.execute()
                 except WatchError:
                     continue
-            await self._notify(room, events, state)
             return state, events
         raise CommandError("conflict", f"room {room!r} is too busy, try again")
 
+    @_reachable
     async def events_since(self, room: str, version: int) -> list[Event] | None:
         state = await self.get(room)
         if state is None:
@@ -249,6 +297,7 @@ class RedisRoomStore:
             return None
         return [e for e in log if e["version"] > version]
 
+    @_reachable
     async def delete(self, room: str) -> None:
         await self._redis.delete(self._key(room), self._log_key(room))
         await self._redis.srem(f"{self._prefix}:rooms", room)
@@ -266,8 +315,25 @@ class RedisRoomStore:
             await asyncio.sleep(0)
 
     async def _listen(self) -> None:
-        pubsub = self._redis.pubsub()
+        """Follow the channel; when Redis goes away, subscribe again once it is back (the pages
+        notice the versions they missed meanwhile and resynchronise)."""
+        backoff = 0.2
+        while True:
+            try:
+                await self._follow()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except _UNREACHABLE as exc:
+                log.warning("redis unreachable (%s): subscribing again in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    async def _follow(self) -> None:
+        pubsub = self._subscriber.pubsub()
         await pubsub.subscribe(self._channel)
+        log.info("following room events on redis")
+        await self._catch_up()
         try:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
@@ -281,10 +347,26 @@ class RedisRoomStore:
                 except Exception:  # one bad message must not stop the room's events
                     log.exception("bad room event from redis")
         finally:
-            await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     async def _notify(self, room: str, events: list[Event], state: RoomState) -> None:
+        self._seen[room] = max(self._seen.get(room, 0), state.version)
         await notify(self._listeners, room, events, state)
+
+    async def _catch_up(self) -> None:
+        """Once subscribed again: what other processes changed while this one was not following
+        (Redis publishes to whoever listens at that moment) is read from the rooms' event logs and
+        handed to the listeners as if it had arrived, in order."""
+        for room, seen in list(self._seen.items()):
+            events = await self.events_since(room, seen)
+            state = await self.get(room)
+            if state is None or events == []:
+                continue
+            if events is None:  # older than the log: the state alone, as the pages' resync does
+                events = []
+            log.info("room %s: %d events while not following redis", room, len(events))
+            await self._notify(room, events, state)
 
     async def close(self) -> None:
         self._listeners.clear()
@@ -294,6 +376,7 @@ class RedisRoomStore:
                 await self._pubsub_task
             self._pubsub_task = None
         await self._redis.aclose()
+        await self._subscriber.aclose()
 
 
 STORE_KINDS = ("sqlite", "memory")

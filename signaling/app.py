@@ -28,7 +28,7 @@ from conference.loadtest import relay_baseline
 from conference.media import MediaBackend, NullMedia
 from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
-from conference.store import RoomExists, RoomStore, create_store
+from conference.store import RoomExists, RoomStore, StoreUnavailable, create_store
 
 from . import clip_control, clips, dialin, floor_timers, logs, metrics, running_order, screens, speaking
 from .admission import check_not_removed
@@ -473,10 +473,21 @@ def _lifecycle(
     return lifecycle
 
 
+@web.middleware
+async def store_unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Redis away: every route answers 503 ``unavailable`` (nothing changed), none a 500."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        raise json_error(503, exc.code, exc.message) from None
+
+
 def create_app(
     settings: Settings, *, media: MediaBackend | None = None, store: RoomStore | None = None
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[logs.room_context, rest_rate_limit])
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[logs.room_context, store_unavailable, rest_rate_limit]
+    )
     app[GUARD_KEY] = Guard(settings)
     app.on_response_prepare.append(on_response_prepare)
     store = store if store is not None else create_store(settings)

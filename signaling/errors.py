@@ -20,6 +20,7 @@ STATUS_FOR_CODE = {
     "room_full": 409,
     "floor_queue_empty": 409,
     "too_large": 413,
+    "unavailable": 503,
 }
 
 _EXCEPTIONS: dict[int, type[web.HTTPException]] = {
@@ -28,6 +29,7 @@ _EXCEPTIONS: dict[int, type[web.HTTPException]] = {
     403: web.HTTPForbidden,
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
+    503: web.HTTPServiceUnavailable,
 }
 
 
@@ -37,4 +39,7 @@ def json_error(status: int, code: str, message: str, *, max_size: int = 0, **ext
         return web.HTTPRequestEntityTooLarge(
             max_size=max_size, actual_size=extra.get("size", 0), text=body, content_type="application/json"
         )
-    return _EXCEPTIONS.get(status, web.HTTPInternalServerError)(text=body, content_type="application/json")
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return _EXCEPTIONS.get(status, web.HTTPInternalServerError)(
+        text=body, content_type="application/json", headers=headers
+    )

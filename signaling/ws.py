@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from conference.media import MediaError
 from conference.room import CommandError, Removed
+from conference.store import StoreUnavailable
 
 from . import logs, screens
 from .admission import REMOVED_REASON, check_not_removed
@@ -65,6 +66,9 @@ async def websocket_handler(request: web.Request, rooms: Rooms, secret: str) -> 
         await check_not_removed(rooms.store, claims)
     except TokenError as exc:
         await ws.close(code=exc.close_code, message=close_reason(exc.reason))
+        return ws
+    except StoreUnavailable as exc:  # Redis away: "try again later", the page reconnects by itself
+        await ws.close(code=1013, message=close_reason(exc.message))
         return ws
     unjoined = sum(1 for c in rooms.sockets if c.claims == claims and not c.joined)
     if unjoined >= MAX_UNJOINED_PER_TOKEN:
