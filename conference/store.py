@@ -214,6 +214,7 @@ class RedisRoomStore:
         self._listeners: list[Listener] = []
         self._pubsub_task: asyncio.Task[None] | None = None
         self._seen: dict[str, int] = {}  # room -> the last version handed to the listeners
+        self._subscribed = asyncio.Event()  # set while the subscription is in place
 
     def _key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}"
@@ -312,7 +313,9 @@ class RedisRoomStore:
         await self._redis.ping()
         if self._pubsub_task is None:
             self._pubsub_task = asyncio.get_running_loop().create_task(self._listen())
-            await asyncio.sleep(0)
+        # Subscribed before this process acts: what another process publishes from now on arrives.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 5.0)
 
     async def _listen(self) -> None:
         """Follow the channel; when Redis goes away, subscribe again once it is back (the pages
@@ -325,6 +328,7 @@ class RedisRoomStore:
             except asyncio.CancelledError:
                 raise
             except _UNREACHABLE as exc:
+                self._subscribed.clear()
                 log.warning("redis unreachable (%s): subscribing again in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
@@ -333,6 +337,7 @@ class RedisRoomStore:
         pubsub = self._subscriber.pubsub()
         await pubsub.subscribe(self._channel)
         log.info("following room events on redis")
+        self._subscribed.set()
         await self._catch_up()
         try:
             async for message in pubsub.listen():
