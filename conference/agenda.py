@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from . import events as reducer
+from . import speaking
 from .layouts import UnknownLayout, get_layout
 from .order_state import copy_item, copy_preset
 from .room import CommandError, Event, RoomState, set_program
@@ -58,7 +59,7 @@ def check_preset(preset: Any, where: str) -> dict[str, Any]:
 
 def check_item(data: Any, index: int) -> dict[str, Any]:
     where = f"items[{index}]"
-    known = {"title", "kind", "planned_s", "speakers", "preset", "clip"}
+    known = {"title", "kind", "planned_s", "speakers", "preset", "clip", "limit_s"}
     if not isinstance(data, dict):
         raise _bad(where, "an item is an object with a title")
     if unknown := set(data) - known:
@@ -85,6 +86,11 @@ def check_item(data: Any, index: int) -> dict[str, Any]:
         raise _bad(where, "clip is a clip id")
     if clip is not None and not 1 <= len(str(clip)) <= MAX_CLIP_ID:
         raise _bad(where, f"clip ids are 1-{MAX_CLIP_ID} characters")
+    limit = data.get("limit_s")
+    try:
+        limit = speaking.check_limit(limit, "limit_s")
+    except CommandError as exc:
+        raise _bad(where, exc.message) from None
     return {
         "title": " ".join(title.split()),
         "kind": kind,
@@ -92,6 +98,8 @@ def check_item(data: Any, index: int) -> dict[str, Any]:
         "speakers": list(dict.fromkeys(speakers)),
         "preset": None if preset is None else check_preset(preset, f"{where}.preset"),
         "clip": None if clip is None else str(clip),
+        # The speaking limit of floor grants during this item (conference.speaking); absent: the room's.
+        **({} if limit is None else {"limit_s": limit}),
     }
 
 

@@ -115,7 +115,7 @@ def _floor(state: RoomState, e: Event) -> None:
 
 
 def _floor_limits(state: RoomState, e: Event) -> None:
-    state.floor_limits = speaking.FloorLimits(**e["limits"])
+    state.floor_limits = speaking.FloorLimits.from_json(e["limits"])
 
 
 def _floor_timer(state: RoomState, e: Event) -> None:

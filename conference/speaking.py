@@ -1,7 +1,9 @@
 """Speaking timers: a time limit that goes with the floor, and what happens when it is up.
 
-When the chair gives the floor, a limit may go with it (``grant_floor`` with ``limit_s``, else the
-room's default from ``set_floor_limits``). The server holds the time: the floor event carries when
+When the chair gives the floor, a limit may go with it: ``grant_floor`` with ``limit_s``, else the
+current agenda item's ``limit_s``, else the room's limit for the speaker's kind (``by_kind``: e.g.
+members 180 s, departments 300 s; the kind comes from the roster), else the room's default, all set
+with ``set_floor_limits``. The server holds the time: the floor event carries when
 the floor was granted (Unix seconds) and the limit, so every page (and a page that reloads, or
 another server) shows the same remaining time from its own clock; nothing ticks over the wire.
 When the limit is up the room's action applies: ``none``, ``chime`` (the venue screens sound a
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import events as reducer
@@ -39,10 +41,14 @@ class FloorLimits:
     default_s: float | None = None
     action: Action = "none"
     grace_s: float = 10.0
+    # Limits by kind of speaker (the roster's kind: member, expert, department, ...).
+    by_kind: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> FloorLimits:
-        return cls(**data) if data else cls()
+        if not data:
+            return cls()
+        return cls(**{**data, "by_kind": dict(data.get("by_kind") or {})})
 
 
 @dataclass(slots=True)
@@ -76,17 +82,46 @@ def floor_fields(state: RoomState, identity: str | None, limit_s: float | None, 
     """What a floor event carries about the timer: the grant's time and its limit."""
     if identity is None:
         return {"granted_at": None, "limit_s": None}
-    limit = check_limit(limit_s) if limit_s is not None else state.floor_limits.default_s
-    return {"granted_at": time.time() if now is None else now, "limit_s": limit}
+    return {"granted_at": time.time() if now is None else now, "limit_s": limit_for(state, identity, limit_s)}
+
+
+def limit_for(state: RoomState, identity: str, asked: float | None = None) -> float | None:
+    """The limit of a grant: the one asked for, the current agenda item's, the speaker's kind's,
+    the room's default (the first that is set)."""
+    if asked is not None:
+        return check_limit(asked)
+    index = state.agenda_index
+    if index is not None and 0 <= index < len(state.agenda):
+        item_limit = state.agenda[index].get("limit_s")
+        if item_limit is not None:
+            return float(item_limit)
+    p = state.participants.get(identity)
+    if p is not None and p.kind and p.kind in state.floor_limits.by_kind:
+        return float(state.floor_limits.by_kind[p.kind])
+    return state.floor_limits.default_s
 
 
 def set_floor_limits(
-    state: RoomState, default_s: float | None, action: str, grace_s: float, by: str | None = None
+    state: RoomState,
+    default_s: float | None,
+    action: str,
+    grace_s: float,
+    by: str | None = None,
+    by_kind: dict[str, Any] | None = None,
 ) -> list[Event]:
     if action not in ACTIONS:
         raise model.CommandError("bad_request", f"action must be one of {', '.join(ACTIONS)}")
     grace = check_limit(grace_s, "grace_s", MAX_GRACE_S) if grace_s else 0.0
-    limits = FloorLimits(check_limit(default_s, "default_s"), action, grace or 0.0)  # type: ignore[arg-type]
+    kinds: dict[str, float] = {}
+    for kind, seconds in (by_kind or {}).items():
+        if not isinstance(kind, str) or not 1 <= len(kind) <= 40:
+            raise model.CommandError(
+                "bad_request", "by_kind maps a kind of speaker (1-40 characters) to seconds"
+            )
+        limit = check_limit(seconds, f"by_kind[{kind!r}]")
+        if limit is not None:
+            kinds[kind] = limit
+    limits = FloorLimits(check_limit(default_s, "default_s"), action, grace or 0.0, kinds)  # type: ignore[arg-type]
     return reducer.apply_all(state, [{"kind": "floor_limits", "limits": asdict(limits), "by": by}])
 
 

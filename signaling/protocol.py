@@ -157,6 +157,12 @@ MESSAGES: dict[str, dict[str, Any]] = {
             "default_s": _SECONDS_OR_NULL,
             "action": {"enum": ["none", "chime", "mute"]},
             "grace_s": {"type": "number", "minimum": 0, "maximum": 600},
+            "by_kind": {
+                "type": "object",
+                "maxProperties": 20,
+                "propertyNames": {"minLength": 1, "maxLength": 40},
+                "additionalProperties": _SECONDS,
+            },
         },
     ),
     "set_dial_in": _message(

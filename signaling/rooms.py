@@ -126,7 +126,12 @@ def command_function(actor: Actor, command: str, msg: dict[str, Any]) -> Callabl
             return lambda s: speaking.extend_floor(s, msg["by_s"], by=by)
         case "set_floor_limits":
             return lambda s: speaking.set_floor_limits(
-                s, msg.get("default_s"), msg.get("action", "none"), msg.get("grace_s", 10), by=by
+                s,
+                msg.get("default_s"),
+                msg.get("action", "none"),
+                msg.get("grace_s", 10),
+                by=by,
+                by_kind=msg.get("by_kind"),
             )
         case "raise_hand":
             return lambda s: room_commands.raise_hand(s, me)

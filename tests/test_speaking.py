@@ -183,3 +183,30 @@ async def test_a_killed_server_started_again_still_mutes_when_the_time_is_up(tmp
             assert state["floor_timer"]["muted"], state["floor_timer"]
             assert time.time() >= deadline - 0.1  # not before its time
             assert next(p for p in state["participants"] if p["identity"] == "m-1")["muted"]
+
+
+def test_the_limit_comes_from_the_grant_the_agenda_item_the_kind_or_the_room() -> None:
+    from conference import agenda
+
+    state = _room()
+    state.participants["m-1"].kind = "member"
+    model.join(state, model.Participant("edu", "教育局", Role.VENUE, kind="department"))
+    speaking.set_floor_limits(state, 600, "none", 10, by_kind={"member": 180, "department": 300})
+    # The room's rules: by kind, else the default.
+    assert model.grant_floor(state, "m-1", now=1.0)[0]["limit_s"] == 180
+    assert model.grant_floor(state, "edu", now=2.0)[0]["limit_s"] == 300
+    assert model.grant_floor(state, "chair", now=3.0)[0]["limit_s"] == 600
+    # An agenda item with its own limit comes first; one without leaves the room's.
+    agenda.set_agenda(state, [{"title": "部门答复", "limit_s": 120}, {"title": "自由讨论"}])
+    agenda.goto_item(state, 0)
+    assert model.grant_floor(state, "edu", now=4.0)[0]["limit_s"] == 120
+    agenda.goto_item(state, 1)
+    assert model.grant_floor(state, "edu", now=5.0)[0]["limit_s"] == 300
+    # What the chair asks for comes first of all.
+    assert model.grant_floor(state, "edu", limit_s=45, now=6.0)[0]["limit_s"] == 45
+    with pytest.raises(CommandError):
+        agenda.set_agenda(state, [{"title": "x", "limit_s": -1}])
+    with pytest.raises(CommandError):
+        speaking.set_floor_limits(state, None, "none", 10, by_kind={"member": "long"})
+    # Rebuilt from its snapshot, the room keeps the rules by kind.
+    assert RoomState.from_json(state.to_json()).floor_limits == state.floor_limits

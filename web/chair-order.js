@@ -62,6 +62,7 @@ export const orderMethods = {
       const out = { title: item.title, kind: item.kind, planned_s: item.planned_s, speakers: [...item.speakers] };
       if (item.preset) out.preset = { layout: item.preset.layout, slots: [...item.preset.slots] };
       if (item.clip != null) out.clip = item.clip;
+      if (item.limit_s != null) out.limit_s = item.limit_s;
       return out;
     });
   },
