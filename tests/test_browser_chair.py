@@ -8,6 +8,7 @@ that names people by their display names, also after they left."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from browser_util import CHAIR_LAPTOPS, VENUE_SCREEN, eventually, rest, screenshot_path
@@ -140,9 +141,16 @@ async def test_console_announces_hands_confirms_stop_and_logs_in_the_current_lan
     chair = await open_page(
         browser, server, "chair", "chair", "chair", "主持人", {"width": 1366, "height": 768}, errors
     )
-    # An empty room says how to invite venues.
+    # An empty room says how to invite venues, with the first steps at hand: import the roster,
+    # download everyone's invitation (links and QR codes).
     await eventually(lambda: chair.is_visible("#tiles-empty"), bool, 3, "the empty room's hint")
-    assert "conference token" in await chair.text_content("#tiles-empty")
+    assert "名单" in await chair.text_content("#tiles-empty")
+    async with chair.expect_file_chooser() as chooser:
+        await chair.click("#invite-import")
+    assert (await chooser.value).element is not None
+    async with chair.expect_download() as download:
+        await chair.click("#invite-qr")
+    assert "<html" in Path(await (await download.value).path()).read_text(encoding="utf-8").lower()
     hall = await open_page(browser, server, "venue", "hall-a", "venue", "第一分会场", VENUE_SCREEN, errors)
     phone = await open_page(browser, server, "phone", "m1", "member", "王委员", errors=errors)
 

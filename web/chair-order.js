@@ -53,6 +53,10 @@ export const orderMethods = {
     $("roster-export").addEventListener("click", () => this.download("roster", "text/csv", "roster"));
     $("links-csv").addEventListener("click", () => this.download("roster/links?format=csv", "text/csv", "invitations"));
     $("links-html").addEventListener("click", () => this.download("roster/links?format=html", "text/html", "invitations"));
+    // The same, from the empty room's hint: what to do first when nobody has joined yet.
+    $("invite-import").addEventListener("click", () => $("roster-file").click());
+    $("invite-qr").addEventListener("click", () => $("links-html").click());
+    $("invite-sheet").addEventListener("click", () => $("links-csv").click());
     $("allow-guests").addEventListener("change", (ev) => this.command("allow_guests", { allowed: ev.target.checked }));
   },
 
