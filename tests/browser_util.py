@@ -64,6 +64,52 @@ def ensure_chromium() -> Path | None:
     return CHROMIUM if CHROMIUM.exists() else None
 
 
+def system_tool(name: str, package: str) -> str:
+    """The path of a program from Debian's packages (nginx, prometheus, turnserver, ...), installed
+    with apt-get when it is missing and we may; fails the test when it cannot be had."""
+    import pytest
+
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None and _is_root():
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, capture_output=True)
+        path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed and could not be installed with apt-get ({package})")
+    return path
+
+
+@contextlib.contextmanager
+def nginx_process(directory: Path, config: str, port: int) -> Any:
+    """Debian's nginx running ``config`` (a whole nginx.conf) with its files in ``directory``, until
+    it listens on ``port`` of 127.0.0.1; stopped afterwards."""
+    nginx = system_tool("nginx", "nginx")
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "nginx.conf"
+    conf.write_text(config)
+    process = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(directory), "-g", "daemon off;"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            assert process.poll() is None, (
+                f"nginx did not start: {process.stderr.read() if process.stderr else ''}"
+            )
+            assert time.monotonic() < deadline, "nginx did not listen"
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _is_root() -> bool:
     import os
 

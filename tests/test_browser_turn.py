@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from browser_util import (
     log,
     server_process,
     set_program,
+    system_tool,
     write_tone,
     write_y4m,
 )
@@ -59,13 +59,7 @@ def _free_port() -> int:
 
 
 def _turnserver() -> str:
-    path = shutil.which("turnserver")
-    if path is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "coturn"], check=False, capture_output=True)
-        path = shutil.which("turnserver")
-    if path is None:
-        pytest.fail("coturn is not installed and could not be installed with apt-get")
-    return path
+    return system_tool("turnserver", "coturn")
 
 
 @contextlib.asynccontextmanager

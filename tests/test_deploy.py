@@ -6,19 +6,21 @@ the WebSocket join and Server-Sent Events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
-import pytest
-from browser_util import ADMIN_KEY, free_port, self_signed_certificate, server_process
+from browser_util import (
+    ADMIN_KEY,
+    free_port,
+    nginx_process,
+    self_signed_certificate,
+    server_process,
+    system_tool,
+)
 from conftest import SignalingClient
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
@@ -34,12 +36,7 @@ def _block(after: str, lang: str) -> str:
 
 
 def test_the_documented_systemd_unit_verifies(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "systemd"], check=False, capture_output=True)
-        analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.fail("systemd-analyze is not installed and could not be installed with apt-get")
+    analyze = system_tool("systemd-analyze", "systemd")
     unit = _block("conference.service", "ini")
     exec_line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     words = exec_line.removeprefix("ExecStart=").split()
@@ -59,46 +56,14 @@ def test_the_documented_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "conference.service" not in result.stderr, result.stderr  # no warning about the unit itself
 
 
-@contextlib.contextmanager
-def _nginx(directory: Path, site: str, port: int):
-    nginx = Path("/usr/sbin/nginx")
-    if not nginx.exists():
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=False, capture_output=True)
-    assert nginx.exists(), "nginx is not installed and could not be installed with apt-get"
-    conf = directory / "nginx.conf"
-    temp = "\n".join(
-        f"    {name}_temp_path {directory / name};"
-        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf.write_text(
+def _nginx_conf(directory: Path, site: str) -> str:
+    names = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "\n".join(f"    {name}_temp_path {directory / name};" for name in names)
+    return (
         f"worker_processes 1;\nuser root;\npid {directory}/nginx.pid;\n"
         f"error_log {directory}/error.log warn;\nevents {{ worker_connections 256; }}\n"
         f"http {{\n    access_log off;\n{temp}\n{site}\n}}\n"
     )
-    process = subprocess.Popen(
-        [str(nginx), "-c", str(conf), "-p", str(directory), "-g", "daemon off;"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            assert process.poll() is None, (
-                f"nginx did not start: {process.stderr.read() if process.stderr else ''}"
-            )
-            assert time.monotonic() < deadline, "nginx did not listen"
-            time.sleep(0.1)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def test_the_documented_nginx_site_carries_pages_socket_api_and_events(tmp_path: Path) -> None:
@@ -111,8 +76,7 @@ async def test_the_documented_nginx_site_carries_pages_socket_api_and_events(tmp
         site = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", site)
         site = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", site)
         site = site.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{origin_port}")
-        (tmp_path / "nginx").mkdir()
-        with _nginx(tmp_path / "nginx", site, port):
+        with nginx_process(tmp_path / "nginx", _nginx_conf(tmp_path / "nginx", site), port):
             base = f"https://127.0.0.1:{port}"
             tls = ssl.create_default_context(cafile=str(cert))
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http:

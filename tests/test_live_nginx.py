@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import random
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser_util import PHONE, chromium_args, ensure_chromium, eventually, free_port, log
+from browser_util import PHONE, chromium_args, ensure_chromium, eventually, free_port, log, nginx_process
 from live_util import ROOM, meeting, rest
 from test_sfu_support import nearest_colour
 
@@ -73,35 +72,9 @@ http {{
 
 @contextlib.contextmanager
 def nginx(directory: Path, origin: str) -> Iterator[str]:
-    assert NGINX.exists() or shutil.which("nginx"), "nginx is not installed (tests/run.sh installs it)"
-    directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    conf = directory / "nginx.conf"
-    conf.write_text(CONFIG.format(dir=directory, port=port, origin=origin))
-    process = subprocess.Popen(
-        [str(NGINX), "-c", str(conf), "-p", str(directory), "-g", "daemon off;"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            assert process.poll() is None, (
-                f"nginx did not start: {process.stderr.read() if process.stderr else ''}"
-            )
-            assert time.monotonic() < deadline, "nginx did not listen"
-            time.sleep(0.1)
+    with nginx_process(directory, CONFIG.format(dir=directory, port=port, origin=origin), port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def viewer(http: aiohttp.ClientSession, base: str, until: float, stats: Counter[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import subprocess
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from browser_util import ADMIN_KEY, SECRET, RunningServer, server_process
+from browser_util import ADMIN_KEY, SECRET, RunningServer, server_process, system_tool
 
 from conference.loadtest.endpoint import Endpoint, EndpointConfig
 from signaling.metrics import DELAY_BUCKETS_S, delay_histogram
@@ -46,13 +45,7 @@ async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, st
 
 
 def _prometheus() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "prometheus"], check=False, capture_output=True)
-        path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail("prometheus is not installed and could not be installed with apt-get")
-    return path
+    return system_tool("prometheus", "prometheus")
 
 
 @contextlib.asynccontextmanager
