@@ -83,5 +83,6 @@ async def test_speaking_timer_counts_down_turns_red_and_mutes_after_the_grace(
     # Revoked: the timer goes from every page.
     await rest(server, "POST", commands, {"type": "revoke_floor"})
     await eventually(lambda: timer(hall), lambda v: v is None, 3, "timer gone")
-    assert await timer(chair, "chair-floor-timer") is None
+    # (each page applies the event on its own: the console's may come a moment after the venue's)
+    await eventually(lambda: timer(chair, "chair-floor-timer"), lambda v: v is None, 3, "console timer gone")
     assert not errors, errors
