@@ -238,6 +238,12 @@ class Worker:
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
+        try:
+            await self._read_lines()
+        except Exception as exc:  # a reader that dies must say so, not leave every wait to time out
+            self._end(f"worker {self.number}: reading its answers failed: {type(exc).__name__}: {exc}")
+
+    async def _read_lines(self) -> None:
         assert self.process.stdout is not None
         while True:
             line = await self.process.stdout.readline()
@@ -476,6 +482,9 @@ class Bench:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 cwd=os.getcwd(),
+                # A long run's report is one JSON line of every endpoint's switch times: more than
+                # the 64 KiB a stream reader takes by default (a 10-minute soak lost its report).
+                limit=64 * 2**20,
             )
             worker = Worker(number, process, group)
             worker.start_reading()
