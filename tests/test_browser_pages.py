@@ -397,7 +397,7 @@ async def test_clerk_lists_renders_and_downloads_a_recording(server: RunningServ
     cells = await row.locator("td").all_text_contents()
     assert "第一分会场" in cells[3] and cells[5] == "已结束", cells
     await row.get_by_role("button", name="详情").click()
-    await eventually(lambda: clerk.is_visible("#detail"), bool, 3, "details shown")
+    await eventually(lambda: clerk.is_visible("#detail"), bool, 10, "details shown")
 
     await clerk.select_option("#render-layout", "grid")
     await clerk.select_option("#render-form select[name=size]", "640x360")
