@@ -10,7 +10,6 @@ process). The media path never reads the store: it is driven by the events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
+from .redis_subscription import UNREACHABLE as _UNREACHABLE
+from .redis_subscription import RedisSubscription
 from .room import CommandError, Event, RoomState
 
 EVENT_LOG_SIZE = 1000
@@ -45,9 +44,6 @@ class StoreUnavailable(CommandError):
             "unavailable",
             "the shared room store (Redis) cannot be reached: nothing changed, try again shortly",
         )
-
-
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _reachable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -202,19 +198,14 @@ class RedisRoomStore:
         self._redis = aioredis.from_url(
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0
         )
-        # The subscription waits for messages for as long as it takes: no read timeout there, a
-        # health check finds a dead connection instead.
-        self._subscriber = aioredis.from_url(
-            url, decode_responses=True, socket_connect_timeout=1.0, health_check_interval=5
-        )
+        self._url = url
         self._prefix = prefix
         self.prefix = prefix  # what other keys of this deployment start with (comments, limits)
         self._channel = f"{prefix}:events"
         self._origin = uuid.uuid4().hex
         self._listeners: list[Listener] = []
-        self._pubsub_task: asyncio.Task[None] | None = None
+        self._subscription: RedisSubscription | None = None  # other processes' changes, once started
         self._seen: dict[str, int] = {}  # room -> the last version handed to the listeners
-        self._subscribed = asyncio.Event()  # set while the subscription is in place
 
     def _key(self, room: str) -> str:
         return f"{self._prefix}:room:{room}"
@@ -305,55 +296,27 @@ class RedisRoomStore:
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
-        if self._pubsub_task is None:
-            self._pubsub_task = asyncio.get_running_loop().create_task(self._listen())
+        self._follow().run()
 
     async def start(self) -> None:
         """Check the connection and start following other processes' changes."""
         await self._redis.ping()
-        if self._pubsub_task is None:
-            self._pubsub_task = asyncio.get_running_loop().create_task(self._listen())
         # Subscribed before this process acts: what another process publishes from now on arrives.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 5.0)
+        await self._follow().start()
 
-    async def _listen(self) -> None:
-        """Follow the channel; when Redis goes away, subscribe again once it is back (the pages
-        notice the versions they missed meanwhile and resynchronise)."""
-        backoff = 0.2
-        while True:
-            try:
-                await self._follow()
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except _UNREACHABLE as exc:
-                self._subscribed.clear()
-                log.warning("redis unreachable (%s): subscribing again in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+    def _follow(self) -> RedisSubscription:
+        """The subscription to the channel, on its own connection; when Redis comes back after being
+        away it subscribes again by itself and catches up (the pages notice the versions they missed
+        and resynchronise)."""
+        if self._subscription is None:
+            self._subscription = RedisSubscription(
+                self._url, self._channel, self._heard, on_subscribed=self._catch_up
+            )
+        return self._subscription
 
-    async def _follow(self) -> None:
-        pubsub = self._subscriber.pubsub()
-        await pubsub.subscribe(self._channel)
-        log.info("following room events on redis")
-        self._subscribed.set()
-        await self._catch_up()
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") != "message":
-                    continue
-                try:
-                    data = json.loads(message["data"])
-                    if data["origin"] == self._origin:
-                        continue
-                    state = RoomState.from_json(data["state"])
-                    await self._notify(data["room"], data["events"], state)
-                except Exception:  # one bad message must not stop the room's events
-                    log.exception("bad room event from redis")
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+    async def _heard(self, data: dict[str, Any]) -> None:
+        if data["origin"] != self._origin:
+            await self._notify(data["room"], data["events"], RoomState.from_json(data["state"]))
 
     async def _notify(self, room: str, events: list[Event], state: RoomState) -> None:
         self._seen[room] = max(self._seen.get(room, 0), state.version)
@@ -375,13 +338,10 @@ class RedisRoomStore:
 
     async def close(self) -> None:
         self._listeners.clear()
-        if self._pubsub_task is not None:
-            self._pubsub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pubsub_task
-            self._pubsub_task = None
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
         await self._redis.aclose()
-        await self._subscriber.aclose()
 
 
 STORE_KINDS = ("sqlite", "memory")
