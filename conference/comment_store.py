@@ -23,7 +23,9 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from .comments import Comment
+from .redis_subscription import RedisSubscription, reachable
 from .room import CommandError
+from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -224,56 +226,114 @@ class MemoryCommentStore(SqliteCommentStore):
         super().__init__(":memory:")
 
 
+class CommentsUnavailable(StoreUnavailable):
+    """Redis cannot be reached for comments, likes or their limits: nothing changed; try again."""
+
+    def __init__(self) -> None:
+        CommandError.__init__(
+            self,
+            "unavailable",
+            "the shared store (Redis) cannot be reached: nothing changed, try again shortly",
+        )
+
+
+_reachable = reachable(CommentsUnavailable)
+
+
+CHANGE_LOG_SIZE = 2000  # changes of every room kept for a process that was not following (a few seconds')
+
+# Stores a comment and announces the change in one step: numbered (KEYS[2], the deployment's change
+# counter), appended to the bounded change log (KEYS[3]) and published, so a process that was not
+# subscribed reads from the log exactly what it missed. KEYS[1] the room's hash; ARGV: comment id,
+# its JSON, this process's origin, the channel, the log's size. Answers the change's number.
+_WRITE_LUA = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local n = redis.call('INCR', KEYS[2])
+local message = '{"origin": "' .. ARGV[3] .. '", "change": ' .. n .. ', "comment": ' .. ARGV[2] .. '}'
+redis.call('RPUSH', KEYS[3], message)
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
+redis.call('PUBLISH', ARGV[4], message)
+return n
+"""
+
+
 class RedisCommentStore:
     """Comments as JSON in one hash per room (``prefix:comments:ROOM``, field = id), ids from a
-    counter, likes in a counter per room; a change is published so every process's listeners hear it."""
+    counter, likes in a counter per room. Every change is numbered, logged and published in one
+    step (``_WRITE_LUA``), so every process's listeners hear it, also a process that was not
+    subscribed when it happened (Redis restarted, a dropped connection): it catches up from the log
+    once subscribed again (``conference.redis_subscription``)."""
 
     def __init__(self, url: str, *, prefix: str = "conference") -> None:
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        # Short timeouts: while Redis is away a post fails in about a second (503), it does not hang.
+        self._redis = aioredis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0
+        )
         self._prefix = prefix
         self._channel = f"{prefix}:comments"
+        self._changes = f"{prefix}:comment-changes"  # not under prefix:comments:, where rooms are
+        self._change_log = f"{prefix}:comment-log"
         self._origin = uuid.uuid4().hex
         self._listeners: list[Listener] = []
-        self._task: asyncio.Task[None] | None = None
+        self._subscription = RedisSubscription(url, self._channel, self._heard, on_subscribed=self._catch_up)
+        self._seen: int | None = None  # the last change handed to the listeners (None: not subscribed yet)
+        self._replayed = 0  # changes up to this one came from the log: skip them when published
 
     def _key(self, room: str, part: str = "") -> str:
         return f"{self._prefix}:comments:{room}{part}"
 
     async def start(self) -> None:
-        if self._task is None:
-            pubsub = self._redis.pubsub()
-            await pubsub.subscribe(self._channel)
-            self._task = asyncio.get_running_loop().create_task(self._listen(pubsub))
+        """Follow every process's changes: subscribed before this process acts."""
+        await self._subscription.start()
 
-    async def _listen(self, pubsub: Any) -> None:
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
-            try:
-                data = json.loads(message["data"])
-                if data["origin"] == self._origin:
-                    continue
-                comment = Comment.from_json(data["comment"])
-            except (ValueError, KeyError, TypeError):
-                continue
+    async def _heard(self, data: dict[str, Any]) -> None:
+        change = int(data["change"])
+        if change <= self._replayed:
+            return  # published while this process read the log: handed over already
+        self._seen = change if self._seen is None else max(self._seen, change)
+        if data["origin"] != self._origin:
+            comment = Comment.from_json(data["comment"])
             await _notify(self._listeners, comment.room, comment)
 
-    async def _publish(self, comment: Comment) -> None:
-        await self._redis.publish(
-            self._channel, json.dumps({"origin": self._origin, "comment": comment.to_json()})
-        )
-        await _notify(self._listeners, comment.room, comment)
+    async def _catch_up(self) -> None:
+        """Subscribed (again): what other processes changed while this one did not follow comes
+        from the change log, in order, as if it had been published now."""
+        if self._seen is None:  # the first time: nothing was missed; follow from here on
+            self._seen = int(await self._redis.get(self._changes) or 0)
+            return
+        if int(await self._redis.get(self._changes) or 0) <= self._seen:
+            return
+        missed = [json.loads(m) for m in await self._redis.lrange(self._change_log, 0, -1)]
+        missed = [m for m in missed if m["change"] > self._seen]
+        if missed and missed[0]["change"] > self._seen + 1:
+            log.warning(
+                "%d comment changes older than the log are lost here", missed[0]["change"] - self._seen - 1
+            )
+        log.info("%d comment changes while not following redis", len(missed))
+        for data in missed:
+            self._seen = self._replayed = data["change"]
+            if data["origin"] != self._origin:
+                comment = Comment.from_json(data["comment"])
+                await _notify(self._listeners, comment.room, comment)
 
+    def _write_args(self, comment: Comment) -> tuple[Any, ...]:
+        keys = (self._key(comment.room), self._changes, self._change_log)
+        args = (comment.id, json.dumps(comment.to_json()), self._origin, self._channel, CHANGE_LOG_SIZE)
+        return (_WRITE_LUA, len(keys), *keys, *args)
+
+    @_reachable
     async def add(self, comment: Comment) -> Comment:
         comment.id = int(await self._redis.incr(self._key(comment.room, ":seq")))
-        await self._redis.hset(self._key(comment.room), str(comment.id), json.dumps(comment.to_json()))
-        await self._publish(comment)
+        await self._redis.eval(*self._write_args(comment))
+        await _notify(self._listeners, comment.room, comment)
         return comment
 
+    @_reachable
     async def get(self, room: str, comment_id: int) -> Comment | None:
         text = await self._redis.hget(self._key(room), str(comment_id))
         return None if text is None else Comment.from_json(json.loads(text))
 
+    @_reachable
     async def change(self, room: str, comment_id: int, fields: dict[str, Any]) -> Comment:
         key = self._key(room)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -287,23 +347,25 @@ class RedisCommentStore:
                     for name, value in fields.items():
                         setattr(comment, name, value)
                     pipe.multi()
-                    pipe.hset(key, str(comment_id), json.dumps(comment.to_json()))
+                    pipe.eval(*self._write_args(comment))
                     await pipe.execute()
                     break
                 except aioredis.WatchError:
                     continue
-        await self._publish(comment)
+        await _notify(self._listeners, room, comment)
         return comment
 
     async def _all(self, room: str) -> list[Comment]:
         values = await self._redis.hvals(self._key(room))
         return [Comment.from_json(json.loads(v)) for v in values]
 
+    @_reachable
     async def listing(self, room: str, statuses: tuple[str, ...] | None = None) -> list[Comment]:
         comments = [c for c in await self._all(room) if not statuses or c.status in statuses]
         comments.sort(key=lambda c: -c.id)
         return comments[:MAX_LISTED]
 
+    @_reachable
     async def add_likes(self, room: str, count: int, comments: dict[int, int]) -> int:
         total = int(await self._redis.incrby(self._key(room, ":likes"), count))
         for comment_id, n in comments.items():
@@ -312,6 +374,7 @@ class RedisCommentStore:
                 await self.change(room, comment_id, {"likes": comment.likes + n})
         return total
 
+    @_reachable
     async def figures(self, room: str) -> dict[str, int]:
         counts: dict[tuple[str, str, int, int], int] = {}
         for c in await self._all(room):
@@ -324,9 +387,7 @@ class RedisCommentStore:
         self._listeners.append(listener)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        await self._subscription.close()
         await self._redis.aclose()
 
 

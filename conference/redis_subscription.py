@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,24 @@ FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 2.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+Method = Callable[..., Awaitable[Any]]
+
+
+def reachable(unavailable: Callable[[], Exception]) -> Callable[[Method], Method]:
+    """A decorator: Redis being away raises ``unavailable()`` (one clear error, 503 at the routes),
+    not whatever the client library raised."""
+
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except UNREACHABLE:
+                raise unavailable() from None
+
+        return wrapper
+
+    return decorate
 
 
 class RedisSubscription:

@@ -16,6 +16,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from conference.comment_store import CommentsUnavailable
+from conference.redis_subscription import reachable
+
+_reachable = reachable(CommentsUnavailable)
+
 COOKIE = "visitor"
 COOKIE_MAX_AGE = 365 * 24 * 3600
 MAX_KEYS = 200_000  # buckets and duplicate marks kept in memory at most (oldest dropped)
@@ -54,13 +59,21 @@ class Limits:
     """Token buckets and duplicate marks by key (``post:ip:1.2.3.4``, ``like:browser:abc``...)."""
 
     def __init__(self, redis_url: str | None = None, prefix: str = "conference") -> None:
-        self._redis = aioredis.from_url(redis_url, decode_responses=True) if redis_url else None
+        # Short timeouts: while Redis is away a post is refused in about a second (503), it does not hang.
+        self._redis = (
+            aioredis.from_url(
+                redis_url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0
+            )
+            if redis_url
+            else None
+        )
         self.redis = self._redis  # shared with signaling.audience's figures (one client)
         self._prefix = prefix
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._marks: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._script: Any = None
 
+    @_reachable
     async def take(self, key: str, rate: float, burst: float) -> float:
         """0.0 when one more may go through, else the seconds to wait."""
         if self._redis is not None:
@@ -83,6 +96,7 @@ class Limits:
             self._buckets.popitem(last=False)
         return wait
 
+    @_reachable
     async def first(self, key: str, value: str, ttl_s: float) -> str | None:
         """Mark ``key`` with ``value`` for ``ttl_s``; None if it was free, else the earlier value."""
         if self._redis is not None:
@@ -100,6 +114,7 @@ class Limits:
             self._marks.popitem(last=False)
         return None
 
+    @_reachable
     async def release(self, key: str) -> None:
         """Drop a mark (a post refused after it was marked)."""
         if self._redis is not None:

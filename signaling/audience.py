@@ -26,7 +26,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from conference.comment_store import CommentStore
+from conference.comment_store import CommentStore, CommentsUnavailable
+from conference.redis_subscription import reachable
 
 from .abuse import COOKIE, COOKIE_MAX_AGE
 
@@ -100,6 +101,7 @@ class SharedFigures:
         self._origin = uuid.uuid4().hex
         self._script = redis.register_script(_FIGURES_LUA)
 
+    @reachable(CommentsUnavailable)
     async def sync(self, room: str, audience: RoomAudience, viewers: int) -> tuple[int, int, int, int]:
         new_unique = audience.new_unique[:UNIQUE_PER_SYNC]
         visits = audience.new_visits
@@ -187,9 +189,14 @@ class Audience:
                 audience.pending_likes, audience.comment_likes = 0, {}
                 try:
                     total = await self.store.add_likes(room, pending, per_comment)
-                except Exception:  # kept for the next tick: a store hiccup loses no like
-                    log.exception("likes of room %s could not be written", room)
+                except Exception as exc:  # kept for the next tick: a store hiccup loses no like
+                    if isinstance(exc, CommentsUnavailable):
+                        log.warning("likes of room %s kept for later: %s", room, exc.message)
+                    else:
+                        log.exception("likes of room %s could not be written", room)
                     audience.pending_likes += pending
+                    for comment, n in per_comment.items():
+                        audience.comment_likes[comment] = audience.comment_likes.get(comment, 0) + n
                     continue
                 if total != audience.likes:
                     audience.likes = total
@@ -201,6 +208,8 @@ class Audience:
                 try:
                     audience.shared = await self.shared_figures.sync(room, audience, viewers)
                     viewers = audience.shared[2]
+                except CommentsUnavailable as exc:
+                    log.warning("the shared figures of room %s: %s", room, exc.message)
                 except Exception:
                     log.exception("the shared figures of room %s could not be read", room)
             if viewers != audience.viewers:

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 COMMENTS_KEY = web.AppKey("comments", object)
 DUPLICATE_S = 600.0
+PENDING_S = 10.0
 MAX_LIKES_PER_POST = 50  # a second's taps of one person, generously
 FIGURES_EVERY_S = 30.0
 FRESH_PER_S = 5.0  # posts a second from one address without a browser cookie
@@ -156,8 +157,8 @@ class Comments:
         text = clean_text(text, "text", MAX_TEXT, multiline=True)
         digest = hashlib.sha256(duplicate_key(text).encode()).hexdigest()[:24]
         marks = [f"{state.room}:b:{browser}:{digest}", f"{state.room}:a:{address}:{digest}"]
-        for mark in marks:
-            earlier = await self.limits.first(mark, "", DUPLICATE_S)
+        for mark in marks:  # held briefly while the comment is stored: a refused post's retry is no repeat
+            earlier = await self.limits.first(mark, "", PENDING_S)
             if earlier is not None:
                 if earlier and (comment := await self.store.get(state.room, int(earlier))) is not None:
                     return comment, True
@@ -172,7 +173,8 @@ class Comments:
             comment = await self.store.add(comment)
         except BaseException:
             for mark in marks:
-                await self.limits.release(mark)
+                with contextlib.suppress(Exception):  # Redis away: the mark expires after PENDING_S
+                    await self.limits.release(mark)
             raise
         for mark in marks:  # the marks now name the comment a repeat answers with
             await self.limits.release(mark)
