@@ -62,6 +62,9 @@ class Settings:
     max_endpoints: int = 50
     # REMB sent to every video publisher: the browser keeps its camera under this bitrate.
     publish_max_bitrate: int = 1_500_000
+    # The forwarding core's native send (conference/sfu/_fastpath.c: header join, SRTP protect and
+    # sendto in one call per copy) when it was built; false forces the pure-Python path.
+    native_send: bool = True
     # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
     # (None: no cap beyond max_endpoints - 1).
     max_previews: int | None = None
@@ -253,6 +256,7 @@ _FIELD_TYPES: dict[str, str] = {
     "rtc_announced_address": "str?",
     "max_endpoints": "int",
     "publish_max_bitrate": "int",
+    "native_send": "bool",
     "max_previews": "int?",
     "plain_rtp_host": "str",
     "reconnect_grace_s": "float",

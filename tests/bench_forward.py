@@ -8,6 +8,13 @@ cache and each slot's rewrite, exactly the per-packet work of the server minus S
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python tests/bench_forward.py --packets 0
     valgrind --tool=callgrind ... --packets 4000                  # instructions: the difference / 4000
 
+With ``--leg python`` or ``--leg native`` every down-track sends through a real
+``aiortc_glue.LegOutput`` instead: its own libsrtp session (AES-256-GCM, what aiortc peers
+negotiate) and its own UDP socket on 127.0.0.1, sending to a local socket, with the pure-Python send
+(pylibsrtp's ``protect`` and the event loop transport's ``sendto``) or the native one
+(``_fastpath.send_rtp``); only the DTLS handshake and ICE that would set the leg up are left out.
+The event loop is uvloop (the server's) unless ``--loop asyncio``.
+
 Runs against the media core of the tree it is started in: the package layout of this session
 (``conference/sfu/``) or the single module of earlier ones (``conference/sfu.py``), so the same
 script measures both sides of the restructure (figures in docs/performance.md).
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import struct
 import time
 from types import SimpleNamespace
@@ -65,7 +73,41 @@ class CountingOutput:
         return True
 
 
-def build_package_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
+SRTP_KEY = bytes(range(44))  # AES-256-GCM: 32 bytes of key, 12 of salt
+
+
+def srtp_session(key: bytes = SRTP_KEY) -> Any:
+    """An outbound libsrtp session as aiortc's DTLS transport makes one (``_tx_srtp``)."""
+    from pylibsrtp import Policy, Session
+
+    policy = Policy(
+        key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM
+    )
+    policy.allow_repeat_tx = True
+    policy.window_size = 1024
+    return Session(policy)
+
+
+async def local_leg(remote: tuple[str, int], native: bool, key: bytes = SRTP_KEY) -> Any:
+    """A ``LegOutput`` on a real UDP socket (an aioice ``StunProtocol`` on this machine's
+    127.0.0.1, as aioice binds one per candidate) whose nominated pair sends to ``remote``, with a
+    fresh SRTP session: the leg as the DTLS handshake and ICE leave it."""
+    import aioice.ice
+
+    from conference.sfu.aiortc_glue import LegOutput
+
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: aioice.ice.StunProtocol(None),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0),
+    )
+    pair = SimpleNamespace(protocol=protocol, remote_addr=remote)
+    connection = SimpleNamespace(_nominated={1: pair})
+    dtls = SimpleNamespace(_tx_srtp=srtp_session(key), transport=SimpleNamespace(_connection=connection))
+    return LegOutput(dtls, native=native)  # type: ignore[arg-type]
+
+
+def build_package_layout(tracks: int, legs: list[Any] | None = None) -> tuple[Any, list[Any], Any]:
     from conference.sfu.consumer import DownTrack
     from conference.sfu.packet import CodecInfo
     from conference.sfu.producer import Producer
@@ -81,10 +123,10 @@ def build_package_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
     producer = Producer("pub", "video", [vp8], {}, upstream, listener, counters)  # type: ignore[arg-type]
     down = []
     for i in range(tracks):
-        track = DownTrack("video", "video", i, out, counters)
+        track = DownTrack("video", "video", i, out if legs is None else legs[i], counters)
         track.configure(5000 + i, [vp8], {}, str(i))
         down.append(track)
-    return producer, down, out
+    return producer, down, out if legs is None else SimpleNamespace(legs=legs)
 
 
 def build_module_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
@@ -113,12 +155,27 @@ def build_module_layout(tracks: int) -> tuple[Any, list[Any], CountingOutput]:
     return producer, down, out
 
 
-async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False) -> None:
+def _sent(out: Any) -> int:
+    legs = getattr(out, "legs", None)
+    return out.packets if legs is None else sum(leg.packets for leg in legs)
+
+
+async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False, leg: str = "none") -> None:
+    sink = None
     try:
         import conference.sfu.producer  # noqa: F401
 
-        producer, down, out = build_package_layout(tracks)
-        layout = "conference/sfu/ package"
+        legs = None
+        if leg != "none":
+            from conference.sfu.aiortc_glue import native_send_available
+
+            if leg == "native" and not native_send_available():
+                raise SystemExit("the native send is not built (pip install -e . with a C compiler)")
+            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what overflows it
+            legs = [await local_leg(sink.getsockname(), leg == "native") for _ in range(tracks)]
+        producer, down, out = build_package_layout(tracks, legs)
+        layout = "conference/sfu/ package" + ("" if leg == "none" else f" + SRTP and sendto ({leg} send)")
     except ModuleNotFoundError:
         producer, down, out = build_module_layout(tracks)
         layout = "conference/sfu.py module"
@@ -149,13 +206,15 @@ async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False)
     headers = [parse(p) for p in rest]
     best = float("inf")
     for r in range(repeats):
-        sent = out.packets
+        sent = _sent(out)
         started = time.process_time()
         for i in range(r * count, (r + 1) * count):
             receive(rest[i], headers[i])
         elapsed = time.process_time() - started
-        assert out.packets - sent == count * tracks, (out.packets - sent, count * tracks)
+        assert _sent(out) - sent == count * tracks, (_sent(out) - sent, count * tracks)
         best = min(best, elapsed)
+    if sink is not None:
+        sink.close()
     if count:
         print(
             f"{layout}: {count} packets x {tracks} slots, best of {repeats}: {best / count * 1e6:.2f} us"
@@ -177,8 +236,23 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--transport-cc", action="store_true", help="packets carry transport-wide seq")
+    parser.add_argument(
+        "--leg",
+        choices=("none", "python", "native"),
+        default="none",
+        help="send through real LegOutputs (SRTP + UDP on 127.0.0.1), pure-Python or native",
+    )
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
-    asyncio.run(run(args.packets, args.tracks, args.repeats if args.packets else 1, args.transport_cc))
+    main_coroutine = run(
+        args.packets, args.tracks, args.repeats if args.packets else 1, args.transport_cc, args.leg
+    )
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main_coroutine)
+    else:
+        asyncio.run(main_coroutine)
 
 
 if __name__ == "__main__":

@@ -664,7 +664,7 @@ class SlowOnly(StreamRewriter):
     """The same slot with every packet through the general path: the reference for the fast path."""
 
     __slots__ = ()
-    rewrite = StreamRewriter._rewrite_slow
+    rewrite_head = StreamRewriter._rewrite_slow  # rewrite() joins it with the payload
 
 
 @settings(max_examples=25, deadline=None)

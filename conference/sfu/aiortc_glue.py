@@ -54,6 +54,13 @@ from aiortc import (
 )
 from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
+
+try:  # the optional native send (conference/sfu/_fastpath.c), built by pip install when it can be
+    from . import _fastpath
+except ImportError:
+    _fastpath = None  # type: ignore[assignment]
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
 _SIOCGSTAMP = 0x8906  # linux/sockios.h: the kernel's receive time of the last datagram read
@@ -328,23 +335,87 @@ def sender_ssrc(sender: RTCRtpSender) -> int:
     return sender._ssrc  # type: ignore[no-any-return]
 
 
+# --- the native send -------------------------------------------------------------------------
+
+# The native send calls the very libsrtp copy pylibsrtp loaded, with the session pylibsrtp created
+# (``Session._srtp``, an ``srtp_t *``): the SRTP state stays one. Written for pylibsrtp 1.0.0, whose
+# ``Session.protect`` is ``srtp_protect(ctx, buffer, &len)`` on a 1500-byte buffer; any other
+# version (or a build without the extension) runs the pure-Python path.
+NATIVE_PYLIBSRTP = "1.0.0"
+
+
+def _native_protect() -> int:
+    """The address of libsrtp's srtp_protect for the native send; 0 if it cannot be used."""
+    if _fastpath is None or version("pylibsrtp") != NATIVE_PYLIBSRTP:
+        return 0
+    if "_srtp" not in pylibsrtp.Session.__init__.__code__.co_names:
+        return 0
+    if (
+        str(_srtp_ffi.typeof(_srtp_lib.srtp_protect))
+        != "<ctype 'srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)'>"
+    ):
+        return 0
+    _fastpath.set_error(pylibsrtp.Error)
+    return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
+
+
+_SRTP_PROTECT = _native_protect()
+
+
+def native_send_available() -> bool:
+    """Whether the native send was built and fits the installed pylibsrtp."""
+    return _SRTP_PROTECT != 0
+
+
+def srtp_session_handle(session: pylibsrtp.Session) -> int:
+    """The ``srtp_t`` behind a pylibsrtp session, for the native send."""
+    return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+
 class LegOutput:
     """Protect with the leg's SRTP context and send on the nominated ICE pair, synchronously.
 
     Skips aiortc's ``_send_rtp`` (two coroutine frames and an is_rtcp check per packet). The
     nominated pair's socket and address are resolved once per pair (``_route``); each packet only
-    checks that the pair is still the nominated one."""
+    checks that the pair is still the nominated one.
 
-    __slots__ = ("_addr", "_connection", "_dtls", "_pair", "_transport", "octets", "packets")
+    With ``native`` (and the extension built, ``native_send_available``), ``send_parts`` joins a
+    rewritten header and the source's payload, protects and sends in one native call
+    (``_fastpath.send_rtp``) on the pair's own socket; ``send`` is the pure-Python path (pylibsrtp's
+    ``protect`` and the transport's ``sendto``). Both give the same datagrams. Pairs the native
+    send cannot take (relayed through TURN, an address it cannot encode) use ``send``."""
 
-    def __init__(self, dtls: RTCDtlsTransport) -> None:
+    __slots__ = (
+        "_addr",
+        "_connection",
+        "_dtls",
+        "_fd",
+        "_handle",
+        "_pair",
+        "_sockaddr",
+        "_srtp",
+        "_transport",
+        "native",
+        "octets",
+        "packets",
+        "send_errors",
+    )
+
+    def __init__(self, dtls: RTCDtlsTransport, native: bool = False) -> None:
         self._dtls = dtls
         self._connection: aioice.ice.Connection = dtls.transport._connection
         self._pair: Any = None
         self._transport: Any = None
         self._addr: Any = None
+        # Where the native send goes: the pair's socket and the remote address as a sockaddr.
+        self._fd = -1
+        self._sockaddr: bytes | None = None
+        self._srtp: pylibsrtp.Session | None = None
+        self._handle = 0
+        self.native = native and native_send_available()
         self.packets = 0
         self.octets = 0
+        self.send_errors = 0  # native sends the kernel refused (e.g. ICMP unreachable): dropped
 
     def _route(self) -> Any:
         """The nominated pair's transport (cached; None while there is none or it is closing)."""
@@ -353,10 +424,66 @@ class LegOutput:
             self._pair = pair
             self._transport = None if pair is None else pair.protocol.transport
             self._addr = None if pair is None else pair.remote_addr
+            self._fd, self._sockaddr = self._native_route(pair)
         transport = self._transport
         if transport is None or transport.is_closing():
             return None
         return transport
+
+    def _native_route(self, pair: Any) -> tuple[int, bytes | None]:
+        """(socket fd, destination sockaddr) for the native send on ``pair``, or (-1, None)."""
+        if not self.native or pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
+            return -1, None  # TURN-relayed pairs wrap each datagram: the transport's sendto does
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if sock is None:
+            return -1, None
+        sockaddr = _fastpath.sockaddr(str(self._addr[0]), int(self._addr[1]))
+        family = socket.AF_INET if sockaddr is not None and len(sockaddr) == 16 else socket.AF_INET6
+        if sockaddr is None or sock.family != family:
+            return -1, None
+        return sock.fileno(), sockaddr
+
+    def send_parts(self, head: bytes, data: bytes, start: int, end: int) -> bool:
+        """Send the RTP packet ``head + data[start:end]`` (what ``StreamRewriter.rewrite_head``
+        gives), natively when the leg allows; False (dropped) while the leg is not connected."""
+        srtp = self._dtls._tx_srtp
+        transport = self._transport
+        if (
+            srtp is not self._srtp
+            or srtp is None
+            or self._sockaddr is None
+            or self._connection._nominated.get(1) is not self._pair
+            or transport.is_closing()
+        ):
+            return self._send_parts_checked(head, data, start, end)
+        sent = _fastpath.send_rtp(
+            _SRTP_PROTECT, self._handle, self._fd, self._sockaddr, head, data, start, end
+        )
+        if sent.__class__ is not int:
+            # The socket's buffer is full: the transport queues the protected datagram, as it would.
+            transport.sendto(sent, self._addr)
+            sent = len(sent)
+        elif sent < 0:
+            self.send_errors += 1
+            sent = 0
+        self.packets += 1
+        self.octets += sent
+        return True
+
+    def _send_parts_checked(self, head: bytes, data: bytes, start: int, end: int) -> bool:
+        """``send_parts`` when something changed (the SRTP context, the pair) or the native send
+        cannot take this leg: re-resolve, then send natively or through ``send``."""
+        srtp = self._dtls._tx_srtp
+        if srtp is None:
+            return False
+        if srtp is not self._srtp:
+            self._srtp = srtp
+            self._handle = srtp_session_handle(srtp)
+        if self._route() is None:
+            return False
+        if self._sockaddr is None:
+            return self.send(head + data[start:end])
+        return self.send_parts(head, data, start, end)
 
     def send(self, data: bytes) -> bool:
         """Send one RTP packet; False (dropped) while the leg is not connected."""

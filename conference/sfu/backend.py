@@ -46,8 +46,12 @@ class SfuBackend:
         max_previews: int | None = None,
         publish_max_bitrate: int = 1_500_000,
         plain_rtp_host: str = "127.0.0.1",
+        native_send: bool = True,
     ) -> None:
         glue.check_aiortc()
+        # Which send the WebRTC legs use: "native" (built and allowed) or "python".
+        self.native_send = native_send and glue.native_send_available()
+        logger.info("forwarding core: %s send", "native" if self.native_send else "pure-Python")
         self.plain_rtp_host = plain_rtp_host
         self.publish_max_bitrate = publish_max_bitrate
         # Never None: aiortc would fall back to Google's public STUN server.
@@ -213,6 +217,7 @@ class SfuBackend:
         delay = c.delay
         return {
             "backend": "sfu",
+            "send_path": "native" if self.native_send else "python",
             "rooms": len(self.rooms),
             "sessions": len(sessions),
             "producers": producers,
@@ -299,4 +304,5 @@ def create_backend(settings: Settings | None = None) -> SfuBackend:
         max_previews=settings.max_previews,
         publish_max_bitrate=settings.publish_max_bitrate or 1_500_000,
         plain_rtp_host=settings.plain_rtp_host,
+        native_send=settings.native_send,
     )

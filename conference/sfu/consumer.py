@@ -55,6 +55,12 @@ class Output(Protocol):
         ...
 
 
+# An output that also takes a packet in two parts, ``send_parts(head, data, start, end)`` for
+# ``head + data[start:end]`` (the native send, ``aiortc_glue.LegOutput``), so the forwarder never
+# joins them in Python.
+SendParts = Callable[[bytes, bytes, int, int], bool]
+
+
 class DownTrack:
     """One receive slot (a sendonly m-line, a plain-RTP stream, an in-process sink)."""
 
@@ -63,6 +69,10 @@ class DownTrack:
         self.role = role  # "video" (program slot), "audio" or "preview"
         self.index = index
         self.output = output
+        # The output's two-part send when it sends natively (``LegOutput.native``), else None.
+        self.send_parts: SendParts | None = (
+            getattr(output, "send_parts", None) if getattr(output, "native", False) else None
+        )
         self.counters = counters
         self.mid = ""
         self.rewriter: StreamRewriter = None  # type: ignore[assignment]  # set by configure()

@@ -212,11 +212,21 @@ class Producer:
             return
         ast = abs_send_time(now)
         sent = False
+        end = header[9]
         for track in tracks:
-            out = track.rewriter.rewrite(data, header, ast, level, keyframe, now)
-            if out is None:
-                continue
-            if track.output.send(out):
+            rewriter = track.rewriter
+            send_parts = track.send_parts
+            if send_parts is not None:  # the native send joins header and payload itself
+                head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
+                if head is None:
+                    continue
+                ok = send_parts(head, data, rewriter.tail, end)
+            else:
+                out = rewriter.rewrite(data, header, ast, level, keyframe, now)
+                if out is None:
+                    continue
+                ok = track.output.send(out)
+            if ok:
                 track.packets += 1
                 sent = True
             elif self.cache is not None:

@@ -92,6 +92,7 @@ class StreamRewriter:
         "seq_offset",
         "source_ssrc",
         "ssrc",
+        "tail",
         "ts_offset",
     )
 
@@ -126,6 +127,7 @@ class StreamRewriter:
         self._ext = ext
         self._mid = mid
         self.playout_delay: tuple[int, int] | None = None
+        self.tail = 0  # where the payload begins in the packet the last rewrite_head took
         self._build_extensions()
         # The output stream so far ("last" values are what the next packet continues from).
         start_seq = random.getrandbits(16) if first_sequence is None else first_sequence
@@ -345,6 +347,23 @@ class StreamRewriter:
         ``abs_send_time`` is ``abs_send_time(now)``; ``audio_level`` the publisher's level (None is
         sent as silence); ``keyframe`` whether the packet starts a keyframe (``is_keyframe``).
         """
+        head = self.rewrite_head(data, header, abs_send_time, audio_level, keyframe, now)
+        if head is None:
+            return None
+        return head + data[self.tail : header[9]]
+
+    def rewrite_head(
+        self,
+        data: bytes,
+        header: RtpHeader,
+        abs_send_time: int,
+        audio_level: int | None,
+        keyframe: bool,
+        now: float,
+    ) -> bytes | None:
+        """``rewrite`` in two parts, for an output that joins them itself (the native send): the
+        rewritten header (with the VP8 descriptor) or None; the packet is that + ``data[self.tail:
+        header.end]``. The payload is never copied here."""
         # Fast path: the newest packet of the settled source, Opus/H.264 or VP8 as browsers send it
         # (X and I with a 15-bit picture id only). Everything else takes _rewrite_slow.
         marker, _, seq, timestamp, ssrc, _, _, _, pos, end = header
@@ -357,38 +376,34 @@ class StreamRewriter:
             word = self._tag | (abs_send_time & self._abs_mask)
             if self._level_mask:
                 word |= (127 if audio_level is None else audio_level & 0x7F) << self._level_shift
-            packet = (
-                self._pack(
-                    0x90,
-                    marker << 7 | self.payload_type,
-                    out_seq,
-                    out_ts,
-                    self.ssrc,
-                    self._prefix,
-                    word,
-                    self._suffix,
-                )
-                + data[pos:end]
+            packet = self._pack(
+                0x90,
+                marker << 7 | self.payload_type,
+                out_seq,
+                out_ts,
+                self.ssrc,
+                self._prefix,
+                word,
+                self._suffix,
             )
+            self.tail = pos
         elif data[pos] & 0x80 and data[pos + 1] == 0x80 and data[pos + 2] & 0x80:
             pid = ((data[pos + 2] & 0x7F) << 8) | data[pos + 3]
             out_pid = (pid + self._pid_offset) & 0x7FFF
-            packet = (
-                self._pack_vp8(
-                    0x90,
-                    marker << 7 | self.payload_type,
-                    out_seq,
-                    out_ts,
-                    self.ssrc,
-                    self._prefix,
-                    self._tag | (abs_send_time & self._abs_mask),
-                    self._suffix,
-                    data[pos],
-                    0x80,
-                    0x8000 | out_pid,
-                )
-                + data[pos + 4 : end]
+            packet = self._pack_vp8(
+                0x90,
+                marker << 7 | self.payload_type,
+                out_seq,
+                out_ts,
+                self.ssrc,
+                self._prefix,
+                self._tag | (abs_send_time & self._abs_mask),
+                self._suffix,
+                data[pos],
+                0x80,
+                0x8000 | out_pid,
             )
+            self.tail = pos + 4
             self.in_picture_id = pid
         else:
             return self._rewrite_slow(data, header, abs_send_time, audio_level, keyframe, now)
@@ -451,7 +466,8 @@ class StreamRewriter:
             if packet is None:
                 return None
         else:
-            packet = head + data[pos:end]
+            packet = head
+            self.tail = pos
             if self._rebase_vp8:  # a VP8 source without picture ids: nothing to rebase
                 self._rebase_vp8 = False
                 self._settle()
@@ -465,7 +481,8 @@ class StreamRewriter:
 
     def _vp8_rewrite(self, data: bytes, pos: int, end: int, head: bytes, newest: bool) -> bytes | None:
         """Rewrite the picture id (always sent in 15-bit form) and TL0PICIDX of an extended
-        descriptor; None if the descriptor is truncated."""
+        descriptor: the header and descriptor (the payload from ``self.tail``), None if the
+        descriptor is truncated."""
         p, tl0, tk, q = vp8_layout(data, pos, end)
         pid = -1
         b1 = data[pos + 1] if end - pos > 1 else 0
@@ -509,8 +526,10 @@ class StreamRewriter:
         elif p >= 0:
             desc = _VP8_I1.pack(b0, b1, out_pid, tk) if tk >= 0 else _VP8_I.pack(b0, b1, out_pid)
         else:
-            return head + data[pos:end]  # nothing to rewrite
-        return head + desc + data[q:end]
+            self.tail = pos
+            return head  # nothing to rewrite
+        self.tail = q
+        return head + desc
 
     # -- feedback and reports ---------------------------------------------------------------------
 

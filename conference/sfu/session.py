@@ -135,7 +135,7 @@ class Session(Transport):
         ]
         # Max-bundle: every m-line shares the first transceiver's transport.
         dtls = glue.leg_transport(pc)
-        self.output = glue.LegOutput(dtls)
+        self.output = glue.LegOutput(dtls, native=self.router.backend.native_send)
         counters = self.router.backend.counters
         for tracks, kind, role, transceivers in slot_transceivers:
             for i, transceiver in enumerate(transceivers):

@@ -1,0 +1,215 @@
+"""The native send (conference/sfu/_fastpath.c) against the pure-Python one: the same packets in give
+the same SRTP datagrams on the wire, through the real forwarding path (producer, down-tracks,
+rewriters, LegOutput, libsrtp, UDP sockets on 127.0.0.1); a real aiortc peer decodes what the native
+send sent; and the switch that forces the pure-Python path."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+import time
+from typing import Any
+
+import pylibsrtp
+import pytest
+from bench_forward import build_package_layout, local_leg, packets, srtp_session
+from test_aiortc_glue import Pair
+from test_sfu_support import nearest_colour
+
+from conference.config import load_settings
+from conference.sfu import aiortc_glue as glue
+from conference.sfu.backend import SfuBackend
+from conference.sfu.consumer import DownTrack
+from conference.sfu.packet import URI_AUDIO_LEVEL, CodecInfo, parse_header
+from conference.sfu.producer import Producer
+from conference.sfu.stats import Counters
+
+needs_native = pytest.mark.skipif(
+    not glue.native_send_available(), reason="the native send was not built (no C compiler?)"
+)
+
+
+class Wire:
+    """A UDP socket on 127.0.0.1 that collects what arrives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()
+
+    def read(self, expected: int, timeout: float = 5.0) -> list[bytes]:
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            try:
+                out.append(self.sock.recv(2048))
+            except BlockingIOError:
+                time.sleep(0.01)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def opus_packets(count: int, level_id: int) -> list[bytes]:
+    """Opus packets with an audio-level element (one-byte header extension), levels varying."""
+    out = []
+    for n in range(count):
+        ext = struct.pack("!HHBB2x", 0xBEDE, 1, (level_id << 4) | 0, 0x80 | (n * 7) % 128)
+        head = struct.pack("!BBHII", 0x90, 111, (40000 + n) & 0xFFFF, 960 * n, 0x5678)
+        out.append(head + ext + bytes([0xFC]) + bytes(range(n % 50, n % 50 + 60)))
+    return out
+
+
+async def forward(native: bool, wire: Wire, tracks: int = 3) -> list[bytes]:
+    """A VP8 and an Opus stream through producers to ``tracks`` slots each, one leg per slot;
+    returns the datagrams that arrived, in order."""
+    random.seed(1919)  # the slots' random starting numbers are then the same on both paths
+    legs = [await local_leg(wire.address, native) for _ in range(tracks)]
+    producer, down, _ = build_package_layout(tracks, legs)
+    assert all((t.send_parts is not None) == native for t in down)
+    video = packets(40)
+    producer.receive(video[0], parse_header(video[0]))
+    for track in down:
+        track.set_want("pub", producer)
+    for data in video[1:]:
+        producer.receive(data, parse_header(data))
+
+    opus = CodecInfo("opus", 111, 48_000)
+    counters = Counters()
+    upstream: Any = type(
+        "Up", (), {"closed": False, "send_rtcp": lambda s, d: True, "send_pli": lambda s, x: None}
+    )()
+    listener: Any = type("L", (), {"sink": None, "producer_started": lambda s, p: None})()
+    speaker = Producer("talker", "audio", [opus], {URI_AUDIO_LEVEL: 1}, upstream, listener, counters)
+    slots = []
+    for i, leg in enumerate(legs):
+        slot = DownTrack("audio", "audio", i, leg, counters)
+        slot.configure(7000 + i, [opus], {URI_AUDIO_LEVEL: 3}, f"a{i}")
+        slots.append(slot)
+    for n, data in enumerate(opus_packets(30, 1)):
+        speaker.receive(data, parse_header(data))
+        if n == 0:
+            for slot in slots:
+                slot.set_want("talker", speaker)
+    # A subscriber's NACK is answered from the cache through the same leg (send, not send_parts).
+    down[0].on_nack(down[0].rewriter.last_sequence - 5)
+    sent = sum(leg.packets for leg in legs)
+    assert sent > tracks * 60
+    return wire.read(sent)
+
+
+@needs_native
+async def test_both_paths_put_the_same_bytes_on_the_wire() -> None:
+    python_wire, native_wire = Wire(), Wire()
+    try:
+        on_python = await forward(False, python_wire)
+        on_native = await forward(True, native_wire)
+    finally:
+        python_wire.close()
+        native_wire.close()
+    assert len(on_python) == len(on_native) > 180
+    assert on_python == on_native
+    # And they are SRTP a receiver takes: the payloads come back intact.
+    from pylibsrtp import Policy, Session
+
+    policy = Policy(
+        key=bytes(range(44)),
+        ssrc_type=Policy.SSRC_ANY_INBOUND,
+        srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+    )
+    policy.window_size = 1024
+    rx = Session(policy)
+    video, replays = [], 0
+    for datagram in on_native:
+        if datagram[1] & 0x7F == 96:
+            try:
+                video.append(rx.unprotect(datagram))
+            except pylibsrtp.Error:
+                replays += 1  # the NACKed packet sent again: libsrtp's replay check refuses it
+    assert replays == 1
+    assert len(video) > 100 and all(p.endswith(bytes(1100)) for p in video)
+
+
+@needs_native
+async def test_a_packet_too_long_for_libsrtp_is_refused_alike() -> None:
+    wire = Wire()
+    try:
+        native = await local_leg(wire.address, True)
+        python = await local_leg(wire.address, False)
+        head = struct.pack("!BBHII", 0x80, 96, 1, 2, 3)
+        data = bytes(1500)
+        with pytest.raises(ValueError, match="packet is too long"):
+            python.send(head + data[12:1400])
+        with pytest.raises(ValueError, match="packet is too long"):
+            native.send_parts(head, data, 12, 1400)
+        assert native.packets == 0
+        # One byte shorter than pylibsrtp's limit goes out on both.
+        assert python.send(head + data[12:1356])
+        assert native.send_parts(head, data, 12, 1356)
+        assert len(wire.read(2)) == 2
+    finally:
+        wire.close()
+
+
+@needs_native
+async def test_native_send_on_a_real_aiortc_leg_decodes_at_the_peer() -> None:
+    pair = Pair()
+    try:
+        await pair.connect()
+        output = glue.LegOutput(pair.dtls, native=True)
+        assert output.native
+        from test_sfu_support import wait_for
+
+        await wait_for(lambda: len(pair.packets) >= 10, 10, "raw RTP at the hook")
+        ssrc = glue.sender_ssrc(pair.outbound.sender)
+        received: list[int] = []
+
+        async def read() -> None:
+            while True:
+                frame = await pair.echo_receiver.track.recv()
+                rgb = frame.to_ndarray(format="rgb24")
+                received.append(nearest_colour(tuple(rgb.reshape(-1, 3).mean(axis=0))))
+
+        reader = asyncio.create_task(read())
+        start, sent = len(pair.packets), 0
+        deadline = time.monotonic() + 10
+        pair.publish_sender._send_keyframe()  # type: ignore[attr-defined]
+        while not received and time.monotonic() < deadline:
+            for data in pair.packets[start:]:
+                head = data[:8] + struct.pack("!I", ssrc)
+                sent += output.send_parts(head, data, 12, len(data))
+            start = len(pair.packets)
+            await asyncio.sleep(0.02)
+        reader.cancel()
+        assert received and received[0] == 0, "the natively sent stream must decode as the red camera"
+        assert output.packets == sent > 0 and output.send_errors == 0
+        assert output._sockaddr is not None, "the leg's host pair took the native send"
+    finally:
+        await pair.close()
+
+
+def test_the_native_send_can_be_switched_off() -> None:
+    assert load_settings(environ={"CONFERENCE_NATIVE_SEND": "false"}).native_send is False
+    assert load_settings(environ={}).native_send is True
+    backend = SfuBackend(native_send=False)
+    assert backend.native_send is False and backend.stats()["send_path"] == "python"
+    session = srtp_session()
+    dtls: Any = type("D", (), {"_tx_srtp": session, "transport": None})()
+    dtls.transport = type("T", (), {"_connection": None})()
+    assert glue.LegOutput(dtls, native=False).native is False
+
+
+def test_without_the_extension_the_pure_python_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(glue, "_SRTP_PROTECT", 0)
+    assert not glue.native_send_available()
+    assert SfuBackend(native_send=True).native_send is False
+    dtls: Any = type("D", (), {"_tx_srtp": None, "transport": type("T", (), {"_connection": None})()})()
+    output = glue.LegOutput(dtls, native=True)
+    assert output.native is False
+    track = DownTrack("video", "video", 0, output, Counters())
+    assert track.send_parts is None
