@@ -9,6 +9,7 @@ case with the ``CONFERENCE_`` prefix (lists as JSON or comma-separated, booleans
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -104,6 +105,11 @@ class Settings:
     live_fps: int = 25
     live_threads: int = 1  # x264 threads of each compositor; 0 lets x264 choose
     live_preset: str = "ultrafast"  # x264 preset
+    # "local": the server starts each compositor itself; "remote": compositors run on other machines
+    # (``conference live --server URL``), connect with the admin key and upload the HLS files here.
+    live_compositor: str = "local"
+    # Addresses a remote compositor may receive the room's plain RTP on (besides this machine's own).
+    live_hosts: list[str] = field(default_factory=list)
     # Where the public reaches the server (https://live.example.org), for the short link and its QR
     # code; None: the address the request came to.
     public_base_url: str | None = None
@@ -199,6 +205,13 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for host in self.live_hosts:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"live_hosts holds IP addresses, got {host!r}") from None
+        if self.live_compositor not in ("local", "remote"):
+            raise ConfigError(f"live_compositor must be local or remote, got {self.live_compositor!r}")
         if not 1 <= self.live_fps <= 60 or self.live_threads < 0:
             raise ConfigError("live_fps must be 1-60 and live_threads at least 0")
 
@@ -283,6 +296,8 @@ _FIELD_TYPES: dict[str, str] = {
     "live_fps": "int",
     "live_threads": "int",
     "live_preset": "str",
+    "live_compositor": "str",
+    "live_hosts": "strlist",
     "public_base_url": "str?",
     "live_requests_per_s": "float",
     "comment_posts_per_min": "float",

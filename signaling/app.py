@@ -528,9 +528,10 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
-    from . import comments, public  # they use this module's helpers: imported once they exist
+    from . import comments, live_link, public  # they use this module's helpers: imported once they exist
 
     public.setup(app)
+    live_link.setup(app)
     comments.setup(app)
     screens.setup(app)
     speaking.setup(app)

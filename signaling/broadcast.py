@@ -23,8 +23,9 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conference import room as room_commands
 from conference.config import Settings
@@ -81,45 +82,114 @@ def program_message(state: RoomState) -> dict[str, Any]:
     }
 
 
-class LiveStream:
-    """One room's compositor process, kept running while the room broadcasts."""
+class Compositor(Protocol):
+    """Where a stream's compositor is: a process started here, or one on another machine connected
+    over a WebSocket (``signaling.live_link``). Both speak the worker's JSON lines."""
 
-    def __init__(self, owner: Broadcasts, room: str) -> None:
+    peers: Collection[str]  # the addresses it may receive plain RTP on, besides this machine's
+
+    async def readline(self) -> bytes:
+        """The compositor's next line; b"" once it is gone."""
+        ...
+
+    def write(self, line: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+    async def close(self) -> None:
+        """Stop it (if it still runs) and wait until it is gone."""
+        ...
+
+
+class LocalCompositor:
+    """``conference live`` in a child process of this server, on stdin/stdout."""
+
+    peers: Collection[str] = ()
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+
+    @classmethod
+    async def start(cls, options: dict[str, Any], directory: Path) -> LocalCompositor:
+        process = await asyncio.create_subprocess_exec(
+            *worker_command(options, directory), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        return cls(process)
+
+    async def readline(self) -> bytes:
+        return await self._stdout.readline()
+
+    def write(self, line: bytes) -> None:
+        self._stdin.write(line)
+
+    async def drain(self) -> None:
+        await self._stdin.drain()
+
+    @property
+    def closing(self) -> bool:
+        return self.process.returncode is not None or self._stdin.is_closing()
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            # Its stdin closed, a worker ends by itself (at once if it still waits for its answer).
+            with contextlib.suppress(OSError, RuntimeError):
+                self._stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 2.0)
+        self.kill()
+        await self.process.wait()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """The compositor's settings, as the server decides them (a remote one is told them)."""
+    return {
+        "size": settings.live_size,
+        "fps": settings.live_fps,
+        "threads": settings.live_threads,
+        "preset": settings.live_preset,
+        "video_slots": MAX_SLOTS,
+        "audio_slots": AUDIO_SLOTS,
+    }
+
+
+def worker_command(options: dict[str, Any], directory: Path) -> list[str]:
+    """``conference live`` (the worker itself) with ``options`` writing HLS into ``directory``."""
+    command = [sys.executable, "-m", "signaling", "live", "--out", str(directory)]
+    for name in ("size", "fps", "threads", "preset", "video_slots", "audio_slots", "host"):
+        if name in options:
+            command += ["--" + name.replace("_", "-"), str(options[name])]
+    return command
+
+
+class LiveStream:
+    """One room's compositor, kept running while the room broadcasts."""
+
+    def __init__(self, owner: Broadcasts, room: str, fresh: bool = True) -> None:
         self.owner = owner
         self.room = room
         self.directory = live_dir(owner.settings, room)
-        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Compositor | None = None
         self.ending = False
         self.restarts = 0
+        self.fresh = fresh  # a new playlist (a remote compositor then starts its own afresh)
         self.standby = False  # showing the slate before the broadcast starts
         self.answered = False
         self.stats: dict[str, Any] = {}
         self.last_program: dict[str, Any] | None = None
         self.started = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._supervise())
-
-    def command(self) -> list[str]:
-        s = self.owner.settings
-        return [
-            sys.executable,
-            "-m",
-            "signaling",
-            "live",
-            "--out",
-            str(self.directory),
-            "--size",
-            s.live_size,
-            "--fps",
-            str(s.live_fps),
-            "--threads",
-            str(s.live_threads),
-            "--preset",
-            s.live_preset,
-            "--video-slots",
-            str(MAX_SLOTS),
-            "--audio-slots",
-            str(AUDIO_SLOTS),
-        ]
 
     async def _supervise(self) -> None:
         while not self.ending:
@@ -129,6 +199,7 @@ class LiveStream:
                 raise
             except Exception:
                 log.exception("live compositor of room %s failed", self.room)
+            self.fresh = False  # a restart goes on on the same playlist
             if self.ending:
                 break
             delay = RESTART_DELAYS_S[min(self.restarts, len(RESTART_DELAYS_S) - 1)]
@@ -140,33 +211,30 @@ class LiveStream:
 
     async def _run_once(self) -> None:
         media = self.owner.media
-        process = await asyncio.create_subprocess_exec(
-            *self.command(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        self.process = process
+        channel = await self.owner.open_compositor(self)
+        self.channel = channel
         self.answered = False  # nothing but the answer may reach the worker first
         transport = None
-        assert process.stdin is not None and process.stdout is not None
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
+            line = await asyncio.wait_for(channel.readline(), START_TIMEOUT_S)
             offer_json = json.loads(line)
             offer = PlainOffer.from_json(offer_json)
             state = await self.owner.store.get(self.room)
             if state is None:
                 raise MediaError("not_found", f"room {self.room} is gone")
-            transport = await media.open_plain(self.room, IDENTITY, state, offer)  # type: ignore[attr-defined]
+            transport = await media.open_plain(  # type: ignore[attr-defined]
+                self.room, IDENTITY, state, offer, channel.peers
+            )
             state = await self.owner.store.get(self.room) or state  # what changed while it opened
             self.last_program = program_message(state)
-            process.stdin.write((json.dumps(transport.answer()) + "\n").encode())
-            process.stdin.write((json.dumps(self.last_program) + "\n").encode())
+            channel.write((json.dumps(transport.answer()) + "\n").encode())
+            channel.write((json.dumps(self.last_program) + "\n").encode())
             self.answered = True
             if self.ending:
-                process.stdin.write(b'{"type": "end"}\n')
-            await process.stdin.drain()
+                channel.write(b'{"type": "end"}\n')
+            await channel.drain()
             while True:
-                line = await process.stdout.readline()
+                line = await channel.readline()
                 if not line:
                     break
                 with contextlib.suppress(ValueError):
@@ -175,21 +243,18 @@ class LiveStream:
                         self.started.set()
                     elif message.get("type") == "stats":
                         self.stats = message
-            await process.wait()
         finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            self.process = None
+            self.channel = None
+            await channel.close()
             if transport is not None:
                 await transport.close()
 
     def send(self, message: dict[str, Any]) -> None:
-        process = self.process
-        if process is None or not self.answered or process.stdin is None or process.stdin.is_closing():
+        channel = self.channel
+        if channel is None or not self.answered or channel.closing:
             return  # before the answer: the program goes with it (last_program)
         with contextlib.suppress(ConnectionError, RuntimeError):
-            process.stdin.write((json.dumps(message) + "\n").encode())
+            channel.write((json.dumps(message) + "\n").encode())
 
     def update(self, state: RoomState) -> None:
         message = program_message(state)
@@ -200,6 +265,9 @@ class LiveStream:
     async def end(self) -> None:
         """The broadcast stopped: the closing slate, the end of the playlist, then the process goes."""
         self.ending = True
+        if self.channel is None and self.owner.remote_compositors:
+            await self.kill()  # no remote compositor ever came: nothing to end
+            return
         self.send({"type": "end"})
         try:
             await asyncio.wait_for(asyncio.shield(self.task), END_TIMEOUT_S)
@@ -208,9 +276,9 @@ class LiveStream:
 
     async def kill(self) -> None:
         self.ending = True
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.kill()
+        channel = self.channel
+        if channel is not None:
+            channel.kill()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
@@ -224,6 +292,10 @@ class Broadcasts:
         self.store = store
         self.media = media
         self.streams: dict[str, LiveStream] = {}
+        # Remote compositors connected and waiting for a room's broadcast (live_compositor "remote"):
+        # the first takes it, the others stand by and take over if it goes.
+        self.remote: dict[str, list[Compositor]] = {}
+        self._remote_arrived: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         store.subscribe(self.on_events)
@@ -232,6 +304,41 @@ class Broadcasts:
     def available(self) -> bool:
         """Whether this server can run compositors (the SFU with plain-RTP transports)."""
         return hasattr(self.media, "open_plain") and self.settings.media
+
+    @property
+    def remote_compositors(self) -> bool:
+        return self.settings.live_compositor == "remote"
+
+    async def open_compositor(self, stream: LiveStream) -> Compositor:
+        """A compositor for ``stream``: started here, or the next remote one that connects."""
+        options = worker_options(self.settings)
+        if not self.remote_compositors:
+            return await LocalCompositor.start(options, stream.directory)
+        while True:
+            waiting = self.remote.get(stream.room, [])
+            while waiting and waiting[0].closing:
+                waiting.pop(0)
+            if waiting:
+                compositor = waiting.pop(0)
+                compositor.write(
+                    (json.dumps({"type": "start", "fresh": stream.fresh, **options}) + "\n").encode()
+                )
+                return compositor
+            arrived = self._remote_arrived.setdefault(stream.room, asyncio.Event())
+            arrived.clear()
+            await arrived.wait()
+
+    def attach(self, room: str, compositor: Compositor) -> None:
+        """A remote compositor connected for ``room``: it waits until a broadcast needs it."""
+        self.remote.setdefault(room, []).append(compositor)
+        self._remote_arrived.setdefault(room, asyncio.Event()).set()
+
+    def detach(self, room: str, compositor: Compositor) -> None:
+        waiting = self.remote.get(room, [])
+        if compositor in waiting:
+            waiting.remove(compositor)
+        if not waiting:
+            self.remote.pop(room, None)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -284,7 +391,7 @@ class Broadcasts:
         if fresh:
             # A new broadcast is a new playlist: nothing of the last one is served again.
             shutil.rmtree(live_dir(self.settings, room), ignore_errors=True)
-        self.streams[room] = LiveStream(self, room)
+        self.streams[room] = LiveStream(self, room, fresh=fresh)
 
     def _end(self, room: str) -> None:
         stream = self.streams.get(room)
@@ -307,7 +414,7 @@ class Broadcasts:
 
     def stats(self) -> dict[str, Any]:
         return {
-            room: {"running": s.process is not None, "restarts": s.restarts, **s.stats}
+            room: {"running": s.channel is not None, "restarts": s.restarts, **s.stats}
             for room, s in self.streams.items()
         }
 

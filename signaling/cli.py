@@ -11,9 +11,8 @@ from types import ModuleType
 from conference.loadtest import bench
 from recorder import cli as recordings
 from recorder import render
-from recorder.live import worker as live
 
-from . import roster_cli, serve, tokens
+from . import live_remote, roster_cli, serve, tokens
 from .phone import cli as phone
 
 # (name, module, help)
@@ -25,7 +24,12 @@ SUBCOMMANDS: list[tuple[str, ModuleType, str]] = [
     ("render", render, "render a recording to MP4 in a chosen layout"),
     ("recordings", recordings, "list, show or delete recordings"),
     ("phone", phone, "telephone dial-in gateway (SIP)"),
-    ("live", live, "the program compositor of a room's public HLS stream (started by the server)"),
+    (
+        "live",
+        live_remote,
+        "the program compositor of a room's public HLS stream (started by the server, or on a machine"
+        " of its own with --server)",
+    ),
 ]
 
 

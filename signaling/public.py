@@ -105,6 +105,10 @@ class PublicSite:
             self._files.popitem(last=False)
         return body
 
+    def forget(self, path: Path) -> None:
+        """A live file changed or went (a remote compositor's upload): read it again when asked."""
+        self._files.pop(path, None)
+
     def count_origin(self, path: str) -> None:
         counts = self.origin_requests
         counts[path] = counts.get(path, 0) + 1

@@ -4,6 +4,8 @@ speaking, hall-b cyan), joined to the room through the store and the media core.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,13 @@ async def rest(http: aiohttp.ClientSession, url: str, method: str, path: str, bo
 async def meeting(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """The real application with its SFU on a free port, two aiortc venues with solid-colour cameras
     (hall-a blue and speaking, hall-b cyan) joined to the room through the store and media core."""
+    async with running_meeting(tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running_meeting(tmp_path: Path, **overrides: Any) -> AsyncIterator[dict[str, Any]]:
+    """The ``meeting`` fixture's server and venues, with ``overrides`` of its settings."""
     port = free_port()
     settings = Settings(
         host="127.0.0.1",
@@ -47,6 +56,7 @@ async def meeting(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         live_fps=10,
         shutdown_timeout_s=2.0,
     )
+    settings = dataclasses.replace(settings, **overrides)
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()

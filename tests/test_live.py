@@ -17,7 +17,8 @@ from test_sfu_support import TONES, Meeting, nearest_colour, wait_for
 from conference.comments import Comment, show_on_screen
 from conference.config import Settings
 from conference.room import set_program, set_public, start_broadcast, stop_broadcast
-from signaling.broadcast import Broadcasts, LiveStream, live_dir
+from signaling import broadcast
+from signaling.broadcast import Broadcasts, live_dir
 
 pytestmark = pytest.mark.media
 
@@ -126,9 +127,9 @@ async def test_the_compositor_streams_the_program_as_hls_and_follows_it(tmp_path
         await meeting.command(show_on_screen, None)
 
         # A compositor that dies comes back on the same playlist, after a discontinuity.
-        assert stream.process is not None
-        stream.process.kill()
-        await wait_for(lambda: stream.restarts == 1 and stream.process is not None, 15, "a restart")
+        assert stream.channel is not None
+        stream.channel.kill()
+        await wait_for(lambda: stream.restarts == 1 and stream.channel is not None, 15, "a restart")
         await wait_for(lambda: "#EXT-X-DISCONTINUITY" in playlist(directory), 30, "the discontinuity")
         name = await newest_segment(directory, {n for _, n in segments(playlist(directory))}, 15)
         assert read_segment(directory / name)["colour"] == 4
@@ -155,7 +156,7 @@ async def test_a_worker_that_cannot_start_does_not_disturb_the_room(
     await meeting.start()
     settings = Settings(data_dir=tmp_path, room_store="memory", live_size="320x180", live_fps=10)
     broadcasts = Broadcasts(settings, meeting.store, meeting.backend)
-    monkeypatch.setattr(LiveStream, "command", lambda self: ["/bin/false"])
+    monkeypatch.setattr(broadcast, "worker_command", lambda options, directory: ["/bin/false"])
     try:
         viewer = await meeting.add("hall-a", 1)
         await meeting.add("hall-b", 3)

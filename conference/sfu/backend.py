@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 from aiortc import RTCIceServer
@@ -143,13 +144,15 @@ class SfuBackend:
         return transport
 
     async def open_plain(
-        self, room: str, identity: str, state: RoomState, offer: PlainOffer
+        self, room: str, identity: str, state: RoomState, offer: PlainOffer, peers: Collection[str] = ()
     ) -> PlainTransport:
         """Plain RTP over UDP for a worker on this machine; ``answer()`` tells it the server's port.
-        The worker must listen on a loopback address or on ``plain_rtp_host`` itself."""
+        The worker must listen on a loopback address, on ``plain_rtp_host`` itself or on one of
+        ``peers`` (the operator's list of other machines, e.g. remote compositors): the transport
+        sends UDP to the address the offer names, so it may never be an arbitrary host."""
         self._started()
         worker = ipaddress.ip_address(offer.address[0])
-        if not worker.is_loopback and str(worker) != self.plain_rtp_host:
+        if not worker.is_loopback and str(worker) != self.plain_rtp_host and str(worker) not in peers:
             raise MediaError("bad_request", "a plain-RTP worker must be on this machine")
         router = self.router(room, state)
         await self._replace(router, identity)
