@@ -213,3 +213,28 @@ def test_without_the_extension_the_pure_python_path_runs(monkeypatch: pytest.Mon
     assert output.native is False
     track = DownTrack("video", "video", 0, output, Counters())
     assert track.send_parts is None
+
+
+async def test_a_slot_that_sends_nothing_sends_no_sender_reports() -> None:
+    """aiortc's RTCP loop would send SR + SDES every 0.5-1.5 s from every slot; an idle one now
+    sends none, and one that sends gets its reports as before (with the counts we feed)."""
+    from test_sfu_support import wait_for
+
+    pair = Pair()
+    try:
+        await pair.connect()
+        sender = pair.outbound.sender
+        glue.skip_idle_sender_reports(sender)
+        ssrc = glue.sender_ssrc(sender)
+        await wait_for(lambda: len(pair.packets) >= 5, 10, "raw RTP at the hook")
+        await asyncio.sleep(3.2)  # at least two of aiortc's report intervals (0.5-1.5 s)
+        assert glue.last_sender_report(pair.echo_receiver, ssrc) is None, "an idle slot sent an SR"
+        sent = 0
+        for data in pair.packets[-5:]:
+            sent += pair.output.send(data[:8] + struct.pack("!I", ssrc) + data[12:])
+        glue.update_sender_counters(sender, sent, 5000, 1234, time.time())
+        await wait_for(
+            lambda: glue.last_sender_report(pair.echo_receiver, ssrc) is not None, 5, "the slot's SR"
+        )
+    finally:
+        await pair.close()

@@ -201,13 +201,15 @@ class SfuBackend:
         c = self.counters
         sessions: dict[str, Any] = {}
         producers = down_tracks = decoded = packets_out = bytes_out = from_sockets = unprotect_errors = 0
-        ice_dropped = 0
+        ice_dropped = send_errors = 0
         for router in self.rooms.values():
             for transport in router.transports.values():
                 if isinstance(transport, Session):
                     decoded += transport.decoded_frames()
                     if transport.ice_queue_guard is not None:
                         ice_dropped += transport.ice_queue_guard.dropped
+                    if transport.output is not None:
+                        send_errors += transport.output.send_errors
                     if transport.datagram_hook is not None:
                         from_sockets += transport.datagram_hook.packets
                         unprotect_errors += transport.datagram_hook.unprotect_errors
@@ -221,6 +223,8 @@ class SfuBackend:
         return {
             "backend": "sfu",
             "send_path": "native" if self.native_send else "python",
+            # Native sends the kernel refused (not EAGAIN: those are queued on the transport).
+            "send_errors": send_errors,
             "rooms": len(self.rooms),
             "sessions": len(sessions),
             "producers": producers,

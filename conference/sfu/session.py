@@ -142,6 +142,7 @@ class Session(Transport):
                 track = DownTrack(kind, role, i, self.output, counters)
                 sender = transceiver.sender
                 glue.intercept_sender(sender, track.on_keyframe_request, track.on_nack)
+                glue.skip_idle_sender_reports(sender)
                 track.report = _sender_reporter(sender)
                 self.transceivers[track] = transceiver
                 tracks.append(track)
