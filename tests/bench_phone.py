@@ -1,13 +1,16 @@
 """CPU of the telephone gateway per call (not collected by pytest).
 
     python tests/bench_phone.py [--calls 10] [--duration 30]
+    python tests/bench_phone.py --url URL --admin-key KEY --server-pid PID   # beside a running meeting
 
 1. Real calls: runs `conference serve` (with its media core) and `conference phone` as their own
    processes, starts N baresip callers (Debian's package) on the loopback, each enters the meeting
    ID and PIN and stays in the meeting for --duration seconds, every caller playing a tone: each
    caller's voice goes to the room over its plain-RTP session, and each hears the three loudest of
    the others (three Opus slots decoded and mixed). Prints the gateway's and the server's CPU
-   seconds per call-second over that window (from /proc), with the machine's load.
+   seconds per call-second over that window (from /proc), with the machine's load. With --url the
+   calls go to a server already running (e.g. the one `conference bench --endpoints 50 --url ...`
+   loads), in a room of their own (--room), beside that meeting.
 2. The media path of one call (caller G.711 in -> Opus to the room; three Opus slots in -> mix ->
    G.711 out), timed in process per 20 ms frame.
 """
@@ -64,33 +67,60 @@ async def wait_http(url: str) -> None:
     raise RuntimeError("server did not start")
 
 
-async def real_calls(calls: int, duration: float) -> None:
+class RunningServer:
+    """A server this benchmark did not start (--url): measured by its pid, never stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def terminate(self) -> None:
+        pass
+
+    def wait(self, timeout: float) -> None:
+        pass
+
+
+async def real_calls(
+    calls: int,
+    duration: float,
+    url: str | None = None,
+    admin_key: str = ADMIN_KEY,
+    server_pid: int | None = None,
+    room: str = "bench",
+) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-phone-"))
-    http_port, sip_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{http_port}"
-    server = subprocess.Popen(
-        [
-            CONFERENCE,
-            "serve",
-            "--port",
-            str(http_port),
-            "--data-dir",
-            str(tmp / "data"),
-            "--admin-key",
-            ADMIN_KEY,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "server.log", "w"),  # noqa: SIM115 (closed with the process)
-    )
+    sip_port = free_port()
+    server: subprocess.Popen | RunningServer
+    if url is None:
+        http_port = free_port()
+        url = f"http://127.0.0.1:{http_port}"
+        server = subprocess.Popen(
+            [
+                CONFERENCE,
+                "serve",
+                "--port",
+                str(http_port),
+                "--data-dir",
+                str(tmp / "data"),
+                "--admin-key",
+                admin_key,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "server.log", "w"),  # noqa: SIM115 (closed with the process)
+        )
+    else:
+        if server_pid is None:
+            raise SystemExit("--url needs --server-pid (the server's CPU is read from /proc)")
+        server = RunningServer(server_pid)
     gateway = None
     phones: list[Baresip] = []
     try:
         await wait_http(url)
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        headers = {"Authorization": f"Bearer {admin_key}"}
         async with aiohttp.ClientSession(headers=headers) as http:
-            await http.post(f"{url}/api/rooms", json={"room": "bench"})
+            await http.post(f"{url}/api/rooms", json={"room": room})
             async with http.post(
-                f"{url}/api/rooms/bench/commands", json={"type": "set_dial_in", "pin": "4321"}
+                f"{url}/api/rooms/{room}/commands", json={"type": "set_dial_in", "pin": "4321"}
             ) as r:
                 meeting_id = (await r.json())["dial_in"]["meeting_id"]
             gateway = subprocess.Popen(
@@ -100,7 +130,7 @@ async def real_calls(calls: int, duration: float) -> None:
                     "--server",
                     url,
                     "--admin-key",
-                    ADMIN_KEY,
+                    admin_key,
                     "--sip-listen",
                     f"127.0.0.1:{sip_port}",
                     "--prompts-dir",
@@ -129,7 +159,7 @@ async def real_calls(calls: int, duration: float) -> None:
             await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.3) for p in phones))
             inside = 0
             for attempt in range(150):
-                async with http.get(f"{url}/api/rooms/bench") as r:
+                async with http.get(f"{url}/api/rooms/{room}") as r:
                     names = {p["name"] for p in (await r.json())["participants"]}
                 inside = len(names)
                 if inside == calls:
@@ -162,12 +192,14 @@ async def real_calls(calls: int, duration: float) -> None:
                 f"{100 * server_used / elapsed:.1f} % of one core"
             )
             plain = [s for s in stats["per_session"].values() if s["transport"] == "plain"]
-            packets_in = stats["packets_in"] - stats_before["packets_in"]
-            packets_out = stats["packets_out"] - stats_before["packets_out"]
+            plain_before = [s for s in stats_before["per_session"].values() if s["transport"] == "plain"]
+            # The callers' own sessions only: a meeting running beside them (--url) has its own.
+            packets_in = sum(s["packets_in"] for s in plain) - sum(s["packets_in"] for s in plain_before)
+            packets_out = sum(s["packets_out"] for s in plain) - sum(s["packets_out"] for s in plain_before)
             # A gateway that keeps up sends 50 packets/s per audible caller: less means it was
             # starved of CPU (the figures above are then too low).
             print(
-                f"server: {len(plain)} plain-RTP sessions, {packets_in / elapsed:.0f} packets/s in "
+                f"server: {len(plain)} plain-RTP sessions, {packets_in / elapsed:.0f} packets/s in from them "
                 f"(a gateway that keeps up: {50 * inside}), "
                 f"{packets_out / elapsed:.0f} packets/s out, levels decoded "
                 f"{stats['levels_decoded'] - stats_before['levels_decoded']}"
@@ -210,9 +242,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--url", help="call into this running server instead of starting one")
+    parser.add_argument("--admin-key", default=ADMIN_KEY, help="the running server's admin key (with --url)")
+    parser.add_argument("--server-pid", type=int, help="the running server's pid (with --url)")
+    parser.add_argument("--room", default="bench", help="the callers' room")
     args = parser.parse_args()
     media_path()
-    asyncio.run(real_calls(args.calls, args.duration))
+    asyncio.run(real_calls(args.calls, args.duration, args.url, args.admin_key, args.server_pid, args.room))
 
 
 if __name__ == "__main__":
