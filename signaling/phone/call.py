@@ -48,6 +48,9 @@ class CallContext:
     prompts: dict[str, np.ndarray]
     throttle: Throttle
     rtp_timeout_s: float = 15.0
+    # How long a caller whose meeting connection dropped (the server restarting) waits in the call
+    # while the gateway joins again; then "the meeting connection has ended" and BYE.
+    rejoin_s: float = 30.0
     # The room's media for an admitted caller (None: the caller is in the meeting by signaling only).
     audio_factory: Callable[[Admission], RoomAudio | None] = field(default=lambda admission: PlainRoomAudio())
 
@@ -76,6 +79,8 @@ class Call:
         self.ivr = Ivr()
         self.digits: list[str] = []  # every key the caller pressed, in order
         self.link: SignalingLink | None = None
+        self.admission: Admission | None = None
+        self.rejoins = 0  # times the caller was taken back into the meeting after losing it
         self.mixer: Mixer | None = None
         self._uplink: OpusEncoder | None = None
         self._playback: deque[Pcm] = deque()
@@ -190,19 +195,33 @@ class Call:
             self._act(self.ivr.refused())
             return
         self.ivr.admitted()
+        self.admission = admission
+        try:
+            link = await self._join(admission)
+        except Exception as exc:
+            log.warning("phone: joining %s failed: %s", admission.room, exc)
+            self.end_after("unavailable", "join_failed")
+            return
+        if self.ended:
+            await link.leave()
+            return
+        self._adopt(link)
+        log.info("phone: %s joined %s as %s", self.caller, admission.room, admission.identity)
+
+    async def _join(self, admission: Admission) -> SignalingLink:
+        """The caller in the meeting: the signaling link and, when the server has media for it, the
+        room's audio with its mixer. Raises when the join fails (nothing is left open then)."""
         link = SignalingLink(self.ctx.server, admission, self.ctx.session)
         link.on_change = self._room_changed
-        link.on_end = self._room_ended
+        link.on_end = lambda reason: self._room_ended(link, reason)
         audio = self.ctx.audio_factory(admission)
         try:
             answer = await link.join(await audio.open() if audio is not None else None)
-        except Exception as exc:
-            log.warning("phone: joining %s failed: %s", admission.room, exc)
+        except BaseException:
             if audio is not None:
                 await audio.close()
             await link.leave()
-            self.end_after("unavailable", "join_failed")
-            return
+            raise
         if audio is not None and answer is None:  # the server has no media for the caller
             await audio.close()
             audio = None
@@ -223,22 +242,66 @@ class Call:
             link.on_slots = occupants
             occupants(link.slots)
             link.audio = audio
-        if self.ended:
-            await link.leave()
-            return
+        return link
+
+    def _adopt(self, link: SignalingLink) -> None:
+        """``link`` is the caller's place in the meeting now; told so, with the muted tone if muted."""
         self.link = link
         self.play("joined")
         if not link.state.audible:
             self.tone("muted")
-        log.info("phone: %s joined %s as %s", self.caller, admission.room, admission.identity)
+        if not link.connected:  # it dropped while joining: its end was not this call's yet
+            self._room_ended(link, "the meeting connection closed")
 
     def _room_changed(self, kind: str, state: MemberState) -> None:
         if kind in TONES:
             self.tone(kind)
 
-    def _room_ended(self, reason: str) -> None:
-        if not self.ended:
+    def _room_ended(self, link: SignalingLink, reason: str) -> None:
+        if self.ended or link is not self.link:
+            return  # a link being replaced or given up: not the caller's meeting connection
+        if reason in ("removed", "replaced") or self.admission is None:
             self.end_after("ended", f"room_{reason}")
+            return
+        # The server went away (a restart, a dropped connection): the call stays up, the caller is
+        # told, and the gateway joins again with the same admission (the server kept the caller's
+        # place for its reconnect grace: mutes, hand, floor).
+        self._spawn(self._rejoin(link, reason))
+
+    async def _rejoin(self, lost: SignalingLink, reason: str) -> None:
+        assert self.admission is not None
+        log.info("phone: %s lost the meeting (%s): joining again", self.caller, reason)
+        self.play("reconnecting")
+        self.mixer = None  # the room's audio went with the connection
+        await lost.leave()
+        deadline = time.monotonic() + self.ctx.rejoin_s
+        delay = 0.25
+        while not self.ended:
+            try:
+                link = await self._join(self.admission)
+            except RuntimeError as exc:  # the server answered and refused: joining again will not help
+                if not str(exc).startswith(("unavailable:", "internal:")):
+                    log.warning("phone: %s cannot join again: %s", self.caller, exc)
+                    break
+            except Exception as exc:
+                if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (401, 403, 404):
+                    log.warning("phone: %s cannot join again: %s", self.caller, exc)
+                    break
+                log.debug("phone: %s not back yet: %s", self.caller, exc)
+            else:
+                if self.ended:
+                    await link.leave()
+                    return
+                self.rejoins += 1
+                self._adopt(link)
+                log.info("phone: %s is back in %s", self.caller, self.admission.room)
+                return
+            if time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+        if not self.ended:
+            self.end_after("ended", "room_gone")
 
     async def _toggle_mute(self) -> None:
         link = self.link

@@ -280,6 +280,11 @@ class SignalingLink:
         finally:
             self._transport = None
 
+    @property
+    def connected(self) -> bool:
+        reader_done = self._reader is not None and self._reader.done()
+        return self._ws is not None and not self._ws.closed and not reader_done
+
     def _follow(self, result: dict[str, Any]) -> None:
         you = result.get("you", {})
         self.state.muted = bool(you.get("muted"))

@@ -34,6 +34,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "暂时无法进入会议，请稍后再拨。",
         "The meeting cannot be joined now. Please call again later.",
     ),
+    "reconnecting": (
+        "会议连接中断，正在重新连接，请稍候。",
+        "The meeting connection was lost. Reconnecting, please hold.",
+    ),
     "ended": ("会议连接已结束。再见。", "The meeting connection has ended. Goodbye."),
 }
 VOICES = ("cmn", "en")
