@@ -184,6 +184,7 @@ class Producer:
             self.cache.put(header.sequence, data)
             if keyframe:
                 self.keyframe_wanted = False
+                self.keyframes.received()
                 nack = self.reception.nack
                 if nack is not None and nack.missing:
                     nack.keyframe(header.sequence)

@@ -1,0 +1,58 @@
+"""The keyframe request manager (conference/sfu/keyframes.py): requests coalesced while one is
+outstanding, answered by the keyframe that comes, and the next take after an answered request not
+held back by the interval."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conference.sfu.keyframes import PLI_INTERVAL, PLI_MIN_GAP, KeyFrameRequestManager
+
+
+async def test_requests_while_one_is_outstanding_cost_one_keyframe_and_a_retry_after_the_interval() -> None:
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    manager = KeyFrameRequestManager(lambda: sent.append(loop.time()))
+    manager.request()
+    for _ in range(20):  # twenty subscribers switching to the camera at once
+        manager.request()
+    assert len(sent) == 1
+    await asyncio.sleep(PLI_INTERVAL + 0.1)
+    # No keyframe came: the deferred request goes out once at the interval's end (the first was lost).
+    assert len(sent) == 2 and sent[1] - sent[0] >= PLI_INTERVAL - 0.01
+    manager.stop()
+
+
+async def test_a_keyframe_answers_the_deferred_request_and_the_next_take_goes_out_at_once() -> None:
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    manager = KeyFrameRequestManager(lambda: sent.append(loop.time()))
+    manager.request()
+    manager.request()  # deferred: one is outstanding
+    await asyncio.sleep(0.02)
+    manager.received()  # the keyframe: every waiting slot switches on it
+    await asyncio.sleep(PLI_INTERVAL + 0.05)
+    assert len(sent) == 1, "the deferred request was answered by the keyframe"
+    # Another take of the same camera, well inside the old interval of the last request's time but
+    # after its keyframe: asked for at once, not PLI_INTERVAL after the last request.
+    manager.request()
+    assert len(sent) == 2
+    manager.request()  # outstanding again: coalesced
+    assert len(sent) == 2
+    manager.stop()
+
+
+async def test_answered_requests_are_still_spaced_by_the_minimum_gap() -> None:
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    manager = KeyFrameRequestManager(lambda: sent.append(loop.time()))
+    manager.request()
+    manager.received()  # answered at once (a keyframe that happened to be on its way)
+    manager.request()
+    assert len(sent) == 1, "a second request within PLI_MIN_GAP waits"
+    await asyncio.sleep(PLI_MIN_GAP + 0.05)
+    assert len(sent) == 2 and sent[1] - sent[0] >= PLI_MIN_GAP - 0.01
+    # Forced requests (a recording that must start decodable) are never held back.
+    manager.request(force=True)
+    assert len(sent) == 3
+    manager.stop()
