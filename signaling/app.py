@@ -528,8 +528,14 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
-    from . import comments, live_link, public  # they use this module's helpers: imported once they exist
+    from . import (
+        comments,
+        debug_memory,
+        live_link,
+        public,
+    )  # they use this module's helpers: imported once they exist
 
+    debug_memory.setup(app)
     public.setup(app)
     live_link.setup(app)
     comments.setup(app)

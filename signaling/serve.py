@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import ssl
 import sys
+import tracemalloc
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -40,6 +41,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=["uvloop", "asyncio"],
         help="uvloop (default, when installed) or the standard asyncio loop, to compare them",
     )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace Python allocations (FRAMES deep; 0, the default: off) for GET /api/debug/memory; "
+        "it slows every allocation, so for finding leaks only",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"conference serve: {exc}", file=sys.stderr)
         return 2
+    if args.tracemalloc > 0:
+        tracemalloc.start(args.tracemalloc)  # before the app exists: its allocations are traced too
     if args.event_loop == "asyncio":
         return asyncio.run(serve(settings))
     try:
