@@ -3,7 +3,7 @@ filling and from the C allocator keeping pages it no longer uses (the soak, docs
 
 - ``GET``: RSS by kind (``/proc/self/smaps_rollup``: anonymous, file-backed), glibc malloc's figures
   (``mallinfo2``: bytes in use, free but kept; and ``malloc_info``: its arenas), Python's allocator
-  (``sys._debugmallocstats`` is too slow; the number of objects the collector tracks instead), and,
+  for small objects (its arenas, bytes in use and free in them), the objects the collector tracks, and,
   when ``conference serve --tracemalloc FRAMES`` started tracing, the biggest allocation sites;
   ``?compare=NAME`` gives the sites that grew most since snapshot NAME, ``?objects=1`` the object
   counts by type (and their growth since NAME): a walk of every object, so only when asked.
@@ -98,44 +98,26 @@ def smaps() -> dict[str, float]:
 
 
 def anonymous_mappings() -> dict[str, dict[str, float]]:
-    """Anonymous memory by what its mappings' sizes say they are (``/proc/self/smaps``): the main
-    malloc arena (``[heap]``), Python's object arenas (1 MiB each), glibc's thread arenas (64 MiB
-    reserved each), thread stacks (8 MiB), and the rest (large mallocs mmapped one by one, native
-    libraries' own)."""
+    """Anonymous memory by mapping (``/proc/self/smaps``): the main malloc arena (``[heap]``, the
+    event loop thread's mallocs), the main thread's stack, and the rest: Python's object arenas,
+    glibc's thread arenas, thread stacks, large mallocs and native libraries' own (the kernel merges
+    neighbouring mappings, so their sizes cannot tell these apart: the allocators' own figures do)."""
     kinds: dict[str, dict[str, float]] = {}
     current: str | None = None
     try:
         with open("/proc/self/smaps") as file:
             for line in file:
                 first = line.split(None, 6)
-                if "-" in first[0] and len(first) >= 5 and ":" not in first[0]:
-                    start, end = (int(x, 16) for x in first[0].split("-"))
+                if "-" in first[0] and ":" not in first[0]:
                     path = first[5].strip() if len(first) > 5 else ""
-                    current = _mapping_kind(end - start, path)
+                    current = {"[heap]": "malloc_main_arena", "[stack]": "main_stack", "": "other"}.get(path)
                     if current is not None:
-                        entry = kinds.setdefault(current, {"count": 0, "rss_mb": 0.0})
-                        entry["count"] += 1
+                        kinds.setdefault(current, {"count": 0, "rss_mb": 0.0})["count"] += 1
                 elif current is not None and first[0] == "Rss:":
                     kinds[current]["rss_mb"] += int(first[1]) / 1024
     except OSError:
         return {}
     return {k: {"count": v["count"], "rss_mb": round(v["rss_mb"], 1)} for k, v in sorted(kinds.items())}
-
-
-def _mapping_kind(size: int, path: str) -> str | None:
-    if path == "[heap]":
-        return "malloc_main_arena"
-    if path == "[stack]":
-        return "main_stack"
-    if path:
-        return None  # file-backed or a special mapping ([vdso], ...)
-    if size == 1 << 20:
-        return "python_arenas"
-    if size in (8 << 20, (8 << 20) + 4096):
-        return "thread_stacks"
-    if size <= 64 << 20 and size % (1 << 20) == 0 and size >= 32 << 20:
-        return "malloc_thread_arenas"
-    return "other_anonymous"
 
 
 def malloc_figures() -> dict[str, Any]:
@@ -173,6 +155,38 @@ def _arenas() -> dict[str, Any]:
     return {"arenas": len(sizes), "arena_mb": [round(s / _MB, 1) for s in sizes]}
 
 
+def python_allocator() -> dict[str, Any]:
+    """Python's small-object allocator (``_PyObject_DebugMallocStats``, written to a file rather than
+    stderr): its arenas (1 MiB each, mmapped, given back only when wholly empty), the bytes in use
+    in them and the bytes free inside them."""
+    if _LIBC is None:
+        return {}
+    try:
+        stats = ctypes.pythonapi._PyObject_DebugMallocStats
+    except AttributeError:
+        return {}
+    stats.argtypes = [ctypes.c_void_p]
+    with tempfile.NamedTemporaryFile(prefix="pymalloc-", suffix=".txt") as file:
+        handle = _LIBC.fopen(file.name.encode(), b"w")
+        if not handle:
+            return {}
+        stats(handle)
+        _LIBC.fclose(handle)
+        text = Path(file.name).read_text()
+
+    def figure(label: str) -> int:
+        found = re.search(rf"^{re.escape(label)}\s*=\s*([\d,]+)", text, re.M)
+        return int(found.group(1).replace(",", "")) if found else 0
+
+    return {
+        "arenas": figure("# arenas allocated current"),
+        "arenas_highwater": figure("# arenas highwater mark"),
+        "in_use_mb": round(figure("# bytes in allocated blocks") / _MB, 1),
+        "free_in_arenas_mb": round(figure("# bytes in available blocks") / _MB, 1),
+        "total_mb": round(figure("Total") / _MB, 1),
+    }
+
+
 def _object_counts() -> Counter[str]:
     return Counter(type(o).__qualname__ for o in gc.get_objects())
 
@@ -200,6 +214,7 @@ class MemoryDebug:
             "smaps": smaps(),
             "anonymous": anonymous_mappings(),
             "malloc": malloc_figures(),
+            "pymalloc": python_allocator(),
             "gc_tracked": len(gc.get_objects()),
             "snapshots": list(self.snapshots),
         }

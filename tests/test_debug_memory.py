@@ -39,6 +39,8 @@ async def test_memory_figures_need_the_admin_key(signaling_server, mint) -> None
     assert status == 200
     assert body["rss_mb"] > 10 and body["smaps"]["anonymous_mb"] > 0 and body["gc_tracked"] > 1000
     assert body["malloc"]["arenas"] >= 1 and body["malloc"]["in_use_mb"] > 0
+    pymalloc = body["pymalloc"]
+    assert pymalloc["arenas"] >= 1 and 0 < pymalloc["in_use_mb"] <= pymalloc["total_mb"]
     assert sum(kind["rss_mb"] for kind in body["anonymous"].values()) <= body["smaps"]["anonymous_mb"] + 1
     assert "tracemalloc" not in body  # off unless serve --tracemalloc
 
