@@ -658,6 +658,14 @@ def neutralise_decoder(receiver: RTCRtpReceiver) -> DecodeCounter:
     return counter
 
 
+def drop_bitrate_estimator(receiver: RTCRtpReceiver) -> None:
+    """aiortc gives every video receiver a REMB estimator of 1,000 one-millisecond buckets (about
+    95 KB of Python objects), fed only by its own receive path, which the server replaces
+    (``hook_incoming_rtp``) and estimates with its own (``twcc``, ``rtcp``). At 50 endpoints with
+    ~17 video m-lines each that was ~80 MB held for nothing (the soak, docs/performance.md)."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+
+
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
     return receiver._RTCRtpReceiver__decoder_thread is not None  # type: ignore[attr-defined]
 

@@ -186,6 +186,7 @@ class Session(Transport):
             transceiver = self.pc.addTransceiver(glue.SilentTrack(kind), direction="sendonly")
         else:
             transceiver = self.pc.addTransceiver(kind, direction=direction)
+        glue.drop_bitrate_estimator(transceiver.receiver)
         wanted = VIDEO_CODECS if kind == "video" else AUDIO_CODECS
         capabilities = RTCRtpReceiver.getCapabilities(kind)
         assert capabilities is not None
