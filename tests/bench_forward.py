@@ -168,10 +168,11 @@ async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False,
 
         legs = None
         if leg != "none":
-            from conference.sfu.aiortc_glue import native_send_available
+            if leg == "native":
+                from conference.sfu.aiortc_glue import native_send_available
 
-            if leg == "native" and not native_send_available():
-                raise SystemExit("the native send is not built (pip install -e . with a C compiler)")
+                if not native_send_available():
+                    raise SystemExit("the native send is not built (pip install -e . with a C compiler)")
             sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what overflows it
             legs = [await local_leg(sink.getsockname(), leg == "native") for _ in range(tracks)]
