@@ -215,26 +215,71 @@ def test_without_the_extension_the_pure_python_path_runs(monkeypatch: pytest.Mon
     assert track.send_parts is None
 
 
-async def test_a_slot_that_sends_nothing_sends_no_sender_reports() -> None:
-    """aiortc's RTCP loop would send SR + SDES every 0.5-1.5 s from every slot; an idle one now
-    sends none, and one that sends gets its reports as before (with the counts we feed)."""
+class ReportingPair(Pair):
+    """The glue's Pair with the server's slot sending its own sender reports, as a Session's do."""
+
+    async def connect(self, **restrict: Any) -> None:
+        original = glue.restrict_host_candidates
+
+        def take_over(pc: Any, **kw: Any) -> None:  # runs before the answer: the loop has not started
+            glue.take_over_sender_reports(self.outbound.sender)
+            original(pc, **kw)
+
+        glue.restrict_host_candidates = take_over  # type: ignore[assignment]
+        try:
+            await super().connect(**restrict)
+        finally:
+            glue.restrict_host_candidates = original  # type: ignore[assignment]
+
+
+async def test_sender_reports_come_from_active_slots_only_and_the_round_trip_still_works() -> None:
+    """aiortc's RTCP loop would send SR + SDES every 0.5-1.5 s from every slot, one by one: its loop
+    is stopped, an idle slot sends none, an active one's reports (batched by the leg) carry the
+    counts and the receiver's RR still gives aiortc's round trip."""
+    from aiortc.rtp import RtcpPacket, RtcpSdesPacket
     from test_sfu_support import wait_for
 
-    pair = Pair()
+    pair = ReportingPair()
     try:
         await pair.connect()
         sender = pair.outbound.sender
-        glue.skip_idle_sender_reports(sender)
         ssrc = glue.sender_ssrc(sender)
         await wait_for(lambda: len(pair.packets) >= 5, 10, "raw RTP at the hook")
         await asyncio.sleep(3.2)  # at least two of aiortc's report intervals (0.5-1.5 s)
         assert glue.last_sender_report(pair.echo_receiver, ssrc) is None, "an idle slot sent an SR"
-        sent = 0
-        for data in pair.packets[-5:]:
-            sent += pair.output.send(data[:8] + struct.pack("!I", ssrc) + data[12:])
-        glue.update_sender_counters(sender, sent, 5000, 1234, time.time())
+
+        async def send_some() -> None:
+            for data in pair.packets[-5:]:
+                pair.output.send(data[:8] + struct.pack("!I", ssrc) + data[12:])
+
+        await send_some()
+        packets = glue.sender_reports([(sender, 5, 5000, 1234, time.time())])
+        assert len(packets) == 1
+        parsed = RtcpPacket.parse(packets[0])
+        assert [type(p).__name__ for p in parsed] == ["RtcpSrPacket", "RtcpSdesPacket"]
+        assert parsed[0].ssrc == ssrc and parsed[0].sender_info.packet_count == 5
+        assert isinstance(parsed[1], RtcpSdesPacket) and parsed[1].chunks[0].ssrc == ssrc
+        assert pair.output.send_rtcp(packets[0])
         await wait_for(
             lambda: glue.last_sender_report(pair.echo_receiver, ssrc) is not None, 5, "the slot's SR"
         )
+        # The endpoint's receiver reports answer our SR: aiortc's sender measures the round trip.
+        for _ in range(30):
+            await send_some()
+            pair.output.send_rtcp(glue.sender_reports([(sender, 5, 5000, 1234, time.time())])[0])
+            if glue.sender_round_trip(sender) is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert glue.sender_round_trip(sender) is not None
     finally:
         await pair.close()
+
+
+def test_many_slots_report_in_packets_that_fit_a_datagram() -> None:
+    from aiortc.rtp import RtcpPacket
+
+    senders = [type("S", (), {"_ssrc": 1000 + i, "_RTCRtpSender__cname": "x" * 36})() for i in range(61)]
+    packets = glue.sender_reports([(s, 10, 1000, 5, time.time()) for s in senders])
+    assert len(packets) == 5 and all(len(p) <= 1100 for p in packets)
+    ssrcs = [p.ssrc for data in packets for p in RtcpPacket.parse(data) if type(p).__name__ == "RtcpSrPacket"]
+    assert ssrcs == [s._ssrc for s in senders]

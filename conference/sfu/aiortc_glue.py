@@ -28,6 +28,7 @@ the name that moved. aiortc and aioice are pinned exactly in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import inspect
 import ipaddress
@@ -36,6 +37,7 @@ import random
 import re
 import socket
 import struct
+import time
 from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
@@ -54,7 +56,7 @@ from aiortc import (
 )
 from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
-from aiortc.rtp import RtcpSrPacket
+from aiortc.rtp import RtcpByePacket, RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
@@ -76,6 +78,11 @@ _SENDER_COUNTERS = (
 )
 # The round trip aiortc's sender measures from receiver reports of its sender reports (seconds).
 _SENDER_RTT = "_RTCRtpSender__rtt"
+# What aiortc's RTCP loop keeps: the last SR (middle of its NTP time, when it went) for that round
+# trip, the CNAME, and the events its stop() waits for.
+_SENDER_LSR = ("_RTCRtpSender__lsr", "_RTCRtpSender__lsr_time")
+_SENDER_CNAME = "_RTCRtpSender__cname"
+_SENDER_RTCP_EVENTS = ("_RTCRtpSender__rtcp_started", "_RTCRtpSender__rtcp_exited")
 _RECEIVER_DECODER = (
     "_RTCRtpReceiver__decoder_queue",
     "_RTCRtpReceiver__decoder_thread",
@@ -152,7 +159,7 @@ def check_aiortc() -> None:
 def check_instances(pc: RTCPeerConnection) -> None:
     """Verify the per-instance private attributes on a real peer connection's objects."""
     for transceiver in pc.getTransceivers():
-        for name in (*_SENDER_COUNTERS, _SENDER_RTT):
+        for name in (*_SENDER_COUNTERS, _SENDER_RTT, *_SENDER_LSR, _SENDER_CNAME, *_SENDER_RTCP_EVENTS):
             if not hasattr(transceiver.sender, name):
                 raise _fail(f"RTCRtpSender has no attribute {name}")
         # The encoder and remote streams: names the tests reach (tests/test_sfu_support.py and
@@ -533,26 +540,60 @@ def intercept_sender(
     sender._retransmit = retransmit  # type: ignore[method-assign]
 
 
-def skip_idle_sender_reports(sender: RTCRtpSender) -> None:
-    """No sender report (and SDES) from a slot that sent nothing since its last one.
+def take_over_sender_reports(sender: RTCRtpSender) -> None:
+    """Stop aiortc's per-sender RTCP loop (``_run_rtcp``) before it starts, keeping its BYE at the
+    end: the leg sends the slot's sender reports itself (``sender_reports``), batched.
 
-    aiortc's per-sender RTCP loop (``_run_rtcp``) sends SR + SDES every 0.5-1.5 s for every
-    sender, also for the many slots that carry nothing (a chair's previews of absent endpoints, the
-    program slots of a layout with fewer tiles, a muted speaker's audio): serialising, SRTCP-protecting
-    and sending those was ~4 % of the server's CPU at 50 endpoints. RFC 3550 (6.4) has only active
-    senders send SRs; BYE at the end still goes."""
-    original = sender._send_rtcp
-    last_count = [0]
+    aiortc's loop sends SR + SDES every 0.5-1.5 s from every sender, also from the many slots that
+    carry nothing, each through its own coroutines, SRTCP protect and sendto: at 50 endpoints
+    (~650 slots) that was 10-14 % of the server's CPU in a profile. Call before the answer is
+    applied (``RTCRtpSender.send`` starts the loop)."""
+    started, exited = (getattr(sender, name) for name in _SENDER_RTCP_EVENTS)
 
-    async def send_rtcp(packets: list[Any]) -> None:
-        if packets and type(packets[0]) is RtcpSrPacket:
-            count = packets[0].sender_info.packet_count
-            if count == last_count[0]:
-                return
-            last_count[0] = count
-        await original(packets)
+    async def run_rtcp() -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.get_running_loop().create_future()  # until stop() cancels it
+        await sender._send_rtcp([RtcpByePacket(sources=[sender._ssrc])])
+        exited.set()
 
-    sender._send_rtcp = send_rtcp  # type: ignore[method-assign]
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+
+
+# Sender reports (with one SDES CNAME chunk each) per compound RTCP packet: 15 x (28 + 44) bytes
+# stays well inside one datagram and pylibsrtp's 1,348-byte limit for SRTCP.
+REPORTS_PER_PACKET = 15
+
+
+def sender_reports(reports: list[tuple[RTCRtpSender, int, int, int, float]]) -> list[bytes]:
+    """Compound RTCP packets (SR ... SR, SDES) for ``(sender, packets, octets, rtp_timestamp,
+    sent_at)`` of a leg's active slots, as aiortc's loop would send one by one (the RTP timestamp
+    of the last packet sent and the wall time it left); each sender notes its report so aiortc's
+    round trip from the endpoint's receiver reports goes on working."""
+    out = []
+    now = time.time()
+    for first in range(0, len(reports), REPORTS_PER_PACKET):
+        packets: list[Any] = []
+        chunks = []
+        for sender, count, octets, rtp_timestamp, sent_at in reports[first : first + REPORTS_PER_PACKET]:
+            ntp = ntp_time(sent_at)
+            update_sender_counters(sender, count, octets, rtp_timestamp, sent_at)
+            setattr(sender, _SENDER_LSR[0], (ntp >> 16) & 0xFFFFFFFF)
+            setattr(sender, _SENDER_LSR[1], now)
+            info = RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=rtp_timestamp & 0xFFFFFFFF,
+                packet_count=count & 0xFFFFFFFF,
+                octet_count=octets & 0xFFFFFFFF,
+            )
+            packets.append(RtcpSrPacket(ssrc=sender._ssrc, sender_info=info))
+            cname = getattr(sender, _SENDER_CNAME)
+            if cname is not None:
+                chunks.append(RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode())]))
+        if chunks:
+            packets.append(RtcpSdesPacket(chunks=chunks))
+        out.append(b"".join(bytes(p) for p in packets))
+    return out
 
 
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:

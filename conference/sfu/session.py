@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,6 @@ from .consumer import DownTrack, Role
 from .extmap import answered_extension, offer_extension
 from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, RtpHeader, parse_header, rtx_original
 from .producer import Producer
-from .rewriter import StreamRewriter
 from .transport import Kind, Transport
 from .twcc import INTERVAL_S, TransportCcReceiver, answered_transport_cc, offer_transport_cc
 
@@ -46,6 +46,7 @@ VIDEO_CODECS = ("video/VP8", "video/H264")
 AUDIO_CODECS = ("audio/opus",)
 # Per leg socket: a keyframe burst or a moment without CPU must not overflow the kernel's buffer.
 RECEIVE_BUFFER_BYTES = 1024 * 1024
+SENDER_REPORT_INTERVAL = 1.0  # the slots' RTCP sender reports (aiortc's loop: 0.5-1.5 s)
 
 
 def codec_info(codecs: list[RTCRtpCodecParameters]) -> list[CodecInfo]:
@@ -81,6 +82,10 @@ class Session(Transport):
         self.transport_cc: TransportCcReceiver | None = None
         self.rtx: dict[int, int] = {}  # the publisher's RTX payload type -> the one it repairs
         self._feedback_timer: asyncio.TimerHandle | None = None
+        # Sender reports of the slots, every SENDER_REPORT_INTERVAL, from slots that sent since
+        # their last one (packets sent when it was reported, by slot).
+        self._report_timer: asyncio.TimerHandle | None = None
+        self._reported: dict[DownTrack, int] = {}
 
     # Upstream, for this session's producers
     def send_rtcp(self, data: bytes) -> bool:
@@ -142,8 +147,7 @@ class Session(Transport):
                 track = DownTrack(kind, role, i, self.output, counters)
                 sender = transceiver.sender
                 glue.intercept_sender(sender, track.on_keyframe_request, track.on_nack)
-                glue.skip_idle_sender_reports(sender)
-                track.report = _sender_reporter(sender)
+                glue.take_over_sender_reports(sender)  # the leg's own, batched: _send_sender_reports
                 self.transceivers[track] = transceiver
                 tracks.append(track)
         for transceiver in self.publish.values():
@@ -257,6 +261,10 @@ class Session(Transport):
             if self.datagram_hook is not None:
                 self.datagram_hook.kernel_timestamps = True
             self._feedback_timer = asyncio.get_running_loop().call_later(INTERVAL_S, self._send_feedback)
+        # The first report after 0.5-1.5 s, as aiortc's own loop: the legs of a meeting do not all
+        # report in the same tick.
+        loop = asyncio.get_running_loop()
+        self._report_timer = loop.call_later(0.5 + random.random(), self._send_sender_reports)
         self.ready = True
         self.router.transport_ready(self)
 
@@ -320,6 +328,32 @@ class Session(Transport):
         if original_header.sequence in nack.missing:
             self.route(packet, original_header)
 
+    def _send_sender_reports(self) -> None:
+        """RTCP SR (+ SDES CNAME) for every slot that sent since its last report, in as few
+        compound packets as fit (``glue.sender_reports``); idle slots send none (RFC 3550 6.4:
+        only active senders do)."""
+        if self.closed:
+            self._report_timer = None
+            return
+        loop = asyncio.get_running_loop()
+        self._report_timer = loop.call_later(SENDER_REPORT_INTERVAL, self._send_sender_reports)
+        reported = self._reported
+        active = []
+        for track, transceiver in self.transceivers.items():
+            rewriter = track.rewriter
+            if rewriter is None or rewriter.last_time is None:
+                continue
+            sent = rewriter.packets_sent
+            if not sent or reported.get(track) == sent:
+                continue
+            reported[track] = sent
+            active.append(
+                (transceiver.sender, sent, rewriter.octets_sent, rewriter.last_timestamp, rewriter.last_time)
+            )
+        if active:
+            for packet in glue.sender_reports(active):
+                self.send_rtcp(packet)
+
     def _publish_mids(self) -> set[str]:
         return {t.mid for t in self.publish.values() if t.mid is not None}
 
@@ -348,9 +382,10 @@ class Session(Transport):
     async def close(self) -> None:
         if self._closed:
             return
-        if self._feedback_timer is not None:
-            self._feedback_timer.cancel()
-            self._feedback_timer = None
+        for timer in (self._feedback_timer, self._report_timer):
+            if timer is not None:
+                timer.cancel()
+        self._feedback_timer = self._report_timer = None
         self._close_media()
         try:
             await self.pc.close()
@@ -366,15 +401,6 @@ def rtx_payload_types(codecs: list[RTCRtpCodecParameters]) -> dict[int, int]:
         if apt is not None:
             out[c.payloadType] = int(apt)
     return out
-
-
-def _sender_reporter(sender: Any) -> Any:
-    def report(rewriter: StreamRewriter) -> None:
-        glue.update_sender_counters(
-            sender, rewriter.packets_sent, rewriter.octets_sent, rewriter.last_timestamp, rewriter.last_time
-        )
-
-    return report
 
 
 def _log_task_error(task: asyncio.Future[Any]) -> None:
