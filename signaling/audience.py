@@ -52,6 +52,13 @@ class Viewer:
     viewer: str | None
     queue: asyncio.Queue[tuple[str, str] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE))
 
+    def close(self) -> None:
+        """End this viewer's stream: None is the last message (the oldest one makes room for it)."""
+        with contextlib.suppress(asyncio.QueueEmpty, asyncio.QueueFull):
+            if self.queue.full():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
 
 @dataclass(slots=True)
 class RoomAudience:
@@ -146,9 +153,7 @@ class Audience:
             except asyncio.QueueFull:
                 audience.streams.discard(viewer)
                 self.dropped += 1
-                with contextlib.suppress(asyncio.QueueFull):
-                    viewer.queue.get_nowait()
-                    viewer.queue.put_nowait(None)
+                viewer.close()
 
     def like(self, room: str, count: int, comment: int | None) -> None:
         audience = self.room(room)
@@ -261,6 +266,10 @@ class Audience:
             )
         await response.prepare(request)
         audience.streams.add(me)
+        # A viewer that went away is noticed by the ping (its write fails within PING_S): end the
+        # stream then, or its handler would wait for the next push, which a quiet room never sends.
+        gone = asyncio.ensure_future(response.wait())
+        gone.add_done_callback(lambda _: me.close())
         try:
             await response.send(json.dumps(hello, ensure_ascii=False), event="hello", retry=3000)
             while True:
@@ -272,12 +281,12 @@ class Audience:
             pass
         finally:
             audience.streams.discard(me)
+            gone.cancel()
             response.stop_streaming()
         return response
 
     def close_all(self) -> None:
         for audience in self.rooms.values():
             for viewer in list(audience.streams):
-                with contextlib.suppress(asyncio.QueueFull):
-                    viewer.queue.put_nowait(None)
+                viewer.close()
             audience.streams.clear()

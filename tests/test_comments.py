@@ -528,3 +528,51 @@ async def test_two_servers_sharing_redis_share_comments_and_pushes(
         if keys:
             await r.delete(*keys)
         await r.aclose()
+
+
+async def test_an_event_stream_whose_viewer_went_away_ends_in_a_quiet_room(
+    settings, mint, monkeypatch
+) -> None:
+    """No push comes to a room where nothing happens: the stream's ping notices the viewer left.
+    On the runner `conference serve` uses (aiohttp's TestServer cancels a handler whose client
+    disconnects; the production runner does not, so a handler waits until it is told)."""
+    from aiohttp import web
+
+    from conference.media import NullMedia
+    from signaling import audience
+    from signaling.app import create_app
+    from signaling.comments import COMMENTS_KEY
+
+    monkeypatch.setattr(audience, "PING_S", 0.3)
+    app = create_app(settings, media=NullMedia())
+    runner = web.AppRunner(app)  # as signaling.serve runs it
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    class Server:
+        def make_url(self, path: str) -> str:
+            return f"http://127.0.0.1:{port}{path}"
+
+    streams = app[COMMENTS_KEY].audience  # type: ignore[attr-defined]
+    try:
+        async with browser() as a:
+            code = await public_code(a, Server(), mint)
+            url = Server().make_url(f"/w/{code}/events")
+            opened = [await a.get(url) for _ in range(5)]
+            for resp in opened:
+                assert resp.status == 200
+                await resp.content.readline()  # the hello
+            assert streams.open_streams == 5
+            for resp in opened:
+                resp.close()
+            for _ in range(60):
+                if streams.open_streams == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert streams.pushed == 0, "nothing happened in the room: no push ended the streams"
+            assert streams.open_streams == 0, "the handlers of streams whose viewers left still wait"
+            assert all(not room.streams for room in streams.rooms.values())
+    finally:
+        await runner.cleanup()
