@@ -388,6 +388,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             await response.write(f"event: progress\ndata: {payload}\n\n".encode())
         if job.get("state") not in ("queued", "running") or time.monotonic() > deadline:
             break
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return response  # the clerk closed the page: the production runner does not cancel us
         await asyncio.sleep(SSE_INTERVAL_S)
         job = read_job(path) or job
     await response.write_eof()
