@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from conference.loadtest import soak
+from conference.loadtest import memory, soak
 from conference.loadtest.report import build_report, format_table, layout_size
 
 ENDPOINTS_PER_WORKER = 13
@@ -103,6 +102,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --record: after everyone left, wait for the recording's render and report it",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="the server's memory at the window's start, 30 s in, its end and after leaving, and what "
+        "grew (GET /api/debug/memory: each reading walks the server's objects, a short pause of its loop)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with a started server: trace its allocations (serve --tracemalloc; slows it) and report the "
+        "allocation sites that grew; implies --memory",
+    )
     parser.add_argument("--data-dir", help="the started server's data directory (default: a temporary one)")
     parser.add_argument("--cache-dir", help="pre-encoded media cache (default ~/.cache/conference-testmedia)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between joins and the window")
@@ -149,6 +162,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--churn-every and --interval must be positive"
     if args.render and not args.record:
         return "--render needs --record"
+    if args.tracemalloc < 0 or (args.tracemalloc and args.url):
+        return "--tracemalloc needs a started server (not --url) and a positive number of frames"
     if args.workers is not None and args.workers < 1:
         return "--workers must be at least 1"
     if args.server_pid is not None:
@@ -400,6 +415,8 @@ class Bench:
         ]
         if args.record:
             command.append("--auto-record")
+        if args.tracemalloc:
+            command.append(f"--tracemalloc={args.tracemalloc}")
         log = open(Path(data_dir) / "bench-server.log", "wb")  # noqa: SIM115 - the child owns it
         self.server = await asyncio.create_subprocess_exec(
             *command, stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=os.getcwd()
@@ -580,8 +597,15 @@ class Bench:
         stats0, cpu0, marks0 = await self.stats(), self._server_cpu(), await self._mark()
         t0 = time.monotonic()
         end = t0 + args.duration
-        samples = [await self._sample(t0)]
+        samples = [await self._sample(t0, 0)]
+        probe = None
+        if args.memory or args.tracemalloc:
+            assert self.http is not None
+            probe = memory.MemoryProbe(self.http, self.url, self.admin_key)
+            await probe.point("start", time.monotonic() - t0)
         due = {"program": t0 + args.switch_every, "sample": t0 + args.interval}
+        if probe is not None and args.duration > memory.EARLY_S + 5:
+            due["memory"] = t0 + memory.EARLY_S
         if args.churn:
             due["churn"] = t0 + args.churn_every / 2  # mid-interval: the interval's sessions settle first
         while True:
@@ -597,15 +621,22 @@ class Bench:
             elif kind == "churn":
                 due["churn"] += args.churn_every
                 await churner.start()
+            elif kind == "memory":
+                del due["memory"]
+                assert probe is not None
+                await probe.point("early", time.monotonic() - t0)
             else:
                 due["sample"] += args.interval
-                samples.append(await self._sample(t0))
+                samples.append(await self._sample(t0, len(samples)))
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         cpu1, marks1 = self._server_cpu(), await self._mark()
         stats1 = await self.stats()
         live1 = await self._live() if args.live else {}
         window = time.monotonic() - t0
         rss = _peak_rss_mb(self.server_pid) if self.server_pid else None
+        if probe is not None:
+            await probe.point("end", time.monotonic() - t0, keep=False)
+            await probe.compare("end", "early" if "early" in probe.points else "start")
         await churner.wait()
 
         # Drain: nobody sends, whatever is in flight arrives, then count delivery.
@@ -613,7 +644,7 @@ class Bench:
         await asyncio.sleep(1.5)
         stats2 = await self.stats()
         # The last interval ends after the drain: nothing is in flight, its count is exact.
-        samples.append(await self._sample(t0))
+        samples.append(await self._sample(t0, len(samples)))
         reports = await self.command_all({"cmd": "report"}, "report", 30)
         results = [r for rep in reports for r in rep["endpoints"]]
         report = build_report(
@@ -632,7 +663,14 @@ class Bench:
         )
         if args.live:
             report["live"] = _live_figures(live0, live1)
-        report["intervals"] = [soak.interval_delivery(a, b) for a, b in itertools.pairwise(samples)]
+        # By sequence number, counted after the drain (soak.py): exact per interval.
+        sent = soak.sent_by_stream([sample.sent for sample in samples])
+        merged = soak.merge_intervals(
+            await self.command_all({"cmd": "intervals", "sent": sent}, "intervals", 60)
+        )
+        report["intervals"] = soak.sequence_delivery([s.at_s for s in samples], merged)
+        if args.details:
+            report["intervals_by_subscriber"] = {str(k): v for k, v in sorted(merged.items())}
         report["churn"] = churner.figures()
         report["program_changes_failed"] = {
             "count": len(self.program_failures),
@@ -644,18 +682,27 @@ class Bench:
         }
         await self.command_all({"cmd": "leave"}, "left", 30)
         report["server_process"]["after_leaving"] = await self._settled_resources(samples[0].process)
+        if probe is not None:
+            collected = await probe.collect()
+            await probe.point("left", time.monotonic() - t0, keep=False)
+            probe.points["left"]["collect"] = collected
+            await probe.compare("left", "early" if "early" in probe.points else "start")
+            await probe.trim("left")
+            report["memory"] = probe.figures()
         if args.render:
             report["render"] = await self._render()
         return report
 
-    async def _sample(self, t0: float) -> soak.Sample:
-        counts = await self.command_all({"cmd": "counts"}, "counts", 15)
+    async def _sample(self, t0: float, tick: int) -> soak.Sample:
+        """A tick of the interval delivery (the workers note each stream's highest sequence number)
+        and the server process's resources."""
+        at_s = time.monotonic() - t0  # when the workers are told: they mark as they read it
+        await self.command_all({"cmd": "tick", "tick": tick}, "ticked", 15)
         data = await self.server_stats()
         return soak.Sample(
-            at_s=time.monotonic() - t0,
-            received=soak.endpoint_counts(counts),
-            sent=soak.server_sent(data.get("media") or {}),
+            at_s=at_s,
             process=data.get("process") or {},
+            sent=soak.server_streams(data.get("media") or {}),
         )
 
     async def _settled_resources(self, during: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from conference.loadtest.publisher import (
     RawPublisher,
     RawStream,
 )
+from conference.loadtest.soak import SequenceTally
 from conference.loadtest.testmedia import (
     MediaParams,
     PreEncodedAudioTrack,
@@ -265,6 +266,8 @@ class Endpoint:
         self.audio_slots: list[ReceiveSlot] = []
         self.preview_slots: list[ReceiveSlot] = []
         self._by_ssrc: dict[int, ReceiveSlot] = {}
+        # Per received stream: the sequence numbers that arrived (the soak's interval delivery).
+        self.tallies: dict[int, SequenceTally] = {}
         self._mid_ext_id = 0  # the server's id of the mid header extension
         self.unknown_packets = 0
         self.handler_errors = 0
@@ -564,6 +567,10 @@ class Endpoint:
                     return
             slot.packets += 1
             slot.octets += len(data)
+            tally = self.tallies.get(ssrc)
+            if tally is None:
+                tally = self.tallies[ssrc] = SequenceTally()
+            tally.add((data[2] << 8) | data[3])
             if slot.first_packet_at is None:
                 slot.first_packet_at = time.time()
             if slot.decoding:

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from conference.layouts import get_layout
+from conference.loadtest import memory
 from conference.sfu.stats import window_percentile
 
 # Targets of the issue at 50 endpoints (see docs/performance.md).
@@ -289,7 +290,15 @@ def _soak_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         verdict = "" if worst is None else ("ok" if worst >= 0.995 else "MISSED") + " (target >= 0.995)"
         rows.append((f"delivery per interval ({len(intervals)})", f"worst {worst}", verdict))
         for i in intervals:
-            rows.append((f"  {i['from_s']:.0f}-{i['to_s']:.0f} s", f"{i['delivery_ratio']}", ""))
+            worst_one = i.get("worst_subscriber") or {}
+            rows.append(
+                (
+                    f"  {i['from_s']:.0f}-{i['to_s']:.0f} s",
+                    f"{i['delivery_ratio']} of {i.get('packets_expected')} "
+                    f"(worst {worst_one.get('identity')} {worst_one.get('ratio')})",
+                    "",
+                )
+            )
     churn = report.get("churn") or {}
     if churn.get("churns"):
         rows.append(
@@ -316,6 +325,7 @@ def _soak_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                     "",
                 )
             )
+    rows += memory.table_rows(report.get("memory") or {})
     render = report.get("render")
     if render:
         rows.append(

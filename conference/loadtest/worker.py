@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conference.loadtest.soak import SequenceTally, session_intervals
+
 
 def _emit(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
@@ -68,6 +70,10 @@ async def _worker(spec: dict[str, Any]) -> None:
             failed[endpoint.identity] = f"{type(exc).__name__}: {exc}"
 
     background: set[asyncio.Task[None]] = set()
+    # Interval delivery by sequence number (conference/loadtest/soak.py): the parent's ticks, and the
+    # streams of sessions that ended (their numbers count in the intervals they were in).
+    last_tick = -1
+    retired: list[tuple[str, dict[int, SequenceTally]]] = []
     first_join: dict[str, float | None] = {}  # of endpoints that left and joined again
 
     async def churn(identities: list[str]) -> None:
@@ -77,6 +83,9 @@ async def _worker(spec: dict[str, Any]) -> None:
         for endpoint in leaving:
             first_join.setdefault(endpoint.identity, endpoint.join_time)
             await endpoint.close(leave=True)
+            for tally in endpoint.tallies.values():
+                tally.close(last_tick + 1)
+            retired.append((endpoint.identity, endpoint.tallies))
             fresh = Endpoint(configs[endpoint.identity])
             endpoints[endpoints.index(endpoint)] = fresh
             generation[fresh.identity] += 1
@@ -125,18 +134,19 @@ async def _worker(spec: dict[str, Any]) -> None:
                 task = asyncio.create_task(churn(command["identities"]))
                 background.add(task)
                 task.add_done_callback(background.discard)
-            elif cmd == "counts":
-                # Packets received so far per slot: the parent's per-interval delivery.
-                counts = [
-                    {
-                        "identity": e.identity,
-                        "generation": generation[e.identity],
-                        "slots": {s.mid: s.packets for s in e.slots.values()},
-                    }
-                    for e in endpoints
-                    if e.identity not in failed
-                ]
-                _emit({"event": "counts", "endpoints": counts})
+            elif cmd == "tick":
+                # The highest sequence number so far of every stream ends this interval (the
+                # parent's per-interval delivery, conference/loadtest/soak.py).
+                last_tick = int(command["tick"])
+                for endpoint in endpoints:
+                    for tally in endpoint.tallies.values():
+                        tally.mark(last_tick)
+                _emit({"event": "ticked", "tick": last_tick})
+            elif cmd == "intervals":
+                # After the drain: every stream's numbers per interval against what the server sent.
+                sessions = retired + [(e.identity, e.tallies) for e in endpoints if e.identity not in failed]
+                sums = session_intervals(sessions, command.get("sent") or {})
+                _emit({"event": "intervals", "intervals": sums})
             elif cmd == "leave":
                 await asyncio.gather(*(e.close(leave=True) for e in endpoints), return_exceptions=True)
                 _emit({"event": "left"})

@@ -100,6 +100,9 @@ class Transport:
                 t.mid or f"{t.role}{t.index}": {
                     "identity": t.source.identity if t.source else None,
                     "packets": t.packets,
+                    # The slot's numbering (gap-free, StreamRewriter): the soak counts delivery by it.
+                    "ssrc": t.rewriter.ssrc if t.configured else None,
+                    "last_sequence": t.rewriter.last_sequence if t.configured else None,
                 }
                 for t in self.down_tracks()
             },
