@@ -216,17 +216,14 @@ class Producer:
         end = header[9]
         for track in tracks:
             rewriter = track.rewriter
+            head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
+            if head is None:
+                continue
             send_parts = track.send_parts
             if send_parts is not None:  # the native send joins header and payload itself
-                head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
-                if head is None:
-                    continue
                 ok = send_parts(head, data, rewriter.tail, end)
-            else:
-                out = rewriter.rewrite(data, header, ast, level, keyframe, now)
-                if out is None:
-                    continue
-                ok = track.output.send(out)
+            else:  # what rewriter.rewrite() gives, without its extra call
+                ok = track.output.send(head + data[rewriter.tail : end])
             if ok:
                 track.packets += 1
                 sent = True
