@@ -123,16 +123,25 @@ async def test_both_paths_put_the_same_bytes_on_the_wire() -> None:
         srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
     )
     policy.window_size = 1024
-    rx = Session(policy)
+    rx, native_rx = Session(policy), Session(policy)
+    handle = glue.srtp_session_handle(native_rx)
     video, replays = [], 0
     for datagram in on_native:
-        if datagram[1] & 0x7F == 96:
-            try:
-                video.append(rx.unprotect(datagram))
-            except pylibsrtp.Error:
-                replays += 1  # the NACKed packet sent again: libsrtp's replay check refuses it
+        try:
+            plain = rx.unprotect(datagram)
+        except pylibsrtp.Error:
+            replays += 1  # the NACKed packet sent again: libsrtp's replay check refuses it
+            with pytest.raises(pylibsrtp.Error):
+                glue._fastpath.unprotect(glue._SRTP_UNPROTECT, handle, datagram)
+            continue
+        # The native unprotect (the receive side's) gives the very same packet.
+        assert glue._fastpath.unprotect(glue._SRTP_UNPROTECT, handle, datagram) == plain
+        if plain[1] & 0x7F == 96:
+            video.append(plain)
     assert replays == 1
     assert len(video) > 100 and all(p.endswith(bytes(1100)) for p in video)
+    with pytest.raises(pylibsrtp.Error):  # tampered: authentication fails on both
+        glue._fastpath.unprotect(glue._SRTP_UNPROTECT, handle, on_native[5][:-1] + b"\x00")
 
 
 @needs_native
@@ -189,6 +198,24 @@ async def test_native_send_on_a_real_aiortc_leg_decodes_at_the_peer() -> None:
         assert received and received[0] == 0, "the natively sent stream must decode as the red camera"
         assert output.packets == sent > 0 and output.send_errors == 0
         assert output._sockaddr is not None, "the leg's host pair took the native send"
+    finally:
+        await pair.close()
+
+
+@needs_native
+async def test_the_socket_hook_unprotects_natively_on_a_real_leg() -> None:
+    pair = Pair()
+    try:
+        await pair.connect()
+        got: list[bytes] = []
+        hook = glue.hook_srtp_datagrams(pair.dtls, got.append, native=True)
+        assert hook.protocols >= 1
+        from test_sfu_support import wait_for
+
+        await wait_for(lambda: len(got) >= 20, 10, "RTP unprotected natively from the sockets")
+        assert hook.unprotect_errors == 0 and hook.handler_errors == 0
+        assert all(p[0] >> 6 == 2 for p in got)
+        assert len({struct.unpack_from("!I", p, 8)[0] for p in got}) == 1
     finally:
         await pair.close()
 

@@ -100,6 +100,41 @@ static PyObject *send_rtp(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLong(-err);
 }
 
+/* unprotect(unprotect_fn, session, data) -> bytes: the RTP packet in an SRTP datagram, as
+ * pylibsrtp's Session.unprotect gives it (one copy in, one out, no per-call allocation besides the
+ * result). Raises pylibsrtp.Error if libsrtp refuses it (authentication, replay), ValueError if it
+ * is longer than pylibsrtp's buffer. */
+static PyObject *unprotect(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unprotect takes 3 arguments");
+        return NULL;
+    }
+    protect_fn fn = (protect_fn)PyLong_AsVoidPtr(args[0]);
+    void *session = PyLong_AsVoidPtr(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!as_bytes(args[2], "data"))
+        return NULL;
+    if (fn == NULL || session == NULL) {
+        PyErr_SetString(PyExc_ValueError, "no SRTP session");
+        return NULL;
+    }
+    Py_ssize_t length = PyBytes_GET_SIZE(args[2]);
+    if (length > BUFFER_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "packet is too long");
+        return NULL;
+    }
+    memcpy(buffer, PyBytes_AS_STRING(args[2]), (size_t)length);
+    int len = (int)length;
+    int status = fn(session, buffer, &len);
+    if (status != 0) {
+        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_unprotect failed with status %d",
+                     status);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)buffer, len);
+}
+
 /* sockaddr(host, port) -> bytes: a struct sockaddr_in / sockaddr_in6 for send_rtp, or None if
  * host is not a numeric address this helper takes (e.g. a scoped IPv6 link-local one). */
 static PyObject *make_sockaddr(PyObject *self, PyObject *args) {
@@ -138,6 +173,8 @@ static PyMethodDef methods[] = {
     {"send_rtp", (PyCFunction)(void (*)(void))send_rtp, METH_FASTCALL,
      "send_rtp(protect, session, fd, sockaddr, head, data, start, end): protect head + data[start:end] "
      "and send it"},
+    {"unprotect", (PyCFunction)(void (*)(void))unprotect, METH_FASTCALL,
+     "unprotect(unprotect_fn, session, data): the RTP packet in an SRTP datagram"},
     {"sockaddr", make_sockaddr, METH_VARARGS, "sockaddr(host, port) -> bytes or None"},
     {"set_error", set_error, METH_O, "the exception class raised when libsrtp refuses a packet"},
     {NULL, NULL, 0, NULL},

@@ -241,6 +241,7 @@ class SrtpDatagramHook:
 
     __slots__ = (
         "_dtls",
+        "_native",
         "_on_rtp",
         "_stamp",
         "arrival_us",
@@ -251,9 +252,11 @@ class SrtpDatagramHook:
         "unprotect_errors",
     )
 
-    def __init__(self, dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> None:
+    def __init__(self, dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None], native: bool = False) -> None:
         self._dtls = dtls
         self._on_rtp = on_rtp
+        # Unprotect through _fastpath (the same libsrtp session) instead of pylibsrtp's wrapper.
+        self._native = native and native_send_available()
         self.packets = 0
         self.unprotect_errors = 0
         self.handler_errors = 0
@@ -281,6 +284,8 @@ class SrtpDatagramHook:
         stamp = self._stamp
         ioctl = fcntl.ioctl
         unpack = _TIMEVAL.unpack_from
+        native_unprotect = _fastpath.unprotect if self._native else None
+        session: list[Any] = [None, 0]  # the rx session the handle is of, the handle
 
         def datagram_received(data: bytes, addr: Any) -> None:
             # SRTP first byte 128-191; RTCP as aiortc tells it (second byte 192-208) keeps its path.
@@ -288,7 +293,12 @@ class SrtpDatagramHook:
                 srtp = dtls._rx_srtp
                 if srtp is not None:
                     try:
-                        packet = srtp.unprotect(data)
+                        if native_unprotect is None:
+                            packet = srtp.unprotect(data)
+                        else:
+                            if srtp is not session[0]:
+                                session[0], session[1] = srtp, srtp_session_handle(srtp)
+                            packet = native_unprotect(_SRTP_UNPROTECT, session[1], data)
                     except srtp_error:
                         self.unprotect_errors += 1
                         return
@@ -310,10 +320,12 @@ class SrtpDatagramHook:
         return datagram_received
 
 
-def hook_srtp_datagrams(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> SrtpDatagramHook:
+def hook_srtp_datagrams(
+    dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None], native: bool = False
+) -> SrtpDatagramHook:
     """Install a :class:`SrtpDatagramHook` on the leg's sockets (call after ICE gathering, i.e.
-    once the local description is set)."""
-    hook = SrtpDatagramHook(dtls, on_rtp)
+    once the local description is set); ``native``: unprotect through the native helper."""
+    hook = SrtpDatagramHook(dtls, on_rtp, native)
     hook.install()
     return hook
 
@@ -360,16 +372,17 @@ def _native_protect() -> int:
         return 0
     if "_srtp" not in pylibsrtp.Session.__init__.__code__.co_names:
         return 0
-    if (
-        str(_srtp_ffi.typeof(_srtp_lib.srtp_protect))
-        != "<ctype 'srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)'>"
-    ):
+    wanted = "<ctype 'srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)'>"
+    if any(str(_srtp_ffi.typeof(f)) != wanted for f in (_srtp_lib.srtp_protect, _srtp_lib.srtp_unprotect)):
         return 0
     _fastpath.set_error(pylibsrtp.Error)
     return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
 
 
 _SRTP_PROTECT = _native_protect()
+_SRTP_UNPROTECT = (
+    int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect"))) if _SRTP_PROTECT else 0
+)
 
 
 def native_send_available() -> bool:

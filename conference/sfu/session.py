@@ -166,7 +166,7 @@ class Session(Transport):
         self.ice_queue_guard = glue.bound_ice_queue(pc)
         glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
         # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
-        self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet)
+        self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet, backend.native_send)
         sdp = _add_fir_feedback(pc.localDescription.sdp)
         if self.publish:
             sdp, _ = offer_transport_cc(sdp, self._publish_mids())
