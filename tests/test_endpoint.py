@@ -47,7 +47,9 @@ from conference.loadtest.testmedia import (
     identify_frame,
     load_clip,
 )
+from conference.sfu.extmap import accept_extension, answered_extension
 from conference.sfu.packet import audio_level, parse_extensions, parse_header
+from conference.sfu.twcc import URI_TRANSPORT_CC
 from signaling.app import MEDIA_BACKENDS, MEDIA_KEY
 
 pytestmark = pytest.mark.media
@@ -156,6 +158,52 @@ def test_raw_packetisation_parts() -> None:
     assert extension_block([(0, b"x")]) == b""
 
 
+def extension_element(packet: bytes, ext_id: int) -> bytes | None:
+    """The value of header extension ``ext_id`` in an RTP packet, if present."""
+    header = parse_header(packet)
+    assert header is not None
+    return parse_extensions(packet, header).get(ext_id)
+
+
+async def test_raw_publisher_numbers_every_packet_transport_wide(cache_dir: Path) -> None:
+    """With transport-cc negotiated, one sequence over the leg's audio and video packets, each
+    packet's other extensions (mid, audio level) kept."""
+    clip = load_clip(4, PARAMS, cache_dir)
+    sent: list[bytes] = []
+
+    class Output:
+        def send(self, data: bytes) -> bool:
+            sent.append(data)
+            return True
+
+    video = RawStream(ssrc=0x1111, payload_type=96, mid_ext=1, mid=b"1")
+    audio = RawStream(ssrc=0x2222, payload_type=111, mid_ext=1, mid=b"0", level_ext=2)
+    publisher = RawPublisher(clip, Output(), video, audio, speaking=True, transport_cc=3)
+    publisher.start()
+    await asyncio.sleep(0.3)
+    publisher.pause()
+    numbers = [int.from_bytes(extension_element(p, 3) or b"", "big") for p in sent]
+    assert len(numbers) > 20 and all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(numbers))
+    assert {parse_header(p).ssrc for p in sent} == {0x1111, 0x2222}
+    assert all(extension_element(p, 1) in (b"0", b"1") for p in sent)
+    audio_packets = [p for p in sent if parse_header(p).ssrc == 0x2222]
+    assert audio_level(audio_packets[0], parse_header(audio_packets[0]), 2) == 30
+
+
+def test_the_load_endpoint_accepts_transport_cc_under_the_offers_id() -> None:
+    offer = "\r\n".join(
+        ["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0", "a=extmap:7 " + URI_TRANSPORT_CC,
+         "a=rtpmap:111 opus/48000/2", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:1", "a=rtpmap:96 VP8/90000"]
+    )  # fmt: skip
+    answer = "\r\n".join(
+        ["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0", "a=rtpmap:111 opus/48000/2",
+         "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:1", "a=rtpmap:96 VP8/90000"]
+    )  # fmt: skip
+    accepted = accept_extension(answer, offer, {"0", "1"}, URI_TRANSPORT_CC, "transport-cc")
+    assert answered_extension(accepted, URI_TRANSPORT_CC) == {"0": 7}  # only where it was offered
+    assert "a=rtcp-fb:111 transport-cc" in accepted and "a=rtcp-fb:96 transport-cc" not in accepted
+
+
 async def test_raw_publisher_sends_paced_rtp_and_restarts_at_a_keyframe(cache_dir: Path) -> None:
     """The raw publisher's packets: one Opus packet per 20 ms, VP8 frames at 25 fps cut into
     packets with the marker on each frame's last, picture ids counting up, a keyframe on request."""
@@ -206,6 +254,7 @@ async def test_raw_publisher_sends_paced_rtp_and_restarts_at_a_keyframe(cache_di
             parts = []
     assert decoded == publisher.frames_sent
     assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(pictures))
+    assert not any(extension_element(p, 3) for p in sent), "no transport-cc unless negotiated"
     # A NACK resends the very packet (same SSRC and sequence number); an unknown one sends nothing.
     wanted = video_packets[-3]
     count = len(sent)
@@ -537,6 +586,11 @@ async def test_endpoints_meet_on_the_real_server(
         stats = server.app[MEDIA_KEY].stats()
         assert stats["decoded_frames"] == 0
         assert stats["packets_from_sockets"] > 0 and stats["srtp_unprotect_errors"] == 0
+        if raw_media:
+            # The raw publishers number their packets transport-wide, as browsers do: the server's
+            # transport-cc receiver runs and its feedback goes out (what the benchmark then costs).
+            assert all(e.raw is not None and e.raw.transport_cc for e in (chair, hall))
+            assert stats["transport_cc_feedback"] > 0
     finally:
         await hall.close()
         await chair.close()

@@ -67,7 +67,9 @@ from conference.loadtest.testmedia import (
 )
 from conference.sfu import aiortc_glue as glue
 from conference.sfu import payload as rtp_payload
+from conference.sfu.extmap import accept_extension, answered_extension
 from conference.sfu.packet import URI_AUDIO_LEVEL, URI_MID, parse_header
+from conference.sfu.twcc import URI_TRANSPORT_CC
 
 DecodeMode = Literal["all", "probe", "none"]
 
@@ -177,6 +179,9 @@ class EndpointConfig:
     # Publish ready-made RTP (RawPublisher) instead of going through aiortc's senders: what the
     # benchmark's load processes use so 50 endpoints fit beside the server on one machine.
     raw_media: bool = False
+    # Number every published packet for transport-wide congestion control when the server offers it
+    # (raw media only), as browsers do: the server's transport-cc receiver and feedback then run.
+    transport_cc: bool = True
 
 
 def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
@@ -507,6 +512,12 @@ class Endpoint:
             if dtls is not None:
                 glue.hook_incoming_rtp(dtls, self._handle_rtp_data)
                 self.datagram_hooks.append(glue.hook_srtp_datagrams(dtls, self._on_rtp_packet))
+        answer_sdp = compact_answer(pc.localDescription.sdp)
+        transport_cc = 0
+        if clip is not None and raw_publish and cfg.transport_cc:
+            mids = {t.mid for t in raw_publish.values() if t.mid}
+            answer_sdp = accept_extension(answer_sdp, sdp, mids, URI_TRANSPORT_CC, "transport-cc")
+            transport_cc = next(iter(answered_extension(answer_sdp, URI_TRANSPORT_CC).values()), 0)
         if clip is not None and raw_publish:
             self.raw = RawPublisher(
                 clip,
@@ -514,9 +525,10 @@ class Endpoint:
                 _raw_stream(raw_publish.get("video"), "vp8"),
                 _raw_stream(raw_publish.get("audio"), "opus"),
                 speaking=cfg.speaking,
+                transport_cc=transport_cc,
             )
             self.raw.start()
-        return compact_answer(pc.localDescription.sdp)
+        return answer_sdp
 
     def _raw_keyframe_request(self) -> None:
         if self.raw is not None:

@@ -73,8 +73,13 @@ class RawPublisher:
         video: RawStream | None,
         audio: RawStream | None,
         speaking: bool = False,
+        transport_cc: int = 0,
     ) -> None:
         self.clip = clip
+        # Transport-wide sequence numbers (the extension's id; 0: none), one counter over every
+        # stream of the leg, as a browser's sender numbers its packets for the server's feedback.
+        self.transport_cc = transport_cc
+        self.transport_sequence = random.getrandbits(16)
         self.output = output
         self.video = video
         self.audio = audio
@@ -85,16 +90,19 @@ class RawPublisher:
         self.picture_id = random.getrandbits(15)
         self.video_step = VIDEO_CLOCK // clip.params.fps
         self.video_every = max(1, round(1 / clip.params.fps / AUDIO_TICK_S))  # 2 ticks at 25 fps
-        self.video_ext = extension_block([(video.mid_ext, video.mid)]) if video else b""
-        # The audio extension block per level (speaking or silent), built once, not per packet.
-        self.audio_ext = (
+        self.video_elements = [(video.mid_ext, video.mid)] if video else []
+        self.video_ext = extension_block(self.video_elements)
+        # The audio extension block per level (speaking or silent), built once, not per packet
+        # (with transport-cc each packet's block carries its own number: built per packet).
+        self.audio_elements = (
             {
-                level: extension_block([(audio.mid_ext, audio.mid), (audio.level_ext, bytes([level]))])
+                level: [(audio.mid_ext, audio.mid), (audio.level_ext, bytes([level]))]
                 for level in (SPEAKING_LEVEL, SILENT_LEVEL)
             }
             if audio
             else {}
         )
+        self.audio_ext = {level: extension_block(e) for level, e in self.audio_elements.items()}
         self.history: list[bytes | None] = [None] * HISTORY_SIZE  # video packets by sequence
         self.retransmissions = 0
         self.tick_count = 0
@@ -105,6 +113,12 @@ class RawPublisher:
         self.running = False
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
+
+    def _numbered(self, elements: list[tuple[int, bytes]]) -> bytes:
+        """An extension block of ``elements`` plus the next transport-wide sequence number."""
+        number = self.transport_sequence
+        self.transport_sequence = (number + 1) & 0xFFFF
+        return extension_block([*elements, (self.transport_cc, number.to_bytes(2, "big"))])
 
     @property
     def level(self) -> int:
@@ -155,7 +169,11 @@ class RawPublisher:
         frames = self.clip.tone if self.speaking else self.clip.silence
         i = self.audio_position
         self.audio_position = (i + 1) % len(frames)
-        ext = self.audio_ext[self.level]
+        ext = (
+            self._numbered(self.audio_elements[self.level])
+            if self.transport_cc
+            else self.audio_ext[self.level]
+        )
         head = _RTP_HEADER.pack(
             0x90 if ext else 0x80, stream.payload_type, stream.sequence, stream.timestamp, stream.ssrc
         )
@@ -186,6 +204,8 @@ class RawPublisher:
             )
             # RFC 7741 descriptor: X, S on the frame's first packet, PID 0; I; 15-bit picture id.
             descriptor = bytes((0x90 if n == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
+            if self.transport_cc:
+                ext = self._numbered(self.video_elements)
             packet = head + ext + descriptor + chunk
             self.history[stream.sequence % HISTORY_SIZE] = packet
             if send(packet):

@@ -62,3 +62,25 @@ def answered_extension(sdp: str, uri: str) -> dict[str, int]:
             if mid is not None and m and m.group(2) == uri:
                 found[mid] = int(m.group(1))
     return found
+
+
+def accept_extension(answer: str, offer: str, mids: set[str], uri: str, feedback: str | None = None) -> str:
+    """``answer`` accepting ``uri`` in the m-sections ``mids`` where ``offer`` carried it, under the
+    offer's id (and ``a=rtcp-fb:<pt> feedback`` for each payload type): what an endpoint whose stack
+    does not know the extension answers when it implements it itself (the load endpoints)."""
+    offered = answered_extension(offer, uri)
+    out: list[str] = []
+    for n, section in enumerate(_sections(answer)):
+        mid = _mid(section) if n else None
+        if mid not in mids or mid not in offered:
+            out += section
+            continue
+        edited: list[str] = []
+        for line in section:
+            edited.append(line)
+            if feedback and line.startswith("a=rtpmap:"):
+                edited.append(f"a=rtcp-fb:{line[9:].split(' ', 1)[0]} {feedback}")
+        at = next(i + 1 for i, line in enumerate(edited) if line.startswith("a=mid:"))
+        edited.insert(at, f"a=extmap:{offered[mid]} {uri}")
+        out += edited
+    return "\r\n".join(out)

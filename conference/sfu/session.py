@@ -369,7 +369,8 @@ class Session(Transport):
         if source is None or source.ssrc is None:
             return
         for packet in transport_cc.feedback(source.rtcp_ssrc, source.ssrc):
-            self.send_rtcp(packet)
+            if self.send_rtcp(packet):
+                self.router.backend.counters.transport_cc_feedback += 1
 
     def packets_out(self) -> tuple[int, int]:
         if self.output is None:

@@ -99,6 +99,7 @@ class Counters:
     nacks_sent: int = 0  # sequence numbers asked for again from publishers (retries included)
     nacks_given_up: int = 0  # missing packets no longer asked for (each costs a keyframe request)
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
+    transport_cc_feedback: int = 0  # transport-cc feedback packets sent to publishers
     levels_decoded: int = 0  # audio packets without a level extension, decoded to measure one
     # Packets of a new stream (SSRC or payload type) refused: too many streams or changes too fast.
     stream_changes_refused: int = 0
