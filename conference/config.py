@@ -79,6 +79,9 @@ class Settings:
     redis_url: str | None = None
     # This server process's name among several (metrics; rooms placed on nodes): default host name.
     node_id: str | None = None
+    # How clients and other nodes reach this node (http(s)://host:port, or a path behind a proxy);
+    # None: public_url. Joins of a room hosted elsewhere are sent to the host's (docs/architecture.md).
+    advertise_url: str | None = None
     # Where /metrics is also served without the admin key ("host:port"), e.g. an address only the
     # Prometheus host reaches; on the main port it always needs the admin key.
     metrics_listen: str | None = None
@@ -287,6 +290,7 @@ _FIELD_TYPES: dict[str, str] = {
     "media": "bool",
     "media_backend": "str",
     "node_id": "str?",
+    "advertise_url": "str?",
     "metrics_listen": "str?",
     "recording_retention_days": "int?",
     "recording_auto_render": "bool",
@@ -455,7 +459,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, server: bool = Tr
     parser.add_argument(
         "--ice-transport-policy", choices=["all", "relay"], help="relay: pages use TURN relay candidates only"
     )
-    parser.add_argument("--node-id", help="this server's name among several (default: the host name)")
+    parser.add_argument(
+        "--node-id", help="this server's name among several (default: the host name and a random suffix)"
+    )
+    parser.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="how clients and other nodes reach this node (with --redis-url)",
+    )
     parser.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help="also serve /metrics here, without the admin key"
     )
@@ -493,6 +504,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
             auto_record=args.auto_record,
             redis_url=args.redis_url,
             node_id=args.node_id,
+            advertise_url=args.advertise_url,
             turn_urls=args.turn_url,
             turn_secret=args.turn_secret,
             ice_transport_policy=args.ice_transport_policy,

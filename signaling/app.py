@@ -26,6 +26,7 @@ from conference.config import Settings
 from conference.layouts import catalogue_json
 from conference.loadtest import relay_baseline
 from conference.media import MediaBackend, NullMedia
+from conference.placement import Placement, create_placement
 from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, StoreUnavailable, create_store
@@ -74,6 +75,9 @@ RECORDING_KEY = web.AppKey("recording", RecordingControl)
 BROADCASTS_KEY = web.AppKey("broadcasts", Broadcasts)
 SECRET_KEY = web.AppKey("secret", str)
 ADMIN_KEY_KEY = web.AppKey("admin_key", str)
+PLACEMENT_KEY = web.AppKey("placement", Placement)
+# Set on a REST command one node carries to the room's node: that one runs it, whatever it thinks.
+FORWARDED_HEADER = "X-Conference-Forwarded-By"
 
 PAGES = {
     "/": "index.html",
@@ -344,13 +348,54 @@ async def get_room(request: web.Request) -> web.Response:
     state = await request.app[STORE_KEY].get(room)
     if state is None:
         raise json_error(404, "not_found", f"no room {room!r}")
-    return web.json_response(state.client_json())
+    host = await request.app[PLACEMENT_KEY].host_of(room)
+    # `node`: the node hosting the room now, the same answer on every node (null: placed nowhere yet).
+    return web.json_response({**state.client_json(), "node": host.node_id if host is not None else None})
+
+
+async def get_nodes(request: web.Request) -> web.Response:
+    """The live nodes and their load (one, this process, without Redis)."""
+    require_admin(request)
+    placement = request.app[PLACEMENT_KEY]
+    return web.json_response(
+        {"node": placement.node_id, "nodes": [n.to_json() for n in await placement.nodes()]}
+    )
+
+
+async def forward_to_host(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response | None:
+    """A REST command for a room hosted on another node runs there, where its media is (recording,
+    broadcast, clips act on the media core); None: it runs here."""
+    placement = request.app[PLACEMENT_KEY]
+    if not placement.multi_node or FORWARDED_HEADER in request.headers:
+        return None
+    host = await placement.host_of(room)
+    if host is None or host.node_id == placement.node_id:
+        return None
+    headers = {FORWARDED_HEADER: placement.node_id}
+    if (auth := request.headers.get("Authorization")) is not None:
+        headers["Authorization"] = auth
+    import aiohttp  # the client side, only for this
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.post(f"{host.url}/api/rooms/{room}/commands", json=msg, headers=headers) as response,
+        ):
+            body = await response.read()
+            return web.Response(
+                body=body, status=response.status, content_type=response.content_type or "application/json"
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        message = f"the room's node {host.node_id} cannot be reached ({exc}): try again shortly"
+        raise json_error(503, "unavailable", message) from None
 
 
 async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response:
     actor, _ = await authorize(request, room)
     if msg["type"] not in REST_COMMANDS:
         raise json_error(400, "unknown_type", f"{msg['type']!r} is not available over REST")
+    if (forwarded := await forward_to_host(request, room, msg)) is not None:
+        return forwarded
     try:
         result = await request.app[ROOMS_KEY].command(room, actor, msg["type"], msg)
     except CommandError as exc:
@@ -456,9 +501,11 @@ def _lifecycle(
             await service.recover()
             retention = asyncio.create_task(service.run_retention())
         await restore_rooms(rooms)
+        await rooms.placement.start(rooms.load, rooms.hand_over)  # announced: joins may come
         await broadcasts.restore()
         yield
         try:
+            await rooms.placement.close()  # its rooms are placed elsewhere at their next join
             await broadcasts.close()
             if retention is not None:
                 retention.cancel()
@@ -494,6 +541,8 @@ def create_app(
     media = media if media is not None else build_media(settings)
     recording = RecordingControl(settings, store, media)
     rooms = Rooms(settings, store, media, recording)
+    rooms.placement = create_placement(settings, getattr(store, "prefix", "conference"))
+    app[PLACEMENT_KEY] = rooms.placement
     broadcasts = Broadcasts(settings, store, media)
     app[BROADCASTS_KEY] = broadcasts
     app[SETTINGS_KEY] = settings
@@ -513,6 +562,7 @@ def create_app(
     app.router.add_get("/api/layouts", get_layouts)
     app.router.add_get("/api/protocol/schema", get_schema)
     app.router.add_get("/api/stats", get_stats)
+    app.router.add_get("/api/nodes", get_nodes)
     app.router.add_post("/api/tokens", post_token)
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_post("/api/rooms", create_room)

@@ -42,7 +42,7 @@ async def restore_rooms(rooms: Rooms) -> list[str]:
     names = await store.list_rooms()
     for name in names:
         try:
-            await _restore_room(rooms, name)
+            await restore_room(rooms, name)
         except Exception:  # one room that cannot be restored must not keep the server down
             log.exception("room %s could not be picked up after the restart", name)
     if names:
@@ -50,7 +50,9 @@ async def restore_rooms(rooms: Rooms) -> list[str]:
     return names
 
 
-async def _restore_room(rooms: Rooms, name: str) -> None:
+async def restore_room(rooms: Rooms, name: str) -> None:
+    """Every participant disconnected with its place kept; a running recording goes on as a new one.
+    Also for a room taken up from a node that died (Rooms._host)."""
     store = rooms.store
     state, _ = await store.update(name, _all_disconnected)
     for identity in state.participants:

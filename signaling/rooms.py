@@ -26,6 +26,7 @@ from conference.comments import ACTIONS as COMMENT_ACTIONS
 from conference.config import Settings
 from conference.layouts import MAX_SLOTS, catalogue_json
 from conference.media import MediaBackend, NullMedia, SessionOptions
+from conference.placement import Load, LocalPlacement, NodeInfo, Placement
 from conference.roles import Permission, Role, can, permissions, publishes, sends_no_media
 from conference.room import CommandError, Event, Participant, Removed, RoomState
 from conference.store import RoomStore
@@ -42,6 +43,17 @@ log = logging.getLogger(__name__)
 P = Permission
 CLOSE_REPLACED = 4409
 CLOSE_REMOVED = 4410
+CLOSE_MOVED = 4307  # after a `moved` error or message: the room is hosted on another node
+
+
+class Moved(CommandError):
+    """The room lives on another node: the client goes there (docs/protocol.md, "Several nodes")."""
+
+    def __init__(self, node: str, url: str) -> None:
+        super().__init__("moved", f"room is hosted on node {node}: connect to {url}")
+        self.node = node
+        self.url = url
+
 
 # Commands that change the room, and the permission each needs. `None`: any publisher.
 COMMAND_PERMISSIONS: dict[str, Permission | None] = {
@@ -191,6 +203,9 @@ class Rooms:
         self.extensions: dict[str, Callable[[str, Actor, dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         self.shutting_down = False
         self.started_at = time.time()
+        # Which node hosts each room (conference.placement); one process: every room here.
+        self.placement: Placement = LocalPlacement(settings.node_id or "local", settings.public_url)
+        self._taking_up: dict[str, asyncio.Task[None]] = {}
         store.subscribe(self._on_events)
         media.set_emitter(self.emit)
 
@@ -253,10 +268,66 @@ class Rooms:
 
     # --- join, leave, disconnect -------------------------------------------------------------
 
+    # --- nodes (conference.placement) ---------------------------------------------------------
+
+    def load(self) -> Load:
+        """What the placement announces for this node."""
+        busy = tuple(room for room, conns in self.connections.items() if conns)
+        return Load(endpoints=self.connection_count(), rooms=len(busy), busy=busy)
+
+    async def _host(self, room: str) -> None:
+        """Before the first join of a room on this node: the room may come from a node that died,
+        whose participants the store still lists as connected and whose recording is running
+        nowhere. They are picked up as after a restart (signaling.restore): places kept for the
+        grace, the recording goes on as a new recording here. Joins wait for it (one task a room)."""
+        if not self.placement.multi_node or self.connections.get(room):
+            return  # a room with connections here has been taken up (taking up again is harmless)
+        task = self._taking_up.get(room)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._take_up(room))
+            self._taking_up[room] = task
+            task.add_done_callback(lambda _t: self._taking_up.pop(room, None))
+        await asyncio.shield(task)
+
+    async def _take_up(self, room: str) -> None:
+        state = await self.store.get(room)
+        if state is None:
+            return
+        here = self.connections.get(room, {})
+        stale = [i for i, p in state.participants.items() if p.connected and i not in here]
+        service = self.recording.service
+        orphaned = (
+            state.recording.active
+            and state.recording.recording_id is not None
+            and (service is None or not service.active(state.recording.recording_id))
+        )
+        if not stale and not orphaned:
+            return
+        from .restore import restore_room  # it imports this module
+
+        log.info("room %s taken up on this node (%d stale participants)", room, len(stale))
+        await restore_room(self, room)
+
+    async def hand_over(self, room: str, host: NodeInfo | None) -> None:
+        """Another node holds the room now (this one's lease lapsed): send its sockets there."""
+        for conn in list(self.connections.get(room, {}).values()):
+            if host is not None:
+                conn.send({"v": PROTOCOL_VERSION, "type": "moved", "node": host.node_id, "url": host.url})
+            conn.close(CLOSE_MOVED, "the room moved to another node")
+
+    async def nodes_json(self) -> list[str]:
+        if not self.placement.multi_node:
+            return []
+        return [n.url for n in await self.placement.nodes()]
+
     async def join(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         if conn.joined:
             raise CommandError("already_joined", "this connection has already joined")
         claims = conn.claims
+        placed = await self.placement.place(claims.room)
+        if not placed.here:
+            raise Moved(placed.node_id, placed.url)
+        await self._host(claims.room)
         role = claims.role
         plain_media.plain_offer(self, claims, msg)  # a plain-RTP join refused here changes nothing
         default_device = "phone" if role is Role.MEMBER else "venue"
@@ -325,6 +396,9 @@ class Rooms:
             "layouts": catalogue_json(),
             # The public page's short link: venue screens show its QR code between sessions.
             "public_url": self.public_path(claims.room),
+            # Several nodes: where to reconnect when this one is gone (its room moves to another).
+            "node": self.placement.node_id,
+            "nodes": await self.nodes_json(),
             "media": self.has_media and not sends_no_media(role),
             "limits": {
                 "max_message_bytes": self.settings.ws_max_message_bytes,

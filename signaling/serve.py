@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from conference.config import ConfigError, Settings, add_settings_arguments, settings_from_args
+from conference.placement import default_node_id
 from conference.sqlite_store import StoreError
 
 from . import logs, metrics
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format, socket.gethostname())
     try:
         settings = settings_from_args(args)
+        if settings.redis_url and not settings.node_id:  # one of several: a name of its own
+            settings.node_id = default_node_id()
         logs.configure(args.log_level, args.log_format, settings.node_id or socket.gethostname())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         resolve_secret(settings)
@@ -127,6 +130,11 @@ def _banner(settings: Settings, port: int) -> str:
             "  mint a token, e.g. for the chair:",
             f"    conference token {flags} --room council --role chair --identity chair --name Chair --url",
             f"  media: {'on' if settings.media else 'off (signaling only)'}; rooms: {_rooms_where(settings)}",
+            *(
+                [f"  node: {settings.node_id}, reached at {settings.advertise_url or base}"]
+                if settings.redis_url
+                else []
+            ),
         ]
     )
 

@@ -23,7 +23,7 @@ from . import logs, screens
 from .admission import REMOVED_REASON, check_not_removed
 from .guard import CLOSE_THROTTLED, GUARD_KEY, MAX_UNJOINED_PER_TOKEN
 from .protocol import ProtocolError, TokenBucket, close_reason, error, parse_message, reply
-from .rooms import Actor, Connection, Rooms
+from .rooms import CLOSE_MOVED, Actor, Connection, Moved, Rooms
 from .tokens import TokenError, check_room, resolve_secret, verify_token
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,10 @@ async def handle_message(rooms: Rooms, conn: Connection, raw: str) -> None:
         conn.send(reply(rid, await dispatch(rooms, conn, type_, msg)))
     except ProtocolError as exc:
         conn.send(error(exc.request_id, exc.code, exc.message, **exc.extra))
+    except Moved as exc:
+        # The room lives on another node: the client opens a socket there and joins again.
+        conn.send(error(rid, exc.code, exc.message, node=exc.node, url=exc.url))
+        conn.close(CLOSE_MOVED, f"the room is hosted on node {exc.node}")
     except Removed as exc:
         # Removed after this socket opened (1a): refused as at connect, and the socket goes.
         conn.send(error(rid, exc.code, exc.message))

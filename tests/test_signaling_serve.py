@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from browser_util import self_signed_certificate
 
 from conference.media import NullMedia
 from conference.store import RedisRoomStore
+from signaling.app import ADMIN_KEY_KEY
 from signaling.tokens import mint_token
 from tests.conftest import TEST_SECRET, SignalingClient
 
@@ -107,14 +109,21 @@ async def test_two_servers_share_a_room_through_redis(signaling_server, connect,
         two = await signaling_server(replace(settings, redis_url=url), media=NullMedia(), store=stores[1])
         chair = await connect(one, mint("shared", "chair", "chair"))
         await chair.ok("join")
-        venue = await connect(two, mint("shared", "hall-a", "venue"))
+        # The room is placed on server one (the node the first join reached, both being idle): a
+        # join that reaches server two is sent there, naming it (docs/protocol.md, "moved").
+        elsewhere = await connect(two, mint("shared", "hall-a", "venue"))
+        moved = await elsewhere.request("join")
+        assert moved["type"] == "error" and moved["code"] == "moved", moved
+        at_one, at_two = await _get_room(one, "shared"), await _get_room(two, "shared")
+        assert at_one["node"] == at_two["node"] == moved["node"]
+        assert await elsewhere.closed() == 4307
+        venue = await connect(one, mint("shared", "hall-a", "venue"))
         joined = await venue.ok("join")
         assert {p["identity"] for p in joined["room"]["participants"]} == {"chair", "hall-a"}
         await chair.wait_for(lambda m: m["type"] == "event" and m["event"]["kind"] == "participant_joined")
         result = await chair.ok("set_program", layout="pip", slots=["chair", "hall-a"])
         event = await venue.wait_for(lambda m: m["type"] == "event" and m["event"]["kind"] == "program")
         assert event["event"]["version"] == result["version"]
-        # Removal decided on server one closes the socket held by server two.
         await chair.ok("remove", identity="hall-a")
         assert await venue.closed() == 4410
     finally:
@@ -125,6 +134,16 @@ async def test_two_servers_share_a_room_through_redis(signaling_server, connect,
         if keys:
             await r.delete(*keys)
         await r.aclose()
+
+
+async def _get_room(server: Any, room: str) -> dict[str, Any]:
+    key = server.app[ADMIN_KEY_KEY]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(server.make_url(f"/api/rooms/{room}"), headers={"Authorization": f"Bearer {key}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return dict(await r.json())
 
 
 def test_access_log_redacts_tokens_and_link_signatures() -> None:

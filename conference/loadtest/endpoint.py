@@ -82,13 +82,17 @@ RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 KEYFRAME_WAIT_S = 0.3
 
 
+MAX_MOVES = 3  # `moved` answers followed by one join (a room moves once; more is a loop)
+
+
 class EndpointError(Exception):
     """The endpoint could not join or negotiate (the server's error code and message)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, url: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.url = url  # of `moved`: the node hosting the room
 
 
 def check_aiortc_hooks() -> None:
@@ -280,6 +284,7 @@ class Endpoint:
         self.first_frame_at: float | None = None
         self.switch_times: list[float] = []  # seconds from a program change to the new source's frame
         self.closed_reason: str | None = None
+        self.node_url = config.url
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._offer: asyncio.Future[dict[str, Any]] | None = None
@@ -297,14 +302,40 @@ class Endpoint:
     # --- signaling ------------------------------------------------------------------------
 
     async def join(self) -> dict[str, Any]:
-        """Open the socket, join, negotiate media; returns the join result."""
+        """Open the socket, join, negotiate media; returns the join result. A join answered
+        ``moved`` (the room lives on another node) is made again there, as a page does:
+        ``self.node_url`` is where the endpoint ended up."""
         cfg = self.config
         check_aiortc_hooks()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.join_timeout)
         )
-        ws_url = cfg.url.replace("http", "ws", 1).rstrip("/") + "/ws"
         self.ws_opened_at = time.time()
+        self.node_url = cfg.url
+        for _ in range(MAX_MOVES):
+            try:
+                return await self._join_at(self.node_url)
+            except EndpointError as exc:
+                if exc.code != "moved" or not exc.url:
+                    raise
+                self.node_url = exc.url
+                await self._drop_socket()
+        raise EndpointError("moved", f"sent on more than {MAX_MOVES} times")
+
+    async def _drop_socket(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        self.closed_reason = None
+
+    async def _join_at(self, url: str) -> dict[str, Any]:
+        cfg = self.config
+        assert self.session is not None
+        ws_url = url.replace("http", "ws", 1).rstrip("/") + "/ws"
         self.ws = await self.session.ws_connect(ws_url, params={"token": cfg.token}, heartbeat=None)
         loop = asyncio.get_running_loop()
         self._offer = loop.create_future()
@@ -375,7 +406,9 @@ class Endpoint:
             if kind == "reply":
                 future.set_result(message.get("result") or {})
             else:
-                future.set_exception(EndpointError(message.get("code", "?"), message.get("message", "")))
+                future.set_exception(
+                    EndpointError(message.get("code", "?"), message.get("message", ""), message.get("url"))
+                )
         elif kind == "offer":
             if self._offer is not None and not self._offer.done():
                 self._offer.set_result(message)
@@ -385,7 +418,7 @@ class Endpoint:
             self._on_slots(message)
         elif kind == "speakers":
             self.speakers = list(message.get("speakers") or [])
-        elif kind in ("removed", "replaced", "shutdown"):
+        elif kind in ("removed", "replaced", "shutdown", "moved"):
             self.closed_reason = kind
 
     def _on_event(self, event: dict[str, Any]) -> None:

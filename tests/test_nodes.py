@@ -1,0 +1,186 @@
+"""Rooms placed on nodes (issue 17): three ``conference serve`` processes and a redis-server of the
+test's own. Venues of one room that reach different nodes are sent to the room's node (``moved``)
+and see each other there (frames decoded from the other venue); GET /api/rooms/{room} names that
+node on every node; a program change sent over REST to a node that does not host the room reaches
+them all; the room's node killed (SIGKILL) mid-recording: the venues are back on another node with
+their program within the failover time, and the recording goes on there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from browser_util import ADMIN_KEY, SECRET, RunningServer, free_port, server_process
+from test_redis_restart import redis_server
+
+from conference.loadtest.endpoint import Endpoint, EndpointConfig, EndpointError
+from conference.placement import NODE_TTL_S, LocalPlacement, NodeInfo, choose_node
+from signaling.tokens import mint_token
+
+pytestmark = pytest.mark.media
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+PALETTE = {"hall-a": 1, "hall-b": 2}
+# Failover budget: the lease (NODE_TTL_S), a join and ICE on a busy 2-core machine.
+FAILOVER_BUDGET_S = NODE_TTL_S + 12
+
+
+def test_the_least_loaded_node_takes_a_new_room() -> None:
+    nodes = [
+        NodeInfo("a", "http://a", endpoints=8, rooms=1),
+        NodeInfo("b", "http://b", endpoints=2, rooms=3),
+        NodeInfo("c", "http://c", endpoints=2, rooms=1, cpu=0.9),
+        NodeInfo("d", "http://d", endpoints=0, rooms=0, draining=True),
+    ]
+    chosen = choose_node(nodes)
+    assert chosen is not None and chosen.node_id == "c"  # fewest endpoints, then rooms; not draining
+    assert choose_node([n for n in nodes if n.draining]) is None
+
+
+async def test_one_process_places_every_room_on_itself() -> None:
+    placement = LocalPlacement("here", "http://127.0.0.1:1")
+    placed = await placement.place("council")
+    assert placed.here and placed.node_id == "here"
+    host = await placement.host_of("anything")
+    assert host is not None and host.node_id == "here"
+
+
+async def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"{url}{path}", json=body, headers=ADMIN) as r,
+    ):
+        return r.status, await r.json() if r.content_type == "application/json" else await r.text()
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path: Path, count: int = 3) -> AsyncIterator[list[RunningServer]]:
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(redis_server(tmp_path / "redis", port))
+        nodes = []
+        for i in range(count):
+            node_port = free_port()
+            args = ["--redis-url", redis_url, "--node-id", f"node-{i}"]
+            args += ["--advertise-url", f"http://127.0.0.1:{node_port}"]
+            nodes.append(
+                await stack.enter_async_context(
+                    server_process(tmp_path / f"node-{i}", media=True, extra_args=args, port=node_port)
+                )
+            )
+        yield nodes
+
+
+def venue(url: str, identity: str) -> Endpoint:
+    token = mint_token(SECRET, "council", identity, identity, "venue", 3600)
+    return Endpoint(
+        EndpointConfig(url=url, token=token, identity=identity, index=PALETTE[identity], palette=PALETTE)
+    )
+
+
+def sees(endpoint: Endpoint, other: str) -> bool:
+    """A frame decoded from ``other`` arrived in one of the endpoint's program slots."""
+    return any(s.frames_decoded > 0 and s.last_seen_index == PALETTE[other] for s in endpoint.video_slots)
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def rejoin(identity: str, urls: list[str], deadline: float) -> Endpoint:
+    """What a page does after its node went away: join again at the nodes it knows, in turn, until
+    one takes it (a live node sends it on to wherever the room is placed now)."""
+    attempt = 0
+    while True:
+        endpoint = venue(urls[attempt % len(urls)], identity)
+        try:
+            await endpoint.join()
+            return endpoint
+        except (EndpointError, aiohttp.ClientError, OSError, TimeoutError):
+            await endpoint.close(leave=False)
+            assert time.monotonic() < deadline, f"{identity} found no node to join"
+            attempt += 1
+            await asyncio.sleep(0.25)
+
+
+async def test_venues_on_different_nodes_meet_on_the_rooms_node_and_survive_its_death(
+    tmp_path: Path,
+) -> None:
+    program = {"layout": "side-by-side", "slots": ["hall-a", "hall-b"]}
+    async with cluster(tmp_path) as nodes:
+        urls = [n.url for n in nodes]
+        a = venue(urls[0], "hall-a")
+        b = venue(urls[1], "hall-b")
+        venues = [a, b]
+        try:
+            await a.join()
+            await b.join()
+            # Both ended on one node, the room's, whatever node they reached first.
+            assert a.node_url == b.node_url, (a.node_url, b.node_url)
+            host_url = a.node_url
+            statuses = [await call(u, "GET", "/api/rooms/council") for u in urls]
+            assert {s for s, _ in statuses} == {200}
+            named = {body["node"] for _, body in statuses}
+            assert len(named) == 1 and None not in named, named
+            host = named.pop()
+            assert urls.index(host_url) == int(host.split("-")[1])
+            status, listing = await call(urls[0], "GET", "/api/nodes")
+            assert status == 200 and {n["node"] for n in listing["nodes"]} == {f"node-{i}" for i in range(3)}
+
+            # The chair's program change sent to a node that does not host the room reaches both.
+            other = next(u for u in urls if u != host_url)
+            status, body = await call(other, "PUT", "/api/rooms/council/program", program)
+            assert status == 200, body
+            await wait_until(
+                lambda: all(v.program["slots"] == program["slots"] for v in venues), 10, "program"
+            )
+            await wait_until(lambda: sees(a, "hall-b") and sees(b, "hall-a"), 20, "each other's frames")
+
+            # A recording started through another node runs on the room's node.
+            status, body = await call(
+                other, "POST", "/api/rooms/council/commands", {"type": "start_recording"}
+            )
+            assert status == 200, body
+            first_recording = body["recording_id"]
+            await asyncio.sleep(2)
+
+            # The room's node dies.
+            dead = nodes[urls.index(host_url)]
+            dead.process.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await dead.process.wait()
+            live = [u for u in urls if u != host_url]
+            for v in venues:
+                await v.close(leave=False)
+            deadline = killed_at + FAILOVER_BUDGET_S
+            venues = list(await asyncio.gather(*(rejoin(i, live, deadline) for i in ("hall-a", "hall-b"))))
+            a, b = venues
+            assert a.node_url == b.node_url and a.node_url in live
+            # Back with their program, seeing each other again.
+            assert a.program["slots"] == program["slots"] and b.program["slots"] == program["slots"]
+            await wait_until(
+                lambda: sees(a, "hall-b") and sees(b, "hall-a"),
+                max(0.5, deadline - time.monotonic()),
+                "each other's frames after the failover",
+            )
+            failover_s = time.monotonic() - killed_at
+            print(f"failover: {failover_s:.2f} s from SIGKILL to frames decoded on the new node")
+            status, room = await call(live[0], "GET", "/api/rooms/council")
+            assert status == 200 and room["node"] != host, room
+            assert {p["identity"] for p in room["participants"] if p["connected"]} == {"hall-a", "hall-b"}
+            # The recording goes on, as a new part on the new node.
+            assert room["recording"]["active"], room["recording"]
+            assert room["recording"]["recording_id"] != first_recording
+        finally:
+            for v in venues:
+                await v.close()
