@@ -25,11 +25,19 @@ const FINAL_CLOSE = {
 };
 
 export class RequestError extends Error {
-  constructor(code, message) {
+  constructor(code, message, details = null) {
     super(message || code);
     this.code = code;
+    // `moved` (docs/protocol.md, "Several nodes"): the node hosting the room.
+    this.url = details?.url ?? null;
+    this.node = details?.node ?? null;
   }
 }
+
+// `moved` answers followed in a row before the join counts as failed (a room moves once).
+const MAX_MOVES = 3;
+// Several nodes: quick retries (about every 0.5 s) while a dead node's lease runs out (3 s).
+const NODE_RETRIES = 16;
 
 /** The claims of a JWT, read without verifying (the server verifies): for display only. */
 export function decodeToken(token) {
@@ -72,7 +80,15 @@ export function rememberTokenInUrl(token) {
   history.replaceState(null, "", url);
 }
 
-function wsUrl(token) {
+/** The socket's address: on the page's own server, or on `base` (a node's URL, after `moved`). */
+function wsUrl(token, base = null) {
+  if (base) {
+    const url = new URL(base, location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.pathname = `${url.pathname.replace(/\/$/, "")}/ws`;
+    url.search = `?token=${encodeURIComponent(token)}`;
+    return url.href;
+  }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws?token=${encodeURIComponent(token)}`;
 }
@@ -120,6 +136,14 @@ export class RoomClient extends EventTarget {
     this._pingTimer = null;
     this._mediaDownTimer = null;
     this.history = [];
+    // Several nodes (docs/protocol.md): the room's node once a join was sent there (`moved`), the
+    // live nodes the last join reply listed, and which of them stands in for the page's own server
+    // while it is unreachable (0: the page's server itself).
+    this._nodeUrl = null;
+    this._nodes = [];
+    this._homeIndex = 0;
+    this._moves = 0;
+    this._nodeFailures = 0;
   }
 
   // --- lifecycle -------------------------------------------------------------------------
@@ -195,12 +219,15 @@ export class RoomClient extends EventTarget {
   _open() {
     this._setState(this._attempt === 0 && !this.you ? "connecting" : "reconnecting");
     let ws;
+    const base = this._nodeUrl ?? (this._homeIndex > 0 ? this._nodes[this._homeIndex - 1] : null);
     try {
-      ws = new WebSocket(wsUrl(this._credential()));
+      ws = new WebSocket(wsUrl(this._credential(), base));
     } catch (err) {
       this._setState("failed", String(err));
       return;
     }
+    ws._base = base;
+    ws._joined = false;
     this._ws = ws;
     ws.onopen = () => this._join(ws);
     ws.onmessage = (ev) => this._onMessage(ws, ev);
@@ -218,6 +245,10 @@ export class RoomClient extends EventTarget {
       });
       if (ws !== this._ws) return;
       this._attempt = 0;
+      ws._joined = true;
+      this._moves = 0;
+      this._nodeFailures = 0;
+      if (Array.isArray(result.nodes)) this._nodes = result.nodes;
       this.you = result.you;
       this.permissions = result.permissions || [];
       this.iceServers = result.ice_servers || [];
@@ -236,6 +267,21 @@ export class RoomClient extends EventTarget {
       this._ping().catch(() => {});
     } catch (err) {
       if (ws !== this._ws) return;
+      if (err instanceof RequestError && err.code === "moved" && err.url) {
+        // The room lives on another node: join there at once, the person notices nothing.
+        this._teardown(1000);
+        this._moves += 1;
+        if (this._moves > MAX_MOVES) {
+          this._moves = 0;
+          this._nodeUrl = null;
+          this._scheduleReconnect();
+          return;
+        }
+        this._note(`moved to node ${err.node} at ${err.url}`);
+        this._nodeUrl = err.url;
+        this._open();
+        return;
+      }
       if (err instanceof RequestError && err.code === "timeout") {
         this._teardown(4000);
         this._scheduleReconnect();
@@ -263,6 +309,10 @@ export class RoomClient extends EventTarget {
       this._scheduleReconnect(0);
       return;
     }
+    if (ev.code === 4307 && this._nodeUrl) {
+      this._scheduleReconnect(0); // the room moved (a `moved` message named its node)
+      return;
+    }
     const final = FINAL_CLOSE[ev.code];
     if (final) {
       this._keepSession(null);
@@ -273,6 +323,16 @@ export class RoomClient extends EventTarget {
       return;
     }
     if (this._stopped) return;
+    if (!ws._joined && (this._nodeUrl || this._nodes.length) && this._nodeFailures < NODE_RETRIES) {
+      // Several nodes and this socket got no join: the node it went to is gone. Back to the page's
+      // server (which places the room anew once the dead node's lease ran out), or, when that is the
+      // one that is gone, the next node the last join listed.
+      this._nodeFailures += 1;
+      if (ws._base && ws._base === this._nodeUrl) this._nodeUrl = null;
+      else if (this._nodes.length) this._homeIndex = (this._homeIndex + 1) % (this._nodes.length + 1);
+      this._scheduleReconnect(500);
+      return;
+    }
     this._scheduleReconnect();
   }
 
@@ -375,7 +435,7 @@ export class RoomClient extends EventTarget {
         this._pending.delete(msg.id);
         clearTimeout(pending.timer);
         if (msg.type === "reply") pending.resolve(msg.result ?? {});
-        else pending.reject(new RequestError(msg.code, msg.message));
+        else pending.reject(new RequestError(msg.code, msg.message, msg));
         return;
       }
       case "event":
@@ -400,6 +460,10 @@ export class RoomClient extends EventTarget {
         return;
       case "comment": // moderators' and the chair's sockets: a comment of the public, new or changed
         this._emit("comment", { comment: msg.comment });
+        return;
+      case "moved": // the room went to another node while this socket was open: it closes (4307)
+        if (msg.url) this._nodeUrl = msg.url;
+        this._emit("notice", { type: msg.type, reason: `moved to node ${msg.node}` });
         return;
       case "removed":
       case "replaced":
