@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from .store import _UNREACHABLE as UNREACHABLE
+from .redis_subscription import UNREACHABLE
 from .store import _reachable as reachable
 
 log = logging.getLogger(__name__)
