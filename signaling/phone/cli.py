@@ -94,6 +94,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rtp-timeout", type=float, default=15.0, help="seconds without RTP that end a call")
     parser.add_argument(
+        "--rejoin",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a call waits for the server to come back (a restart) before it ends",
+    )
+    parser.add_argument(
         "--max-tries",
         type=int,
         default=6,
@@ -139,6 +146,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
             prompts=prompts,
             throttle=Throttle(limit=args.max_tries),
             rtp_timeout_s=args.rtp_timeout,
+            rejoin_s=args.rejoin,
         )
         if not on_this_machine(args.server):
             print(
