@@ -301,7 +301,13 @@ class RedisCommentStore:
         if self._seen is None:  # the first time: nothing was missed; follow from here on
             self._seen = int(await self._redis.get(self._changes) or 0)
             return
-        if int(await self._redis.get(self._changes) or 0) <= self._seen:
+        last = int(await self._redis.get(self._changes) or 0)
+        if last < self._seen:  # Redis came back without its data (no append-only file): start over
+            log.warning(
+                "the comment change counter went back from %d to %d: redis lost data", self._seen, last
+            )
+            self._seen, self._replayed = last, 0
+        if last <= self._seen:
             return
         missed = [json.loads(m) for m in await self._redis.lrange(self._change_log, 0, -1)]
         missed = [m for m in missed if m["change"] > self._seen]

@@ -21,8 +21,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from .redis_subscription import UNREACHABLE as _UNREACHABLE
-from .redis_subscription import RedisSubscription
+from .redis_subscription import RedisSubscription, reachable
 from .room import CommandError, Event, RoomState
 
 EVENT_LOG_SIZE = 1000
@@ -46,18 +45,8 @@ class StoreUnavailable(CommandError):
         )
 
 
-def _reachable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Redis being away is one clear error (``unavailable``), not whatever the client library raised."""
-
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await method(*args, **kwargs)
-        except _UNREACHABLE:
-            raise StoreUnavailable() from None
-
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    return wrapper
+# Redis being away is one clear error (``unavailable``), not whatever the client library raised.
+_reachable = reachable(StoreUnavailable)
 
 
 class RoomStore(Protocol):
