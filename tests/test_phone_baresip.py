@@ -324,3 +324,22 @@ async def test_chair_removes_the_caller_the_gateway_hangs_up_and_the_media_goes(
         assert f"council/{identity}" not in media.stats()["per_session"]
     finally:
         await phone.stop()
+
+
+async def test_a_call_over_tcp_joins_is_heard_and_hangs_up(rig: Rig) -> None:
+    """SIP over TCP on the same address as UDP (RFC 3261 §18): baresip's INVITE, the DTMF, its BYE."""
+    venue = await rig.venue()
+    phone = await rig.baresip("tcp")
+    try:
+        await phone.dial(f"sip:dialin@127.0.0.1:{rig.gateway.port};transport=tcp")
+        await phone.wait_event("CALL_ESTABLISHED")
+        await phone.send_digits(f"{rig.meeting_id}#4321#", gap=0.12)
+        await rig.wait_room(lambda r: len(rig.callers(r)) == 1)
+        (dialog,) = [d for d in rig.gateway.dialogs.values() if d.call is not None]
+        assert dialog.peer.transport == "TCP", dialog.peer
+        await until(lambda: hears(venue, 1000.0), timeout=10.0)
+        await phone.hangup()
+        await rig.wait_room(lambda r: not rig.callers(r))
+        assert [reason for _, reason in rig.gateway.finished] == ["caller_hung_up"]
+    finally:
+        await phone.stop()
