@@ -322,3 +322,26 @@ async def test_a_caller_whose_level_comes_with_its_packets_is_heard_without_deco
     finally:
         assert gateway_socket.transport is not None
         gateway_socket.transport.close()
+
+
+async def test_a_refused_token_is_told_apart_from_a_connection_that_went_away(signaling_server, mint) -> None:
+    """After a server restart the gateway joins again; a token the server refuses (4401: here signed
+    with another secret, as one whose caller was removed meanwhile gets 4403) is not worth retrying."""
+    server = await signaling_server()
+    url = str(server.make_url("")).rstrip("/")
+    forged = mint_token(
+        "another-secret-" + "x" * 30, "council", "tel-8", "电话", "member", 3600, gateway=True
+    )
+    async with aiohttp.ClientSession() as http:
+        link = SignalingLink(url, Admission("council", "tel-8", "电话", forged), http)
+        try:
+            with pytest.raises(RuntimeError, match=r"^forbidden: the server refused the caller \(4401\)"):
+                await link.join()
+        finally:
+            await link.leave()
+        await server.close()  # the server goes away: that is a ConnectionError, worth retrying
+        link = SignalingLink(
+            url, Admission("council", "tel-8", "电话", mint("council", "tel-8", "member")), http
+        )
+        with pytest.raises((aiohttp.ClientError, ConnectionError)):
+            await link.join()

@@ -292,15 +292,26 @@ class SignalingLink:
         self.state.hand_raised = you.get("hand_raised_at") is not None
         self.state.floor = result.get("room", {}).get("floor") == self.admission.identity
 
+    def _closed(self, reason: str) -> Exception:
+        """Why the meeting connection is gone: the server refused the token (4401/4403: expired, the
+        caller removed meanwhile), where trying again will not help, or it just went away."""
+        code = self._ws.close_code if self._ws is not None else None
+        if code in (4401, 4403):
+            return RuntimeError(f"forbidden: the server refused the caller ({code})")
+        return ConnectionError(reason)
+
     async def request(self, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         if self._ws is None or self._ws.closed:
-            raise ConnectionError("not connected to the meeting")
+            raise self._closed("not connected to the meeting")
         self._next_id += 1
         rid = self._next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
-            await self._ws.send_str(json.dumps({**message, "id": rid}))
+            try:
+                await self._ws.send_str(json.dumps({**message, "id": rid}))
+            except ConnectionError:
+                raise self._closed("not connected to the meeting") from None
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(rid, None)
@@ -356,7 +367,7 @@ class SignalingLink:
         finally:
             for future in [*self._pending.values(), self._transport]:
                 if future is not None and not future.done():
-                    future.set_exception(ConnectionError(reason))
+                    future.set_exception(self._closed(reason))
             if not self._leaving:
                 self.on_end(reason)
 
