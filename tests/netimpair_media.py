@@ -37,6 +37,7 @@ SERVER_COUNTERS = (
     "keyframe_requests_sent",
     "nacks_received",
     "nacks_answered",
+    "nacks_answered_rtx",
     "nacks_sent",
     "nacks_given_up",
     "srtp_unprotect_errors",
@@ -98,7 +99,8 @@ STATS_JS = """async (wantSsrcFrom) => {
       jitterBufferMinimumDelay: s.jitterBufferMinimumDelay || 0,
       jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0,
       packetsLost: s.packetsLost || 0, nackCount: s.nackCount || 0, pliCount: s.pliCount || 0,
-      bytesReceived: s.bytesReceived || 0, framesPerSecond: s.framesPerSecond || 0});
+      bytesReceived: s.bytesReceived || 0, framesPerSecond: s.framesPerSecond || 0,
+      retransmittedPacketsReceived: s.retransmittedPacketsReceived || 0});
     if (s.type === 'outbound-rtp' && s.kind === 'video') out.outbound.push({
       bytesSent: s.bytesSent || 0, retransmittedBytesSent: s.retransmittedBytesSent || 0,
       nackCount: s.nackCount || 0, pliCount: s.pliCount || 0, targetBitrate: s.targetBitrate || 0,
@@ -272,6 +274,9 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         else None,
         "keyframe_requests_at_a": o1["pliCount"] - o0["pliCount"],
         "nacks_at_a": o1["nackCount"] - o0["nackCount"],
+        # A's own downlink: what it received as retransmissions (RTX streams) of all its slots.
+        "retransmitted_packets_at_a": sum(s["retransmittedPacketsReceived"] for s in a1["inbound"])
+        - sum(s["retransmittedPacketsReceived"] for s in a0["inbound"]),
         "estimate_kbit_s_second_half": [round(min(tail) / 1000), round(max(tail) / 1000)],
         "estimate_kbit_s_end": round(estimates[-1] / 1000) if estimates else None,
         "jitter_buffer_minimum_ms": round(

@@ -138,8 +138,9 @@ def check_aiortc() -> None:
             raise _fail(f"{cls.__name__}.{name} changed between sync and async")
     if "datagram_received" not in vars(aioice.ice.StunProtocol):
         raise _fail("aioice StunProtocol.datagram_received is missing")
-    if "_ssrc" not in RTCRtpSender.__init__.__code__.co_names:
-        raise _fail("RTCRtpSender no longer sets _ssrc")
+    for name in ("_ssrc", "_rtx_ssrc"):
+        if name not in RTCRtpSender.__init__.__code__.co_names:
+            raise _fail(f"RTCRtpSender no longer sets {name}")
     if "_queue" not in aioice.ice.Connection.__init__.__code__.co_names or "data_received" not in vars(
         aioice.ice.Connection
     ):
@@ -355,6 +356,11 @@ class SilentTrack(MediaStreamTrack):
 def sender_ssrc(sender: RTCRtpSender) -> int:
     """The SSRC aiortc picked for this sender (and signalled in the SDP)."""
     return sender._ssrc  # type: ignore[no-any-return]
+
+
+def sender_rtx_ssrc(sender: RTCRtpSender) -> int:
+    """The SSRC aiortc picked for this sender's RTX stream (``a=ssrc-group:FID`` in the SDP)."""
+    return sender._rtx_ssrc  # type: ignore[no-any-return]
 
 
 # --- the native send -------------------------------------------------------------------------

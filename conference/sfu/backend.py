@@ -48,12 +48,14 @@ class SfuBackend:
         publish_max_bitrate: int = 1_500_000,
         plain_rtp_host: str = "127.0.0.1",
         native_send: bool = True,
+        subscriber_rtx: bool = False,
     ) -> None:
         glue.check_aiortc()
         # Which send the WebRTC legs use: "native" (built and allowed) or "python".
         self.native_send = native_send and glue.native_send_available()
         logger.info("forwarding core: %s send", "native" if self.native_send else "pure-Python")
         self.plain_rtp_host = plain_rtp_host
+        self.subscriber_rtx = subscriber_rtx
         self.publish_max_bitrate = publish_max_bitrate
         # Never None: aiortc would fall back to Google's public STUN server.
         self.ice_servers: list[RTCIceServer] = list(ice_servers or [])
@@ -244,6 +246,7 @@ class SfuBackend:
             "keyframe_requests_sent": c.keyframe_requests_sent,
             "nacks_received": c.nacks_received,
             "nacks_answered": c.nacks_answered,
+            "nacks_answered_rtx": c.nacks_answered_rtx,
             "nacks_sent": c.nacks_sent,
             "nacks_given_up": c.nacks_given_up,
             "reports_sent": c.reports_sent,
@@ -313,4 +316,5 @@ def create_backend(settings: Settings | None = None) -> SfuBackend:
         publish_max_bitrate=settings.publish_max_bitrate or 1_500_000,
         plain_rtp_host=settings.plain_rtp_host,
         native_send=settings.native_send,
+        subscriber_rtx=settings.subscriber_rtx,
     )

@@ -9,11 +9,12 @@ A down-track knows its transport only through ``Output`` (send one RTP packet); 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .packet import FORWARDED_CODECS, CodecInfo, ExtensionMap, abs_send_time, parse_header
+from .packet import FORWARDED_CODECS, CodecInfo, ExtensionMap, abs_send_time, parse_header, rtx_packet
 from .rewriter import StreamRewriter
 from .stats import Counters
 
@@ -83,6 +84,11 @@ class DownTrack:
         self.waiting: Producer | None = None  # switching to this one on its next keyframe
         self.waiting_since = 0.0
         self.packets = 0
+        # RTX toward the subscriber (configure): answered NACKs go out as their own stream, so the
+        # subscriber's statistics see the loss and the repair apart.
+        self.rtx: dict[int, int] = {}
+        self.rtx_ssrc = 0
+        self.rtx_sequence = random.getrandbits(16)
         # Set by a transport whose stack sends sender reports from its own counters (aiortc).
         self.report: Callable[[StreamRewriter], None] | None = None
 
@@ -91,10 +97,20 @@ class DownTrack:
         return self.rewriter is not None
 
     def configure(
-        self, ssrc: int, codecs: list[CodecInfo], extensions: dict[str, int], mid: str = ""
+        self,
+        ssrc: int,
+        codecs: list[CodecInfo],
+        extensions: dict[str, int],
+        mid: str = "",
+        rtx: dict[int, int] | None = None,
+        rtx_ssrc: int = 0,
     ) -> bool:
-        """What was negotiated for this slot: its SSRC, codecs (the subscriber's preference first)
-        and header extension ids. False if no codec we forward was negotiated."""
+        """What was negotiated for this slot: its SSRC, codecs (the subscriber's preference first),
+        header extension ids, and RTX (RFC 4588: payload type -> its RTX payload type, the RTX
+        stream's SSRC) when the subscriber takes retransmissions as their own stream. False if no
+        codec we forward was negotiated."""
+        self.rtx = dict(rtx or {}) if rtx_ssrc else {}
+        self.rtx_ssrc = rtx_ssrc
         codecs = [c for c in codecs if c.name in FORWARDED_CODECS]
         if not codecs:
             return False
@@ -198,8 +214,19 @@ class DownTrack:
             return
         now = time.time()
         out = self.rewriter.rewrite(data, header, abs_send_time(now), None, False, now)
-        if out is not None and self.output.send(out):
+        if out is None:
+            return
+        rtx_type = self.rtx.get(out[1] & 0x7F) if self.rtx else None
+        if rtx_type is not None:
+            rewritten = parse_header(out)
+            if rewritten is None:
+                return
+            out = rtx_packet(out, rewritten, rtx_type, self.rtx_ssrc, self.rtx_sequence)
+            self.rtx_sequence = (self.rtx_sequence + 1) & 0xFFFF
+        if self.output.send(out):
             counters.nacks_answered += 1
+            if rtx_type is not None:
+                counters.nacks_answered_rtx += 1
 
     def update_playout_delay(self) -> None:
         """Per tick: the playout delay this slot's packets carry, from its source's repair time."""

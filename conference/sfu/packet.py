@@ -203,6 +203,22 @@ def rtx_original(
     return None if parsed is None else (packet, parsed)
 
 
+def rtx_packet(data: bytes, header: RtpHeader, payload_type: int, ssrc: int, sequence: int) -> bytes:
+    """``data`` retransmitted on an RTX stream (RFC 4588): ``payload_type``, ``ssrc`` and the RTX
+    stream's own ``sequence``; the original sequence number first in the payload; same timestamp,
+    marker and header extensions; no padding (``rtx_original`` is the inverse)."""
+    pos = header.payload_offset
+    fixed = bytes((data[0] & 0xDF, (data[1] & 0x80) | payload_type)) + sequence.to_bytes(2, "big")
+    return (
+        fixed
+        + data[4:8]
+        + ssrc.to_bytes(4, "big")
+        + data[12:pos]
+        + data[2:4]
+        + data[pos : header.payload_end]
+    )
+
+
 def abs_send_time(now: float) -> int:
     """abs-send-time: seconds in 6.18 fixed point, 24 bits (wraps every 64 s)."""
     return int(now * 262144.0) & 0xFFFFFF

@@ -197,10 +197,11 @@ class Session(Transport):
         preferences = [
             c for mime in wanted for c in capabilities.codecs if c.mimeType.lower() == mime.lower()
         ]
-        if kind == "video" and direction == "recvonly":
+        if kind == "video" and (direction == "recvonly" or self.router.backend.subscriber_rtx):
             # Publishers retransmit on RTX (RFC 4588): the repair is its own stream, so it does not
             # hide loss, and a browser can probe its uplink with RTX padding (transport-cc needs
-            # that to find the rate on a lossy link). Our slots answer NACKs on the main SSRC.
+            # that to find the rate on a lossy link). Slots answer a subscriber's NACK from the
+            # cache on the main SSRC, or on the slot's RTX stream with the setting subscriber_rtx.
             preferences += [c for c in capabilities.codecs if c.mimeType.lower() == "video/rtx"]
         transceiver.setCodecPreferences(preferences)
         return transceiver
@@ -230,8 +231,12 @@ class Session(Transport):
             ids = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
             if track.kind == "video" and transceiver.mid in playout_delay:
                 ids[URI_PLAYOUT_DELAY] = playout_delay[transceiver.mid]
-            codecs = codec_info(glue.negotiated_codecs(transceiver))
-            if not track.configure(glue.sender_ssrc(transceiver.sender), codecs, ids, transceiver.mid or ""):
+            negotiated = glue.negotiated_codecs(transceiver)
+            codecs = codec_info(negotiated)
+            rtx = {apt: pt for pt, apt in rtx_payload_types(negotiated).items()}
+            rtx_ssrc = glue.sender_rtx_ssrc(transceiver.sender) if rtx else 0
+            sender_ssrc = glue.sender_ssrc(transceiver.sender)
+            if not track.configure(sender_ssrc, codecs, ids, transceiver.mid or "", rtx, rtx_ssrc):
                 logger.info("%s: slot %s negotiated no codec we forward", self, transceiver.mid)
         backend = self.router.backend
         for kind, transceiver in self.publish.items():

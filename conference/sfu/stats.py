@@ -96,6 +96,7 @@ class Counters:
     keyframe_requests_sent: int = 0  # PLI sent to publishers
     nacks_received: int = 0
     nacks_answered: int = 0
+    nacks_answered_rtx: int = 0  # of them, retransmitted on the slot's RTX stream
     nacks_sent: int = 0  # sequence numbers asked for again from publishers (retries included)
     nacks_given_up: int = 0  # missing packets no longer asked for (each costs a keyframe request)
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
