@@ -514,3 +514,48 @@ def test_room_state_dial_in_round_trips_and_old_documents_load() -> None:
     old = state.to_json()
     del old["dial_in"]
     assert RoomState.from_json(old).dial_in.meeting_id is None
+
+
+async def test_sip_info_dtmf_relay_keys_reach_the_call_and_an_unknown_dialog_gets_481(
+    gateway: Gateway,
+) -> None:
+    """Some trunks send keys as SIP INFO (application/dtmf-relay, application/dtmf) instead of RFC 4733."""
+    peer = UdpPeer()
+    peer.send(invite(peer.port, "i1", "ii", offer(pts="0")), gateway.port)
+    answer = next(m for m in await peer.responses(0.3) if isinstance(m, SipResponse) and m.status == 200)
+    dialog = (
+        f"From: <sip:13812341234@127.0.0.1>;tag=abc\r\nTo: <sip:dialin@127.0.0.1>;tag={answer.to_tag}\r\n"
+    )
+    head = (
+        f"sip:conference@127.0.0.1:{gateway.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{peer.port};branch="
+    )
+    peer.send(
+        f"ACK {head}z9hG4bKiack\r\n{dialog}Call-ID: i1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n".encode(),
+        gateway.port,
+    )
+    call = gateway.dialogs["i1"].call
+    assert call is not None
+    for cseq, (kind, body) in enumerate(
+        [("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"), ("application/dtmf", "7"),
+         ("application/dtmf-relay", "Signal=55\r\n"), ("text/plain", "Signal=9\r\n")],  # not keys
+        start=2,
+    ):  # fmt: skip
+        peer.send(
+            f"INFO {head}z9hG4bKinfo{cseq}\r\n{dialog}Call-ID: i1\r\nCSeq: {cseq} INFO\r\n"
+            f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode(),
+            gateway.port,
+        )
+        response = next(
+            m for m in await peer.responses(0.3) if isinstance(m, SipResponse) and m.cseq[1] == "INFO"
+        )
+        assert response.status == 200 and response.cseq == (cseq, "INFO"), response.status
+    assert call.digits == ["5", "7"]
+    peer.send(
+        f"INFO {head}z9hG4bKinfox\r\n{dialog}Call-ID: nope\r\nCSeq: 9 INFO\r\n"
+        "Content-Type: application/dtmf\r\nContent-Length: 1\r\n\r\n1".encode(),
+        gateway.port,
+    )
+    response = next(
+        m for m in await peer.responses(0.3) if isinstance(m, SipResponse) and m.cseq[1] == "INFO"
+    )
+    assert response.status == 481
