@@ -326,6 +326,9 @@ class RedisPlacement:
             pipe.pexpire(key, self._lease_ms())
             pipe.sadd(self._nodes_key, self.node_id)
             await pipe.execute()
+        gap = time.time() - self.last_beat_at if self.last_beat_at else 0.0
+        if gap > 2 * BEAT_S:
+            log.warning("node heartbeat %.1f s after the last one (expiry %.0f s)", gap, NODE_TTL_S)
         self.last_beat_at = time.time()
         for room in lost:  # another node took it (this one's beats came too late): hand it over
             self._active.pop(room, None)
