@@ -578,13 +578,10 @@ def create_app(
             recording.service, secret=app[SECRET_KEY], admin_key=app[ADMIN_KEY_KEY], store=store
         )
         app.add_subapp("/api/recordings", clerk)
-    from . import (
-        comments,
-        debug_memory,
-        live_link,
-        public,
-    )  # they use this module's helpers: imported once they exist
+    # They use this module's helpers: imported once they exist.
+    from . import comments, debug_memory, heap_trim, live_link, public
 
+    heap_trim.setup(app)
     debug_memory.setup(app)
     public.setup(app)
     live_link.setup(app)

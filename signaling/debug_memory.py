@@ -34,6 +34,7 @@ from aiohttp import web
 
 from .app import require_admin
 from .errors import json_error
+from .heap_trim import HEAP_TRIMMER_KEY
 
 MAX_SNAPSHOTS = 8
 _MB = 2**20
@@ -263,9 +264,11 @@ async def get_memory(request: web.Request) -> web.Response:
     except ValueError:
         raise json_error(400, "bad_request", "top: a number") from None
     debug = request.app[MEMORY_DEBUG_KEY]
-    return web.json_response(
-        debug.report(top, request.query.get("compare"), request.query.get("objects") in ("1", "true"))
-    )
+    out = debug.report(top, request.query.get("compare"), request.query.get("objects") in ("1", "true"))
+    trimmer = request.app.get(HEAP_TRIMMER_KEY)
+    if trimmer is not None:
+        out["heap_trim"] = trimmer.stats()
+    return web.json_response(out)
 
 
 async def post_memory(request: web.Request) -> web.Response:
@@ -284,13 +287,20 @@ async def post_memory(request: web.Request) -> web.Response:
         )
     out: dict[str, Any] = {}
     if body.get("collect"):  # cyclic garbage not yet collected is not held memory
-        before = rss_mb()
+        before, started = rss_mb(), time.perf_counter()
         found = gc.collect()
-        out["collect"] = {"rss_before_mb": before, "rss_after_mb": rss_mb(), "unreachable": found}
+        took = time.perf_counter() - started
+        out["collect"] = {
+            "rss_before_mb": before,
+            "rss_after_mb": rss_mb(),
+            "unreachable": found,
+            "ms": round(took * 1000, 1),
+        }
     if body.get("trim") and _LIBC is not None:
-        before = rss_mb()
+        before, started = rss_mb(), time.perf_counter()
         _LIBC.malloc_trim(0)
-        out["trim"] = {"rss_before_mb": before, "rss_after_mb": rss_mb()}
+        took = time.perf_counter() - started
+        out["trim"] = {"rss_before_mb": before, "rss_after_mb": rss_mb(), "ms": round(took * 1000, 1)}
     if body.get("name"):
         out["snapshot"] = request.app[MEMORY_DEBUG_KEY].take(body["name"], bool(body.get("objects")))
     out["rss_mb"] = rss_mb()

@@ -92,6 +92,7 @@ def _summary(figures: dict[str, Any]) -> dict[str, Any]:
         "gc_tracked": figures.get("gc_tracked"),
         "traced_mb": traced.get("traced_mb"),
         "anonymous": figures.get("anonymous"),
+        "heap_trim": figures.get("heap_trim"),
     }
 
 
