@@ -386,6 +386,11 @@ def _native_protect() -> int:
 
 
 _SRTP_PROTECT = _native_protect()
+if _SRTP_PROTECT:
+    # The rewriter's fast path in C works on StreamRewriter's own slots (their offsets, once).
+    from .rewriter import MAX_SEQUENCE_STEP, StreamRewriter
+
+    _fastpath.bind_rewriter(StreamRewriter, MAX_SEQUENCE_STEP)
 _SRTP_UNPROTECT = (
     int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect"))) if _SRTP_PROTECT else 0
 )
@@ -498,6 +503,54 @@ class LegOutput:
         self.packets += 1
         self.octets += sent
         return True
+
+    def forward(
+        self,
+        rewriter: Any,
+        data: bytes,
+        header: Any,
+        abs_send_time: int,
+        audio_level: int | None,
+        keyframe: bool,
+        now: float,
+    ) -> bool | None:
+        """``rewriter.rewrite_head`` + ``send_parts`` in one native call when the packet takes the
+        rewriter's fast path (``_fastpath.forward``); None if the rewriter sends nothing."""
+        srtp = self._dtls._tx_srtp
+        transport = self._transport
+        if not (
+            srtp is not self._srtp
+            or srtp is None
+            or self._sockaddr is None
+            or self._connection._nominated.get(1) is not self._pair
+            or transport.is_closing()
+        ):
+            sent = _fastpath.forward(
+                rewriter,
+                data,
+                header,
+                abs_send_time,
+                audio_level,
+                now,
+                _SRTP_PROTECT,
+                self._handle,
+                self._fd,
+                self._sockaddr,
+            )
+            if sent is not None:
+                if sent.__class__ is not int:
+                    transport.sendto(sent, self._addr)
+                    sent = len(sent)
+                elif sent < 0:
+                    self.send_errors += 1
+                    sent = 0
+                self.packets += 1
+                self.octets += sent
+                return True
+        head = rewriter.rewrite_head(data, header, abs_send_time, audio_level, keyframe, now)
+        if head is None:
+            return None
+        return self.send_parts(head, data, rewriter.tail, header[9])
 
     def _send_parts_checked(self, head: bytes, data: bytes, start: int, end: int) -> bool:
         """``send_parts`` when something changed (the SRTP context, the pair) or the native send

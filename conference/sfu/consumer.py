@@ -74,6 +74,10 @@ class DownTrack:
         self.send_parts: SendParts | None = (
             getattr(output, "send_parts", None) if getattr(output, "native", False) else None
         )
+        # And its rewrite + send in one call (``LegOutput.forward``): None, True or False.
+        self.forward: Callable[..., bool | None] | None = (
+            getattr(output, "forward", None) if self.send_parts is not None else None
+        )
         self.counters = counters
         self.mid = ""
         self.rewriter: StreamRewriter = None  # type: ignore[assignment]  # set by configure()

@@ -216,13 +216,16 @@ class Producer:
         end = header[9]
         for track in tracks:
             rewriter = track.rewriter
-            head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
-            if head is None:
-                continue
-            send_parts = track.send_parts
-            if send_parts is not None:  # the native send joins header and payload itself
-                ok = send_parts(head, data, rewriter.tail, end)
-            else:  # what rewriter.rewrite() gives, without its extra call
+            forward = track.forward
+            if forward is not None:  # the native send: rewrite, protect and send in one call
+                ok = forward(rewriter, data, header, ast, level, keyframe, now)
+                if ok is None:
+                    continue
+            else:
+                head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
+                if head is None:
+                    continue
+                # What rewriter.rewrite() gives, without its extra call.
                 ok = track.output.send(head + data[rewriter.tail : end])
             if ok:
                 track.packets += 1
