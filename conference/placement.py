@@ -18,12 +18,14 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis
 import redis.asyncio as aioredis
 
 from .redis_subscription import UNREACHABLE
@@ -36,6 +38,8 @@ NODE_TTL_S = 3.0  # three missed beats: a loaded machine's late beat is not a de
 # A room nobody is connected to on its node stays placed this long (a reconnecting venue comes back
 # to the same node), then its lease is given up.
 IDLE_RELEASE_S = 30.0
+# The heartbeat runs in a thread (a busy loop is not a dead node); a loop silent this long is.
+LOOP_STALL_S = 10.0
 
 
 @dataclass(slots=True)
@@ -205,8 +209,20 @@ class RedisPlacement:
         self._nodes_key = f"{prefix}:nodes"
         self._place = self._redis.register_script(_PLACE)
         self._renew = self._redis.register_script(_RENEW)
+        # The heartbeat thread's own connection (redis-py's blocking client): see _run.
+        self._sync = redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0
+        )
+        self._sync_renew = self._sync.register_script(_RENEW)
+        self._lock = threading.Lock()  # _active, _snapshot and _loop_seen: the loop's and the thread's
         self._active: dict[str, float] = {}  # room -> when it last had connections here
-        self._task: asyncio.Task[None] | None = None
+        self._snapshot = Load(0, 0)
+        self._loop_seen = time.monotonic()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._handovers: set[asyncio.Task[None]] = set()
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._load: Callable[[], Load] = lambda: Load(0, 0, 0.0)
         self._lost: Callable[[str, NodeInfo | None], Any] = lambda room, node: None
@@ -270,21 +286,44 @@ class RedisPlacement:
         return out
 
     def keep(self, room: str) -> None:
-        self._active[room] = time.monotonic()
+        with self._lock:
+            self._active[room] = time.monotonic()
 
     async def start(self, load: Callable[[], Load], lost: Callable[[str, NodeInfo | None], Any]) -> None:
         self._load, self._lost = load, lost
+        self._event_loop = asyncio.get_running_loop()
         self._cpu_mark = (time.monotonic(), time.process_time())  # not the start-up's imports
-        await self._beat()  # announced before the first join can arrive
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._refresh()
+        await asyncio.to_thread(self._beat)  # announced before the first join can arrive
+        self._thread = threading.Thread(target=self._run, name=f"node-heartbeat-{self.node_id}", daemon=True)
+        self._thread.start()
+        self._ticker = self._event_loop.create_task(self._tick())
 
-    async def _run(self) -> None:
+    async def _tick(self) -> None:
+        """On the event loop: what the heartbeat thread announces (the load), and that the loop
+        still answers (a loop that stopped answering lets its rooms go)."""
         while True:
-            await asyncio.sleep(BEAT_S)
+            self._refresh()
+            await asyncio.sleep(BEAT_S / 2)
+
+    def _refresh(self) -> None:
+        load = self._load()
+        now = time.monotonic()
+        with self._lock:
+            self._snapshot = load
+            self._loop_seen = now
+            for room in load.busy:
+                self._active[room] = now
+
+    def _run(self) -> None:
+        """The heartbeat, in a thread of its own: a busy event loop (joins on a loaded machine)
+        must not make a live node look dead; a loop that answers nothing for LOOP_STALL_S does."""
+        while not self._stopping.wait(BEAT_S):
+            if time.monotonic() - self._loop_seen > LOOP_STALL_S:
+                log.error("event loop silent for %.0f s: no heartbeat", time.monotonic() - self._loop_seen)
+                continue
             try:
-                await self._beat()
-            except asyncio.CancelledError:
-                raise
+                self._beat()
             except UNREACHABLE as exc:  # Redis away: the rooms go on here; leases resume when back
                 log.warning("node heartbeat failed: %s", exc)
             except Exception:
@@ -295,29 +334,31 @@ class RedisPlacement:
         (wall0, cpu0), self._cpu_mark = self._cpu_mark, (wall, cpu)
         return (cpu - cpu0) / (wall - wall0) if wall > wall0 else 0.0
 
-    async def _beat(self) -> None:
+    def _beat(self) -> None:
+        """One heartbeat (in the heartbeat thread, with its own Redis connection)."""
         now = time.monotonic()
-        idle = [room for room, at in self._active.items() if now - at > IDLE_RELEASE_S]
+        with self._lock:
+            idle = [room for room, at in self._active.items() if now - at > IDLE_RELEASE_S]
+            load = self._snapshot
         rooms_key = f"{self._node_prefix}{self.node_id}:rooms"
-        held, lost = await self._renew(
+        held, lost = self._sync_renew(
             keys=[rooms_key, self._placement_prefix], args=[self.node_id, self._lease_ms(), *idle]
         )
-        for room in idle:
-            self._active.pop(room, None)
-        load = self._load()
-        for room in load.busy:
-            self._active[room] = now
-        for room in held:  # placed here by another node: idle from now until its first join
-            self._active.setdefault(room, now)
-        count = len(held)
+        with self._lock:
+            for room in idle:
+                self._active.pop(room, None)
+            for room in held:  # placed here by another node: idle from now until its first join
+                self._active.setdefault(room, now)
+            for room in lost:
+                self._active.pop(room, None)
         key = self._node_prefix + self.node_id
-        async with self._redis.pipeline(transaction=True) as pipe:
+        with self._sync.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
                 mapping={
                     "url": self.url,
                     "endpoints": load.endpoints,
-                    "rooms": int(count),
+                    "rooms": len(held),
                     "cpu": round(self._cpu(), 3),
                     "draining": int(self.draining),
                     "pid": os.getpid(),
@@ -325,34 +366,51 @@ class RedisPlacement:
             )
             pipe.pexpire(key, self._lease_ms())
             pipe.sadd(self._nodes_key, self.node_id)
-            await pipe.execute()
+            pipe.execute()
         gap = time.time() - self.last_beat_at if self.last_beat_at else 0.0
         if gap > 2 * BEAT_S:
             log.warning("node heartbeat %.1f s after the last one (expiry %.0f s)", gap, NODE_TTL_S)
         self.last_beat_at = time.time()
-        for room in lost:  # another node took it (this one's beats came too late): hand it over
-            self._active.pop(room, None)
-            host = await self.host_of(room)
-            log.warning("room %s is no longer placed here (now on %s)", room, host and host.node_id)
-            result = self._lost(room, host)
-            if asyncio.iscoroutine(result):
-                await result
+        if lost and self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._hand_over, list(lost))
+
+    def _hand_over(self, rooms: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._lost_rooms(rooms))
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
+
+    async def _lost_rooms(self, rooms: list[str]) -> None:
+        """Another node took these rooms (this one's beats came too late): hand them over."""
+        for room in rooms:
+            try:
+                host = await self.host_of(room)
+                log.warning("room %s is no longer placed here (now on %s)", room, host and host.node_id)
+                result = self._lost(room, host)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("handing room %s over failed", room)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await self._ticker
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2 * BEAT_S + 3)
         # A node that stops cleanly gives its rooms up at once: the next join places them elsewhere.
+        with self._lock:
+            active = list(self._active)
         with contextlib.suppress(*UNREACHABLE):
             await self._renew(
                 keys=[f"{self._node_prefix}{self.node_id}:rooms", self._placement_prefix],
-                args=[self.node_id, self._lease_ms(), *self._active],
+                args=[self.node_id, self._lease_ms(), *active],
             )
             await self._redis.delete(self._node_prefix + self.node_id)
             await self._redis.srem(self._nodes_key, self.node_id)
         await self._redis.aclose()
+        self._sync.close()
 
 
 def _node_info(node_id: str, raw: dict[str, str]) -> NodeInfo:
