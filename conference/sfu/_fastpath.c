@@ -164,6 +164,19 @@ static int slot_long(PyObject *obj, int i, long long *out) {
     return 0;
 }
 
+/* A slot's unsigned 64-bit int (the extension word's tag and masks), as slot_long. */
+static int slot_ulong(PyObject *obj, int i, unsigned long long *out) {
+    PyObject *v = SLOT(obj, i);
+    if (v == NULL || !PyLong_Check(v))
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(v);
+    if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
 static int set_slot(PyObject *obj, int i, PyObject *value) { /* steals value */
     if (value == NULL)
         return -1;
@@ -198,7 +211,8 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     long long marker = h[0], seq = h[2], timestamp = h[3], ssrc = h[4], pos = h[8], end = h[9];
-    long long live, in_highest, seq_offset, ts_offset, tag, abs_mask, level_mask, level_shift, pt, out_ssrc;
+    long long live, in_highest, seq_offset, ts_offset, level_shift, pt, out_ssrc;
+    unsigned long long tag, abs_mask, level_mask;
     if (slot_long(rw, S_LIVE, &live) || slot_long(rw, S_IN_HIGHEST, &in_highest) ||
         slot_long(rw, S_SEQ_OFFSET, &seq_offset) || slot_long(rw, S_TS_OFFSET, &ts_offset) ||
         slot_long(rw, S_PAYLOAD_TYPE, &pt) || slot_long(rw, S_SSRC, &out_ssrc))
@@ -211,8 +225,9 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (vp8_obj == NULL || !PyBool_Check(vp8_obj) || prefix == NULL || !PyBytes_Check(prefix) ||
         PyBytes_GET_SIZE(prefix) != 4 || suffix == NULL || !PyBytes_Check(suffix))
         Py_RETURN_NONE;
-    if (slot_long(rw, S_TAG, &tag) || slot_long(rw, S_ABS_MASK, &abs_mask) ||
-        slot_long(rw, S_LEVEL_MASK, &level_mask) || slot_long(rw, S_LEVEL_SHIFT, &level_shift))
+    if (slot_ulong(rw, S_TAG, &tag) || slot_ulong(rw, S_ABS_MASK, &abs_mask) ||
+        slot_ulong(rw, S_LEVEL_MASK, &level_mask) || slot_long(rw, S_LEVEL_SHIFT, &level_shift) ||
+        level_shift < 0 || level_shift > 57)
         Py_RETURN_NONE;
     long long ast = PyLong_AsLongLong(args[3]);
     if (ast == -1 && PyErr_Occurred())
@@ -235,7 +250,7 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "packet is too long");
         return NULL;
     }
-    unsigned long long word = (unsigned long long)tag | ((unsigned long long)ast & (unsigned long long)abs_mask);
+    unsigned long long word = tag | ((unsigned long long)ast & abs_mask);
     if (!vp8 && level_mask) {
         long long level = 127;
         if (level_obj != Py_None) {
