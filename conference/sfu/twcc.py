@@ -18,6 +18,7 @@ RTCP transport feedback (PT 205, FMT 15) with each packet's arrival delta or its
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 
 from .extmap import answered_extension, offer_extension
@@ -27,7 +28,10 @@ URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 
 INTERVAL_S = 0.05  # feedback every 50 ms while packets arrive (libwebrtc adapts 50-250 ms)
 MAX_STATUS_PER_PACKET = 1000  # sequence numbers one feedback packet covers at most
-_RING = 1 << 14  # arrival times kept (a feedback interval is a few hundred packets)
+# Arrival times kept: a feedback interval (100 ms) is a few dozen packets of one endpoint, so 4,096
+# covers a stall of seconds. Typed arrays: a list held two int objects per slot, ~1 MB per publisher
+# once full (50 MB of a 50-endpoint meeting's RSS, filling over its first minutes).
+_RING = 1 << 12
 REREPORT_WINDOW = 1000  # a packet this far behind the reported ones is not reported again
 
 _HEAD = struct.Struct("!BBHIIHHI")  # RTCP header, sender SSRC, media SSRC, base, count, ref|fb count
@@ -172,8 +176,8 @@ class TransportCcReceiver:
 
     def __init__(self, ext_id: int) -> None:
         self.ext_id = ext_id
-        self._arrivals: list[int] = [0] * _RING
-        self._seqs: list[int] = [-1] * _RING  # which sequence number each arrival slot holds
+        self._arrivals = array("q", bytes(8 * _RING))
+        self._seqs = array("q", [-1]) * _RING  # which sequence number each arrival slot holds
         self._highest = -1  # unwrapped (offset by 2^16 so a packet just before the first stays >= 0)
         self._start = -1  # the first sequence number not reported yet
         self._count = 0  # feedback packet count (8 bits on the wire)
