@@ -297,7 +297,7 @@ async def room_public(request: web.Request) -> web.Response:
             "likes": 0 if site.audience is None else await site.audience.likes(room),
             "figures": None if site.audience is None else site.audience.figures(room),
             "comment_moderation": state.comment_moderation,
-            "compositor": {"running": room in streams and streams[room].process is not None},
+            "compositor": {"running": room in streams and streams[room].channel is not None},
             "auto_broadcast": state.auto_broadcast,
             **{k: v for k, v in public_json(state).items() if k not in ("playlist", "broadcasting")},
         }

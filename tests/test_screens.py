@@ -178,8 +178,9 @@ def test_session_lifetime_is_bounded(ttl: int, settings) -> None:
 async def test_a_link_revoked_on_one_server_closes_its_screen_on_another(
     signaling_server, connect, mint, settings
 ) -> None:
-    """Two processes sharing rooms through Redis: the link and its revocation are room state, and
-    the process holding the screen's socket closes it when the other one revokes the link."""
+    """Two processes sharing rooms through Redis: the link and its revocation are room state; the
+    screen's socket is on the room's node (a join elsewhere is answered moved), and the other
+    process refuses the revoked link."""
     import os
     import uuid
 
@@ -197,10 +198,15 @@ async def test_a_link_revoked_on_one_server_closes_its_screen_on_another(
         chair = await connect(one, mint("shared", "chair", "chair"))
         await chair.ok("join")
         created = await chair.ok("create_screen_link", identity="hall-a")
-        screen = await connect(two, created["token"])
+        # The room lives on the chair's node: the screen's join at the other one is sent there.
+        elsewhere = await connect(two, created["token"])
+        moved = await elsewhere.request("join")
+        assert moved["type"] == "error" and moved["code"] == "moved", moved
+        screen = await connect(one, created["token"])
         await screen.ok("join")
         await chair.ok("revoke_screen_link", link_id=created["link"]["id"])
         assert await screen.closed() == 4403
+        # The other process was never told in memory: it refuses the revoked link from the store.
         refused = await connect(two, created["token"])
         assert await refused.closed() == 4403
     finally:

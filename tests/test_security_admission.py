@@ -126,7 +126,11 @@ async def test_removal_on_one_server_holds_on_another_through_redis(
         chair = await connect(one, mint("shared", "chair", "chair"))
         await chair.ok("join")
         token = mint("shared", "hall-a", "venue")
-        venue = await connect(two, token)
+        # The room lives on the chair's node: a join at the other one is sent there (moved).
+        elsewhere = await connect(two, token)
+        moved = await elsewhere.request("join")
+        assert moved["type"] == "error" and moved["code"] == "moved", moved
+        venue = await connect(one, token)
         await venue.ok("join")
         await chair.wait_for(lambda m: m["type"] == "event" and m["event"]["kind"] == "participant_joined")
         await chair.ok("remove", identity="hall-a")
