@@ -67,8 +67,8 @@ class Settings:
     # sendto in one call per copy) when it was built; false forces the pure-Python path.
     native_send: bool = True
     # Offer RTX (RFC 4588) on what subscribers receive, so answered NACKs go out on their own stream.
-    # Off by default: with it on, a Chromium venue receiving a publisher behind 5 % loss froze more
-    # (1-3 freezes per 20 s window in 6 runs, against 0-1 in 3 without; docs/performance.md).
+    # Off by default until measured: in the impaired-link test a venue froze more with it on in one
+    # series of runs, not settled (docs/performance.md, "Media over real networks").
     subscriber_rtx: bool = False
     # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
     # (None: no cap beyond max_endpoints - 1).
