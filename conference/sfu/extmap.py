@@ -22,6 +22,24 @@ def _mid(section: list[str]) -> str | None:
     return next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
 
 
+def _with_extension(section: list[str], ext_id: int, uri: str, feedback: str | None) -> list[str]:
+    """One m-section with ``a=extmap:<ext_id> uri`` (after its last extmap, or after its mid) and
+    ``a=rtcp-fb:<pt> feedback`` after each of its payload types' rtpmap if given."""
+    edited: list[str] = []
+    for line in section:
+        edited.append(line)
+        if feedback and line.startswith("a=rtpmap:"):
+            edited.append(f"a=rtcp-fb:{line[9:].split(' ', 1)[0]} {feedback}")
+    extmaps = [i for i, line in enumerate(edited) if line.startswith("a=extmap:")]
+    at = (
+        extmaps[-1] + 1
+        if extmaps
+        else next(i + 1 for i, line in enumerate(edited) if line.startswith("a=mid:"))
+    )
+    edited.insert(at, f"a=extmap:{ext_id} {uri}")
+    return edited
+
+
 def offer_extension(sdp: str, mids: set[str], uri: str, feedback: str | None = None) -> tuple[str, int]:
     """``sdp`` (an offer) with ``a=extmap:<id> uri`` added to the m-sections ``mids`` under an id
     no m-section uses (one-byte form, 1..14), and ``a=rtcp-fb:<pt> feedback`` for each of their
@@ -36,19 +54,7 @@ def offer_extension(sdp: str, mids: set[str], uri: str, feedback: str | None = N
         if _mid(section) not in mids:
             out += section
             continue
-        edited: list[str] = []
-        for line in section:
-            edited.append(line)
-            if feedback and line.startswith("a=rtpmap:"):
-                edited.append(f"a=rtcp-fb:{line[9:].split(' ', 1)[0]} {feedback}")
-        extmaps = [i for i, line in enumerate(edited) if line.startswith("a=extmap:")]
-        at = (
-            extmaps[-1] + 1
-            if extmaps
-            else next(i + 1 for i, line in enumerate(edited) if line.startswith("a=mid:"))
-        )
-        edited.insert(at, f"a=extmap:{ext_id} {uri}")
-        out += edited
+        out += _with_extension(section, ext_id, uri, feedback)
     return "\r\n".join(out), ext_id
 
 
@@ -75,12 +81,5 @@ def accept_extension(answer: str, offer: str, mids: set[str], uri: str, feedback
         if mid not in mids or mid not in offered:
             out += section
             continue
-        edited: list[str] = []
-        for line in section:
-            edited.append(line)
-            if feedback and line.startswith("a=rtpmap:"):
-                edited.append(f"a=rtcp-fb:{line[9:].split(' ', 1)[0]} {feedback}")
-        at = next(i + 1 for i, line in enumerate(edited) if line.startswith("a=mid:"))
-        edited.insert(at, f"a=extmap:{offered[mid]} {uri}")
-        out += edited
+        out += _with_extension(section, offered[mid], uri, feedback)
     return "\r\n".join(out)
