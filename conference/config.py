@@ -70,6 +70,9 @@ class Settings:
     # Off by default until measured: in the impaired-link test a venue froze more with it on in one
     # series of runs, not settled (docs/performance.md, "Media over real networks").
     subscriber_rtx: bool = False
+    # Ask publishers for three simulcast layers (browsers send them) and give each subscriber's slot
+    # the layer its tile needs (conference.layer_choice); false: one stream per publisher, as sent.
+    simulcast: bool = False
     # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
     # (None: no cap beyond max_endpoints - 1).
     max_previews: int | None = None
@@ -278,6 +281,7 @@ _FIELD_TYPES: dict[str, str] = {
     "publish_max_bitrate": "int",
     "native_send": "bool",
     "subscriber_rtx": "bool",
+    "simulcast": "bool",
     "max_previews": "int?",
     "plain_rtp_host": "str",
     "reconnect_grace_s": "float",

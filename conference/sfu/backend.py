@@ -49,6 +49,7 @@ class SfuBackend:
         plain_rtp_host: str = "127.0.0.1",
         native_send: bool = True,
         subscriber_rtx: bool = False,
+        simulcast: bool = False,
     ) -> None:
         glue.check_aiortc()
         # Which send the WebRTC legs use: "native" (built and allowed) or "python".
@@ -56,6 +57,7 @@ class SfuBackend:
         logger.info("forwarding core: %s send", "native" if self.native_send else "pure-Python")
         self.plain_rtp_host = plain_rtp_host
         self.subscriber_rtx = subscriber_rtx
+        self.simulcast = simulcast
         self.publish_max_bitrate = publish_max_bitrate
         # Never None: aiortc would fall back to Google's public STUN server.
         self.ice_servers: list[RTCIceServer] = list(ice_servers or [])
@@ -317,4 +319,5 @@ def create_backend(settings: Settings | None = None) -> SfuBackend:
         plain_rtp_host=settings.plain_rtp_host,
         native_send=settings.native_send,
         subscriber_rtx=settings.subscriber_rtx,
+        simulcast=settings.simulcast,
     )

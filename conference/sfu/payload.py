@@ -116,6 +116,27 @@ def _vp8_keyframe_at(data: bytes | memoryview, pos: int, end: int) -> bool:
     return not data[pos] & 0x01 and data[pos + 3] == 0x9D and data[pos + 4] == 0x01 and data[pos + 5] == 0x2A
 
 
+def vp8_keyframe_width(data: bytes | memoryview, pos: int, end: int) -> int:
+    """The picture width a VP8 keyframe's first packet carries (RFC 6386 9.1: after the start
+    code, 14 bits little-endian), 0 if the packet is not a keyframe's first. Read on keyframes only,
+    to tell simulcast layers' sizes apart without decoding."""
+    if not _vp8_keyframe_at(data, pos, end):
+        return 0
+    b1 = data[pos + 1] if data[pos] & 0x80 else 0
+    q = pos + 1
+    if data[pos] & 0x80:
+        q += 1
+        if b1 & 0x80:
+            q += 2 if data[q] & 0x80 else 1
+        if b1 & 0x40:
+            q += 1
+        if b1 & 0x30:
+            q += 1
+    if end - q < 8:
+        return 0
+    return (data[q + 6] | (data[q + 7] << 8)) & 0x3FFF
+
+
 def vp8_is_keyframe(payload: bytes | memoryview) -> bool:
     """True if this RTP payload is the first packet of a VP8 keyframe."""
     return _vp8_keyframe_at(payload, 0, len(payload))

@@ -18,7 +18,7 @@ from ..policy import Voice
 from .audiolevel import OpusLevelMeter
 from .keyframes import KeyFrameRequestManager
 from .packet import URI_AUDIO_LEVEL, CodecInfo, RtpHeader, abs_send_time, audio_level
-from .payload import is_keyframe
+from .payload import is_keyframe, vp8_keyframe_width
 from .reception import PacketCache, ReceptionStats
 from .rtcp import rtcp_nack, rtcp_receiver_report, rtcp_remb
 from .stats import Counters
@@ -39,6 +39,10 @@ REPORT_INTERVAL = 1.0  # receiver reports (and REMB) to each publisher
 MAX_STREAMS = 8
 STREAM_CHANGE_BURST = 4
 STREAM_CHANGE_REFILL_S = 5.0
+# A simulcast layer with no packet for this long is not arriving (the browser stopped it: its
+# uplink estimate fell, or the camera is too small for it): its subscribers move to another layer.
+LAYER_SILENT_S = 1.0
+BITRATE_WINDOW_S = 1.0
 
 
 class Upstream(Protocol):
@@ -127,6 +131,15 @@ class Producer:
         self._streams: set[tuple[int, int]] = set()
         self._changes = float(STREAM_CHANGE_BURST)
         self._changes_at = time.monotonic()
+        # Simulcast (``simulcast.SimulcastLayers``): this producer's layer (0 = lowest; -1: the
+        # publisher sends one stream), the group of its layers low to high, and what the layer
+        # choice (``conference.layer_choice``) needs: its width from its keyframes, its bitrate.
+        self.layer = -1
+        self.group: list[Producer] | None = None
+        self.width = 0
+        self.bitrate = 0
+        self._rate_octets = 0
+        self._rate_at = 0.0
 
     def __repr__(self) -> str:
         return f"Producer({self.identity}/{self.kind})"
@@ -185,6 +198,10 @@ class Producer:
             if keyframe:
                 self.keyframe_wanted = False
                 self.keyframes.received()
+                if self.layer >= 0 and self.codec == "vp8":
+                    self.width = (
+                        vp8_keyframe_width(data, header.payload_offset, header.payload_end) or self.width
+                    )
                 nack = self.reception.nack
                 if nack is not None and nack.missing:
                     nack.keyframe(header.sequence)
@@ -290,6 +307,17 @@ class Producer:
             self.listener.producer_started(self)
         return True
 
+    def arriving(self, now: float) -> bool:
+        """Whether packets arrive (``now``: time.time())."""
+        return self.ssrc is not None and now - self.last_packet_at < LAYER_SILENT_S
+
+    def _measure_bitrate(self, now: float) -> None:
+        elapsed = now - self._rate_at
+        if elapsed >= BITRATE_WINDOW_S:
+            if self._rate_at:
+                self.bitrate = int((self.octets - self._rate_octets) * 8 / elapsed)
+            self._rate_octets, self._rate_at = self.octets, now
+
     # feedback to the publisher
     def _send_nack(self, lost: list[int]) -> None:
         if self.ssrc is None:
@@ -343,6 +371,8 @@ class Producer:
         with the room's bitrate cap."""
         if self.ssrc is None:
             return
+        if self.layer >= 0:
+            self._measure_bitrate(now)
         nack = self.reception.nack
         if nack is not None:
             rtt = self.upstream.round_trip()

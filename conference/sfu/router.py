@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import policy
+from .. import layer_choice, policy
 from ..clip_cue import CLIP_IDENTITY
 from ..media import RecordingSink
 from ..room import RoomState
@@ -65,18 +65,41 @@ class Router:
         transport = self.transports.get(identity)
         if transport is None or transport.closed:
             return None
+        if kind == "video" and transport.video_layers:
+            # A simulcast publisher: its best layer that has started (what the recorder keeps).
+            return next((p for p in reversed(transport.video_layers) if p.ssrc is not None), None)
         producer = transport.producers.get(kind)
         if producer is None or producer.ssrc is None:
             return None
         return producer
 
     def producers(self, kind: Kind) -> list[Producer]:
+        """Every producer of ``kind`` that has started, each simulcast layer included."""
         out = []
         for transport in self.transports.values():
+            if kind == "video" and transport.video_layers:
+                out += [p for p in transport.video_layers if p.ssrc is not None]
+                continue
             producer = transport.producers.get(kind)
             if producer is not None and producer.ssrc is not None:
                 out.append(producer)
         return out
+
+    def layer_for(self, identity: str | None, tile: int, now: float) -> Producer | None:
+        """The producer to fill a video slot drawn ``tile`` pixels wide with ``identity``: for a
+        simulcast publisher the layer ``layer_choice`` picks among those arriving."""
+        best = self.producer(identity, "video")
+        if best is None or best.group is None:
+            return best
+        arriving = [p for p in best.group if p.arriving(now)]
+        chosen = layer_choice.choose_layer(
+            tile, [layer_choice.Layer(p.layer, p.width, p.bitrate) for p in arriving]
+        )
+        return next((p for p in arriving if p.layer == chosen), best)
+
+    def _records(self, producer: Producer) -> bool:
+        """Whether ``producer`` is the one recorded: a simulcast publisher's best started layer."""
+        return producer.group is None or self.producer(producer.identity, "video") is producer
 
     def preview_slots(self) -> int:
         """One per other endpoint the room can hold (``max_previews`` caps it)."""
@@ -100,7 +123,10 @@ class Router:
     def producer_started(self, producer: Producer) -> None:
         """A publisher's first packet: bind every slot that wants it (a reconnect lands here too)."""
         self.update_audibility()
-        if self._sink is not None:
+        if self._sink is not None and self._records(producer):
+            for layer in producer.group or ():
+                if layer is not producer:
+                    layer.close_sink()  # a better layer started: the recording goes on in it
             producer.open_sink(self._sink)
         self.assign_all()
 
@@ -124,9 +150,13 @@ class Router:
             self.push_slots(transport)
 
     def assign_video(self, transport: Transport) -> None:
-        sources = policy.program_sources(self.state.program.slots, len(transport.video))
+        program = self.state.program
+        sources = policy.program_sources(program.slots, len(transport.video))
+        screen = transport.screen_width
+        now = time.time()
         for track, identity in zip(transport.video, sources, strict=True):
-            track.set_want(identity, self.producer(identity, "video"))
+            tile = layer_choice.tile_width(program.layout, track.index, screen)
+            track.set_want(identity, self.layer_for(identity, tile, now))
         if transport.previews:
             present = {
                 identity
@@ -137,7 +167,7 @@ class Router:
             occupant = policy.assign_previews(transport.preview_order, present, len(transport.previews))
             for track in transport.previews:
                 identity = occupant.get(track.index)
-                track.set_want(identity, self.producer(identity, "video"))
+                track.set_want(identity, self.layer_for(identity, layer_choice.PREVIEW_WIDTH, now))
 
     def _audible(self, identity: str) -> bool:
         producer = self.producer(identity, "audio")
@@ -181,7 +211,7 @@ class Router:
         for kind in ("audio", "video"):
             for producer in self.producers(kind):  # type: ignore[arg-type]
                 producer.close_sink()
-                if sink is not None:
+                if sink is not None and self._records(producer):
                     producer.open_sink(sink)
 
     # every tick
@@ -205,9 +235,15 @@ class Router:
         for kind in ("audio", "video"):
             for producer in self.producers(kind):  # type: ignore[arg-type]
                 producer.feedback(wall)
-        for producer in self.producers("video"):
+        video = self.producers("video")
+        for producer in video:
             if producer.pending and producer.keyframes.overdue(now):
                 producer.request_keyframe()
+        if any(p.group is not None for p in video):
+            # Layers start and stop (the publisher's uplink, its camera): each slot follows.
+            for transport in list(self.transports.values()):
+                if transport.ready and not transport.closed:
+                    self.assign_video(transport)
         for transport in self.transports.values():
             for track in transport.down_tracks():
                 source = track.source

@@ -33,6 +33,7 @@ from .consumer import DownTrack, Role
 from .extmap import answered_extension, offer_extension
 from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, RtpHeader, parse_header, rtx_original
 from .producer import Producer
+from .simulcast import RIDS, SimulcastLayers, answered_rids, offer_simulcast
 from .transport import Kind, Transport
 from .twcc import INTERVAL_S, TransportCcReceiver, answered_transport_cc, offer_transport_cc
 
@@ -47,6 +48,9 @@ AUDIO_CODECS = ("audio/opus",)
 # Per leg socket: a keyframe burst or a moment without CPU must not overflow the kernel's buffer.
 RECEIVE_BUFFER_BYTES = 1024 * 1024
 SENDER_REPORT_INTERVAL = 1.0  # the slots' RTCP sender reports (aiortc's loop: 0.5-1.5 s)
+# A simulcast publisher's REMB cap: the room's cap (publish_max_bitrate) is what one stream may
+# use; the two lower layers add about half of it (Chromium: 150 + 500 kbit/s beside 720p).
+SIMULCAST_CAP_FACTOR = 1.5
 
 
 def codec_info(codecs: list[RTCRtpCodecParameters]) -> list[CodecInfo]:
@@ -81,6 +85,9 @@ class Session(Transport):
         # Transport-wide congestion control feedback, when the endpoint accepted it (browsers do).
         self.transport_cc: TransportCcReceiver | None = None
         self.rtx: dict[int, int] = {}  # the publisher's RTX payload type -> the one it repairs
+        # The publisher's simulcast layers when it answered simulcast (browsers do), else None.
+        self.layers: SimulcastLayers | None = None
+        self.layer_payload_types: frozenset[int] = frozenset()
         self._feedback_timer: asyncio.TimerHandle | None = None
         # Sender reports of the slots, every SENDER_REPORT_INTERVAL, from slots that sent since
         # their last one (packets sent when it was reported, by slot).
@@ -170,6 +177,9 @@ class Session(Transport):
         sdp = _add_fir_feedback(pc.localDescription.sdp)
         if self.publish:
             sdp, _ = offer_transport_cc(sdp, self._publish_mids())
+        publish_video = self.publish.get("video")
+        if publish_video is not None and publish_video.mid is not None and self.router.backend.simulcast:
+            sdp = offer_simulcast(sdp, publish_video.mid)
         video_slots = {self.transceivers[t].mid for t in (*self.video, *self.previews)}
         if video_slots:
             sdp, _ = offer_extension(sdp, {m for m in video_slots if m is not None}, URI_PLAYOUT_DELAY)
@@ -244,19 +254,47 @@ class Session(Transport):
             if not codecs or transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 continue
             extensions = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
+            rids = answered_rids(sdp, transceiver.mid or "") if kind == "video" and backend.simulcast else []
             if kind == "video":
                 self.rtx = rtx_payload_types(glue.negotiated_codecs(transceiver))
-            self.producers[kind] = Producer(
-                self.identity,
-                kind,
-                codecs,
-                extensions,
-                self,
-                self.router,
-                backend.counters,
-                rtcp_ssrc=glue.sender_ssrc(transceiver.sender),
-                max_bitrate=backend.publish_max_bitrate,
-            )
+            cap = backend.publish_max_bitrate
+            rtcp_ssrc = glue.sender_ssrc(transceiver.sender)
+            if len(rids) < 2:
+                self.producers[kind] = Producer(
+                    self.identity,
+                    kind,
+                    codecs,
+                    extensions,
+                    self,
+                    self.router,
+                    backend.counters,
+                    rtcp_ssrc=rtcp_ssrc,
+                    max_bitrate=cap,
+                )
+                continue
+            # One producer per layer; only the lowest (always sent) carries the REMB cap.
+            layers = {
+                rid: Producer(
+                    self.identity,
+                    kind,
+                    codecs,
+                    extensions,
+                    self,
+                    self.router,
+                    backend.counters,
+                    rtcp_ssrc=rtcp_ssrc,
+                    max_bitrate=int(cap * SIMULCAST_CAP_FACTOR) if n == 0 else 0,
+                )
+                for n, rid in enumerate(rids)
+            }
+            self.layers = SimulcastLayers(sdp, transceiver.mid or "", layers)
+            group = self.layers.producers
+            for rid, producer in layers.items():
+                producer.layer = RIDS.index(rid)
+                producer.group = group
+            self.video_layers = group
+            self.producers[kind] = group[0]
+            self.layer_payload_types = frozenset(c.payload_type for c in codecs)
         self.video = [t for t in self.video if t.configured]
         self.audio = [t for t in self.audio if t.configured]
         self.previews = [t for t in self.previews if t.configured]
@@ -317,12 +355,19 @@ class Session(Transport):
             if header.payload_type in self.rtx:
                 self._on_rtx(data, header)
                 return
+            layers = self.layers
+            if layers is not None and header.payload_type in self.layer_payload_types:
+                producer = layers.layer_of(data, header)
+                if producer is not None:  # an SSRC not marked with its RID yet is dropped
+                    producer.receive(data, header)
+                return
             self.route(data, header)
 
     def _on_rtx(self, data: bytes, header: RtpHeader) -> None:
         """A retransmission (or RTX padding, a bandwidth probe): the original packet goes on to the
         producer only if it is still missing there (probes resend packets that arrived)."""
-        video = self.producers.get("video")
+        layers = self.layers
+        video = layers.layer_of_repair(data, header) if layers is not None else self.producers.get("video")
         if video is None or video.ssrc is None:
             return
         nack = video.reception.nack
@@ -331,7 +376,10 @@ class Session(Transport):
             return
         packet, original_header = original
         if original_header.sequence in nack.missing:
-            self.route(packet, original_header)
+            if layers is not None:
+                video.receive(packet, original_header)
+            else:
+                self.route(packet, original_header)
 
     def _send_sender_reports(self) -> None:
         """RTCP SR (+ SDES CNAME) for every slot that sent since its last report, in as few

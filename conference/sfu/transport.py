@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..layer_choice import SCREEN_WIDTH
 from .consumer import DownTrack
 from .packet import CodecInfo
 from .producer import Producer
@@ -27,6 +28,9 @@ class Transport:
         self.router = router
         self.identity = identity
         self.producers: dict[Kind, Producer] = {}
+        # A simulcast publisher's video layers, low to high (``producers["video"]`` is the lowest);
+        # empty when it publishes one stream.
+        self.video_layers: list[Producer] = []
         self.video: list[DownTrack] = []
         self.audio: list[DownTrack] = []
         self.previews: list[DownTrack] = []
@@ -65,6 +69,17 @@ class Transport:
                 max_bitrate=max_bitrate,
             )
 
+    def all_producers(self) -> list[Producer]:
+        """Every producer of this endpoint, each simulcast layer included."""
+        out = list(self.producers.values())
+        return out + [p for p in self.video_layers if p not in out]
+
+    @property
+    def screen_width(self) -> int:
+        """The width this endpoint draws the program at (``layer_choice.SCREEN_WIDTH``)."""
+        options = getattr(self, "options", None)
+        return SCREEN_WIDTH.get(getattr(options, "device", "venue"), SCREEN_WIDTH["venue"])
+
     def round_trip(self) -> float | None:
         """The round trip to the endpoint from RTCP, if the transport measures one."""
         return None
@@ -95,7 +110,7 @@ class Transport:
             "transport": self.kind,
             "packets_out": packets,
             "bytes_out": octets,
-            "packets_in": sum(p.packets for p in self.producers.values()),
+            "packets_in": sum(p.packets for p in self.all_producers()),
             "slots": {
                 t.mid or f"{t.role}{t.index}": {
                     "identity": t.source.identity if t.source else None,
@@ -112,7 +127,7 @@ class Transport:
         """Leave the router and release producers and slots (the transport-specific part follows)."""
         self._closed = True
         self.router.transport_closed(self)
-        for producer in self.producers.values():
+        for producer in self.all_producers():
             producer.stop()
         for track in self.down_tracks():
             track.close()

@@ -1,0 +1,109 @@
+"""Which simulcast layer each video slot of a subscriber receives: pure policy, no clock, no I/O.
+
+A publisher's browser sends its camera in up to three layers (``q``, ``h``, ``f``: a quarter, half
+and all of its resolution). Each subscriber's slot gets the smallest layer that still fills the
+tile it is drawn in (as LiveKit's adaptive stream does with the sizes its clients report): a
+``grid-3x3`` thumbnail gets ``q``, the program's full-screen slot ``f``. Then, if the subscriber's
+estimated bandwidth cannot carry the sum of its slots, the largest tiles step down first, one layer
+at a time, until it fits or every slot is on its lowest layer.
+
+The tile's size comes from the program's layout (``conference.layouts``: fractions of a 16:9
+canvas) and the width the subscriber's device shows it at (``SCREEN_WIDTH``): the server makes the
+choice from what it knows of the room, so a venue screen needs to report nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .layouts import LAYOUTS
+
+# The width a device draws the program canvas at (a venue's screen is a 720p or larger display; a
+# phone upright shows the canvas across its width; the chair's previews are thumbnails).
+SCREEN_WIDTH = {"venue": 1280, "phone": 390, "clip": 1280}
+PREVIEW_WIDTH = 160  # the chair console's preview tiles: always the lowest layer
+# A layer at least this fraction of the tile's width looks sharp enough once scaled up (a 320-wide
+# layer in a 427-wide grid-3x3 tile): the layer above would cost 3-4 times the bits for little.
+UPSCALE = 0.7
+# Bits per second a layer of this width costs, when nothing was measured (Chromium's targets for
+# 180p, 360p and 720p camera layers).
+DEFAULT_BITRATES = ((320, 150_000), (640, 500_000), (1280, 1_500_000))
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One layer of a publisher as the policy sees it: its width (0: not known yet) and the bits
+    per second it arrives at (0: not measured). Only layers that are arriving are offered."""
+
+    index: int
+    width: int = 0
+    bitrate: int = 0
+
+
+def tile_width(layout: str, slot: int, screen_width: int) -> int:
+    """The width in pixels slot ``slot`` of ``layout`` is drawn at on a screen ``screen_width``
+    wide; 0 if the layout has no such slot (nothing is shown there)."""
+    found = LAYOUTS.get(layout)
+    if found is None or not 0 <= slot < found.size:
+        return 0
+    return round(found.slots[slot].w * screen_width)
+
+
+def _width(layer: Layer, top: Layer) -> int:
+    """A layer's width, or its size relative to the top layer's (each layer half the next)."""
+    if layer.width:
+        return layer.width
+    top_width = top.width or DEFAULT_BITRATES[-1][0]
+    return top_width >> max(0, top.index - layer.index)
+
+
+def choose_layer(tile: int, layers: Sequence[Layer]) -> int | None:
+    """The index of the smallest arriving layer at least ``UPSCALE`` of the tile's width, else the
+    largest; None if no layer arrives. ``layers`` is ordered low to high."""
+    if not layers:
+        return None
+    top = layers[-1]
+    for layer in layers:
+        if _width(layer, top) >= tile * UPSCALE:
+            return layer.index
+    return top.index
+
+
+def _bitrate(layer: Layer, top: Layer) -> int:
+    if layer.bitrate:
+        return layer.bitrate
+    width = _width(layer, top)
+    return next((bits for w, bits in DEFAULT_BITRATES if width <= w), DEFAULT_BITRATES[-1][1])
+
+
+def fit_bandwidth(
+    choices: Sequence[int | None], layers: Sequence[Sequence[Layer]], estimate: int | None
+) -> list[int | None]:
+    """``choices`` (one per slot: the chosen layer index, None for an empty slot) stepped down
+    until the layers' bitrates sum to at most ``estimate`` bits per second (None: no estimate, no
+    change): the slot whose current layer costs the most steps down one arriving layer first (on a
+    tie the later slot)."""
+    out = list(choices)
+    if estimate is None:
+        return out
+    by_index = [{layer.index: layer for layer in slot} for slot in layers]
+
+    def cost(i: int) -> int:
+        chosen = out[i]
+        return _bitrate(by_index[i][chosen], layers[i][-1]) if chosen is not None else 0
+
+    while sum(cost(i) for i in range(len(out))) > estimate:
+        lower = [
+            i
+            for i, chosen in enumerate(out)
+            if chosen is not None and any(layer.index < chosen for layer in layers[i])
+        ]
+        if not lower:
+            break
+        worst = max(lower, key=lambda i: (cost(i), i))  # on a tie the later slot: slot 0 is the main one
+        current = out[worst]
+        out[worst] = max(
+            layer.index for layer in layers[worst] if current is not None and layer.index < current
+        )
+    return out

@@ -1,0 +1,122 @@
+"""The simulcast layer choice (pure policy) and the SDP and packet parts it relies on: the offer's
+RIDs, the answer's layers, the layers told apart by their RID extension, a VP8 keyframe's width."""
+
+from __future__ import annotations
+
+from conference.layer_choice import (
+    PREVIEW_WIDTH,
+    SCREEN_WIDTH,
+    Layer,
+    choose_layer,
+    fit_bandwidth,
+    tile_width,
+)
+from conference.sfu.packet import parse_header
+from conference.sfu.payload import vp8_keyframe_width
+from conference.sfu.simulcast import URI_RID, SimulcastLayers, answered_rids, offer_simulcast
+
+THREE = [Layer(0, 320, 150_000), Layer(1, 640, 500_000), Layer(2, 1280, 1_500_000)]
+
+
+def test_tile_sizes_from_the_layout() -> None:
+    assert tile_width("single", 0, SCREEN_WIDTH["venue"]) == 1280
+    assert tile_width("grid-3x3", 4, 1280) == 427
+    assert tile_width("pip", 1, 1280) == 320
+    assert tile_width("grid-2x2", 4, 1280) == 0  # no such slot: nothing drawn
+    assert tile_width("no-such-layout", 0, 1280) == 0
+
+
+def test_small_tiles_get_low_layers_the_full_screen_the_top() -> None:
+    assert choose_layer(1280, THREE) == 2
+    assert choose_layer(tile_width("side-by-side", 0, 1280), THREE) == 1  # 640
+    assert choose_layer(tile_width("grid-3x3", 0, 1280), THREE) == 0  # 427: 320 is over 0.7 of it
+    assert choose_layer(tile_width("single", 0, SCREEN_WIDTH["phone"]), THREE) == 0
+    assert choose_layer(PREVIEW_WIDTH, THREE) == 0
+    assert choose_layer(0, THREE) == 0  # an empty tile costs the least
+
+
+def test_only_arriving_layers_are_chosen() -> None:
+    assert choose_layer(1280, THREE[:2]) == 1  # the top layer stopped: the best there is
+    assert choose_layer(320, THREE[1:]) == 1  # the lowest stopped: the next one up
+    assert choose_layer(1280, []) is None
+
+
+def test_widths_not_known_are_taken_as_halves_of_the_next() -> None:
+    unknown = [Layer(0), Layer(1), Layer(2)]  # H.264: no width read from keyframes
+    assert choose_layer(1280, unknown) == 2
+    assert choose_layer(640, unknown) == 1
+    assert choose_layer(400, unknown) == 0
+    assert choose_layer(640, [Layer(0, 160), Layer(1, 320), Layer(2, 640)]) == 2  # a small camera
+
+
+def test_bandwidth_steps_the_largest_tiles_down_first() -> None:
+    layers = [THREE, THREE, THREE, THREE]
+    full = [2, 1, 1, 0]  # 1500 + 500 + 500 + 150 kbit/s
+    assert fit_bandwidth(full, layers, None) == full
+    assert fit_bandwidth(full, layers, 5_000_000) == full
+    assert fit_bandwidth(full, layers, 1_700_000) == [1, 1, 1, 0]  # 1650
+    assert fit_bandwidth(full, layers, 1_000_000) == [1, 0, 0, 0]  # 950: the top slot keeps the most
+    assert fit_bandwidth(full, layers, 100_000) == [0, 0, 0, 0]  # as low as it goes
+    assert fit_bandwidth([2, None], [THREE, THREE], 600_000) == [1, None]
+
+
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n"
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=rtpmap:96 VP8/90000\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n"
+)
+
+
+def test_the_offer_asks_for_three_layers_on_the_publish_section_only() -> None:
+    sdp = offer_simulcast(OFFER, "1")
+    publish, slot = sdp.split("a=mid:2")
+    assert "a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv q;h;f\r\n" in publish
+    assert f"a=extmap:2 {URI_RID}\r\n" in publish
+    assert "rid" not in slot
+    answer = sdp.replace("recv", "send").replace("a=simulcast:send q;h;f", "a=simulcast:send q;~h;f")
+    assert answered_rids(answer, "1") == ["q", "f"]  # a paused layer is not expected
+    assert answered_rids(OFFER, "1") == []  # no simulcast answered: one stream
+
+
+def rtp_with_rid(ssrc: int, rid: bytes | None, ext_id: int = 2) -> bytes:
+    head = bytes((0x90 if rid else 0x80, 96)) + (1).to_bytes(2, "big") + (0).to_bytes(4, "big")
+    head += ssrc.to_bytes(4, "big")
+    if rid is None:
+        return head + b"\x10\x02"
+    element = bytes(((ext_id << 4) | (len(rid) - 1),)) + rid
+    element += b"\x00" * (-len(element) % 4)
+    return head + b"\xbe\xde" + (len(element) // 4).to_bytes(2, "big") + element + b"\x10\x02"
+
+
+def test_layers_are_told_apart_by_the_rid_then_by_ssrc() -> None:
+    answer = offer_simulcast(OFFER, "1").replace("recv", "send")
+    low, high = object(), object()
+    layers = SimulcastLayers(answer, "1", {"q": low, "f": high})  # type: ignore[dict-item]
+    assert layers.rid_ext == 2
+    first = rtp_with_rid(111, b"q")
+    assert layers.layer_of(first, parse_header(first)) is low  # type: ignore[arg-type]
+    later = rtp_with_rid(111, None)  # the RID is no longer sent once the SSRC is known
+    assert layers.layer_of(later, parse_header(later)) is low  # type: ignore[arg-type]
+    unknown = rtp_with_rid(222, None)
+    assert layers.layer_of(unknown, parse_header(unknown)) is None  # type: ignore[arg-type]
+    other = rtp_with_rid(222, b"x")
+    assert layers.layer_of(other, parse_header(other)) is None  # type: ignore[arg-type]
+    moved = rtp_with_rid(333, b"q")  # the layer's new SSRC replaces its old one
+    assert layers.layer_of(moved, parse_header(moved)) is low  # type: ignore[arg-type]
+    assert layers.by_ssrc == {333: low}
+
+
+def test_vp8_keyframe_width() -> None:
+    # Descriptor X=1 S=1, I=1 with a 15-bit picture id; frame tag (key), start code, 640 x 360.
+    descriptor = bytes((0x90, 0x80, 0x81, 0x23))
+    frame = (
+        bytes((0x50, 0x02, 0x00, 0x9D, 0x01, 0x2A))
+        + (640).to_bytes(2, "little")
+        + (360).to_bytes(2, "little")
+    )
+    payload = descriptor + frame
+    assert vp8_keyframe_width(payload, 0, len(payload)) == 640
+    delta = descriptor + bytes((0x51,)) + frame[1:]
+    assert vp8_keyframe_width(delta, 0, len(delta)) == 0
+    assert vp8_keyframe_width(payload, 0, len(payload) - 3) == 0  # truncated
