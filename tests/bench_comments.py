@@ -2,6 +2,7 @@
 (not collected by pytest).
 
     python tests/bench_comments.py [--viewers 1000] [--seconds 20] [--abusers 50] [--venues 4]
+    python tests/bench_comments.py --url URL --admin-key KEY --server-pid PID --room R   # beside a meeting
 
 One server (the default SQLite stores in a temporary data directory) in this process, with a small
 meeting in its media core (``--venues`` publishers fed in-process, as in tests/bench_live.py, and
@@ -281,6 +282,64 @@ async def run(viewers: int, seconds: float, abusers: int, venues: int, data_dir:
             await meeting.close()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def beside(url: str, admin_key: str, server_pid: int, room: str, viewers: int, seconds: float,
+                 abusers: int, wait_endpoints: int, wait_settle: float) -> None:  # fmt: skip
+    """The crowd against a server already running a meeting (``conference bench --url``): the
+    public page of that meeting's room. The server's CPU is read from /proc: a phase of the meeting
+    alone first, so the public side's share is the difference. The meeting's own figures
+    (delivery, forwarding delay) are in the report of the ``conference bench`` beside."""
+    import aiohttp
+
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        for _ in range(1200):  # bounded: ten minutes
+            async with http.get(f"{url}/api/stats") as resp:
+                sessions = (await resp.json())["media"].get("per_session") or {}
+            if sum(1 for key in sessions if key.split("/", 1)[0] == room) >= wait_endpoints:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise SystemExit(f"the meeting in {room} never reached {wait_endpoints} endpoints")
+        print(f"the meeting: {wait_endpoints} endpoints in; {wait_settle:.0f} s more", flush=True)
+        await asyncio.sleep(wait_settle)
+        async with http.get(f"{url}/api/rooms/{room}/public") as resp:
+            code = (await resp.json())["code"]
+    alone = None
+    for phase, bad in (("meeting alone", -1), ("realistic", 0), ("abusive", abusers)):
+        cpu0, wall0 = process_cpu_seconds(server_pid), time.monotonic()
+        if bad < 0:
+            await asyncio.sleep(seconds)
+            result: dict[str, Any] = {}
+        else:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--crowd", url, code, str(viewers), str(seconds), str(bad),
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            result = json.loads((await child.communicate())[0].decode().strip().splitlines()[-1])
+        cores = (process_cpu_seconds(server_pid) - cpu0) / (time.monotonic() - wall0)
+        if bad < 0:
+            alone = cores
+            print(f"{phase}: server CPU {cores:.3f} core ({time.strftime('%H:%M:%S')})", flush=True)
+            continue
+        delays = [d for d in result["delays"] if d != float("inf")]
+        statuses = result["status"]
+        print(
+            f"{phase}: {viewers} viewers ({result['streams']} streams, {result['stream_errors']} broken), "
+            f"{bad} abusers; {sum(statuses.values()) / seconds:.0f} posts/s answered "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}); server CPU {cores:.3f} core "
+            f"(the public side {cores - (alone or 0):+.3f}, incl. stream set-up); likes pushed to every "
+            f"viewer: p50 {pct(delays, 0.5):.2f} s, p99 {pct(delays, 0.99):.2f} s, max "
+            f"{max(delays, default=0):.2f} s over {result['probes']} probes x {viewers} viewers "
+            f"({len(result['delays']) - len(delays)} not seen) ({time.strftime('%H:%M:%S')})",
+            flush=True,
+        )
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--viewers", type=int, default=1000)
@@ -288,10 +347,28 @@ async def main() -> int:
     parser.add_argument("--abusers", type=int, default=50)
     parser.add_argument("--venues", type=int, default=4, help="in-process publishers of a meeting (0: none)")
     parser.add_argument("--crowd", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help="a running server with a meeting (conference bench --url) instead")
+    parser.add_argument("--admin-key", default=ADMIN, help="with --url: the server's admin key")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server's pid (its CPU)")
+    parser.add_argument("--room", default="bench", help="with --url: the meeting's room")
+    parser.add_argument(
+        "--wait-endpoints", type=int, default=0, help="with --url: wait for N endpoints in --room"
+    )
+    parser.add_argument("--wait-settle", type=float, default=0.0, help="then S seconds more")
     args = parser.parse_args()
     if args.crowd:
         base, code, viewers, seconds, abusers = args.crowd
         print(json.dumps(await crowd(base, code, int(viewers), float(seconds), int(abusers))))
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    if args.url:
+        if args.server_pid is None:
+            raise SystemExit("--url needs --server-pid")
+        await beside(
+            args.url, args.admin_key, args.server_pid, args.room, args.viewers, args.seconds,
+            args.abusers, args.wait_endpoints, args.wait_settle,
+        )  # fmt: skip
         return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))

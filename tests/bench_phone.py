@@ -67,6 +67,18 @@ async def wait_http(url: str) -> None:
     raise RuntimeError("server did not start")
 
 
+async def wait_for_meeting(http: aiohttp.ClientSession, url: str, room: str, endpoints: int) -> None:
+    """Until the server carries ``endpoints`` media sessions outside the callers' ``room`` (bounded:
+    ten minutes)."""
+    for _ in range(1200):
+        async with http.get(f"{url}/api/stats") as r:
+            sessions = (await r.json())["media"].get("per_session") or {}
+        if sum(1 for key in sessions if key.split("/", 1)[0] != room) >= endpoints:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the meeting beside never reached {endpoints} endpoints")
+
+
 class RunningServer:
     """A server this benchmark did not start (--url): measured by its pid, never stopped."""
 
@@ -87,6 +99,8 @@ async def real_calls(
     admin_key: str = ADMIN_KEY,
     server_pid: int | None = None,
     room: str = "bench",
+    wait_endpoints: int = 0,
+    wait_settle: float = 0.0,
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-phone-"))
     sip_port = free_port()
@@ -147,7 +161,8 @@ async def real_calls(
                     raise RuntimeError("gateway did not start: " + (tmp / "gateway.log").read_text())
                 await asyncio.sleep(0.1)
             source = tmp / "tone.wav"
-            write_wav(source, sine(1000, duration + 60, 8000), 8000)
+            # baresip hangs up when its source file ends: long enough for the wait for a meeting too.
+            write_wav(source, sine(1000, duration + (600 if wait_endpoints else 60), 8000), 8000)
             for i in range(calls):
                 phone = Baresip(tmp / f"phone{i}", source, user=f"1380000{i:04d}")
                 await phone.start()
@@ -174,6 +189,14 @@ async def real_calls(
             if inside < calls:
                 print(f"only {inside} of {calls} callers got in; measuring those (logs in {tmp})")
             await asyncio.sleep(6)  # the "joined" prompt ends
+            if wait_endpoints:
+                # Beside a meeting that joins after the callers (the PIN prompts run on a quiet
+                # server): measure once its endpoints are in and its window has begun.
+                await wait_for_meeting(http, url, room, wait_endpoints)
+                print(
+                    f"the meeting beside: {wait_endpoints} endpoints in; {wait_settle:.0f} s more", flush=True
+                )
+                await asyncio.sleep(wait_settle)
             print(f"load before: {os.getloadavg()}")
             before, t0 = cpu_seconds(gateway.pid), time.monotonic()
             server_before = cpu_seconds(server.pid)
@@ -245,10 +268,30 @@ def main() -> None:
     parser.add_argument("--url", help="call into this running server instead of starting one")
     parser.add_argument("--admin-key", default=ADMIN_KEY, help="the running server's admin key (with --url)")
     parser.add_argument("--server-pid", type=int, help="the running server's pid (with --url)")
-    parser.add_argument("--room", default="bench", help="the callers' room")
+    parser.add_argument("--room", default="bench-phone", help="the callers' room")
+    parser.add_argument(
+        "--wait-endpoints",
+        type=int,
+        default=0,
+        help="with --url: once the callers are in, wait for a meeting of N endpoints in another room",
+    )
+    parser.add_argument(
+        "--wait-settle", type=float, default=0.0, help="then wait S seconds more (its settle)"
+    )
     args = parser.parse_args()
     media_path()
-    asyncio.run(real_calls(args.calls, args.duration, args.url, args.admin_key, args.server_pid, args.room))
+    asyncio.run(
+        real_calls(
+            args.calls,
+            args.duration,
+            args.url,
+            args.admin_key,
+            args.server_pid,
+            args.room,
+            args.wait_endpoints,
+            args.wait_settle,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -180,7 +180,9 @@ def _check_server_pid(pid: int) -> str | None:
     except OSError:
         return f"--server-pid {pid}: no such process"
     words = [w.decode(errors="replace") for w in cmdline if w]
-    if "serve" not in words or not any("conference" in w for w in words):
+    # `conference serve ...` or `python -m signaling serve ...` (the same server).
+    launcher = any(w.endswith("conference") for w in words) or "signaling" in words
+    if "serve" not in words or not launcher:
         return f"--server-pid {pid} is not a `conference serve` process: {' '.join(words)[:200]}"
     return None
 
