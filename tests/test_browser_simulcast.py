@@ -1,0 +1,152 @@
+"""Simulcast through the server with real Chromium: a venue publishes a 1280x720 camera in three
+layers (the server's offer asks for them), and each subscriber's slot gets the layer its tile
+needs: the venue screen's full-screen slot the top layer, the phone the lowest; a layout that
+makes the tile small switches the venue to the low layer within a second, without a freeze."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from browser_util import (
+    COLOURS,
+    PHONE,
+    SMALL_SCREEN,
+    RunningServer,
+    chromium_args,
+    ensure_chromium,
+    eventually,
+    log,
+    server_process,
+    set_program,
+    write_y4m,
+)
+from playwright.async_api import Browser, Page, async_playwright
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.media,
+    pytest.mark.realtime,
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+STATE_JS = "(c => c ? [c.state, c.mediaState] : null)(window.conference?.client)"
+# The publisher's layers as its browser sends them: rid -> frame width.
+LAYERS_JS = """async () => {
+  const out = {};
+  for (const s of (await window.conference.client.pc.getStats()).values())
+    if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid && s.frameWidth) out[s.rid] = s.frameWidth;
+  return out;
+}"""
+# What a receiving page decodes in program slot 0.
+SLOT0_JS = """async () => {
+  const c = window.conference.client;
+  const mid = c.videoMids[0];
+  for (const s of (await c.pc.getStats()).values())
+    if (s.type === 'inbound-rtp' && s.mid === mid)
+      return {w: s.frameWidth || 0, frames: s.framesDecoded || 0, freezes: s.freezeCount || 0};
+  return {w: 0, frames: 0, freezes: 0};
+}"""
+
+
+@dataclass
+class Meeting:
+    server: RunningServer
+    publisher: Page
+    venue: Page
+    phone: Page
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def meeting(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Meeting]:
+    chromium = ensure_chromium()
+    if chromium is None:
+        pytest.fail("chromium is not installed and could not be installed with apt-get")
+    tmp = tmp_path_factory.mktemp("simulcast")
+    config = tmp / "conference.toml"
+    config.write_text("simulcast = true\n")
+    browsers: list[Browser] = []
+    async with (
+        server_process(tmp / "data", media=True, extra_args=["--config", str(config)]) as server,
+        async_playwright() as pw,
+    ):
+
+        async def open_endpoint(identity: str, role: str, page: str, video: Any) -> Page:
+            browser = await pw.chromium.launch(executable_path=str(chromium), args=chromium_args(video))
+            browsers.append(browser)
+            context = await browser.new_context(viewport=PHONE if page == "phone" else SMALL_SCREEN)
+            context.set_default_timeout(20000)
+            tab = await context.new_page()
+            await tab.goto(
+                server.page_url(page, server.token("council", identity, role)), wait_until="commit"
+            )
+            return tab
+
+        try:
+            camera = write_y4m(tmp / "hall-a.y4m", COLOURS["red"], width=1280, height=720, frames=3)
+            small = write_y4m(tmp / "hall-b.y4m", COLOURS["green"])
+            publisher = await open_endpoint("hall-a", "venue", "venue", camera)
+            venue = await open_endpoint("hall-b", "venue", "venue", small)
+            phone = await open_endpoint("m1", "member", "phone", small)
+            for tab in (publisher, venue, phone):
+                await eventually(
+                    lambda tab=tab: tab.evaluate(STATE_JS),
+                    lambda s: s == ["joined", "connected"],
+                    45,
+                    "connected",
+                )
+            yield Meeting(server, publisher, venue, phone)
+        finally:
+            for browser in browsers:
+                await browser.close()
+
+
+async def test_each_subscriber_gets_the_layer_its_tile_needs(meeting: Meeting) -> None:
+    await set_program(meeting.server, "single", ["hall-a"])
+    # Chromium adds its layers as its bandwidth estimate grows: all three within seconds here.
+    layers = await eventually(
+        lambda: meeting.publisher.evaluate(LAYERS_JS), lambda x: len(x) == 3, 30, "three layers sent"
+    )
+    log(f"publisher's layers: {layers}")
+    assert layers["q"] < layers["h"] < layers["f"]
+
+    async def widths() -> tuple[int, int, dict[str, int]]:
+        venue, phone = await meeting.venue.evaluate(SLOT0_JS), await meeting.phone.evaluate(SLOT0_JS)
+        return venue["w"], phone["w"], await meeting.publisher.evaluate(LAYERS_JS)
+
+    # The full-screen slot on the venue's screen: the top layer; on the phone: the lowest.
+    venue_w, phone_w, layers = await eventually(
+        widths, lambda x: x[0] == x[2].get("f") and x[1] == x[2].get("q"), 20, "venue on f, phone on q"
+    )
+    log(f"single: venue decodes {venue_w} wide, the phone {phone_w} (layers {layers})")
+
+    # A grid-3x3 tile is 427 pixels wide on the venue's screen: the low layer, within a second.
+    before = await meeting.venue.evaluate(SLOT0_JS)
+    started = time.monotonic()
+    await set_program(meeting.server, "grid-3x3", ["hall-a"])
+    low = layers["q"]
+    after = await eventually(
+        lambda: meeting.venue.evaluate(SLOT0_JS), lambda s: s["w"] == low, 10, "venue on q"
+    )
+    switched = time.monotonic() - started
+    log(f"grid-3x3: venue on {after['w']} after {switched:.2f} s")
+    assert switched < 1.0, f"the switch took {switched:.2f} s"
+    # Frames kept coming through the switch (the old layer flows until the new one's keyframe).
+    moving = await eventually(
+        lambda: meeting.venue.evaluate(SLOT0_JS),
+        lambda s: s["frames"] > after["frames"] + 5,
+        5,
+        "frames after",
+    )
+    assert moving["freezes"] == before["freezes"], f"froze at the switch: {before} -> {moving}"
+
+    # And back to full screen: the top layer again.
+    await set_program(meeting.server, "single", ["hall-a"])
+    back = await eventually(
+        lambda: meeting.venue.evaluate(SLOT0_JS), lambda s: s["w"] > low, 10, "venue back on a higher layer"
+    )
+    assert back["freezes"] == before["freezes"]
