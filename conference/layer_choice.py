@@ -107,3 +107,41 @@ def fit_bandwidth(
             layer.index for layer in layers[worst] if current is not None and layer.index < current
         )
     return out
+
+
+# The subscriber's downlink: its estimate (REMB from a browser's receive-side estimator) follows
+# what it receives and reaches at most about 1.5 times that, so once the slots stepped down the
+# estimate alone would never let them climb back; the budget is raised by itself after a hold
+# (LiveKit probes with padding instead), and a raise the link cannot carry doubles the next hold.
+LIMIT_MARGIN = 0.85  # an estimate this far under the budget is a real drop, not noise
+RAISE_FACTOR = 1.5
+HOLD_S = 8.0
+MAX_HOLD_S = 60.0
+
+
+@dataclass(slots=True)
+class Downlink:
+    """What the layer choice keeps of one subscriber's downlink between decisions."""
+
+    budget: int | None = None  # bits per second its slots may use; None: no limit
+    changed_at: float = 0.0
+    raised: bool = False  # the last change was a raise (a drop right after it: the link is full)
+    hold: float = HOLD_S
+
+
+def downlink_budget(link: Downlink, estimate: int | None, wanted: int, now: float) -> int | None:
+    """The budget for a subscriber's slots, given its latest ``estimate`` (None: none) and what its
+    tiles want (``wanted``, bits per second); updates ``link``."""
+    if estimate is None or (link.budget is None and estimate >= wanted):
+        link.budget, link.hold, link.raised = None, HOLD_S, False
+        return None
+    if link.budget is None or estimate < link.budget * LIMIT_MARGIN:
+        if link.raised and now - link.changed_at < link.hold:
+            link.hold = min(MAX_HOLD_S, link.hold * 2)
+        link.budget, link.changed_at, link.raised = estimate, now, False
+    elif now - link.changed_at >= link.hold:
+        link.budget = int(max(link.budget, estimate) * RAISE_FACTOR)
+        link.changed_at, link.raised = now, True
+    if link.budget is not None and link.budget >= wanted:
+        link.budget = None
+    return link.budget

@@ -21,6 +21,7 @@ from browser_util import (
     ensure_chromium,
     eventually,
     log,
+    rest,
     server_process,
     set_program,
     write_y4m,
@@ -123,6 +124,14 @@ async def test_each_subscriber_gets_the_layer_its_tile_needs(meeting: Meeting) -
         widths, lambda x: x[0] == x[2].get("f") and x[1] == x[2].get("q"), 20, "venue on f, phone on q"
     )
     log(f"single: venue decodes {venue_w} wide, the phone {phone_w} (layers {layers})")
+    stats = (await rest(meeting.server, "GET", "/api/stats"))["media"]["per_session"]
+    venue_stats = stats["council/hall-b"]
+    log(
+        f"venue's downlink estimate {venue_stats['downlink_estimate']},"
+        f" budget {venue_stats['downlink_budget']}"
+    )
+    assert [s["layer"] for s in venue_stats["slots"].values() if s["identity"] == "hall-a"] == [2]
+    assert [s["layer"] for s in stats["council/m1"]["slots"].values() if s["identity"] == "hall-a"] == [0]
 
     # A grid-3x3 tile is 427 pixels wide on the venue's screen: the low layer, within a second.
     before = await meeting.venue.evaluate(SLOT0_JS)

@@ -4,10 +4,13 @@ RIDs, the answer's layers, the layers told apart by their RID extension, a VP8 k
 from __future__ import annotations
 
 from conference.layer_choice import (
+    HOLD_S,
     PREVIEW_WIDTH,
     SCREEN_WIDTH,
+    Downlink,
     Layer,
     choose_layer,
+    downlink_budget,
     fit_bandwidth,
     tile_width,
 )
@@ -120,3 +123,18 @@ def test_vp8_keyframe_width() -> None:
     delta = descriptor + bytes((0x51,)) + frame[1:]
     assert vp8_keyframe_width(delta, 0, len(delta)) == 0
     assert vp8_keyframe_width(payload, 0, len(payload) - 3) == 0  # truncated
+
+
+def test_the_downlink_budget_follows_drops_and_climbs_back_after_a_hold() -> None:
+    link = Downlink()
+    assert downlink_budget(link, None, 2_000_000, 0.0) is None  # no estimate: no limit
+    assert downlink_budget(link, 3_000_000, 2_000_000, 0.0) is None  # the link carries it all
+    assert downlink_budget(link, 1_000_000, 2_000_000, 1.0) == 1_000_000  # a drop: at once
+    assert downlink_budget(link, 950_000, 2_000_000, 2.0) == 1_000_000  # noise: no change
+    assert downlink_budget(link, 1_000_000, 2_000_000, 1.0 + HOLD_S) == 1_500_000  # the hold: a raise
+    # The raise was too much (the estimate fell right after): back down, and a longer hold.
+    assert downlink_budget(link, 1_100_000, 2_000_000, 2.0 + HOLD_S) == 1_100_000
+    assert link.hold == 2 * HOLD_S
+    assert downlink_budget(link, 1_100_000, 2_000_000, 3.0 + 2 * HOLD_S) == 1_100_000  # still held
+    assert downlink_budget(link, 1_200_000, 2_000_000, 2.0 + 3 * HOLD_S) == 1_800_000
+    assert downlink_budget(link, 1_900_000, 2_000_000, 2.0 + 5 * HOLD_S) is None  # all of it fits again

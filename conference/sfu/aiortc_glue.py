@@ -56,7 +56,16 @@ from aiortc import (
 )
 from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
-from aiortc.rtp import RtcpByePacket, RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
@@ -174,6 +183,8 @@ def check_instances(pc: RTCPeerConnection) -> None:
             if not hasattr(transceiver, name):
                 raise _fail(f"RTCRtpTransceiver has no attribute {name}")
         dtls = transceiver.receiver.transport
+        if not isinstance(getattr(getattr(dtls, "_rtp_router", None), "ssrc_table", None), dict):
+            raise _fail("RTCDtlsTransport has no _rtp_router.ssrc_table")
         for name in ("_rx_srtp", "_tx_srtp", "_rtp_header_extensions_map"):
             if not hasattr(dtls, name):
                 raise _fail(f"RTCDtlsTransport has no attribute {name}")
@@ -601,15 +612,36 @@ def intercept_sender(
     sender: RTCRtpSender,
     on_keyframe_request: Callable[[], None],
     on_nack: Callable[[int], None],
+    on_remb: Callable[[int], None] | None = None,
 ) -> None:
     """Route a subscriber's PLI/FIR and NACKs for this sender to the forwarder (aiortc would
-    otherwise ask its encoder for a keyframe and resend from its own history)."""
+    otherwise ask its encoder for a keyframe and resend from its own history), and its REMB (the
+    bitrate its receive-side estimator allows, bits per second) to ``on_remb``."""
 
     async def retransmit(sequence_number: int) -> None:
         on_nack(sequence_number)
 
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
     sender._retransmit = retransmit  # type: ignore[method-assign]
+    if on_remb is None:
+        return
+    handle = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError):
+                on_remb(unpack_remb_fci(packet.fci)[0])
+            return
+        await handle(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+def route_sender_reports(dtls: RTCDtlsTransport, ssrc: int, receiver: RTCRtpReceiver) -> None:
+    """Let aiortc hand the sender reports of ``ssrc`` (a simulcast layer, which the answer does
+    not list) to ``receiver``, so our receiver reports carry its LSR/DLSR (the publisher's round
+    trip). aiortc learns SSRCs from the RTP it parses, which the forwarder's hook bypasses."""
+    dtls._rtp_router.ssrc_table[ssrc] = receiver
 
 
 def take_over_sender_reports(sender: RTCRtpSender) -> None:

@@ -371,8 +371,8 @@ class Producer:
         with the room's bitrate cap."""
         if self.ssrc is None:
             return
-        if self.layer >= 0:
-            self._measure_bitrate(now)
+        if self.kind == "video":
+            self._measure_bitrate(now)  # for the layer choice's bandwidth sums
         nack = self.reception.nack
         if nack is not None:
             rtt = self.upstream.round_trip()

@@ -85,17 +85,38 @@ class Router:
                 out.append(producer)
         return out
 
-    def layer_for(self, identity: str | None, tile: int, now: float) -> Producer | None:
-        """The producer to fill a video slot drawn ``tile`` pixels wide with ``identity``: for a
-        simulcast publisher the layer ``layer_choice`` picks among those arriving."""
+    def _layers(self, identity: str | None, now: float) -> list[Producer]:
+        """What can fill a video slot with ``identity``, low to high: a simulcast publisher's
+        layers arriving (its best started one if none is), else its one producer."""
         best = self.producer(identity, "video")
-        if best is None or best.group is None:
-            return best
-        arriving = [p for p in best.group if p.arriving(now)]
-        chosen = layer_choice.choose_layer(
-            tile, [layer_choice.Layer(p.layer, p.width, p.bitrate) for p in arriving]
-        )
-        return next((p for p in arriving if p.layer == chosen), best)
+        if best is None:
+            return []
+        if best.group is None:
+            return [best]
+        return [p for p in best.group if p.arriving(now)] or [best]
+
+    def choose_video(
+        self, transport: Transport, wants: list[tuple[str | None, int]]
+    ) -> list[Producer | None]:
+        """The producer for each of ``transport``'s video slots (identity, tile width): the layer
+        ``layer_choice`` picks for the tile, then stepped down to fit the endpoint's downlink."""
+        now = time.time()
+        options = [self._layers(identity, now) for identity, _ in wants]
+        seen = [[layer_choice.Layer(max(0, p.layer), p.width, p.bitrate) for p in o] for o in options]
+        choices = [layer_choice.choose_layer(tile, s) for (_, tile), s in zip(wants, seen, strict=True)]
+        estimate = transport.downlink_estimate(now)
+        if estimate is not None and any(len(o) > 1 for o in options):
+            wanted = sum(
+                next(p.bitrate for p in o if max(0, p.layer) == c)
+                for o, c in zip(options, choices, strict=True)
+                if c is not None
+            )
+            budget = layer_choice.downlink_budget(transport.downlink, estimate, wanted, now)
+            choices = layer_choice.fit_bandwidth(choices, seen, budget)
+        return [
+            next((p for p in o if max(0, p.layer) == c), None) if c is not None else None
+            for o, c in zip(options, choices, strict=True)
+        ]
 
     def _records(self, producer: Producer) -> bool:
         """Whether ``producer`` is the one recorded: a simulcast publisher's best started layer."""
@@ -153,10 +174,11 @@ class Router:
         program = self.state.program
         sources = policy.program_sources(program.slots, len(transport.video))
         screen = transport.screen_width
-        now = time.time()
-        for track, identity in zip(transport.video, sources, strict=True):
-            tile = layer_choice.tile_width(program.layout, track.index, screen)
-            track.set_want(identity, self.layer_for(identity, tile, now))
+        tracks = list(transport.video)
+        wants = [
+            (identity, layer_choice.tile_width(program.layout, track.index, screen))
+            for track, identity in zip(tracks, sources, strict=True)
+        ]
         if transport.previews:
             present = {
                 identity
@@ -166,8 +188,11 @@ class Router:
             present.discard(transport.identity)
             occupant = policy.assign_previews(transport.preview_order, present, len(transport.previews))
             for track in transport.previews:
-                identity = occupant.get(track.index)
-                track.set_want(identity, self.layer_for(identity, layer_choice.PREVIEW_WIDTH, now))
+                tracks.append(track)
+                wants.append((occupant.get(track.index), layer_choice.PREVIEW_WIDTH))
+        chosen = self.choose_video(transport, wants)
+        for track, (identity, _), producer in zip(tracks, wants, chosen, strict=True):
+            track.set_want(identity, producer)
 
     def _audible(self, identity: str) -> bool:
         producer = self.producer(identity, "audio")

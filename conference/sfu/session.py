@@ -10,6 +10,7 @@ are protected and sent on the leg synchronously (``aiortc_glue.LegOutput``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -51,6 +52,8 @@ SENDER_REPORT_INTERVAL = 1.0  # the slots' RTCP sender reports (aiortc's loop: 0
 # A simulcast publisher's REMB cap: the room's cap (publish_max_bitrate) is what one stream may
 # use; the two lower layers add about half of it (Chromium: 150 + 500 kbit/s beside 720p).
 SIMULCAST_CAP_FACTOR = 1.5
+# A subscriber's REMB older than this is no estimate (Chromium sends one every second or so).
+ESTIMATE_STALE_S = 5.0
 
 
 def codec_info(codecs: list[RTCRtpCodecParameters]) -> list[CodecInfo]:
@@ -88,6 +91,9 @@ class Session(Transport):
         # The publisher's simulcast layers when it answered simulcast (browsers do), else None.
         self.layers: SimulcastLayers | None = None
         self.layer_payload_types: frozenset[int] = frozenset()
+        # The endpoint's REMB on what it receives (its receive-side estimate) and when it came.
+        self.remb: int | None = None
+        self.remb_at = 0.0
         self._feedback_timer: asyncio.TimerHandle | None = None
         # Sender reports of the slots, every SENDER_REPORT_INTERVAL, from slots that sent since
         # their last one (packets sent when it was reported, by slot).
@@ -111,6 +117,13 @@ class Session(Transport):
             if last is not None:
                 return last
         return None
+
+    def _on_remb(self, bitrate: int) -> None:
+        self.remb = bitrate
+        self.remb_at = time.time()
+
+    def downlink_estimate(self, now: float) -> int | None:
+        return self.remb if self.remb is not None and now - self.remb_at < ESTIMATE_STALE_S else None
 
     def round_trip(self) -> float | None:
         """The smallest round trip the endpoint's receiver reports show on any of its slots (one
@@ -153,7 +166,8 @@ class Session(Transport):
             for i, transceiver in enumerate(transceivers):
                 track = DownTrack(kind, role, i, self.output, counters)
                 sender = transceiver.sender
-                glue.intercept_sender(sender, track.on_keyframe_request, track.on_nack)
+                on_remb = self._on_remb if kind == "video" else None
+                glue.intercept_sender(sender, track.on_keyframe_request, track.on_nack, on_remb)
                 glue.take_over_sender_reports(sender)  # the leg's own, batched: _send_sender_reports
                 self.transceivers[track] = transceiver
                 tracks.append(track)
@@ -287,7 +301,13 @@ class Session(Transport):
                 )
                 for n, rid in enumerate(rids)
             }
-            self.layers = SimulcastLayers(sdp, transceiver.mid or "", layers)
+            receiver, dtls = transceiver.receiver, glue.leg_transport(self.pc)
+            self.layers = SimulcastLayers(
+                sdp,
+                transceiver.mid or "",
+                layers,
+                functools.partial(glue.route_sender_reports, dtls, receiver=receiver),
+            )
             group = self.layers.producers
             for rid, producer in layers.items():
                 producer.layer = RIDS.index(rid)

@@ -12,6 +12,7 @@ RID) until the server's receiver reports show it knows the SSRC. An endpoint tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .extmap import _mid, _sections, answered_extension, offer_extension
@@ -62,7 +63,11 @@ def answered_rids(sdp: str, mid: str) -> list[str]:
 class SimulcastLayers:
     """A simulcast publisher's video layers: which producer each incoming SSRC feeds."""
 
-    def __init__(self, sdp: str, mid: str, layers: dict[str, Producer]) -> None:
+    def __init__(
+        self, sdp: str, mid: str, layers: dict[str, Producer], on_ssrc: Callable[[int], None] | None = None
+    ) -> None:
+        """``on_ssrc`` hears each media SSRC learned (the transport routes its sender reports)."""
+        self.on_ssrc = on_ssrc
         self.rid_ext = answered_extension(sdp, URI_RID).get(mid, 0)
         self.repaired_ext = answered_extension(sdp, URI_REPAIRED_RID).get(mid, 0)
         self.by_rid = layers
@@ -90,7 +95,10 @@ class SimulcastLayers:
         producer = self.by_ssrc.get(header.ssrc)
         if producer is not None:
             return producer
-        return self._learn(self.by_ssrc, data, header, self.rid_ext)
+        producer = self._learn(self.by_ssrc, data, header, self.rid_ext)
+        if producer is not None and self.on_ssrc is not None:
+            self.on_ssrc(header.ssrc)
+        return producer
 
     def layer_of_repair(self, data: bytes, header: RtpHeader) -> Producer | None:
         """The layer an RTX packet repairs (marked with the repaired RID)."""

@@ -5,9 +5,10 @@ for workers in other processes) and ``DirectTransport`` (Python code in this pro
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..layer_choice import SCREEN_WIDTH
+from ..layer_choice import SCREEN_WIDTH, Downlink
 from .consumer import DownTrack
 from .packet import CodecInfo
 from .producer import Producer
@@ -31,6 +32,7 @@ class Transport:
         # A simulcast publisher's video layers, low to high (``producers["video"]`` is the lowest);
         # empty when it publishes one stream.
         self.video_layers: list[Producer] = []
+        self.downlink = Downlink()  # the layer choice's state of this endpoint's downlink
         self.video: list[DownTrack] = []
         self.audio: list[DownTrack] = []
         self.previews: list[DownTrack] = []
@@ -80,6 +82,11 @@ class Transport:
         options = getattr(self, "options", None)
         return SCREEN_WIDTH.get(getattr(options, "device", "venue"), SCREEN_WIDTH["venue"])
 
+    def downlink_estimate(self, now: float) -> int | None:
+        """The bitrate (bits per second) the endpoint's own estimate says its downlink carries, if
+        it sends one (``now``: time.time())."""
+        return None
+
     def round_trip(self) -> float | None:
         """The round trip to the endpoint from RTCP, if the transport measures one."""
         return None
@@ -111,9 +118,14 @@ class Transport:
             "packets_out": packets,
             "bytes_out": octets,
             "packets_in": sum(p.packets for p in self.all_producers()),
+            # The endpoint's own estimate of its downlink and the layer choice's budget (bit/s).
+            "downlink_estimate": self.downlink_estimate(time.time()),
+            "downlink_budget": self.downlink.budget,
             "slots": {
                 t.mid or f"{t.role}{t.index}": {
                     "identity": t.source.identity if t.source else None,
+                    # The simulcast layer it carries (0 the lowest), None for a one-stream source.
+                    "layer": t.source.layer if t.source is not None and t.source.layer >= 0 else None,
                     "packets": t.packets,
                     # The slot's numbering (gap-free, StreamRewriter): the soak counts delivery by it.
                     "ssrc": t.rewriter.ssrc if t.configured else None,
