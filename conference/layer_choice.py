@@ -119,6 +119,20 @@ HOLD_S = 8.0
 MAX_HOLD_S = 60.0
 
 
+# GCC's loss-based rule (draft-ietf-rmcat-gcc-02, 6): a subscriber reporting more than LOSS_HIGH
+# of its video lost can take about what arrives, ``sending * (1 - loss / 2)``; less, and the
+# budget stands (its raises come after the hold).
+LOSS_HIGH = 0.10
+
+
+def loss_estimate(sending: int, loss: float | None, budget: int | None) -> int | None:
+    """A subscriber's downlink estimate from the fraction of its video lost (``loss``, 0-1, None:
+    no report since the last) while its slots were sent ``sending`` bits per second."""
+    if loss is not None and loss > LOSS_HIGH:
+        return int(sending * (1 - loss / 2))
+    return budget
+
+
 @dataclass(slots=True)
 class Downlink:
     """What the layer choice keeps of one subscriber's downlink between decisions."""

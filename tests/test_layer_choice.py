@@ -12,6 +12,7 @@ from conference.layer_choice import (
     choose_layer,
     downlink_budget,
     fit_bandwidth,
+    loss_estimate,
     tile_width,
 )
 from conference.sfu.packet import parse_header
@@ -138,3 +139,10 @@ def test_the_downlink_budget_follows_drops_and_climbs_back_after_a_hold() -> Non
     assert downlink_budget(link, 1_100_000, 2_000_000, 3.0 + 2 * HOLD_S) == 1_100_000  # still held
     assert downlink_budget(link, 1_200_000, 2_000_000, 2.0 + 3 * HOLD_S) == 1_800_000
     assert downlink_budget(link, 1_900_000, 2_000_000, 2.0 + 5 * HOLD_S) is None  # all of it fits again
+
+
+def test_losses_over_ten_percent_lower_the_estimate() -> None:
+    assert loss_estimate(1_000_000, 0.3, None) == 850_000  # GCC: sending x (1 - loss / 2)
+    assert loss_estimate(1_000_000, 0.05, None) is None  # a little loss: no limit yet
+    assert loss_estimate(1_000_000, 0.05, 700_000) == 700_000  # nor a drop of the budget
+    assert loss_estimate(1_000_000, None, 700_000) == 700_000  # no report: the budget stands

@@ -60,6 +60,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSourceInfo,
@@ -613,26 +614,33 @@ def intercept_sender(
     on_keyframe_request: Callable[[], None],
     on_nack: Callable[[int], None],
     on_remb: Callable[[int], None] | None = None,
+    on_loss: Callable[[int], None] | None = None,
 ) -> None:
     """Route a subscriber's PLI/FIR and NACKs for this sender to the forwarder (aiortc would
-    otherwise ask its encoder for a keyframe and resend from its own history), and its REMB (the
-    bitrate its receive-side estimator allows, bits per second) to ``on_remb``."""
+    otherwise ask its encoder for a keyframe and resend from its own history), its REMB (the
+    bitrate its receive-side estimator allows, bits per second) to ``on_remb`` and the fraction
+    lost (0-255) of each of its receiver reports on this sender to ``on_loss``."""
 
     async def retransmit(sequence_number: int) -> None:
         on_nack(sequence_number)
 
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
     sender._retransmit = retransmit  # type: ignore[method-assign]
-    if on_remb is None:
+    if on_remb is None and on_loss is None:
         return
     handle = sender._handle_rtcp_packet
 
     async def handle_rtcp(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            with contextlib.suppress(ValueError):
-                on_remb(unpack_remb_fci(packet.fci)[0])
+            if on_remb is not None:
+                with contextlib.suppress(ValueError):
+                    on_remb(unpack_remb_fci(packet.fci)[0])
             return
-        await handle(packet)
+        if on_loss is not None and isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    on_loss(report.fraction_lost)
+        await handle(packet)  # aiortc's: the round trip
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
 

@@ -104,14 +104,20 @@ class Router:
         options = [self._layers(identity, now) for identity, _ in wants]
         seen = [[layer_choice.Layer(max(0, p.layer), p.width, p.bitrate) for p in o] for o in options]
         choices = [layer_choice.choose_layer(tile, s) for (_, tile), s in zip(wants, seen, strict=True)]
-        estimate = transport.downlink_estimate(now)
+        # The subscriber's own estimate (REMB) where it sends one, else what its losses tell.
+        link = transport.downlink
+        sending = sum(t.source.bitrate for t in transport.video if t.source is not None)
+        sending += sum(t.source.bitrate for t in transport.previews if t.source is not None)
+        lossy = layer_choice.loss_estimate(sending, transport.take_loss(), link.budget)
+        remb = transport.downlink_estimate(now)
+        estimate = lossy if remb is None else remb if lossy is None else min(remb, lossy)
         if estimate is not None and any(len(o) > 1 for o in options):
             wanted = sum(
                 next(p.bitrate for p in o if max(0, p.layer) == c)
                 for o, c in zip(options, choices, strict=True)
                 if c is not None
             )
-            budget = layer_choice.downlink_budget(transport.downlink, estimate, wanted, now)
+            budget = layer_choice.downlink_budget(link, estimate, wanted, now)
             choices = layer_choice.fit_bandwidth(choices, seen, budget)
         return [
             next((p for p in o if max(0, p.layer) == c), None) if c is not None else None

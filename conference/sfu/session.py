@@ -94,6 +94,8 @@ class Session(Transport):
         # The endpoint's REMB on what it receives (its receive-side estimate) and when it came.
         self.remb: int | None = None
         self.remb_at = 0.0
+        self.loss: int | None = None  # the worst fraction lost (0-255) its receiver reports gave
+        self.loss_at = 0.0
         self._feedback_timer: asyncio.TimerHandle | None = None
         # Sender reports of the slots, every SENDER_REPORT_INTERVAL, from slots that sent since
         # their last one (packets sent when it was reported, by slot).
@@ -122,8 +124,22 @@ class Session(Transport):
         self.remb = bitrate
         self.remb_at = time.time()
 
+    def _on_loss(self, fraction: int) -> None:
+        # The worst of the slots' reports since the layer choice last looked (each slot reports
+        # about once a second).
+        if self.loss is None:
+            self.loss, self.loss_at = fraction, time.time()
+        else:
+            self.loss = max(self.loss, fraction)
+
     def downlink_estimate(self, now: float) -> int | None:
         return self.remb if self.remb is not None and now - self.remb_at < ESTIMATE_STALE_S else None
+
+    def take_loss(self) -> float | None:
+        loss, self.loss = self.loss, None
+        if loss is None or time.time() - self.loss_at > ESTIMATE_STALE_S:
+            return None  # no room with simulcast looked for a while: old news
+        return loss / 256
 
     def round_trip(self) -> float | None:
         """The smallest round trip the endpoint's receiver reports show on any of its slots (one
@@ -166,8 +182,14 @@ class Session(Transport):
             for i, transceiver in enumerate(transceivers):
                 track = DownTrack(kind, role, i, self.output, counters)
                 sender = transceiver.sender
-                on_remb = self._on_remb if kind == "video" else None
-                glue.intercept_sender(sender, track.on_keyframe_request, track.on_nack, on_remb)
+                video = kind == "video"
+                glue.intercept_sender(
+                    sender,
+                    track.on_keyframe_request,
+                    track.on_nack,
+                    self._on_remb if video else None,
+                    self._on_loss if video else None,
+                )
                 glue.take_over_sender_reports(sender)  # the leg's own, batched: _send_sender_reports
                 self.transceivers[track] = transceiver
                 tracks.append(track)

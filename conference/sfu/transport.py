@@ -87,6 +87,11 @@ class Transport:
         it sends one (``now``: time.time())."""
         return None
 
+    def take_loss(self) -> float | None:
+        """The worst fraction of the endpoint's video slots lost (0-1) its receiver reports gave
+        since the last call; None if none came."""
+        return None
+
     def round_trip(self) -> float | None:
         """The round trip to the endpoint from RTCP, if the transport measures one."""
         return None
