@@ -130,7 +130,7 @@ def _dial_in(state: RoomState, e: Event) -> None:
 
 def _recording(state: RoomState, e: Event) -> None:
     if e["active"]:
-        state.recording = model.Recording(True, e["recording_id"], e["started_at"])
+        state.recording = model.Recording(True, e["recording_id"], e["started_at"], int(e.get("part", 1)))
     else:
         state.recording = model.Recording()
 

@@ -40,6 +40,10 @@ NODE_TTL_S = 3.0  # three missed beats: a loaded machine's late beat is not a de
 IDLE_RELEASE_S = 30.0
 # The heartbeat runs in a thread (a busy loop is not a dead node); a loop silent this long is.
 LOOP_STALL_S = 10.0
+# A draining node gives a room up this soon after its last connection here left (the meeting
+# ended): the next join places it on a node that takes rooms. Not at once: a join just placed here
+# registers its connection a moment after the placement.
+DRAIN_RELEASE_S = 2.0
 
 
 @dataclass(slots=True)
@@ -115,6 +119,12 @@ class Placement(Protocol):
         """``room`` has connections here: keep its lease."""
         ...
 
+    draining: bool
+
+    async def set_draining(self, draining: bool) -> None:
+        """Stop taking new rooms (or take them again); rooms here are given up as they end."""
+        ...
+
     async def start(self, load: Callable[[], Load], lost: Callable[[str, NodeInfo | None], Any]) -> None: ...
 
     async def close(self) -> None: ...
@@ -124,11 +134,15 @@ class LocalPlacement:
     """One process (memory or SQLite store): every room lives here."""
 
     multi_node = False
+    draining = False
 
     def __init__(self, node_id: str, url: str) -> None:
         self.node_id = node_id
         self.url = url
         self._load: Callable[[], Load] | None = None
+
+    async def set_draining(self, draining: bool) -> None:
+        raise ValueError("one node without Redis: there is no other node to hand rooms to")
 
     async def place(self, room: str) -> Placed:
         return Placed(self.node_id, self.url, True)
@@ -289,6 +303,17 @@ class RedisPlacement:
         with self._lock:
             self._active[room] = time.monotonic()
 
+    @reachable
+    async def set_draining(self, draining: bool) -> None:
+        """Announced at once (not at the next beat), so a join arriving now is placed elsewhere."""
+        self.draining = draining
+        key = self._node_prefix + self.node_id
+        if await self._redis.exists(key):
+            await self._redis.hset(key, "draining", int(draining))
+        log.warning(
+            "node %s %s", self.node_id, "draining: no new rooms" if draining else "takes new rooms again"
+        )
+
     async def start(self, load: Callable[[], Load], lost: Callable[[str, NodeInfo | None], Any]) -> None:
         self._load, self._lost = load, lost
         self._event_loop = asyncio.get_running_loop()
@@ -337,8 +362,10 @@ class RedisPlacement:
     def _beat(self) -> None:
         """One heartbeat (in the heartbeat thread, with its own Redis connection)."""
         now = time.monotonic()
+        # Draining: a room whose meeting ended here (nobody connected) is given up within seconds.
+        release_after = DRAIN_RELEASE_S if self.draining else IDLE_RELEASE_S
         with self._lock:
-            idle = [room for room, at in self._active.items() if now - at > IDLE_RELEASE_S]
+            idle = [room for room, at in self._active.items() if now - at > release_after]
             load = self._snapshot
         rooms_key = f"{self._node_prefix}{self.node_id}:rooms"
         held, lost = self._sync_renew(

@@ -11,7 +11,7 @@ runs exactly the same logic.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from . import events as reducer
@@ -99,6 +99,8 @@ class Recording:
     active: bool = False
     recording_id: str | None = None
     started_at: float | None = None
+    # 2, 3, ... once another node went on with the recording after its node died (issue 17).
+    part: int = 1
 
 
 @dataclass(slots=True)
@@ -571,6 +573,15 @@ def start_recording(state: RoomState, recording_id: str, now: float | None = Non
         raise CommandError("conflict", "nobody is in the room: start recording once someone has joined")
     started = Recording(True, recording_id, time.time() if now is None else now)
     return reducer.apply_all(state, [{"kind": "recording", **asdict(started)}])
+
+
+def next_recording_part(state: RoomState) -> list[Event]:
+    """The recording goes on as its next part (same id, same start): the node that wrote it is
+    gone and another takes the room up (signaling.restore)."""
+    if not state.recording.active:
+        raise CommandError("conflict", "the room is not recording")
+    going_on = replace(state.recording, part=state.recording.part + 1)
+    return reducer.apply_all(state, [{"kind": "recording", **asdict(going_on)}])
 
 
 def stop_recording(state: RoomState) -> list[Event]:

@@ -186,6 +186,7 @@ class RecordingWriter:
         *,
         fsync: bool = False,
         flush_interval: float = FLUSH_INTERVAL,
+        part: int = 1,
     ) -> None:
         self.directory = directory
         self.recording_id = recording_id
@@ -211,6 +212,8 @@ class RecordingWriter:
             "stopped_at": None,
             "complete": False,
         }
+        if part > 1:
+            self._meta["part"] = part
         _write_json_atomic(directory / "meta.json", self._meta)
         self._timeline = bytearray()
         self._lock = threading.Lock()
@@ -427,6 +430,10 @@ class Recording:
         self.room: str = self.meta["room"]
         self.started_at: float = float(self.meta["started_at"])
         self._timeline: list[dict[str, Any]] | None = None
+        self._own_timeline: list[dict[str, Any]] | None = None
+        self._track_files: dict[int, Path] = {}
+        # Parts written after a failover (another node went on with the recording): part-<n>/.
+        self.parts: list[Recording] = _load_parts(directory)
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str], recording_id: str) -> Recording:
@@ -437,13 +444,57 @@ class Recording:
 
     @property
     def complete(self) -> bool:
+        return bool(self.meta.get("complete")) and all(p.complete for p in self.parts)
+
+    @property
+    def own_complete(self) -> bool:
+        """This directory's part alone is finalised (the later parts aside)."""
         return bool(self.meta.get("complete"))
 
     @property
+    def own_timeline(self) -> list[dict[str, Any]]:
+        """This directory's timeline alone (its track numbers its own)."""
+        if self._own_timeline is None:
+            self._own_timeline = read_timeline(self.directory / "timeline.jsonl")
+        return self._own_timeline
+
+    @property
     def timeline(self) -> list[dict[str, Any]]:
-        if self._timeline is None:
-            self._timeline = read_timeline(self.directory / "timeline.jsonl")
+        """The whole recording's timeline: every part's, a later part's track numbers moved past
+        the earlier parts' (``track_path`` knows where each lives), and a ``recording_gap`` entry
+        for the time between one part's last data and the next part's start (the failover)."""
+        if self._timeline is not None:
+            return self._timeline
+        if not self.parts:
+            self._timeline = self.own_timeline
+            return self._timeline
+        merged = list(self.own_timeline)
+        offset = 1 + max((int(e["track"]) for e in merged if _is_track_entry(e)), default=-1)
+        previous: Recording = self
+        for part in self.parts:
+            merged.append({"kind": "recording_gap", "at": previous.own_stopped_at, "until": part.started_at})
+            numbers: list[int] = []
+            for e in part.own_timeline:
+                if _is_track_entry(e):
+                    local = int(e["track"])
+                    numbers.append(local)
+                    self._track_files[offset + local] = part.track_path(local)
+                    e = {**e, "track": offset + local}
+                merged.append(e)
+            offset += 1 + max(numbers, default=-1)
+            previous = part
+        merged.sort(key=lambda e: e["at"])
+        self._timeline = merged
         return self._timeline
+
+    @property
+    def gaps(self) -> list[tuple[float, float]]:
+        """(from, until) wall times between parts: nothing was recorded then."""
+        out, previous = [], self
+        for part in self.parts:
+            out.append((previous.own_stopped_at, max(previous.own_stopped_at, part.started_at)))
+            previous = part
+        return out
 
     @property
     def tracks(self) -> list[TrackInfo]:
@@ -470,6 +521,10 @@ class Recording:
         return tracks
 
     def track_path(self, number: int) -> Path:
+        if self.parts:
+            self.timeline  # noqa: B018 - fills _track_files
+            if int(number) in self._track_files:
+                return self._track_files[int(number)]
         return self.directory / "tracks" / f"{int(number)}.rtp"
 
     def read_track(self, number: int, stats: ReadStats | None = None) -> Iterator[tuple[float, bytes]]:
@@ -481,15 +536,20 @@ class Recording:
 
     @property
     def stopped_at(self) -> float:
-        """When recording stopped; after a crash, the last thing that reached the disk."""
+        """When recording stopped (its last part); after a crash, the last thing on the disk."""
+        return self.parts[-1].own_stopped_at if self.parts else self.own_stopped_at
+
+    @property
+    def own_stopped_at(self) -> float:
+        """When this directory's part stopped; after a crash, the last thing that reached the disk."""
         if self.meta.get("stopped_at"):
             return float(self.meta["stopped_at"])
         last = self.started_at
-        for e in self.timeline:
+        for e in self.own_timeline:
             if isinstance(e.get("at"), int | float):
                 last = max(last, float(e["at"]))
-        for track in self.tracks:
-            last = max(last, _last_arrival(self.track_path(track.number)))
+            if e.get("kind") == "track" and isinstance(e.get("track"), int):
+                last = max(last, _last_arrival(self.directory / "tracks" / f"{int(e['track'])}.rtp"))
         return last
 
     @property
@@ -524,6 +584,31 @@ class Recording:
         }
 
 
+PART_PREFIX = "part-"
+
+
+def part_dir(directory: Path, part: int) -> Path:
+    """Where part ``part`` (2, 3, ...) of the recording in ``directory`` is written."""
+    return directory / f"{PART_PREFIX}{int(part)}"
+
+
+def _is_track_entry(e: dict[str, Any]) -> bool:
+    return e.get("kind") in ("track", "track_end") and isinstance(e.get("track"), int)
+
+
+def _load_parts(directory: Path) -> list[Recording]:
+    parts: list[tuple[int, Recording]] = []
+    for entry in directory.glob(f"{PART_PREFIX}*"):
+        number = entry.name[len(PART_PREFIX) :]
+        if not number.isdigit() or not (entry / "meta.json").is_file():
+            continue  # a part being created (meta.json comes right after the lock)
+        try:
+            parts.append((int(number), Recording(entry)))
+        except (ArchiveError, KeyError, TypeError, ValueError) as exc:
+            log.warning("skipping part %s: %s", entry, exc)
+    return [rec for _, rec in sorted(parts, key=lambda p: p[0])]
+
+
 def _last_arrival(path: Path) -> float:
     """Arrival time of the last record of the last intact chunk (a crashed or running recording has
     no stop time); reads backwards from the end, so it costs one chunk, not the whole file."""
@@ -548,7 +633,12 @@ def _last_arrival(path: Path) -> float:
 
 def writer_alive(directory: Path) -> bool:
     """Whether a ``RecordingWriter`` (in any process on this machine) still writes the recording
-    in ``directory``: it holds the lock on the timeline until it closes or its process dies."""
+    in ``directory`` or one of its parts: it holds the lock on the timeline until it closes or its
+    process dies."""
+    return _part_alive(directory) or any(_part_alive(p) for p in directory.glob(f"{PART_PREFIX}*"))
+
+
+def _part_alive(directory: Path) -> bool:
     try:
         fd = os.open(directory / "timeline.jsonl", os.O_RDONLY)
     except FileNotFoundError:

@@ -17,13 +17,15 @@ from av.video.reformatter import VideoReformatter
 from conference.layouts import Rect
 
 from .font import caption, fit_text, text_mask
-from .titles import DEFAULT_LANGUAGE, caption_mask, caption_px, comment_lines, lower_third_masks
+from .titles import DEFAULT_LANGUAGE, caption_mask, caption_px, comment_lines, line_mask, lower_third_masks
 
 AUDIO_RATE = 48000
 AAC_FRAME = 1024
 # Black, and the dark grey of a name card, in limited-range YUV.
 BLACK = (16, 128, 128)
 CARD = (48, 128, 128)
+MIN_SLATE_PX = 12
+SLATE = (40, 150, 120)  # dark blue: the seconds a recording lost (between two parts)
 
 Arrangement = tuple[tuple[Rect, ...], list[str | None]]
 MAX_SCALERS = 64
@@ -183,6 +185,16 @@ class Compositor:
         self._scaled = used
         if comment:
             self.lower_third(comment, language)
+        return c.frame()
+
+    def slate(self, text: str) -> av.VideoFrame:
+        """A plain picture with one line of text in the middle: what a render shows for the
+        seconds nothing was recorded (recorder.render, gaps between parts)."""
+        c = self.canvas
+        c.fill((0, 0, c.width, c.height), SLATE)
+        margin = max(8, c.width // 20)
+        mask, _ = line_mask(text, max(MIN_SLATE_PX, c.height // 18), c.width - 2 * margin)
+        c.text((c.width - mask.shape[1]) // 2, (c.height - mask.shape[0]) // 2, mask)
         return c.frame()
 
     def lower_third(self, comment: dict[str, Any], language: str) -> None:

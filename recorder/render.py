@@ -458,17 +458,23 @@ def render(
         audio_pts = 0
         samples_done = 0
         last_report = -1.0
+        # Between two parts (a failover: recording_gap): a slate and silence for the seconds lost.
+        gaps = [(a, b, titles.gap_title(b - a, language)) for a, b in recording.gaps if b > a]
         for k in range(frame_count):
             t = t0 + k / fps
             cursor.advance(t)
             state = cursor.state
-            arrangement = chooser.arrange(state)
-            pictures: dict[str, tuple[int, av.VideoFrame] | None] = {}
-            for identity in arrangement[1]:
-                if identity is None or identity in pictures:
-                    continue
-                pictures[identity] = _picture_for(videos.get(identity, []), state, identity, t)
-            frame = compositor.draw(arrangement, state, pictures, state.room.on_screen, language)
+            lost = next((text for a, b, text in gaps if a <= t < b), None)
+            if lost is not None:
+                frame = compositor.slate(lost)
+            else:
+                arrangement = chooser.arrange(state)
+                pictures: dict[str, tuple[int, av.VideoFrame] | None] = {}
+                for identity in arrangement[1]:
+                    if identity is None or identity in pictures:
+                        continue
+                    pictures[identity] = _picture_for(videos.get(identity, []), state, identity, t)
+                frame = compositor.draw(arrangement, state, pictures, state.room.on_screen, language)
             frame.pts = k
             frame.time_base = Fraction(1, fps)
             for packet in vstream.encode(frame):
@@ -480,7 +486,7 @@ def render(
             mix = np.zeros(count, dtype=np.float32)
             for identity, feed in audios:
                 samples = feed.read(samples_done, count)
-                if samples is not None and state.audible(identity):
+                if samples is not None and state.audible(identity) and lost is None:
                     mix += samples
             samples_done = target
             audio_pending = np.concatenate([audio_pending, limiter.process(mix)])

@@ -25,7 +25,9 @@ from .archive import (
     RecordingWriter,
     list_recordings,
     make_private_dir,
+    part_dir,
     recording_dir,
+    write_private_text,
     writer_alive,
 )
 from .jobs import RenderJobs, interrupted, list_jobs, options_from_job
@@ -80,6 +82,45 @@ class RecorderService:
         self._writers[recording_id] = writer
         self._room_recording[room] = recording_id
         log.info("recording %s of room %s started in %s", recording_id, room, directory)
+        return writer
+
+    async def start_part(self, room: str, recording_id: str, part: int, state: RoomState) -> RecordingWriter:
+        """Go on with ``recording_id`` as its part ``part`` (2, 3, ...): its node died and this one
+        took the room up. The earlier parts are where the recordings directory has them: several
+        nodes sharing one (docs/deploy.md) have them all, so the render spans the gap; a node with
+        a directory of its own starts the recording's directory here with part 1 marked as written
+        elsewhere (the render then shows its time as lost)."""
+        main = recording_dir(self.data_dir, recording_id)  # checks the id
+        if recording_id in self._writers:
+            raise ArchiveError(f"recording {recording_id!r} is already being written here")
+        started_at = time.time()
+        if (main / "meta.json").is_file():
+            # The dead node's parts: their writers are gone (no lock), finalise them with their data.
+            await asyncio.to_thread(_finalise_dead_parts, main)
+        else:
+            make_private_dir(main / "tracks")
+            meta = {
+                "format": 1,
+                "id": recording_id,
+                "room": room,
+                "started_at": state.recording.started_at or started_at,
+                "stopped_at": state.recording.started_at or started_at,
+                "complete": True,
+                "interrupted": True,
+                "elsewhere": True,  # part 1 was written on the node that died
+            }
+            write_private_text(main / "timeline.jsonl", "")
+            _write_meta(main, meta)
+        directory = part_dir(main, part)
+        if directory.exists():
+            raise ArchiveError(f"part {part} of recording {recording_id!r} already exists")
+        writer = await asyncio.to_thread(
+            RecordingWriter, directory, recording_id, room, started_at, fsync=self._fsync, part=part
+        )
+        writer.add_entry({"kind": "snapshot", "at": started_at, "state": state.to_json()})
+        self._writers[recording_id] = writer
+        self._room_recording[room] = recording_id
+        log.info("recording %s of room %s goes on as part %d in %s", recording_id, room, part, directory)
         return writer
 
     def on_events(self, room: str, events: list[Event], state: RoomState) -> None:
@@ -174,12 +215,24 @@ class RecorderService:
         await self.jobs.close()
 
 
-def _finalise_interrupted(rec: Recording) -> None:
+def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
     from .archive import _write_json_atomic
 
-    meta = dict(rec.meta)
-    meta.update(stopped_at=rec.stopped_at, complete=True, interrupted=True)
-    _write_json_atomic(rec.directory / "meta.json", meta)
+    _write_json_atomic(directory / "meta.json", meta)
+
+
+def _finalise_interrupted(rec: Recording) -> None:
+    """Every part whose writer died: complete, ``interrupted``, stopped at its last data."""
+    for part in (rec, *rec.parts):
+        if not part.own_complete:
+            meta = dict(part.meta)
+            meta.update(stopped_at=part.own_stopped_at, complete=True, interrupted=True)
+            _write_meta(part.directory, meta)
+
+
+def _finalise_dead_parts(directory: Path) -> None:
+    if not writer_alive(directory):
+        _finalise_interrupted(Recording(directory))
 
 
 def purge(

@@ -43,6 +43,7 @@ _WORDS = {
         "sep": "、",
         "floor": "发言：{name}",  # noqa: RUF001
         "item": "议程{n}：{title}",  # noqa: RUF001
+        "gap": "录制中断 {s} 秒（服务器切换）",  # noqa: RUF001
     },
     "en": {
         "program": "Program: {layout}",
@@ -50,6 +51,7 @@ _WORDS = {
         "sep": ", ",
         "floor": "Floor: {name}",
         "item": "Item {n}: {title}",
+        "gap": "Recording interrupted: {s} s lost (server failover)",
     },
 }
 
@@ -146,6 +148,11 @@ _COMMENT_WORDS = {
 }
 LOWER_THIRD_SHARE = 0.045  # text height as a share of the picture's height
 MAX_COMMENT_LINES = 2
+
+
+def gap_title(seconds: float, language: str) -> str:
+    """The slate shown for the seconds lost between two parts of a recording (a failover)."""
+    return _WORDS[language_of(language)]["gap"].format(s=f"{seconds:.1f}")
 
 
 def answered_title(by: str, language: str) -> str:

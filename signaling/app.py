@@ -26,7 +26,7 @@ from conference.config import Settings
 from conference.layouts import catalogue_json
 from conference.loadtest import relay_baseline
 from conference.media import MediaBackend, NullMedia
-from conference.placement import Placement, create_placement
+from conference.placement import NodeInfo, Placement, create_placement
 from conference.roles import Permission, Role, can
 from conference.room import MAX_TITLE, CommandError, set_title
 from conference.store import RoomExists, RoomStore, StoreUnavailable, create_store
@@ -362,6 +362,52 @@ async def get_nodes(request: web.Request) -> web.Response:
     )
 
 
+async def drain_node(request: web.Request) -> web.Response:
+    """POST: the node stops taking new rooms and gives its rooms up as their meetings end (an
+    upgrade: stop it once ``GET /api/nodes`` shows it with no rooms); DELETE: it takes rooms again.
+    Sent to any node: carried to the node named."""
+    require_admin(request)
+    placement = request.app[PLACEMENT_KEY]
+    node_id = request.match_info["node"]
+    draining = request.method == "POST"
+    if not placement.multi_node:
+        raise json_error(409, "conflict", "one node without Redis: there is no other node to hand rooms to")
+    if node_id != placement.node_id:
+        if FORWARDED_HEADER in request.headers:
+            raise json_error(404, "not_found", f"no live node {node_id!r}")
+        target = next((n for n in await placement.nodes() if n.node_id == node_id), None)
+        if target is None:
+            raise json_error(404, "not_found", f"no live node {node_id!r}")
+        return await _forward(request, target, request.method, f"/api/nodes/{node_id}/drain", None)
+    await placement.set_draining(draining)
+    me = next((n for n in await placement.nodes() if n.node_id == node_id), None)
+    body = me.to_json() if me is not None else {"node": node_id, "draining": draining}
+    return web.json_response({**body, "draining": draining})
+
+
+async def _forward(
+    request: web.Request, node: NodeInfo, method: str, path: str, msg: dict[str, Any] | None
+) -> web.Response:
+    """The request carried to ``node`` (its answer as it gave it), with the caller's credentials."""
+    headers = {FORWARDED_HEADER: request.app[PLACEMENT_KEY].node_id}
+    if (auth := request.headers.get("Authorization")) is not None:
+        headers["Authorization"] = auth
+    import aiohttp  # the client side, only for this
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.request(method, f"{node.url}{path}", json=msg, headers=headers) as response,
+        ):
+            body = await response.read()
+            return web.Response(
+                body=body, status=response.status, content_type=response.content_type or "application/json"
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        message = f"node {node.node_id} cannot be reached ({exc}): try again shortly"
+        raise json_error(503, "unavailable", message) from None
+
+
 async def forward_to_host(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response | None:
     """A REST command for a room hosted on another node runs there, where its media is (recording,
     broadcast, clips act on the media core); None: it runs here."""
@@ -371,23 +417,7 @@ async def forward_to_host(request: web.Request, room: str, msg: dict[str, Any]) 
     host = await placement.host_of(room)
     if host is None or host.node_id == placement.node_id:
         return None
-    headers = {FORWARDED_HEADER: placement.node_id}
-    if (auth := request.headers.get("Authorization")) is not None:
-        headers["Authorization"] = auth
-    import aiohttp  # the client side, only for this
-
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-            http.post(f"{host.url}/api/rooms/{room}/commands", json=msg, headers=headers) as response,
-        ):
-            body = await response.read()
-            return web.Response(
-                body=body, status=response.status, content_type=response.content_type or "application/json"
-            )
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        message = f"the room's node {host.node_id} cannot be reached ({exc}): try again shortly"
-        raise json_error(503, "unavailable", message) from None
+    return await _forward(request, host, "POST", f"/api/rooms/{room}/commands", msg)
 
 
 async def run_command(request: web.Request, room: str, msg: dict[str, Any]) -> web.Response:
@@ -563,6 +593,8 @@ def create_app(
     app.router.add_get("/api/protocol/schema", get_schema)
     app.router.add_get("/api/stats", get_stats)
     app.router.add_get("/api/nodes", get_nodes)
+    app.router.add_post("/api/nodes/{node}/drain", drain_node)
+    app.router.add_delete("/api/nodes/{node}/drain", drain_node)
     app.router.add_post("/api/tokens", post_token)
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_post("/api/rooms", create_room)

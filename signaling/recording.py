@@ -61,6 +61,21 @@ class RecordingControl:
             self.media.set_recorder(room, sink)
         return state, recording_id
 
+    async def resume(self, room: str) -> tuple[RoomState, int]:
+        """The room's recording goes on here as its next part (its node died; signaling.restore):
+        same recording id, so the render spans both parts with the gap shown."""
+        state, _ = await self.store.update(room, room_commands.next_recording_part)
+        recording_id, part = state.recording.recording_id, state.recording.part
+        if self.service is not None and recording_id is not None:
+            try:
+                sink = await self.service.start_part(room, recording_id, part, state)
+            except Exception as exc:
+                log.exception("recorder failed to go on with %s as part %d", recording_id, part)
+                await self.store.update(room, room_commands.stop_recording)
+                raise CommandError("internal", f"the recorder could not go on: {exc}") from None
+            self.media.set_recorder(room, sink)
+        return state, part
+
     async def stop(self, room: str) -> tuple[RoomState, str | None]:
         for hook in self.before_stop:  # last entries of the timeline (signaling.comments: figures)
             try:

@@ -7,7 +7,9 @@ back to the program they had; whoever does not come back leaves when the grace e
 
 A room that was recording goes on recording: the recording that was running is closed (by the
 shutdown, or by the recorder's recovery after a crash) and rendered, and a new recording starts
-at once, so the meeting is recorded in two parts. A recording room with nobody in it stops.
+at once, so the meeting is recorded in two recordings. A recording room with nobody in it stops.
+A room taken up from a node that died (several nodes) goes on with the same recording as its next
+part instead (``RecordingControl.resume``): one recording, its render spanning the failover.
 
 Only for stores whose rooms belong to this process alone (``shared`` false): with Redis other
 processes may hold the connections.
@@ -50,9 +52,10 @@ async def restore_rooms(rooms: Rooms) -> list[str]:
     return names
 
 
-async def restore_room(rooms: Rooms, name: str) -> None:
-    """Every participant disconnected with its place kept; a running recording goes on as a new one.
-    Also for a room taken up from a node that died (Rooms._host)."""
+async def restore_room(rooms: Rooms, name: str, *, next_part: bool = False) -> None:
+    """Every participant disconnected with its place kept; a running recording goes on as a new one,
+    or with ``next_part`` (a room taken up from a node that died, Rooms._host) as the next part of
+    the same recording."""
     store = rooms.store
     state, _ = await store.update(name, _all_disconnected)
     for identity in state.participants:
@@ -60,6 +63,14 @@ async def restore_room(rooms: Rooms, name: str) -> None:
     if not state.recording.active:
         return
     previous = state.recording.recording_id
+    if next_part and state.participants:
+        try:
+            _, part = await rooms.recording.resume(name)
+        except CommandError as exc:
+            log.error("room %s: recording %s could not go on here: %s", name, previous, exc.message)
+            return
+        log.info("room %s: recording %s goes on here as part %d", name, previous, part)
+        return
     with contextlib.suppress(CommandError):
         await store.update(name, room_commands.stop_recording)
     if not state.participants:

@@ -279,7 +279,7 @@ class Rooms:
         """Before the first join of a room on this node: the room may come from a node that died,
         whose participants the store still lists as connected and whose recording is running
         nowhere. They are picked up as after a restart (signaling.restore): places kept for the
-        grace, the recording goes on as a new recording here. Joins wait for it (one task a room)."""
+        grace, the recording goes on here as its next part. Joins wait for it (one task a room)."""
         if not self.placement.multi_node or self.connections.get(room):
             return  # a room with connections here has been taken up (taking up again is harmless)
         task = self._taking_up.get(room)
@@ -306,7 +306,7 @@ class Rooms:
         from .restore import restore_room  # it imports this module
 
         log.info("room %s taken up on this node (%d stale participants)", room, len(stale))
-        await restore_room(self, room)
+        await restore_room(self, room, next_part=True)
 
     async def hand_over(self, room: str, host: NodeInfo | None) -> None:
         """Another node holds the room now (this one's lease lapsed): send its sockets there."""

@@ -3,7 +3,8 @@ test's own. Venues of one room that reach different nodes are sent to the room's
 and see each other there (frames decoded from the other venue); GET /api/rooms/{room} names that
 node on every node; a program change sent over REST to a node that does not host the room reaches
 them all; the room's node killed (SIGKILL) mid-recording: the venues are back on another node with
-their program within the failover time, and the recording goes on there."""
+their program within the failover time, and the recording goes on there as the second part of the
+same recording; its render shows part 1, a slate for the seconds lost, then part 2."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from test_redis_restart import redis_server
 
 from conference.loadtest.endpoint import Endpoint, EndpointConfig, EndpointError
 from conference.placement import NODE_TTL_S, LocalPlacement, NodeInfo, choose_node
+from recorder.archive import Recording
+from recorder.compose import SLATE
+from recorder.render import RenderOptions, render
 from signaling.tokens import mint_token
 
 pytestmark = pytest.mark.media
@@ -61,14 +65,23 @@ async def call(url: str, method: str, path: str, body: Any = None) -> tuple[int,
 
 @contextlib.asynccontextmanager
 async def cluster(tmp_path: Path, count: int = 3) -> AsyncIterator[list[RunningServer]]:
+    """``count`` nodes, each with a data directory of its own whose ``recordings`` is one shared
+    directory (``tmp_path/shared/recordings``), as docs/deploy.md describes: every part of a recording
+    is where the render looks. The test renders itself (small and quick): no render on stop."""
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
+    shared = tmp_path / "shared" / "recordings"
+    shared.mkdir(parents=True)
+    config = tmp_path / "nodes.toml"
+    config.write_text("recording_auto_render = false\n")
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(redis_server(tmp_path / "redis", port))
         nodes = []
         for i in range(count):
             node_port = free_port()
-            args = ["--redis-url", redis_url, "--node-id", f"node-{i}"]
+            (tmp_path / f"node-{i}").mkdir()
+            (tmp_path / f"node-{i}" / "recordings").symlink_to(shared, target_is_directory=True)
+            args = ["--redis-url", redis_url, "--node-id", f"node-{i}", "--config", str(config)]
             args += ["--advertise-url", f"http://127.0.0.1:{node_port}"]
             nodes.append(
                 await stack.enter_async_context(
@@ -78,8 +91,8 @@ async def cluster(tmp_path: Path, count: int = 3) -> AsyncIterator[list[RunningS
         yield nodes
 
 
-def venue(url: str, identity: str) -> Endpoint:
-    token = mint_token(SECRET, "council", identity, identity, "venue", 3600)
+def venue(url: str, identity: str, room: str = "council") -> Endpoint:
+    token = mint_token(SECRET, room, identity, identity, "venue", 3600)
     return Endpoint(
         EndpointConfig(url=url, token=token, identity=identity, index=PALETTE[identity], palette=PALETTE)
     )
@@ -178,9 +191,108 @@ async def test_venues_on_different_nodes_meet_on_the_rooms_node_and_survive_its_
             status, room = await call(live[0], "GET", "/api/rooms/council")
             assert status == 200 and room["node"] != host, room
             assert {p["identity"] for p in room["participants"] if p["connected"]} == {"hall-a", "hall-b"}
-            # The recording goes on, as a new part on the new node.
+            # The recording goes on: the same recording, its second part, written on the new node.
             assert room["recording"]["active"], room["recording"]
-            assert room["recording"]["recording_id"] != first_recording
+            assert room["recording"]["recording_id"] == first_recording
+            assert room["recording"]["part"] == 2
+            await asyncio.sleep(2)
+            status, body = await call(
+                live[0], "POST", "/api/rooms/council/commands", {"type": "stop_recording"}
+            )
+            assert status == 200, body
+        finally:
+            for v in venues:
+                await v.close()
+    # The render spans the gap: part 1 (the dead node's), a slate for the seconds lost, part 2.
+    recording = Recording.open(tmp_path / "shared", first_recording)
+    assert recording.complete and len(recording.parts) == 1
+    ((lost_from, lost_until),) = recording.gaps
+    lost_s = lost_until - lost_from
+    print(f"recording: {lost_s:.2f} s lost between its parts (failover {failover_s:.2f} s)")
+    # At most the failover, and the last flush interval (0.25 s) the dead node had not written.
+    assert 0 < lost_s < failover_s + 0.3, (lost_s, failover_s)
+    assert {t.identity for t in recording.tracks if t.media == "video"} == {"hall-a", "hall-b"}
+    assert len(recording.tracks) >= 8  # audio and video of both venues in each part
+    out = tmp_path / "render.mp4"
+    options = RenderOptions(width=320, height=180, fps=10, vtt=False)
+    result = await asyncio.to_thread(render, recording, out, options)
+    assert abs(result.duration - recording.duration) < 0.2
+    t0 = recording.started_at
+    slate_at = (lost_from + lost_until) / 2 - t0
+    before = lost_from - t0 - 0.5
+    after = recording.duration - 0.5
+    seen = _frame_colours(out, [before, slate_at, after])
+    assert _is_slate(seen[0]) is False and _is_slate(seen[1]) is True and _is_slate(seen[2]) is False, seen
+
+
+def _frame_colours(path: Path, times: list[float]) -> list[tuple[float, float, float]]:
+    """Mean Y, U, V of the rendered frame nearest each time."""
+    import av
+    import numpy as np
+
+    found: list[tuple[float, float, float]] = []
+    with av.open(str(path)) as container:
+        frames = [(float(f.time), f.to_ndarray(format="yuv420p")) for f in container.decode(video=0)]
+    for t in times:
+        _, planes = min(frames, key=lambda f: abs(f[0] - t))
+        h = planes.shape[0] * 2 // 3
+        y, chroma = planes[:h], planes[h:]
+        u, v = chroma[: chroma.shape[0] // 2], chroma[chroma.shape[0] // 2 :]
+        found.append((float(np.mean(y)), float(np.mean(u)), float(np.mean(v))))
+    return found
+
+
+def _is_slate(colour: tuple[float, float, float]) -> bool:
+    y, u, v = colour
+    return abs(u - SLATE[1]) < 6 and abs(v - SLATE[2]) < 6 and abs(y - SLATE[0]) < 25
+
+
+async def test_a_drained_node_takes_no_new_room_and_gives_its_rooms_up_when_they_end(tmp_path: Path) -> None:
+    async with cluster(tmp_path, count=2) as nodes:
+        urls = [n.url for n in nodes]
+        a = venue(urls[0], "hall-a")
+        venues = [a]
+        try:
+            await a.join()
+            host_url = a.node_url
+            host = f"node-{urls.index(host_url)}"
+            other_url = next(u for u in urls if u != host_url)
+            # Drained through the other node (carried to the one named); unknown nodes are refused.
+            status, body = await call(other_url, "POST", f"/api/nodes/{host}/drain")
+            assert status == 200 and body["draining"] is True and body["node"] == host, body
+            status, body = await call(other_url, "POST", "/api/nodes/nobody/drain")
+            assert status == 404, body
+            status, listing = await call(host_url, "GET", "/api/nodes")
+            assert {n["node"]: n["draining"] for n in listing["nodes"]}[host] is True
+            # A new room is placed elsewhere, even by a join that reached the draining node ...
+            c = venue(host_url, "hall-a", room="committee")
+            venues.append(c)
+            await c.join()
+            assert c.node_url == other_url
+            # ... while the meeting in progress goes on there: a venue joining it is sent there.
+            b = venue(other_url, "hall-b")
+            venues.append(b)
+            await b.join()
+            assert b.node_url == host_url
+            # The meeting ends: the draining node gives the room up; the next meeting goes elsewhere.
+            await a.close()
+            await b.close()
+            deadline = time.monotonic() + 10
+            while True:
+                status, listing = await call(host_url, "GET", "/api/nodes")
+                rooms = {n["node"]: n["rooms"] for n in listing["nodes"]}[host]
+                _, room = await call(other_url, "GET", "/api/rooms/council")
+                if rooms == 0 and room["node"] is None:
+                    break
+                assert time.monotonic() < deadline, (rooms, room["node"])
+                await asyncio.sleep(0.25)
+            a = venue(host_url, "hall-a")
+            venues.append(a)
+            await a.join()
+            assert a.node_url == other_url
+            # Taking rooms again.
+            status, body = await call(other_url, "DELETE", f"/api/nodes/{host}/drain")
+            assert status == 200 and body["draining"] is False, body
         finally:
             for v in venues:
                 await v.close()

@@ -402,3 +402,42 @@ async def test_recording_running_at_shutdown_is_kept_and_rendered_at_the_next_st
     await asyncio.wait_for(restarted.jobs.wait("at-shutdown", "program-1280x720"), 120)
     assert json.loads(path.read_text())["state"] == "done"
     await restarted.close()
+
+
+async def test_a_recording_goes_on_as_a_second_part_with_the_gap_known(tmp_path: Path) -> None:
+    """After a failover another node writes part 2 of the same recording (signaling.restore): in a
+    shared recordings directory the recording is both parts, track numbers one sequence, the time
+    between them a gap; in a directory of its own part 1 is marked as written elsewhere."""
+    state = RoomState(room="assembly")
+    join(state, Participant("hall", "Main Hall", Role.VENUE, publish_audio=True, publish_video=True))
+    start_recording(state, "assembly-rec2", now=time.time())
+    first, second, alone = (RecorderService(data_dir=tmp_path / d) for d in ("shared", "shared", "alone"))
+    for service in (first, second, alone):
+        service.auto_render = False
+    sink = await first.start("assembly", "assembly-rec2", state)
+    sink.open_track("hall", "audio", "opus", 48000, 111, 1, {}).write(time.time(), b"\x80" * 20)
+    await first.stop("assembly", "assembly-rec2")
+    await asyncio.sleep(0.3)
+    state.recording.part = 2
+    sink = await second.start_part("assembly", "assembly-rec2", 2, state)
+    sink.open_track("hall", "audio", "opus", 48000, 111, 2, {}).write(time.time(), b"\x81" * 20)
+    main = recording_dir(tmp_path / "shared", "assembly-rec2")
+    assert archive.writer_alive(main)  # part 2's writer: a starting node's recovery leaves it alone
+    assert not Recording(main).complete
+    with pytest.raises(archive.ArchiveError):
+        await second.start_part("assembly", "assembly-rec2", 2, state)
+    await second.stop("assembly", "assembly-rec2")
+    rec = Recording.open(tmp_path / "shared", "assembly-rec2")
+    assert rec.complete and [p.meta["part"] for p in rec.parts] == [2]
+    assert [(t.number, t.ssrc) for t in rec.tracks] == [(0, 1), (1, 2)]
+    assert [p for _, p in rec.read_track(1)] == [b"\x81" * 20]
+    assert rec.track_path(1) == main / "part-2" / "tracks" / "0.rtp"
+    ((lost_from, lost_until),) = rec.gaps
+    assert 0.25 < lost_until - lost_from < 5 and rec.duration >= lost_until - lost_from
+    assert any(e["kind"] == "recording_gap" for e in rec.timeline)
+    # A node with a recordings directory of its own: the recording starts here with part 1 elsewhere.
+    await alone.start_part("assembly", "assembly-rec2", 2, state)
+    await alone.stop("assembly", "assembly-rec2")
+    rec = Recording.open(tmp_path / "alone", "assembly-rec2")
+    assert rec.complete and rec.meta["elsewhere"] and len(rec.parts) == 1
+    assert rec.gaps[0][0] == state.recording.started_at
