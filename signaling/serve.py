@@ -20,7 +20,7 @@ from conference.config import ConfigError, Settings, add_settings_arguments, set
 from conference.placement import default_node_id
 from conference.sqlite_store import StoreError
 
-from . import logs, metrics
+from . import logs, metrics, workers
 from .app import create_app
 from .tokens import ADMIN_KEY_FILE, resolve_admin_key, resolve_secret
 
@@ -42,6 +42,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=["uvloop", "asyncio"],
         help="uvloop (default, when installed) or the standard asyncio loop, to compare them",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N worker processes on the one port (SO_REUSEPORT), each a node with its own port "
+        "(--port + 1 + index); needs --redis-url (docs/deploy.md)",
+    )
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--tracemalloc",
         type=int,
@@ -65,15 +74,23 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"conference serve: {exc}", file=sys.stderr)
         return 2
+    worker = args.worker_index
+    if args.workers > 1 and worker is None:
+        try:
+            workers.check(settings, args.workers)
+        except ConfigError as exc:
+            print(f"conference serve: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(workers.supervise(settings, args.workers, args._argv))
     if args.tracemalloc > 0:
         tracemalloc.start(args.tracemalloc)  # before the app exists: its allocations are traced too
     if args.event_loop == "asyncio":
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, worker))
     try:
         import uvloop  # the media hot path runs measurably faster on it (docs/performance.md)
     except ImportError:
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        return asyncio.run(serve(settings, worker))
+    return uvloop.run(serve(settings, worker))
 
 
 REDACTED_QUERY_KEYS = frozenset({"token", "sig"})
@@ -164,7 +181,9 @@ async def _open_metrics(app: web.Application, settings: Settings) -> web.AppRunn
     return runner
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, worker: int | None = None) -> int:
+    """``worker``: one of ``--workers`` (signaling.workers): the shared port with SO_REUSEPORT,
+    and the worker's own port, which it advertises."""
     try:
         ssl_context = _ssl_context(settings)
     except (OSError, ssl.SSLError) as exc:
@@ -184,11 +203,20 @@ async def serve(settings: Settings) -> int:
     except (StoreError, OSError, sqlite3.Error) as exc:
         print(f"conference serve: cannot open the room store: {exc}", file=sys.stderr)
         return 2
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+    sites = [
+        web.TCPSite(
+            runner, settings.host, settings.port, ssl_context=ssl_context, reuse_port=worker is not None
+        )
+    ]
+    if worker is not None:
+        sites.append(
+            web.TCPSite(runner, settings.host, workers.worker_port(settings, worker), ssl_context=ssl_context)
+        )
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except OSError as exc:
-        print(f"conference serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        print(f"conference serve: cannot listen on {settings.host}: {exc}", file=sys.stderr)
         await runner.cleanup()
         return 1
     port = settings.port

@@ -4,7 +4,9 @@ and see each other there (frames decoded from the other venue); GET /api/rooms/{
 node on every node; a program change sent over REST to a node that does not host the room reaches
 them all; the room's node killed (SIGKILL) mid-recording: the venues are back on another node with
 their program within the failover time, and the recording goes on there as the second part of the
-same recording; its render shows part 1, a slate for the seconds lost, then part 2."""
+same recording; its render shows part 1, a slate for the seconds lost, then part 2. A drained
+node takes no new room and gives its rooms up when their meetings end; ``--workers 2`` behind one
+port are two nodes that meet any join on the room's worker."""
 
 from __future__ import annotations
 
@@ -296,3 +298,83 @@ async def test_a_drained_node_takes_no_new_room_and_gives_its_rooms_up_when_they
         finally:
             for v in venues:
                 await v.close()
+
+
+def _free_ports(count: int) -> int:
+    """A port with the ``count - 1`` ports after it free too (a worker's own ports follow it)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
+
+
+async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_worker(
+    tmp_path: Path,
+) -> None:
+    """``conference serve --workers 2``: the kernel spreads connections to the one port over both
+    workers (SO_REUSEPORT), each a node of the Redis placement; venues joining through the port, or
+    at the other worker's own port, all meet on the room's worker and see each other."""
+    redis_port = free_port()
+    port = _free_ports(3)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(redis_server(tmp_path / "redis", redis_port))
+        args = ["--workers", "2", "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--node-id", "box"]
+        server = await stack.enter_async_context(
+            server_process(tmp_path / "box", media=True, extra_args=args, port=port)
+        )
+        own = {f"box-w{i}": f"http://127.0.0.1:{port + 1 + i}" for i in range(2)}
+        answered: set[str] = set()
+        deadline = time.monotonic() + 30
+        while answered != set(own):  # a new connection each time: the kernel picks a worker
+            assert time.monotonic() < deadline, answered
+            with contextlib.suppress(aiohttp.ClientError):
+                status, body = await call(server.url, "GET", "/api/nodes")
+                if status == 200 and {n["node"] for n in body["nodes"]} == set(own):
+                    answered.add(body["node"])
+                    assert {n["node"]: n["url"] for n in body["nodes"]} == own
+            await asyncio.sleep(0.1)
+        a = venue(server.url, "hall-a")
+        venues = [a]
+        try:
+            joined = await a.join()
+            host = joined["node"]
+            b = venue(next(url for node, url in own.items() if node != host), "hall-b")  # sent on
+            venues.append(b)
+            assert (await b.join())["node"] == host and b.node_url == own[host]
+            program = {"layout": "side-by-side", "slots": ["hall-a", "hall-b"]}
+            status, body = await call(server.url, "PUT", "/api/rooms/council/program", program)
+            assert status == 200, body
+            await wait_until(lambda: sees(a, "hall-b") and sees(b, "hall-a"), 20, "each other's frames")
+            _, room = await call(server.url, "GET", "/api/rooms/council")
+            assert room["node"] == host
+        finally:
+            for v in venues:
+                await v.close()
+        # SIGTERM to the supervisor stops both workers.
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.process.wait(), 30) == 0
+        for url in own.values():
+            with pytest.raises(aiohttp.ClientError):
+                await call(url, "GET", "/healthz")
+
+
+async def test_workers_need_a_shared_room_store(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "signaling", "serve", "--workers", "2", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--workers needs --redis-url" in result.stderr, result.stderr
