@@ -303,6 +303,7 @@ async def server_process(
     tls: tuple[Path, Path] | None = None,
     extra_args: list[str] | None = None,
     port: int | None = None,
+    start_timeout: float = 20,
 ) -> AsyncIterator[RunningServer]:
     """``conference serve`` in its own process, as it runs in production: its event loop is not
     shared with the test's (Playwright's) one, which matters on a busy machine with media.
@@ -331,7 +332,7 @@ async def server_process(
     # The test's own self-signed certificate: the health check trusts it the way the browser does.
     verify = tls is None
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + start_timeout
         async with aiohttp.ClientSession() as http:
             while True:
                 if proc.returncode is not None:

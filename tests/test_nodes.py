@@ -328,9 +328,9 @@ async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(redis_server(tmp_path / "redis", redis_port))
         args = ["--workers", "2", "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--node-id", "box"]
-        server = await stack.enter_async_context(
-            server_process(tmp_path / "box", media=True, extra_args=args, port=port)
-        )
+        # Two workers importing at once on a busy 2-core machine: more than the usual 20 s.
+        started = server_process(tmp_path / "box", media=True, extra_args=args, port=port, start_timeout=60)
+        server = await stack.enter_async_context(started)
         own = {f"box-w{i}": f"http://127.0.0.1:{port + 1 + i}" for i in range(2)}
         answered: set[str] = set()
         deadline = time.monotonic() + 30
