@@ -249,57 +249,6 @@ def _is_slate(colour: tuple[float, float, float]) -> bool:
     return abs(u - SLATE[1]) < 6 and abs(v - SLATE[2]) < 6 and abs(y - SLATE[0]) < 25
 
 
-async def test_a_drained_node_takes_no_new_room_and_gives_its_rooms_up_when_they_end(tmp_path: Path) -> None:
-    async with cluster(tmp_path, count=2) as nodes:
-        urls = [n.url for n in nodes]
-        a = venue(urls[0], "hall-a")
-        venues = [a]
-        try:
-            await a.join()
-            host_url = a.node_url
-            host = f"node-{urls.index(host_url)}"
-            other_url = next(u for u in urls if u != host_url)
-            # Drained through the other node (carried to the one named); unknown nodes are refused.
-            status, body = await call(other_url, "POST", f"/api/nodes/{host}/drain")
-            assert status == 200 and body["draining"] is True and body["node"] == host, body
-            status, body = await call(other_url, "POST", "/api/nodes/nobody/drain")
-            assert status == 404, body
-            status, listing = await call(host_url, "GET", "/api/nodes")
-            assert {n["node"]: n["draining"] for n in listing["nodes"]}[host] is True
-            # A new room is placed elsewhere, even by a join that reached the draining node ...
-            c = venue(host_url, "hall-a", room="committee")
-            venues.append(c)
-            await c.join()
-            assert c.node_url == other_url
-            # ... while the meeting in progress goes on there: a venue joining it is sent there.
-            b = venue(other_url, "hall-b")
-            venues.append(b)
-            await b.join()
-            assert b.node_url == host_url
-            # The meeting ends: the draining node gives the room up; the next meeting goes elsewhere.
-            await a.close()
-            await b.close()
-            deadline = time.monotonic() + 10
-            while True:
-                status, listing = await call(host_url, "GET", "/api/nodes")
-                rooms = {n["node"]: n["rooms"] for n in listing["nodes"]}[host]
-                _, room = await call(other_url, "GET", "/api/rooms/council")
-                if rooms == 0 and room["node"] is None:
-                    break
-                assert time.monotonic() < deadline, (rooms, room["node"])
-                await asyncio.sleep(0.25)
-            a = venue(host_url, "hall-a")
-            venues.append(a)
-            await a.join()
-            assert a.node_url == other_url
-            # Taking rooms again.
-            status, body = await call(other_url, "DELETE", f"/api/nodes/{host}/drain")
-            assert status == 200 and body["draining"] is False, body
-        finally:
-            for v in venues:
-                await v.close()
-
-
 def _free_ports(count: int) -> int:
     """A port with the ``count - 1`` ports after it free too (a worker's own ports follow it)."""
     import socket
@@ -317,12 +266,14 @@ def _free_ports(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_worker(
+async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_worker_and_drain(
     tmp_path: Path,
 ) -> None:
     """``conference serve --workers 2``: the kernel spreads connections to the one port over both
     workers (SO_REUSEPORT), each a node of the Redis placement; venues joining through the port, or
-    at the other worker's own port, all meet on the room's worker and see each other."""
+    at the other worker's own port, all meet on the room's worker and see each other. The room's
+    worker drained: a new room goes to the other, the meeting in progress stays, and once it ended
+    its room is given up and its next meeting placed on the other worker."""
     redis_port = free_port()
     port = _free_ports(3)
     async with contextlib.AsyncExitStack() as stack:
@@ -356,6 +307,41 @@ async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_
             await wait_until(lambda: sees(a, "hall-b") and sees(b, "hall-a"), 20, "each other's frames")
             _, room = await call(server.url, "GET", "/api/rooms/council")
             assert room["node"] == host
+
+            # Draining the room's worker (sent through the port: carried to the worker named).
+            other = next(node for node in own if node != host)
+            status, body = await call(server.url, "POST", f"/api/nodes/{host}/drain")
+            assert status == 200 and body["draining"] is True and body["node"] == host, body
+            status, body = await call(server.url, "POST", "/api/nodes/nobody/drain")
+            assert status == 404, body
+            # A new room is placed elsewhere, even by a join that reached the draining worker ...
+            c = venue(own[host], "hall-a", room="committee")
+            venues.append(c)
+            await c.join()
+            assert c.node_url == own[other]
+            # ... while the meeting in progress goes on there: a venue joining it is sent there.
+            await b.close()
+            b = venue(own[other], "hall-b")
+            venues.append(b)
+            assert (await b.join())["node"] == host
+            # The meeting ends: the draining worker gives the room up; the next meeting goes elsewhere.
+            await a.close()
+            await b.close()
+            ended_at = time.monotonic()
+            while True:
+                status, listing = await call(own[other], "GET", "/api/nodes")
+                rooms = {n["node"]: n["rooms"] for n in listing["nodes"]}[host]
+                _, room = await call(own[other], "GET", "/api/rooms/council")
+                if rooms == 0 and room["node"] is None:
+                    break
+                assert time.monotonic() < ended_at + 10, (rooms, room["node"])
+                await asyncio.sleep(0.1)
+            print(f"drain: room given up {time.monotonic() - ended_at:.2f} s after its meeting ended")
+            a = venue(own[host], "hall-a")
+            venues.append(a)
+            assert (await a.join())["node"] == other
+            status, body = await call(server.url, "DELETE", f"/api/nodes/{host}/drain")
+            assert status == 200 and body["draining"] is False, body
         finally:
             for v in venues:
                 await v.close()
@@ -367,14 +353,16 @@ async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_
                 await call(url, "GET", "/healthz")
 
 
-async def test_workers_need_a_shared_room_store(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def test_workers_need_a_shared_room_store(tmp_path: Path) -> None:
+    """What ``serve --workers`` refuses before it starts anything (it prints the message, exit 2)."""
+    from conference.config import ConfigError, Settings
+    from signaling import workers
 
-    result = subprocess.run(
-        [sys.executable, "-m", "signaling", "serve", "--workers", "2", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "--workers needs --redis-url" in result.stderr, result.stderr
+    with pytest.raises(ConfigError, match="--workers needs --redis-url"):
+        workers.check(Settings(data_dir=tmp_path), 2)
+    shared = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", port=8080)
+    shared.rtc_port_min, shared.rtc_port_max = 40000, 40099
+    workers.check(shared, 2)
+    args = workers.worker_arguments(shared, 2, 1, "box")
+    assert args[args.index("--rtc-ports") + 1] == "40050-40099"  # its half of the media ports
+    assert args[args.index("--advertise-url") + 1] == "http://127.0.0.1:8082"
