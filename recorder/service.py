@@ -147,6 +147,22 @@ class RecorderService:
             return self.jobs.submit(recording_id, RenderOptions())
         return None
 
+    async def hand_over(self, room: str) -> str | None:
+        """The room went to another node while this one still wrote its recording (its beats came
+        late): close this part as it is, without a render; the other node goes on with the next part
+        and renders the whole when the recording stops there."""
+        recording_id = self._room_recording.pop(room, None)
+        writer = self._writers.pop(recording_id, None) if recording_id else None
+        if writer is None:
+            return None
+        await asyncio.to_thread(writer.close)
+        self._finished_flusher_cpu_s += writer.flusher_cpu_s
+        self._finished_bytes += writer.bytes_written
+        log.warning(
+            "recording %s of room %s: this node's part closed, the room went elsewhere", recording_id, room
+        )
+        return recording_id
+
     async def recover(self) -> list[str]:
         """Finalise recordings left open by a server that died; queue their program renders.
 

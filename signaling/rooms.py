@@ -309,7 +309,11 @@ class Rooms:
         await restore_room(self, room, next_part=True)
 
     async def hand_over(self, room: str, host: NodeInfo | None) -> None:
-        """Another node holds the room now (this one's lease lapsed): send its sockets there."""
+        """Another node holds the room now (this one's lease lapsed): send its sockets there; a
+        recording this node was writing goes on there as its next part (this part closed here)."""
+        service = self.recording.service
+        if service is not None and await service.hand_over(room) is not None:
+            self.media.set_recorder(room, None)
         for conn in list(self.connections.get(room, {}).values()):
             if host is not None:
                 conn.send({"v": PROTOCOL_VERSION, "type": "moved", "node": host.node_id, "url": host.url})
