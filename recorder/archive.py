@@ -574,7 +574,7 @@ class Recording:
         return list(seen.values())
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary: dict[str, Any] = {
             "id": self.id,
             "room": self.room,
             "started_at": self.started_at,
@@ -582,6 +582,10 @@ class Recording:
             "duration_s": round(self.duration, 3),
             "complete": self.complete,
         }
+        if self.parts:  # went on after a failover: how many parts, and the seconds lost between
+            summary["parts"] = 1 + len(self.parts)
+            summary["lost_s"] = round(sum(b - a for a, b in self.gaps), 3)
+        return summary
 
 
 PART_PREFIX = "part-"

@@ -438,6 +438,7 @@ async def test_a_recording_goes_on_as_a_second_part_with_the_gap_known(tmp_path:
     ((lost_from, lost_until),) = rec.gaps
     assert 0.25 < lost_until - lost_from < 5 and rec.duration >= lost_until - lost_from
     assert any(e["kind"] == "recording_gap" for e in rec.timeline)
+    assert rec.summary()["parts"] == 2 and rec.summary()["lost_s"] == round(lost_until - lost_from, 3)
     # A node with a recordings directory of its own: the recording starts here with part 1 elsewhere.
     await alone.start_part("assembly", "assembly-rec2", 2, state)
     await alone.stop("assembly", "assembly-rec2")
