@@ -309,3 +309,43 @@ async def test_udp_sockets_drain_everything_queued_per_wakeup() -> None:
         assert len(received) == 100
     finally:
         await pc.close()
+
+
+async def test_lenient_consent_survives_late_answers_and_expires_without_any(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load endpoint's consent (glue.lenient_consent): checks answered 1 s late keep the
+    connection (aioice's own checks, which want an answer within 0.5 s, would hang up after six),
+    and with no answers at all it closes once CONSENT_EXPIRY_S has passed."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(glue, "CONSENT_EXPIRY_S", 2.0)
+    pair = Pair()
+    try:
+        glue.lenient_consent(pair.publisher)
+        await pair.connect()
+        await wait_for(lambda: pair.publisher.iceConnectionState == "completed", 10, "ICE")
+        connection = pair.publisher.getTransceivers()[0].receiver.transport.transport._connection
+        assert getattr(connection._query_consent_task, "lenient", False)
+        # The server's side answers every STUN request 1 s late, then not at all.
+        server_ice = glue.leg_transport(pair.server).transport._connection
+        mode = {"answer": "late"}
+        loop = asyncio.get_running_loop()
+        for protocol in server_ice._protocols:
+            original = protocol.datagram_received
+
+            def delayed(data: bytes, addr: Any, original: Any = original) -> None:
+                if data[:1] in (b"\x00", b"\x01"):  # STUN
+                    if mode["answer"] == "late":
+                        loop.call_later(1.0, original, data, addr)
+                    return
+                original(data, addr)
+
+            protocol.datagram_received = delayed
+        await asyncio.sleep(6.0)  # aioice's checks: six misses of 0.2 s + 0.5 s each close by 4.2 s
+        assert pair.publisher.iceConnectionState == "completed"
+        mode["answer"] = "none"
+        await wait_for(lambda: pair.publisher.connectionState in ("failed", "closed"), 8, "consent expiry")
+    finally:
+        await pair.close()

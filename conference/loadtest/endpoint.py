@@ -540,6 +540,7 @@ class Endpoint:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         self.receive_buffer = glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
+        glue.lenient_consent(pc)  # a busy load process must not hang up on itself
         # One transport when the server BUNDLEs (it does); hook each in case it does not.
         for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
             if dtls is not None:
@@ -755,6 +756,9 @@ class Endpoint:
             if self.raw is not None
             else (self.audio_track.frames_sent if self.audio_track else 0),
             "srtp_from_sockets": sum(h.packets for h in self.datagram_hooks),
+            "srtp_unprotect_errors": sum(h.unprotect_errors for h in self.datagram_hooks),
+            "connection_state": self.pc.connectionState if self.pc is not None else None,
+            "ice_state": self.pc.iceConnectionState if self.pc is not None else None,
             "retransmissions": self.raw.retransmissions if self.raw is not None else 0,
             "speakers": list(self.speakers),
             "closed_reason": self.closed_reason,

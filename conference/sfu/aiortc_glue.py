@@ -44,6 +44,7 @@ from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
+import aioice.stun
 import aioice.turn
 import pylibsrtp
 from aiortc import (
@@ -117,6 +118,9 @@ _METHODS: list[tuple[type, str, tuple[str, ...], bool]] = [
     (RTCRtpReceiver, "receive", ("parameters",), True),
     (RTCRtpReceiver, _RECEIVER_STOP_DECODER, (), False),
     (aioice.ice.Connection, "get_component_candidates", ("component", "addresses", "timeout"), True),
+    # lenient_consent (load endpoints) replaces the consent task with its own checks.
+    (aioice.ice.Connection, "build_request", ("pair", "nominate"), False),
+    (aioice.ice.Connection, "query_consent", (), True),
 ]
 
 
@@ -155,10 +159,16 @@ def check_aiortc() -> None:
         aioice.ice.Connection
     ):
         raise _fail("aioice Connection no longer queues data in _queue through data_received")
-    for name in ("_nominated", "_protocols", "_local_candidates"):
+    for name in ("_nominated", "_protocols", "_local_candidates", "_query_consent_task"):
         if name not in aioice.ice.Connection.__init__.__code__.co_names:
             raise _fail(f"aioice Connection no longer sets {name}")
-    for module_name in ("StunProtocol", "Candidate", "candidate_foundation", "candidate_priority"):
+    for module_name in (
+        "StunProtocol",
+        "Candidate",
+        "candidate_foundation",
+        "candidate_priority",
+        "CONSENT_INTERVAL",
+    ):
         if not hasattr(aioice.ice, module_name):
             raise _fail(f"aioice.ice.{module_name} is missing")
     reader = _SelectorDatagramTransport._read_ready.__code__.co_names
@@ -229,6 +239,58 @@ def parseable_sdp(sdp: str) -> str:
 def leg_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
     """The one DTLS transport of a max-bundle peer connection."""
     return pc.getTransceivers()[0].receiver.transport
+
+
+# --- ICE consent (load endpoints) -------------------------------------------------------------
+
+CONSENT_EXPIRY_S = 30.0  # RFC 7675 section 5.1: consent lasts 30 s from the last answered check
+
+
+def lenient_consent(pc: RTCPeerConnection) -> None:
+    """Check consent the RFC 7675 way on this peer connection once ICE has connected: consent
+    lasts 30 s from the last answered check, and an answer to a retransmitted request counts.
+
+    aioice sends single requests that must be answered within 0.5 s and hangs up after six misses
+    in a row, about 30 s: a peer whose answers take longer (a round trip over 0.5 s on a congested
+    mobile link, or a busy process that reads its socket late) is cut off although it is there.
+    Seen in the soak: the load generator's chair, receiving 2.5k packets/s on one socket, closed its
+    own connection a minute in while the server went on sending. Used on the server's legs and on
+    the load generator's endpoints."""
+
+    def connected() -> None:
+        if pc.iceConnectionState != "completed":
+            return
+        for transport in {t.receiver.transport.transport for t in pc.getTransceivers()}:
+            connection = transport._connection
+            task = connection._query_consent_task
+            if task is not None and not getattr(task, "lenient", False):
+                task.cancel()
+                task = connection._query_consent_task = asyncio.ensure_future(_consent(connection))
+                task.lenient = True  # type: ignore[attr-defined]
+
+    pc.on("iceconnectionstatechange", connected)
+    connected()
+
+
+async def _consent(connection: aioice.ice.Connection) -> None:
+    answered = time.monotonic()
+    while True:
+        await asyncio.sleep(aioice.ice.CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+        assert connection.remote_password is not None
+        for pair in list(connection._nominated.values()):
+            request = connection.build_request(pair, nominate=False)
+            with contextlib.suppress(aioice.stun.TransactionError):
+                await pair.protocol.request(
+                    request,
+                    pair.remote_addr,
+                    integrity_key=connection.remote_password.encode("utf8"),
+                    retransmissions=2,  # answered within 3.5 s
+                )
+                answered = time.monotonic()
+        if time.monotonic() - answered > CONSENT_EXPIRY_S:
+            connection._query_consent_task = None
+            await connection.close()
+            return
 
 
 # --- incoming RTP ---------------------------------------------------------------------------

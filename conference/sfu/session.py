@@ -208,6 +208,8 @@ class Session(Transport):
         glue.drain_udp_reads(pc)
         self.ice_queue_guard = glue.bound_ice_queue(pc)
         glue.enlarge_receive_buffers(pc, RECEIVE_BUFFER_BYTES)
+        # RFC 7675's consent, not aioice's 0.5 s one: a venue whose answers come late keeps its leg.
+        glue.lenient_consent(pc)
         # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
         self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet, backend.native_send)
         sdp = _add_fir_feedback(pc.localDescription.sdp)
