@@ -72,7 +72,7 @@ class Settings:
     subscriber_rtx: bool = False
     # Ask publishers for three simulcast layers (browsers send them) and give each subscriber's slot
     # the layer its tile needs (conference.layer_choice); false: one stream per publisher, as sent.
-    simulcast: bool = False
+    simulcast: bool = True
     # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
     # (None: no cap beyond max_endpoints - 1).
     max_previews: int | None = None

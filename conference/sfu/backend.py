@@ -49,7 +49,7 @@ class SfuBackend:
         plain_rtp_host: str = "127.0.0.1",
         native_send: bool = True,
         subscriber_rtx: bool = False,
-        simulcast: bool = False,
+        simulcast: bool = True,
     ) -> None:
         glue.check_aiortc()
         # Which send the WebRTC legs use: "native" (built and allowed) or "python".
