@@ -73,6 +73,8 @@ class CountingOutput:
         return True
 
 
+# The server's send window (aiortc_glue.SEND_REPLAY_WINDOW; aiortc's own 1,024 before it).
+SEND_WINDOW = 1024
 SRTP_KEY = bytes(range(44))  # AES-256-GCM: 32 bytes of key, 12 of salt
 
 
@@ -84,7 +86,7 @@ def srtp_session(key: bytes = SRTP_KEY) -> Any:
         key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM
     )
     policy.allow_repeat_tx = True
-    policy.window_size = 1024
+    policy.window_size = SEND_WINDOW
     return Session(policy)
 
 
@@ -245,7 +247,15 @@ def main() -> None:
         help="send through real LegOutputs (SRTP + UDP on 127.0.0.1), pure-Python or native",
     )
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--send-window", type=int, default=0, help="SRTP send window (default: the server's)")
     args = parser.parse_args()
+    global SEND_WINDOW
+    try:
+        from conference.sfu.aiortc_glue import SEND_REPLAY_WINDOW
+
+        SEND_WINDOW = args.send_window or SEND_REPLAY_WINDOW
+    except ImportError:  # a tree before the narrower window
+        SEND_WINDOW = args.send_window or 1024
     main_coroutine = run(
         args.packets, args.tracks, args.repeats if args.packets else 1, args.transport_cc, args.leg
     )

@@ -89,6 +89,7 @@ class Pair:
         self.outbound = server.addTransceiver("video", direction="sendonly")
         self.counter = glue.neutralise_decoder(self.inbound.receiver)
         self.dtls = glue.leg_transport(server)
+        glue.narrow_send_window(self.dtls)  # as the server's Session does
         self.output = glue.LegOutput(self.dtls)
 
         async def on_rtp(data: bytes, arrival_time_ms: int) -> None:

@@ -79,7 +79,14 @@ async def forward(native: bool, wire: Wire, tracks: int = 3) -> tuple[list[bytes
     producer.receive(video[0], parse_header(video[0]))
     for track in down:
         track.set_want("pub", producer)
-    for data in video[1:]:
+    for n, data in enumerate(video[1:]):
+        if n == 15:  # a new SRTP context on one leg (as a DTLS restart gives): the checks see it
+            legs[1]._dtls._tx_srtp = srtp_session()
+        if n == 25:  # and another nominated pair (the same socket and peer) on another
+            pair = legs[2]._connection._nominated[1]
+            legs[2]._connection._nominated[1] = type(pair)(
+                protocol=pair.protocol, remote_addr=pair.remote_addr
+            )
         producer.receive(data, parse_header(data))
 
     opus = CodecInfo("opus", 111, 48_000)
@@ -128,16 +135,19 @@ async def test_both_paths_put_the_same_bytes_on_the_wire(monkeypatch: pytest.Mon
     python_wire, native_wire = Wire(), Wire()
     counting = CountingFastpath(glue._fastpath)
     monkeypatch.setattr(glue, "_fastpath", counting)
+    copies_before = glue._fastpath.counters()["fast_copies"]
     try:
         on_python, python_state = await forward(False, python_wire)
         on_native, native_state = await forward(True, native_wire)
+        fanned_out = glue._fastpath.counters()["fast_copies"] - copies_before
     finally:
         python_wire.close()
         native_wire.close()
     assert len(on_python) == len(on_native) > 180
     assert on_python == on_native
-    # The C rewrite took the settled packets (VP8 and Opus) and left the slots as Python does.
-    assert counting.fast > 150
+    # The producer's fan-out in C took the settled packets (VP8 and Opus) of every slot and left the
+    # slots as Python does; what it did not take (the switches) went through the Python fallback.
+    assert fanned_out > 150 and counting.fast == 0
     assert native_state == python_state
     # And they are SRTP a receiver takes: the payloads come back intact.
     from pylibsrtp import Policy, Session
@@ -223,6 +233,18 @@ async def test_native_send_on_a_real_aiortc_leg_decodes_at_the_peer() -> None:
         assert received and received[0] == 0, "the natively sent stream must decode as the red camera"
         assert output.packets == sent > 0 and output.send_errors == 0
         assert output._sockaddr is not None, "the leg's host pair took the native send"
+        # The handshake made the outbound session with the server's narrower send window: a packet
+        # SEND_REPLAY_WINDOW behind its stream's newest is refused, one just inside it is not.
+        tx = pair.dtls._tx_srtp
+        newest = 5000
+        tx.protect(struct.pack("!BBHII", 0x80, 96, newest, 1, 0xC0FFEE) + bytes(20))
+        tx.protect(
+            struct.pack("!BBHII", 0x80, 96, newest - glue.SEND_REPLAY_WINDOW + 1, 1, 0xC0FFEE) + bytes(20)
+        )
+        with pytest.raises(pylibsrtp.Error):
+            tx.protect(
+                struct.pack("!BBHII", 0x80, 96, newest - glue.SEND_REPLAY_WINDOW, 1, 0xC0FFEE) + bytes(20)
+            )
     finally:
         await pair.close()
 

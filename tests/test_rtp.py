@@ -1009,3 +1009,43 @@ def test_rtx_original_matches_aiortc_unwrap() -> None:
     padding.padding_size = 200
     probe = padding.serialize(extensions)
     assert rtx_original(probe, header(probe), 96, 0xAAAA) is None
+
+
+def test_a_packet_further_back_than_the_send_window_is_not_sent() -> None:
+    """Late packets and NACK answers up to LATE_PACKET_WINDOW - 1 behind the newest go out; older
+    ones are dropped: libsrtp's send window of that size (the leg's) would refuse them."""
+    import pylibsrtp
+
+    from conference.sfu.aiortc_glue import SEND_REPLAY_WINDOW
+    from conference.sfu.rewriter import LATE_PACKET_WINDOW
+
+    assert SEND_REPLAY_WINDOW == LATE_PACKET_WINDOW
+    policy = pylibsrtp.Policy(
+        key=bytes(range(44)),
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+        srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+    )
+    policy.allow_repeat_tx = True
+    policy.window_size = SEND_REPLAY_WINDOW
+    srtp = pylibsrtp.Session(policy)
+    slot = audio_slot(first_sequence=1000, first_timestamp=0)
+    slot.switch(1111)
+
+    def rewrite(n: int) -> bytes | None:
+        data = rtp(bytes([n & 0xFF]), seq=n, ts=960 * n)
+        return slot.rewrite(data, header(data), abs_send_time(0.0), None, True, n * 0.02)
+
+    newest = LATE_PACKET_WINDOW + 10
+    for n in range(newest + 1):
+        if n not in (10, 11):  # these two arrive late
+            out = rewrite(n)
+            assert out is not None
+            srtp.protect(out)
+    inside = rewrite(11)  # 255 behind the newest: sent, and libsrtp takes it
+    assert inside is not None and inside[2:4] == (1000 + 11).to_bytes(2, "big")
+    srtp.protect(inside)
+    assert rewrite(10) is None  # 256 behind: not sent ...
+    too_old = bytearray(inside)
+    too_old[2:4] = (1000 + 10).to_bytes(2, "big")
+    with pytest.raises(pylibsrtp.Error):  # ... libsrtp would have refused it
+        srtp.protect(bytes(too_old))

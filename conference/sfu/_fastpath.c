@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -186,60 +187,68 @@ static int set_slot(PyObject *obj, int i, PyObject *value) { /* steals value */
 
 static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObject *addr, Py_ssize_t length);
 
-/* forward(rewriter, data, header, abs_send_time, audio_level, now, protect, session, fd, sockaddr):
- * rewrite_head's fast path + protect + send. None: not the fast path (nothing done, the caller
- * rewrites in Python); else what send_rtp returns. */
-static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "forward takes 10 arguments");
-        return NULL;
-    }
-    PyObject *rw = args[0], *data = args[1], *header = args[2], *level_obj = args[4], *now = args[5];
-    if (rewriter_type == NULL || Py_TYPE(rw) != rewriter_type || !PyBytes_Check(data) || !PyTuple_Check(header) ||
-        PyTuple_GET_SIZE(header) != 10 || !PyFloat_Check(now))
-        Py_RETURN_NONE;
-    long long h[10];
+/* The header fields the fast path reads (RtpHeader's marker, sequence, timestamp, ssrc,
+ * payload_offset, payload_end), once per packet. 0 if the header is not what the fast path takes. */
+typedef struct {
+    long long marker, seq, timestamp, ssrc, pos, end;
+    PyObject *seq_obj; /* borrowed: the slot's new in_highest */
+} header_fields;
+
+static int read_header(PyObject *header, header_fields *h) {
+    if (!PyTuple_Check(header) || PyTuple_GET_SIZE(header) != 10)
+        return 0;
     static const int used[] = {0, 2, 3, 4, 8, 9};
+    long long v[6];
     for (int k = 0; k < 6; k++) {
-        PyObject *v = PyTuple_GET_ITEM(header, used[k]);
-        if (!PyLong_Check(v))
-            Py_RETURN_NONE;
-        h[used[k]] = PyLong_AsLongLong(v);
+        PyObject *item = PyTuple_GET_ITEM(header, used[k]);
+        if (!PyLong_Check(item))
+            return 0;
+        v[k] = PyLong_AsLongLong(item);
     }
     if (PyErr_Occurred()) {
         PyErr_Clear();
-        Py_RETURN_NONE;
+        return 0;
     }
-    long long marker = h[0], seq = h[2], timestamp = h[3], ssrc = h[4], pos = h[8], end = h[9];
+    h->marker = v[0], h->seq = v[1], h->timestamp = v[2], h->ssrc = v[3], h->pos = v[4], h->end = v[5];
+    h->seq_obj = PyTuple_GET_ITEM(header, 2);
+    return 1;
+}
+
+/* rewrite_head's fast path into buffer, the slot's state updated as rewrite_head leaves it.
+ * 1: buffer[0:*length] is the packet to protect; 0: not the fast path (nothing changed, the caller
+ * takes the Python path); -1: an error is set. */
+static int rewrite_fast(PyObject *rw, PyObject *data, const header_fields *h, long long ast, PyObject *level_obj,
+                        PyObject *now, Py_ssize_t *length_out) {
+    if (rewriter_type == NULL || Py_TYPE(rw) != rewriter_type || !PyBytes_Check(data) || !PyFloat_Check(now))
+        return 0;
+    long long marker = h->marker, seq = h->seq, timestamp = h->timestamp, ssrc = h->ssrc, pos = h->pos,
+              end = h->end;
     long long live, in_highest, seq_offset, ts_offset, level_shift, pt, out_ssrc;
     unsigned long long tag, abs_mask, level_mask;
     if (slot_long(rw, S_LIVE, &live) || slot_long(rw, S_IN_HIGHEST, &in_highest) ||
         slot_long(rw, S_SEQ_OFFSET, &seq_offset) || slot_long(rw, S_TS_OFFSET, &ts_offset) ||
         slot_long(rw, S_PAYLOAD_TYPE, &pt) || slot_long(rw, S_SSRC, &out_ssrc))
-        Py_RETURN_NONE;
+        return 0;
     Py_ssize_t data_len = PyBytes_GET_SIZE(data);
     if (ssrc != live || ((seq - in_highest - 1) & 0xFFFF) >= max_sequence_step || end - pos < 5 || pos < 0 ||
         end > data_len)
-        Py_RETURN_NONE;
+        return 0;
     PyObject *vp8_obj = SLOT(rw, S_VP8), *prefix = SLOT(rw, S_PREFIX), *suffix = SLOT(rw, S_SUFFIX);
     if (vp8_obj == NULL || !PyBool_Check(vp8_obj) || prefix == NULL || !PyBytes_Check(prefix) ||
         PyBytes_GET_SIZE(prefix) != 4 || suffix == NULL || !PyBytes_Check(suffix))
-        Py_RETURN_NONE;
+        return 0;
     if (slot_ulong(rw, S_TAG, &tag) || slot_ulong(rw, S_ABS_MASK, &abs_mask) ||
         slot_ulong(rw, S_LEVEL_MASK, &level_mask) || slot_long(rw, S_LEVEL_SHIFT, &level_shift) ||
         level_shift < 0 || level_shift > 57)
-        Py_RETURN_NONE;
-    long long ast = PyLong_AsLongLong(args[3]);
-    if (ast == -1 && PyErr_Occurred())
-        return NULL;
+        return 0;
     const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(data);
     int vp8 = vp8_obj == Py_True;
     long long pid = -1, pid_offset = 0;
     if (vp8) {
         if (!((in[pos] & 0x80) && in[pos + 1] == 0x80 && (in[pos + 2] & 0x80)))
-            Py_RETURN_NONE; /* another descriptor form: the Python path */
+            return 0; /* another descriptor form: the Python path */
         if (slot_long(rw, S_PID_OFFSET, &pid_offset))
-            Py_RETURN_NONE;
+            return 0;
         pid = ((in[pos + 2] & 0x7F) << 8) | in[pos + 3];
     }
     Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix);
@@ -248,7 +257,7 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t length = head_len + (Py_ssize_t)(end - tail);
     if (length > BUFFER_SIZE - MAX_TRAILER) {
         PyErr_SetString(PyExc_ValueError, "packet is too long");
-        return NULL;
+        return -1;
     }
     unsigned long long word = tag | ((unsigned long long)ast & abs_mask);
     if (!vp8 && level_mask) {
@@ -256,11 +265,14 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (level_obj != Py_None) {
             level = PyLong_AsLongLong(level_obj);
             if (level == -1 && PyErr_Occurred())
-                return NULL;
+                return -1;
             level &= 0x7F;
         }
         word |= (unsigned long long)level << level_shift;
     }
+    long long packets_sent, octets_sent;
+    if (slot_long(rw, S_PACKETS_SENT, &packets_sent) || slot_long(rw, S_OCTETS_SENT, &octets_sent))
+        return 0;
     unsigned long out_seq = (unsigned long)((seq + seq_offset) & 0xFFFF);
     unsigned long long out_ts = (unsigned long long)((timestamp + ts_offset) & 0xFFFFFFFFLL);
     unsigned char *b = buffer;
@@ -286,19 +298,40 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     memcpy(b + head_len, in + tail, (size_t)(end - tail));
     /* The slot's state, as rewrite_head leaves it. */
-    long long packets_sent, octets_sent;
-    if (slot_long(rw, S_PACKETS_SENT, &packets_sent) || slot_long(rw, S_OCTETS_SENT, &octets_sent))
-        Py_RETURN_NONE;
-    Py_INCREF(PyTuple_GET_ITEM(header, 2));
+    Py_INCREF(h->seq_obj);
     Py_INCREF(now);
-    if (set_slot(rw, S_IN_HIGHEST, PyTuple_GET_ITEM(header, 2)) ||
+    if (set_slot(rw, S_IN_HIGHEST, h->seq_obj) ||
         set_slot(rw, S_LAST_TIMESTAMP, PyLong_FromUnsignedLongLong(out_ts)) || set_slot(rw, S_LAST_TIME, now) ||
         set_slot(rw, S_PACKETS_SENT, PyLong_FromLongLong(packets_sent + 1)) ||
         set_slot(rw, S_OCTETS_SENT, PyLong_FromLongLong(octets_sent + (end - pos))) ||
         set_slot(rw, S_TAIL, PyLong_FromLongLong(tail)))
-        return NULL;
+        return -1;
     if (vp8 && set_slot(rw, S_IN_PICTURE_ID, PyLong_FromLongLong(pid)))
+        return -1;
+    *length_out = length;
+    return 1;
+}
+
+/* forward(rewriter, data, header, abs_send_time, audio_level, now, protect, session, fd, sockaddr):
+ * rewrite_head's fast path + protect + send. None: not the fast path (nothing done, the caller
+ * rewrites in Python); else what send_rtp returns. */
+static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "forward takes 10 arguments");
         return NULL;
+    }
+    header_fields h;
+    if (!read_header(args[2], &h))
+        Py_RETURN_NONE;
+    long long ast = PyLong_AsLongLong(args[3]);
+    if (ast == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t length;
+    int fast = rewrite_fast(args[0], args[1], &h, ast, args[4], args[5], &length);
+    if (fast < 0)
+        return NULL;
+    if (fast == 0)
+        Py_RETURN_NONE;
     protect_fn protect = (protect_fn)PyLong_AsVoidPtr(args[6]);
     void *session = PyLong_AsVoidPtr(args[7]);
     long fd = PyLong_AsLong(args[8]);
@@ -330,6 +363,249 @@ static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObjec
     if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == EINTR)
         return PyBytes_FromStringAndSize((const char *)buffer, len);
     return PyLong_FromLong(-err);
+}
+
+/* --- a producer's fan-out --------------------------------------------------------------------
+ * Producer.receive's loop over its consumers for one packet, in one call: for each down-track
+ * whose output is a native LegOutput with its SRTP context, nominated pair and socket as the leg
+ * resolved them last (the checks LegOutput.forward makes), rewrite (the fast path above), protect
+ * and send here; every other track (another output, a leg that changed, a packet off the fast
+ * path) goes to the Python fallback, which is the reference. The tracks are the producer's own
+ * list, read as it is at each step (a fallback may change it, as in a Python for loop). */
+
+enum {
+    L_ADDR, L_CONNECTION, L_DTLS, L_FD, L_HANDLE, L_PAIR, L_SOCKADDR, L_SRTP, L_TRANSPORT, L_NATIVE, L_OCTETS,
+    L_PACKETS, L_SEND_ERRORS, L_COUNT
+};
+static const char *leg_slot_names[L_COUNT] = {
+    "_addr", "_connection", "_dtls", "_fd", "_handle", "_pair", "_sockaddr", "_srtp", "_transport", "native",
+    "octets", "packets", "send_errors",
+};
+static PyTypeObject *leg_type = NULL;
+static Py_ssize_t leg_offsets[L_COUNT];
+static protect_fn leg_protect = NULL;
+static unsigned long long fast_copies = 0; /* copies the fan-out sent itself (tests, counters()) */
+static PyObject *str_rewriter, *str_output, *str_tx_srtp, *str_nominated, *str_is_closing, *str_sendto,
+    *str_packets, *one;
+
+#define LSLOT(obj, i) (*(PyObject **)((char *)(obj) + leg_offsets[i]))
+
+/* The offsets of a class's object slots by name (bind_rewriter's way). */
+static int slot_offsets_of(PyObject *cls, const char **names, int count, Py_ssize_t *offsets) {
+    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
+    for (int i = 0; i < count; i++) {
+        PyObject *descr = PyDict_GetItemString(dict, names[i]);
+        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%s is not an object slot of %s", names[i], ((PyTypeObject *)cls)->tp_name);
+            return -1;
+        }
+        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    return 0;
+}
+
+/* bind_leg(cls, protect): the leg class whose slots fan_out() reads, and srtp_protect's address. */
+static PyObject *bind_leg(PyObject *self, PyObject *args) {
+    PyObject *cls, *address;
+    if (!PyArg_ParseTuple(args, "O!O", &PyType_Type, &cls, &address))
+        return NULL;
+    protect_fn protect = (protect_fn)PyLong_AsVoidPtr(address);
+    if (PyErr_Occurred())
+        return NULL;
+    if (slot_offsets_of(cls, leg_slot_names, L_COUNT, leg_offsets) < 0)
+        return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(leg_type, (PyTypeObject *)cls);
+    leg_protect = protect;
+    Py_RETURN_NONE;
+}
+
+/* slot += delta on an int slot (the leg's counters). */
+static int add_to_slot(PyObject *obj, Py_ssize_t offset, long long delta) {
+    PyObject **slot = (PyObject **)((char *)obj + offset);
+    if (*slot == NULL || !PyLong_Check(*slot)) {
+        PyErr_SetString(PyExc_TypeError, "a leg counter is not an int");
+        return -1;
+    }
+    long long value = PyLong_AsLongLong(*slot);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *next = PyLong_FromLongLong(value + delta);
+    if (next == NULL)
+        return -1;
+    Py_SETREF(*slot, next);
+    return 0;
+}
+
+/* Whether the leg may send natively now, as LegOutput.forward checks it: 1 yes, 0 no (the
+ * fallback re-resolves it), -1 error. */
+static int leg_ready(PyObject *leg) {
+    PyObject *srtp = LSLOT(leg, L_SRTP), *dtls = LSLOT(leg, L_DTLS), *sockaddr = LSLOT(leg, L_SOCKADDR);
+    PyObject *connection = LSLOT(leg, L_CONNECTION), *pair = LSLOT(leg, L_PAIR);
+    PyObject *transport = LSLOT(leg, L_TRANSPORT);
+    if (LSLOT(leg, L_NATIVE) != Py_True || srtp == NULL || srtp == Py_None || dtls == NULL || sockaddr == NULL ||
+        !PyBytes_Check(sockaddr) || connection == NULL || pair == NULL || transport == NULL ||
+        transport == Py_None)
+        return 0;
+    PyObject *tx = PyObject_GetAttr(dtls, str_tx_srtp);
+    if (tx == NULL)
+        return -1;
+    Py_DECREF(tx); /* only its identity is compared; dtls holds it */
+    if (tx != srtp)
+        return 0;
+    PyObject *nominated = PyObject_GetAttr(connection, str_nominated);
+    if (nominated == NULL)
+        return -1;
+    int same = 0;
+    if (PyDict_CheckExact(nominated)) {
+        PyObject *current = PyDict_GetItemWithError(nominated, one);
+        same = current == pair;
+    }
+    Py_DECREF(nominated);
+    if (!same)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
+    if (closing == NULL)
+        return -1;
+    Py_DECREF(closing);
+    return closing == Py_False;
+}
+
+/* One track's copy natively: 1 sent, 0 not taken (nothing changed), -1 error. */
+static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, long long ast, PyObject *level,
+                       PyObject *now) {
+    PyObject *leg = PyObject_GetAttr(track, str_output);
+    if (leg == NULL)
+        return -1;
+    int result = 0;
+    PyObject *rw = NULL;
+    if (Py_TYPE(leg) != leg_type)
+        goto done;
+    result = leg_ready(leg);
+    if (result <= 0)
+        goto done;
+    long long handle, fd;
+    PyObject *handle_obj = LSLOT(leg, L_HANDLE), *fd_obj = LSLOT(leg, L_FD);
+    if (handle_obj == NULL || fd_obj == NULL || !PyLong_Check(handle_obj) || !PyLong_Check(fd_obj)) {
+        result = 0;
+        goto done;
+    }
+    handle = PyLong_AsLongLong(handle_obj);
+    fd = PyLong_AsLongLong(fd_obj);
+    if (PyErr_Occurred() || handle == 0 || fd < 0) {
+        PyErr_Clear();
+        result = 0;
+        goto done;
+    }
+    rw = PyObject_GetAttr(track, str_rewriter);
+    if (rw == NULL) {
+        result = -1;
+        goto done;
+    }
+    Py_ssize_t length;
+    result = rewrite_fast(rw, data, h, ast, level, now, &length);
+    if (result <= 0)
+        goto done;
+    int len = (int)length;
+    int status = leg_protect((void *)(uintptr_t)handle, buffer, &len);
+    if (status != 0) {
+        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_protect failed with status %d",
+                     status);
+        result = -1;
+        goto done;
+    }
+    PyObject *addr = LSLOT(leg, L_SOCKADDR);
+    ssize_t sent = sendto((int)fd, buffer, (size_t)len, 0, (const struct sockaddr *)PyBytes_AS_STRING(addr),
+                          (socklen_t)PyBytes_GET_SIZE(addr));
+    if (sent < 0) {
+        int err = errno;
+        if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == EINTR) {
+            /* The socket's buffer is full: the transport queues the protected datagram, as it would. */
+            PyObject *datagram = PyBytes_FromStringAndSize((const char *)buffer, len);
+            PyObject *queued = datagram == NULL ? NULL
+                                                : PyObject_CallMethodObjArgs(LSLOT(leg, L_TRANSPORT), str_sendto,
+                                                                             datagram, LSLOT(leg, L_ADDR), NULL);
+            Py_XDECREF(datagram);
+            if (queued == NULL) {
+                result = -1;
+                goto done;
+            }
+            Py_DECREF(queued);
+            sent = len;
+        } else {
+            if (add_to_slot(leg, leg_offsets[L_SEND_ERRORS], 1) < 0) {
+                result = -1;
+                goto done;
+            }
+            sent = 0;
+        }
+    }
+    if (add_to_slot(leg, leg_offsets[L_PACKETS], 1) < 0 || add_to_slot(leg, leg_offsets[L_OCTETS], sent) < 0) {
+        result = -1;
+        goto done;
+    }
+    /* track.packets += 1, as the Python loop counts a sent copy */
+    PyObject *count = PyObject_GetAttr(track, str_packets);
+    PyObject *next = count == NULL ? NULL : PyNumber_Add(count, one);
+    Py_XDECREF(count);
+    if (next == NULL || PyObject_SetAttr(track, str_packets, next) < 0)
+        result = -1;
+    Py_XDECREF(next);
+    fast_copies += result > 0;
+done:
+    Py_XDECREF(rw);
+    Py_DECREF(leg);
+    return result;
+}
+
+/* fan_out(tracks, data, header, abs_send_time, audio_level, keyframe, now, fallback) -> int:
+ * the copies of one packet to every down-track in the list; fallback(track, data, header,
+ * abs_send_time, audio_level, keyframe, now) -> bool sends a track's copy in Python. Returns how
+ * many copies were sent. */
+static PyObject *fan_out(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "fan_out takes 8 arguments");
+        return NULL;
+    }
+    PyObject *tracks = args[0], *data = args[1], *fallback = args[7];
+    if (!PyList_Check(tracks)) {
+        PyErr_SetString(PyExc_TypeError, "tracks must be a list");
+        return NULL;
+    }
+    header_fields h;
+    int fast_header = read_header(args[2], &h) && PyBytes_Check(data) && leg_type != NULL && leg_protect != NULL;
+    long long ast = 0;
+    if (fast_header) {
+        ast = PyLong_AsLongLong(args[3]);
+        if (ast == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    long sent = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tracks); i++) {
+        PyObject *track = PyList_GET_ITEM(tracks, i);
+        Py_INCREF(track);
+        int done = fast_header ? fan_out_one(track, data, &h, ast, args[4], args[6]) : 0;
+        if (done == 0) {
+            PyObject *call_args[7] = {track, data, args[2], args[3], args[4], args[5], args[6]};
+            PyObject *ok = PyObject_Vectorcall(fallback, call_args, 7, NULL);
+            if (ok == NULL) {
+                Py_DECREF(track);
+                return NULL;
+            }
+            done = PyObject_IsTrue(ok);
+            Py_DECREF(ok);
+        }
+        Py_DECREF(track);
+        if (done < 0)
+            return NULL;
+        sent += done;
+    }
+    return PyLong_FromLong(sent);
+}
+
+static PyObject *counters(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("{s:K}", "fast_copies", fast_copies);
 }
 
 /* unprotect(unprotect_fn, session, data) -> bytes: the RTP packet in an SRTP datagram, as
@@ -409,6 +685,10 @@ static PyMethodDef methods[] = {
      "forward(rewriter, data, header, abs_send_time, audio_level, now, protect, session, fd, sockaddr): "
      "the rewriter's fast path, protect and send; None if not the fast path"},
     {"bind_rewriter", bind_rewriter, METH_VARARGS, "bind_rewriter(cls, max_sequence_step)"},
+    {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
+     "fan_out(tracks, data, header, abs_send_time, audio_level, keyframe, now, fallback) -> copies sent"},
+    {"bind_leg", bind_leg, METH_VARARGS, "bind_leg(cls, protect): the leg class fan_out sends on"},
+    {"counters", counters, METH_NOARGS, "{'fast_copies': copies fan_out sent itself}"},
     {"unprotect", (PyCFunction)(void (*)(void))unprotect, METH_FASTCALL,
      "unprotect(unprotect_fn, session, data): the RTP packet in an SRTP datagram"},
     {"sockaddr", make_sockaddr, METH_VARARGS, "sockaddr(host, port) -> bytes or None"},
@@ -425,7 +705,16 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0) {
+    str_rewriter = PyUnicode_InternFromString("rewriter");
+    str_output = PyUnicode_InternFromString("output");
+    str_tx_srtp = PyUnicode_InternFromString("_tx_srtp");
+    str_nominated = PyUnicode_InternFromString("_nominated");
+    str_is_closing = PyUnicode_InternFromString("is_closing");
+    str_sendto = PyUnicode_InternFromString("sendto");
+    str_packets = PyUnicode_InternFromString("packets");
+    one = PyLong_FromLong(1);
+    if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
+        !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -55,6 +55,7 @@ from aiortc import (
     RTCRtpSender,
     RTCRtpTransceiver,
 )
+from aiortc import rtcdtlstransport as _aiortc_dtls
 from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import (
@@ -70,6 +71,8 @@ from aiortc.rtp import (
 )
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
+
+from .rewriter import LATE_PACKET_WINDOW
 
 try:  # the optional native send (conference/sfu/_fastpath.c), built by pip install when it can be
     from . import _fastpath
@@ -171,6 +174,11 @@ def check_aiortc() -> None:
     ):
         if not hasattr(aioice.ice, module_name):
             raise _fail(f"aioice.ice.{module_name} is missing")
+    setup = getattr(_aiortc_dtls.RTCDtlsTransport, "_setup_srtp", None)
+    if setup is None or "Session" not in setup.__code__.co_names or not hasattr(_aiortc_dtls, "Session"):
+        raise _fail(
+            "RTCDtlsTransport._setup_srtp no longer makes its sessions with Session (narrow_send_window)"
+        )
     reader = _SelectorDatagramTransport._read_ready.__code__.co_names
     for name in ("_conn_lost", "_sock", "recvfrom", "_protocol", "datagram_received"):
         if name not in reader:
@@ -296,6 +304,34 @@ async def _consent(connection: aioice.ice.Connection) -> None:
 # --- incoming RTP ---------------------------------------------------------------------------
 
 RtpHandler = Callable[[bytes, int], Awaitable[None]]
+
+
+# libsrtp's send-side replay window per outgoing stream: aiortc asks for 1,024 packets, and libsrtp
+# shifts the whole window on every packet protected (1.4k instructions a copy, a tenth of the
+# forwarding). The server never sends a packet further back than the rewriter's LATE_PACKET_WINDOW.
+SEND_REPLAY_WINDOW = LATE_PACKET_WINDOW
+
+
+def narrow_send_window(dtls: RTCDtlsTransport, window: int = SEND_REPLAY_WINDOW) -> None:
+    """Give the leg's outbound SRTP session (made when the DTLS handshake ends) a replay window of
+    ``window`` packets instead of aiortc's 1,024; the inbound one keeps aiortc's."""
+    original = dtls._setup_srtp
+
+    def setup_srtp() -> None:
+        plain = _aiortc_dtls.Session
+
+        def session(policy: Any = None) -> Any:
+            if policy is not None and policy.ssrc_type == pylibsrtp.Policy.SSRC_ANY_OUTBOUND:
+                policy.window_size = window
+            return plain(policy)
+
+        _aiortc_dtls.Session = session  # synchronous: only this handshake's sessions see it
+        try:
+            original()
+        finally:
+            _aiortc_dtls.Session = plain
+
+    dtls._setup_srtp = setup_srtp  # type: ignore[method-assign]
 
 
 def hook_incoming_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
@@ -666,6 +702,11 @@ class LegOutput:
             return False
         transport.sendto(srtp.protect_rtcp(data), self._addr)
         return True
+
+
+if _SRTP_PROTECT:
+    # Producer.receive's fan-out in C reads LegOutput's own slots (their offsets, once).
+    _fastpath.bind_leg(LegOutput, _SRTP_PROTECT)
 
 
 # --- RTCP on the send side ------------------------------------------------------------------

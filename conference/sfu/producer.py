@@ -23,6 +23,11 @@ from .reception import PacketCache, ReceptionStats
 from .rtcp import rtcp_nack, rtcp_receiver_report, rtcp_remb
 from .stats import Counters
 
+try:  # the native fan-out (conference/sfu/_fastpath.c), when it was built
+    from ._fastpath import fan_out as _native_fan_out
+except ImportError:
+    _native_fan_out = None
+
 if TYPE_CHECKING:
     from .consumer import DownTrack
 
@@ -229,32 +234,51 @@ class Producer:
         if not tracks:
             return
         ast = abs_send_time(now)
-        sent = False
-        end = header[9]
-        for track in tracks:
-            rewriter = track.rewriter
-            forward = track.forward
-            if forward is not None:  # the native send: rewrite, protect and send in one call
-                ok = forward(rewriter, data, header, ast, level, keyframe, now)
-                if ok is None:
-                    continue
-            else:
-                head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
-                if head is None:
-                    continue
-                # What rewriter.rewrite() gives, without its extra call.
-                ok = track.output.send(head + data[rewriter.tail : end])
-            if ok:
-                track.packets += 1
-                sent = True
-            elif self.cache is not None:
-                # The subscriber's leg is not up yet: what it missed must restart from a keyframe,
-                # or its decoder would begin on delta frames.
-                track.rewriter.resync()
-                self.request_keyframe()
+        if tracks[0].forward is not None and _native_fan_out is not None:
+            # The native send: the whole loop in one call (tracks it cannot take come back to
+            # _forward_one, the reference).
+            sent = _native_fan_out(tracks, data, header, ast, level, keyframe, now, self._forward_one)
+        else:
+            sent = 0
+            forward_one = self._forward_one
+            for track in tracks:
+                sent += forward_one(track, data, header, ast, level, keyframe, now)
         if sent:
             counters.packets_forwarded += 1
             counters.delay.add(time.perf_counter() - started)
+
+    def _forward_one(
+        self,
+        track: DownTrack,
+        data: bytes,
+        header: RtpHeader,
+        ast: int,
+        level: int | None,
+        keyframe: bool,
+        now: float,
+    ) -> bool:
+        """One consumer's copy of a packet: rewrite, protect, send; True if it went out."""
+        rewriter = track.rewriter
+        forward = track.forward
+        if forward is not None:  # the native send: rewrite, protect and send in one call
+            ok = forward(rewriter, data, header, ast, level, keyframe, now)
+            if ok is None:
+                return False
+        else:
+            head = rewriter.rewrite_head(data, header, ast, level, keyframe, now)
+            if head is None:
+                return False
+            # What rewriter.rewrite() gives, without its extra call.
+            ok = track.output.send(head + data[rewriter.tail : header[9]])
+        if ok:
+            track.packets += 1
+            return True
+        if self.cache is not None:
+            # The subscriber's leg is not up yet: what it missed must restart from a keyframe,
+            # or its decoder would begin on delta frames.
+            track.rewriter.resync()
+            self.request_keyframe()
+        return False
 
     def _stream_allowed(self, key: tuple[int, int]) -> bool:
         """Whether the track may switch to stream ``key`` now (see MAX_STREAMS)."""

@@ -40,6 +40,10 @@ _SEGMENTS_KEPT = 8  # earlier (valid_from, offset) pairs of the current source, 
 # publisher that reconnected with the same SSRC, a sender reset): the slot rebases on it instead of
 # sending numbers the subscriber would take for ancient or wildly early packets.
 MAX_SEQUENCE_STEP = 3000
+# A late packet (a publisher's retransmission, reordering) or a NACK answer this many or more behind
+# the slot's newest is not sent: the leg's SRTP send window (aiortc_glue.SEND_REPLAY_WINDOW) would
+# refuse it, and it is past any playout time by then (256 packets: 0.85 s at 2.5 Mbit/s).
+LATE_PACKET_WINDOW = 256
 
 
 class StreamRewriter:
@@ -437,6 +441,8 @@ class StreamRewriter:
                 return None
         offset = self.seq_offset
         newest = 0 < (seq - self.in_highest) & SEQ_MASK < 0x8000
+        if not newest and (self.in_highest - seq) & SEQ_MASK >= LATE_PACKET_WINDOW:
+            return None  # too late (see LATE_PACKET_WINDOW)
         if not newest and (seq - self.in_valid_from) & SEQ_MASK >= 0x8000:
             late = self._late_offset(seq)
             if late is None:

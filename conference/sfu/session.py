@@ -176,6 +176,7 @@ class Session(Transport):
         ]
         # Max-bundle: every m-line shares the first transceiver's transport.
         dtls = glue.leg_transport(pc)
+        glue.narrow_send_window(dtls)  # before the handshake makes the sessions
         self.output = glue.LegOutput(dtls, native=self.router.backend.native_send)
         counters = self.router.backend.counters
         for tracks, kind, role, transceivers in slot_transceivers:
