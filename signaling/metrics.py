@@ -66,6 +66,11 @@ class Snapshot(Collector):
         node = GaugeMetricFamily("conference_node_info", "this server process", labels=["node", "pid"])
         node.add_metric([f["node"], str(os.getpid())], 1)
         yield node
+        yield GaugeMetricFamily(
+            "conference_node_draining",
+            "1 while this node takes no new rooms (POST /api/nodes/{node}/drain)",
+            value=1 if f.get("draining") else 0,
+        )
         yield GaugeMetricFamily("conference_rooms", "rooms in the store", value=f["rooms"])
         yield GaugeMetricFamily(
             "conference_media_rooms", "rooms with media on this node", media.get("rooms", 0)
@@ -134,6 +139,7 @@ async def figures(app: web.Application) -> dict[str, Any]:
         viewers = {room: site.watching(room, None, now) for room in list(site.viewers)}
     return {
         "node": app[server.SETTINGS_KEY].node_id or socket.gethostname(),
+        "draining": app[server.PLACEMENT_KEY].draining,
         "rooms": len(names),
         "endpoints": endpoints,
         "media": app[server.MEDIA_KEY].stats(),

@@ -166,6 +166,7 @@ async def test_metrics_on_their_own_address_need_no_key(tmp_path: Path) -> None:
     ) as server:
         status, _, text = await _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and "conference_node_info" in text
+        assert "conference_node_draining 0.0" in text
         # Nothing else there: the API stays on the main port, behind its keys.
         status, _, _ = await _get(f"http://127.0.0.1:{port}/api/stats")
         assert status == 404

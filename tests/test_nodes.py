@@ -314,6 +314,8 @@ async def test_workers_behind_one_port_are_nodes_that_carry_a_join_to_the_rooms_
             assert status == 200 and body["draining"] is True and body["node"] == host, body
             status, body = await call(server.url, "POST", "/api/nodes/nobody/drain")
             assert status == 404, body
+            status, text = await call(own[host], "GET", "/metrics")
+            assert status == 200 and "conference_node_draining 1.0" in text
             # A new room is placed elsewhere, even by a join that reached the draining worker ...
             c = venue(own[host], "hall-a", room="committee")
             venues.append(c)
