@@ -357,3 +357,17 @@ def test_many_slots_report_in_packets_that_fit_a_datagram() -> None:
     assert len(packets) == 5 and all(len(p) <= 1100 for p in packets)
     ssrcs = [p.ssrc for data in packets for p in RtcpPacket.parse(data) if type(p).__name__ == "RtcpSrPacket"]
     assert ssrcs == [s._ssrc for s in senders]
+
+
+def test_a_build_left_from_older_sources_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-place build of an older _fastpath.c (a worktree not rebuilt after a pull) lacks what the
+    glue calls: its API number keeps it out, and the pure-Python path runs."""
+    if glue._fastpath is None:
+        pytest.skip("the native send was not built")
+    stale: Any = type("Stale", (), {"set_error": staticmethod(lambda cls: None)})()
+    monkeypatch.setattr(glue, "_fastpath", stale)
+    assert glue._native_protect() == 0
+    stale.API = glue.NATIVE_API
+    monkeypatch.setattr(glue, "_fastpath", stale)
+    if glue.version("pylibsrtp") == glue.NATIVE_PYLIBSRTP:
+        assert glue._native_protect() != 0

@@ -713,8 +713,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     str_sendto = PyUnicode_InternFromString("sendto");
     str_packets = PyUnicode_InternFromString("packets");
     one = PyLong_FromLong(1);
+    /* API: what aiortc_glue.NATIVE_API expects (a build left from older sources is not used). */
     if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
-        !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0) {
+        !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0 ||
+        PyModule_AddIntConstant(m, "API", 2) < 0) {
         Py_DECREF(m);
         return NULL;
     }

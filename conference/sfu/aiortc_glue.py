@@ -482,9 +482,16 @@ def sender_rtx_ssrc(sender: RTCRtpSender) -> int:
 NATIVE_PYLIBSRTP = "1.0.0"
 
 
+# The extension's interface this module is written for (_fastpath.API): an in-place build left
+# from older sources (e.g. a worktree not rebuilt after a pull) runs the pure-Python path instead.
+NATIVE_API = 2
+
+
 def _native_protect() -> int:
     """The address of libsrtp's srtp_protect for the native send; 0 if it cannot be used."""
     if _fastpath is None or version("pylibsrtp") != NATIVE_PYLIBSRTP:
+        return 0
+    if getattr(_fastpath, "API", 1) != NATIVE_API:
         return 0
     if "_srtp" not in pylibsrtp.Session.__init__.__code__.co_names:
         return 0
