@@ -163,12 +163,13 @@ class RecorderService:
         )
         return recording_id
 
-    async def recover(self) -> list[str]:
+    async def recover(self, going_on: set[str] | None = None) -> list[str]:
         """Finalise recordings left open by a server that died; queue their program renders.
 
         A recording whose writer is gone (no process holds its lock, ``writer_alive``) is
         finalised however recent its data: a server restarted a second after a crash recovers it.
-        One still written by another process on this machine is left alone."""
+        One still written by another process on this machine is left alone, and so is one in
+        ``going_on`` (its room still records: the node taking the room up writes its next part)."""
         if self._recovered:
             return []
         self._recovered = True
@@ -181,7 +182,7 @@ class RecorderService:
                         with contextlib.suppress(RenderError, KeyError, ValueError):
                             self.jobs.submit(rec.id, options_from_job(job), force=True)
                 continue
-            if rec.id in self._writers:
+            if rec.id in self._writers or (going_on and rec.id in going_on):
                 continue
             if await asyncio.to_thread(writer_alive, rec.directory):
                 continue  # still being written by another server process

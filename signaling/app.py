@@ -514,6 +514,22 @@ def page_handler(filename: str) -> Any:
 # --- the application ---
 
 
+async def _recordings_going_on(store: RoomStore) -> set[str]:
+    """With a store shared by several nodes: the recordings its rooms still record. A node that
+    starts (systemd restarting the one that died) leaves their parts to the node that takes the room
+    up, which goes on with the next part and renders the whole (rendering the part alone now would
+    leave the whole unrendered: the same render job would already be done)."""
+    if not getattr(store, "shared", False):
+        return set()  # one process: its restart closes and renders them (signaling.restore)
+    going_on = set()
+    with contextlib.suppress(Exception):  # Redis away at start: recover as a single node would
+        for name in await store.list_rooms():
+            state = await store.get(name)
+            if state is not None and state.recording.active and state.recording.recording_id:
+                going_on.add(state.recording.recording_id)
+    return going_on
+
+
 def _lifecycle(
     store: RoomStore, media: MediaBackend, recording: RecordingControl, rooms: Rooms, broadcasts: Broadcasts
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -528,7 +544,7 @@ def _lifecycle(
         service = recording.service
         retention: asyncio.Task[None] | None = None
         if service is not None:
-            await service.recover()
+            await service.recover(going_on=await _recordings_going_on(store))
             retention = asyncio.create_task(service.run_retention())
         await restore_rooms(rooms)
         await rooms.placement.start(rooms.load, rooms.hand_over)  # announced: joins may come

@@ -445,3 +445,24 @@ async def test_a_recording_goes_on_as_a_second_part_with_the_gap_known(tmp_path:
     rec = Recording.open(tmp_path / "alone", "assembly-rec2")
     assert rec.complete and rec.meta["elsewhere"] and len(rec.parts) == 1
     assert rec.gaps[0][0] == state.recording.started_at
+
+
+async def test_a_starting_node_leaves_a_recording_its_room_still_records(tmp_path: Path) -> None:
+    """A node restarted after it died (several nodes): the recording its part belongs to goes on
+    elsewhere (the store says so), so its part is neither finalised nor rendered alone here."""
+    state = RoomState(room="assembly")
+    join(state, Participant("hall", "Main Hall", Role.VENUE, publish_audio=True, publish_video=True))
+    start_recording(state, "assembly-rec3", now=time.time())
+    writer = await RecorderService(data_dir=tmp_path).start("assembly", "assembly-rec3", state)
+    writer._stopped = True  # the process "dies": its flusher ends and the kernel drops its lock
+    writer._wake.set()
+    writer._flusher.join()
+    os.close(writer._timeline_fd)
+    restarted = RecorderService(data_dir=tmp_path)
+    restarted.auto_render = False
+    assert await restarted.recover(going_on={"assembly-rec3"}) == []
+    assert not Recording.open(tmp_path, "assembly-rec3").complete
+    later = RecorderService(data_dir=tmp_path)
+    later.auto_render = False
+    assert await later.recover(going_on=set()) == ["assembly-rec3"]
+    assert Recording.open(tmp_path, "assembly-rec3").meta["interrupted"]
