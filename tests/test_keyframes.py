@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conference.sfu.keyframes import PLI_INTERVAL, PLI_MIN_GAP, KeyFrameRequestManager
+from conference.sfu.keyframes import PLI_INTERVAL, PLI_MIN_GAP, SWITCH_RETRY, KeyFrameRequestManager
 
 
 async def test_requests_while_one_is_outstanding_cost_one_keyframe_and_a_retry_after_the_interval() -> None:
@@ -56,3 +56,58 @@ async def test_answered_requests_are_still_spaced_by_the_minimum_gap() -> None:
     manager.request(force=True)
     assert len(sent) == 3
     manager.stop()
+
+
+async def test_a_switch_waits_only_the_switch_retry_behind_an_unanswered_request() -> None:
+    """A take must not wait out the 300 ms interval behind a request nobody answered (lost, or a
+    browser that ignored it): a switch asks again once that request is SWITCH_RETRY old."""
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    manager = KeyFrameRequestManager(lambda: sent.append(loop.time()))
+    manager.request()  # e.g. a subscriber's PLI, relayed: never answered
+    manager.request()  # an ordinary request behind it: deferred to the interval's end
+    manager.request(switch=True)  # a take inside SWITCH_RETRY: brought forward to SWITCH_RETRY
+    assert len(sent) == 1
+    await asyncio.sleep(SWITCH_RETRY + 0.05)
+    assert len(sent) == 2 and SWITCH_RETRY - 0.01 <= sent[1] - sent[0] < PLI_INTERVAL - 0.05
+    await asyncio.sleep(PLI_INTERVAL)
+    assert len(sent) == 2, "the deferred ordinary request went out with the switch's"
+    manager.stop()
+    # Once an unanswered request is SWITCH_RETRY old, a switch asks at once; an ordinary request
+    # still waits the interval.
+    sent.clear()
+    manager = KeyFrameRequestManager(lambda: sent.append(loop.time()))
+    manager.request()
+    await asyncio.sleep(SWITCH_RETRY + 0.02)
+    manager.request()
+    assert len(sent) == 1
+    manager.request(switch=True)
+    assert len(sent) == 2
+    manager.stop()
+
+
+async def test_a_take_after_a_relayed_pli_asks_the_publisher_again() -> None:
+    """Through the producer: the slot that waits to switch asks with switch=True."""
+    from types import SimpleNamespace
+
+    from conference.sfu.consumer import DownTrack
+    from conference.sfu.packet import CodecInfo
+    from conference.sfu.producer import Producer
+    from conference.sfu.stats import Counters
+
+    plis: list[float] = []
+    loop = asyncio.get_running_loop()
+    upstream = SimpleNamespace(closed=False, send_pli=lambda ssrc: plis.append(loop.time()))
+    listener = SimpleNamespace(sink=None, producer_started=lambda p: None)
+    vp8 = CodecInfo("vp8", 96, 90_000)
+    counters = Counters()
+    producer = Producer("cam", "video", [vp8], {}, upstream, listener, counters)  # type: ignore[arg-type]
+    producer.ssrc = 1234
+    producer.request_keyframe()  # a subscriber's PLI, relayed; no keyframe comes
+    await asyncio.sleep(SWITCH_RETRY + 0.01)
+    slot = DownTrack("video", "video", 0, SimpleNamespace(send=lambda d: True), counters)
+    slot.configure(5000, [vp8], {}, "0")
+    producer.codec = "vp8"
+    slot.set_want("cam", producer)  # the take
+    assert len(plis) == 2, "the take's request went out at once"
+    producer.keyframes.stop()

@@ -173,7 +173,7 @@ class Producer:
         """``track`` switches to this producer on its next keyframe."""
         if track not in self.pending:
             self.pending.append(track)
-        self.request_keyframe()
+        self.request_keyframe(switch=True)
 
     def remove_waiting(self, track: DownTrack) -> None:
         if track in self.pending:
@@ -421,13 +421,15 @@ class Producer:
         for track in pending:
             track.take_source(self, ssrc)
 
-    def request_keyframe(self, force: bool = False) -> None:
+    def request_keyframe(self, force: bool = False, switch: bool = False) -> None:
+        """Ask the publisher for a keyframe (coalesced, ``KeyFrameRequestManager``); ``switch``: a
+        slot waits for it to change source."""
         if self.kind != "video":
             return
         if self.ssrc is None:
             self.keyframe_wanted = True
             return
-        self.keyframes.request(force)
+        self.keyframes.request(force, switch)
 
     def _send_pli(self) -> None:
         if self.upstream.closed:

@@ -34,6 +34,7 @@ from .consumer import DownTrack, Role
 from .extmap import answered_extension, offer_extension
 from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, RtpHeader, parse_header, rtx_original
 from .producer import Producer
+from .rtcp import rtcp_pli
 from .simulcast import RIDS, SimulcastLayers, answered_rids, offer_simulcast
 from .transport import Kind, Transport
 from .twcc import INTERVAL_S, TransportCcReceiver, answered_transport_cc, offer_transport_cc
@@ -109,6 +110,11 @@ class Session(Transport):
     def send_pli(self, media_ssrc: int) -> None:
         transceiver = self.publish.get("video")
         if transceiver is None:
+            return
+        # At once, on the leg, as NACKs go: aiortc's way is a task (four coroutine hops) that runs
+        # only after the take that asked for it has reassigned every endpoint's slots, and after
+        # whatever else the loop has ready (a take's keyframe wait p50 41 -> ... ms, docs/performance.md).
+        if self.send_rtcp(rtcp_pli(glue.sender_ssrc(transceiver.sender), media_ssrc)):
             return
         task = asyncio.ensure_future(glue.send_pli(transceiver.receiver, media_ssrc))
         task.add_done_callback(_log_task_error)
