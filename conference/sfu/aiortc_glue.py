@@ -518,6 +518,11 @@ def native_send_available() -> bool:
     return _SRTP_PROTECT != 0
 
 
+def native_copies() -> int:
+    """Copies the native fan-out sent itself since the process started (0 without it)."""
+    return int(_fastpath.counters()["fast_copies"]) if _SRTP_PROTECT else 0
+
+
 def srtp_session_handle(session: pylibsrtp.Session) -> int:
     """The ``srtp_t`` behind a pylibsrtp session, for the native send."""
     return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))

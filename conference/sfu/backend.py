@@ -227,6 +227,8 @@ class SfuBackend:
         return {
             "backend": "sfu",
             "send_path": "native" if self.native_send else "python",
+            # Forwarded copies the native fan-out sent itself (the process's, all rooms).
+            "native_copies": glue.native_copies(),
             # Native sends the kernel refused (not EAGAIN: those are queued on the transport).
             "send_errors": send_errors,
             "rooms": len(self.rooms),
