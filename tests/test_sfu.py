@@ -61,7 +61,7 @@ async def test_two_endpoints_see_the_program_and_hear_each_other(caplog: pytest.
         assert stats["decoded_frames"] == 0
         assert stats["sessions"] == 2 and stats["producers"] == 4
         if stats["send_path"] == "native":  # what the peers decoded went through the C fan-out
-            assert stats["native_copies"] > 100
+            assert stats["native_copies"] > 20
         assert stats["forward_delay_us"]["count"] > 0 and stats["forward_delay_us"]["p99"] is not None
         per_b = stats["per_session"]["hall/expert-b"]
         assert per_b["slots"][b.slots["video"][0]]["identity"] == "hall-a"
