@@ -119,18 +119,27 @@ HOLD_S = 8.0
 MAX_HOLD_S = 60.0
 
 
-# GCC's loss-based rule (draft-ietf-rmcat-gcc-02, 6): a subscriber reporting more than LOSS_HIGH
-# of its video lost can take about what arrives, ``sending * (1 - loss / 2)``; less, and the
-# budget stands (its raises come after the hold).
+# What tells a subscriber's downlink is full, while its slots are sent ``sending`` bit/s:
+# - its REMB under LIMIT_MARGIN of that: a receive-side estimator (Chromium's AIMD) says at most
+#   about 1.5 times what arrives and falls to 0.85 of it on overuse, so a REMB is a ceiling only
+#   when it is under what is sent, never a sign that more would fit;
+# - GCC's loss rule (draft-ietf-rmcat-gcc-02, 6): over LOSS_HIGH of its video lost, it takes about
+#   ``sending * (1 - loss / 2)``.
+# Otherwise the budget stands (its raises come after the hold). The router passes no REMB from
+# browsers (``Router.choose_video``): Chromium's starts at 110-200 kbit/s on a clear link and rises
+# only as more arrives, so as a limit it would hold a venue on its low layers.
 LOSS_HIGH = 0.10
 
 
-def loss_estimate(sending: int, loss: float | None, budget: int | None) -> int | None:
-    """A subscriber's downlink estimate from the fraction of its video lost (``loss``, 0-1, None:
-    no report since the last) while its slots were sent ``sending`` bits per second."""
+def congestion_estimate(sending: int, remb: int | None, loss: float | None, budget: int | None) -> int | None:
+    """The estimate ``downlink_budget`` takes: the lowest congestion signal (``remb`` in bit/s,
+    ``loss`` 0-1 of the subscriber's own loss; None: none since the last), else ``budget``."""
+    signals = []
+    if remb is not None and remb < sending * LIMIT_MARGIN:
+        signals.append(remb)
     if loss is not None and loss > LOSS_HIGH:
-        return int(sending * (1 - loss / 2))
-    return budget
+        signals.append(int(sending * (1 - loss / 2)))
+    return min(signals) if signals else budget
 
 
 @dataclass(slots=True)

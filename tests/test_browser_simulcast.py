@@ -210,5 +210,12 @@ async def test_the_recording_keeps_the_best_layer(meeting: Meeting) -> None:
             frames = [f for f in video_frames(recording, track) if f.keyframe]
             # The frame without its RTP descriptor: a one-byte stand-in descriptor (S=1) in front.
             widths += [vp8_keyframe_width(b"\x10" + f.data, 0, len(f.data) + 1) for f in frames[:1]]
-    log(f"recorded hall-a video tracks, first keyframe widths: {widths} (layers {layers})")
+    tracks = [
+        (t.identity, t.media, t.ssrc, sum(1 for _ in recording.read_track(t.number)))
+        for t in recording.tracks
+    ]
+    log(
+        f"recorded tracks (identity, media, ssrc, packets): {tracks};"
+        f" hall-a's first keyframe widths: {widths}"
+    )
     assert widths == [layers["f"]]

@@ -10,9 +10,9 @@ from conference.layer_choice import (
     Downlink,
     Layer,
     choose_layer,
+    congestion_estimate,
     downlink_budget,
     fit_bandwidth,
-    loss_estimate,
     tile_width,
 )
 from conference.sfu.packet import parse_header
@@ -141,8 +141,13 @@ def test_the_downlink_budget_follows_drops_and_climbs_back_after_a_hold() -> Non
     assert downlink_budget(link, 1_900_000, 2_000_000, 2.0 + 5 * HOLD_S) is None  # all of it fits again
 
 
-def test_losses_over_ten_percent_lower_the_estimate() -> None:
-    assert loss_estimate(1_000_000, 0.3, None) == 850_000  # GCC: sending x (1 - loss / 2)
-    assert loss_estimate(1_000_000, 0.05, None) is None  # a little loss: no limit yet
-    assert loss_estimate(1_000_000, 0.05, 700_000) == 700_000  # nor a drop of the budget
-    assert loss_estimate(1_000_000, None, 700_000) == 700_000  # no report: the budget stands
+def test_congestion_is_a_remb_under_what_is_sent_or_losses_over_ten_percent() -> None:
+    assert congestion_estimate(1_000_000, None, 0.3, None) == 850_000  # GCC: sending x (1 - loss / 2)
+    assert congestion_estimate(1_000_000, None, 0.05, None) is None  # a little loss: no limit yet
+    assert congestion_estimate(1_000_000, None, 0.05, 700_000) == 700_000  # nor a drop of the budget
+    assert congestion_estimate(1_000_000, None, None, 700_000) == 700_000  # no report: the budget stands
+    assert congestion_estimate(1_000_000, 600_000, None, None) == 600_000  # a REMB under what is sent
+    assert congestion_estimate(1_000_000, 600_000, 0.5, None) == 600_000  # the lower of the two
+    # A REMB at or over what is sent says nothing (it follows what arrives): no limit.
+    assert congestion_estimate(1_000_000, 1_200_000, None, None) is None
+    assert congestion_estimate(100_000, 150_000, None, None) is None  # while on a low layer too

@@ -729,12 +729,12 @@ def intercept_sender(
     on_keyframe_request: Callable[[], None],
     on_nack: Callable[[int], None],
     on_remb: Callable[[int], None] | None = None,
-    on_loss: Callable[[int], None] | None = None,
+    on_loss: Callable[[int, int, int], None] | None = None,
 ) -> None:
     """Route a subscriber's PLI/FIR and NACKs for this sender to the forwarder (aiortc would
     otherwise ask its encoder for a keyframe and resend from its own history), its REMB (the
-    bitrate its receive-side estimator allows, bits per second) to ``on_remb`` and the fraction
-    lost (0-255) of each of its receiver reports on this sender to ``on_loss``."""
+    bitrate its receive-side estimator allows, bits per second) to ``on_remb`` and each of its
+    receiver reports on this sender to ``on_loss(ssrc, extended highest sequence, cumulative lost)``."""
 
     async def retransmit(sequence_number: int) -> None:
         on_nack(sequence_number)
@@ -754,7 +754,7 @@ def intercept_sender(
         if on_loss is not None and isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
-                    on_loss(report.fraction_lost)
+                    on_loss(report.ssrc, report.highest_sequence, report.packets_lost)
         await handle(packet)  # aiortc's: the round trip
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]

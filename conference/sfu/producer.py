@@ -121,6 +121,9 @@ class Producer:
         self._nack_timer: asyncio.TimerHandle | None = None
         self._nack_timer_at = float("inf")
         self.keyframe_wanted = False
+        # A recording opened since the last keyframe: its track must start decodable, so the tick
+        # asks again while none comes (Chromium ignores a PLI within 300 ms of the last one).
+        self.sink_wants_keyframe = False
         self.packets = 0
         self.octets = 0
         self.last_packet_at = 0.0
@@ -201,7 +204,7 @@ class Producer:
             keyframe = is_keyframe(self.codec, data, header)
             self.cache.put(header.sequence, data)
             if keyframe:
-                self.keyframe_wanted = False
+                self.keyframe_wanted = self.sink_wants_keyframe = False
                 self.keyframes.received()
                 if self.layer >= 0 and self.codec == "vp8":
                     self.width = (
@@ -470,6 +473,7 @@ class Producer:
         except Exception:
             logger.exception("recorder refused track %s", self)
         if self.kind == "video":
+            self.sink_wants_keyframe = True
             self.request_keyframe(force=True)  # the recording starts decodable
 
     def close_sink(self) -> None:

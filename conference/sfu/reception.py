@@ -60,6 +60,7 @@ class ReceptionStats:
         "base_seq",
         "clock_rate",
         "cycles",
+        "fraction_lost",
         "max_seq",
         "nack",
         "received",
@@ -74,6 +75,7 @@ class ReceptionStats:
         self.cycles = 0
         self.received = 0  # on the wire in time (RFC 3550's count minus repairs and duplicates)
         self.repaired = 0  # arrived only after a NACK, or duplicates
+        self.fraction_lost = 0  # of the last report's interval, 0-255 (what the publisher's link lost)
         self._expected_prior = 0
         self._received_prior = 0
         self._jitter_q4 = 0
@@ -142,6 +144,7 @@ class ReceptionStats:
         fraction = 0
         if expected_interval > 0 and lost_interval > 0:
             fraction = (lost_interval << 8) // expected_interval
+        self.fraction_lost = min(fraction, 255)
         return _REPORT_BLOCK.pack(
             ssrc,
             (min(fraction, 255) << 24) | (lost_total & 0xFFFFFF),

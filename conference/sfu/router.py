@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SPEAKERS_INTERVAL = 0.4  # ``speakers`` events go out at most this often
+UPSTREAM_LOSS_MAX = 0.05  # a subscriber's losses count toward its layers only under this upstream
 
 
 class Router:
@@ -106,11 +107,18 @@ class Router:
         choices = [layer_choice.choose_layer(tile, s) for (_, tile), s in zip(wants, seen, strict=True)]
         # The subscriber's own estimate (REMB) where it sends one, else what its losses tell.
         link = transport.downlink
-        sending = sum(t.source.bitrate for t in transport.video if t.source is not None)
-        sending += sum(t.source.bitrate for t in transport.previews if t.source is not None)
-        lossy = layer_choice.loss_estimate(sending, transport.take_loss(), link.budget)
-        remb = transport.downlink_estimate(now)
-        estimate = lossy if remb is None else remb if lossy is None else min(remb, lossy)
+        sources = [t.source for t in (*transport.video, *transport.previews) if t.source is not None]
+        sending = sum(p.bitrate for p in sources)
+        loss = transport.take_loss()
+        if loss is not None and sources:
+            # What a publisher's link lost reaches the subscriber as loss too (until repaired, or
+            # for good when the repair fails, as behind a full uplink): only the rest is its own,
+            # and while a source's uplink loses more than UPSTREAM_LOSS_MAX it cannot be told apart.
+            upstream = max(p.reception.fraction_lost for p in sources) / 256
+            loss = None if upstream > UPSTREAM_LOSS_MAX else max(0.0, loss - upstream)
+        # Losses only: a browser's REMB (``downlink_estimate``, shown in /api/stats) is not acted on
+        # (see layer_choice.congestion_estimate).
+        estimate = layer_choice.congestion_estimate(sending, None, loss, link.budget)
         if estimate is not None and any(len(o) > 1 for o in options):
             wanted = sum(
                 next(p.bitrate for p in o if max(0, p.layer) == c)
@@ -268,7 +276,7 @@ class Router:
                 producer.feedback(wall)
         video = self.producers("video")
         for producer in video:
-            if producer.pending and producer.keyframes.overdue(now):
+            if (producer.pending or producer.sink_wants_keyframe) and producer.keyframes.overdue(now):
                 producer.request_keyframe()
         if any(p.group is not None for p in video):
             # Layers start and stop (the publisher's uplink, its camera): each slot follows.

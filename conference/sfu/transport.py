@@ -88,8 +88,8 @@ class Transport:
         return None
 
     def take_loss(self) -> float | None:
-        """The worst fraction of the endpoint's video slots lost (0-1) its receiver reports gave
-        since the last call; None if none came."""
+        """The fraction of its video slots' packets the endpoint's receiver reports say it lost
+        (0-1), over at least ``session.LOSS_MIN_PACKETS`` since the last answer; None until then."""
         return None
 
     def round_trip(self) -> float | None:
