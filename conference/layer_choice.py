@@ -168,3 +168,45 @@ def downlink_budget(link: Downlink, estimate: int | None, wanted: int, now: floa
     if link.budget is not None and link.budget >= wanted:
         link.budget = None
     return link.budget
+
+
+# A subscriber's loss is taken over at least this many packets of its video slots: Chromium sends
+# a receiver report with every NACK, so a report's own fraction lost is often 1 of 2 packets.
+LOSS_MIN_PACKETS = 100
+LOSS_STALE_S = 5.0
+
+
+class LossCounter:
+    """A subscriber's loss on its video slots, from its receiver reports' cumulative counters
+    (extended highest sequence, packets lost) per slot SSRC."""
+
+    __slots__ = ("_at", "_expected", "_lost", "_marks")
+
+    def __init__(self) -> None:
+        self._marks: dict[int, tuple[int, int]] = {}
+        self._expected = 0
+        self._lost = 0
+        self._at = 0.0
+
+    def report(self, ssrc: int, highest: int, lost: int, now: float) -> None:
+        mark = self._marks.get(ssrc)
+        self._marks[ssrc] = (highest, lost)
+        if mark is None:
+            return
+        expected = (highest - mark[0]) & 0xFFFFFFFF
+        if 0 < expected < 0x8000:  # not a restart of the slot's numbering
+            if not self._expected:
+                self._at = now
+            self._expected += expected
+            self._lost += lost - mark[1]  # repairs that came late count back
+
+    def take(self, now: float) -> float | None:
+        """The fraction lost (0-1) since the last answer, once LOSS_MIN_PACKETS were expected;
+        None until then, or when they were counted too long ago to tell about now."""
+        if self._expected < LOSS_MIN_PACKETS:
+            return None
+        expected, lost = self._expected, self._lost
+        self._expected = self._lost = 0
+        if now - self._at > LOSS_STALE_S:
+            return None
+        return max(0.0, lost / expected)

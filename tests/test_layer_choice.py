@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from conference.layer_choice import (
     HOLD_S,
+    LOSS_STALE_S,
     PREVIEW_WIDTH,
     SCREEN_WIDTH,
     Downlink,
     Layer,
+    LossCounter,
     choose_layer,
     congestion_estimate,
     downlink_budget,
@@ -151,3 +153,21 @@ def test_congestion_is_a_remb_under_what_is_sent_or_losses_over_ten_percent() ->
     # A REMB at or over what is sent says nothing (it follows what arrives): no limit.
     assert congestion_estimate(1_000_000, 1_200_000, None, None) is None
     assert congestion_estimate(100_000, 150_000, None, None) is None  # while on a low layer too
+
+
+def test_loss_is_counted_from_cumulative_counters_over_enough_packets() -> None:
+    losses = LossCounter()
+    losses.report(1, 1000, 5, 0.0)  # the first report of a slot only marks where it stands
+    assert losses.take(0.0) is None
+    losses.report(1, 1002, 6, 0.1)  # 1 of 2: a report sent with a NACK, far too few to tell
+    assert losses.take(0.1) is None
+    losses.report(2, 50, 0, 0.2)
+    losses.report(2, 150, 10, 1.0)  # another slot: 10 of 100
+    losses.report(1, 1102, 6, 1.0)  # 0 of 100
+    assert losses.take(1.0) == 11 / 202
+    assert losses.take(1.1) is None  # taken: counting starts again
+    losses.report(1, 1202, 2, 2.0)  # late repairs count back: never below 0
+    assert losses.take(2.0) == 0.0
+    losses.report(1, 5, 2, 3.0)  # the slot's numbering restarted: not a loss of 60,000 packets
+    losses.report(1, 205, 12, 3.5)
+    assert losses.take(3.5 + LOSS_STALE_S + 1) is None  # counted too long ago

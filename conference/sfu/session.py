@@ -27,6 +27,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
+from ..layer_choice import LossCounter
 from ..media import MediaError, SessionOptions
 from ..sdp_bounds import SdpBounds, SdpTooComplex, check_sdp
 from . import aiortc_glue as glue
@@ -55,9 +56,6 @@ SENDER_REPORT_INTERVAL = 1.0  # the slots' RTCP sender reports (aiortc's loop: 0
 SIMULCAST_CAP_FACTOR = 1.5
 # A subscriber's REMB older than this is no estimate (Chromium sends one every second or so).
 ESTIMATE_STALE_S = 5.0
-# The subscriber's loss is taken over at least this many packets of its video slots: Chromium sends
-# a receiver report with every NACK, so a report's own fraction lost is often 1 of 2 packets.
-LOSS_MIN_PACKETS = 100
 
 
 def codec_info(codecs: list[RTCRtpCodecParameters]) -> list[CodecInfo]:
@@ -98,12 +96,7 @@ class Session(Transport):
         # The endpoint's REMB on what it receives (its receive-side estimate) and when it came.
         self.remb: int | None = None
         self.remb_at = 0.0
-        # Its receiver reports on the video slots: the last (highest sequence, cumulative lost) per
-        # slot, and the packets expected and lost since the layer choice last took them.
-        self._loss_marks: dict[int, tuple[int, int]] = {}
-        self._loss_expected = 0
-        self._loss_lost = 0
-        self._loss_at = 0.0
+        self.losses = LossCounter()  # its receiver reports on the video slots
         self._feedback_timer: asyncio.TimerHandle | None = None
         # Sender reports of the slots, every SENDER_REPORT_INTERVAL, from slots that sent since
         # their last one (packets sent when it was reported, by slot).
@@ -138,28 +131,13 @@ class Session(Transport):
         self.remb_at = time.time()
 
     def _on_loss(self, ssrc: int, highest: int, lost: int) -> None:
-        mark = self._loss_marks.get(ssrc)
-        self._loss_marks[ssrc] = (highest, lost)
-        if mark is None:
-            return
-        expected = (highest - mark[0]) & 0xFFFFFFFF
-        if 0 < expected < 0x8000:  # not a restart of the slot's numbering
-            if not self._loss_expected:
-                self._loss_at = time.time()
-            self._loss_expected += expected
-            self._loss_lost += lost - mark[1]  # repairs that came late count back
+        self.losses.report(ssrc, highest, lost, time.time())
 
     def downlink_estimate(self, now: float) -> int | None:
         return self.remb if self.remb is not None and now - self.remb_at < ESTIMATE_STALE_S else None
 
     def take_loss(self) -> float | None:
-        expected, lost = self._loss_expected, self._loss_lost
-        if expected < LOSS_MIN_PACKETS:
-            return None
-        self._loss_expected = self._loss_lost = 0
-        if time.time() - self._loss_at > ESTIMATE_STALE_S:
-            return None  # nothing took it for a while (no simulcast in the room): old news
-        return max(0.0, lost / expected)
+        return self.losses.take(time.time())
 
     def round_trip(self) -> float | None:
         """The smallest round trip the endpoint's receiver reports show on any of its slots (one

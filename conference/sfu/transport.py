@@ -89,7 +89,7 @@ class Transport:
 
     def take_loss(self) -> float | None:
         """The fraction of its video slots' packets the endpoint's receiver reports say it lost
-        (0-1), over at least ``session.LOSS_MIN_PACKETS`` since the last answer; None until then."""
+        (0-1), over at least ``layer_choice.LOSS_MIN_PACKETS`` since the last answer; None until then."""
         return None
 
     def round_trip(self) -> float | None:
