@@ -295,33 +295,23 @@ class Session(Transport):
             if kind == "video":
                 self.rtx = rtx_payload_types(glue.negotiated_codecs(transceiver))
             cap = backend.publish_max_bitrate
-            rtcp_ssrc = glue.sender_ssrc(transceiver.sender)
+            make = functools.partial(
+                Producer,
+                self.identity,
+                kind,
+                codecs,
+                extensions,
+                self,
+                self.router,
+                backend.counters,
+                rtcp_ssrc=glue.sender_ssrc(transceiver.sender),
+            )
             if len(rids) < 2:
-                self.producers[kind] = Producer(
-                    self.identity,
-                    kind,
-                    codecs,
-                    extensions,
-                    self,
-                    self.router,
-                    backend.counters,
-                    rtcp_ssrc=rtcp_ssrc,
-                    max_bitrate=cap,
-                )
+                self.producers[kind] = make(max_bitrate=cap)
                 continue
             # One producer per layer; only the lowest (always sent) carries the REMB cap.
             layers = {
-                rid: Producer(
-                    self.identity,
-                    kind,
-                    codecs,
-                    extensions,
-                    self,
-                    self.router,
-                    backend.counters,
-                    rtcp_ssrc=rtcp_ssrc,
-                    max_bitrate=int(cap * SIMULCAST_CAP_FACTOR) if n == 0 else 0,
-                )
+                rid: make(max_bitrate=int(cap * SIMULCAST_CAP_FACTOR) if n == 0 else 0)
                 for n, rid in enumerate(rids)
             }
             receiver, dtls = transceiver.receiver, glue.leg_transport(self.pc)
