@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 
 MEDIA_BACKEND_NAMES = ("sfu", "relay_baseline")
+VIDEO_CODEC_NAMES = ("vp8", "h264")
 
 
 @dataclass(slots=True)
@@ -73,6 +74,10 @@ class Settings:
     # Ask publishers for three simulcast layers (browsers send them) and give each subscriber's slot
     # the layer its tile needs (conference.layer_choice); false: one stream per publisher, as sent.
     simulcast: bool = True
+    # Video codecs offered to every endpoint, in order of preference (vp8, h264): the first both
+    # sides know is what publishers send and slots carry. "h264,vp8" for venues whose screens
+    # decode H.264 in hardware (set-top boxes, conference codecs); simulcast works with either.
+    video_codecs: list[str] = field(default_factory=lambda: ["vp8", "h264"])
     # Preview slots of the chair's console: one per other endpoint the room holds, at most this many
     # (None: no cap beyond max_endpoints - 1).
     max_previews: int | None = None
@@ -199,6 +204,12 @@ class Settings:
             raise ConfigError(f"turn_urls must be turn: or turns: URLs, got {self.turn_urls}")
         if self.ice_transport_policy not in ("all", "relay"):
             raise ConfigError("ice_transport_policy must be all or relay")
+        codecs = [c.lower() for c in self.video_codecs]
+        if not codecs or set(codecs) - set(VIDEO_CODEC_NAMES) or len(set(codecs)) != len(codecs):
+            raise ConfigError(
+                f"video_codecs must name {' and/or '.join(VIDEO_CODEC_NAMES)} once each,"
+                f" got {self.video_codecs}"
+            )
         if self.turn_ttl_s < 60:
             raise ConfigError("turn_ttl_s must be at least 60")
         if not re.fullmatch(r"\d{2,4}x\d{2,4}", self.live_size):
@@ -282,6 +293,7 @@ _FIELD_TYPES: dict[str, str] = {
     "native_send": "bool",
     "subscriber_rtx": "bool",
     "simulcast": "bool",
+    "video_codecs": "strlist",
     "max_previews": "int?",
     "plain_rtp_host": "str",
     "reconnect_grace_s": "float",

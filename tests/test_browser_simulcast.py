@@ -1,7 +1,8 @@
 """Simulcast through the server with real Chromium: a venue publishes a 1280x720 camera in three
 layers (the server's offer asks for them), and each subscriber's slot gets the layer its tile
 needs: the venue screen's full-screen slot the top layer, the phone the lowest; a layout that
-makes the tile small switches the venue to the low layer within a second, without a freeze."""
+makes the tile small switches the venue to the low layer within a second, without a freeze. Once
+with VP8 and once with H.264 preferred (the setting ``video_codecs``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 import pytest_asyncio
 from browser_util import (
@@ -30,7 +32,6 @@ from browser_util import (
 )
 from playwright.async_api import Browser, Page, async_playwright
 
-from conference.sfu.payload import vp8_keyframe_width
 from recorder.archive import Recording, recordings_root
 from recorder.depacketize import video_frames
 
@@ -49,6 +50,13 @@ LAYERS_JS = """async () => {
   for (const s of (await window.conference.client.pc.getStats()).values())
     if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid && s.frameWidth) out[s.rid] = s.frameWidth;
   return out;
+}"""
+# The codec of the publisher's video as its browser sends it.
+CODEC_JS = """async () => {
+  const stats = await window.conference.client.pc.getStats();
+  for (const s of stats.values())
+    if (s.type === 'outbound-rtp' && s.kind === 'video' && s.codecId) return stats.get(s.codecId).mimeType;
+  return null;
 }"""
 # What a receiving page decodes in program slot 0.
 SLOT0_JS = """async () => {
@@ -69,16 +77,23 @@ class Meeting:
     venue: Page
     phone: Page
     data: Path
+    codec: str
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def meeting(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Meeting]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["vp8", "h264"])
+async def meeting(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Meeting]:
     chromium = ensure_chromium()
     if chromium is None:
         pytest.fail("chromium is not installed and could not be installed with apt-get")
     tmp = tmp_path_factory.mktemp("simulcast")
     config = tmp / "conference.toml"
-    config.write_text("simulcast = true\n")
+    # The publisher's browser encodes what the server's offer prefers: VP8, or H.264 first.
+    codec = request.param
+    config.write_text(
+        f"simulcast = true\nvideo_codecs = [{codec!r}, {'vp8' if codec == 'h264' else 'h264'!r}]\n"
+    )
     browsers: list[Browser] = []
     async with (
         server_process(tmp / "data", media=True, extra_args=["--config", str(config)]) as server,
@@ -109,7 +124,7 @@ async def meeting(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mee
                     45,
                     "connected",
                 )
-            yield Meeting(server, publisher, venue, phone, tmp / "data")
+            yield Meeting(server, publisher, venue, phone, tmp / "data", codec)
         finally:
             for browser in browsers:
                 await browser.close()
@@ -121,8 +136,10 @@ async def test_each_subscriber_gets_the_layer_its_tile_needs(meeting: Meeting) -
     layers = await eventually(
         lambda: meeting.publisher.evaluate(LAYERS_JS), lambda x: len(x) == 3, 30, "three layers sent"
     )
-    log(f"publisher's layers: {layers}")
+    sent = await meeting.publisher.evaluate(CODEC_JS)
+    log(f"publisher's layers: {layers} ({sent})")
     assert layers["q"] < layers["h"] < layers["f"]
+    assert sent.lower() == f"video/{meeting.codec}"
 
     async def widths() -> tuple[int, int, dict[str, int]]:
         venue, phone = await meeting.venue.evaluate(SLOT0_JS), await meeting.phone.evaluate(SLOT0_JS)
@@ -189,6 +206,13 @@ async def test_each_subscriber_gets_the_layer_its_tile_needs(meeting: Meeting) -
     assert back["freezes"] == before["freezes"]
 
 
+def decoded_width(codec: str, frame: bytes) -> int:
+    """The width of an encoded keyframe (VP8, or H.264 in Annex B), decoded by FFmpeg."""
+    context = av.CodecContext.create(codec.lower(), "r")
+    decoded = [*context.decode(av.Packet(frame)), *context.decode(None)]
+    return decoded[0].width if decoded else 0
+
+
 async def command(meeting: Meeting, kind: str) -> None:
     await rest(meeting.server, "POST", "/api/rooms/council/commands", {"type": kind})
 
@@ -208,8 +232,7 @@ async def test_the_recording_keeps_the_best_layer(meeting: Meeting) -> None:
     for track in recording.tracks:
         if track.identity == "hall-a" and track.media == "video":
             frames = [f for f in video_frames(recording, track) if f.keyframe]
-            # The frame without its RTP descriptor: a one-byte stand-in descriptor (S=1) in front.
-            widths += [vp8_keyframe_width(b"\x10" + f.data, 0, len(f.data) + 1) for f in frames[:1]]
+            widths += [decoded_width(track.codec, f.data) for f in frames[:1]]
     tracks = [
         (t.identity, t.media, t.ssrc, sum(1 for _ in recording.read_track(t.number)))
         for t in recording.tracks

@@ -62,6 +62,11 @@ credential = "p"
     assert (flags.rtc_port_min, flags.rtc_port_max) == (41000, 41010)
 
 
+def test_video_codecs_from_the_environment_keep_their_order(tmp_path: Path) -> None:
+    assert load_settings(None, {}).video_codecs == ["vp8", "h264"]
+    assert load_settings(None, {"CONFERENCE_VIDEO_CODECS": "H264,vp8"}).video_codecs == ["H264", "vp8"]
+
+
 def test_ice_server_flags() -> None:
     args = parse(["--ice-server", "turn:t.example:3478", "--ice-username", "u", "--ice-credential", "p"])
     assert settings_from_args(args, {}).ice_servers == [
@@ -85,6 +90,9 @@ def test_ice_server_flags() -> None:
         ("", {"CONFERENCE_AUTO_RECORD": "perhaps"}, "true or false"),
         ("", {"CONFERENCE_ICE_SERVERS": '[{"urls": 5}]'}, "urls"),
         ("room_store = 'postgres'", {}, "room_store must be sqlite or memory"),
+        ("video_codecs = ['vp9']", {}, "video_codecs must name vp8 and/or h264"),
+        ("video_codecs = []", {}, "video_codecs must name"),
+        ("", {"CONFERENCE_VIDEO_CODECS": "vp8,vp8"}, "once each"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:

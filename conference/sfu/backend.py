@@ -50,6 +50,7 @@ class SfuBackend:
         native_send: bool = True,
         subscriber_rtx: bool = False,
         simulcast: bool = True,
+        video_codecs: tuple[str, ...] = ("vp8", "h264"),
     ) -> None:
         glue.check_aiortc()
         # Which send the WebRTC legs use: "native" (built and allowed) or "python".
@@ -58,6 +59,8 @@ class SfuBackend:
         self.plain_rtp_host = plain_rtp_host
         self.subscriber_rtx = subscriber_rtx
         self.simulcast = simulcast
+        # MIME types offered, in order of preference.
+        self.video_codecs = tuple(f"video/{name.upper()}" for name in video_codecs)
         self.publish_max_bitrate = publish_max_bitrate
         # Never None: aiortc would fall back to Google's public STUN server.
         self.ice_servers: list[RTCIceServer] = list(ice_servers or [])
@@ -322,4 +325,5 @@ def create_backend(settings: Settings | None = None) -> SfuBackend:
         native_send=settings.native_send,
         subscriber_rtx=settings.subscriber_rtx,
         simulcast=settings.simulcast,
+        video_codecs=tuple(c.lower() for c in settings.video_codecs),
     )

@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Codecs offered, in order of preference: VP8 first (every browser sends it), then H.264.
-VIDEO_CODECS = ("video/VP8", "video/H264")
 AUDIO_CODECS = ("audio/opus",)
 # Per leg socket: a keyframe burst or a moment without CPU must not overflow the kernel's buffer.
 RECEIVE_BUFFER_BYTES = 1024 * 1024
@@ -238,7 +236,8 @@ class Session(Transport):
         else:
             transceiver = self.pc.addTransceiver(kind, direction=direction)
         glue.drop_bitrate_estimator(transceiver.receiver)
-        wanted = VIDEO_CODECS if kind == "video" else AUDIO_CODECS
+        # Video: the setting video_codecs (VP8 first by default: every browser sends it, then H.264).
+        wanted = self.router.backend.video_codecs if kind == "video" else AUDIO_CODECS
         capabilities = RTCRtpReceiver.getCapabilities(kind)
         assert capabilities is not None
         preferences = [
