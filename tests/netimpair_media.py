@@ -238,17 +238,22 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
     b0, a0 = await b.evaluate(STATS_JS, None), await a.evaluate(STATS_JS, None)
     estimates: list[float] = []
     started = time.monotonic()
+    sending: list[int] = []  # A's video (every layer) per second of the window, kbit/s
+    last = _sent_bytes(a0)
     while time.monotonic() - started < seconds:
         await asyncio.sleep(1.0)
         now = await a.evaluate(STATS_JS, None)
         if now and now["pair"]:
             estimates.append(now["pair"]["availableOutgoingBitrate"])
+        if now:
+            sending.append(round(8 * (_sent_bytes(now) - last) / 1000))
+            last = _sent_bytes(now)
     b1, a1 = await b.evaluate(STATS_JS, None), await a.evaluate(STATS_JS, None)
     server1 = await _server_counters()
     elapsed = time.monotonic() - started
     i0, i1 = _inbound_of_a(b0), _inbound_of_a(b1)
-    o0 = max(a0["outbound"], key=lambda s: s["bytesSent"])
-    o1 = max(a1["outbound"], key=lambda s: s["bytesSent"])
+    # A's outgoing video summed over its simulcast layers (one stream peer to peer).
+    o0, o1 = _outbound_sum(a0), _outbound_sum(a1)
     emitted = i1["jitterBufferEmittedCount"] - i0["jitterBufferEmittedCount"]
     sent = o1["bytesSent"] - o0["bytesSent"]
     tail = estimates[len(estimates) // 2 :] or [0.0]
@@ -285,7 +290,38 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         if emitted
         else None,
         "server": {k: server1[k] - server0.get(k, 0) for k in server1},
+        "sent_kbit_s_each_second": sending,
     }
+
+
+def _outbound_sum(stats: dict[str, Any]) -> dict[str, int]:
+    keys = ("bytesSent", "retransmittedBytesSent", "nackCount", "pliCount")
+    return {k: sum(int(s[k]) for s in stats["outbound"]) for k in keys}
+
+
+def _sent_bytes(stats: dict[str, Any] | None) -> int:
+    return sum(int(s["bytesSent"]) for s in stats["outbound"]) if stats else 0
+
+
+async def sample_sending(a: Any, seconds: float) -> list[int]:
+    """A's video sending rate (kbit/s, every layer) in each second of ``seconds``."""
+    rates: list[int] = []
+    last = _sent_bytes(await a.evaluate(STATS_JS, None))
+    started = time.monotonic()
+    while time.monotonic() - started < seconds - 0.5:
+        await asyncio.sleep(1.0)
+        now = _sent_bytes(await a.evaluate(STATS_JS, None))
+        rates.append(round(8 * (now - last) / 1000))
+        last = now
+    return rates
+
+
+def settled_after(rates: list[int], cap_kbit_s: float) -> int | None:
+    """Seconds from the link's change until A's sending stayed under the cap for good (None: never)."""
+    for start in range(len(rates)):
+        if all(r <= cap_kbit_s for r in rates[start:]):
+            return start
+    return None
 
 
 async def run(mode: str, link: list[str], seconds: float, warmup: float) -> dict[str, Any]:
@@ -299,8 +335,14 @@ async def run(mode: str, link: list[str], seconds: float, warmup: float) -> dict
                 async with two_venues(mode, Path(tmpdir)) as (a, b):
                     await wait_for_video(b, 40)
                     set_link(link)
-                    await asyncio.sleep(warmup)
+                    warming = await sample_sending(a, warmup)
                     result = await measure(a, b, seconds)
+                    result["sent_kbit_s_each_second"] = warming + result["sent_kbit_s_each_second"]
+                    if len(link) >= 7 and float(link[6]) > 0:
+                        # The uplink cap: how soon A's sending fits under it (issue 12: within 10 s).
+                        result["settled_after_s"] = settled_after(
+                            result["sent_kbit_s_each_second"], float(link[6])
+                        )
             break
         except RuntimeError as exc:
             if "did not start" not in str(exc) or attempt == 2:
