@@ -125,7 +125,7 @@ echo "== running the tests"
 summary=$(mktemp)
 trap 'rm -f "$summary"; stop_redis' EXIT
 set +e
-CONFERENCE_TEST_SUMMARY="$summary" "$VENV/bin/python" -m pytest -q -rfEs "$@"
+CONFERENCE_TEST_SUMMARY="$summary" "$VENV/bin/python" -m pytest -q -rfEs --durations=30 "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then
