@@ -70,13 +70,13 @@ def test_a_slot_follows_its_sources_round_trip_with_hysteresis() -> None:
     assert track.rewriter.playout_delay is None  # round trip unknown
     nack.set_round_trip(0.1)
     track.update_playout_delay()
-    assert track.rewriter.playout_delay == (30, 40)  # 10 + 100 + 200 + 20 ms, capped at 300
+    assert track.rewriter.playout_delay == (33, 60)  # 10 + 100 + 200 + 20 ms (the cap: 450)
     nack.set_round_trip(0.05)  # 10 + 50 + 100 + 20 ms
     track.update_playout_delay()
-    assert track.rewriter.playout_delay == (18, 40)
+    assert track.rewriter.playout_delay == (18, 60)
     nack.set_round_trip(0.0525)  # 5 ms more repair time: within the hysteresis
     track.update_playout_delay()
-    assert track.rewriter.playout_delay == (18, 40)
+    assert track.rewriter.playout_delay == (18, 60)
     nack.set_round_trip(0.002)  # the publisher moved next to the server
     track.update_playout_delay()
     assert track.rewriter.playout_delay is None

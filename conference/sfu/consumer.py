@@ -29,8 +29,11 @@ Role = Literal["video", "audio", "preview"]
 # subscriber's), so a retransmission lands before the frame is due. Bounded: a minimum of at most
 # PLAYOUT_MIN_CAP_MS and a maximum of PLAYOUT_MAX_MS keep the meeting conversational; a publisher
 # near the server (repair + margin under PLAYOUT_FLOOR_MS) gets no element: the browser sizes its own buffer.
-PLAYOUT_MAX_MS = 400
-PLAYOUT_MIN_CAP_MS = 300
+# 450 ms covers one repair across a 300 +- 40 ms round trip (reordering allowance + round trip +
+# jitter); at 300 a venue behind 150 +- 30 ms / 2 % froze 2.3-3.4 s a minute, at 450 1.3-2.0 s
+# (median 1.6, docs/performance.md). A lower cap costs freezes, a higher one delay.
+PLAYOUT_MAX_MS = 600
+PLAYOUT_MIN_CAP_MS = 450
 PLAYOUT_FLOOR_MS = 60  # a publisher on the LAN: 10 + 2 + 20 (the minimum retry) + 20 ms
 PLAYOUT_MARGIN_MS = 20  # a frame's decode and render on top of the repair
 PLAYOUT_HYSTERESIS = 2  # in 10 ms units: smaller changes are not worth a rebuilt extension block
