@@ -1,6 +1,6 @@
 """The transport-cc feedback encoder and receiver (conference/sfu/twcc.py): byte-exact against
 feedback packets Chrome sent (captured in pion's and webrtc-rs's rtcp test suites), and decoded
-back with a parser written here from draft-holmer-rmcat-transport-wide-cc-extensions-01 3.1."""
+back with twcc.parse_feedback (the parser of subscribers' feedback)."""
 
 from __future__ import annotations
 
@@ -16,47 +16,22 @@ from conference.sfu.twcc import (
     answered_transport_cc,
     encode_feedback,
     offer_transport_cc,
+    parse_feedback,
 )
 
 
 def decode(packet: bytes) -> tuple[int, int, int, int, list[int | None]]:
-    """(sender SSRC, media SSRC, base, feedback count, arrival in us per sequence number or None),
-    per the draft: chunks until the status count is reached, then the deltas."""
-    first, pt, length, sender, media, base, count, ref_fb = struct.unpack_from("!BBHIIHHI", packet)
+    """(sender SSRC, media SSRC, base, feedback count, arrival in us per sequence number or None)
+    through twcc.parse_feedback, the server's one parser (of its subscribers' feedback)."""
+    first, pt, length, sender, media, base, count, _ = struct.unpack_from("!BBHIIHHI", packet)
     assert first >> 6 == 2 and first & 0x1F == 15 and pt == 205
     assert len(packet) == (length + 1) * 4
     if first & 0x20:
         assert packet[-1] and packet[-1] <= 3 and not any(packet[-packet[-1] : -1])
-    reference, fb_count = ref_fb >> 8, ref_fb & 0xFF
-    if reference & 0x800000:
-        reference -= 1 << 24
-    pos, symbols = 20, []
-    while len(symbols) < count:
-        (chunk,) = struct.unpack_from("!H", packet, pos)
-        pos += 2
-        if not chunk & 0x8000:
-            symbols += [(chunk >> 13) & 3] * (chunk & 0x1FFF)
-        elif not chunk & 0x4000:
-            symbols += [(chunk >> (13 - i)) & 1 for i in range(14)]
-        else:
-            symbols += [(chunk >> (2 * (6 - i))) & 3 for i in range(7)]
-    symbols = symbols[:count]
-    t = reference * 64_000
-    out: list[int | None] = []
-    for symbol in symbols:
-        if symbol == 0:
-            out.append(None)
-            continue
-        if symbol == 1:
-            delta = packet[pos]
-            pos += 1
-        else:
-            assert symbol == 2
-            (delta,) = struct.unpack_from("!h", packet, pos)
-            pos += 2
-        t += delta * 250
-        out.append(t)
-    return sender, media, base, fb_count, out
+    fb_count, entries = parse_feedback(packet)
+    assert len(entries) == count
+    assert [seq for seq, _ in entries] == [(base + i) & 0xFFFF for i in range(count)]
+    return sender, media, base, fb_count, [t for _, t in entries]
 
 
 def test_matches_feedback_chrome_sent_byte_for_byte() -> None:
@@ -237,3 +212,22 @@ def test_a_receiver_holds_a_fixed_amount_of_memory_whatever_arrives() -> None:
         tracemalloc.stop()
     assert receiver.packets == 20_000
     assert grown < 100_000, grown
+
+
+def test_parse_feedback_refuses_malformed_packets() -> None:
+    packet, _ = encode_feedback(1, 2, 10, 0, [64_000, 65_000, None, 70_000])
+    assert parse_feedback(packet)[1][2] == (12, None)
+    with pytest.raises(ValueError):
+        parse_feedback(packet[:19])
+    with pytest.raises(ValueError):
+        parse_feedback(packet[:-4])  # length says more than the datagram holds
+    bad = bytearray(packet)
+    bad[1] = 206
+    with pytest.raises(ValueError):
+        parse_feedback(bytes(bad))
+    short = bytearray(packet)
+    struct.pack_into("!H", short, 14, 2000)  # a status count its chunks do not reach
+    with pytest.raises(ValueError):
+        parse_feedback(bytes(short))
+    # Inside a compound packet: the offset of the feedback.
+    assert parse_feedback(b"\0" * 8 + packet, 8) == parse_feedback(packet)

@@ -254,3 +254,62 @@ def answered_transport_cc(sdp: str, mids: set[str]) -> int:
     """The transport-cc extension id the answer accepted in any of the m-sections ``mids`` (0:
     none: the endpoint does not do transport-cc and gets REMB only)."""
     return next((i for mid, i in answered_extension(sdp, URI_TRANSPORT_CC).items() if mid in mids), 0)
+
+
+# --- feedback from subscribers ------------------------------------------------------------------
+
+
+def parse_feedback(packet: bytes | memoryview, offset: int = 0) -> tuple[int, list[tuple[int, int | None]]]:
+    """The inverse of ``encode_feedback`` for one transport feedback packet at ``offset`` (what a
+    subscriber sends about the server's packets): (feedback count, [(sequence number, arrival in
+    microseconds on the subscriber's clock, or None: not received)]). Raises ValueError on a
+    malformed packet (clear error, nothing half-read is returned)."""
+    if len(packet) - offset < 20:
+        raise ValueError("transport feedback shorter than its 20-byte header")
+    first, pt, words, _sender, _media, base, count, ref_fb = _HEAD.unpack_from(packet, offset)
+    if first >> 6 != 2 or first & 0x1F != 15 or pt != 205:
+        raise ValueError("not a transport feedback packet (PT 205, FMT 15)")
+    end = offset + (words + 1) * 4
+    if end > len(packet):
+        raise ValueError("transport feedback longer than the datagram")
+    if first & 0x20:
+        end -= packet[end - 1]
+    reference = ref_fb >> 8
+    if reference & 0x800000:
+        reference -= 1 << 24
+    pos = offset + 20
+    symbols: list[int] = []
+    while len(symbols) < count:
+        if pos + 2 > end:
+            raise ValueError("transport feedback chunks end before its status count")
+        chunk = (packet[pos] << 8) | packet[pos + 1]
+        pos += 2
+        if not chunk & 0x8000:
+            symbols += [(chunk >> 13) & 3] * min(chunk & 0x1FFF, count - len(symbols))
+        elif not chunk & 0x4000:
+            symbols += [(chunk >> (13 - i)) & 1 for i in range(14)]
+        else:
+            symbols += [(chunk >> (2 * (6 - i))) & 3 for i in range(7)]
+    t = reference * _REFERENCE_US
+    out: list[tuple[int, int | None]] = []
+    for i in range(count):
+        symbol = symbols[i]
+        seq = (base + i) & 0xFFFF
+        if symbol == NOT_RECEIVED:
+            out.append((seq, None))
+            continue
+        if symbol == SMALL:
+            if pos + 1 > end:
+                raise ValueError("transport feedback deltas end early")
+            delta = packet[pos]
+            pos += 1
+        elif symbol == LARGE:
+            if pos + 2 > end:
+                raise ValueError("transport feedback deltas end early")
+            delta = ((packet[pos] << 8) | packet[pos + 1]) - ((packet[pos] & 0x80) << 9)
+            pos += 2
+        else:
+            raise ValueError("transport feedback status symbol 3 is reserved")
+        t += delta * _DELTA_US
+        out.append((seq, t))
+    return ref_fb & 0xFF, out
