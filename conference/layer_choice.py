@@ -131,9 +131,21 @@ MAX_HOLD_S = 60.0
 LOSS_HIGH = 0.10
 
 
-def congestion_estimate(sending: int, remb: int | None, loss: float | None, budget: int | None) -> int | None:
+def congestion_estimate(
+    sending: int,
+    remb: int | None,
+    loss: float | None,
+    budget: int | None,
+    send_side: int | None = None,
+) -> int | None:
     """The estimate ``downlink_budget`` takes: the lowest congestion signal (``remb`` in bit/s,
-    ``loss`` 0-1 of the subscriber's own loss; None: none since the last), else ``budget``."""
+    ``loss`` 0-1 of the subscriber's own loss; None: none since the last), else ``budget``.
+    ``send_side``: the server's transport-cc estimate of the leg (``conference.downlink_estimate``);
+    where there is one it replaces the loss rule (it holds its own loss bound and sees queues
+    building before anything is lost), as a ceiling like a REMB: it too reaches at most about 1.5
+    times what arrives."""
+    if send_side is not None:
+        return send_side if send_side < sending * LIMIT_MARGIN else budget
     signals = []
     if remb is not None and remb < sending * LIMIT_MARGIN:
         signals.append(remb)

@@ -153,6 +153,10 @@ def test_congestion_is_a_remb_under_what_is_sent_or_losses_over_ten_percent() ->
     # A REMB at or over what is sent says nothing (it follows what arrives): no limit.
     assert congestion_estimate(1_000_000, 1_200_000, None, None) is None
     assert congestion_estimate(100_000, 150_000, None, None) is None  # while on a low layer too
+    # A send-side (transport-cc) estimate replaces the loss rule: a ceiling under what is sent.
+    assert congestion_estimate(1_000_000, None, 0.3, None, 700_000) == 700_000
+    assert congestion_estimate(1_000_000, None, 0.3, None, 1_300_000) is None  # the loss is its own
+    assert congestion_estimate(1_000_000, None, None, 600_000, 950_000) == 600_000  # the budget stands
 
 
 def test_loss_is_counted_from_cumulative_counters_over_enough_packets() -> None:

@@ -118,7 +118,10 @@ class Router:
             loss = None if upstream > UPSTREAM_LOSS_MAX else max(0.0, loss - upstream)
         # Losses only: a browser's REMB (``downlink_estimate``, shown in /api/stats) is not acted on
         # (see layer_choice.congestion_estimate).
-        estimate = layer_choice.congestion_estimate(sending, None, loss, link.budget)
+        # The server's transport-cc estimate of the leg where the subscriber sends that feedback.
+        estimate = layer_choice.congestion_estimate(
+            sending, None, loss, link.budget, transport.send_side_estimate()
+        )
         if estimate is not None and any(len(o) > 1 for o in options):
             wanted = sum(
                 next(p.bitrate for p in o if max(0, p.layer) == c)

@@ -87,6 +87,11 @@ class Transport:
         it sends one (``now``: time.time())."""
         return None
 
+    def send_side_estimate(self) -> int | None:
+        """The server's own estimate of the endpoint's downlink (bit/s) from the transport-cc
+        feedback it sends (``conference.downlink_estimate``); None: no such feedback on this leg."""
+        return None
+
     def take_loss(self) -> float | None:
         """The fraction of its video slots' packets the endpoint's receiver reports say it lost
         (0-1), over at least ``layer_choice.LOSS_MIN_PACKETS`` since the last answer; None until then."""
