@@ -175,3 +175,34 @@ def test_loss_is_counted_from_cumulative_counters_over_enough_packets() -> None:
     losses.report(1, 5, 2, 3.0)  # the slot's numbering restarted: not a loss of 60,000 packets
     losses.report(1, 205, 12, 3.5)
     assert losses.take(3.5 + LOSS_STALE_S + 1) is None  # counted too long ago
+
+
+def test_a_layer_that_starts_again_is_offered_only_once_it_kept_arriving() -> None:
+    """A browser stopping and starting a layer every few seconds must not move slots each time."""
+    from types import SimpleNamespace
+
+    from conference.sfu.packet import CodecInfo
+    from conference.sfu.producer import LAYER_RESUME_S, LAYER_SILENT_S, Producer
+    from conference.sfu.stats import Counters
+
+    upstream = SimpleNamespace(closed=False, send_pli=lambda ssrc: None)
+    listener = SimpleNamespace(sink=None, producer_started=lambda p: None)
+    layer = Producer("cam", "video", [CodecInfo("vp8", 96, 90_000)], {}, upstream, listener, Counters())  # type: ignore[arg-type]
+    layer.ssrc = 1234
+    t = 1000.0
+    layer.last_packet_at = t
+    assert not layer.steady(t)  # it just started
+    started = t
+    while t - started < LAYER_RESUME_S - 0.1:  # packets keep coming, the tick asks every 200 ms
+        assert not layer.steady(t)
+        t += 0.2
+        layer.last_packet_at = t
+    t += 0.2
+    layer.last_packet_at = t
+    assert layer.steady(t)
+    t += LAYER_SILENT_S + 0.1  # the browser stopped it
+    assert not layer.steady(t)
+    layer.last_packet_at = t + 0.1  # and starts it again
+    assert not layer.steady(t + 0.2)
+    layer.last_packet_at = t + 0.2 + LAYER_RESUME_S  # still arriving
+    assert layer.steady(t + 0.2 + LAYER_RESUME_S)

@@ -47,6 +47,11 @@ STREAM_CHANGE_REFILL_S = 5.0
 # A simulcast layer with no packet for this long is not arriving (the browser stopped it: its
 # uplink estimate fell, or the camera is too small for it): its subscribers move to another layer.
 LAYER_SILENT_S = 1.0
+# A layer that (re)starts is offered to slots once it has been arriving this long: a browser whose
+# uplink estimate hovers at a layer's threshold stops and starts it every few seconds, and each
+# move of a slot onto it and off again costs a keyframe and often a freeze (seen behind a 150 +-
+# 30 ms / 2 % link: 10 switches in 30 s). Moving off a layer that stopped is at once.
+LAYER_RESUME_S = 5.0
 BITRATE_WINDOW_S = 1.0
 
 
@@ -127,6 +132,7 @@ class Producer:
         self.packets = 0
         self.octets = 0
         self.last_packet_at = 0.0
+        self._steady_from = 0.0  # when the layer started arriving (0: it is not)
         # Speaker detection: loudness (127 - level) summed over the current tick.
         self.voice = Voice(identity)
         self.level_sum = 0
@@ -337,6 +343,16 @@ class Producer:
     def arriving(self, now: float) -> bool:
         """Whether packets arrive (``now``: time.time())."""
         return self.ssrc is not None and now - self.last_packet_at < LAYER_SILENT_S
+
+    def steady(self, now: float) -> bool:
+        """Whether packets have arrived without a pause for LAYER_RESUME_S (asked every tick by the
+        layer choice, so a pause of LAYER_SILENT_S is seen)."""
+        if not self.arriving(now):
+            self._steady_from = 0.0
+            return False
+        if not self._steady_from:
+            self._steady_from = now
+        return now - self._steady_from >= LAYER_RESUME_S
 
     def _measure_bitrate(self, now: float) -> None:
         elapsed = now - self._rate_at

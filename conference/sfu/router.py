@@ -88,13 +88,15 @@ class Router:
 
     def _layers(self, identity: str | None, now: float) -> list[Producer]:
         """What can fill a video slot with ``identity``, low to high: a simulcast publisher's
-        layers arriving (its best started one if none is), else its one producer."""
+        layers arriving steadily (``Producer.steady``; else those arriving, else its best started
+        one), else its one producer."""
         best = self.producer(identity, "video")
         if best is None:
             return []
         if best.group is None:
             return [best]
-        return [p for p in best.group if p.arriving(now)] or [best]
+        steady = [p for p in best.group if p.steady(now)]
+        return steady or [p for p in best.group if p.arriving(now)] or [best]
 
     def choose_video(
         self, transport: Transport, wants: list[tuple[str | None, int]]
