@@ -2,6 +2,7 @@
 
     python tests/bench_phone.py [--calls 10] [--duration 30]
     python tests/bench_phone.py --url URL --admin-key KEY --server-pid PID   # beside a running meeting
+    python tests/bench_phone.py --callers python   # the callers in one Python process (phone_callers)
 
 1. Real calls: runs `conference serve` (with its media core) and `conference phone` as their own
    processes, starts N baresip callers (Debian's package) on the loopback, each enters the meeting
@@ -10,7 +11,10 @@
    the others (three Opus slots decoded and mixed). Prints the gateway's and the server's CPU
    seconds per call-second over that window (from /proc), with the machine's load. With --url the
    calls go to a server already running (e.g. the one `conference bench --endpoints 50 --url ...`
-   loads), in a room of their own (--room), beside that meeting.
+   loads), in a room of their own (--room), beside that meeting. ``--callers python`` places the
+   calls from this process instead (tests/phone_callers.py: real SIP and RTP, a pre-encoded tone,
+   one 20 ms clock), light enough for ten calls beside the 50-endpoint meeting on two cores; then
+   each call's packets/s both ways are printed too (a valid figure needs ~50 each way).
 2. The media path of one call (caller G.711 in -> Opus to the room; three Opus slots in -> mix ->
    G.711 out), timed in process per 20 ms frame.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -34,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from phone_callers import Callers  # noqa: E402
 from phone_util import Baresip, sine, write_wav  # noqa: E402
 
 from signaling.phone.codecs import FRAME, G711, OpusEncoder  # noqa: E402
@@ -101,6 +107,8 @@ async def real_calls(
     room: str = "bench",
     wait_endpoints: int = 0,
     wait_settle: float = 0.0,
+    callers: str = "baresip",
+    json_path: Path | None = None,
 ) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-phone-"))
     sip_port = free_port()
@@ -128,6 +136,7 @@ async def real_calls(
         server = RunningServer(server_pid)
     gateway = None
     phones: list[Baresip] = []
+    light: Callers | None = None
     try:
         await wait_http(url)
         headers = {"Authorization": f"Bearer {admin_key}"}
@@ -160,18 +169,24 @@ async def real_calls(
                 if gateway.poll() is not None:
                     raise RuntimeError("gateway did not start: " + (tmp / "gateway.log").read_text())
                 await asyncio.sleep(0.1)
-            source = tmp / "tone.wav"
-            # baresip hangs up when its source file ends: long enough for the wait for a meeting too.
-            write_wav(source, sine(1000, duration + (600 if wait_endpoints else 60), 8000), 8000)
-            for i in range(calls):
-                phone = Baresip(tmp / f"phone{i}", source, user=f"1380000{i:04d}")
-                await phone.start()
-                phones.append(phone)
-            for phone in phones:
-                await phone.dial(f"sip:dialin@127.0.0.1:{sip_port}")
-            for phone in phones:
-                await phone.wait_event("CALL_ESTABLISHED", 20)
-            await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.3) for p in phones))
+            if callers == "python":
+                light = Callers(("127.0.0.1", sip_port), calls, user_prefix="1380000")
+                await light.open()
+                # Each call waits for the welcome and the PIN prompts to end before its keys.
+                await asyncio.wait_for(light.dial_in(meeting_id, "4321"), 120)
+            else:
+                source = tmp / "tone.wav"
+                # baresip hangs up when its source file ends: long enough for the wait for a meeting too.
+                write_wav(source, sine(1000, duration + (600 if wait_endpoints else 60), 8000), 8000)
+                for i in range(calls):
+                    phone = Baresip(tmp / f"phone{i}", source, user=f"1380000{i:04d}")
+                    await phone.start()
+                    phones.append(phone)
+                for phone in phones:
+                    await phone.dial(f"sip:dialin@127.0.0.1:{sip_port}")
+                for phone in phones:
+                    await phone.wait_event("CALL_ESTABLISHED", 20)
+                await asyncio.gather(*(p.send_digits(f"{meeting_id}#4321#", 0.3) for p in phones))
             inside = 0
             for attempt in range(150):
                 async with http.get(f"{url}/api/rooms/{room}") as r:
@@ -179,7 +194,7 @@ async def real_calls(
                 inside = len(names)
                 if inside == calls:
                     break
-                if attempt % 25 == 24:
+                if attempt % 25 == 24 and phones:
                     # A key lost on a loaded machine (baresip's last `#`): press it again, as a
                     # caller would.
                     for phone in phones:
@@ -202,8 +217,12 @@ async def real_calls(
             server_before = cpu_seconds(server.pid)
             async with http.get(f"{url}/api/stats") as r:
                 stats_before = (await r.json())["media"]
+            counts_before = light.counts() if light is not None else []
+            late_before = light.late_wakeups if light is not None else 0
+            window_start = time.time()
             await asyncio.sleep(duration)
             used, elapsed = cpu_seconds(gateway.pid) - before, time.monotonic() - t0
+            counts = light.counts() if light is not None else []
             server_used = cpu_seconds(server.pid) - server_before
             async with http.get(f"{url}/api/stats") as r:
                 stats = (await r.json())["media"]
@@ -227,7 +246,36 @@ async def real_calls(
                 f"{packets_out / elapsed:.0f} packets/s out, levels decoded "
                 f"{stats['levels_decoded'] - stats_before['levels_decoded']}"
             )
+            sent = [(s1 - s0) / elapsed for (s0, _), (s1, _) in zip(counts_before, counts, strict=True)]
+            heard = [(r1 - r0) / elapsed for (_, r0), (_, r1) in zip(counts_before, counts, strict=True)]
+            if light is not None:
+                print(
+                    f"callers (one process): packets/s per call sent {min(sent):.1f}-{max(sent):.1f}, "
+                    f"received {min(heard):.1f}-{max(heard):.1f} (50 each way when all kept their "
+                    f"clock); clock wake-ups over 20 ms late: {light.late_wakeups - late_before}"
+                )
+            if json_path is not None:
+                report = {
+                    "calls": calls,
+                    "inside": inside,
+                    "window_s": round(elapsed, 2),
+                    "window_start": window_start,
+                    "window_end": time.time(),
+                    "gateway_cpu_s": round(used, 3),
+                    "gateway_cores": round(used / elapsed, 4),
+                    "gateway_cores_per_call": round(used / elapsed / max(1, inside), 5),
+                    "server_cores": round(server_used / elapsed, 4),
+                    "server_pps_in_from_callers": round(packets_in / elapsed, 1),
+                    "server_pps_out_to_callers": round(packets_out / elapsed, 1),
+                    "caller_pps_sent": [round(x, 1) for x in sent],
+                    "caller_pps_received": [round(x, 1) for x in heard],
+                    "load_after": os.getloadavg(),
+                }
+                json_path.write_text(json.dumps(report))
     finally:
+        if light is not None:
+            await light.hang_up()
+            await light.close()
         for phone in phones:
             await phone.stop()
         for proc in (gateway, server):
@@ -278,8 +326,17 @@ def main() -> None:
     parser.add_argument(
         "--wait-settle", type=float, default=0.0, help="then wait S seconds more (its settle)"
     )
+    parser.add_argument(
+        "--callers",
+        choices=("baresip", "python"),
+        default="baresip",
+        help="baresip processes, or all calls from this process (tests/phone_callers.py)",
+    )
+    parser.add_argument("--json", type=Path, help="write the calls' figures here")
+    parser.add_argument("--skip-media-path", action="store_true", help="not the in-process timing")
     args = parser.parse_args()
-    media_path()
+    if not args.skip_media_path:
+        media_path()
     asyncio.run(
         real_calls(
             args.calls,
@@ -290,6 +347,8 @@ def main() -> None:
             args.room,
             args.wait_endpoints,
             args.wait_settle,
+            args.callers,
+            args.json,
         )
     )
 
