@@ -56,15 +56,15 @@ def test_retries_are_spaced_by_the_measured_round_trip() -> None:
         s.arrived(20 + i, t + 0.13)
     assert s.rtt == pytest.approx(0.12, abs=1e-6)
     assert 0.12 < s.retry_interval < 0.13
-    # A second request waits one retry interval after the first, not a room tick; then the
-    # interval doubles per unanswered request, up to BACKOFF_MAX times.
+    # A second request waits one retry interval after the first, not a room tick, and a third one
+    # more; then the interval doubles per unanswered request, up to BACKOFF_MAX times.
     s.lost(100, 1, 50.0)
     assert s.poll(50.01) == ([100], 0)
     retry = s.retry_interval
     assert s.poll(50.01 + retry - 0.001) == ([], 0)
     assert s.next_due == pytest.approx(50.01 + retry)
     assert s.poll(50.01 + retry) == ([100], 0)
-    assert s.next_due == pytest.approx(50.01 + 3 * retry)
+    assert s.next_due == pytest.approx(50.01 + 2 * retry)
     # Karn: a repair after two requests that either could have caused leaves the estimate alone...
     rtt = s.rtt
     assert s.arrived(100, 50.01 + retry + rtt / 2) == REPAIRED and s.rtt == rtt
@@ -74,6 +74,13 @@ def test_retries_are_spaced_by_the_measured_round_trip() -> None:
     s.poll(60.01 + retry)
     s.arrived(200, 60.01 + retry + 0.3)
     assert s.rtt > rtt
+    # The third request one interval after the second, the fourth two after the third.
+    s.lost(300, 1, 70.0)
+    retry = s.retry_interval
+    for gap in (retry, retry, 2 * retry):
+        asked = s.next_due if s.missing[300][2] else 70.01
+        assert s.poll(asked) == ([300], 0)
+        assert s.next_due == pytest.approx(asked + gap)
 
 
 def test_a_round_trip_estimate_that_is_too_small_recovers() -> None:

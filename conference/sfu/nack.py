@@ -8,7 +8,7 @@ timer rather than the room's tick (as libwebrtc's ``NackRequester`` and mediasou
   ``REORDER_MIN_S``, at most half the round trip and ``REORDER_MAX_S``.
 - A request is repeated only when its answer is overdue: after the publisher's round trip plus
   twice its variation (TCP's retransmission timer, RFC 6298, with a smaller multiplier: a late
-  repair is a freeze), doubled after each unanswered request up to 4x (an estimate that is too
+  repair is a freeze), doubled after each further unanswered request up to 4x (an estimate that is too
   small, e.g. measured before the path got longer, still lets an answer come back). The round trip
   is measured on repairs: a packet asked for once gives a sample; one asked for several times
   (Karn: which request did it answer?) only bounds it (later than the last request: at least
@@ -37,7 +37,11 @@ UNKNOWN = 0  # not missing: a duplicate, or one given up on already
 REORDERED = 1  # missing, not asked for yet: it was only late
 REPAIRED = 2  # asked for: a retransmission (or an original later than a request)
 
-BACKOFF_MAX = 4  # the retry interval doubles per unanswered request, up to this factor
+# The retry interval doubles per unanswered request from the third on, up to this factor: the second
+# request follows the first after one interval (at 5 % loss each way a tenth of first requests or
+# their answers are lost, and a repair within about one buffer of the first is no freeze), the
+# doubling after it keeps an estimate that is too small from giving packets up early.
+BACKOFF_MAX = 4
 _DETECTED, _DUE, _ASKED, _TRIES, _FIRST_ASKED = range(5)
 
 
@@ -193,7 +197,7 @@ class NackScheduler:
                     entry[_FIRST_ASKED] = now
                 entry[_ASKED] = now
                 entry[_TRIES] += 1
-                entry[_DUE] = now + retry * min(BACKOFF_MAX, 1 << (int(entry[_TRIES]) - 1))
+                entry[_DUE] = now + retry * min(BACKOFF_MAX, 1 << max(0, int(entry[_TRIES]) - 2))
                 due.append(seq)
             if entry[_DUE] < next_due:
                 next_due = entry[_DUE]
