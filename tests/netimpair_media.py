@@ -324,7 +324,9 @@ def settled_after(rates: list[int], cap_kbit_s: float) -> int | None:
     return None
 
 
-async def run(mode: str, link: list[str], seconds: float, warmup: float) -> dict[str, Any]:
+async def run(
+    mode: str, link: list[str], seconds: float, warmup: float, clear: float = 0.0
+) -> dict[str, Any]:
     problem = namespace_problem()
     if problem:
         raise RuntimeError(problem)
@@ -334,10 +336,13 @@ async def run(mode: str, link: list[str], seconds: float, warmup: float) -> dict
             with tempfile.TemporaryDirectory(prefix="netimpair-") as tmpdir:
                 async with two_venues(mode, Path(tmpdir)) as (a, b):
                     await wait_for_video(b, 40)
+                    # On a clear link first, so A's estimate has climbed before the link changes.
+                    before = await sample_sending(a, clear) if clear else []
                     set_link(link)
                     warming = await sample_sending(a, warmup)
                     result = await measure(a, b, seconds)
                     result["sent_kbit_s_each_second"] = warming + result["sent_kbit_s_each_second"]
+                    result["sent_kbit_s_before"] = before
                     if len(link) >= 7 and float(link[6]) > 0:
                         # The uplink cap: how soon A's sending fits under it (issue 12: within 10 s).
                         result["settled_after_s"] = settled_after(
@@ -357,8 +362,9 @@ def main() -> None:
     parser.add_argument("--link", default="50,0,5", help="impair set arguments, comma-separated")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--clear", type=float, default=0, help="seconds on a clear link before the change")
     args = parser.parse_args()
-    result = asyncio.run(run(args.mode, args.link.split(","), args.seconds, args.warmup))
+    result = asyncio.run(run(args.mode, args.link.split(","), args.seconds, args.warmup, args.clear))
     print(json.dumps(result))
 
 
