@@ -1,7 +1,8 @@
 """Build configuration that pyproject.toml cannot express: the forwarding core's optional native
-helper (conference/sfu/_fastpath.c). ``optional=True``: on a machine without a C compiler or
-Python headers the build of it fails quietly, the package still installs, and the forwarding core
-runs on its pure-Python path (README.md, "Native send")."""
+helpers (conference/sfu/_fastpath.c, the send side; conference/sfu/_fastrecv.c, the receive side).
+``optional=True``: on a machine without a C compiler or Python headers their build fails quietly,
+the package still installs, and the forwarding core runs on its pure-Python path (README.md,
+"Native send")."""
 
 from setuptools import Extension, setup
 
@@ -12,6 +13,12 @@ setup(
             sources=["conference/sfu/_fastpath.c"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "conference.sfu._fastrecv",
+            sources=["conference/sfu/_fastrecv.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

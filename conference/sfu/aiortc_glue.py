@@ -73,11 +73,16 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from .rewriter import LATE_PACKET_WINDOW
+from .twcc import native_receive_available
 
 try:  # the optional native send (conference/sfu/_fastpath.c), built by pip install when it can be
     from . import _fastpath
 except ImportError:
     _fastpath = None  # type: ignore[assignment]
+try:  # the optional native receive side (conference/sfu/_fastrecv.c)
+    from . import _fastrecv
+except ImportError:
+    _fastrecv = None  # type: ignore[assignment]
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
 _SIOCGSTAMP = 0x8906  # linux/sockios.h: the kernel's receive time of the last datagram read
@@ -348,11 +353,17 @@ class SrtpDatagramHook:
     asyncio.Queue hop, a task wake-up and two coroutine frames before the DTLS transport unprotects
     it. RTCP, STUN and DTLS keep aiortc's path, and so does everything that arrives before the DTLS
     handshake has produced the SRTP keys. Only aioice's own host/reflexive sockets are hooked: data
-    relayed through TURN arrives wrapped and takes aiortc's path (``hook_incoming_rtp``)."""
+    relayed through TURN arrives wrapped and takes aiortc's path (``hook_incoming_rtp``).
+
+    With ``on_parsed`` and the native receive side built (``_fastrecv``), one native call per
+    datagram unprotects it, reads the kernel's receive time, parses the header and notes the
+    packet in ``transport_cc`` (when set), then ``on_parsed(packet, header)`` gets it; ``on_rtp``
+    is the pure-Python path, which does the same in Python (the reference)."""
 
     __slots__ = (
         "_dtls",
         "_native",
+        "_on_parsed",
         "_on_rtp",
         "_stamp",
         "arrival_us",
@@ -360,14 +371,22 @@ class SrtpDatagramHook:
         "kernel_timestamps",
         "packets",
         "protocols",
+        "transport_cc",
         "unprotect_errors",
     )
 
-    def __init__(self, dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None], native: bool = False) -> None:
+    def __init__(
+        self,
+        dtls: RTCDtlsTransport,
+        on_rtp: Callable[[bytes], None],
+        native: bool = False,
+        on_parsed: Callable[[bytes, Any], None] | None = None,
+    ) -> None:
         self._dtls = dtls
         self._on_rtp = on_rtp
         # Unprotect through _fastpath (the same libsrtp session) instead of pylibsrtp's wrapper.
         self._native = native and native_send_available()
+        self._on_parsed = on_parsed if self._native and native_receive_available() else None
         self.packets = 0
         self.unprotect_errors = 0
         self.handler_errors = 0
@@ -377,6 +396,12 @@ class SrtpDatagramHook:
         self.kernel_timestamps = False
         self.arrival_us = 0
         self._stamp = bytearray(16)
+        self.transport_cc: Any = None  # the leg's twcc.TransportCcReceiver (the native path notes packets)
+
+    @property
+    def native_receive(self) -> bool:
+        """Whether datagrams take the native receive call (``_fastrecv.rtp_in``)."""
+        return self._on_parsed is not None
 
     def install(self) -> int:
         """Hook every gathered socket of the leg not hooked yet; returns how many are hooked."""
@@ -384,9 +409,47 @@ class SrtpDatagramHook:
             if type(protocol) is aioice.ice.StunProtocol and "datagram_received" not in vars(protocol):
                 sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
                 fd = sock.fileno() if sock is not None else -1
-                protocol.datagram_received = self._wrap(protocol.datagram_received, fd)  # type: ignore[method-assign]
+                wrap = self._wrap_native if self._on_parsed is not None else self._wrap
+                protocol.datagram_received = wrap(protocol.datagram_received, fd)  # type: ignore[method-assign]
                 self.protocols += 1
         return self.protocols
+
+    def _wrap_native(self, original: Callable[[Any, Any], None], fd: int) -> Callable[[Any, Any], None]:
+        dtls = self._dtls
+        on_parsed = self._on_parsed
+        assert on_parsed is not None
+        srtp_error = pylibsrtp.Error
+        rtp_in = _fastrecv.rtp_in
+        session: list[Any] = [None, 0]  # the rx session the handle is of, the handle
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 209:
+                srtp = dtls._rx_srtp
+                if srtp is not None:
+                    if srtp is not session[0]:
+                        session[0], session[1] = srtp, srtp_session_handle(srtp)
+                    stamped = self.kernel_timestamps and fd >= 0
+                    try:
+                        packet, header, arrival = rtp_in(
+                            _SRTP_UNPROTECT, session[1], data, fd if stamped else -1, self.transport_cc
+                        )
+                    except srtp_error:
+                        self.unprotect_errors += 1
+                        return
+                    self.packets += 1
+                    if stamped:
+                        if arrival < 0:
+                            self.kernel_timestamps = False  # not Linux: the caller's clock it is
+                        else:
+                            self.arrival_us = arrival
+                    try:
+                        on_parsed(packet, header)
+                    except Exception:
+                        self.handler_errors += 1
+                    return
+            original(data, addr)
+
+        return datagram_received
 
     def _wrap(self, original: Callable[[Any, Any], None], fd: int) -> Callable[[Any, Any], None]:
         dtls = self._dtls
@@ -432,11 +495,15 @@ class SrtpDatagramHook:
 
 
 def hook_srtp_datagrams(
-    dtls: RTCDtlsTransport, on_rtp: Callable[[bytes], None], native: bool = False
+    dtls: RTCDtlsTransport,
+    on_rtp: Callable[[bytes], None],
+    native: bool = False,
+    on_parsed: Callable[[bytes, Any], None] | None = None,
 ) -> SrtpDatagramHook:
     """Install a :class:`SrtpDatagramHook` on the leg's sockets (call after ICE gathering, i.e.
-    once the local description is set); ``native``: unprotect through the native helper."""
-    hook = SrtpDatagramHook(dtls, on_rtp, native)
+    once the local description is set); ``native``: unprotect through the native helper, and with
+    ``on_parsed`` take the whole receive step natively (``SrtpDatagramHook``)."""
+    hook = SrtpDatagramHook(dtls, on_rtp, native, on_parsed)
     hook.install()
     return hook
 
@@ -499,6 +566,8 @@ def _native_protect() -> int:
     if any(str(_srtp_ffi.typeof(f)) != wanted for f in (_srtp_lib.srtp_protect, _srtp_lib.srtp_unprotect)):
         return 0
     _fastpath.set_error(pylibsrtp.Error)
+    if _fastrecv is not None:
+        _fastrecv.set_error(pylibsrtp.Error)
     return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
 
 

@@ -55,7 +55,14 @@ class SfuBackend:
         glue.check_aiortc()
         # Which send the WebRTC legs use: "native" (built and allowed) or "python".
         self.native_send = native_send and glue.native_send_available()
-        logger.info("forwarding core: %s send", "native" if self.native_send else "pure-Python")
+        # And the receive step (unprotect, header, transport-cc, its feedback): native with it when
+        # the receive side (_fastrecv) was built too.
+        self.native_receive = self.native_send and glue.native_receive_available()
+        logger.info(
+            "forwarding core: %s send, %s receive",
+            "native" if self.native_send else "pure-Python",
+            "native" if self.native_receive else "pure-Python",
+        )
         self.plain_rtp_host = plain_rtp_host
         self.subscriber_rtx = subscriber_rtx
         self.simulcast = simulcast
@@ -230,6 +237,7 @@ class SfuBackend:
         return {
             "backend": "sfu",
             "send_path": "native" if self.native_send else "python",
+            "receive_path": "native" if self.native_receive else "python",
             # Forwarded copies the native fan-out sent itself (the process's, all rooms).
             "native_copies": glue.native_copies(),
             # Native sends the kernel refused (not EAGAIN: those are queued on the transport).

@@ -208,7 +208,9 @@ class Session(Transport):
         # RFC 7675's consent, not aioice's 0.5 s one: a venue whose answers come late keeps its leg.
         glue.lenient_consent(pc)
         # SRTP straight from the sockets to the forwarder (the hot path); _on_rtp stays for the rest.
-        self.datagram_hook = glue.hook_srtp_datagrams(dtls, self.on_rtp_packet, backend.native_send)
+        self.datagram_hook = glue.hook_srtp_datagrams(
+            dtls, self.on_rtp_packet, backend.native_send, self.on_parsed_rtp
+        )
         sdp = _add_fir_feedback(pc.localDescription.sdp)
         if self.publish:
             sdp, _ = offer_transport_cc(sdp, self._publish_mids())
@@ -332,9 +334,10 @@ class Session(Transport):
         self.previews = [t for t in self.previews if t.configured]
         ext_id = answered_transport_cc(sdp, self._publish_mids()) if self.producers else 0
         if ext_id:
-            self.transport_cc = TransportCcReceiver(ext_id)
+            self.transport_cc = TransportCcReceiver(ext_id, native=self.router.backend.native_send)
             if self.datagram_hook is not None:
                 self.datagram_hook.kernel_timestamps = True
+                self.datagram_hook.transport_cc = self.transport_cc
             self._feedback_timer = asyncio.get_running_loop().call_later(INTERVAL_S, self._send_feedback)
         # The first report after 0.5-1.5 s, as aiortc's own loop: the legs of a meeting do not all
         # report in the same tick.
@@ -374,7 +377,7 @@ class Session(Transport):
         self.on_rtp_packet(data, from_socket=False)  # aiortc's path (TURN)
 
     def on_rtp_packet(self, data: bytes, from_socket: bool = True) -> None:
-        """One decrypted RTP packet from this endpoint."""
+        """One decrypted RTP packet from this endpoint (the pure-Python receive path)."""
         header = parse_header(data)
         if header is not None:
             transport_cc = self.transport_cc
@@ -384,16 +387,23 @@ class Session(Transport):
                     transport_cc.add(data, header, hook.arrival_us)
                 else:
                     transport_cc.add(data, header, int(time.time() * 1e6))
-            if header.payload_type in self.rtx:
-                self._on_rtx(data, header)
-                return
-            layers = self.layers
-            if layers is not None and header.payload_type in self.layer_payload_types:
-                producer = layers.layer_of(data, header)
-                if producer is not None:  # an SSRC not marked with its RID yet is dropped
-                    producer.receive(data, header)
-                return
-            self.route(data, header)
+            self.on_parsed_rtp(data, header)
+
+    def on_parsed_rtp(self, data: bytes, header: RtpHeader | None) -> None:
+        """One decrypted RTP packet whose header is parsed and whose arrival transport-cc noted
+        (the native receive path, ``glue.SrtpDatagramHook``); ``header`` None: not RTP."""
+        if header is None:
+            return
+        if header.payload_type in self.rtx:
+            self._on_rtx(data, header)
+            return
+        layers = self.layers
+        if layers is not None and header.payload_type in self.layer_payload_types:
+            producer = layers.layer_of(data, header)
+            if producer is not None:  # an SSRC not marked with its RID yet is dropped
+                producer.receive(data, header)
+            return
+        self.route(data, header)
 
     def _on_rtx(self, data: bytes, header: RtpHeader) -> None:
         """A retransmission (or RTX padding, a bandwidth probe): the original packet goes on to the

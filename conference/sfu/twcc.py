@@ -24,6 +24,11 @@ from collections.abc import Sequence
 from .extmap import answered_extension, offer_extension
 from .packet import RtpHeader, find_extension
 
+try:  # the native receive side (conference/sfu/_fastrecv.c), when it was built
+    from . import _fastrecv
+except ImportError:
+    _fastrecv = None  # type: ignore[assignment]
+
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 INTERVAL_S = 0.05  # feedback every 50 ms while packets arrive (libwebrtc adapts 50-250 ms)
@@ -172,10 +177,22 @@ class TransportCcReceiver:
     """Arrival times of one transport's packets by transport-wide sequence number, and the
     feedback packets that report them (``feedback``, every INTERVAL_S)."""
 
-    __slots__ = ("_arrivals", "_count", "_highest", "_seqs", "_start", "ext_id", "feedback_sent", "packets")
+    __slots__ = (
+        "_arrivals",
+        "_count",
+        "_highest",
+        "_native",
+        "_seqs",
+        "_start",
+        "ext_id",
+        "feedback_sent",
+        "packets",
+    )
 
-    def __init__(self, ext_id: int) -> None:
+    def __init__(self, ext_id: int, native: bool = False) -> None:
+        """``native``: build the feedback with ``_fastrecv.twcc_feedback`` (same bytes) when built."""
         self.ext_id = ext_id
+        self._native = native and native_receive_available()
         self._arrivals = array("q", bytes(8 * _RING))
         self._seqs = array("q", [-1]) * _RING  # which sequence number each arrival slot holds
         self._highest = -1  # unwrapped (offset by 2^16 so a packet just before the first stays >= 0)
@@ -216,6 +233,10 @@ class TransportCcReceiver:
 
     def feedback(self, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
         """The feedback packets for what arrived since the last call (none if nothing did)."""
+        if self._native:
+            packets, self._count = _fastrecv.twcc_feedback(self, sender_ssrc, media_ssrc, self._count)
+            self.feedback_sent += len(packets)
+            return packets
         highest, start = self._highest, self._start
         if highest < 0 or start > highest:
             return []
@@ -239,6 +260,25 @@ class TransportCcReceiver:
             offset += covered
         self.feedback_sent += len(packets)
         return packets
+
+
+# The extension's interface this module is written for: a build left from older sources is not used.
+NATIVE_RECEIVE_API = 1
+
+
+def _bind_native() -> bool:
+    if _fastrecv is None or getattr(_fastrecv, "API", 0) != NATIVE_RECEIVE_API:
+        return False
+    _fastrecv.bind(RtpHeader, TransportCcReceiver, _RING, REREPORT_WINDOW)
+    return True
+
+
+_NATIVE_RECEIVE = _bind_native()
+
+
+def native_receive_available() -> bool:
+    """Whether the native receive side (``_fastrecv``) was built and bound."""
+    return _NATIVE_RECEIVE
 
 
 # --- SDP ----------------------------------------------------------------------------------------
