@@ -135,7 +135,7 @@ ANSWER_JS = """async (sdp) => {
 ADD_CANDIDATE_JS = "async (c) => { try { await __pc.addIceCandidate(c); } catch (e) {} }"
 
 
-async def _browser(pw: Any, executable: Path, camera: Path, port: str) -> Any:
+async def browser_on_link(pw: Any, executable: Path, camera: Path, port: str) -> Any:
     # getUserMedia needs a secure origin: the host's address on the link is made one (with its port).
     secure = f"--unsafely-treat-insecure-origin-as-secure=http://{HOST_ADDRESS}:{port}"
     return await pw.chromium.launch(executable_path=str(executable), args=[*chromium_args(camera), secure])
@@ -161,9 +161,9 @@ async def two_venues(mode: str, tmp: Path) -> AsyncIterator[tuple[Any, Any]]:
             _servers.append(server)
             stack.callback(_servers.remove, server)
         pw = await stack.enter_async_context(async_playwright())
-        browser_a = await _browser(pw, namespace_chromium(tmp), camera_a, port)
+        browser_a = await browser_on_link(pw, namespace_chromium(tmp), camera_a, port)
         stack.push_async_callback(browser_a.close)
-        browser_b = await _browser(pw, ensure_chromium(), camera_b, port)  # type: ignore[arg-type]
+        browser_b = await browser_on_link(pw, ensure_chromium(), camera_b, port)  # type: ignore[arg-type]
         stack.push_async_callback(browser_b.close)
         a = await (await browser_a.new_context(viewport={"width": 640, "height": 360})).new_page()
         b = await (await browser_b.new_context(viewport={"width": 640, "height": 360})).new_page()
@@ -174,7 +174,7 @@ async def two_venues(mode: str, tmp: Path) -> AsyncIterator[tuple[Any, Any]]:
             await a.goto(url_a)
             await b.goto(url_b)
             for page in (a, b):
-                await _joined(page, 40)
+                await joined(page, 40)
             await rest(
                 server,
                 "PUT",
@@ -200,7 +200,7 @@ async def two_venues(mode: str, tmp: Path) -> AsyncIterator[tuple[Any, Any]]:
         yield a, b
 
 
-async def _joined(page: Any, timeout: float) -> None:
+async def joined(page: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     probe = "(c => c ? [c.state, c.mediaState] : null)(window.conference?.client)"
     while await page.evaluate(probe) != ["joined", "connected"]:
