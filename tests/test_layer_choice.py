@@ -134,6 +134,8 @@ def test_the_downlink_budget_follows_drops_and_climbs_back_after_a_hold() -> Non
     assert downlink_budget(link, 3_000_000, 2_000_000, 0.0) is None  # the link carries it all
     assert downlink_budget(link, 1_000_000, 2_000_000, 1.0) == 1_000_000  # a drop: at once
     assert downlink_budget(link, 950_000, 2_000_000, 2.0) == 1_000_000  # noise: no change
+    # What the tiles want dips under the budget (their layers' rates move): the drop still holds.
+    assert downlink_budget(link, 1_000_000, 900_000, 2.2) == 1_000_000
     assert downlink_budget(link, 1_000_000, 2_000_000, 1.0 + HOLD_S) == 1_500_000  # the hold: a raise
     # The raise was too much (the estimate fell right after): back down, and a longer hold.
     assert downlink_budget(link, 1_100_000, 2_000_000, 2.0 + HOLD_S) == 1_100_000
@@ -182,7 +184,7 @@ def test_a_layer_that_starts_again_is_offered_only_once_it_kept_arriving() -> No
     from types import SimpleNamespace
 
     from conference.sfu.packet import CodecInfo
-    from conference.sfu.producer import LAYER_RESUME_S, LAYER_SILENT_S, Producer
+    from conference.sfu.producer import LAYER_RESUME_S, LAYER_SILENT_S, LAYER_STABLE_S, Producer
     from conference.sfu.stats import Counters
 
     upstream = SimpleNamespace(closed=False, send_pli=lambda ssrc: None)
@@ -202,7 +204,33 @@ def test_a_layer_that_starts_again_is_offered_only_once_it_kept_arriving() -> No
     assert layer.steady(t)
     t += LAYER_SILENT_S + 0.1  # the browser stopped it
     assert not layer.steady(t)
-    layer.last_packet_at = t + 0.1  # and starts it again
-    assert not layer.steady(t + 0.2)
+    layer.last_packet_at = t + 0.1  # and starts it again: it ran under LAYER_STABLE_S, so it
+    assert not layer.steady(t + 0.2)  # is flapping and waits twice as long this time
     layer.last_packet_at = t + 0.2 + LAYER_RESUME_S  # still arriving
-    assert layer.steady(t + 0.2 + LAYER_RESUME_S)
+    assert not layer.steady(t + 0.2 + LAYER_RESUME_S)
+    t += 0.2 + 2 * LAYER_RESUME_S
+    layer.last_packet_at = t
+    assert layer.steady(t)
+    # Each further stop soon after doubles the wait up to LAYER_RESUME_MAX_S ...
+    waits = []
+    for _ in range(5):
+        t += LAYER_SILENT_S + 0.1
+        assert not layer.steady(t)
+        layer.last_packet_at = t
+        assert not layer.steady(t)
+        started = t
+        while not layer.steady(t):
+            t += 0.2
+            layer.last_packet_at = t
+        waits.append(round(t - started))
+    assert waits == [20, 40, 40, 40, 40]
+    # ... and a layer that then runs LAYER_STABLE_S is trusted again: the next resume is quick.
+    t += LAYER_STABLE_S
+    layer.last_packet_at = t
+    assert layer.steady(t)
+    t += LAYER_SILENT_S + 0.1
+    assert not layer.steady(t)
+    layer.last_packet_at = t
+    assert not layer.steady(t)
+    layer.last_packet_at = t + LAYER_RESUME_S
+    assert layer.steady(t + LAYER_RESUME_S)

@@ -52,6 +52,12 @@ LAYER_SILENT_S = 1.0
 # move of a slot onto it and off again costs a keyframe and often a freeze (seen behind a 150 +-
 # 30 ms / 2 % link: 10 switches in 30 s). Moving off a layer that stopped is at once.
 LAYER_RESUME_S = 5.0
+# A layer that stops again within LAYER_STABLE_S of (re)starting is flapping: its next resume
+# waits twice as long, up to LAYER_RESUME_MAX_S (behind 150 +- 30 ms / 2 % Chromium paused its
+# 640 layer every 5-10 s: each pause a switch down with a freeze while the lower layer's keyframe
+# crossed the link).
+LAYER_STABLE_S = 30.0
+LAYER_RESUME_MAX_S = 40.0
 BITRATE_WINDOW_S = 1.0
 
 
@@ -133,6 +139,7 @@ class Producer:
         self.octets = 0
         self.last_packet_at = 0.0
         self._steady_from = 0.0  # when the layer started arriving (0: it is not)
+        self._resume_s = LAYER_RESUME_S  # how long it must arrive before it is offered again
         # Speaker detection: loudness (127 - level) summed over the current tick.
         self.voice = Voice(identity)
         self.level_sum = 0
@@ -345,14 +352,19 @@ class Producer:
         return self.ssrc is not None and now - self.last_packet_at < LAYER_SILENT_S
 
     def steady(self, now: float) -> bool:
-        """Whether packets have arrived without a pause for LAYER_RESUME_S (asked every tick by the
-        layer choice, so a pause of LAYER_SILENT_S is seen)."""
+        """Whether packets have arrived without a pause for LAYER_RESUME_S, longer for a layer that
+        keeps stopping (asked every tick by the layer choice, so a pause of LAYER_SILENT_S is seen)."""
         if not self.arriving(now):
-            self._steady_from = 0.0
+            if self._steady_from:
+                # How long it was offered before it stopped (nothing if it stopped before that).
+                offered = now - self._steady_from - self._resume_s
+                stable = offered >= LAYER_STABLE_S
+                self._resume_s = LAYER_RESUME_S if stable else min(LAYER_RESUME_MAX_S, 2 * self._resume_s)
+                self._steady_from = 0.0
             return False
         if not self._steady_from:
             self._steady_from = now
-        return now - self._steady_from >= LAYER_RESUME_S
+        return now - self._steady_from >= self._resume_s
 
     def _measure_bitrate(self, now: float) -> None:
         elapsed = now - self._rate_at
