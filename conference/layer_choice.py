@@ -177,15 +177,7 @@ def downlink_budget(link: Downlink, estimate: int | None, wanted: int, now: floa
     elif now - link.changed_at >= link.hold:
         link.budget = int(max(link.budget, estimate) * RAISE_FACTOR)
         link.changed_at, link.raised = now, True
-    # Everything the tiles want fits: no limit, after a raise at once, after a drop only once the
-    # hold is out (what the tiles want is measured over a second and moves: a drop cleared on the
-    # next tick came back with the next loss report, two keyframes and a freeze each time, seen
-    # behind 150 +- 30 ms: docs/performance.md).
-    if (
-        link.budget is not None
-        and link.budget >= wanted
-        and (link.raised or now - link.changed_at >= link.hold)
-    ):
+    if link.budget is not None and link.budget >= wanted:
         link.budget = None
     return link.budget
 

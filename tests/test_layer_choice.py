@@ -134,8 +134,6 @@ def test_the_downlink_budget_follows_drops_and_climbs_back_after_a_hold() -> Non
     assert downlink_budget(link, 3_000_000, 2_000_000, 0.0) is None  # the link carries it all
     assert downlink_budget(link, 1_000_000, 2_000_000, 1.0) == 1_000_000  # a drop: at once
     assert downlink_budget(link, 950_000, 2_000_000, 2.0) == 1_000_000  # noise: no change
-    # What the tiles want dips under the budget (their layers' rates move): the drop still holds.
-    assert downlink_budget(link, 1_000_000, 900_000, 2.2) == 1_000_000
     assert downlink_budget(link, 1_000_000, 2_000_000, 1.0 + HOLD_S) == 1_500_000  # the hold: a raise
     # The raise was too much (the estimate fell right after): back down, and a longer hold.
     assert downlink_budget(link, 1_100_000, 2_000_000, 2.0 + HOLD_S) == 1_100_000
