@@ -97,7 +97,6 @@ class DownTrack:
         self.rtx_ssrc = 0
         self.rtx_sequence = random.getrandbits(16)
         # Set by a transport whose stack sends sender reports from its own counters (aiortc).
-        self.report: Callable[[StreamRewriter], None] | None = None
 
     @property
     def configured(self) -> bool:
@@ -247,12 +246,6 @@ class DownTrack:
             want is not None and have is not None and abs(want[0] - have[0]) >= PLAYOUT_HYSTERESIS
         ):
             rewriter.set_playout_delay(want)
-
-    def update_sender_report(self) -> None:
-        rewriter = self.rewriter
-        if self.report is None or rewriter is None or not rewriter.packets_sent or rewriter.last_time is None:
-            return
-        self.report(rewriter)
 
     def close(self) -> None:
         if self.rewriter is not None:

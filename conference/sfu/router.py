@@ -292,7 +292,6 @@ class Router:
             for track in transport.down_tracks():
                 source = track.source
                 if source is not None:
-                    track.update_sender_report()
                     track.update_playout_delay()
                     # A slot restarting on its source's keyframe (its leg was not up when the last
                     # one passed) keeps asking until one gets through.
