@@ -36,17 +36,38 @@ LOSS_HIGH, LOSS_LOW = 0.10, 0.02
 LOSS_INCREASE_PER_S = 0.05
 LOSS_HOLD_US = 300_000
 LOSS_PACKETS = 40
+# An SFU's leg is application-limited: it sends what the layer choice picked, not what the estimate
+# allows, and it does not probe. An estimate that grew 8 %/s from where it started would fall behind
+# a publisher's own ramp (Chromium starts at ~300 kbit/s) and hold the subscriber on low layers, so
+# with no cut (overuse, loss) for FOLLOW_HOLD_US the delay-based rate follows what the leg is sent
+# up (``follow``): only what the feedback shows lowers it (as libwebrtc's AimdRateControl takes the
+# measured throughput before its first overuse; LiveKit uses its estimate only once congested).
+FOLLOW_HOLD_US = 2_000_000
 
 
 class SentPackets:
-    """Send time (us) and size of each transport-wide sequence number sent on one leg."""
+    """Send time (us) and size of each transport-wide sequence number sent on one leg, and the
+    leg's next sequence number (``next_seq``: every slot of the leg stamps from it, so the numbers
+    run on across them; ``conference.sfu.rewriter`` in Python, ``_fastpath.c`` natively, alike)."""
 
-    __slots__ = ("_sent", "_seqs", "_sizes")
+    __slots__ = ("_sent", "_seqs", "_sizes", "next_seq", "stamped")
 
-    def __init__(self) -> None:
+    def __init__(self, first_seq: int = 0) -> None:
         self._sent = array("q", bytes(8 * _RING))
         self._sizes = array("i", bytes(4 * _RING))
         self._seqs = array("i", [-1]) * _RING
+        self.next_seq = first_seq & 0xFFFF
+        self.stamped = 0  # packets stamped so far
+
+    def stamp(self, now: float, size: int) -> int:
+        """The next sequence number for a packet of ``size`` bytes sent at ``now`` (seconds),
+        noted as sent; the caller wrote ``next_seq`` into the packet before."""
+        seq = self.next_seq
+        self.next_seq = (seq + 1) & 0xFFFF
+        self.stamped += 1
+        i = seq & (_RING - 1)
+        self._sent[i], self._sizes[i], self._seqs[i] = int(now * 1e6), size, seq
+        return seq
 
     def add(self, seq: int, send_us: int, size: int) -> None:
         i = seq & (_RING - 1)
@@ -85,6 +106,9 @@ class DownlinkEstimate:
         self._last_update_us: int | None = None
         self._last_threshold_us: int | None = None
         self._loss_decreased_us = -(1 << 62)
+        self._delay_decreased_us = -(1 << 62)
+        self.overuse_cuts = 0  # how often the delay-based rate and the loss bound were cut
+        self.loss_cuts = 0
         self._loss_counts = [0, 0]  # received, lost since the loss was last judged
         self._loss_updated_us: int | None = None
 
@@ -112,6 +136,24 @@ class DownlinkEstimate:
             self._loss_updated_us = now_us
         self._update_delay(elapsed)
         self.bitrate = int(max(self.min_bps, min(self.max_bps, self.delay_bps, self.loss_bps)))
+        return self.bitrate
+
+    def follow(self, sending_bps: int, now_us: int) -> int:
+        """The leg is being sent ``sending_bps``: the estimate rises to it unless the link showed
+        congestion (a cut for overuse or loss within FOLLOW_HOLD_US, overuse building, or loss over
+        LOSS_LOW). Returns the estimate."""
+        cut = max(self._delay_decreased_us, self._loss_decreased_us)
+        if (
+            sending_bps > self.bitrate
+            and not self.overusing
+            and self._overuse_since is None
+            and self.loss < LOSS_LOW
+            and now_us - cut >= FOLLOW_HOLD_US
+        ):
+            wanted = float(min(sending_bps, self.max_bps))
+            self.delay_bps = max(self.delay_bps, wanted)
+            self.loss_bps = max(self.loss_bps, wanted)
+            self.bitrate = int(max(self.min_bps, min(self.max_bps, self.delay_bps, self.loss_bps)))
         return self.bitrate
 
     # --- acked bitrate and delay groups ---
@@ -180,6 +222,8 @@ class DownlinkEstimate:
         if self.overusing and acked is not None:
             # Once per overuse episode's feedback: the rate drops under what got through.
             self.delay_bps = min(self.delay_bps, DECREASE_FACTOR * acked)
+            self._delay_decreased_us = self._last_update_us or 0
+            self.overuse_cuts += 1
             self._overuse_since = None
             self.overusing = False
             return
@@ -198,6 +242,7 @@ class DownlinkEstimate:
             ):
                 return  # once per 300 ms, as libwebrtc: the feedback after a cut still shows its loss
             self._loss_decreased_us = self._last_update_us or 0
+            self.loss_cuts += 1
             self.loss_bps = min(self.loss_bps, base) * (1 - 0.5 * self.loss)
         elif self.loss < LOSS_LOW:
             self.loss_bps = self.loss_bps * (1 + LOSS_INCREASE_PER_S) ** elapsed

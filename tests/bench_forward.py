@@ -163,7 +163,9 @@ def _sent(out: Any) -> int:
     return out.packets if legs is None else sum(leg.packets for leg in legs)
 
 
-async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False, leg: str = "none") -> None:
+async def run(
+    count: int, tracks: int, repeats: int, transport_cc: bool = False, leg: str = "none", stamp: bool = False
+) -> None:
     sink = None
     try:
         import conference.sfu.producer  # noqa: F401
@@ -183,6 +185,15 @@ async def run(count: int, tracks: int, repeats: int, transport_cc: bool = False,
     except ModuleNotFoundError:
         producer, down, out = build_module_layout(tracks)
         layout = "conference/sfu.py module"
+    if stamp:  # each slot's subscriber negotiated transport-cc: its leg's sequence on every packet
+        from conference.downlink_estimate import SentPackets
+        from conference.sfu.packet import URI_ABS_SEND_TIME, URI_TRANSPORT_CC, CodecInfo
+
+        vp8 = CodecInfo("vp8", 96, 90_000)
+        for i, track in enumerate(down):
+            track.configure(5000 + i, [vp8], {URI_TRANSPORT_CC: 5, URI_ABS_SEND_TIME: 2}, str(i))
+            track.rewriter.set_transport_cc(SentPackets())
+        layout += " + stamped"
     parse = _parser()
     stream = packets(count * repeats, transport_cc=transport_cc)
     receive = producer.receive
@@ -241,6 +252,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--transport-cc", action="store_true", help="packets carry transport-wide seq")
     parser.add_argument(
+        "--stamp", action="store_true", help="the slots stamp their leg's transport-wide seq (issue 12)"
+    )
+    parser.add_argument(
         "--leg",
         choices=("none", "python", "native"),
         default="none",
@@ -257,7 +271,12 @@ def main() -> None:
     except ImportError:  # a tree before the narrower window
         SEND_WINDOW = args.send_window or 1024
     main_coroutine = run(
-        args.packets, args.tracks, args.repeats if args.packets else 1, args.transport_cc, args.leg
+        args.packets,
+        args.tracks,
+        args.repeats if args.packets else 1,
+        args.transport_cc,
+        args.leg,
+        args.stamp,
     )
     if args.loop == "uvloop":
         import uvloop

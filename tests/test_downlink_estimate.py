@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 from conference.downlink_estimate import DownlinkEstimate, SentPackets
 from conference.sfu.twcc import encode_feedback, parse_feedback
@@ -15,9 +16,15 @@ PACKET = 1200
 
 
 def simulate(
-    rate_bps: int, seconds: float, loss: float = 0.0, start_bps: int = 300_000, seed: int = 1
+    rate_bps: int,
+    seconds: float,
+    loss: float = 0.0,
+    start_bps: int = 300_000,
+    seed: int = 1,
+    app_bps: Callable[[float], int] | None = None,
 ) -> list[tuple[float, int]]:
-    """The estimate each second: (time s, bit/s)."""
+    """The estimate each second: (time s, bit/s). ``app_bps``: the sender is application-limited
+    (an SFU's leg: what the layer choice picked, t s -> bit/s) and tells the estimate (``follow``)."""
     rng = random.Random(seed)
     estimate = DownlinkEstimate(start_bps=start_bps)
     sent = SentPackets()
@@ -39,7 +46,8 @@ def simulate(
             link_free = start + serialise
             in_flight.append((seq, link_free + 20_000))
         seq = (seq + 1) & 0xFFFF
-        now += max(PACKET * 8 * 1_000_000 // estimate.bitrate, 500)
+        pace = estimate.bitrate if app_bps is None else app_bps(now / 1e6)
+        now += max(PACKET * 8 * 1_000_000 // pace, 500)
         while now >= next_feedback:
             reported = [p for p in in_flight if p[1] is None or p[1] <= next_feedback]
             # what has arrived, and the losses before the last arrival
@@ -60,6 +68,8 @@ def simulate(
                     send_size = sent.get(s)
                     assert send_size is not None
                     packets.append((send_size[0], arrival, send_size[1]))
+                if app_bps is not None:
+                    estimate.follow(app_bps(next_feedback / 1e6), next_feedback)
                 estimate.feedback(next_feedback, packets)
             if next_feedback % 1_000_000 == 0:
                 out.append((next_feedback / 1e6, estimate.bitrate))
@@ -92,3 +102,29 @@ def test_sent_packets_forget_what_the_ring_overwrote() -> None:
     sent.add(5 + 4096, 200, 900)
     assert sent.get(5) is None and sent.get(5 + 4096) == (200, 900)
     assert sent.get(6) is None
+
+
+def ramp(t: float) -> int:
+    """A publisher's browser ramping up as its own estimate grows: 300 kbit/s to 1.5 Mbit/s in 5 s."""
+    return int(300_000 + min(t, 5.0) / 5.0 * 1_200_000)
+
+
+def test_an_application_limited_leg_on_a_clear_link_is_never_estimated_under_what_it_sends() -> None:
+    series = simulate(20_000_000, 12, app_bps=ramp)
+    assert all(bps >= ramp(t - 0.05) for t, bps in series), series
+    assert series[-1][1] >= 1_500_000, series
+
+
+def stepped_down(t: float) -> int:
+    """1.5 Mbit/s, until the layer choice steps the leg down to 600 kbit/s at 6 s."""
+    return 1_500_000 if t < 6 else 600_000
+
+
+def test_an_application_limited_leg_over_its_link_is_cut_and_followed_back_after_a_hold() -> None:
+    series = simulate(1_000_000, 16, app_bps=stepped_down)
+    over = [bps for t, bps in series if 2 <= t < 6]
+    # Over the link: cut under its rate (what the layer choice acts on), never followed back up.
+    assert over and max(over) < 1_000_000, series
+    # Stepped down under it: the loss ends and, FOLLOW_HOLD_US after the last cut, the estimate
+    # follows the leg back up to what it is sent.
+    assert all(bps >= 600_000 for t, bps in series if t >= 10), series

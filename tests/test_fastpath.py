@@ -19,10 +19,20 @@ from test_aiortc_glue import Pair
 from test_sfu_support import nearest_colour
 
 from conference.config import load_settings
+from conference.downlink_estimate import SentPackets
 from conference.sfu import aiortc_glue as glue
+from conference.sfu import consumer as consumer_module
+from conference.sfu import producer as producer_module
 from conference.sfu.backend import SfuBackend
 from conference.sfu.consumer import DownTrack
-from conference.sfu.packet import URI_AUDIO_LEVEL, CodecInfo, parse_header
+from conference.sfu.packet import (
+    URI_ABS_SEND_TIME,
+    URI_AUDIO_LEVEL,
+    URI_TRANSPORT_CC,
+    CodecInfo,
+    extension_value,
+    parse_header,
+)
 from conference.sfu.producer import Producer
 from conference.sfu.stats import Counters
 
@@ -68,13 +78,42 @@ def opus_packets(count: int, level_id: int) -> list[bytes]:
 SLOT_STATE = ("in_highest", "last_timestamp", "packets_sent", "octets_sent", "in_picture_id", "seq_offset")
 
 
-async def forward(native: bool, wire: Wire, tracks: int = 3) -> tuple[list[bytes], list[tuple[int, ...]]]:
+TWCC_ID = 5
+# The legs' first transport-wide sequence numbers: each wraps through 0 within the run.
+TWCC_FIRST = 0xFFE0
+
+
+class StepClock:
+    """time.time() for the forwarding modules: 1 ms a call, the same on both paths, so the send
+    times the transport-wide sequence notes compare exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+async def forward(
+    native: bool, wire: Wire, tracks: int = 3, sent: list[SentPackets] | None = None
+) -> tuple[list[bytes], list[tuple[int, ...]]]:
     """A VP8 and an Opus stream through producers to ``tracks`` slots each, one leg per slot;
-    returns the datagrams that arrived, in order, and every slot's state at the end."""
+    returns the datagrams that arrived, in order, and every slot's state at the end. With ``sent``
+    (one per leg) the leg's video and audio slot negotiated transport-cc and stamp from it."""
     random.seed(1919)  # the slots' random starting numbers are then the same on both paths
     legs = [await local_leg(wire.address, native) for _ in range(tracks)]
     producer, down, _ = build_package_layout(tracks, legs)
     assert all((t.send_parts is not None) == native for t in down)
+    vp8 = CodecInfo("vp8", 96, 90_000)
+    if sent is not None:
+        for i, track in enumerate(down):
+            # abs-send-time negotiated too: the stamped block carries the sequence in its place.
+            track.configure(5000 + i, [vp8], {URI_TRANSPORT_CC: TWCC_ID, URI_ABS_SEND_TIME: 2}, str(i))
+            track.rewriter.set_transport_cc(sent[i])
     video = packets(40)
     producer.receive(video[0], parse_header(video[0]))
     for track in down:
@@ -99,7 +138,10 @@ async def forward(native: bool, wire: Wire, tracks: int = 3) -> tuple[list[bytes
     slots = []
     for i, leg in enumerate(legs):
         slot = DownTrack("audio", "audio", i, leg, counters)
-        slot.configure(7000 + i, [opus], {URI_AUDIO_LEVEL: 3}, f"a{i}")
+        ids = {URI_AUDIO_LEVEL: 3} if sent is None else {URI_AUDIO_LEVEL: 3, URI_TRANSPORT_CC: TWCC_ID}
+        slot.configure(7000 + i, [opus], ids, f"a{i}")
+        if sent is not None:
+            slot.rewriter.set_transport_cc(sent[i])
         slots.append(slot)
     for n, data in enumerate(opus_packets(30, 1)):
         speaker.receive(data, parse_header(data))
@@ -177,6 +219,75 @@ async def test_both_paths_put_the_same_bytes_on_the_wire(monkeypatch: pytest.Mon
     assert len(video) > 100 and all(p.endswith(bytes(1100)) for p in video)
     with pytest.raises(pylibsrtp.Error):  # tampered: authentication fails on both
         glue._fastpath.unprotect(glue._SRTP_UNPROTECT, handle, on_native[5][:-1] + b"\x00")
+
+
+def ring(sent: SentPackets, first: int) -> tuple[int, int, list[tuple[int, int] | None]]:
+    """(next sequence number, packets stamped, (send us, size) noted for each from ``first``)."""
+    return sent.next_seq, sent.stamped, [sent.get((first + n) & 0xFFFF) for n in range(sent.stamped)]
+
+
+@needs_native
+async def test_both_paths_stamp_the_same_transport_wide_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots whose subscriber negotiated transport-cc: the same bytes on the wire from both paths,
+    each leg's numbering continuous across its video and audio slot (and the NACK answer) through
+    the 16-bit wrap, and the same send times and sizes noted for the leg's estimate."""
+    python_wire, native_wire = Wire(), Wire()
+    copies_before = glue._fastpath.counters()["fast_copies"]
+    results = []
+    try:
+        for native, wire in ((False, python_wire), (True, native_wire)):
+            clock = StepClock()
+            monkeypatch.setattr(producer_module, "time", clock)
+            monkeypatch.setattr(consumer_module, "time", clock)
+            sent = [SentPackets(TWCC_FIRST + i) for i in range(3)]
+            datagrams, state = await forward(native, wire, sent=sent)
+            results.append((datagrams, state, [ring(s, TWCC_FIRST + i) for i, s in enumerate(sent)]))
+        fanned_out = glue._fastpath.counters()["fast_copies"] - copies_before
+    finally:
+        python_wire.close()
+        native_wire.close()
+    (on_python, python_state, python_rings), (on_native, native_state, native_rings) = results
+    assert len(on_python) == len(on_native) > 180
+    assert on_python == on_native
+    assert native_state == python_state
+    assert python_rings == native_rings
+    assert fanned_out > 150  # the stamped slots stayed on the native fan-out
+    from pylibsrtp import Policy, Session
+
+    policy = Policy(
+        key=bytes(range(44)),
+        ssrc_type=Policy.SSRC_ANY_INBOUND,
+        srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+    )
+    policy.window_size = 1024
+    rx = Session(policy)
+    by_leg: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    sizes: dict[int, dict[int, int]] = {0: {}, 1: {}, 2: {}}
+    for datagram in on_native:
+        try:
+            plain = rx.unprotect(datagram)
+        except pylibsrtp.Error:
+            plain = Session(policy).unprotect(datagram)  # the NACK answer: an RTP number sent before
+        header = parse_header(plain)
+        assert header is not None
+        leg = header.ssrc % 1000
+        value = extension_value(plain, header, TWCC_ID)
+        assert value is not None and len(value) == 2
+        assert extension_value(plain, header, 2) is None  # abs-send-time gave way to it
+        seq = int.from_bytes(value, "big")
+        by_leg[leg].append(seq)
+        sizes[leg][seq] = len(plain)
+    for leg, seqs in by_leg.items():
+        next_seq, stamped, noted = native_rings[leg]
+        assert len(seqs) == stamped > 60  # every stamped packet arrived, once
+        # One numbering per leg across its slots, through the wrap: 0xFFE0+leg, ..., 0xFFFF, 0, 1, ...
+        assert seqs == [(TWCC_FIRST + leg + n) & 0xFFFF for n in range(len(seqs))]
+        assert 0 in seqs and next_seq == (seqs[-1] + 1) & 0xFFFF
+        # Noted as sent: each packet's RTP size, its send time (the step clock's) in order.
+        assert all(entry is not None for entry in noted)
+        assert [entry[1] for entry in noted if entry is not None] == [sizes[leg][seq] for seq in seqs]
+        times = [entry[0] for entry in noted if entry is not None]
+        assert times == sorted(times) and times[0] > 1_700_000_000 * 10**6
 
 
 @needs_native

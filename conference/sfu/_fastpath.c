@@ -113,12 +113,12 @@ static PyObject *send_rtp(PyObject *self, PyObject *const *args, Py_ssize_t narg
 enum {
     S_LIVE, S_IN_HIGHEST, S_SEQ_OFFSET, S_TS_OFFSET, S_VP8, S_TAG, S_ABS_MASK, S_LEVEL_MASK, S_LEVEL_SHIFT,
     S_PAYLOAD_TYPE, S_SSRC, S_PREFIX, S_SUFFIX, S_PID_OFFSET, S_LAST_TIMESTAMP, S_LAST_TIME, S_PACKETS_SENT,
-    S_OCTETS_SENT, S_IN_PICTURE_ID, S_TAIL, S_COUNT
+    S_OCTETS_SENT, S_IN_PICTURE_ID, S_TAIL, S_TWCC, S_COUNT
 };
 static const char *slot_names[S_COUNT] = {
     "_live", "in_highest", "seq_offset", "ts_offset", "_vp8", "_tag", "_abs_mask", "_level_mask",
     "_level_shift", "payload_type", "ssrc", "_prefix", "_suffix", "_pid_offset", "last_timestamp",
-    "last_time", "packets_sent", "octets_sent", "in_picture_id", "tail",
+    "last_time", "packets_sent", "octets_sent", "in_picture_id", "tail", "_twcc",
 };
 static PyTypeObject *rewriter_type = NULL;
 static Py_ssize_t slot_offsets[S_COUNT];
@@ -126,12 +126,29 @@ static long max_sequence_step = 0;
 
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + slot_offsets[i]))
 
-/* bind_rewriter(cls, max_sequence_step): the class whose slots forward() uses. */
+/* The leg's transport-wide sequence (conference.downlink_estimate.SentPackets, shared by the leg's
+ * slots): a stamped slot ORs next_seq into the extension word and notes (send time, size) in the
+ * ring, as SentPackets.stamp does. */
+enum { T_NEXT_SEQ, T_STAMPED, T_SENT, T_SIZES, T_SEQS, T_COUNT };
+static const char *sent_slot_names[T_COUNT] = {"next_seq", "stamped", "_sent", "_sizes", "_seqs"};
+static PyTypeObject *sent_type = NULL;
+static Py_ssize_t sent_offsets[T_COUNT];
+
+#define TSLOT(obj, i) (*(PyObject **)((char *)(obj) + sent_offsets[i]))
+
+static int slot_offsets_of(PyObject *cls, const char **names, int count, Py_ssize_t *offsets);
+
+/* bind_rewriter(cls, max_sequence_step, sent_cls): the class whose slots forward() uses, and the
+ * transport-wide sequence's (SentPackets). */
 static PyObject *bind_rewriter(PyObject *self, PyObject *args) {
-    PyObject *cls;
+    PyObject *cls, *sent_cls;
     long step;
-    if (!PyArg_ParseTuple(args, "O!l", &PyType_Type, &cls, &step))
+    if (!PyArg_ParseTuple(args, "O!lO!", &PyType_Type, &cls, &step, &PyType_Type, &sent_cls))
         return NULL;
+    if (slot_offsets_of(sent_cls, sent_slot_names, T_COUNT, sent_offsets) < 0)
+        return NULL;
+    Py_INCREF(sent_cls);
+    Py_XSETREF(sent_type, (PyTypeObject *)sent_cls);
     PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
     for (int i = 0; i < S_COUNT; i++) {
         PyObject *descr = PyDict_GetItemString(dict, slot_names[i]);
@@ -214,6 +231,58 @@ static int read_header(PyObject *header, header_fields *h) {
     return 1;
 }
 
+/* One array slot of a SentPackets ring: its typed buffer, checked (itemsize, length). */
+static int ring_store(PyObject *array, Py_ssize_t itemsize, Py_ssize_t i, long long value) {
+    Py_buffer view;
+    if (array == NULL || PyObject_GetBuffer(array, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return -1;
+    int ok = view.itemsize == itemsize && i < view.len / itemsize;
+    if (ok && itemsize == 8)
+        ((int64_t *)view.buf)[i] = (int64_t)value;
+    else if (ok)
+        ((int32_t *)view.buf)[i] = (int32_t)value;
+    PyBuffer_Release(&view);
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "a SentPackets ring is not what _fastpath was bound for");
+    return ok ? 0 : -1;
+}
+
+/* SentPackets.stamp(now, size) for the sequence number seq (its next_seq, read before). */
+static int stamp_sent(PyObject *twcc, long long seq, PyObject *now, Py_ssize_t size) {
+    long long stamped;
+    PyObject *sizes = TSLOT(twcc, T_SIZES), *count = TSLOT(twcc, T_STAMPED);
+    if (sizes == NULL || count == NULL || !PyLong_Check(count)) {
+        PyErr_SetString(PyExc_TypeError, "SentPackets has no ring");
+        return -1;
+    }
+    stamped = PyLong_AsLongLong(count);
+    if (stamped == -1 && PyErr_Occurred())
+        return -1;
+    Py_buffer view;
+    if (PyObject_GetBuffer(sizes, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    Py_ssize_t ring = view.len / 4;
+    PyBuffer_Release(&view);
+    if (ring <= 0 || (ring & (ring - 1))) {
+        PyErr_SetString(PyExc_ValueError, "SentPackets' ring is not a power of two");
+        return -1;
+    }
+    Py_ssize_t i = (Py_ssize_t)(seq & (ring - 1));
+    long long send_us = (long long)(PyFloat_AS_DOUBLE(now) * 1e6); /* Python's int(now * 1e6) */
+    if (ring_store(TSLOT(twcc, T_SENT), 8, i, send_us) < 0 || ring_store(sizes, 4, i, size) < 0 ||
+        ring_store(TSLOT(twcc, T_SEQS), 4, i, seq) < 0)
+        return -1;
+    PyObject *next = PyLong_FromLongLong((seq + 1) & 0xFFFF), *total = PyLong_FromLongLong(stamped + 1);
+    if (next == NULL || total == NULL) {
+        Py_XDECREF(next);
+        Py_XDECREF(total);
+        return -1;
+    }
+    Py_XSETREF(TSLOT(twcc, T_NEXT_SEQ), next);
+    Py_XSETREF(TSLOT(twcc, T_STAMPED), total);
+    return 0;
+}
+
 /* rewrite_head's fast path into buffer, the slot's state updated as rewrite_head leaves it.
  * 1: buffer[0:*length] is the packet to protect; 0: not the fast path (nothing changed, the caller
  * takes the Python path); -1: an error is set. */
@@ -273,6 +342,21 @@ static int rewrite_fast(PyObject *rw, PyObject *data, const header_fields *h, lo
     long long packets_sent, octets_sent;
     if (slot_long(rw, S_PACKETS_SENT, &packets_sent) || slot_long(rw, S_OCTETS_SENT, &octets_sent))
         return 0;
+    PyObject *twcc = SLOT(rw, S_TWCC);
+    long long twcc_seq = -1;
+    if (twcc == NULL)
+        return 0;
+    if (twcc != Py_None) {
+        PyObject *next = sent_type != NULL && Py_TYPE(twcc) == sent_type ? TSLOT(twcc, T_NEXT_SEQ) : NULL;
+        if (next == NULL || !PyLong_Check(next))
+            return 0;
+        twcc_seq = PyLong_AsLongLong(next);
+        if (twcc_seq < 0 || twcc_seq > 0xFFFF) {
+            PyErr_Clear();
+            return 0;
+        }
+        word |= (unsigned long long)twcc_seq; /* the word's last two bytes (packet._extension_block) */
+    }
     unsigned long out_seq = (unsigned long)((seq + seq_offset) & 0xFFFF);
     unsigned long long out_ts = (unsigned long long)((timestamp + ts_offset) & 0xFFFFFFFFLL);
     unsigned char *b = buffer;
@@ -307,6 +391,8 @@ static int rewrite_fast(PyObject *rw, PyObject *data, const header_fields *h, lo
         set_slot(rw, S_TAIL, PyLong_FromLongLong(tail)))
         return -1;
     if (vp8 && set_slot(rw, S_IN_PICTURE_ID, PyLong_FromLongLong(pid)))
+        return -1;
+    if (twcc_seq >= 0 && stamp_sent(twcc, twcc_seq, now, length) < 0)
         return -1;
     *length_out = length;
     return 1;
@@ -684,7 +770,7 @@ static PyMethodDef methods[] = {
     {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
      "forward(rewriter, data, header, abs_send_time, audio_level, now, protect, session, fd, sockaddr): "
      "the rewriter's fast path, protect and send; None if not the fast path"},
-    {"bind_rewriter", bind_rewriter, METH_VARARGS, "bind_rewriter(cls, max_sequence_step)"},
+    {"bind_rewriter", bind_rewriter, METH_VARARGS, "bind_rewriter(cls, max_sequence_step, sent_cls)"},
     {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
      "fan_out(tracks, data, header, abs_send_time, audio_level, keyframe, now, fallback) -> copies sent"},
     {"bind_leg", bind_leg, METH_VARARGS, "bind_leg(cls, protect): the leg class fan_out sends on"},
@@ -716,7 +802,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     /* API: what aiortc_glue.NATIVE_API expects (a build left from older sources is not used). */
     if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
         !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0 ||
-        PyModule_AddIntConstant(m, "API", 2) < 0) {
+        PyModule_AddIntConstant(m, "API", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

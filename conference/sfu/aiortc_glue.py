@@ -113,6 +113,7 @@ _RECEIVER_LSR = ("_RTCRtpReceiver__lsr", "_RTCRtpReceiver__lsr_time")
 # (class, method name, parameter names after self, coroutine?)
 _METHODS: list[tuple[type, str, tuple[str, ...], bool]] = [
     (RTCDtlsTransport, "_handle_rtp_data", ("data", "arrival_time_ms"), True),
+    (RTCDtlsTransport, "_handle_rtcp_data", ("data",), True),
     (RTCDtlsTransport, "_send_rtp", ("data",), True),
     (RTCRtpSender, "_send_keyframe", (), False),
     (RTCRtpSender, "_next_encoded_frame", ("codec",), True),
@@ -345,6 +346,34 @@ def hook_incoming_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
     dtls._handle_rtp_data = handler  # type: ignore[method-assign]
 
 
+TransportFeedbackHandler = Callable[[bytes, int], None]
+
+
+def hook_transport_feedback(dtls: RTCDtlsTransport, handler: TransportFeedbackHandler) -> None:
+    """Hand each transport-cc feedback packet (RTCP PT 205, FMT 15) in the leg's decrypted
+    compound RTCP to ``handler(data, offset)``; the rest keeps aiortc's path. aiortc parses FMT 15
+    as a NACK list (a garbage one) and keeps no raw bytes, so the packets are taken out before."""
+    original = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        pos, end, rest = 0, len(data), None
+        while pos + 4 <= end:
+            size = ((data[pos + 2] << 8) | data[pos + 3]) * 4 + 4
+            if data[pos + 1] == 205 and data[pos] & 0x1F == 15 and pos + size <= end:
+                handler(data, pos)
+                if rest is None:
+                    rest = bytearray(data[:pos])
+            elif rest is not None:
+                rest += data[pos : pos + size]
+            pos += size
+        if rest is None:
+            await original(data)
+        elif rest:
+            await original(bytes(rest))
+
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
 class SrtpDatagramHook:
     """Takes a leg's SRTP packets straight from its UDP sockets: unprotect with the leg's SRTP
     context and hand the RTP packet to ``on_rtp`` in the same callback.
@@ -551,7 +580,7 @@ NATIVE_PYLIBSRTP = "1.0.0"
 
 # The extension's interface this module is written for (_fastpath.API): an in-place build left
 # from older sources (e.g. a worktree not rebuilt after a pull) runs the pure-Python path instead.
-NATIVE_API = 2
+NATIVE_API = 3
 
 
 def _native_protect() -> int:
@@ -574,9 +603,10 @@ def _native_protect() -> int:
 _SRTP_PROTECT = _native_protect()
 if _SRTP_PROTECT:
     # The rewriter's fast path in C works on StreamRewriter's own slots (their offsets, once).
+    from ..downlink_estimate import SentPackets
     from .rewriter import MAX_SEQUENCE_STEP, StreamRewriter
 
-    _fastpath.bind_rewriter(StreamRewriter, MAX_SEQUENCE_STEP)
+    _fastpath.bind_rewriter(StreamRewriter, MAX_SEQUENCE_STEP, SentPackets)
 _SRTP_UNPROTECT = (
     int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect"))) if _SRTP_PROTECT else 0
 )

@@ -19,6 +19,7 @@ URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_PLAYOUT_DELAY = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 PROFILE_ONE_BYTE = 0xBEDE
 PROFILE_TWO_BYTE = 0x1000  # the low 4 bits ("appbits") may be anything
@@ -231,6 +232,7 @@ class ExtensionMap(NamedTuple):
     abs_send_time: int = 0
     audio_level: int = 0
     playout_delay: int = 0
+    transport_cc: int = 0
 
     @classmethod
     def from_uris(cls, ids: Mapping[str, int]) -> ExtensionMap:
@@ -239,6 +241,7 @@ class ExtensionMap(NamedTuple):
             ids.get(URI_ABS_SEND_TIME, 0),
             ids.get(URI_AUDIO_LEVEL, 0),
             ids.get(URI_PLAYOUT_DELAY, 0),
+            ids.get(URI_TRANSPORT_CC, 0),
         )
 
 
@@ -252,7 +255,11 @@ class _ExtensionBlock(NamedTuple):
 
 
 def _extension_block(
-    ext: ExtensionMap, mid: bytes, with_level: bool, playout_delay: tuple[int, int] | None = None
+    ext: ExtensionMap,
+    mid: bytes,
+    with_level: bool,
+    playout_delay: tuple[int, int] | None = None,
+    transport_cc: bool = False,
 ) -> _ExtensionBlock:
     """Precompute a down-track's header extension block.
 
@@ -260,13 +267,21 @@ def _extension_block(
     OR: ``tag | level << shift | abs_send_time``. An element that is not negotiated becomes zero
     padding, which RFC 8285 allows between elements in both forms. The mid is constant per slot,
     and so is the playout delay (``(min, max)`` in 10 ms units, 12 bits each) between changes.
+
+    With ``transport_cc`` (and the extension negotiated) the word's last two bytes carry the leg's
+    transport-wide sequence number instead of abs-send-time (``tag | level << shift | seq``): the
+    word has no room for both beside the audio level, and libwebrtc's senders drop abs-send-time
+    where transport-cc is negotiated too (``FilterRtpExtensions``: its receivers then run no
+    receive-side estimate, so the time would go unread).
     """
     for value in ext:
         if not 0 <= value <= 255:
             raise ValueError(f"header extension ids must be 0..255: {ext}")
     level_id = ext.audio_level if with_level else 0
     delay_id = ext.playout_delay if playout_delay is not None else 0
-    ids = [x for x in (ext.mid, ext.abs_send_time, level_id, delay_id) if x]
+    twcc_id = ext.transport_cc if transport_cc else 0
+    abs_id = 0 if twcc_id else ext.abs_send_time
+    ids = [x for x in (ext.mid, abs_id, level_id, delay_id, twcc_id) if x]
     if len(ids) != len(set(ids)):
         raise ValueError(f"header extension ids collide: {ext}")
     if ext.mid and not 1 <= len(mid) <= 255:
@@ -280,9 +295,11 @@ def _extension_block(
         if level_id:
             tag |= (level_id << 4) << 40
             level_mask = 0x7F
-        if ext.abs_send_time:
-            tag |= ((ext.abs_send_time << 4) | 2) << 24
+        if abs_id:
+            tag |= ((abs_id << 4) | 2) << 24
             abs_mask = 0xFFFFFF
+        if twcc_id:  # [0][T<<4 | 1][seq][seq]
+            tag |= ((twcc_id << 4) | 1) << 16
         suffix = bytes([(ext.mid << 4) | (len(mid) - 1)]) + mid if ext.mid else b""
     else:
         profile = PROFILE_TWO_BYTE
@@ -291,9 +308,11 @@ def _extension_block(
         if level_id:
             tag |= (level_id << 56) | (1 << 48)
             level_mask = 0x7F
-        if ext.abs_send_time:
-            tag |= (ext.abs_send_time << 32) | (3 << 24)
+        if abs_id:
+            tag |= (abs_id << 32) | (3 << 24)
             abs_mask = 0xFFFFFF
+        if twcc_id:  # [T][2][seq][seq]
+            tag |= (twcc_id << 24) | (2 << 16)
         suffix = bytes([ext.mid, len(mid)]) + mid if ext.mid else b""
     if playout_delay is not None and delay_id:
         low, high = playout_delay

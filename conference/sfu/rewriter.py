@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import struct
 
+from ..downlink_estimate import SentPackets
 from .packet import PICTURE_ID_MASK, SEQ_MASK, TS_MASK, Codec, ExtensionMap, Kind, RtpHeader, _extension_block
 from .payload import vp8_layout
 
@@ -77,6 +78,7 @@ class StreamRewriter:
         "_suffix",
         "_tag",
         "_tl0_offset",
+        "_twcc",
         "_vp8",
         "base_out_sequence",
         "clock_rate",
@@ -131,6 +133,8 @@ class StreamRewriter:
         self._ext = ext
         self._mid = mid
         self.playout_delay: tuple[int, int] | None = None
+        # The leg's transport-wide sequence (shared by its slots) once set_transport_cc gave it.
+        self._twcc: SentPackets | None = None
         self.tail = 0  # where the payload begins in the packet the last rewrite_head took
         self._build_extensions()
         # The output stream so far ("last" values are what the next packet continues from).
@@ -165,7 +169,9 @@ class StreamRewriter:
     # -- control (rare) ---------------------------------------------------------------------------
 
     def _build_extensions(self) -> None:
-        block = _extension_block(self._ext, self._mid, self.kind == "audio", self.playout_delay)
+        block = _extension_block(
+            self._ext, self._mid, self.kind == "audio", self.playout_delay, self._twcc is not None
+        )
         self._prefix = block.prefix
         self._suffix = block.suffix
         self._tag = block.tag
@@ -187,6 +193,18 @@ class StreamRewriter:
         None: none). Only if the subscriber negotiated the extension."""
         if delay != self.playout_delay and self._ext.playout_delay:
             self.playout_delay = delay
+            self._build_extensions()
+
+    @property
+    def sends_transport_cc(self) -> bool:
+        return self._twcc is not None
+
+    def set_transport_cc(self, sent: SentPackets | None) -> None:
+        """Stamp every packet from now on with the leg's next transport-wide sequence number from
+        ``sent`` (shared by the leg's slots) and note it there as sent; None: stop. Only if the
+        subscriber negotiated the extension."""
+        if sent is not self._twcc and (sent is None or self._ext.transport_cc):
+            self._twcc = sent
             self._build_extensions()
 
     def switch(
@@ -380,6 +398,9 @@ class StreamRewriter:
             word = self._tag | (abs_send_time & self._abs_mask)
             if self._level_mask:
                 word |= (127 if audio_level is None else audio_level & 0x7F) << self._level_shift
+            twcc = self._twcc
+            if twcc is not None:
+                word |= twcc.stamp(now, 24 + len(self._suffix) + end - pos)
             packet = self._pack(
                 0x90,
                 marker << 7 | self.payload_type,
@@ -394,6 +415,10 @@ class StreamRewriter:
         elif data[pos] & 0x80 and data[pos + 1] == 0x80 and data[pos + 2] & 0x80:
             pid = ((data[pos + 2] & 0x7F) << 8) | data[pos + 3]
             out_pid = (pid + self._pid_offset) & 0x7FFF
+            word = self._tag | (abs_send_time & self._abs_mask)
+            twcc = self._twcc
+            if twcc is not None:  # the descriptor stays 4 bytes: the packet is as long as non-VP8's
+                word |= twcc.stamp(now, 24 + len(self._suffix) + end - pos)
             packet = self._pack_vp8(
                 0x90,
                 marker << 7 | self.payload_type,
@@ -401,7 +426,7 @@ class StreamRewriter:
                 out_ts,
                 self.ssrc,
                 self._prefix,
-                self._tag | (abs_send_time & self._abs_mask),
+                word,
                 self._suffix,
                 data[pos],
                 0x80,
@@ -457,6 +482,9 @@ class StreamRewriter:
         word = self._tag | (abs_send_time & self._abs_mask)
         if self._level_mask:
             word |= (127 if audio_level is None else audio_level & 0x7F) << self._level_shift
+        twcc = self._twcc
+        if twcc is not None:
+            word |= twcc.next_seq  # taken (stamp) below once the packet is sure to be sent
         head = self._pack(
             0x90,
             marker << 7 | self.payload_type,
@@ -481,6 +509,8 @@ class StreamRewriter:
             self.in_highest = seq
             self.last_timestamp = out_ts
             self.last_time = now
+        if twcc is not None:
+            twcc.stamp(now, len(packet) + end - self.tail)
         self.packets_sent += 1
         self.octets_sent += end - pos
         return packet

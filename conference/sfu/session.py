@@ -27,18 +27,27 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import candidate_from_sdp
 
+from ..downlink_estimate import DownlinkEstimate, SentPackets
 from ..layer_choice import LossCounter
 from ..media import MediaError, SessionOptions
 from ..sdp_bounds import SdpBounds, SdpTooComplex, check_sdp
 from . import aiortc_glue as glue
 from .consumer import DownTrack, Role
 from .extmap import answered_extension, offer_extension
-from .packet import FORWARDED_CODECS, URI_PLAYOUT_DELAY, CodecInfo, RtpHeader, parse_header, rtx_original
+from .packet import (
+    FORWARDED_CODECS,
+    URI_PLAYOUT_DELAY,
+    URI_TRANSPORT_CC,
+    CodecInfo,
+    RtpHeader,
+    parse_header,
+    rtx_original,
+)
 from .producer import Producer
 from .rtcp import rtcp_pli
 from .simulcast import RIDS, SimulcastLayers, answered_rids, offer_simulcast
 from .transport import Kind, Transport
-from .twcc import INTERVAL_S, TransportCcReceiver, answered_transport_cc, offer_transport_cc
+from .twcc import INTERVAL_S, TransportCcReceiver, answered_transport_cc, offer_transport_cc, parse_feedback
 
 if TYPE_CHECKING:
     from .router import Router
@@ -52,7 +61,8 @@ SENDER_REPORT_INTERVAL = 1.0  # the slots' RTCP sender reports (aiortc's loop: 0
 # A simulcast publisher's REMB cap: the room's cap (publish_max_bitrate) is what one stream may
 # use; the two lower layers add about half of it (Chromium: 150 + 500 kbit/s beside 720p).
 SIMULCAST_CAP_FACTOR = 1.5
-# A subscriber's REMB older than this is no estimate (Chromium sends one every second or so).
+# A subscriber's REMB older than this is no estimate (Chromium sends one every second or so); so
+# is a send-side estimate whose last transport-cc feedback is that old.
 ESTIMATE_STALE_S = 5.0
 
 
@@ -95,6 +105,15 @@ class Session(Transport):
         self.remb: int | None = None
         self.remb_at = 0.0
         self.losses = LossCounter()  # its receiver reports on the video slots
+        # Transport-cc from the endpoint on what it receives, when its answer kept the extension on
+        # a slot (browsers do, aiortc does not): what the leg's slots sent by transport-wide
+        # sequence number (``sent``, stamped by their rewriters) and the estimate its feedback
+        # feeds (started at the first feedback once a video slot carries something).
+        self.sent: SentPackets | None = None
+        self.estimate: DownlinkEstimate | None = None
+        self.estimate_at = 0.0
+        self.feedback_in = 0
+        self.feedback_refused = 0
         self._feedback_timer: asyncio.TimerHandle | None = None
         # Sender reports of the slots, every SENDER_REPORT_INTERVAL, from slots that sent since
         # their last one (packets sent when it was reported, by slot).
@@ -133,6 +152,48 @@ class Session(Transport):
 
     def downlink_estimate(self, now: float) -> int | None:
         return self.remb if self.remb is not None and now - self.remb_at < ESTIMATE_STALE_S else None
+
+    def send_side_estimate(self) -> int | None:
+        estimate = self.estimate
+        if estimate is None or time.time() - self.estimate_at >= ESTIMATE_STALE_S:
+            return None
+        return estimate.bitrate
+
+    def _on_transport_feedback(self, data: bytes, offset: int) -> None:
+        """One transport-cc feedback packet from the endpoint about what its slots were sent."""
+        sent = self.sent
+        if sent is None:
+            return
+        try:
+            _, reports = parse_feedback(data, offset)
+        except ValueError as exc:
+            self.feedback_refused += 1
+            logger.debug("%s: transport feedback refused: %s", self, exc)
+            return
+        self.feedback_in += 1
+        packets = []
+        for seq, arrival_us in reports:
+            noted = sent.get(seq)
+            if noted is not None:  # else older than the ring, or never sent (a gap of our own)
+                packets.append((noted[0], arrival_us, noted[1]))
+        if not packets:
+            return
+        now = time.time()
+        now_us = int(now * 1e6)
+        sources = [t.source for t in self.down_tracks() if t.source is not None]
+        sending = sum(p.bitrate for p in sources)
+        estimate = self.estimate
+        if estimate is None:
+            # Started at what the slots are sent (not a low probe value), once video flows: a venue
+            # on a clear link keeps its layers, and only what the feedback shows lowers it.
+            if not any(p.kind == "video" for p in sources):
+                return
+            estimate = self.estimate = DownlinkEstimate(start_bps=max(DownlinkEstimate().min_bps, sending))
+        # The leg sends what the layer choice picked and does not probe: the estimate follows that
+        # up while the feedback shows no congestion (``DownlinkEstimate.follow``).
+        estimate.follow(sending, now_us)
+        estimate.feedback(now_us, packets)
+        self.estimate_at = now
 
     def take_loss(self) -> float | None:
         return self.losses.take(time.time())
@@ -193,6 +254,7 @@ class Session(Transport):
         for transceiver in self.publish.values():
             self.decode_counters.append(glue.neutralise_decoder(transceiver.receiver))
         glue.hook_incoming_rtp(dtls, self._on_rtp)
+        glue.hook_transport_feedback(dtls, self._on_transport_feedback)
         backend = self.router.backend
         glue.restrict_host_candidates(
             pc,
@@ -212,8 +274,12 @@ class Session(Transport):
             dtls, self.on_rtp_packet, backend.native_send, self.on_parsed_rtp
         )
         sdp = _add_fir_feedback(pc.localDescription.sdp)
-        if self.publish:
-            sdp, _ = offer_transport_cc(sdp, self._publish_mids())
+        # Transport-cc on every m-section, one id (BUNDLE): publishers' packets (their browser's
+        # estimate, TransportCcReceiver) and the slots' (the server's estimate of the endpoint's
+        # downlink, ``sent``/``estimate``).
+        twcc_mids = self._publish_mids() | {t.mid for t in self.transceivers.values() if t.mid is not None}
+        if twcc_mids:
+            sdp, _ = offer_transport_cc(sdp, twcc_mids)
         publish_video = self.publish.get("video")
         if publish_video is not None and publish_video.mid is not None and self.router.backend.simulcast:
             sdp = offer_simulcast(sdp, publish_video.mid)
@@ -275,10 +341,13 @@ class Session(Transport):
             self.answer_refused = str(exc)
             raise MediaError("bad_sdp", f"cannot apply the answer: {exc}") from None
         playout_delay = answered_extension(sdp, URI_PLAYOUT_DELAY)
+        slot_twcc = answered_extension(sdp, URI_TRANSPORT_CC)
         for track, transceiver in self.transceivers.items():
             ids = {e.uri: e.id for e in glue.negotiated_extensions(transceiver)}
             if track.kind == "video" and transceiver.mid in playout_delay:
                 ids[URI_PLAYOUT_DELAY] = playout_delay[transceiver.mid]
+            if transceiver.mid in slot_twcc:
+                ids[URI_TRANSPORT_CC] = slot_twcc[transceiver.mid]
             negotiated = glue.negotiated_codecs(transceiver)
             codecs = codec_info(negotiated)
             rtx = {apt: pt for pt, apt in rtx_payload_types(negotiated).items()}
@@ -332,6 +401,12 @@ class Session(Transport):
         self.video = [t for t in self.video if t.configured]
         self.audio = [t for t in self.audio if t.configured]
         self.previews = [t for t in self.previews if t.configured]
+        stamped = [t for t in self.down_tracks() if self.transceivers[t].mid in slot_twcc]
+        if stamped:
+            # One transport-wide numbering for the leg: every stamped slot draws from it.
+            self.sent = SentPackets(random.getrandbits(16))
+            for track in stamped:
+                track.rewriter.set_transport_cc(self.sent)
         ext_id = answered_transport_cc(sdp, self._publish_mids()) if self.producers else 0
         if ext_id:
             self.transport_cc = TransportCcReceiver(ext_id, native=self.router.backend.native_send)
@@ -466,6 +541,29 @@ class Session(Transport):
         for packet in transport_cc.feedback(source.rtcp_ssrc, source.ssrc):
             if self.send_rtcp(packet):
                 self.router.backend.counters.transport_cc_feedback += 1
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        sent, estimate = self.sent, self.estimate
+        # Transport-cc from the endpoint on what it receives (None: its answer did not keep it).
+        out["transport_cc_out"] = (
+            None
+            if sent is None
+            else {
+                "stamped": sent.stamped,
+                "feedback": self.feedback_in,
+                "refused": self.feedback_refused,
+                "acked_bitrate": (
+                    None if estimate is None or estimate.acked_bps is None else int(estimate.acked_bps)
+                ),
+                "loss": None if estimate is None else round(estimate.loss, 4),
+                "delay_based": None if estimate is None else int(estimate.delay_bps),
+                "loss_based": None if estimate is None else int(estimate.loss_bps),
+                "overuse_cuts": None if estimate is None else estimate.overuse_cuts,
+                "loss_cuts": None if estimate is None else estimate.loss_cuts,
+            }
+        )
+        return out
 
     def packets_out(self) -> tuple[int, int]:
         if self.output is None:

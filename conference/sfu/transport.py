@@ -130,6 +130,8 @@ class Transport:
             "packets_in": sum(p.packets for p in self.all_producers()),
             # The endpoint's own estimate of its downlink and the layer choice's budget (bit/s).
             "downlink_estimate": self.downlink_estimate(time.time()),
+            # The server's own estimate from the endpoint's transport-cc feedback (bit/s).
+            "send_side_estimate": self.send_side_estimate(),
             "downlink_budget": self.downlink.budget,
             "slots": {
                 t.mid or f"{t.role}{t.index}": {

@@ -22,14 +22,12 @@ from array import array
 from collections.abc import Sequence
 
 from .extmap import answered_extension, offer_extension
-from .packet import RtpHeader, find_extension
+from .packet import URI_TRANSPORT_CC, RtpHeader, find_extension
 
 try:  # the native receive side (conference/sfu/_fastrecv.c), when it was built
     from . import _fastrecv
 except ImportError:
     _fastrecv = None  # type: ignore[assignment]
-
-URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 INTERVAL_S = 0.05  # feedback every 50 ms while packets arrive (libwebrtc adapts 50-250 ms)
 MAX_STATUS_PER_PACKET = 1000  # sequence numbers one feedback packet covers at most
