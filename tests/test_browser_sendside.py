@@ -123,18 +123,27 @@ async def test_a_chromium_subscriber_feeds_the_send_side_estimate(tmp_path: Any)
             log(f"venue's transport-cc: {stats['transport_cc_out']}, estimate {stats['send_side_estimate']}")
             # Over 10 s on the clear loopback: what the server sends the venue, and the estimate.
             first, started = stats, time.monotonic()
-            estimates = []
+            estimates, rates, budgets = (
+                [],
+                [],
+                [],
+            )  # each second: the estimate, what was sent (bit/s), the budget
+            before, at = stats, started
             for _ in range(10):
                 await asyncio.sleep(1.0)
                 now = await venue_stats(server)
                 estimates.append(now["send_side_estimate"])
+                budgets.append(now["downlink_budget"])
+                rates.append((now["bytes_out"] - before["bytes_out"]) * 8 / (time.monotonic() - at))
+                before, at = now, time.monotonic()
                 log(f"  {now['transport_cc_out']}, estimate {now['send_side_estimate']}")
             elapsed = time.monotonic() - started
             sending = (now["bytes_out"] - first["bytes_out"]) * 8 / elapsed
             slot0 = await venue.evaluate(SLOT0_JS)
             log(
                 f"sent {sending / 1e3:.0f} kbit/s to the venue;"
-                f" estimates {[e // 1000 for e in estimates if e]} kbit/s;"
+                f" estimates {[e // 1000 for e in estimates if e]} kbit/s"
+                f" against {[int(r) // 1000 for r in rates]} sent each second;"
                 f" acked {now['transport_cc_out']['acked_bitrate']}, loss {now['transport_cc_out']['loss']};"
                 f" budget {now['downlink_budget']}; slot 0 {slot0}"
             )
@@ -144,7 +153,13 @@ async def test_a_chromium_subscriber_feeds_the_send_side_estimate(tmp_path: Any)
             assert stamped >= 0.99 * (now["packets_out"] - first["packets_out"]) > 100
             assert now["transport_cc_out"]["refused"] == 0
             assert sending > 100_000  # the top layer (and audio) flowed (less on a loaded machine)
-            assert min(estimates) >= sending, f"estimate {estimates} under what is sent ({sending:.0f})"
+            # The publisher ramps and sends keyframes in bursts (each second's rate varies 2-3x): the
+            # layer choice never took the estimate for a drop (it compares it with its sources' rates,
+            # ``layer_choice.congestion_estimate``), and by the end of the window it is at least what
+            # the leg was sent over it.
+            assert all(e is not None for e in estimates), estimates
+            assert all(b is None for b in budgets), budgets
+            assert estimates[-1] is not None and estimates[-1] >= sending, (estimates, sending)
             # ... so the layer choice kept the top layer in the full-screen slot.
             assert now["downlink_budget"] is None
             assert slot0["w"] == top

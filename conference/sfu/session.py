@@ -155,9 +155,16 @@ class Session(Transport):
 
     def send_side_estimate(self) -> int | None:
         estimate = self.estimate
-        if estimate is None or time.time() - self.estimate_at >= ESTIMATE_STALE_S:
+        now = time.time()
+        if estimate is None or now - self.estimate_at >= ESTIMATE_STALE_S:
             return None
-        return estimate.bitrate
+        # Followed up to what the slots are sent now, as on each feedback: the layer choice reads
+        # it right after a slot switched up (to a layer the feedback has not covered yet).
+        return estimate.follow(self._slots_sending(), int(now * 1e6))
+
+    def _slots_sending(self) -> int:
+        """What the leg's slots are being sent (bit/s): their sources' rates."""
+        return sum(t.source.bitrate for t in self.down_tracks() if t.source is not None)
 
     def _on_transport_feedback(self, data: bytes, offset: int) -> None:
         """One transport-cc feedback packet from the endpoint about what its slots were sent."""
@@ -180,13 +187,12 @@ class Session(Transport):
             return
         now = time.time()
         now_us = int(now * 1e6)
-        sources = [t.source for t in self.down_tracks() if t.source is not None]
-        sending = sum(p.bitrate for p in sources)
+        sending = self._slots_sending()
         estimate = self.estimate
         if estimate is None:
             # Started at what the slots are sent (not a low probe value), once video flows: a venue
             # on a clear link keeps its layers, and only what the feedback shows lowers it.
-            if not any(p.kind == "video" for p in sources):
+            if not any(t.source is not None for t in (*self.video, *self.previews)):
                 return
             estimate = self.estimate = DownlinkEstimate(start_bps=max(DownlinkEstimate().min_bps, sending))
         # The leg sends what the layer choice picked and does not probe: the estimate follows that
