@@ -71,6 +71,12 @@ class Settings:
     # Off by default until measured: in the impaired-link test a venue froze more with it on in one
     # series of runs, not settled (docs/performance.md, "Media over real networks").
     subscriber_rtx: bool = False
+    # Let the server's send-side estimate of a subscriber's downlink (transport-cc feedback, Chromium)
+    # drive its layer choice in place of the loss rule. Off until it is tuned: behind a 1 Mbit/s
+    # downlink it froze the grid's slots for 4-19 s of 20 where the loss rule froze none, and its
+    # budget recovered slowly (docs/performance.md, "Transport-cc from subscribers, wired"). Off,
+    # the estimate is still made and shown in /api/stats.
+    send_side_bwe: bool = False
     # Ask publishers for three simulcast layers (browsers send them) and give each subscriber's slot
     # the layer its tile needs (conference.layer_choice); false: one stream per publisher, as sent.
     simulcast: bool = True
@@ -292,6 +298,7 @@ _FIELD_TYPES: dict[str, str] = {
     "publish_max_bitrate": "int",
     "native_send": "bool",
     "subscriber_rtx": "bool",
+    "send_side_bwe": "bool",
     "simulcast": "bool",
     "video_codecs": "strlist",
     "max_previews": "int?",

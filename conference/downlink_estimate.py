@@ -36,6 +36,7 @@ LOSS_HIGH, LOSS_LOW = 0.10, 0.02
 LOSS_INCREASE_PER_S = 0.05
 LOSS_HOLD_US = 300_000
 LOSS_PACKETS = 40
+LOSS_FLOOR = 0.5  # a loss cut never goes under this share of the acked rate
 # An SFU's leg is application-limited: it sends what the layer choice picked, not what the estimate
 # allows, and it does not probe. An estimate that grew 8 %/s from where it started would fall behind
 # a publisher's own ramp (Chromium starts at ~300 kbit/s) and hold the subscriber on low layers, so
@@ -244,6 +245,10 @@ class DownlinkEstimate:
             self._loss_decreased_us = self._last_update_us or 0
             self.loss_cuts += 1
             self.loss_bps = min(self.loss_bps, base) * (1 - 0.5 * self.loss)
+            if self.acked_bps is not None:
+                # An SFU's leg steps down at the next keyframes, a few hundred ms after a cut, so
+                # the loss goes on over several cuts; what got through is still the link's rate.
+                self.loss_bps = max(self.loss_bps, LOSS_FLOOR * self.acked_bps)
         elif self.loss < LOSS_LOW:
             self.loss_bps = self.loss_bps * (1 + LOSS_INCREASE_PER_S) ** elapsed
             if self.acked_bps is not None:

@@ -66,7 +66,7 @@ async def test_a_chromium_subscriber_feeds_the_send_side_estimate(tmp_path: Any)
     if chromium is None:
         pytest.fail("chromium is not installed and could not be installed with apt-get")
     config = tmp_path / "conference.toml"
-    config.write_text("simulcast = true\n")
+    config.write_text("simulcast = true\nsend_side_bwe = true\n")  # the layer choice acts on it
     browsers: list[Browser] = []
     async with (
         server_process(tmp_path / "data", media=True, extra_args=["--config", str(config)]) as server,

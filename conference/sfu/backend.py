@@ -49,6 +49,7 @@ class SfuBackend:
         plain_rtp_host: str = "127.0.0.1",
         native_send: bool = True,
         subscriber_rtx: bool = False,
+        send_side_bwe: bool = False,
         simulcast: bool = True,
         video_codecs: tuple[str, ...] = ("vp8", "h264"),
     ) -> None:
@@ -65,6 +66,7 @@ class SfuBackend:
         )
         self.plain_rtp_host = plain_rtp_host
         self.subscriber_rtx = subscriber_rtx
+        self.send_side_bwe = send_side_bwe  # the layer choice acts on the send-side estimate
         self.simulcast = simulcast
         # MIME types offered, in order of preference.
         self.video_codecs = tuple(f"video/{name.upper()}" for name in video_codecs)
@@ -332,6 +334,7 @@ def create_backend(settings: Settings | None = None) -> SfuBackend:
         plain_rtp_host=settings.plain_rtp_host,
         native_send=settings.native_send,
         subscriber_rtx=settings.subscriber_rtx,
+        send_side_bwe=settings.send_side_bwe,
         simulcast=settings.simulcast,
         video_codecs=tuple(c.lower() for c in settings.video_codecs),
     )

@@ -121,9 +121,9 @@ class Router:
         # Losses only: a browser's REMB (``downlink_estimate``, shown in /api/stats) is not acted on
         # (see layer_choice.congestion_estimate).
         # The server's transport-cc estimate of the leg where the subscriber sends that feedback.
-        estimate = layer_choice.congestion_estimate(
-            sending, None, loss, link.budget, transport.send_side_estimate()
-        )
+        # (Only with the setting send_side_bwe: untuned, it did worse than the loss rule behind a cap.)
+        send_side = transport.send_side_estimate() if self.backend.send_side_bwe else None
+        estimate = layer_choice.congestion_estimate(sending, None, loss, link.budget, send_side)
         if estimate is not None and any(len(o) > 1 for o in options):
             wanted = sum(
                 next(p.bitrate for p in o if max(0, p.layer) == c)
