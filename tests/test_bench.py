@@ -133,6 +133,8 @@ def test_short_benchmark_report_is_complete_and_sane(tmp_path: Path) -> None:
     assert 0 < report["delivery_ratio"] <= 1
     assert report["delivery"]["slots"] >= 6
     assert report["server_decoded_frames"] == 0
+    # The load endpoints publish simulcast by default (three layers each; --no-simulcast: one).
+    assert report["load_endpoints"]["simulcast_layers"] == [3]
     join = report["join_ms"]
     assert join["count"] == 3 and 0 < join["p50"] <= join["p95"] < 20_000
     switch = report["switch_ms"]

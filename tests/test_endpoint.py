@@ -46,6 +46,7 @@ from conference.loadtest.testmedia import (
     colour_for,
     identify_frame,
     load_clip,
+    load_layers,
 )
 from conference.sfu.extmap import accept_extension, answered_extension
 from conference.sfu.packet import audio_level, parse_extensions, parse_header
@@ -594,3 +595,76 @@ async def test_endpoints_meet_on_the_real_server(
     finally:
         await hall.close()
         await chair.close()
+
+
+async def test_load_endpoint_publishes_simulcast_and_a_slot_switches_layers(
+    signaling_server: Any, settings: Any, mint: Any, cache_dir: Path
+) -> None:
+    """A raw load endpoint answers the server's simulcast offer and sends three layers (each its
+    own SSRC, its own resolution, marked with its RID): the server's producers of all three see
+    packets, the chair's slot moves from the top layer (full screen) to the middle one (a grid-3x3
+    tile) and decodes the right source at the right width, counted by sequence number without a
+    gap; an endpoint with ``simulcast=False`` publishes one stream as before."""
+    settings = dataclasses.replace(settings, media=True, simulcast=True)
+    server = await signaling_server(settings, MEDIA_BACKENDS["sfu"](settings))
+    url = str(server.make_url("/"))
+    palette = {"chair": 11, "hall-a": 12, "hall-b": 13}
+
+    def config(identity: str, role: str, **kw: Any) -> EndpointConfig:
+        return EndpointConfig(
+            url=url,
+            token=mint("council", identity, role),
+            identity=identity,
+            index=palette[identity],
+            media=PARAMS,
+            cache_dir=cache_dir,
+            palette=palette,
+            raw_media=True,
+            **kw,
+        )
+
+    chair = Endpoint(config("chair", "chair", video_slots=1, decode="all"))
+    hall = Endpoint(config("hall-a", "venue", video_slots=1))
+    single = Endpoint(config("hall-b", "venue", video_slots=1, simulcast=False))
+    backend = server.app[MEDIA_KEY]
+    try:
+        for endpoint in (chair, hall, single):
+            await endpoint.join()
+        assert (chair.simulcast_layers, hall.simulcast_layers, single.simulcast_layers) == (3, 3, 1)
+        router = backend.rooms["council"]
+        assert not router.transports["hall-b"].video_layers
+        layers = router.transports["hall-a"].video_layers
+        assert len(layers) == 3
+        assert await _wait_for(lambda: all(p.packets > 10 for p in layers), 10)
+        assert len({p.ssrc for p in layers}) == 3
+        # Distinct real bitrates: each layer costs more than the one below.
+        octets = [sum(len(f) for f in c.video) for c in load_layers(12, PARAMS, cache_dir)]
+        assert octets[0] < octets[1] < octets[2]
+
+        def slot_stats() -> dict[str, Any]:
+            return next(iter(backend.stats()["per_session"]["council/chair"]["slots"].values()))
+
+        slot = chair.video_slots[0]
+        await chair.set_program("single", ["hall-a"])
+        ok = await _wait_for(
+            lambda: slot_stats()["layer"] == 2 and slot.last_seen_index == 12 and slot.last_width == 640, 10
+        )
+        assert ok, (slot_stats(), slot.counters())
+        await chair.set_program("grid-3x3", ["hall-a"])
+        ok = await _wait_for(lambda: slot_stats()["layer"] == 1 and slot.last_width == 320, 10)
+        assert ok, (slot_stats(), slot.counters())
+        assert slot.last_seen_index == 12 and slot.decode_errors == 0
+        # Delivery is counted on the slot's own numbering, gap-free across the layer switch.
+        hall.pause_media()
+        single.pause_media()
+        await asyncio.sleep(0.3)
+        sent = slot_stats()
+        tally = chair.tallies[sent["ssrc"]]
+        received = sum(bin(b).count("1") for b in tally.bits)
+        assert received == tally.highest - tally.first + 1, "a gap in the slot's numbering"
+        assert received >= 0.99 * sent["packets"]
+        assert hall.report()["keyframe_requests"] > 0  # PLIs named the layers' SSRCs
+        assert chair.report()["handler_errors"] == 0 and chair.report()["unknown_packets"] == 0
+    finally:
+        for endpoint in (single, hall, chair):
+            await endpoint.close()

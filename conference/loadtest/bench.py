@@ -77,6 +77,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=["uvloop", "asyncio"],
         help="event loop of the started server (default uvloop)",
     )
+    parser.add_argument(
+        "--no-simulcast",
+        action="store_true",
+        help="load endpoints publish one video stream instead of answering the server's simulcast offer "
+        "with three layers (q/h/f: a quarter, half and all of the clip's size, each its own SSRC and RID)",
+    )
     parser.add_argument("--room", default="bench")
     parser.add_argument("--record", action="store_true", help="record the meeting (server auto_record)")
     parser.add_argument(
@@ -513,6 +519,7 @@ class Bench:
                 "palette": palette,
                 "cache_dir": self.args.cache_dir,
                 "join_timeout": 20.0,
+                "simulcast": not self.args.no_simulcast,
             }
             await worker.send(spec)
             self.workers.append(worker)

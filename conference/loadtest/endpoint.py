@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from conference.loadtest.publisher import (
+    LAYER_RIDS,
     RawPublisher,
     RawStream,
 )
@@ -64,12 +66,16 @@ from conference.loadtest.testmedia import (
     PreEncodedVideoTrack,
     identify_frame,
     load_clip,
+    load_layers,
 )
 from conference.sfu import aiortc_glue as glue
 from conference.sfu import payload as rtp_payload
 from conference.sfu.extmap import accept_extension, answered_extension
 from conference.sfu.packet import URI_AUDIO_LEVEL, URI_MID, parse_header
-from conference.sfu.twcc import URI_TRANSPORT_CC
+from conference.sfu.twcc import INTERVAL_S as FEEDBACK_INTERVAL_S
+from conference.sfu.twcc import URI_TRANSPORT_CC, TransportCcReceiver
+
+URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 
 DecodeMode = Literal["all", "probe", "none"]
 
@@ -140,6 +146,7 @@ class ReceiveSlot:
     frames_lost: int = 0
     decode_errors: int = 0
     last_seen_index: int | None = None
+    last_width: int = 0  # of the frame decoded last (a simulcast layer switch changes it)
     # A join or a change of source waiting for its first decoded frame: (since, expected identity).
     pending_since: float | None = None
     pending_expect: str | None = None
@@ -157,6 +164,7 @@ class ReceiveSlot:
             "frames_lost": self.frames_lost,
             "decode_errors": self.decode_errors,
             "last_seen_index": self.last_seen_index,
+            "last_width": self.last_width,
         }
 
 
@@ -186,6 +194,9 @@ class EndpointConfig:
     # Number every published packet for transport-wide congestion control when the server offers it
     # (raw media only), as browsers do: the server's transport-cc receiver and feedback then run.
     transport_cc: bool = True
+    # Publish three simulcast layers (raw media only) when the server's offer asks for them, as a
+    # browser does: three SSRCs, each packet marked with its RID. False: one stream.
+    simulcast: bool = True
 
 
 def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
@@ -209,6 +220,36 @@ def parse_offer_slots(sdp: str) -> dict[str, dict[str, Any]]:
     for section in sections.values():
         section["ssrcs"] -= section["rtx"]
     return sections
+
+
+def offered_simulcast(sdp: str, mid: str) -> list[str]:
+    """The RIDs the offer asks m-section ``mid`` to send (``a=simulcast:recv``), in its order."""
+    current = None
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            current = None
+        elif line.startswith("a=mid:"):
+            current = line[6:].strip()
+        elif current == mid and line.startswith("a=simulcast:recv "):
+            return [alt.split(",")[0].lstrip("~") for alt in line.split(" ", 2)[1].split(";")]
+    return []
+
+
+def answer_simulcast(answer: str, offer: str, mid: str, rids: list[str]) -> tuple[str, int]:
+    """``answer`` sending ``rids`` on m-section ``mid`` as a browser answers the server's simulcast
+    offer: the RID extension under the offer's id, ``a=rid:<id> send`` each, ``a=simulcast:send``.
+    Returns the answer and the RID extension's id (0: the offer had none: answered unchanged)."""
+    answer = accept_extension(answer, offer, {mid}, URI_RID)
+    rid_ext = answered_extension(answer, URI_RID).get(mid, 0)
+    if not rid_ext or not rids:
+        return answer, 0
+    lines = answer.split("\r\n")
+    start = lines.index(f"a=mid:{mid}")
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("m=")), len(lines))
+    while end > start and not lines[end - 1]:
+        end -= 1
+    added = [*(f"a=rid:{rid} send" for rid in rids), f"a=simulcast:send {';'.join(rids)}"]
+    return "\r\n".join(lines[:end] + added + lines[end:]), rid_ext
 
 
 def compact_answer(sdp: str) -> str:
@@ -297,7 +338,16 @@ class Endpoint:
         self.keyframe_requests_sent = 0
         self.receive_buffer = 0
         self.raw: RawPublisher | None = None
+        self.simulcast_layers = 0  # layers published (0: no raw video, 1: one stream)
         self.datagram_hooks: list[glue.SrtpDatagramHook] = []
+        # Transport-cc on what the endpoint receives, when the server offers it on the receive
+        # slots: arrivals noted per packet, feedback sent every FEEDBACK_INTERVAL_S as browsers do.
+        self.receive_cc: TransportCcReceiver | None = None
+        self._receive_cc_hook: glue.SrtpDatagramHook | None = None
+        self._feedback_timer: asyncio.TimerHandle | None = None
+        self._feedback_ssrc = 0
+        self._output: glue.LegOutput | None = None
+        self.transport_cc_feedback_sent = 0
 
     # --- signaling ------------------------------------------------------------------------
 
@@ -547,30 +597,90 @@ class Endpoint:
                 glue.hook_incoming_rtp(dtls, self._handle_rtp_data)
                 self.datagram_hooks.append(glue.hook_srtp_datagrams(dtls, self._on_rtp_packet))
         answer_sdp = compact_answer(pc.localDescription.sdp)
+        self._output = output = glue.LegOutput(glue.leg_transport(pc))
         transport_cc = 0
         if clip is not None and raw_publish and cfg.transport_cc:
             mids = {t.mid for t in raw_publish.values() if t.mid}
             answer_sdp = accept_extension(answer_sdp, sdp, mids, URI_TRANSPORT_CC, "transport-cc")
-            transport_cc = next(iter(answered_extension(answer_sdp, URI_TRANSPORT_CC).values()), 0)
+            accepted = answered_extension(answer_sdp, URI_TRANSPORT_CC)
+            transport_cc = next((accepted[m] for m in mids if m in accepted), 0)
+        if cfg.transport_cc and self.slots:
+            answer_sdp = self._answer_receive_cc(answer_sdp, sdp, pc)
         if clip is not None and raw_publish:
+            video = _raw_stream(raw_publish.get("video"), "vp8")
+            simulcast: list[tuple[RawStream, Any]] | None = None
+            rid_ext = 0
+            rids = offered_simulcast(sdp, video_mid) if video is not None and cfg.simulcast else []
+            if video is not None and rids == list(LAYER_RIDS):
+                answer_sdp, rid_ext = answer_simulcast(answer_sdp, sdp, video_mid, rids)
+            if rid_ext and video is not None:
+                layers = await asyncio.get_running_loop().run_in_executor(
+                    None, load_layers, cfg.index, cfg.media, cfg.cache_dir
+                )
+                taken = {glue.sender_ssrc(t.sender) for t in pc.getTransceivers()}
+                simulcast = []
+                for layer_clip in layers:
+                    ssrc = _fresh_ssrc(taken)
+                    stream = RawStream(ssrc, video.payload_type, video.mid_ext, video.mid)
+                    simulcast.append((stream, layer_clip))
+                    glue.route_layer_rtcp(
+                        glue.leg_transport(pc), ssrc, self._raw_keyframe_request, self._raw_layer_nack
+                    )
             self.raw = RawPublisher(
                 clip,
-                glue.LegOutput(glue.leg_transport(pc)),
-                _raw_stream(raw_publish.get("video"), "vp8"),
+                output,
+                video,
                 _raw_stream(raw_publish.get("audio"), "opus"),
                 speaking=cfg.speaking,
                 transport_cc=transport_cc,
+                simulcast=simulcast,
+                rid_ext=rid_ext,
             )
+            self.simulcast_layers = len(self.raw.layers)
             self.raw.start()
         return answer_sdp
 
-    def _raw_keyframe_request(self) -> None:
+    def _answer_receive_cc(self, answer_sdp: str, offer_sdp: str, pc: RTCPeerConnection) -> str:
+        """Accept transport-cc on the receive slots where the server offers it and start the
+        feedback; without the offer (a server that does not stamp what it sends) nothing runs."""
+        mids = set(self.slots)
+        answer_sdp = accept_extension(answer_sdp, offer_sdp, mids, URI_TRANSPORT_CC, "transport-cc")
+        accepted = answered_extension(answer_sdp, URI_TRANSPORT_CC)
+        ext_id = next((accepted[m] for m in sorted(mids) if m in accepted), 0)
+        if not ext_id or not self.datagram_hooks:
+            return answer_sdp
+        # The kernel's receive time, not the load process's loop: a busy endpoint must not look
+        # like a congested link to the server's estimator.
+        self._receive_cc_hook = hook = self.datagram_hooks[0]
+        hook.kernel_timestamps = True
+        self.receive_cc = TransportCcReceiver(ext_id, native=True)
+        transceivers = pc.getTransceivers()
+        self._feedback_ssrc = glue.sender_ssrc(transceivers[0].sender) if transceivers else 0
+        loop = asyncio.get_running_loop()
+        self._feedback_timer = loop.call_later(FEEDBACK_INTERVAL_S, self._send_feedback)
+        return answer_sdp
+
+    def _send_feedback(self) -> None:
+        receiver, output = self.receive_cc, self._output
+        if receiver is None or output is None:
+            return
+        media_ssrc = next(iter(self._by_ssrc), 0)
+        for packet in receiver.feedback(self._feedback_ssrc, media_ssrc):
+            if output.send_rtcp(packet):
+                self.transport_cc_feedback_sent += 1
+        self._feedback_timer = asyncio.get_running_loop().call_later(FEEDBACK_INTERVAL_S, self._send_feedback)
+
+    def _raw_keyframe_request(self, ssrc: int | None = None) -> None:
         if self.raw is not None:
-            self.raw.request_keyframe()
+            self.raw.request_keyframe(ssrc)
 
     def _raw_nack(self, sequence: int) -> None:
         if self.raw is not None:
             self.raw.retransmit(sequence)
+
+    def _raw_layer_nack(self, sequence: int, ssrc: int) -> None:
+        if self.raw is not None:
+            self.raw.retransmit(sequence, ssrc)
 
     def _slot_for_unknown_ssrc(self, data: bytes, ssrc: int) -> ReceiveSlot | None:
         """A packet whose SSRC the offer did not list: find its slot from the mid extension once."""
@@ -613,6 +723,12 @@ class Endpoint:
                     return
             slot.packets += 1
             slot.octets += len(data)
+            receive_cc = self.receive_cc
+            if receive_cc is not None:
+                header = parse_header(data)
+                hook = self._receive_cc_hook
+                if header is not None and hook is not None:
+                    receive_cc.add(data, header, hook.arrival_us or int(time.time() * 1e6))
             tally = self.tallies.get(ssrc)
             if tally is None:
                 tally = self.tallies[ssrc] = SequenceTally()
@@ -704,6 +820,7 @@ class Endpoint:
             return
         for frame in frames:
             slot.frames_decoded += 1
+            slot.last_width = frame.width
             now = time.time()
             if self.first_frame_at is None:
                 self.first_frame_at = now
@@ -760,6 +877,9 @@ class Endpoint:
             "connection_state": self.pc.connectionState if self.pc is not None else None,
             "ice_state": self.pc.iceConnectionState if self.pc is not None else None,
             "retransmissions": self.raw.retransmissions if self.raw is not None else 0,
+            "simulcast_layers": self.simulcast_layers,
+            "transport_cc_received": self.receive_cc.packets if self.receive_cc is not None else 0,
+            "transport_cc_feedback_sent": self.transport_cc_feedback_sent,
             "speakers": list(self.speakers),
             "closed_reason": self.closed_reason,
         }
@@ -779,6 +899,9 @@ class Endpoint:
     async def close(self, leave: bool = True) -> None:
         if self.raw is not None:
             self.raw.pause()
+        if self._feedback_timer is not None:
+            self._feedback_timer.cancel()
+            self._feedback_timer = None
         if leave and self.ws is not None and not self.ws.closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.request("leave"), 2.0)
@@ -804,6 +927,15 @@ def _carry_audio_level(sender: RTCRtpSender, track: PreEncodedAudioTrack) -> Non
         frame.audio_level = -track.level
 
     glue.wrap_encoded_frames(sender, set_level)
+
+
+def _fresh_ssrc(taken: set[int]) -> int:
+    """A random SSRC not in ``taken`` (added to it)."""
+    while True:
+        ssrc = random.getrandbits(32)
+        if ssrc and ssrc not in taken:
+            taken.add(ssrc)
+            return ssrc
 
 
 def _raw_stream(transceiver: RTCRtpTransceiver | None, codec: str) -> RawStream | None:

@@ -57,6 +57,29 @@ class RawStream:
     packets: int = 0
 
 
+# The RIDs a simulcast publisher's layers carry, low to high (the server's offer asks for these).
+LAYER_RIDS = ("q", "h", "f")
+
+
+class VideoLayer:
+    """One published video stream of a RawPublisher (the only one, or one simulcast layer): its
+    clip packetised once, its position in the loop, its VP8 picture ids and its NACK history."""
+
+    __slots__ = ("elements", "ext", "frames", "history", "keyframes", "picture_id", "position", "stream")
+
+    def __init__(self, stream: RawStream, clip: EncodedClip, elements: list[tuple[int, bytes]]) -> None:
+        self.stream = stream
+        self.frames = [vp8_chunks(frame) for frame in clip.video]
+        self.keyframes = clip.keyframes
+        self.position = 0
+        self.picture_id = random.getrandbits(15)
+        # mid (and RID, on every packet: libwebrtc sends it until the server's reports show it
+        # knows the SSRC; always is the simple form of that) and, per packet, transport-cc.
+        self.elements = elements
+        self.ext = extension_block(elements)
+        self.history: list[bytes | None] = [None] * HISTORY_SIZE  # packets by sequence number
+
+
 class RawPublisher:
     """Publishes an endpoint's pre-encoded clip as ready-made RTP: packetised once, each packet's
     header written with ``struct``, protected and sent by the leg's ``LegOutput`` in one call.
@@ -74,24 +97,33 @@ class RawPublisher:
         audio: RawStream | None,
         speaking: bool = False,
         transport_cc: int = 0,
+        simulcast: list[tuple[RawStream, EncodedClip]] | None = None,
+        rid_ext: int = 0,
     ) -> None:
+        """``simulcast``: instead of ``video``, one (stream, clip) per layer, low to high, each
+        packet marked with its layer's RID (extension ``rid_ext``) as a browser marks them."""
         self.clip = clip
         # Transport-wide sequence numbers (the extension's id; 0: none), one counter over every
         # stream of the leg, as a browser's sender numbers its packets for the server's feedback.
         self.transport_cc = transport_cc
         self.transport_sequence = random.getrandbits(16)
         self.output = output
-        self.video = video
         self.audio = audio
         self.speaking = speaking
-        self.frames = [vp8_chunks(frame) for frame in clip.video]
-        self.position = 0
         self.audio_position = 0
-        self.picture_id = random.getrandbits(15)
         self.video_step = VIDEO_CLOCK // clip.params.fps
         self.video_every = max(1, round(1 / clip.params.fps / AUDIO_TICK_S))  # 2 ticks at 25 fps
-        self.video_elements = [(video.mid_ext, video.mid)] if video else []
-        self.video_ext = extension_block(self.video_elements)
+        if simulcast:
+            self.layers = [
+                VideoLayer(stream, layer_clip, [(stream.mid_ext, stream.mid), (rid_ext, rid.encode())])
+                for (stream, layer_clip), rid in zip(simulcast, LAYER_RIDS, strict=False)
+            ]
+        elif video is not None:
+            self.layers = [VideoLayer(video, clip, [(video.mid_ext, video.mid)])]
+        else:
+            self.layers = []
+        self._by_ssrc = {layer.stream.ssrc: layer for layer in self.layers}
+        self.video = self.layers[-1].stream if self.layers else None
         # The audio extension block per level (speaking or silent), built once, not per packet
         # (with transport-cc each packet's block carries its own number: built per packet).
         self.audio_elements = (
@@ -103,7 +135,6 @@ class RawPublisher:
             else {}
         )
         self.audio_ext = {level: extension_block(e) for level, e in self.audio_elements.items()}
-        self.history: list[bytes | None] = [None] * HISTORY_SIZE  # video packets by sequence
         self.retransmissions = 0
         self.tick_count = 0
         self.frames_sent = 0
@@ -124,14 +155,21 @@ class RawPublisher:
     def level(self) -> int:
         return SPEAKING_LEVEL if self.speaking else SILENT_LEVEL
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, ssrc: int | None = None) -> None:
+        """A PLI/FIR: the layer it names (every layer when ``ssrc`` is None) restarts at its
+        keyframe, as an encoder makes one for that encoding only."""
         self.keyframe_requests += 1
-        self.position = 0
+        for layer in self.layers:
+            if ssrc is None or layer.stream.ssrc == ssrc:
+                layer.position = 0
 
-    def retransmit(self, sequence: int) -> None:
+    def retransmit(self, sequence: int, ssrc: int | None = None) -> None:
         """A NACK from the server: resend the video packet if it is still in the history (as a
         browser without RTX does, on the same SSRC and sequence number)."""
-        packet = self.history[sequence % HISTORY_SIZE]
+        layer = self._by_ssrc.get(ssrc) if ssrc is not None else (self.layers[-1] if self.layers else None)
+        if layer is None:
+            return
+        packet = layer.history[sequence % HISTORY_SIZE]
         if packet is not None and (packet[2] << 8 | packet[3]) == sequence and self.output.send(packet):
             self.retransmissions += 1
 
@@ -161,8 +199,12 @@ class RawPublisher:
         self._handle = loop.call_at(self._next, self._tick)
         if self.audio is not None:
             self._send_audio(self.audio)
-        if self.video is not None and self.tick_count % self.video_every == 0:
-            self._send_video(self.video)
+        if self.layers and self.tick_count % self.video_every == 0:
+            sent = False
+            for layer in self.layers:
+                sent = self._send_video(layer) or sent
+            if sent:
+                self.frames_sent += 1  # one camera frame, in every layer
         self.tick_count += 1
 
     def _send_audio(self, stream: RawStream) -> None:
@@ -183,15 +225,17 @@ class RawPublisher:
         stream.sequence = (stream.sequence + 1) & 0xFFFF
         stream.timestamp = (stream.timestamp + AUDIO_FRAME_SAMPLES) & 0xFFFFFFFF
 
-    def _send_video(self, stream: RawStream) -> None:
-        i = self.position
-        self.position = (i + 1) % len(self.frames)
-        chunks = self.frames[i]
-        pid = self.picture_id
-        self.picture_id = (pid + 1) & 0x7FFF
-        ext = self.video_ext
+    def _send_video(self, layer: VideoLayer) -> bool:
+        stream = layer.stream
+        i = layer.position
+        layer.position = (i + 1) % len(layer.frames)
+        chunks = layer.frames[i]
+        pid = layer.picture_id
+        layer.picture_id = (pid + 1) & 0x7FFF
+        ext = layer.ext
         first = 0x90 if ext else 0x80
         send = self.output.send
+        history = layer.history
         last = len(chunks) - 1
         sent = False
         for n, chunk in enumerate(chunks):
@@ -205,14 +249,14 @@ class RawPublisher:
             # RFC 7741 descriptor: X, S on the frame's first packet, PID 0; I; 15-bit picture id.
             descriptor = bytes((0x90 if n == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF))
             if self.transport_cc:
-                ext = self._numbered(self.video_elements)
+                ext = self._numbered(layer.elements)
             packet = head + ext + descriptor + chunk
-            self.history[stream.sequence % HISTORY_SIZE] = packet
+            history[stream.sequence % HISTORY_SIZE] = packet
             if send(packet):
                 stream.packets += 1
                 sent = True
             stream.sequence = (stream.sequence + 1) & 0xFFFF
         stream.timestamp = (stream.timestamp + self.video_step) & 0xFFFFFFFF
         if sent:
-            self.frames_sent += 1
-            self.keyframes_sent += self.clip.keyframes[i]
+            self.keyframes_sent += layer.keyframes[i]
+        return sent

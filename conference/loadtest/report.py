@@ -195,6 +195,12 @@ def build_report(
         "server_decoded_frames": stats_final.get("decoded_frames"),
         "load_generator_cpu_cores": round((worker_cpu[1] - worker_cpu[0]) / window, 3),
         "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())},
+        # What the load endpoints did beside forwarding: simulcast layers each publisher sent, and
+        # the transport-cc feedback subscribers sent (0 while the server does not offer it).
+        "load_endpoints": {
+            "simulcast_layers": sorted({int(r.get("simulcast_layers") or 0) for r in results}),
+            "transport_cc_feedback_sent": sum(int(r.get("transport_cc_feedback_sent") or 0) for r in results),
+        },
         "command": "conference bench " + " ".join(_command_args(args)),
         **({"endpoint_reports": results} if args.get("details") else {}),
     }
@@ -205,6 +211,8 @@ def _command_args(args: dict[str, Any]) -> list[str]:
     for key in ("endpoints", "duration", "backend", "layout", "switch_every", "decode_sample", "speakers"):
         if args.get(key) is not None:
             shown.append(f"--{key.replace('_', '-')} {args[key]}")
+    if args.get("no_simulcast"):
+        shown.append("--no-simulcast")
     if args.get("record"):
         shown.append("--record")
     if args.get("live"):
@@ -232,6 +240,15 @@ def format_table(report: dict[str, Any]) -> str:
         ("server peak RSS", f"{report['server_rss_mb']} MB", ""),
         ("load generator CPU", f"{report['load_generator_cpu_cores']} cores", ""),
     ]
+    load = report.get("load_endpoints") or {}
+    if load:
+        rows.append(
+            (
+                "publishers' video layers / subscribers' transport-cc feedback",
+                f"{load.get('simulcast_layers')} / {load.get('transport_cc_feedback_sent')} packets",
+                "",
+            )
+        )
     for key, label, unit in (
         ("server_cpu_cores", "server CPU", " cores"),
         ("us_per_forwarded_packet", "server CPU per forwarded packet", " us"),

@@ -29,7 +29,7 @@ import os
 import struct
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import av
@@ -237,6 +237,36 @@ def _read_clip(path: Path, index: int, params: MediaParams) -> EncodedClip | Non
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "conference-testmedia"
+
+
+# Simulcast layers of a camera, low to high, as Chromium makes them: a quarter, half and all of the
+# camera's width and height (the top layer is the camera's own clip), at about the bitrate share
+# libwebrtc gives 160x90 / 320x180 / 640x360 layers (~50 / ~150 / ~500 kbit/s).
+SIMULCAST_SCALES = ((4, 0.1), (2, 0.3), (1, 1.0))
+
+
+def layer_params(params: MediaParams) -> list[MediaParams]:
+    """The MediaParams of each simulcast layer of ``params``, low to high (the last is ``params``)."""
+    layers = []
+    for divisor, share in SIMULCAST_SCALES:
+        if divisor == 1:
+            layers.append(params)
+            continue
+        # VP8 needs even sizes; the colour code needs a few rows above the noise band.
+        width = max(16, params.width // divisor // 2 * 2)
+        height = max(16, params.height // divisor // 2 * 2)
+        layers.append(
+            replace(params, width=width, height=height, video_bitrate=int(params.video_bitrate * share))
+        )
+    return layers
+
+
+def load_layers(
+    index: int, params: MediaParams | None = None, cache_dir: Path | None = None
+) -> list[EncodedClip]:
+    """The endpoint's clip for each simulcast layer, low to high, each encoded once and cached like
+    :func:`load_clip` (the top one is ``load_clip(index, params)``)."""
+    return [load_clip(index, p, cache_dir) for p in layer_params(params or MediaParams())]
 
 
 def load_clip(index: int, params: MediaParams | None = None, cache_dir: Path | None = None) -> EncodedClip:

@@ -29,7 +29,7 @@ async def _read_command() -> dict[str, Any]:
 
 async def _worker(spec: dict[str, Any]) -> None:
     from conference.loadtest.endpoint import Endpoint, EndpointConfig
-    from conference.loadtest.testmedia import load_clip
+    from conference.loadtest.testmedia import load_clip, load_layers
 
     cache_dir = Path(spec["cache_dir"]) if spec.get("cache_dir") else None
     endpoints: list[Endpoint] = []
@@ -39,6 +39,8 @@ async def _worker(spec: dict[str, Any]) -> None:
     decode_modes: dict[str, str] = {}
     for item in spec["endpoints"]:
         load_clip(item["index"], cache_dir=cache_dir)  # encode now (or read the cache), not at join
+        if spec.get("simulcast", True):
+            load_layers(item["index"], cache_dir=cache_dir)
         config = EndpointConfig(
             url=spec["url"],
             token=item["token"],
@@ -49,6 +51,7 @@ async def _worker(spec: dict[str, Any]) -> None:
             speaking=item["speaking"],
             decode=item["decode"],
             raw_media=spec.get("raw_media", True),
+            simulcast=spec.get("simulcast", True),
             cache_dir=cache_dir,
             palette=spec["palette"],
             join_timeout=spec["join_timeout"],

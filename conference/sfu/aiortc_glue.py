@@ -60,9 +60,13 @@ from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
     RtcpByePacket,
     RtcpPsfbPacket,
     RtcpRrPacket,
+    RtcpRtpfbPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSourceInfo,
@@ -208,8 +212,9 @@ def check_instances(pc: RTCPeerConnection) -> None:
             if not hasattr(transceiver, name):
                 raise _fail(f"RTCRtpTransceiver has no attribute {name}")
         dtls = transceiver.receiver.transport
-        if not isinstance(getattr(getattr(dtls, "_rtp_router", None), "ssrc_table", None), dict):
-            raise _fail("RTCDtlsTransport has no _rtp_router.ssrc_table")
+        for table in ("ssrc_table", "senders"):
+            if not isinstance(getattr(getattr(dtls, "_rtp_router", None), table, None), dict):
+                raise _fail(f"RTCDtlsTransport has no _rtp_router.{table}")
         for name in ("_rx_srtp", "_tx_srtp", "_rtp_header_extensions_map"):
             if not hasattr(dtls, name):
                 raise _fail(f"RTCDtlsTransport has no attribute {name}")
@@ -864,6 +869,36 @@ def route_sender_reports(dtls: RTCDtlsTransport, ssrc: int, receiver: RTCRtpRece
     not list) to ``receiver``, so our receiver reports carry its LSR/DLSR (the publisher's round
     trip). aiortc learns SSRCs from the RTP it parses, which the forwarder's hook bypasses."""
     dtls._rtp_router.ssrc_table[ssrc] = receiver
+
+
+class _LayerRtcp:
+    """What aiortc's RTP router hands the RTCP naming an SSRC that no aiortc sender owns (a load
+    endpoint's simulcast layer): PLI/FIR and NACK go to the callbacks with that SSRC."""
+
+    def __init__(
+        self, ssrc: int, on_keyframe_request: Callable[[int], None], on_nack: Callable[[int, int], None]
+    ) -> None:
+        self._ssrc = ssrc
+        self.on_keyframe_request = on_keyframe_request
+        self.on_nack = on_nack
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            for sequence in packet.lost:
+                self.on_nack(sequence, self._ssrc)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_FIR, RTCP_PSFB_PLI):
+            self.on_keyframe_request(self._ssrc)
+
+
+def route_layer_rtcp(
+    dtls: RTCDtlsTransport,
+    ssrc: int,
+    on_keyframe_request: Callable[[int], None],
+    on_nack: Callable[[int, int], None],
+) -> None:
+    """Let the keyframe requests and NACKs for ``ssrc``, a stream sent beside aiortc's senders (a
+    load endpoint's simulcast layer), reach ``on_keyframe_request(ssrc)`` / ``on_nack(seq, ssrc)``."""
+    dtls._rtp_router.senders[ssrc] = _LayerRtcp(ssrc, on_keyframe_request, on_nack)
 
 
 def take_over_sender_reports(sender: RTCRtpSender) -> None:
