@@ -668,3 +668,45 @@ async def test_load_endpoint_publishes_simulcast_and_a_slot_switches_layers(
     finally:
         for endpoint in (single, hall, chair):
             await endpoint.close()
+
+
+async def test_load_endpoint_answers_transport_cc_on_its_receive_slots(
+    signaling_server: Any, settings: Any, mint: Any, cache_dir: Path
+) -> None:
+    """The server stamps transport-cc on what its slots send where the answer kept it: the load
+    endpoint keeps it, notes each stamped packet's arrival and sends feedback every 50 ms with the
+    core's encoder, which the server parses for its send-side estimate."""
+    settings = dataclasses.replace(settings, media=True)
+    server = await signaling_server(settings, MEDIA_BACKENDS["sfu"](settings))
+    url = str(server.make_url("/"))
+    palette = {"chair": 11, "hall-a": 12}
+    endpoints = [
+        Endpoint(
+            EndpointConfig(
+                url=url,
+                token=mint("council", identity, role),
+                identity=identity,
+                index=palette[identity],
+                media=PARAMS,
+                cache_dir=cache_dir,
+                palette=palette,
+                raw_media=True,
+                video_slots=1,
+            )
+        )
+        for identity, role in (("chair", "chair"), ("hall-a", "venue"))
+    ]
+    chair, hall = endpoints
+    try:
+        for endpoint in endpoints:
+            await endpoint.join()
+        await chair.set_program("single", ["hall-a"])
+        assert chair.receive_cc is not None and hall.receive_cc is not None
+        assert await _wait_for(lambda: chair.transport_cc_feedback_sent > 10, 10)
+        assert chair.receive_cc.packets > 50
+        session = server.app[MEDIA_KEY].rooms["council"].transports["chair"]
+        assert await _wait_for(lambda: session.feedback_in > 10, 5)
+        assert session.feedback_refused == 0
+    finally:
+        for endpoint in endpoints:
+            await endpoint.close()
