@@ -111,3 +111,16 @@ async def test_a_take_after_a_relayed_pli_asks_the_publisher_again() -> None:
     slot.set_want("cam", producer)  # the take
     assert len(plis) == 2, "the take's request went out at once"
     producer.keyframes.stop()
+
+
+async def test_the_answer_time_runs_from_the_first_request_after_the_last_keyframe() -> None:
+    manager = KeyFrameRequestManager(lambda: None)
+    assert manager.received() is None, "a keyframe nobody asked for answers nothing"
+    manager.request()
+    await asyncio.sleep(0.03)
+    manager.request(force=True)  # a second request before the keyframe: still timed from the first
+    await asyncio.sleep(0.03)
+    answer = manager.received()
+    assert answer is not None and 0.05 <= answer < 0.5
+    assert manager.received() is None, "the next packet of the same keyframe answers nothing"
+    manager.stop()

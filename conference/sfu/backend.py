@@ -289,6 +289,13 @@ class SfuBackend:
                 "p95": c.switch_wait.percentile(95),
                 "histogram": c.switch_wait.snapshot(),
             },
+            "keyframe_answer_us": {
+                # A publisher's answer to a keyframe request (see ``Counters.keyframe_answer``).
+                "count": c.keyframe_answer.total,
+                "p50": c.keyframe_answer.percentile(50),
+                "p95": c.keyframe_answer.percentile(95),
+                "histogram": c.keyframe_answer.snapshot(),
+            },
             "per_session": sessions,
         }
 

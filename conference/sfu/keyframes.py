@@ -31,13 +31,16 @@ PENDING_RETRY = 1.0
 class KeyFrameRequestManager:
     """``request()`` when someone needs a keyframe; ``send`` is called when one must be asked for."""
 
-    __slots__ = ("_deferred", "_send", "answered", "last_sent")
+    __slots__ = ("_deferred", "_send", "answered", "asked_at", "last_sent")
 
     def __init__(self, send: Callable[[], None]) -> None:
         self._send = send
         self._deferred: asyncio.TimerHandle | None = None
         self.last_sent = -1e9  # time.monotonic() of the last request sent
         self.answered = True  # a keyframe came after the last request
+        # When the first request after the last keyframe went out: the publisher's answer time (the
+        # round trip and its encoder) is measured from it, apart from the coalescing here.
+        self.asked_at = 0.0
 
     def request(self, force: bool = False, switch: bool = False) -> None:
         now = time.monotonic()
@@ -52,10 +55,15 @@ class KeyFrameRequestManager:
             self.stop()
             self._deferred = asyncio.get_running_loop().call_later(wait, self._fire_deferred)
 
-    def received(self) -> None:
-        """A keyframe arrived: it answers every request made before it, a deferred one too."""
+    def received(self) -> float | None:
+        """A keyframe arrived: it answers every request made before it, a deferred one too.
+        Returns the seconds since the first request it answers (None: nothing was asked)."""
+        if self.answered:
+            self.stop()
+            return None
         self.answered = True
         self.stop()
+        return time.monotonic() - self.asked_at
 
     def overdue(self, now: float) -> bool:
         """Nothing was asked for in the last ``PENDING_RETRY`` seconds (``now``: time.monotonic())."""
@@ -73,5 +81,7 @@ class KeyFrameRequestManager:
     def _fire(self, now: float) -> None:
         self.stop()
         self.last_sent = now
+        if self.answered:
+            self.asked_at = now
         self.answered = False
         self._send()

@@ -218,7 +218,9 @@ class Producer:
             self.cache.put(header.sequence, data)
             if keyframe:
                 self.keyframe_wanted = self.sink_wants_keyframe = False
-                self.keyframes.received()
+                answer = self.keyframes.received()
+                if answer is not None:
+                    counters.keyframe_answer.add(answer)
                 if self.layer >= 0 and self.codec == "vp8":
                     self.width = (
                         vp8_keyframe_width(data, header.payload_offset, header.payload_end) or self.width

@@ -107,3 +107,6 @@ class Counters:
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     # A video slot's wait from being given a new source to switching on its keyframe.
     switch_wait: DelayHistogram = field(default_factory=DelayHistogram)
+    # A publisher's answer to a keyframe request: from the first request after its last keyframe to
+    # the next keyframe's first packet (round trip + the publisher's own delay; no coalescing here).
+    keyframe_answer: DelayHistogram = field(default_factory=DelayHistogram)
