@@ -55,18 +55,21 @@ async def test_fresh_ssrcs_do_not_open_a_track_file_each(signaling_server, conne
         raw = venue.raw
         assert raw is not None and raw.video is not None
         requests_before = backend.stats()["keyframe_requests_sent"]
+        # Marked as the venue's top layer (its mid and RID, as its own packets are): each packet
+        # claims a fresh stream of that layer.
+        video_ext = raw.layers[-1].ext
         sequence = random.getrandbits(16)
         for i in range(600):
             head = struct.pack(
                 "!BBHII",
-                0x90 if raw.video_ext else 0x80,
+                0x90 if video_ext else 0x80,
                 raw.video.payload_type,
                 sequence,
                 i * 3000,
                 0x10000 + i,
             )
             sequence = (sequence + 1) & 0xFFFF
-            assert raw.output.send(head + raw.video_ext + bytes((0x90, 0x80, 0x80, i & 0xFF)) + b"\x00" * 40)
+            assert raw.output.send(head + video_ext + bytes((0x90, 0x80, 0x80, i & 0xFF)) + b"\x00" * 40)
             if i % 50 == 49:
                 await asyncio.sleep(0.01)  # the server's loop reads them as they come
         await asyncio.sleep(1.0)
