@@ -190,27 +190,42 @@ LOSS_STALE_S = 5.0
 
 class LossCounter:
     """A subscriber's loss on its video slots, from its receiver reports' cumulative counters
-    (extended highest sequence, packets lost) per slot SSRC."""
+    (extended highest sequence, packets lost) per slot SSRC.
+
+    A subscriber counts as lost whatever it did not get, also what the server never had: a gap in
+    a publisher's stream until the repair comes in (behind 150 ms that is every upstream loss for
+    a round trip, often over LOSS_HIGH of one report), or for good. Where the slot says how many
+    packets it sent up to the report's highest (``sent``), the loss is taken against that: only
+    what the server sent and the subscriber did not receive is its downlink's (as LiveKit's
+    sender statistics do)."""
 
     __slots__ = ("_at", "_expected", "_lost", "_marks")
 
     def __init__(self) -> None:
-        self._marks: dict[int, tuple[int, int]] = {}
+        self._marks: dict[int, tuple[int, int, int | None]] = {}
         self._expected = 0
         self._lost = 0
         self._at = 0.0
 
-    def report(self, ssrc: int, highest: int, lost: int, now: float) -> None:
+    def report(self, ssrc: int, highest: int, lost: int, now: float, sent: int | None = None) -> None:
+        """``sent``: the packets the slot sent up to ``highest``, first sends only (a count that
+        only grows), or None where the slot cannot tell."""
         mark = self._marks.get(ssrc)
-        self._marks[ssrc] = (highest, lost)
+        self._marks[ssrc] = (highest, lost, sent)
         if mark is None:
             return
         expected = (highest - mark[0]) & 0xFFFFFFFF
         if 0 < expected < 0x8000:  # not a restart of the slot's numbering
+            lost_now = lost - mark[1]  # repairs that came late count back
+            if sent is not None and mark[2] is not None and 0 < sent - mark[2] <= expected:
+                # Sent, less what arrived: the gaps the server forwarded are not the downlink's.
+                received = expected - lost_now
+                expected = sent - mark[2]
+                lost_now = expected - received
             if not self._expected:
                 self._at = now
             self._expected += expected
-            self._lost += lost - mark[1]  # repairs that came late count back
+            self._lost += lost_now
 
     def take(self, now: float) -> float | None:
         """The fraction lost (0-1) since the last answer, once LOSS_MIN_PACKETS were expected;

@@ -41,6 +41,7 @@ SERVER_COUNTERS = (
     "nacks_sent",
     "nacks_given_up",
     "srtp_unprotect_errors",
+    "downlink_limits",
 )
 _servers: list[Any] = []  # the server of the venues being measured (sfu mode)
 HOST_ADDRESS, NS_ADDRESS, NAMESPACE = "10.77.0.1", "10.77.0.2", "imp"

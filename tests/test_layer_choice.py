@@ -232,3 +232,52 @@ def test_a_layer_that_starts_again_is_offered_only_once_it_kept_arriving() -> No
     assert not layer.steady(t)
     layer.last_packet_at = t + LAYER_RESUME_S
     assert layer.steady(t + LAYER_RESUME_S)
+
+
+def test_loss_is_taken_against_what_the_slot_sent() -> None:
+    """A gap the server forwarded (an upstream loss, a repair not in yet) is not the downlink's."""
+    losses = LossCounter()
+    losses.report(1, 1000, 0, 0.0, sent=900)
+    # 200 numbers on, 30 of them never sent (the publisher's uplink lost them): the subscriber
+    # counts 30 lost, 0 of its own.
+    losses.report(1, 1200, 30, 1.0, sent=1070)
+    assert losses.take(1.0) == 0.0
+    # 10 of the 170 sent next are lost on the downlink, besides 30 more upstream gaps.
+    losses.report(1, 1400, 70, 2.0, sent=1240)
+    assert losses.take(2.0) == 10 / 170
+    # The upstream repairs arrive late and are forwarded: the subscriber's count goes back by
+    # what the server sent late, and that is no gain of the downlink's either.
+    losses.report(1, 1500, 40, 3.0, sent=1370)
+    assert losses.take(3.0) == 0.0
+    # A slot that cannot tell what it sent: as the counters say.
+    losses.report(2, 0, 0, 3.0)
+    losses.report(2, 200, 30, 4.0)
+    assert losses.take(4.0) == 30 / 200
+
+
+def test_a_slot_counts_what_it_sent_up_to_the_subscribers_highest() -> None:
+    """DownTrack.sent_through: first sends of the slot's numbers up to the report's highest."""
+    import struct
+    from types import SimpleNamespace
+
+    from conference.sfu.consumer import DownTrack
+    from conference.sfu.packet import CodecInfo, parse_header
+    from conference.sfu.stats import Counters
+
+    h264 = CodecInfo("h264", 102, 90_000)
+    slot = DownTrack("video", "video", 0, SimpleNamespace(send=lambda d: True), Counters())
+    assert slot.sent_through(0) is None
+    slot.configure(5000, [h264], {}, "0")
+    slot.rewriter.switch(77)
+    out: list[int] = []
+    for seq in [*range(100, 150), *range(160, 200)]:  # 150-159 never reached the server
+        data = struct.pack("!BBHII", 0x80, 102, seq, seq * 3000, 77) + bytes(20)
+        rewritten = slot.rewriter.rewrite(data, parse_header(data), 0, None, seq == 100, seq / 30)
+        assert rewritten is not None
+        out.append(struct.unpack_from("!H", rewritten, 2)[0])
+    assert len(set(out)) == 90 and (out[-1] - out[0]) & 0xFFFF == 99  # the gap stays a gap
+    assert slot.sent_through(out[-1]) == 90
+    assert slot.sent_through(out[79]) == 80  # the last ten are in flight
+    slot.retransmitted += 3  # answered NACKs are not first sends
+    slot.rewriter.packets_sent += 3
+    assert slot.sent_through(out[-1]) == 90

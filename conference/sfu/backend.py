@@ -268,6 +268,7 @@ class SfuBackend:
             "nacks_given_up": c.nacks_given_up,
             "reports_sent": c.reports_sent,
             "transport_cc_feedback": c.transport_cc_feedback,
+            "downlink_limits": c.downlink_limits,
             "levels_decoded": c.levels_decoded,
             "stream_changes_refused": c.stream_changes_refused,
             "decoded_frames": decoded,

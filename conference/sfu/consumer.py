@@ -91,12 +91,25 @@ class DownTrack:
         self.waiting: Producer | None = None  # switching to this one on its next keyframe
         self.waiting_since = 0.0
         self.packets = 0
+        self.retransmitted = 0  # NACKs answered (the rewriter counts them among its packets)
         # RTX toward the subscriber (configure): answered NACKs go out as their own stream, so the
         # subscriber's statistics see the loss and the repair apart.
         self.rtx: dict[int, int] = {}
         self.rtx_ssrc = 0
         self.rtx_sequence = random.getrandbits(16)
         # Set by a transport whose stack sends sender reports from its own counters (aiortc).
+
+    def sent_through(self, highest: int) -> int | None:
+        """The packets this slot sent with sequence numbers up to the subscriber's ``highest``
+        (first sends: answered NACKs left out), for its receiver reports (``LossCounter``); those
+        sent after ``highest`` are taken as in flight. None: not configured."""
+        rewriter = self.rewriter
+        if rewriter is None:
+            return None
+        in_flight = (rewriter.last_sequence - highest) & 0xFFFF
+        if in_flight >= 0x8000:  # the report is ahead of what was sent: a restart
+            return None
+        return rewriter.packets_sent - self.retransmitted - in_flight
 
     @property
     def configured(self) -> bool:
@@ -222,6 +235,7 @@ class DownTrack:
         out = self.rewriter.rewrite(data, header, abs_send_time(now), None, False, now)
         if out is None:
             return
+        self.retransmitted += 1
         rtx_type = self.rtx.get(out[1] & 0x7F) if self.rtx else None
         if rtx_type is not None:
             rewritten = parse_header(out)

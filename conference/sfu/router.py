@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SPEAKERS_INTERVAL = 0.4  # ``speakers`` events go out at most this often
-UPSTREAM_LOSS_MAX = 0.05  # a subscriber's losses count toward its layers only under this upstream
 
 
 class Router:
@@ -111,13 +110,9 @@ class Router:
         link = transport.downlink
         sources = [t.source for t in (*transport.video, *transport.previews) if t.source is not None]
         sending = sum(p.bitrate for p in sources)
+        # Its own: taken against what its slots sent (``LossCounter``), so what a publisher's
+        # uplink lost, or has not had repaired yet, does not count against this downlink.
         loss = transport.take_loss()
-        if loss is not None and sources:
-            # What a publisher's link lost reaches the subscriber as loss too (until repaired, or
-            # for good when the repair fails, as behind a full uplink): only the rest is its own,
-            # and while a source's uplink loses more than UPSTREAM_LOSS_MAX it cannot be told apart.
-            upstream = max(p.reception.fraction_lost for p in sources) / 256
-            loss = None if upstream > UPSTREAM_LOSS_MAX else max(0.0, loss - upstream)
         # Losses only: a browser's REMB (``downlink_estimate``, shown in /api/stats) is not acted on
         # (see layer_choice.congestion_estimate).
         # The server's transport-cc estimate of the leg where the subscriber sends that feedback.
@@ -130,7 +125,10 @@ class Router:
                 for o, c in zip(options, choices, strict=True)
                 if c is not None
             )
+            before = link.budget
             budget = layer_choice.downlink_budget(link, estimate, wanted, now)
+            if budget is not None and (before is None or budget < before):
+                self.backend.counters.downlink_limits += 1
             choices = layer_choice.fit_bandwidth(choices, seen, budget)
         return [
             next((p for p in o if max(0, p.layer) == c), None) if c is not None else None

@@ -147,8 +147,8 @@ class Session(Transport):
         self.remb = bitrate
         self.remb_at = time.time()
 
-    def _on_loss(self, ssrc: int, highest: int, lost: int) -> None:
-        self.losses.report(ssrc, highest, lost, time.time())
+    def _on_loss(self, track: DownTrack, ssrc: int, highest: int, lost: int) -> None:
+        self.losses.report(ssrc, highest, lost, time.time(), track.sent_through(highest))
 
     def downlink_estimate(self, now: float) -> int | None:
         return self.remb if self.remb is not None and now - self.remb_at < ESTIMATE_STALE_S else None
@@ -252,7 +252,7 @@ class Session(Transport):
                     track.on_keyframe_request,
                     track.on_nack,
                     self._on_remb if video else None,
-                    self._on_loss if video else None,
+                    functools.partial(self._on_loss, track) if video else None,
                 )
                 glue.take_over_sender_reports(sender)  # the leg's own, batched: _send_sender_reports
                 self.transceivers[track] = transceiver

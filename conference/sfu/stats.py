@@ -101,6 +101,8 @@ class Counters:
     nacks_given_up: int = 0  # missing packets no longer asked for (each costs a keyframe request)
     reports_sent: int = 0  # RTCP RR (+REMB) sent to publishers
     transport_cc_feedback: int = 0  # transport-cc feedback packets sent to publishers
+    # Subscribers' downlink budgets lowered (congestion: their losses, or a send-side estimate).
+    downlink_limits: int = 0
     levels_decoded: int = 0  # audio packets without a level extension, decoded to measure one
     # Packets of a new stream (SSRC or payload type) refused: too many streams or changes too fast.
     stream_changes_refused: int = 0
