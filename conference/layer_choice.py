@@ -215,10 +215,14 @@ class LossCounter:
         if mark is None:
             return
         expected = (highest - mark[0]) & 0xFFFFFFFF
-        if 0 < expected < 0x8000:  # not a restart of the slot's numbering
+        # Not a restart of the slot's numbering; a report with nothing new still counts (its
+        # repairs, what was sent), or the sums would lose it.
+        if expected < 0x8000:
             lost_now = lost - mark[1]  # repairs that came late count back
-            if sent is not None and mark[2] is not None and 0 < sent - mark[2] <= expected:
+            if sent is not None and mark[2] is not None:
                 # Sent, less what arrived: the gaps the server forwarded are not the downlink's.
+                # Always this way once the slot counts (a report's own figures are off by the few
+                # packets in flight either way, which the next report settles: the sums stay true).
                 received = expected - lost_now
                 expected = sent - mark[2]
                 lost_now = expected - received

@@ -281,3 +281,20 @@ def test_a_slot_counts_what_it_sent_up_to_the_subscribers_highest() -> None:
     slot.retransmitted += 3  # answered NACKs are not first sends
     slot.rewriter.packets_sent += 3
     assert slot.sent_through(out[-1]) == 90
+
+
+def test_a_report_with_nothing_new_still_counts_its_repairs() -> None:
+    """Chromium sends a receiver report with each NACK, often with the same highest as the last:
+    its repairs (lost counted back) and what was sent must stay in the sums (seen behind 150 ms:
+    leaving such reports out read 10-14 % for a subscriber whose own loss over the run was 0)."""
+    losses = LossCounter()
+    losses.report(1, 1000, 0, 0.0, sent=1000)
+    losses.report(1, 1100, 8, 0.5, sent=1092)  # 8 not yet had by the server: not the downlink's
+    losses.report(1, 1100, 3, 0.6, sent=1097)  # 5 of them came and were sent; nothing new
+    losses.report(1, 1200, 3, 1.0, sent=1197)
+    assert losses.take(1.0) == 0.0
+    # Without the slot's count, the same reports read B's own counters: 3 of 200.
+    raw = LossCounter()
+    for highest, lost, at in ((1000, 0, 0.0), (1100, 8, 0.5), (1100, 3, 0.6), (1200, 3, 1.0)):
+        raw.report(1, highest, lost, at)
+    assert raw.take(1.0) == 3 / 200

@@ -83,6 +83,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="load endpoints publish one video stream instead of answering the server's simulcast offer "
         "with three layers (q/h/f: a quarter, half and all of the clip's size, each its own SSRC and RID)",
     )
+    parser.add_argument(
+        "--load-nice",
+        type=int,
+        default=0,
+        help="niceness of the load processes (0: as the server): on a machine shared by the server and "
+        "its load, a higher value lets the server run first, as it would on cores of its own",
+    )
     parser.add_argument("--room", default="bench")
     parser.add_argument("--record", action="store_true", help="record the meeting (server auto_record)")
     parser.add_argument(
@@ -510,6 +517,7 @@ class Bench:
                 # A long run's report is one JSON line of every endpoint's switch times: more than
                 # the 64 KiB a stream reader takes by default (a 10-minute soak lost its report).
                 limit=64 * 2**20,
+                preexec_fn=(lambda: os.nice(nice)) if (nice := self.args.load_nice) else None,
             )
             worker = Worker(number, process, group)
             worker.start_reading()
