@@ -75,7 +75,8 @@ class Settings:
     # drive its layer choice in place of the loss rule. Off until it is tuned: behind a 1 Mbit/s
     # downlink it froze the grid's slots for 4-19 s of 20 where the loss rule froze none, and its
     # budget recovered slowly (docs/performance.md, "Transport-cc from subscribers, wired"). Off,
-    # the estimate is still made and shown in /api/stats.
+    # the slots are not offered transport-cc at all (no stamping, no feedback to parse: 15-20 % of
+    # the server's CPU at 50 endpoints for a figure nothing used).
     send_side_bwe: bool = False
     # Ask publishers for three simulcast layers (browsers send them) and give each subscriber's slot
     # the layer its tile needs (conference.layer_choice); false: one stream per publisher, as sent.

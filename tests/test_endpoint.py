@@ -676,7 +676,7 @@ async def test_load_endpoint_answers_transport_cc_on_its_receive_slots(
     """The server stamps transport-cc on what its slots send where the answer kept it: the load
     endpoint keeps it, notes each stamped packet's arrival and sends feedback every 50 ms with the
     core's encoder, which the server parses for its send-side estimate."""
-    settings = dataclasses.replace(settings, media=True)
+    settings = dataclasses.replace(settings, media=True, send_side_bwe=True)  # slots offer it only then
     server = await signaling_server(settings, MEDIA_BACKENDS["sfu"](settings))
     url = str(server.make_url("/"))
     palette = {"chair": 11, "hall-a": 12}

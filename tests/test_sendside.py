@@ -141,7 +141,7 @@ def feedback_for(sent: SentPackets, count: int, delay_us: int, media_ssrc: int, 
 
 
 async def test_a_leg_that_keeps_transport_cc_stamps_its_slots_and_estimates_from_its_feedback() -> None:
-    meeting = Meeting()
+    meeting = Meeting(send_side_bwe=True)  # the slots are offered transport-cc only with the setting
     try:
         await meeting.start()
         await meeting.add("alice", 0, video_slots=1, audio_slots=1)
@@ -201,3 +201,24 @@ def test_the_audio_level_element_still_parses_beside_the_sequence() -> None:
     assert header is not None
     assert extension_value(data, header, 3) == b"\xbe\xef"
     assert extension_value(data, header, 1) == b"\x05"
+
+
+async def test_without_the_setting_slots_are_not_offered_transport_cc() -> None:
+    """send_side_bwe off (the default): publishers' m-sections keep transport-cc (their browser's
+    estimate), the slots are offered none, so nothing is stamped and no feedback comes."""
+    meeting = Meeting()
+    try:
+        await meeting.start()
+        await meeting.add("alice", 0, video_slots=1, audio_slots=1)
+        subscriber, session = await join_keeping_transport_cc(meeting, "bob", 1)
+        await meeting.command(set_program, "single", ["alice"])
+        publisher = meeting.backend.rooms[meeting.room].transports["alice"]
+        offered = set(answered_extension(publisher.offer["sdp"], URI_TRANSPORT_CC))
+        slots = {*publisher.offer["slots"]["video"], *publisher.offer["slots"]["audio"]}
+        assert offered and not offered & slots
+        assert not answered_extension(session.offer["sdp"], URI_TRANSPORT_CC)  # bob publishes nothing
+        await wait_for(lambda: subscriber.video(0).frames > 10, 20, "bob decoding alice")
+        assert session.sent is None and not any(t.rewriter.sends_transport_cc for t in session.down_tracks())
+        assert session.stats()["transport_cc_out"] is None and session.send_side_estimate() is None
+    finally:
+        await meeting.close()

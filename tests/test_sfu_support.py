@@ -295,9 +295,11 @@ class Endpoint:
 class Meeting:
     """A room in a MemoryRoomStore with the SFU listening to its events."""
 
-    def __init__(self, max_endpoints: int = 12, max_previews: int | None = 12) -> None:
+    def __init__(
+        self, max_endpoints: int = 12, max_previews: int | None = 12, send_side_bwe: bool = False
+    ) -> None:
         self.store = MemoryRoomStore()
-        self.backend = SfuBackend(max_previews=max_previews)
+        self.backend = SfuBackend(max_previews=max_previews, send_side_bwe=send_side_bwe)
         self.messages: list[tuple[str, str | None, dict[str, Any]]] = []
         self.backend.set_emitter(lambda room, who, msg: self.messages.append((room, who, msg)))
         self.store.subscribe(self.backend.room_changed)
