@@ -185,6 +185,9 @@ def downlink_budget(link: Downlink, estimate: int | None, wanted: int, now: floa
 # A subscriber's loss is taken over at least this many packets of its video slots: Chromium sends
 # a receiver report with every NACK, so a report's own fraction lost is often 1 of 2 packets.
 LOSS_MIN_PACKETS = 100
+# A slot's count of what it sent goes back by the few packets taken as in flight that had not
+# been sent (reordered upstream); by more, the slot was set up again and counts from 0.
+SENT_SLACK = 64
 LOSS_STALE_S = 5.0
 
 
@@ -215,9 +218,10 @@ class LossCounter:
         if mark is None:
             return
         expected = (highest - mark[0]) & 0xFFFFFFFF
-        # Not a restart of the slot's numbering; a report with nothing new still counts (its
-        # repairs, what was sent), or the sums would lose it.
-        if expected < 0x8000:
+        # Not a restart of the slot's numbering (nor of its count of what it sent); a report with
+        # nothing new still counts (its repairs, what was sent), or the sums would lose it.
+        restarted = sent is not None and mark[2] is not None and sent < mark[2] - SENT_SLACK
+        if expected < 0x8000 and not restarted:
             lost_now = lost - mark[1]  # repairs that came late count back
             if sent is not None and mark[2] is not None:
                 # Sent, less what arrived: the gaps the server forwarded are not the downlink's.

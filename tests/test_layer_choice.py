@@ -249,6 +249,11 @@ def test_loss_is_taken_against_what_the_slot_sent() -> None:
     # what the server sent late, and that is no gain of the downlink's either.
     losses.report(1, 1500, 40, 3.0, sent=1370)
     assert losses.take(3.0) == 0.0
+    # The slot set up again (its count from 0): a restart, not -1,370 packets sent.
+    losses.report(1, 1600, 40, 3.5, sent=0)
+    assert losses.take(3.5) is None
+    losses.report(1, 1700, 40, 4.0, sent=100)
+    assert losses.take(4.0) == 0.0
     # A slot that cannot tell what it sent: as the counters say.
     losses.report(2, 0, 0, 3.0)
     losses.report(2, 200, 30, 4.0)

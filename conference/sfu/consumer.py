@@ -140,6 +140,7 @@ class DownTrack:
             self.codecs.setdefault(c.name, c)
         self.payload_types = {c.payload_type: c for c in codecs}
         first = codecs[0]
+        self.retransmitted = 0  # counted with the rewriter's packets, which start again here
         self.rewriter = StreamRewriter(
             ssrc,
             first.payload_type,
