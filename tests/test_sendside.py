@@ -127,6 +127,16 @@ async def join_keeping_transport_cc(meeting: Meeting, identity: str, index: int)
     return endpoint, session
 
 
+async def alice_on_bobs_program(meeting: Meeting) -> tuple[Endpoint, Any]:
+    """The meeting started, alice (aiortc) publishing, bob keeping transport-cc (as Chromium)
+    with alice on the program."""
+    await meeting.start()
+    await meeting.add("alice", 0, video_slots=1, audio_slots=1)
+    subscriber, session = await join_keeping_transport_cc(meeting, "bob", 1)
+    await meeting.command(set_program, "single", ["alice"])
+    return subscriber, session
+
+
 def feedback_for(sent: SentPackets, count: int, delay_us: int, media_ssrc: int, fb_count: int) -> bytes:
     """Transport feedback for the leg's last ``count`` stamped packets, each arriving ``delay_us``
     after it was sent (a clear link)."""
@@ -143,10 +153,7 @@ def feedback_for(sent: SentPackets, count: int, delay_us: int, media_ssrc: int, 
 async def test_a_leg_that_keeps_transport_cc_stamps_its_slots_and_estimates_from_its_feedback() -> None:
     meeting = Meeting(send_side_bwe=True)  # the slots are offered transport-cc only with the setting
     try:
-        await meeting.start()
-        await meeting.add("alice", 0, video_slots=1, audio_slots=1)
-        subscriber, session = await join_keeping_transport_cc(meeting, "bob", 1)
-        await meeting.command(set_program, "single", ["alice"])
+        subscriber, session = await alice_on_bobs_program(meeting)
         plain = meeting.backend.rooms[meeting.room].transports["alice"]
         # The offer asked on every m-section, one id; the aiortc publisher's answer kept none.
         offer = session.offer["sdp"]
@@ -208,10 +215,7 @@ async def test_without_the_setting_slots_are_not_offered_transport_cc() -> None:
     estimate), the slots are offered none, so nothing is stamped and no feedback comes."""
     meeting = Meeting()
     try:
-        await meeting.start()
-        await meeting.add("alice", 0, video_slots=1, audio_slots=1)
-        subscriber, session = await join_keeping_transport_cc(meeting, "bob", 1)
-        await meeting.command(set_program, "single", ["alice"])
+        subscriber, session = await alice_on_bobs_program(meeting)
         publisher = meeting.backend.rooms[meeting.room].transports["alice"]
         offered = set(answered_extension(publisher.offer["sdp"], URI_TRANSPORT_CC))
         slots = {*publisher.offer["slots"]["video"], *publisher.offer["slots"]["audio"]}
