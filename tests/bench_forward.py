@@ -90,6 +90,20 @@ def srtp_session(key: bytes = SRTP_KEY) -> Any:
     return Session(policy)
 
 
+def srtp_context(dtls: Any, key: bytes = SRTP_KEY) -> Any:
+    """``srtp_session`` made as the leg's handshake makes it: the key noted on ``dtls`` so the leg
+    can give each SSRC a session of its own (trees before that only get the session)."""
+    from conference.sfu import aiortc_glue
+
+    session = srtp_session(key)
+    remember = getattr(aiortc_glue, "remember_outbound_policy", None)
+    if remember is not None:
+        from pylibsrtp import Policy
+
+        remember(dtls, session, key, Policy.SRTP_PROFILE_AEAD_AES_256_GCM, SEND_WINDOW)
+    return session
+
+
 async def local_leg(remote: tuple[str, int], native: bool, key: bytes = SRTP_KEY) -> Any:
     """A ``LegOutput`` on a real UDP socket (an aioice ``StunProtocol`` on this machine's
     127.0.0.1, as aioice binds one per candidate) whose nominated pair sends to ``remote``, with a
@@ -105,7 +119,8 @@ async def local_leg(remote: tuple[str, int], native: bool, key: bytes = SRTP_KEY
     )
     pair = SimpleNamespace(protocol=protocol, remote_addr=remote)
     connection = SimpleNamespace(_nominated={1: pair})
-    dtls = SimpleNamespace(_tx_srtp=srtp_session(key), transport=SimpleNamespace(_connection=connection))
+    dtls = SimpleNamespace(transport=SimpleNamespace(_connection=connection))
+    dtls._tx_srtp = srtp_context(dtls, key)
     # (Without ``native`` as LegOutput was before the native send: the script also measures that tree.)
     return LegOutput(dtls, native=True) if native else LegOutput(dtls)  # type: ignore[arg-type]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pylibsrtp
 import pytest
-from bench_forward import build_package_layout, local_leg, packets, srtp_session
+from bench_forward import build_package_layout, local_leg, packets, srtp_context, srtp_session
 from test_aiortc_glue import Pair
 from test_sfu_support import nearest_colour
 
@@ -120,7 +120,7 @@ async def forward(
         track.set_want("pub", producer)
     for n, data in enumerate(video[1:]):
         if n == 15:  # a new SRTP context on one leg (as a DTLS restart gives): the checks see it
-            legs[1]._dtls._tx_srtp = srtp_session()
+            legs[1]._dtls._tx_srtp = srtp_context(legs[1]._dtls)
         if n == 25:  # and another nominated pair (the same socket and peer) on another
             pair = legs[2]._connection._nominated[1]
             legs[2]._connection._nominated[1] = type(pair)(
@@ -311,6 +311,126 @@ async def test_a_packet_too_long_for_libsrtp_is_refused_alike() -> None:
         wire.close()
 
 
+def rtp_of(ssrc: int, seq: int, size: int = 200) -> tuple[bytes, bytes]:
+    """(header, whole packet) of a VP8-typed RTP packet of ``ssrc``."""
+    head = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, seq * 3000, ssrc)
+    return head, head + bytes((seq + i) & 0xFF for i in range(size))
+
+
+def inbound_session() -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(
+        key=bytes(range(44)),
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+        srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+    )
+    policy.window_size = 1024
+    return pylibsrtp.Session(policy)
+
+
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=needs_native)])
+async def test_each_ssrc_has_a_session_of_its_own_and_the_bytes_are_one_sessions(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 outgoing SSRCs on one leg, each through the 16-bit sequence wrap: the first 30 get a
+    session of their own (the limit lowered to 30), the rest stay on the leg's; the datagrams are
+    byte for byte what the leg's one ANY_OUTBOUND session gives, and a receiver decodes them."""
+    monkeypatch.setattr(glue, "MAX_STREAM_SESSIONS", 30)
+    wire = Wire()
+    try:
+        leg = await local_leg(wire.address, native)
+        reference = srtp_session()
+        expected, sent = [], 0
+        for seq in (65533, 65534, 65535, 65536, 65537):
+            for n in range(40):
+                head, packet = rtp_of(0x10000 + n, seq)
+                expected.append(reference.protect(packet))
+                sent += leg.send_parts(head, packet, 12, len(packet)) if native else leg.send(packet)
+        assert sent == 200 == leg.packets
+        got = wire.read(200)
+        assert got == expected
+        rx = inbound_session()
+        plain = [rx.unprotect(d) for d in got]  # across the wrap: its rollover counter is 1 at the end
+        assert plain[-40:] == [rtp_of(0x10000 + n, 65537)[1] for n in range(40)]
+        assert len(leg._stream_sessions) == 30
+        assert len(leg._streams) == 40 and len(set(leg._streams.values())) == 31
+        assert list(leg._streams.values())[30:] == [leg._handle] * 10
+        # A new SRTP context (a DTLS restart): the streams start afresh on it.
+        leg._dtls._tx_srtp = srtp_context(leg._dtls)
+        head, packet = rtp_of(0x10000, 1)
+        assert leg.send_parts(head, packet, 12, len(packet)) if native else leg.send(packet)
+        assert list(leg._streams) == [0x10000] and leg._stream_sessions
+        assert wire.read(1) == [srtp_session().protect(packet)]
+    finally:
+        wire.close()
+
+
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=needs_native)])
+async def test_a_leg_whose_key_was_not_seen_protects_on_its_one_session(native: bool) -> None:
+    wire = Wire()
+    try:
+        leg = await local_leg(wire.address, native)
+        leg._dtls._tx_srtp = srtp_session()  # made without narrow_send_window: its key unknown
+        reference = srtp_session()
+        expected = []
+        for n in range(5):
+            head, packet = rtp_of(0x20000 + n, 7)
+            expected.append(reference.protect(packet))
+            assert leg.send_parts(head, packet, 12, len(packet)) if native else leg.send(packet)
+        assert wire.read(5) == expected
+        assert not leg._stream_sessions and set(leg._streams.values()) == {leg._handle}
+    finally:
+        wire.close()
+
+
+class RecordingFastpath(CountingFastpath):
+    """The native module, noting which libsrtp function each send_rtp call protected with."""
+
+    def __init__(self, module: Any) -> None:
+        super().__init__(module)
+        self.protects: list[int] = []
+
+    def send_rtp(self, *args: Any) -> Any:
+        self.protects.append(args[0])
+        return self.module.send_rtp(*args)
+
+
+@needs_native
+async def test_rtcp_goes_out_natively_as_pylibsrtp_protects_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc.rtp import RtcpPacket
+
+    recording = RecordingFastpath(glue._fastpath)
+    monkeypatch.setattr(glue, "_fastpath", recording)
+    wire = Wire()
+    try:
+        leg = await local_leg(wire.address, True)
+        head, packet = rtp_of(0x30000, 100)
+        assert leg.send_parts(head, packet, 12, len(packet))  # the route is resolved by a packet
+        # A receiver report (RR, one block) and a PLI, as the leg sends them.
+        rr = struct.pack("!BBHI", 0x81, 201, 7, 0x1234) + struct.pack("!IIIIII", 0x30000, 5, 100, 0, 0, 0)
+        pli = struct.pack("!BBHII", 0x81, 206, 2, 0x1234, 0x30000)
+        reference = srtp_session()
+        reference.protect(packet)
+        expected = [reference.protect_rtcp(rr), reference.protect_rtcp(pli)]
+        assert leg.send_rtcp(rr) and leg.send_rtcp(pli)
+        assert recording.protects.count(glue._SRTCP_PROTECT) == 2
+        got = wire.read(3)[1:]
+        assert got == expected
+        rx = inbound_session()
+        assert [type(p).__name__ for d in got for p in RtcpPacket.parse(rx.unprotect_rtcp(d))] == [
+            "RtcpRrPacket",
+            "RtcpPsfbPacket",
+        ]
+        # The longest pylibsrtp takes goes out natively too; one word more is refused, as pylibsrtp does.
+        longest = struct.pack("!BBHI", 0x80, 204, 337, 0x1234) + bytes(1344)
+        assert len(longest) == glue._SRTCP_MAX and leg.send_rtcp(longest)
+        assert recording.protects.count(glue._SRTCP_PROTECT) == 3
+        assert wire.read(1) == [reference.protect_rtcp(longest)]
+        with pytest.raises(ValueError, match="too long"):
+            leg.send_rtcp(struct.pack("!BBHI", 0x80, 204, 338, 0x1234) + bytes(1348))
+    finally:
+        wire.close()
+
+
 @needs_native
 async def test_native_send_on_a_real_aiortc_leg_decodes_at_the_peer() -> None:
     pair = Pair()
@@ -344,6 +464,8 @@ async def test_native_send_on_a_real_aiortc_leg_decodes_at_the_peer() -> None:
         assert received and received[0] == 0, "the natively sent stream must decode as the red camera"
         assert output.packets == sent > 0 and output.send_errors == 0
         assert output._sockaddr is not None, "the leg's host pair took the native send"
+        # The handshake noted the outbound key: the slot's SSRC went out on a session of its own.
+        assert ssrc in output._stream_sessions and output._streams[ssrc] != output._handle
         # The handshake made the outbound session with the server's narrower send window: a packet
         # SEND_REPLAY_WINDOW behind its stream's newest is refused, one just inside it is not.
         tx = pair.dtls._tx_srtp

@@ -460,12 +460,12 @@ static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObjec
  * list, read as it is at each step (a fallback may change it, as in a Python for loop). */
 
 enum {
-    L_ADDR, L_CONNECTION, L_DTLS, L_FD, L_HANDLE, L_PAIR, L_SOCKADDR, L_SRTP, L_TRANSPORT, L_NATIVE, L_OCTETS,
-    L_PACKETS, L_SEND_ERRORS, L_COUNT
+    L_ADDR, L_CONNECTION, L_DTLS, L_FD, L_HANDLE, L_PAIR, L_SOCKADDR, L_SRTP, L_STREAMS, L_TRANSPORT, L_NATIVE,
+    L_OCTETS, L_PACKETS, L_SEND_ERRORS, L_COUNT
 };
 static const char *leg_slot_names[L_COUNT] = {
-    "_addr", "_connection", "_dtls", "_fd", "_handle", "_pair", "_sockaddr", "_srtp", "_transport", "native",
-    "octets", "packets", "send_errors",
+    "_addr", "_connection", "_dtls", "_fd", "_handle", "_pair", "_sockaddr", "_srtp", "_streams", "_transport",
+    "native", "octets", "packets", "send_errors",
 };
 static PyTypeObject *leg_type = NULL;
 static Py_ssize_t leg_offsets[L_COUNT];
@@ -558,7 +558,9 @@ static int leg_ready(PyObject *leg) {
     return closing == Py_False;
 }
 
-/* One track's copy natively: 1 sent, 0 not taken (nothing changed), -1 error. */
+/* One track's copy natively: 1 sent, 0 not taken (nothing changed), -1 error. The copy is protected
+ * on its SSRC's own session (the leg's _streams); an SSRC without one yet goes to the fallback,
+ * which makes it. */
 static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, long long ast, PyObject *level,
                        PyObject *now) {
     PyObject *leg = PyObject_GetAttr(track, str_output);
@@ -571,10 +573,19 @@ static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, 
     result = leg_ready(leg);
     if (result <= 0)
         goto done;
+    rw = PyObject_GetAttr(track, str_rewriter);
+    if (rw == NULL) {
+        result = -1;
+        goto done;
+    }
     long long handle, fd;
-    PyObject *handle_obj = LSLOT(leg, L_HANDLE), *fd_obj = LSLOT(leg, L_FD);
+    PyObject *streams = LSLOT(leg, L_STREAMS), *fd_obj = LSLOT(leg, L_FD);
+    PyObject *ssrc = Py_TYPE(rw) == rewriter_type ? SLOT(rw, S_SSRC) : NULL;
+    PyObject *handle_obj = ssrc == NULL || streams == NULL || !PyDict_CheckExact(streams)
+                               ? NULL
+                               : PyDict_GetItemWithError(streams, ssrc);
     if (handle_obj == NULL || fd_obj == NULL || !PyLong_Check(handle_obj) || !PyLong_Check(fd_obj)) {
-        result = 0;
+        result = PyErr_Occurred() ? -1 : 0;
         goto done;
     }
     handle = PyLong_AsLongLong(handle_obj);
@@ -582,11 +593,6 @@ static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, 
     if (PyErr_Occurred() || handle == 0 || fd < 0) {
         PyErr_Clear();
         result = 0;
-        goto done;
-    }
-    rw = PyObject_GetAttr(track, str_rewriter);
-    if (rw == NULL) {
-        result = -1;
         goto done;
     }
     Py_ssize_t length;
@@ -802,7 +808,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     /* API: what aiortc_glue.NATIVE_API expects (a build left from older sources is not used). */
     if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
         !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0 ||
-        PyModule_AddIntConstant(m, "API", 3) < 0) {
+        PyModule_AddIntConstant(m, "API", 4) < 0) {
         Py_DECREF(m);
         return NULL;
     }
