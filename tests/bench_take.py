@@ -1,7 +1,7 @@
 """The take as a real Chromium venue sees it (not collected by pytest): from the chair's program
 change to the new source's first picture on the venue's screen.
 
-    python tests/bench_take.py [--takes 20] [--every 1.5]
+    python tests/bench_take.py [--takes 20] [--every 1.5] [--load N]
 
 A `conference serve` process and two Chromium venues (each its own browser process with a
 solid-colour camera: red, blue), both showing the program's single slot. The program alternates
@@ -9,6 +9,12 @@ between them --takes times; each venue's page timestamps every colour change of 
 frame is presented (``requestVideoFrameCallback``, wall clock), and the take's latency is the time
 from just before the REST call to the first presented frame of the new colour. Prints each
 latency, p50/p95/max, and the server's own keyframe wait (switch_wait_us) over the same takes.
+
+With ``--load N`` the same server also carries ``conference bench --endpoints N`` in another room
+(started 20 s before the takes, its load processes at nice 10, as the benchmark runs them), so the
+takes are measured with the meeting's load beside them; its report is printed after the takes. On
+a 2-core machine the two Chromiums, the load processes and the server share the cores: the figure
+is of a starved machine as much as of the server.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from browser_util import (  # noqa: E402
     ADMIN_KEY,
     COLOURS,
+    RunningServer,
     chromium_args,
     colour_name,
     ensure_chromium,
@@ -86,13 +93,31 @@ async def switch_wait(http: aiohttp.ClientSession, url: str) -> dict:
         return (await resp.json())["media"]["switch_wait_us"]
 
 
-async def main(takes: int, every: float) -> None:
+LOAD_WARMUP_S = 20
+
+
+async def start_load(server: RunningServer, endpoints: int, seconds: float) -> asyncio.subprocess.Process:
+    """``conference bench`` against this server in its own room, the server's CPU measured."""
+    args = [sys.executable, "-m", "signaling", "bench", "--url", server.url, "--admin-key", ADMIN_KEY]
+    args += ["--server-pid", str(server.process.pid), "--endpoints", str(endpoints)]
+    args += ["--duration", f"{seconds:.0f}", "--room", "load", "--load-nice", "10"]
+    return await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+
+
+async def main(takes: int, every: float, load: int) -> None:
     if ensure_chromium() is None:
         raise SystemExit("chromium is not installed")
     tmp = Path(tempfile.mkdtemp(prefix="bench-take-"))
+    load_report = b""
     async with server_process(tmp / "data", media=True) as server, async_playwright() as pw:
         browsers, tabs = [], {}
+        loader = None
         try:
+            if load:
+                loader = await start_load(server, load, takes * every + LOAD_WARMUP_S)
+                await asyncio.sleep(LOAD_WARMUP_S)
             for identity, colour in VENUES.items():
                 video = write_y4m(tmp / f"{identity}.y4m", COLOURS[colour], width=640, height=360, fps=30)
                 browser = await pw.chromium.launch(
@@ -126,6 +151,8 @@ async def main(takes: int, every: float) -> None:
                     await asyncio.sleep(every)
                 await asyncio.sleep(1.5)
                 after = await switch_wait(http, server.url)
+            if loader is not None:
+                load_report, _ = await asyncio.wait_for(loader.communicate(), 180)
             latencies: dict[str, list[float]] = {}
             for viewer, tab in tabs.items():
                 changes = await tab.evaluate("window.__changes")
@@ -137,6 +164,9 @@ async def main(takes: int, every: float) -> None:
         finally:
             for browser in browsers:
                 await browser.close()
+            if loader is not None and loader.returncode is None:
+                loader.kill()
+                await loader.wait()
     every_latency = [x for values in latencies.values() for x in values]
     for viewer, values in latencies.items():
         print(
@@ -150,6 +180,9 @@ async def main(takes: int, every: float) -> None:
             f"take to picture at the venues: n={len(every_latency)} p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
             f"max {max(every_latency) * 1000:.0f} ms"
         )
+    if load_report:
+        print(f"--- the load beside the takes (conference bench --endpoints {load}) ---")
+        print(load_report.decode(errors="replace").rstrip())
     count = after["count"] - before["count"]
     print(
         f"server keyframe wait over the run (all switches since start, {count} in the window): "
@@ -162,5 +195,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--takes", type=int, default=20)
     parser.add_argument("--every", type=float, default=1.5, help="seconds between takes")
+    parser.add_argument("--load", type=int, default=0, help="endpoints of a bench meeting beside the takes")
     args = parser.parse_args()
-    asyncio.run(main(args.takes, args.every))
+    asyncio.run(main(args.takes, args.every, args.load))
