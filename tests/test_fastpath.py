@@ -522,6 +522,76 @@ def test_without_the_extension_the_pure_python_path_runs(monkeypatch: pytest.Mon
     assert track.send_parts is None
 
 
+def rewritten_stream() -> list[str]:
+    """A VP8 slot's output for a stream with a switch, a resync and a late packet (hex), from the
+    rewriter's Python code alone: what the native state must not change."""
+    from conference.sfu.packet import ExtensionMap
+    from conference.sfu.rewriter import StreamRewriter
+
+    slot = StreamRewriter(
+        0xAAAA,
+        100,
+        "video",
+        90_000,
+        "vp8",
+        ExtensionMap(mid=1, abs_send_time=3),
+        b"3",
+        first_sequence=100,
+        first_timestamp=5000,
+        first_picture_id=77,
+    )
+    stream = packets(40)
+    out: list[str] = []
+    slot.switch(0x1234)
+    for n, data in enumerate(stream):
+        if n == 20:
+            slot.resync()
+        if n == 30:  # a late packet: sent with the offset that applied when it was due
+            late = stream[25]
+            sent = slot.rewrite(late, parse_header(late), 777, None, False, 1.0 + n)
+            out.append("late:" + (sent.hex() if sent is not None else "-"))
+        header = parse_header(data)
+        sent = slot.rewrite(data, header, 1000 + n, None, n < 2 or n == 21, 1.0 + n)
+        out.append(sent.hex() if sent is not None else "-")
+    numbers = ("in_highest", "seq_offset", "ts_offset", "last_timestamp", "packets_sent", "octets_sent", "tail")
+    out.append(repr([getattr(slot, name) for name in numbers]))
+    return out
+
+
+def test_without_the_extension_the_rewriter_keeps_its_numbers_in_python() -> None:
+    """A machine without a compiler: no _fastpath, so StreamRewriter's base is the pure-Python
+    _PythonState, and the same packets give the same bytes as on the native RewriterState."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conference.sfu import rewriter
+
+    script = (
+        "import json, sys\n"
+        "sys.modules['conference.sfu._fastpath'] = None\n"
+        "sys.modules['conference.sfu._fastrecv'] = None\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from conference.sfu import aiortc_glue, rewriter\n"
+        "assert rewriter.StreamRewriter.__mro__[1] is rewriter._PythonState\n"
+        "assert not aiortc_glue.native_send_available()\n"
+        "import test_fastpath\n"
+        "print(json.dumps(test_fastpath.rewritten_stream()))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    in_python = json.loads(done.stdout.strip().splitlines()[-1])
+    if glue.native_send_available():
+        assert rewriter.StreamRewriter.__mro__[1] is glue._fastpath.RewriterState
+    here = rewritten_stream()
+    assert in_python == here
+    assert sum(x != "-" for x in here) > 30 and any(x.startswith("late:") and x != "late:-" for x in here)
+
+
 class ReportingPair(Pair):
     """The glue's Pair with the server's slot sending its own sender reports, as a Session's do."""
 

@@ -110,16 +110,62 @@ static PyObject *send_rtp(PyObject *self, PyObject *const *args, Py_ssize_t narg
  * an object of exactly that type. Anything else returns None and the caller takes the Python path,
  * which is the reference: tests/test_fastpath.py compares the datagrams and the slots' state. */
 
-enum {
-    S_LIVE, S_IN_HIGHEST, S_SEQ_OFFSET, S_TS_OFFSET, S_VP8, S_TAG, S_ABS_MASK, S_LEVEL_MASK, S_LEVEL_SHIFT,
-    S_PAYLOAD_TYPE, S_SSRC, S_PREFIX, S_SUFFIX, S_PID_OFFSET, S_LAST_TIMESTAMP, S_LAST_TIME, S_PACKETS_SENT,
-    S_OCTETS_SENT, S_IN_PICTURE_ID, S_TAIL, S_TWCC, S_COUNT
+/* The rewriter's numbers live in the object itself (RewriterState, StreamRewriter's base when this
+ * module is built): read and written in place on every copy, where int objects behind slots were
+ * a pointer to chase each (a cache miss at 50 endpoints) and an allocation for each write. Python
+ * sees them as attributes (member descriptors), as it saw the slots. */
+typedef struct {
+    PyObject_HEAD
+    long long live, in_highest, seq_offset, ts_offset, payload_type, ssrc, pid_offset, last_timestamp,
+        packets_sent, octets_sent, in_picture_id, tail, level_shift;
+    unsigned long long tag, abs_mask, level_mask;
+    char vp8;
+    /* The SRTP session of this slot's SSRC on its leg, as the fan-out last found it in the leg's
+     * _streams (held: while it is the leg's map, the sessions it names are alive). */
+    PyObject *stream_map;
+    long long stream_ssrc, stream_handle;
+} RewriterState;
+
+#define STATE_MEMBER(name, type, field) {name, type, offsetof(RewriterState, field), 0, NULL}
+static PyMemberDef state_members[] = {
+    STATE_MEMBER("_live", T_LONGLONG, live),
+    STATE_MEMBER("in_highest", T_LONGLONG, in_highest),
+    STATE_MEMBER("seq_offset", T_LONGLONG, seq_offset),
+    STATE_MEMBER("ts_offset", T_LONGLONG, ts_offset),
+    STATE_MEMBER("payload_type", T_LONGLONG, payload_type),
+    STATE_MEMBER("ssrc", T_LONGLONG, ssrc),
+    STATE_MEMBER("_pid_offset", T_LONGLONG, pid_offset),
+    STATE_MEMBER("last_timestamp", T_LONGLONG, last_timestamp),
+    STATE_MEMBER("packets_sent", T_LONGLONG, packets_sent),
+    STATE_MEMBER("octets_sent", T_LONGLONG, octets_sent),
+    STATE_MEMBER("in_picture_id", T_LONGLONG, in_picture_id),
+    STATE_MEMBER("tail", T_LONGLONG, tail),
+    STATE_MEMBER("_level_shift", T_LONGLONG, level_shift),
+    STATE_MEMBER("_tag", T_ULONGLONG, tag),
+    STATE_MEMBER("_abs_mask", T_ULONGLONG, abs_mask),
+    STATE_MEMBER("_level_mask", T_ULONGLONG, level_mask),
+    STATE_MEMBER("_vp8", T_BOOL, vp8),
+    {NULL, 0, 0, 0, NULL},
 };
-static const char *slot_names[S_COUNT] = {
-    "_live", "in_highest", "seq_offset", "ts_offset", "_vp8", "_tag", "_abs_mask", "_level_mask",
-    "_level_shift", "payload_type", "ssrc", "_prefix", "_suffix", "_pid_offset", "last_timestamp",
-    "last_time", "packets_sent", "octets_sent", "in_picture_id", "tail", "_twcc",
+
+static void state_dealloc(PyObject *self) {
+    Py_CLEAR(((RewriterState *)self)->stream_map);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject RewriterStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "conference.sfu._fastpath.RewriterState",
+    .tp_basicsize = sizeof(RewriterState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "StreamRewriter's numbers, held in C (rewriter.py's _PythonState is the same in Python)",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = state_dealloc,
+    .tp_members = state_members,
 };
+
+/* The rewriter's object slots (its __slots__), read where they are. */
+enum { S_PREFIX, S_SUFFIX, S_LAST_TIME, S_TWCC, S_COUNT };
+static const char *slot_names[S_COUNT] = {"_prefix", "_suffix", "last_time", "_twcc"};
 static PyTypeObject *rewriter_type = NULL;
 static Py_ssize_t slot_offsets[S_COUNT];
 static long max_sequence_step = 0;
@@ -145,6 +191,10 @@ static PyObject *bind_rewriter(PyObject *self, PyObject *args) {
     long step;
     if (!PyArg_ParseTuple(args, "O!lO!", &PyType_Type, &cls, &step, &PyType_Type, &sent_cls))
         return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, &RewriterStateType)) {
+        PyErr_SetString(PyExc_TypeError, "the rewriter's base is not RewriterState");
+        return NULL;
+    }
     if (slot_offsets_of(sent_cls, sent_slot_names, T_COUNT, sent_offsets) < 0)
         return NULL;
     Py_INCREF(sent_cls);
@@ -169,32 +219,6 @@ static PyObject *bind_rewriter(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* A slot's int, or -1 with an error set (the caller then falls back). */
-static int slot_long(PyObject *obj, int i, long long *out) {
-    PyObject *v = SLOT(obj, i);
-    if (v == NULL || !PyLong_Check(v))
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    if (*out == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return -1;
-    }
-    return 0;
-}
-
-/* A slot's unsigned 64-bit int (the extension word's tag and masks), as slot_long. */
-static int slot_ulong(PyObject *obj, int i, unsigned long long *out) {
-    PyObject *v = SLOT(obj, i);
-    if (v == NULL || !PyLong_Check(v))
-        return -1;
-    *out = PyLong_AsUnsignedLongLong(v);
-    if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return -1;
-    }
-    return 0;
-}
-
 static int set_slot(PyObject *obj, int i, PyObject *value) { /* steals value */
     if (value == NULL)
         return -1;
@@ -208,7 +232,6 @@ static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObjec
  * payload_offset, payload_end), once per packet. 0 if the header is not what the fast path takes. */
 typedef struct {
     long long marker, seq, timestamp, ssrc, pos, end;
-    PyObject *seq_obj; /* borrowed: the slot's new in_highest */
 } header_fields;
 
 static int read_header(PyObject *header, header_fields *h) {
@@ -227,7 +250,6 @@ static int read_header(PyObject *header, header_fields *h) {
         return 0;
     }
     h->marker = v[0], h->seq = v[1], h->timestamp = v[2], h->ssrc = v[3], h->pos = v[4], h->end = v[5];
-    h->seq_obj = PyTuple_GET_ITEM(header, 2);
     return 1;
 }
 
@@ -290,34 +312,26 @@ static int rewrite_fast(PyObject *rw, PyObject *data, const header_fields *h, lo
                         PyObject *now, Py_ssize_t *length_out) {
     if (rewriter_type == NULL || Py_TYPE(rw) != rewriter_type || !PyBytes_Check(data) || !PyFloat_Check(now))
         return 0;
+    RewriterState *st = (RewriterState *)rw;
     long long marker = h->marker, seq = h->seq, timestamp = h->timestamp, ssrc = h->ssrc, pos = h->pos,
               end = h->end;
-    long long live, in_highest, seq_offset, ts_offset, level_shift, pt, out_ssrc;
-    unsigned long long tag, abs_mask, level_mask;
-    if (slot_long(rw, S_LIVE, &live) || slot_long(rw, S_IN_HIGHEST, &in_highest) ||
-        slot_long(rw, S_SEQ_OFFSET, &seq_offset) || slot_long(rw, S_TS_OFFSET, &ts_offset) ||
-        slot_long(rw, S_PAYLOAD_TYPE, &pt) || slot_long(rw, S_SSRC, &out_ssrc))
-        return 0;
+    long long seq_offset = st->seq_offset, ts_offset = st->ts_offset, level_shift = st->level_shift;
+    long long pt = st->payload_type, out_ssrc = st->ssrc;
+    unsigned long long tag = st->tag, abs_mask = st->abs_mask, level_mask = st->level_mask;
     Py_ssize_t data_len = PyBytes_GET_SIZE(data);
-    if (ssrc != live || ((seq - in_highest - 1) & 0xFFFF) >= max_sequence_step || end - pos < 5 || pos < 0 ||
-        end > data_len)
+    if (ssrc != st->live || ((seq - st->in_highest - 1) & 0xFFFF) >= max_sequence_step || end - pos < 5 ||
+        pos < 0 || end > data_len)
         return 0;
-    PyObject *vp8_obj = SLOT(rw, S_VP8), *prefix = SLOT(rw, S_PREFIX), *suffix = SLOT(rw, S_SUFFIX);
-    if (vp8_obj == NULL || !PyBool_Check(vp8_obj) || prefix == NULL || !PyBytes_Check(prefix) ||
-        PyBytes_GET_SIZE(prefix) != 4 || suffix == NULL || !PyBytes_Check(suffix))
-        return 0;
-    if (slot_ulong(rw, S_TAG, &tag) || slot_ulong(rw, S_ABS_MASK, &abs_mask) ||
-        slot_ulong(rw, S_LEVEL_MASK, &level_mask) || slot_long(rw, S_LEVEL_SHIFT, &level_shift) ||
-        level_shift < 0 || level_shift > 57)
+    PyObject *prefix = SLOT(rw, S_PREFIX), *suffix = SLOT(rw, S_SUFFIX);
+    if (prefix == NULL || !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != 4 || suffix == NULL ||
+        !PyBytes_Check(suffix) || level_shift < 0 || level_shift > 57)
         return 0;
     const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(data);
-    int vp8 = vp8_obj == Py_True;
-    long long pid = -1, pid_offset = 0;
+    int vp8 = st->vp8 != 0;
+    long long pid = -1, pid_offset = st->pid_offset;
     if (vp8) {
         if (!((in[pos] & 0x80) && in[pos + 1] == 0x80 && (in[pos + 2] & 0x80)))
             return 0; /* another descriptor form: the Python path */
-        if (slot_long(rw, S_PID_OFFSET, &pid_offset))
-            return 0;
         pid = ((in[pos + 2] & 0x7F) << 8) | in[pos + 3];
     }
     Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix);
@@ -339,9 +353,6 @@ static int rewrite_fast(PyObject *rw, PyObject *data, const header_fields *h, lo
         }
         word |= (unsigned long long)level << level_shift;
     }
-    long long packets_sent, octets_sent;
-    if (slot_long(rw, S_PACKETS_SENT, &packets_sent) || slot_long(rw, S_OCTETS_SENT, &octets_sent))
-        return 0;
     PyObject *twcc = SLOT(rw, S_TWCC);
     long long twcc_seq = -1;
     if (twcc == NULL)
@@ -382,16 +393,16 @@ static int rewrite_fast(PyObject *rw, PyObject *data, const header_fields *h, lo
     }
     memcpy(b + head_len, in + tail, (size_t)(end - tail));
     /* The slot's state, as rewrite_head leaves it. */
-    Py_INCREF(h->seq_obj);
     Py_INCREF(now);
-    if (set_slot(rw, S_IN_HIGHEST, h->seq_obj) ||
-        set_slot(rw, S_LAST_TIMESTAMP, PyLong_FromUnsignedLongLong(out_ts)) || set_slot(rw, S_LAST_TIME, now) ||
-        set_slot(rw, S_PACKETS_SENT, PyLong_FromLongLong(packets_sent + 1)) ||
-        set_slot(rw, S_OCTETS_SENT, PyLong_FromLongLong(octets_sent + (end - pos))) ||
-        set_slot(rw, S_TAIL, PyLong_FromLongLong(tail)))
+    if (set_slot(rw, S_LAST_TIME, now))
         return -1;
-    if (vp8 && set_slot(rw, S_IN_PICTURE_ID, PyLong_FromLongLong(pid)))
-        return -1;
+    st->in_highest = seq;
+    st->last_timestamp = (long long)out_ts;
+    st->packets_sent += 1;
+    st->octets_sent += end - pos;
+    st->tail = tail;
+    if (vp8)
+        st->in_picture_id = pid;
     if (twcc_seq >= 0 && stamp_sent(twcc, twcc_seq, now, length) < 0)
         return -1;
     *length_out = length;
@@ -476,6 +487,14 @@ static PyObject *str_rewriter, *str_output, *str_tx_srtp, *str_nominated, *str_i
 
 #define LSLOT(obj, i) (*(PyObject **)((char *)(obj) + leg_offsets[i]))
 
+/* The down-track class (consumer.DownTrack) whose slots the fan-out reads where they are. */
+enum { K_OUTPUT, K_REWRITER, K_PACKETS, K_COUNT };
+static const char *track_slot_names[K_COUNT] = {"output", "rewriter", "packets"};
+static PyTypeObject *track_type = NULL;
+static Py_ssize_t track_offsets[K_COUNT];
+
+#define KSLOT(obj, i) (*(PyObject **)((char *)(obj) + track_offsets[i]))
+
 /* The offsets of a class's object slots by name (bind_rewriter's way). */
 static int slot_offsets_of(PyObject *cls, const char **names, int count, Py_ssize_t *offsets) {
     PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
@@ -505,6 +524,32 @@ static PyObject *bind_leg(PyObject *self, PyObject *args) {
     Py_XSETREF(leg_type, (PyTypeObject *)cls);
     leg_protect = protect;
     Py_RETURN_NONE;
+}
+
+/* bind_track(cls): the down-track class whose slots fan_out() reads. */
+static PyObject *bind_track(PyObject *self, PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_track takes a class");
+        return NULL;
+    }
+    if (slot_offsets_of(cls, track_slot_names, K_COUNT, track_offsets) < 0)
+        return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(track_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+/* A down-track's slot (a new reference), or its attribute if the track is of another class. */
+static PyObject *track_get(PyObject *track, int i, PyObject *name) {
+    if (Py_TYPE(track) != track_type)
+        return PyObject_GetAttr(track, name);
+    PyObject *value = KSLOT(track, i);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    Py_INCREF(value);
+    return value;
 }
 
 /* slot += delta on an int slot (the leg's counters). */
@@ -563,7 +608,7 @@ static int leg_ready(PyObject *leg) {
  * which makes it. */
 static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, long long ast, PyObject *level,
                        PyObject *now) {
-    PyObject *leg = PyObject_GetAttr(track, str_output);
+    PyObject *leg = track_get(track, K_OUTPUT, str_output);
     if (leg == NULL)
         return -1;
     int result = 0;
@@ -573,22 +618,39 @@ static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, 
     result = leg_ready(leg);
     if (result <= 0)
         goto done;
-    rw = PyObject_GetAttr(track, str_rewriter);
+    rw = track_get(track, K_REWRITER, str_rewriter);
     if (rw == NULL) {
         result = -1;
         goto done;
     }
     long long handle, fd;
     PyObject *streams = LSLOT(leg, L_STREAMS), *fd_obj = LSLOT(leg, L_FD);
-    PyObject *ssrc = Py_TYPE(rw) == rewriter_type ? SLOT(rw, S_SSRC) : NULL;
-    PyObject *handle_obj = ssrc == NULL || streams == NULL || !PyDict_CheckExact(streams)
-                               ? NULL
-                               : PyDict_GetItemWithError(streams, ssrc);
-    if (handle_obj == NULL || fd_obj == NULL || !PyLong_Check(handle_obj) || !PyLong_Check(fd_obj)) {
-        result = PyErr_Occurred() ? -1 : 0;
+    if (Py_TYPE(rw) != rewriter_type || streams == NULL || !PyDict_CheckExact(streams) || fd_obj == NULL ||
+        !PyLong_Check(fd_obj)) {
+        result = 0;
         goto done;
     }
-    handle = PyLong_AsLongLong(handle_obj);
+    RewriterState *st = (RewriterState *)rw;
+    if (st->stream_map == streams && st->stream_ssrc == st->ssrc) {
+        handle = st->stream_handle;
+    } else {
+        PyObject *ssrc = PyLong_FromLongLong(st->ssrc);
+        PyObject *handle_obj = ssrc == NULL ? NULL : PyDict_GetItemWithError(streams, ssrc);
+        Py_XDECREF(ssrc);
+        if (handle_obj == NULL || !PyLong_Check(handle_obj)) {
+            result = PyErr_Occurred() ? -1 : 0; /* no session yet: the fallback makes it */
+            goto done;
+        }
+        handle = PyLong_AsLongLong(handle_obj);
+        if (handle == -1 && PyErr_Occurred()) {
+            result = -1;
+            goto done;
+        }
+        Py_INCREF(streams);
+        Py_XSETREF(st->stream_map, streams);
+        st->stream_ssrc = st->ssrc;
+        st->stream_handle = handle;
+    }
     fd = PyLong_AsLongLong(fd_obj);
     if (PyErr_Occurred() || handle == 0 || fd < 0) {
         PyErr_Clear();
@@ -638,12 +700,17 @@ static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, 
         goto done;
     }
     /* track.packets += 1, as the Python loop counts a sent copy */
-    PyObject *count = PyObject_GetAttr(track, str_packets);
-    PyObject *next = count == NULL ? NULL : PyNumber_Add(count, one);
-    Py_XDECREF(count);
-    if (next == NULL || PyObject_SetAttr(track, str_packets, next) < 0)
-        result = -1;
-    Py_XDECREF(next);
+    if (Py_TYPE(track) == track_type) {
+        if (add_to_slot(track, track_offsets[K_PACKETS], 1) < 0)
+            result = -1;
+    } else {
+        PyObject *count = PyObject_GetAttr(track, str_packets);
+        PyObject *next = count == NULL ? NULL : PyNumber_Add(count, one);
+        Py_XDECREF(count);
+        if (next == NULL || PyObject_SetAttr(track, str_packets, next) < 0)
+            result = -1;
+        Py_XDECREF(next);
+    }
     fast_copies += result > 0;
 done:
     Py_XDECREF(rw);
@@ -780,6 +847,7 @@ static PyMethodDef methods[] = {
     {"fan_out", (PyCFunction)(void (*)(void))fan_out, METH_FASTCALL,
      "fan_out(tracks, data, header, abs_send_time, audio_level, keyframe, now, fallback) -> copies sent"},
     {"bind_leg", bind_leg, METH_VARARGS, "bind_leg(cls, protect): the leg class fan_out sends on"},
+    {"bind_track", bind_track, METH_O, "bind_track(cls): the down-track class whose slots fan_out reads"},
     {"counters", counters, METH_NOARGS, "{'fast_copies': copies fan_out sent itself}"},
     {"unprotect", (PyCFunction)(void (*)(void))unprotect, METH_FASTCALL,
      "unprotect(unprotect_fn, session, data): the RTP packet in an SRTP datagram"},
@@ -808,7 +876,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     /* API: what aiortc_glue.NATIVE_API expects (a build left from older sources is not used). */
     if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
         !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0 ||
-        PyModule_AddIntConstant(m, "API", 4) < 0) {
+        PyModule_AddIntConstant(m, "API", 5) < 0 || PyType_Ready(&RewriterStateType) < 0 ||
+        PyModule_AddObjectRef(m, "RewriterState", (PyObject *)&RewriterStateType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -76,7 +76,7 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from .rewriter import LATE_PACKET_WINDOW
+from .rewriter import LATE_PACKET_WINDOW, NATIVE_API
 from .twcc import native_receive_available
 
 try:  # the optional native send (conference/sfu/_fastpath.c), built by pip install when it can be
@@ -613,9 +613,9 @@ def sender_rtx_ssrc(sender: RTCRtpSender) -> int:
 NATIVE_PYLIBSRTP = "1.0.0"
 
 
-# The extension's interface this module is written for (_fastpath.API): an in-place build left
-# from older sources (e.g. a worktree not rebuilt after a pull) runs the pure-Python path instead.
-NATIVE_API = 4
+# The extension's interface this module is written for (_fastpath.API, rewriter.NATIVE_API): an
+# in-place build left from older sources (e.g. a worktree not rebuilt after a pull) runs the
+# pure-Python path instead.
 
 
 def _native_protect() -> int:
@@ -916,6 +916,9 @@ class LegOutput:
 if _SRTP_PROTECT:
     # Producer.receive's fan-out in C reads LegOutput's own slots (their offsets, once).
     _fastpath.bind_leg(LegOutput, _SRTP_PROTECT)
+    from .consumer import DownTrack
+
+    _fastpath.bind_track(DownTrack)
 
 
 # --- RTCP on the send side ------------------------------------------------------------------

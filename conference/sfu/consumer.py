@@ -68,6 +68,30 @@ SendParts = Callable[[bytes, bytes, int, int], bool]
 class DownTrack:
     """One receive slot (a sendonly m-line, a plain-RTP stream, an in-process sink)."""
 
+    # Slots: the native fan-out reads output, rewriter and packets where they are (bind_track).
+    __slots__ = (
+        "codecs",
+        "counters",
+        "forward",
+        "index",
+        "kind",
+        "mid",
+        "output",
+        "packets",
+        "payload_types",
+        "retransmitted",
+        "rewriter",
+        "role",
+        "rtx",
+        "rtx_sequence",
+        "rtx_ssrc",
+        "send_parts",
+        "source",
+        "waiting",
+        "waiting_since",
+        "want",
+    )
+
     def __init__(self, kind: Kind, role: Role, index: int, output: Output, counters: Counters) -> None:
         self.kind = kind
         self.role = role  # "video" (program slot), "audio" or "preview"
@@ -97,7 +121,6 @@ class DownTrack:
         self.rtx: dict[int, int] = {}
         self.rtx_ssrc = 0
         self.rtx_sequence = random.getrandbits(16)
-        # Set by a transport whose stack sends sender reports from its own counters (aiortc).
 
     def sent_through(self, highest: int) -> int | None:
         """The packets this slot sent with sequence numbers up to the subscriber's ``highest``

@@ -46,8 +46,49 @@ MAX_SEQUENCE_STEP = 3000
 # refuse it, and it is past any playout time by then (256 packets: 0.85 s at 2.5 Mbit/s).
 LATE_PACKET_WINDOW = 256
 
+# The interface of the native helper (conference/sfu/_fastpath.c, its ``API``) these sources are
+# written for: a build left from older sources (a worktree not rebuilt after a pull) is not used.
+NATIVE_API = 5
 
-class StreamRewriter:
+
+class _PythonState:
+    """The rewriter's numbers that the native fan-out reads and writes on every copy, as plain slots:
+    StreamRewriter's base without the native helper. With it the base is ``_fastpath.RewriterState``,
+    which holds the same names as C integers in the object itself (no int object to chase or
+    allocate per copy); Python code sees no difference."""
+
+    __slots__ = (
+        "_abs_mask",
+        "_level_mask",
+        "_level_shift",
+        "_live",
+        "_pid_offset",
+        "_tag",
+        "_vp8",
+        "in_highest",
+        "in_picture_id",
+        "last_timestamp",
+        "octets_sent",
+        "packets_sent",
+        "payload_type",
+        "seq_offset",
+        "ssrc",
+        "tail",
+        "ts_offset",
+    )
+
+
+def _state_base() -> type:
+    try:
+        from . import _fastpath  # type: ignore[attr-defined]
+    except ImportError:
+        return _PythonState
+    if getattr(_fastpath, "API", 0) != NATIVE_API:
+        return _PythonState
+    return _fastpath.RewriterState  # type: ignore[no-any-return]
+
+
+class StreamRewriter(_state_base()):  # type: ignore[misc]
     """One receive slot of one subscriber.
 
     Turns the packets of whichever source fills the slot into one continuous RTP stream with the
@@ -57,12 +98,9 @@ class StreamRewriter:
     offset that applied when they were due.
     """
 
+    # With the numbers of _PythonState (or RewriterState) from the base.
     __slots__ = (
-        "_abs_mask",
         "_ext",
-        "_level_mask",
-        "_level_shift",
-        "_live",
         "_mid",
         "_min_step",
         "_pack",
@@ -71,35 +109,22 @@ class StreamRewriter:
         "_pending_any",
         "_pending_codec",
         "_pending_payload_type",
-        "_pid_offset",
         "_prefix",
         "_rebase_vp8",
         "_segments",
         "_suffix",
-        "_tag",
         "_tl0_offset",
         "_twcc",
-        "_vp8",
         "base_out_sequence",
         "clock_rate",
         "codec",
-        "in_highest",
-        "in_picture_id",
         "in_valid_from",
         "kind",
         "last_time",
-        "last_timestamp",
         "last_tl0picidx",
-        "octets_sent",
         "packets_dropped",
-        "packets_sent",
-        "payload_type",
         "playout_delay",
-        "seq_offset",
         "source_ssrc",
-        "ssrc",
-        "tail",
-        "ts_offset",
     )
 
     def __init__(
