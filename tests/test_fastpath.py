@@ -553,7 +553,7 @@ def rewritten_stream() -> list[str]:
         header = parse_header(data)
         sent = slot.rewrite(data, header, 1000 + n, None, n < 2 or n == 21, 1.0 + n)
         out.append(sent.hex() if sent is not None else "-")
-    numbers = ("in_highest", "seq_offset", "ts_offset", "last_timestamp", "packets_sent", "octets_sent", "tail")
+    numbers = (*SLOT_STATE, "ts_offset", "tail")
     out.append(repr([getattr(slot, name) for name in numbers]))
     return out
 
