@@ -559,8 +559,9 @@ def rewritten_stream() -> list[str]:
 
 
 def test_without_the_extension_the_rewriter_keeps_its_numbers_in_python() -> None:
-    """A machine without a compiler: no _fastpath, so StreamRewriter's base is the pure-Python
-    _PythonState, and the same packets give the same bytes as on the native RewriterState."""
+    """A machine without a compiler: no _fastpath, so the per-copy state (the rewriter's numbers,
+    the leg's and the down-track's counters) lives in the pure-Python bases, and the same packets
+    give the same bytes as on the native RewriterState."""
     import json
     import subprocess
     import sys
@@ -573,8 +574,10 @@ def test_without_the_extension_the_rewriter_keeps_its_numbers_in_python() -> Non
         "sys.modules['conference.sfu._fastpath'] = None\n"
         "sys.modules['conference.sfu._fastrecv'] = None\n"
         "sys.path.insert(0, 'tests')\n"
-        "from conference.sfu import aiortc_glue, rewriter\n"
+        "from conference.sfu import aiortc_glue, consumer, rewriter\n"
         "assert rewriter.StreamRewriter.__mro__[1] is rewriter._PythonState\n"
+        "assert consumer.DownTrack.__mro__[1] is consumer._PythonTrackState\n"
+        "assert aiortc_glue.LegOutput.__mro__[1] is aiortc_glue._PythonLegState\n"
         "assert not aiortc_glue.native_send_available()\n"
         "import test_fastpath\n"
         "print(json.dumps(test_fastpath.rewritten_stream()))\n"

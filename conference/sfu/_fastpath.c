@@ -470,13 +470,55 @@ static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObjec
  * path) goes to the Python fallback, which is the reference. The tracks are the producer's own
  * list, read as it is at each step (a fallback may change it, as in a Python for loop). */
 
+/* The counters of a leg (LegOutput's base) and of a down-track (DownTrack's), held in C as the
+ * rewriter's numbers are: a copy counts without allocating an int. */
+typedef struct {
+    PyObject_HEAD
+    long long packets, octets, send_errors;
+} LegState;
+
+static PyMemberDef leg_state_members[] = {
+    {"packets", T_LONGLONG, offsetof(LegState, packets), 0, NULL},
+    {"octets", T_LONGLONG, offsetof(LegState, octets), 0, NULL},
+    {"send_errors", T_LONGLONG, offsetof(LegState, send_errors), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LegStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "conference.sfu._fastpath.LegState",
+    .tp_basicsize = sizeof(LegState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "LegOutput's counters, held in C (aiortc_glue._PythonLegState is the same in Python)",
+    .tp_new = PyType_GenericNew,
+    .tp_members = leg_state_members,
+};
+
+typedef struct {
+    PyObject_HEAD
+    long long packets;
+} TrackState;
+
+static PyMemberDef track_state_members[] = {
+    {"packets", T_LONGLONG, offsetof(TrackState, packets), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TrackStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "conference.sfu._fastpath.TrackState",
+    .tp_basicsize = sizeof(TrackState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "DownTrack's count of copies sent, held in C (consumer._PythonTrackState in Python)",
+    .tp_new = PyType_GenericNew,
+    .tp_members = track_state_members,
+};
+
 enum {
     L_ADDR, L_CONNECTION, L_DTLS, L_FD, L_HANDLE, L_PAIR, L_SOCKADDR, L_SRTP, L_STREAMS, L_TRANSPORT, L_NATIVE,
-    L_OCTETS, L_PACKETS, L_SEND_ERRORS, L_COUNT
+    L_COUNT
 };
 static const char *leg_slot_names[L_COUNT] = {
     "_addr", "_connection", "_dtls", "_fd", "_handle", "_pair", "_sockaddr", "_srtp", "_streams", "_transport",
-    "native", "octets", "packets", "send_errors",
+    "native",
 };
 static PyTypeObject *leg_type = NULL;
 static Py_ssize_t leg_offsets[L_COUNT];
@@ -488,8 +530,8 @@ static PyObject *str_rewriter, *str_output, *str_tx_srtp, *str_nominated, *str_i
 #define LSLOT(obj, i) (*(PyObject **)((char *)(obj) + leg_offsets[i]))
 
 /* The down-track class (consumer.DownTrack) whose slots the fan-out reads where they are. */
-enum { K_OUTPUT, K_REWRITER, K_PACKETS, K_COUNT };
-static const char *track_slot_names[K_COUNT] = {"output", "rewriter", "packets"};
+enum { K_OUTPUT, K_REWRITER, K_COUNT };
+static const char *track_slot_names[K_COUNT] = {"output", "rewriter"};
 static PyTypeObject *track_type = NULL;
 static Py_ssize_t track_offsets[K_COUNT];
 
@@ -518,6 +560,10 @@ static PyObject *bind_leg(PyObject *self, PyObject *args) {
     protect_fn protect = (protect_fn)PyLong_AsVoidPtr(address);
     if (PyErr_Occurred())
         return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, &LegStateType)) {
+        PyErr_SetString(PyExc_TypeError, "the leg's base is not LegState");
+        return NULL;
+    }
     if (slot_offsets_of(cls, leg_slot_names, L_COUNT, leg_offsets) < 0)
         return NULL;
     Py_INCREF(cls);
@@ -528,8 +574,8 @@ static PyObject *bind_leg(PyObject *self, PyObject *args) {
 
 /* bind_track(cls): the down-track class whose slots fan_out() reads. */
 static PyObject *bind_track(PyObject *self, PyObject *cls) {
-    if (!PyType_Check(cls)) {
-        PyErr_SetString(PyExc_TypeError, "bind_track takes a class");
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &TrackStateType)) {
+        PyErr_SetString(PyExc_TypeError, "bind_track takes a subclass of TrackState");
         return NULL;
     }
     if (slot_offsets_of(cls, track_slot_names, K_COUNT, track_offsets) < 0)
@@ -550,23 +596,6 @@ static PyObject *track_get(PyObject *track, int i, PyObject *name) {
     }
     Py_INCREF(value);
     return value;
-}
-
-/* slot += delta on an int slot (the leg's counters). */
-static int add_to_slot(PyObject *obj, Py_ssize_t offset, long long delta) {
-    PyObject **slot = (PyObject **)((char *)obj + offset);
-    if (*slot == NULL || !PyLong_Check(*slot)) {
-        PyErr_SetString(PyExc_TypeError, "a leg counter is not an int");
-        return -1;
-    }
-    long long value = PyLong_AsLongLong(*slot);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    PyObject *next = PyLong_FromLongLong(value + delta);
-    if (next == NULL)
-        return -1;
-    Py_SETREF(*slot, next);
-    return 0;
 }
 
 /* Whether the leg may send natively now, as LegOutput.forward checks it: 1 yes, 0 no (the
@@ -688,21 +717,15 @@ static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, 
             Py_DECREF(queued);
             sent = len;
         } else {
-            if (add_to_slot(leg, leg_offsets[L_SEND_ERRORS], 1) < 0) {
-                result = -1;
-                goto done;
-            }
+            ((LegState *)leg)->send_errors += 1;
             sent = 0;
         }
     }
-    if (add_to_slot(leg, leg_offsets[L_PACKETS], 1) < 0 || add_to_slot(leg, leg_offsets[L_OCTETS], sent) < 0) {
-        result = -1;
-        goto done;
-    }
+    ((LegState *)leg)->packets += 1;
+    ((LegState *)leg)->octets += sent;
     /* track.packets += 1, as the Python loop counts a sent copy */
     if (Py_TYPE(track) == track_type) {
-        if (add_to_slot(track, track_offsets[K_PACKETS], 1) < 0)
-            result = -1;
+        ((TrackState *)track)->packets += 1;
     } else {
         PyObject *count = PyObject_GetAttr(track, str_packets);
         PyObject *next = count == NULL ? NULL : PyNumber_Add(count, one);
@@ -876,8 +899,11 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     /* API: what aiortc_glue.NATIVE_API expects (a build left from older sources is not used). */
     if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
         !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0 ||
-        PyModule_AddIntConstant(m, "API", 5) < 0 || PyType_Ready(&RewriterStateType) < 0 ||
-        PyModule_AddObjectRef(m, "RewriterState", (PyObject *)&RewriterStateType) < 0) {
+        PyModule_AddIntConstant(m, "API", 6) < 0 || PyType_Ready(&RewriterStateType) < 0 ||
+        PyModule_AddObjectRef(m, "RewriterState", (PyObject *)&RewriterStateType) < 0 ||
+        PyType_Ready(&LegStateType) < 0 || PyModule_AddObjectRef(m, "LegState", (PyObject *)&LegStateType) < 0 ||
+        PyType_Ready(&TrackStateType) < 0 ||
+        PyModule_AddObjectRef(m, "TrackState", (PyObject *)&TrackStateType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

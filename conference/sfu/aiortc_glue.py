@@ -76,7 +76,8 @@ from aiortc.rtp import (
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from .rewriter import LATE_PACKET_WINDOW, NATIVE_API
+from .native import NATIVE_API, state_base
+from .rewriter import LATE_PACKET_WINDOW
 from .twcc import native_receive_available
 
 try:  # the optional native send (conference/sfu/_fastpath.c), built by pip install when it can be
@@ -675,7 +676,13 @@ def srtp_session_handle(session: pylibsrtp.Session) -> int:
     return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
 
 
-class LegOutput:
+class _PythonLegState:
+    """LegOutput's counters; ``_fastpath.LegState`` holds them in C (native.py)."""
+
+    __slots__ = ("octets", "packets", "send_errors")
+
+
+class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
     """Protect with the leg's SRTP context and send on the nominated ICE pair, synchronously.
 
     Skips aiortc's ``_send_rtp`` (two coroutine frames and an is_rtcp check per packet). The
@@ -706,9 +713,6 @@ class LegOutput:
         "_streams",
         "_transport",
         "native",
-        "octets",
-        "packets",
-        "send_errors",
     )
 
     def __init__(self, dtls: RTCDtlsTransport, native: bool = False) -> None:

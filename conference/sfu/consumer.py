@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from .native import state_base
 from .packet import FORWARDED_CODECS, CodecInfo, ExtensionMap, abs_send_time, parse_header, rtx_packet
 from .rewriter import StreamRewriter
 from .stats import Counters
@@ -65,10 +66,16 @@ class Output(Protocol):
 SendParts = Callable[[bytes, bytes, int, int], bool]
 
 
-class DownTrack:
+class _PythonTrackState:
+    """DownTrack's count of copies sent; ``_fastpath.TrackState`` holds it in C (native.py)."""
+
+    __slots__ = ("packets",)
+
+
+class DownTrack(state_base("TrackState", _PythonTrackState)):  # type: ignore[misc]
     """One receive slot (a sendonly m-line, a plain-RTP stream, an in-process sink)."""
 
-    # Slots: the native fan-out reads output, rewriter and packets where they are (bind_track).
+    # Slots: the native fan-out reads output and rewriter where they are (bind_track).
     __slots__ = (
         "codecs",
         "counters",
@@ -77,7 +84,6 @@ class DownTrack:
         "kind",
         "mid",
         "output",
-        "packets",
         "payload_types",
         "retransmitted",
         "rewriter",

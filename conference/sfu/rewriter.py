@@ -26,6 +26,7 @@ import random
 import struct
 
 from ..downlink_estimate import SentPackets
+from .native import state_base
 from .packet import PICTURE_ID_MASK, SEQ_MASK, TS_MASK, Codec, ExtensionMap, Kind, RtpHeader, _extension_block
 from .payload import vp8_layout
 
@@ -45,10 +46,6 @@ MAX_SEQUENCE_STEP = 3000
 # the slot's newest is not sent: the leg's SRTP send window (aiortc_glue.SEND_REPLAY_WINDOW) would
 # refuse it, and it is past any playout time by then (256 packets: 0.85 s at 2.5 Mbit/s).
 LATE_PACKET_WINDOW = 256
-
-# The interface of the native helper (conference/sfu/_fastpath.c, its ``API``) these sources are
-# written for: a build left from older sources (a worktree not rebuilt after a pull) is not used.
-NATIVE_API = 5
 
 
 class _PythonState:
@@ -78,17 +75,7 @@ class _PythonState:
     )
 
 
-def _state_base() -> type:
-    try:
-        from . import _fastpath  # type: ignore[attr-defined]
-    except ImportError:
-        return _PythonState
-    if getattr(_fastpath, "API", 0) != NATIVE_API:
-        return _PythonState
-    return _fastpath.RewriterState  # type: ignore[no-any-return]
-
-
-class StreamRewriter(_state_base()):  # type: ignore[misc]
+class StreamRewriter(state_base("RewriterState", _PythonState)):  # type: ignore[misc]
     """One receive slot of one subscriber.
 
     Turns the packets of whichever source fills the slot into one continuous RTP stream with the
