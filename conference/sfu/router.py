@@ -40,6 +40,8 @@ class Router:
         self.announced: list[str] = []
         self.last_announce = 0.0
         self._empty_since: float | None = None
+        # While a tick re-chooses every endpoint's layers: each publisher's options, found once.
+        self._options_memo: dict[str | None, tuple[list[Producer], list[layer_choice.Layer]]] | None = None
 
     @property
     def sink(self) -> RecordingSink | None:
@@ -97,14 +99,28 @@ class Router:
         steady = [p for p in best.group if p.steady(now)]
         return steady or [p for p in best.group if p.arriving(now)] or [best]
 
+    def _options(self, identity: str | None, now: float) -> tuple[list[Producer], list[layer_choice.Layer]]:
+        """``_layers`` and what the layer choice sees of them (memoised within a tick)."""
+        memo = self._options_memo
+        if memo is not None:
+            known = memo.get(identity)
+            if known is not None:
+                return known
+        layers = self._layers(identity, now)
+        found = (layers, [layer_choice.Layer(max(0, p.layer), p.width, p.bitrate) for p in layers])
+        if memo is not None:
+            memo[identity] = found
+        return found
+
     def choose_video(
         self, transport: Transport, wants: list[tuple[str | None, int]]
     ) -> list[Producer | None]:
         """The producer for each of ``transport``'s video slots (identity, tile width): the layer
         ``layer_choice`` picks for the tile, then stepped down to fit the endpoint's downlink."""
         now = time.time()
-        options = [self._layers(identity, now) for identity, _ in wants]
-        seen = [[layer_choice.Layer(max(0, p.layer), p.width, p.bitrate) for p in o] for o in options]
+        found = [self._options(identity, now) for identity, _ in wants]
+        options = [o for o, _ in found]
+        seen = [s for _, s in found]
         choices = [layer_choice.choose_layer(tile, s) for (_, tile), s in zip(wants, seen, strict=True)]
         # The subscriber's own estimate (REMB) where it sends one, else what its losses tell.
         link = transport.downlink
@@ -282,10 +298,15 @@ class Router:
             if (producer.pending or producer.sink_wants_keyframe) and producer.keyframes.overdue(now):
                 producer.request_keyframe()
         if any(p.group is not None for p in video):
-            # Layers start and stop (the publisher's uplink, its camera): each slot follows.
-            for transport in list(self.transports.values()):
-                if transport.ready and not transport.closed:
-                    self.assign_video(transport)
+            # Layers start and stop (the publisher's uplink, its camera): each slot follows. Each
+            # publisher's layers are looked at once for all the endpoints (50 x 13 slots).
+            self._options_memo = {}
+            try:
+                for transport in list(self.transports.values()):
+                    if transport.ready and not transport.closed:
+                        self.assign_video(transport)
+            finally:
+                self._options_memo = None
         for transport in self.transports.values():
             for track in transport.down_tracks():
                 source = track.source

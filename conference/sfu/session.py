@@ -64,6 +64,9 @@ SIMULCAST_CAP_FACTOR = 1.5
 # A subscriber's REMB older than this is no estimate (Chromium sends one every second or so); so
 # is a send-side estimate whose last transport-cc feedback is that old.
 ESTIMATE_STALE_S = 5.0
+# How long the leg's round trip (from its slots' receiver reports, which come about once a second)
+# is taken as known: its producers ask every tick.
+ROUND_TRIP_REFRESH_S = 0.1
 
 
 def codec_info(codecs: list[RTCRtpCodecParameters]) -> list[CodecInfo]:
@@ -89,6 +92,7 @@ class Session(Transport):
         )
         self.output: glue.LegOutput = None  # type: ignore[assignment]
         self.datagram_hook: glue.SrtpDatagramHook | None = None
+        self._round_trip: tuple[float, float | None] | None = None  # (when looked up, value)
         self.ice_queue_guard: glue.IceQueueGuard | None = None
         self.publish: dict[Kind, RTCRtpTransceiver] = {}
         self.transceivers: dict[DownTrack, RTCRtpTransceiver] = {}
@@ -206,12 +210,19 @@ class Session(Transport):
 
     def round_trip(self) -> float | None:
         """The smallest round trip the endpoint's receiver reports show on any of its slots (one
-        BUNDLEd transport: they share the path); None if it receives nothing yet."""
+        BUNDLEd transport: they share the path); None if it receives nothing yet. Looked up at
+        most every ROUND_TRIP_REFRESH_S: each of the endpoint's producers asks every tick, and a
+        chair has some 60 slots to look through."""
+        now = time.monotonic()
+        cached = self._round_trip
+        if cached is not None and now - cached[0] < ROUND_TRIP_REFRESH_S:
+            return cached[1]
         best = None
         for transceiver in self.transceivers.values():
             rtt = glue.sender_round_trip(transceiver.sender)
             if rtt is not None and (best is None or rtt < best):
                 best = rtt
+        self._round_trip = (now, best)
         return best
 
     async def create_offer(self) -> dict[str, Any]:
