@@ -120,7 +120,7 @@ async def forward(
         track.set_want("pub", producer)
     for n, data in enumerate(video[1:]):
         if n == 15:  # a new SRTP context on one leg (as a DTLS restart gives): the checks see it
-            legs[1]._dtls._tx_srtp = srtp_context(legs[1]._dtls)
+            glue.use_outbound_context(legs[1]._dtls, srtp_context(legs[1]._dtls))
         if n == 25:  # and another nominated pair (the same socket and peer) on another
             pair = legs[2]._connection._nominated[1]
             legs[2]._connection._nominated[1] = type(pair)(
@@ -189,7 +189,9 @@ async def test_both_paths_put_the_same_bytes_on_the_wire(monkeypatch: pytest.Mon
     assert on_python == on_native
     # The producer's fan-out in C took the settled packets (VP8 and Opus) of every slot and left the
     # slots as Python does; what it did not take (the switches) went through the Python fallback.
-    assert fanned_out > 150 and counting.fast == 0
+    # (One packet after leg 1's new context took the leg's own forward: the fan-out leaves an SSRC
+    # without a session on that context to it, which makes the session.)
+    assert fanned_out > 150 and counting.fast <= 1
     assert native_state == python_state
     # And they are SRTP a receiver takes: the payloads come back intact.
     from pylibsrtp import Policy, Session
@@ -355,7 +357,7 @@ async def test_each_ssrc_has_a_session_of_its_own_and_the_bytes_are_one_sessions
         assert len(leg._streams) == 40 and len(set(leg._streams.values())) == 31
         assert list(leg._streams.values())[30:] == [leg._handle] * 10
         # A new SRTP context (a DTLS restart): the streams start afresh on it.
-        leg._dtls._tx_srtp = srtp_context(leg._dtls)
+        glue.use_outbound_context(leg._dtls, srtp_context(leg._dtls))
         head, packet = rtp_of(0x10000, 1)
         assert leg.send_parts(head, packet, 12, len(packet)) if native else leg.send(packet)
         assert list(leg._streams) == [0x10000] and leg._stream_sessions
@@ -369,7 +371,8 @@ async def test_a_leg_whose_key_was_not_seen_protects_on_its_one_session(native: 
     wire = Wire()
     try:
         leg = await local_leg(wire.address, native)
-        leg._dtls._tx_srtp = srtp_session()  # made without narrow_send_window: its key unknown
+        # A context made without narrow_send_window: its key unknown.
+        glue.use_outbound_context(leg._dtls, srtp_session())
         reference = srtp_session()
         expected = []
         for n in range(5):

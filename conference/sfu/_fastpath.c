@@ -513,18 +513,16 @@ static PyTypeObject TrackStateType = {
 };
 
 enum {
-    L_ADDR, L_CONNECTION, L_DTLS, L_FD, L_HANDLE, L_PAIR, L_SOCKADDR, L_SRTP, L_STREAMS, L_TRANSPORT, L_NATIVE,
-    L_COUNT
+    L_ADDR, L_FD, L_HANDLE, L_NOMINATED, L_PAIR, L_SOCKADDR, L_SRTP, L_STREAMS, L_TRANSPORT, L_NATIVE, L_COUNT
 };
 static const char *leg_slot_names[L_COUNT] = {
-    "_addr", "_connection", "_dtls", "_fd", "_handle", "_pair", "_sockaddr", "_srtp", "_streams", "_transport",
-    "native",
+    "_addr", "_fd", "_handle", "_nominated", "_pair", "_sockaddr", "_srtp", "_streams", "_transport", "native",
 };
 static PyTypeObject *leg_type = NULL;
 static Py_ssize_t leg_offsets[L_COUNT];
 static protect_fn leg_protect = NULL;
 static unsigned long long fast_copies = 0; /* copies the fan-out sent itself (tests, counters()) */
-static PyObject *str_rewriter, *str_output, *str_tx_srtp, *str_nominated, *str_is_closing, *str_sendto,
+static PyObject *str_rewriter, *str_output, *str_is_closing, *str_sendto,
     *str_packets, *one;
 
 #define LSLOT(obj, i) (*(PyObject **)((char *)(obj) + leg_offsets[i]))
@@ -599,31 +597,19 @@ static PyObject *track_get(PyObject *track, int i, PyObject *name) {
 }
 
 /* Whether the leg may send natively now, as LegOutput.forward checks it: 1 yes, 0 no (the
- * fallback re-resolves it), -1 error. */
+ * fallback re-resolves it), -1 error. Its SRTP context is the one the leg was told of
+ * (outbound_context_changed: aiortc sets it only as the handshake ends); the nominated pair is
+ * read from aioice's own dict, which the leg holds. */
 static int leg_ready(PyObject *leg) {
-    PyObject *srtp = LSLOT(leg, L_SRTP), *dtls = LSLOT(leg, L_DTLS), *sockaddr = LSLOT(leg, L_SOCKADDR);
-    PyObject *connection = LSLOT(leg, L_CONNECTION), *pair = LSLOT(leg, L_PAIR);
+    PyObject *srtp = LSLOT(leg, L_SRTP), *sockaddr = LSLOT(leg, L_SOCKADDR);
+    PyObject *nominated = LSLOT(leg, L_NOMINATED), *pair = LSLOT(leg, L_PAIR);
     PyObject *transport = LSLOT(leg, L_TRANSPORT);
-    if (LSLOT(leg, L_NATIVE) != Py_True || srtp == NULL || srtp == Py_None || dtls == NULL || sockaddr == NULL ||
-        !PyBytes_Check(sockaddr) || connection == NULL || pair == NULL || transport == NULL ||
-        transport == Py_None)
+    if (LSLOT(leg, L_NATIVE) != Py_True || srtp == NULL || srtp == Py_None || sockaddr == NULL ||
+        !PyBytes_Check(sockaddr) || nominated == NULL || !PyDict_CheckExact(nominated) || pair == NULL ||
+        transport == NULL || transport == Py_None)
         return 0;
-    PyObject *tx = PyObject_GetAttr(dtls, str_tx_srtp);
-    if (tx == NULL)
-        return -1;
-    Py_DECREF(tx); /* only its identity is compared; dtls holds it */
-    if (tx != srtp)
-        return 0;
-    PyObject *nominated = PyObject_GetAttr(connection, str_nominated);
-    if (nominated == NULL)
-        return -1;
-    int same = 0;
-    if (PyDict_CheckExact(nominated)) {
-        PyObject *current = PyDict_GetItemWithError(nominated, one);
-        same = current == pair;
-    }
-    Py_DECREF(nominated);
-    if (!same)
+    PyObject *current = PyDict_GetItemWithError(nominated, one);
+    if (current != pair)
         return PyErr_Occurred() ? -1 : 0;
     PyObject *closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
     if (closing == NULL)
@@ -890,16 +876,14 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         return NULL;
     str_rewriter = PyUnicode_InternFromString("rewriter");
     str_output = PyUnicode_InternFromString("output");
-    str_tx_srtp = PyUnicode_InternFromString("_tx_srtp");
-    str_nominated = PyUnicode_InternFromString("_nominated");
     str_is_closing = PyUnicode_InternFromString("is_closing");
     str_sendto = PyUnicode_InternFromString("sendto");
     str_packets = PyUnicode_InternFromString("packets");
     one = PyLong_FromLong(1);
     /* API: what aiortc_glue.NATIVE_API expects (a build left from older sources is not used). */
-    if (!str_rewriter || !str_output || !str_tx_srtp || !str_nominated || !str_is_closing || !str_sendto ||
+    if (!str_rewriter || !str_output || !str_is_closing || !str_sendto ||
         !str_packets || !one || PyModule_AddIntConstant(m, "MAX_PACKET", BUFFER_SIZE - MAX_TRAILER) < 0 ||
-        PyModule_AddIntConstant(m, "API", 6) < 0 || PyType_Ready(&RewriterStateType) < 0 ||
+        PyModule_AddIntConstant(m, "API", 7) < 0 || PyType_Ready(&RewriterStateType) < 0 ||
         PyModule_AddObjectRef(m, "RewriterState", (PyObject *)&RewriterStateType) < 0 ||
         PyType_Ready(&LegStateType) < 0 || PyModule_AddObjectRef(m, "LegState", (PyObject *)&LegStateType) < 0 ||
         PyType_Ready(&TrackStateType) < 0 ||

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dis
 import fcntl
 import inspect
 import ipaddress
@@ -190,10 +191,34 @@ def check_aiortc() -> None:
         raise _fail(
             "RTCDtlsTransport._setup_srtp no longer makes its sessions with Session (narrow_send_window)"
         )
+    # The native fan-out reads the outbound context and the nominated pairs without asking aiortc
+    # and aioice each time (LegOutput): aiortc must set _tx_srtp only as the handshake ends, and
+    # aioice change its dict of nominated pairs in place.
+    if _stored_in(_aiortc_dtls.RTCDtlsTransport, "_tx_srtp") != {"__init__", "_setup_srtp"}:
+        raise _fail("RTCDtlsTransport sets _tx_srtp outside __init__ and _setup_srtp")
+    if _stored_in(aioice.ice.Connection, "_nominated") != {"__init__"}:
+        raise _fail("aioice Connection rebinds _nominated outside __init__")
     reader = _SelectorDatagramTransport._read_ready.__code__.co_names
     for name in ("_conn_lost", "_sock", "recvfrom", "_protocol", "datagram_received"):
         if name not in reader:
             raise _fail(f"asyncio's datagram transport no longer uses {name}")
+
+
+def _stored_in(cls: type, name: str) -> set[str]:
+    """The methods of ``cls`` (their nested functions included) that assign ``self.<name>``."""
+
+    def stores(code: Any) -> bool:
+        if any(i.opname == "STORE_ATTR" and i.argval == name for i in dis.get_instructions(code)):
+            return True
+        return any(stores(c) for c in code.co_consts if inspect.iscode(c))
+
+    found = set()
+    for attr, value in vars(cls).items():
+        function = getattr(value, "__func__", value)
+        code = getattr(function, "__code__", None)
+        if code is not None and stores(code):
+            found.add(attr)
+    return found
 
 
 def check_instances(pc: RTCPeerConnection) -> None:
@@ -345,8 +370,22 @@ def narrow_send_window(dtls: RTCDtlsTransport, window: int = SEND_REPLAY_WINDOW)
             original()
         finally:
             _aiortc_dtls.Session = plain
+        outbound_context_changed(dtls)
 
     dtls._setup_srtp = setup_srtp  # type: ignore[method-assign]
+
+
+def use_outbound_context(dtls: RTCDtlsTransport, session: pylibsrtp.Session) -> None:
+    """Give the leg a new outbound SRTP context, as a handshake does (the tests' DTLS restart)."""
+    dtls._tx_srtp = session
+    outbound_context_changed(dtls)
+
+
+def outbound_context_changed(dtls: RTCDtlsTransport) -> None:
+    """Tell the leg's outputs that ``dtls._tx_srtp`` is new: aiortc sets it only as the handshake
+    ends (``check_aiortc`` verifies that), so the native fan-out need not look at it per copy."""
+    for output in getattr(dtls, "_conference_outputs", ()):
+        output._use_context(dtls._tx_srtp)
 
 
 def remember_outbound_policy(
@@ -706,6 +745,7 @@ class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
         "_dtls",
         "_fd",
         "_handle",
+        "_nominated",
         "_pair",
         "_sockaddr",
         "_srtp",
@@ -718,6 +758,8 @@ class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
     def __init__(self, dtls: RTCDtlsTransport, native: bool = False) -> None:
         self._dtls = dtls
         self._connection: aioice.ice.Connection = dtls.transport._connection
+        # aioice's dict of nominated pairs (changed in place, never rebound: check_aiortc).
+        self._nominated: dict[int, Any] = {} if self._connection is None else self._connection._nominated
         self._pair: Any = None
         self._transport: Any = None
         self._addr: Any = None
@@ -732,10 +774,14 @@ class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
         self.packets = 0
         self.octets = 0
         self.send_errors = 0  # native sends the kernel refused (e.g. ICMP unreachable): dropped
+        # A new outbound context (the handshake's) comes through outbound_context_changed.
+        dtls._conference_outputs = [*getattr(dtls, "_conference_outputs", ()), self]  # type: ignore[attr-defined]
+        if dtls._tx_srtp is not None:
+            self._use_context(dtls._tx_srtp)
 
     def _route(self) -> Any:
         """The nominated pair's transport (cached; None while there is none or it is closing)."""
-        pair = self._connection._nominated.get(1)
+        pair = self._nominated.get(1)
         if pair is not self._pair:
             self._pair = pair
             self._transport = None if pair is None else pair.protocol.transport
@@ -768,7 +814,7 @@ class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
             srtp is not self._srtp
             or srtp is None
             or self._sockaddr is None
-            or self._connection._nominated.get(1) is not self._pair
+            or self._nominated.get(1) is not self._pair
             or transport.is_closing()
         ):
             return self._send_parts_checked(head, data, start, end)
@@ -804,7 +850,7 @@ class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
             srtp is not self._srtp
             or srtp is None
             or self._sockaddr is None
-            or self._connection._nominated.get(1) is not self._pair
+            or self._nominated.get(1) is not self._pair
             or transport.is_closing()
         ):
             sent = _fastpath.forward(
@@ -854,7 +900,7 @@ class LegOutput(state_base("LegState", _PythonLegState)):  # type: ignore[misc]
         if srtp is None:
             return False
         transport = self._transport
-        pair = self._connection._nominated.get(1)
+        pair = self._nominated.get(1)
         if transport is None or pair is not self._pair or transport.is_closing():
             transport = self._route()
             if transport is None:

@@ -9,7 +9,7 @@ from types import ModuleType
 
 # The interface of _fastpath (its ``API``) these sources are written for: a build left from older
 # sources (a worktree not rebuilt after a pull) is not used, and the pure-Python path runs.
-NATIVE_API = 6
+NATIVE_API = 7
 
 
 def fastpath() -> ModuleType | None:
