@@ -11,12 +11,14 @@ setup(
         Extension(
             "conference.sfu._fastpath",
             sources=["conference/sfu/_fastpath.c"],
+            depends=["conference/sfu/_native.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),
         Extension(
             "conference.sfu._fastrecv",
             sources=["conference/sfu/_fastrecv.c"],
+            depends=["conference/sfu/_native.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -27,14 +27,10 @@
 
 #include <structmember.h>
 
-/* pylibsrtp's own limits: a 1500-byte buffer, SRTP_MAX_TRAILER_LEN (16 + 128) kept free. */
-#define BUFFER_SIZE 1500
+#include "_native.h"
+
+/* pylibsrtp's SRTP_MAX_TRAILER_LEN (16 + 128), kept free in the buffer. */
 #define MAX_TRAILER 144
-
-typedef int (*protect_fn)(void *ctx, void *rtp_header, int *len_ptr);
-
-static unsigned char buffer[BUFFER_SIZE] __attribute__((aligned(16)));
-static PyObject *srtp_error = NULL; /* pylibsrtp.Error, set by set_error() */
 
 static int as_bytes(PyObject *obj, const char *what) {
     if (!PyBytes_Check(obj)) {
@@ -59,7 +55,7 @@ static PyObject *send_rtp(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "send_rtp takes 8 arguments");
         return NULL;
     }
-    protect_fn protect = (protect_fn)PyLong_AsVoidPtr(args[0]);
+    srtp_fn protect = (srtp_fn)PyLong_AsVoidPtr(args[0]);
     void *session = PyLong_AsVoidPtr(args[1]);
     long fd = PyLong_AsLong(args[2]);
     Py_ssize_t start = PyLong_AsSsize_t(args[6]);
@@ -89,8 +85,7 @@ static PyObject *send_rtp(PyObject *self, PyObject *const *args, Py_ssize_t narg
     int len = (int)length;
     int status = protect(session, buffer, &len);
     if (status != 0) {
-        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_protect failed with status %d",
-                     status);
+        srtp_failed("srtp_protect", status);
         return NULL;
     }
     ssize_t sent = sendto((int)fd, buffer, (size_t)len, 0, (const struct sockaddr *)PyBytes_AS_STRING(addr),
@@ -182,7 +177,6 @@ static Py_ssize_t sent_offsets[T_COUNT];
 
 #define TSLOT(obj, i) (*(PyObject **)((char *)(obj) + sent_offsets[i]))
 
-static int slot_offsets_of(PyObject *cls, const char **names, int count, Py_ssize_t *offsets);
 
 /* bind_rewriter(cls, max_sequence_step, sent_cls): the class whose slots forward() uses, and the
  * transport-wide sequence's (SentPackets). */
@@ -199,20 +193,8 @@ static PyObject *bind_rewriter(PyObject *self, PyObject *args) {
         return NULL;
     Py_INCREF(sent_cls);
     Py_XSETREF(sent_type, (PyTypeObject *)sent_cls);
-    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
-    for (int i = 0; i < S_COUNT; i++) {
-        PyObject *descr = PyDict_GetItemString(dict, slot_names[i]);
-        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) {
-            PyErr_Format(PyExc_TypeError, "%s is not a slot of the rewriter", slot_names[i]);
-            return NULL;
-        }
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "%s is not an object slot", slot_names[i]);
-            return NULL;
-        }
-        slot_offsets[i] = member->offset;
-    }
+    if (slot_offsets_of(cls, slot_names, S_COUNT, slot_offsets) < 0)
+        return NULL;
     Py_INCREF(cls);
     Py_XSETREF(rewriter_type, (PyTypeObject *)cls);
     max_sequence_step = step;
@@ -226,7 +208,7 @@ static int set_slot(PyObject *obj, int i, PyObject *value) { /* steals value */
     return 0;
 }
 
-static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObject *addr, Py_ssize_t length);
+static PyObject *send_buffer(srtp_fn protect, void *session, long fd, PyObject *addr, Py_ssize_t length);
 
 /* The header fields the fast path reads (RtpHeader's marker, sequence, timestamp, ssrc,
  * payload_offset, payload_end), once per packet. 0 if the header is not what the fast path takes. */
@@ -429,7 +411,7 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     if (fast == 0)
         Py_RETURN_NONE;
-    protect_fn protect = (protect_fn)PyLong_AsVoidPtr(args[6]);
+    srtp_fn protect = (srtp_fn)PyLong_AsVoidPtr(args[6]);
     void *session = PyLong_AsVoidPtr(args[7]);
     long fd = PyLong_AsLong(args[8]);
     if (PyErr_Occurred())
@@ -440,7 +422,7 @@ static PyObject *forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* Protect buffer[0:length] in place and send it (send_rtp's second half). */
-static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObject *addr, Py_ssize_t length) {
+static PyObject *send_buffer(srtp_fn protect, void *session, long fd, PyObject *addr, Py_ssize_t length) {
     if (protect == NULL || session == NULL) {
         PyErr_SetString(PyExc_ValueError, "no SRTP session");
         return NULL;
@@ -448,8 +430,7 @@ static PyObject *send_buffer(protect_fn protect, void *session, long fd, PyObjec
     int len = (int)length;
     int status = protect(session, buffer, &len);
     if (status != 0) {
-        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_protect failed with status %d",
-                     status);
+        srtp_failed("srtp_protect", status);
         return NULL;
     }
     ssize_t sent = sendto((int)fd, buffer, (size_t)len, 0, (const struct sockaddr *)PyBytes_AS_STRING(addr),
@@ -520,7 +501,7 @@ static const char *leg_slot_names[L_COUNT] = {
 };
 static PyTypeObject *leg_type = NULL;
 static Py_ssize_t leg_offsets[L_COUNT];
-static protect_fn leg_protect = NULL;
+static srtp_fn leg_protect = NULL;
 static unsigned long long fast_copies = 0; /* copies the fan-out sent itself (tests, counters()) */
 static PyObject *str_rewriter, *str_output, *str_is_closing, *str_sendto,
     *str_packets, *one;
@@ -535,27 +516,12 @@ static Py_ssize_t track_offsets[K_COUNT];
 
 #define KSLOT(obj, i) (*(PyObject **)((char *)(obj) + track_offsets[i]))
 
-/* The offsets of a class's object slots by name (bind_rewriter's way). */
-static int slot_offsets_of(PyObject *cls, const char **names, int count, Py_ssize_t *offsets) {
-    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
-    for (int i = 0; i < count; i++) {
-        PyObject *descr = PyDict_GetItemString(dict, names[i]);
-        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "%s is not an object slot of %s", names[i], ((PyTypeObject *)cls)->tp_name);
-            return -1;
-        }
-        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-    }
-    return 0;
-}
-
 /* bind_leg(cls, protect): the leg class whose slots fan_out() reads, and srtp_protect's address. */
 static PyObject *bind_leg(PyObject *self, PyObject *args) {
     PyObject *cls, *address;
     if (!PyArg_ParseTuple(args, "O!O", &PyType_Type, &cls, &address))
         return NULL;
-    protect_fn protect = (protect_fn)PyLong_AsVoidPtr(address);
+    srtp_fn protect = (srtp_fn)PyLong_AsVoidPtr(address);
     if (PyErr_Occurred())
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)cls, &LegStateType)) {
@@ -679,8 +645,7 @@ static int fan_out_one(PyObject *track, PyObject *data, const header_fields *h, 
     int len = (int)length;
     int status = leg_protect((void *)(uintptr_t)handle, buffer, &len);
     if (status != 0) {
-        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_protect failed with status %d",
-                     status);
+        srtp_failed("srtp_protect", status);
         result = -1;
         goto done;
     }
@@ -776,7 +741,7 @@ static PyObject *counters(PyObject *self, PyObject *unused) {
     return Py_BuildValue("{s:K}", "fast_copies", fast_copies);
 }
 
-/* unprotect(unprotect_fn, session, data) -> bytes: the RTP packet in an SRTP datagram, as
+/* unprotect(unsrtp_fn, session, data) -> bytes: the RTP packet in an SRTP datagram, as
  * pylibsrtp's Session.unprotect gives it (one copy in, one out, no per-call allocation besides the
  * result). Raises pylibsrtp.Error if libsrtp refuses it (authentication, replay), ValueError if it
  * is longer than pylibsrtp's buffer. */
@@ -785,7 +750,7 @@ static PyObject *unprotect(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "unprotect takes 3 arguments");
         return NULL;
     }
-    protect_fn fn = (protect_fn)PyLong_AsVoidPtr(args[0]);
+    srtp_fn fn = (srtp_fn)PyLong_AsVoidPtr(args[0]);
     void *session = PyLong_AsVoidPtr(args[1]);
     if (PyErr_Occurred())
         return NULL;
@@ -804,8 +769,7 @@ static PyObject *unprotect(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int len = (int)length;
     int status = fn(session, buffer, &len);
     if (status != 0) {
-        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_unprotect failed with status %d",
-                     status);
+        srtp_failed("srtp_unprotect", status);
         return NULL;
     }
     return PyBytes_FromStringAndSize((const char *)buffer, len);
@@ -839,12 +803,6 @@ static PyObject *make_sockaddr(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *set_error(PyObject *self, PyObject *cls) {
-    Py_XINCREF(cls);
-    Py_XSETREF(srtp_error, cls);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"send_rtp", (PyCFunction)(void (*)(void))send_rtp, METH_FASTCALL,
      "send_rtp(protect, session, fd, sockaddr, head, data, start, end): protect head + data[start:end] "
@@ -859,7 +817,7 @@ static PyMethodDef methods[] = {
     {"bind_track", bind_track, METH_O, "bind_track(cls): the down-track class whose slots fan_out reads"},
     {"counters", counters, METH_NOARGS, "{'fast_copies': copies fan_out sent itself}"},
     {"unprotect", (PyCFunction)(void (*)(void))unprotect, METH_FASTCALL,
-     "unprotect(unprotect_fn, session, data): the RTP packet in an SRTP datagram"},
+     "unprotect(unsrtp_fn, session, data): the RTP packet in an SRTP datagram"},
     {"sockaddr", make_sockaddr, METH_VARARGS, "sockaddr(host, port) -> bytes or None"},
     {"set_error", set_error, METH_O, "the exception class raised when libsrtp refuses a packet"},
     {NULL, NULL, 0, NULL},

@@ -25,12 +25,8 @@
 
 #include <structmember.h>
 
-#define BUFFER_SIZE 1500 /* pylibsrtp's buffer: longer datagrams are refused, as it refuses them */
+#include "_native.h"
 
-typedef int (*unprotect_fn)(void *ctx, void *srtp_header, int *len_ptr);
-
-static unsigned char buffer[BUFFER_SIZE] __attribute__((aligned(16)));
-static PyObject *srtp_error = NULL;  /* pylibsrtp.Error */
 static PyTypeObject *header_type = NULL; /* packet.RtpHeader */
 
 /* --- TransportCcReceiver's slots ------------------------------------------------------------ */
@@ -42,20 +38,6 @@ static Py_ssize_t twcc_offsets[T_COUNT_];
 static long long twcc_ring = 0;           /* twcc._RING */
 static long long twcc_rereport = 0;       /* twcc.REREPORT_WINDOW */
 #define TSLOT(obj, i) (*(PyObject **)((char *)(obj) + twcc_offsets[i]))
-
-static int slot_offsets_of(PyObject *cls, const char **names, int count, Py_ssize_t *offsets) {
-    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
-    for (int i = 0; i < count; i++) {
-        PyObject *descr = PyDict_GetItemString(dict, names[i]);
-        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "%s is not an object slot of %s", names[i], ((PyTypeObject *)cls)->tp_name);
-            return -1;
-        }
-        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-    }
-    return 0;
-}
 
 /* bind(header_cls, twcc_cls, ring, rereport_window): packet.RtpHeader, twcc.TransportCcReceiver,
  * twcc._RING and twcc.REREPORT_WINDOW. */
@@ -305,7 +287,7 @@ static PyObject *rtp_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rtp_in takes 5 arguments");
         return NULL;
     }
-    unprotect_fn fn = (unprotect_fn)PyLong_AsVoidPtr(args[0]);
+    srtp_fn fn = (srtp_fn)PyLong_AsVoidPtr(args[0]);
     void *session = PyLong_AsVoidPtr(args[1]);
     long fd = PyLong_AsLong(args[3]);
     if (PyErr_Occurred())
@@ -332,8 +314,7 @@ static PyObject *rtp_in(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int len = (int)length;
     int status = fn(session, buffer, &len);
     if (status != 0) {
-        PyErr_Format(srtp_error != NULL ? srtp_error : PyExc_RuntimeError, "srtp_unprotect failed with status %d",
-                     status);
+        srtp_failed("srtp_unprotect", status);
         return NULL;
     }
     long long arrival = -1;
@@ -637,12 +618,6 @@ fail_window:
     PyMem_Free(window);
     Py_DECREF(packets);
     return NULL;
-}
-
-static PyObject *set_error(PyObject *self, PyObject *cls) {
-    Py_XINCREF(cls);
-    Py_XSETREF(srtp_error, cls);
-    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
