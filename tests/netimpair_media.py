@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -60,7 +61,13 @@ def namespace_problem() -> str | None:
         made = subprocess.run([str(IMPAIR), "up"], capture_output=True, text=True, timeout=120)
         if made.returncode != 0:
             return f"impair up failed: {(made.stderr or made.stdout).strip()[-300:]}"
+        # Made here: taken down when this process ends (its delay daemon would otherwise stay).
+        atexit.register(take_namespace_down)
     return None
+
+
+def take_namespace_down() -> None:
+    subprocess.run([str(IMPAIR), "down"], capture_output=True, text=True, timeout=60, check=False)
 
 
 def set_link(link: list[str]) -> None:
