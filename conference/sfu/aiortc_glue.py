@@ -653,8 +653,8 @@ def sender_rtx_ssrc(sender: RTCRtpSender) -> int:
 NATIVE_PYLIBSRTP = "1.0.0"
 
 
-# The extension's interface this module is written for (_fastpath.API, rewriter.NATIVE_API): an
-# in-place build left from older sources (e.g. a worktree not rebuilt after a pull) runs the
+# The extension's interface these sources are written for is native.NATIVE_API (_fastpath.API):
+# an in-place build left from older sources (e.g. a worktree not rebuilt after a pull) runs the
 # pure-Python path instead.
 
 
