@@ -124,7 +124,16 @@ async def test_removal_on_one_server_holds_on_another_through_redis(
         one = await signaling_server(replace(settings, redis_url=url), media=NullMedia(), store=stores[0])
         two = await signaling_server(replace(settings, redis_url=url), media=NullMedia(), store=stores[1])
         chair = await connect(one, mint("shared", "chair", "chair"))
-        await chair.ok("join")
+        first = await chair.request("join")
+        if first["type"] == "error" and first.get("code") == "moved":
+            # Both servers run in this one test process: the placement's last tie-break, each
+            # node's CPU, is then this process's over two different windows, and a busy moment can
+            # tip the room to the other node. The test is of what follows: the chair's node is one.
+            one, two = two, one
+            chair = await connect(one, mint("shared", "chair", "chair"))
+            await chair.ok("join")
+        else:
+            assert first["type"] == "reply", first
         token = mint("shared", "hall-a", "venue")
         # The room lives on the chair's node: a join at the other one is sent there (moved).
         elsewhere = await connect(two, token)
