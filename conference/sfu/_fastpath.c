@@ -100,9 +100,9 @@ static PyObject *send_rtp(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 /* --- the rewriter's fast path ------------------------------------------------------------------
  * StreamRewriter.rewrite_head's fast path (the newest packet of the settled source; Opus/H.264, or
- * VP8 with X and I and a 15-bit picture id), done on the rewriter's own slots: bind_rewriter() takes
- * the offsets of its __slots__ member descriptors once, forward() reads and writes them directly on
- * an object of exactly that type. Anything else returns None and the caller takes the Python path,
+ * VP8 with X and I and a 15-bit picture id), done on the rewriter's own state: its numbers in the
+ * RewriterState struct below, its object slots (prefix, suffix, last_time, _twcc) by the offsets
+ * bind_rewriter() takes once; only on an object of exactly that type. Anything else returns None and the caller takes the Python path,
  * which is the reference: tests/test_fastpath.py compares the datagrams and the slots' state. */
 
 /* The rewriter's numbers live in the object itself (RewriterState, StreamRewriter's base when this
