@@ -83,6 +83,58 @@ def test_retries_are_spaced_by_the_measured_round_trip() -> None:
         assert s.next_due == pytest.approx(asked + gap)
 
 
+def test_a_late_original_is_reordering_not_a_repair_without_rtx() -> None:
+    """A packet that comes 30 ms after its request on a 300 ms path was only reordered by more than
+    the allowance: it must neither teach a 20 ms round trip nor keep the allowance at its minimum
+    (measured at 150 +- 30 ms each way: ~90 % of the "repairs" were such originals, the estimate
+    fell to tens of ms, its variation rose to 0.2 s and a second request waited 0.6 s)."""
+    s = NackScheduler()
+    s.set_round_trip(0.3)
+    s.lost(1, 1, 0.0)
+    assert s.poll(nk.REORDER_MIN_S) == ([1], 0)
+    assert s.arrived(1, 0.04) == REORDERED
+    assert not s.rtt_measured and s.rtt == pytest.approx(0.3)
+    assert s.reorder_allowance(0.04) == pytest.approx(0.05)  # it learnt the 40 ms
+    # An answer in a plausible time is a repair, and times the round trip.
+    s.lost(2, 1, 1.0)
+    asked = 1.0 + s.reorder_allowance(1.0)
+    assert s.poll(asked) == ([2], 0)
+    assert s.arrived(2, asked + 0.29) == REPAIRED
+    assert s.rtt_measured and s.rtt == pytest.approx(0.29)
+
+
+def test_with_rtx_only_the_rtx_stream_repairs() -> None:
+    s = NackScheduler()
+    s.set_round_trip(0.3)
+    s.repairs_on_rtx = True
+    s.lost(1, 2, 0.0)
+    assert s.poll(nk.REORDER_MIN_S) == ([1, 2], 0)
+    # Even 200 ms late (past half the round trip), an original on the main stream was reordered.
+    assert s.arrived(1, 0.2) == REORDERED and not s.rtt_measured
+    assert s.reorder_allowance(0.2) == nk.REORDER_MAX_S  # 1.25 x 200 ms, capped
+    assert s.repaired(2, 0.31)  # the retransmission: a round-trip sample
+    assert s.rtt_measured and s.rtt == pytest.approx(0.3)
+    assert not s.repaired(2, 0.32)  # a second answer is no news
+    assert s.arrived(2, 0.33) == UNKNOWN
+    # A probe that resends a packet nobody asked for yet fills the gap but times nothing.
+    s.lost(10, 1, 1.0)
+    assert s.repaired(10, 1.001) and s.repairs == 1 and not s.missing
+
+
+def test_reception_counts_an_rtx_repair_as_lost_on_the_wire() -> None:
+    stats = ReceptionStats(90_000, track_missing=True)
+    nack = stats.nack
+    assert nack is not None
+    nack.repairs_on_rtx = True
+    stats.add(1000, 0, 0.0)
+    stats.add(1003, 3000, 0.001)  # 1001, 1002 missing
+    assert nack.poll(0.02) == ([1001, 1002], 0)
+    assert not stats.add(1002, 3000, 0.05)  # late original: on the wire
+    assert nack.repaired(1001, 0.3)  # the session takes it off the list, then hands it on
+    assert not stats.add(1001, 3000, 0.3)
+    assert (stats.expected, stats.received, stats.repaired) == (4, 3, 1)
+
+
 def test_a_round_trip_estimate_that_is_too_small_recovers() -> None:
     """Seeded with 1 ms (RTCP measured before the path got longer, 100 ms now): the backoff lets
     every answer come back (nothing is given up), their lower bounds pull the estimate up, and the

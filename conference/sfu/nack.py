@@ -14,6 +14,13 @@ timer rather than the room's tick (as libwebrtc's ``NackRequester`` and mediasou
   (Karn: which request did it answer?) only bounds it (later than the last request: at least
   that; sooner than the first: at most that). The transport's RTCP round trip
   (``set_round_trip``) seeds it until repairs say more.
+- A late original is not a repair. On a jittery link most packets that arrive after they were asked
+  for were only reordered by more than the allowance; taken as repairs they teach a round trip of a
+  few ms (and, since the allowance learns only from packets that come before their request, the
+  allowance never grows past its minimum). With RTX (RFC 4588) the two are told apart for certain:
+  repairs come in through ``repaired`` and anything else is an original (``repairs_on_rtx``).
+  Without it, an arrival sooner after the first request than half the RTCP round trip is taken to
+  be an original: no answer can come back that fast.
 - A packet is given up after ``MAX_TRIES`` requests or ``MAX_AGE_S``, or when more than ``WINDOW``
   are missing; only then is a keyframe worth asking for (``poll`` reports how many were given up).
   A keyframe that arrives makes everything missing before it moot (``keyframe``).
@@ -52,11 +59,13 @@ class NackScheduler:
         "_dropped",
         "_reorder",
         "_reorder_at",
+        "_rtcp_rtt",
         "_rtt_given",
         "given_up",
         "missing",
         "next_due",
         "repairs",
+        "repairs_on_rtx",
         "requests",
         "rtt",
         "rtt_measured",
@@ -71,6 +80,9 @@ class NackScheduler:
         self.rttvar = DEFAULT_RTT_S / 2
         self.rtt_measured = False  # from repairs (else the transport's RTCP round trip, or the default)
         self._rtt_given = False
+        self._rtcp_rtt = 0.0
+        # The publisher retransmits on RTX: only ``repaired`` is a repair (set by the session).
+        self.repairs_on_rtx = False
         self._reorder = 0.0
         self._reorder_at = 0.0
         self.requests = 0  # sequence numbers asked for, retries included
@@ -100,11 +112,28 @@ class NackScheduler:
         entry = self.missing.pop(seq, None)
         if entry is None:
             return UNKNOWN
-        if not entry[_TRIES]:
+        if (
+            not entry[_TRIES]
+            or self.repairs_on_rtx
+            or now - entry[_FIRST_ASKED] < self._rtcp_rtt / 2  # too soon to be an answer
+        ):
             late = now - entry[_DETECTED]
             if late > self._decayed_reorder(now):
                 self._reorder, self._reorder_at = late, now
             return REORDERED
+        self._repaired(entry, now)
+        return REPAIRED
+
+    def repaired(self, seq: int, now: float) -> bool:
+        """A retransmission of ``seq`` (its RTX stream) arrived: True if it was still missing."""
+        entry = self.missing.pop(seq, None)
+        if entry is None:
+            return False
+        if entry[_TRIES]:  # else a probe that resent it before anyone asked: no round trip in it
+            self._repaired(entry, now)
+        return True
+
+    def _repaired(self, entry: list[float], now: float) -> None:
         self.repairs += 1
         if entry[_TRIES] == 1:
             self._rtt_sample(now - entry[_ASKED])
@@ -114,7 +143,6 @@ class NackScheduler:
                 self._rtt_sample(at_least)
             elif at_most < self.rtt:
                 self._rtt_sample(at_most)
-        return REPAIRED
 
     def keyframe(self, seq: int) -> None:
         """A keyframe starts at ``seq``: what is missing before it no longer matters."""
@@ -137,6 +165,7 @@ class NackScheduler:
         if not 0.0 < rtt < 10.0:
             return
         self._rtt_given = True
+        self._rtcp_rtt = rtt
         if not self.rtt_measured:
             self.rtt = rtt
             self.rttvar = rtt / 2

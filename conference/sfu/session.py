@@ -513,7 +513,10 @@ class Session(Transport):
         if original is None or nack is None:
             return
         packet, original_header = original
-        if original_header.sequence in nack.missing:
+        # This publisher repairs on RTX: from now on a late original on the main stream is only
+        # reordered, and the round trip is timed on what comes in here.
+        nack.repairs_on_rtx = True
+        if nack.repaired(original_header.sequence, time.time()):
             if layers is not None:
                 video.receive(packet, original_header)
             else:
