@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from conference.layer_choice import (
     HOLD_S,
+    LOSS_HIGH,
+    LOSS_SEVERE,
     LOSS_STALE_S,
     PREVIEW_WIDTH,
     SCREEN_WIDTH,
@@ -12,6 +14,7 @@ from conference.layer_choice import (
     Layer,
     LossCounter,
     choose_layer,
+    confirmed_loss,
     congestion_estimate,
     downlink_budget,
     fit_bandwidth,
@@ -141,6 +144,31 @@ def test_the_downlink_budget_follows_drops_and_climbs_back_after_a_hold() -> Non
     assert downlink_budget(link, 1_100_000, 2_000_000, 3.0 + 2 * HOLD_S) == 1_100_000  # still held
     assert downlink_budget(link, 1_200_000, 2_000_000, 2.0 + 3 * HOLD_S) == 1_800_000
     assert downlink_budget(link, 1_900_000, 2_000_000, 2.0 + 5 * HOLD_S) is None  # all of it fits again
+
+
+def test_a_drop_is_not_lifted_within_its_hold_when_the_tiles_seem_to_fit() -> None:
+    """What the tiles want follows the sources' measured rates, which wander around a budget just
+    set: a lift a second after the drop was a keyframe down and one back up."""
+    link = Downlink()
+    assert downlink_budget(link, 540_000, 560_000, 0.0) == 540_000
+    assert downlink_budget(link, 540_000, 530_000, 1.0) == 540_000  # fits now, but held
+    assert downlink_budget(link, 540_000, 530_000, HOLD_S) is None  # after the hold: lifted
+
+
+def test_one_lossy_reading_is_not_yet_a_full_link() -> None:
+    link = Downlink()
+    assert confirmed_loss(link, None) is None
+    assert confirmed_loss(link, 0.02) == 0.02
+    # A 7 % window on a link with 2 % random loss: not acted on alone...
+    assert confirmed_loss(link, 0.07) is None and link.lossy
+    assert congestion_estimate(600_000, None, confirmed_loss(link, 0.01), None) is None
+    # ... a second one in a row is (a full link goes on losing), and one far over at once.
+    assert confirmed_loss(link, 0.07) is None
+    assert confirmed_loss(link, 0.08) == 0.08
+    assert congestion_estimate(600_000, None, 0.08, None) == 576_000
+    assert confirmed_loss(link, 0.01) == 0.01 and not link.lossy
+    assert confirmed_loss(link, LOSS_SEVERE + 0.01) == LOSS_SEVERE + 0.01
+    assert confirmed_loss(Downlink(), LOSS_HIGH) == LOSS_HIGH  # at the threshold: no signal anyway
 
 
 def test_congestion_is_a_remb_under_what_is_sent_or_losses_over_ten_percent() -> None:

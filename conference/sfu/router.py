@@ -128,7 +128,7 @@ class Router:
         sending = sum(p.bitrate for p in sources)
         # Its own: taken against what its slots sent (``LossCounter``), so what a publisher's
         # uplink lost, or has not had repaired yet, does not count against this downlink.
-        loss = transport.take_loss()
+        loss = layer_choice.confirmed_loss(link, transport.take_loss())
         # Losses only: a browser's REMB (``downlink_estimate``, shown in /api/stats) is not acted on
         # (see layer_choice.congestion_estimate).
         # The server's transport-cc estimate of the leg where the subscriber sends that feedback.
