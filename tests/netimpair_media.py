@@ -108,7 +108,8 @@ STATS_JS = """async (wantSsrcFrom) => {
       jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0,
       packetsLost: s.packetsLost || 0, nackCount: s.nackCount || 0, pliCount: s.pliCount || 0,
       bytesReceived: s.bytesReceived || 0, framesPerSecond: s.framesPerSecond || 0,
-      retransmittedPacketsReceived: s.retransmittedPacketsReceived || 0});
+      retransmittedPacketsReceived: s.retransmittedPacketsReceived || 0,
+      fecPacketsReceived: s.fecPacketsReceived || 0, fecPacketsDiscarded: s.fecPacketsDiscarded || 0});
     if (s.type === 'outbound-rtp' && s.kind === 'video') out.outbound.push({
       bytesSent: s.bytesSent || 0, retransmittedBytesSent: s.retransmittedBytesSent || 0,
       nackCount: s.nackCount || 0, pliCount: s.pliCount || 0, targetBitrate: s.targetBitrate || 0,
@@ -247,6 +248,9 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
     estimates: list[float] = []
     started = time.monotonic()
     sending: list[int] = []  # A's video (every layer) per second of the window, kbit/s
+    frozen: list[float] = []  # B's seconds frozen so far, at each second of the window
+    frozen_at_start = _inbound_of_a(b0)["totalFreezesDuration"]
+    print("window starts at", time.time(), flush=True)
     last = _sent_bytes(a0)
     while time.monotonic() - started < seconds:
         await asyncio.sleep(1.0)
@@ -256,6 +260,8 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         if now:
             sending.append(round(8 * (_sent_bytes(now) - last) / 1000))
             last = _sent_bytes(now)
+        seen = _inbound_of_a(await b.evaluate(STATS_JS, None))
+        frozen.append(round(seen["totalFreezesDuration"] - frozen_at_start, 2))
     b1, a1 = await b.evaluate(STATS_JS, None), await a.evaluate(STATS_JS, None)
     server1 = await _server_counters()
     elapsed = time.monotonic() - started
@@ -286,6 +292,9 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         if sent
         else None,
         "keyframe_requests_at_a": o1["pliCount"] - o0["pliCount"],
+        # ULPFEC/FlexFEC packets B received from A (and dropped as of no use).
+        "fec_packets_received": i1["fecPacketsReceived"] - i0["fecPacketsReceived"],
+        "fec_packets_discarded": i1["fecPacketsDiscarded"] - i0["fecPacketsDiscarded"],
         "nacks_at_a": o1["nackCount"] - o0["nackCount"],
         # A's own downlink: what it received as retransmissions (RTX streams) of all its slots.
         "retransmitted_packets_at_a": sum(s["retransmittedPacketsReceived"] for s in a1["inbound"])
@@ -299,6 +308,7 @@ async def measure(a: Any, b: Any, seconds: float) -> dict[str, Any]:
         else None,
         "server": {k: server1[k] - server0.get(k, 0) for k in server1},
         "sent_kbit_s_each_second": sending,
+        "frozen_s_each_second": frozen,
     }
 
 
